@@ -1,0 +1,32 @@
+# Two commands on a fresh clone: `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test stack-up stack-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## make run: the whole pipeline on the embedded local stack, with progress and a summary
+run: setup
+	$(BIN)/dmd demo
+
+## make test: unit and end-to-end tests (the tests start and stop their own stack)
+test: setup
+	$(BIN)/python -m pytest
+
+stack-up: setup
+	$(BIN)/dmd stack up && $(BIN)/dmd provision >/dev/null
+
+stack-down: setup
+	$(BIN)/dmd stack down
+
+clean:
+	rm -rf $(VENV) .dmd *.egg-info

@@ -1,0 +1,202 @@
+"""Pure parts of the demand-stream bridge: parse change records, route them, plan a batch.
+
+A change record is the DynamoDB Streams record of the ``demand`` table, either as read
+from DynamoDB Streams or wrapped in a Kinesis record (the table's Kinesis streaming
+destination, whose ``Data`` is the same record as JSON). Nothing here touches a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+from dmd_tasks.deadletter import DeadLetter
+from dmd_tasks.logs import CORRELATION_HEADER
+from dmd_tasks.errors import InvalidRecord
+from dmd_tasks.models import ID_PATTERN, Entity
+from dmd_tasks.publish import TaskCall
+
+EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
+SHORTEN_TASK = "dmd_tasks.shorten.shorten_event_url"
+
+_deserializer = TypeDeserializer()
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One change of one item of the ``demand`` table."""
+
+    event_id: str
+    event_name: str
+    sequence_number: str
+    new: Mapping[str, Any] | None
+    old: Mapping[str, Any] | None
+    created_at: datetime | None = None
+
+    @property
+    def entity(self) -> str | None:
+        image = self.new if self.new is not None else self.old
+        value = image.get("entity") if image else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def correlation_id(self) -> str:
+        """Deterministic per record, so a record read twice carries the same id."""
+        return f"ddb-{self.event_id}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A task to enqueue for a change; ``key`` de-duplicates it within a batch."""
+
+    task: str
+    key: str
+    call: TaskCall
+
+
+@dataclass
+class BatchPlan:
+    """What one batch of records turns into: task calls per task, and dead letters."""
+
+    calls: dict[str, list[TaskCall]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    ignored: int = 0
+    duplicates: int = 0
+
+    @property
+    def enqueued(self) -> int:
+        return sum(len(c) for c in self.calls.values())
+
+
+def _image(raw: Any, name: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidRecord(f"{name} is not a DynamoDB item")
+    try:
+        return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidRecord(f"{name} is not valid DynamoDB JSON: {exc}") from exc
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, (int, float)):
+        # DynamoDB Streams gives seconds; the Kinesis form gives milliseconds.
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return None
+
+
+def parse_change(raw: Mapping[str, Any], sequence_number: str | None = None) -> ChangeRecord:
+    """Parse a DynamoDB Streams record (dict as boto3 returns it, or its JSON form)."""
+    if not isinstance(raw, Mapping):
+        raise InvalidRecord("record is not an object")
+    event_name = raw.get("eventName")
+    if event_name not in EVENT_NAMES:
+        raise InvalidRecord(f"eventName {event_name!r} is not INSERT, MODIFY or REMOVE")
+    ddb = raw.get("dynamodb")
+    if not isinstance(ddb, Mapping):
+        raise InvalidRecord("record has no 'dynamodb' object")
+    new = _image(ddb.get("NewImage"), "NewImage")
+    old = _image(ddb.get("OldImage"), "OldImage")
+    if new is None and old is None:
+        raise InvalidRecord("record carries neither NewImage nor OldImage (stream view type must be NEW_AND_OLD_IMAGES)")
+    if event_name == "INSERT" and new is None:
+        raise InvalidRecord("INSERT without NewImage")
+    sequence = sequence_number or ddb.get("SequenceNumber")
+    event_id = raw.get("eventID") or sequence
+    if not event_id or not sequence:
+        raise InvalidRecord("record has no eventID/SequenceNumber")
+    return ChangeRecord(event_id=str(event_id), event_name=event_name, sequence_number=str(sequence), new=new,
+                        old=old, created_at=_timestamp(ddb.get("ApproximateCreationDateTime")))
+
+
+def decode_kinesis_change(record: Mapping[str, Any]) -> ChangeRecord:
+    """Parse a Kinesis record whose ``Data`` is a DynamoDB change record as JSON."""
+    data = record.get("Data")
+    if isinstance(data, str):  # a Lambda-style event carries base64 text
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRecord("Kinesis Data is not base64") from exc
+    if not isinstance(data, (bytes, bytearray)):
+        raise InvalidRecord("Kinesis record has no Data")
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRecord("Kinesis Data is not JSON") from exc
+    if not isinstance(payload, Mapping):
+        raise InvalidRecord("Kinesis Data is not a JSON object")
+    sequence = record.get("SequenceNumber")
+    return parse_change(payload, sequence_number=str(sequence) if sequence else None)
+
+
+def route(change: ChangeRecord) -> Route | None:
+    """The task a change leads to, or None when the change needs nothing.
+
+    Raises InvalidRecord for an entity type the pipeline does not know.
+    """
+    entity = change.entity
+    if entity is None:
+        raise InvalidRecord("item has no 'entity' attribute")
+    try:
+        kind = Entity(entity)
+    except ValueError:
+        raise InvalidRecord(f"unknown entity type {entity!r}") from None
+    if kind is Entity.DEMAND and change.event_name == "INSERT":
+        event_id = (change.new or {}).get("eventId")
+        if not isinstance(event_id, str) or not ID_PATTERN.match(event_id):
+            raise InvalidRecord("demand item has no valid 'eventId'")
+        call = TaskCall(args=(event_id,), headers={CORRELATION_HEADER: change.correlation_id})
+        return Route(task=SHORTEN_TASK, key=event_id, call=call)
+    return None
+
+
+def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
+               routes: Callable[[ChangeRecord], Route | None] = route) -> BatchPlan:
+    """Turn a batch of raw records into de-duplicated task calls and dead letters.
+
+    One bad record becomes a dead letter with its reason; the rest of the batch proceeds.
+    """
+    plan = BatchPlan()
+    seen: set[tuple[str, str]] = set()
+    for raw in raws:
+        try:
+            change = decode(raw)
+            target = routes(change)
+        except InvalidRecord as exc:
+            plan.dead_letters.append(DeadLetter(reason=str(exc), payload=_jsonable(raw), source="bridge-demand"))
+            continue
+        if target is None:
+            plan.ignored += 1
+            continue
+        if (target.task, target.key) in seen:
+            plan.duplicates += 1
+            continue
+        seen.add((target.task, target.key))
+        plan.calls.setdefault(target.task, []).append(target.call)
+    return plan
+
+
+def _jsonable(raw: Any) -> Any:
+    """A copy of a raw record that survives json.dumps (bytes as base64, datetimes as ISO)."""
+    if isinstance(raw, Mapping):
+        return {str(k): _jsonable(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [_jsonable(v) for v in raw]
+    if isinstance(raw, (bytes, bytearray)):
+        return {"base64": base64.b64encode(bytes(raw)).decode()}
+    if isinstance(raw, datetime):
+        return raw.isoformat()
+    if raw is None or isinstance(raw, (str, int, float, bool)):
+        return raw
+    return str(raw)

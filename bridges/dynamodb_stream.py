@@ -1,0 +1,93 @@
+"""The demand-stream bridge: the ``demand`` table's changes → Celery tasks on SQS.
+
+Reads the table's DynamoDB Stream (or, with ``DMD_DEMAND_KINESIS_STREAM_NAME`` set, the
+same change records from the table's Kinesis streaming destination), routes each change
+by entity type and status transition, and enqueues the tasks with SendMessageBatch.
+A record that cannot be parsed or routed goes to the ``bridge-demand`` dead-letter
+queue with its reason; the rest of its page proceeds.
+
+Run:  python -m bridges.dynamodb_stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bridges.changes import ChangeRecord, decode_kinesis_change, parse_change, plan_batch
+from bridges.shards import CheckpointStore, DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
+from dmd_tasks import logs
+from dmd_tasks.deadletter import DeadLetters
+from dmd_tasks.publish import BatchPublisher
+from dmd_tasks.settings import Settings, get_settings
+
+log = logging.getLogger("bridges.dynamodb_stream")
+
+BRIDGE_NAME = "bridge-demand"
+
+
+class DemandStreamHandler:
+    """Handles one page of change records: enqueue the routed tasks, dead-letter the bad records."""
+
+    def __init__(self, publisher: BatchPublisher, dead_letters: DeadLetters,
+                 decode: Callable[[Any], ChangeRecord]) -> None:
+        self._publisher = publisher
+        self._dead_letters = dead_letters
+        self._decode = decode
+        self.enqueued = 0
+        self.dead_lettered = 0
+
+    def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
+        plan = plan_batch(records, self._decode)
+        for task_name, calls in plan.calls.items():
+            self._publisher.publish(task_name, calls)
+        if plan.dead_letters:
+            self._dead_letters.send_batch(BRIDGE_NAME, plan.dead_letters)
+            for letter in plan.dead_letters:
+                log.warning("shard %s: record dead-lettered: %s", shard_id, letter.reason)
+        self.enqueued += plan.enqueued
+        self.dead_lettered += len(plan.dead_letters)
+        log.info("shard %s: %d records -> %d tasks (%d duplicates, %d ignored, %d dead letters)", shard_id,
+                 len(records), plan.enqueued, plan.duplicates, plan.ignored, len(plan.dead_letters))
+
+
+def build_reader(settings: Settings) -> ShardReader:
+    from dmd_tasks.celery_app import app
+
+    app.loader.import_default_modules()
+    source: ShardSource
+    if settings.demand_kinesis_stream_name:
+        source = KinesisSource(settings, settings.demand_kinesis_stream_name)
+        decode: Callable[[Any], ChangeRecord] = decode_kinesis_change
+    else:
+        source = DynamoDBStreamSource(settings, settings.table_name)
+        decode = parse_change
+    handler = DemandStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), decode)
+    return ShardReader(
+        source, CheckpointStore(settings, BRIDGE_NAME), handler,
+        records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
+        shard_refresh_seconds=settings.bridge_shard_refresh_seconds, start_position=settings.bridge_start_position,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    settings = get_settings()
+    logs.configure(settings.log_level, json_lines=settings.log_json, process=BRIDGE_NAME)
+    reader = build_reader(settings)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping after the current page", signum)
+        reader.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("reading %s", reader.source.stream_id)
+    reader.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Reading a sharded stream (DynamoDB Streams or Kinesis) with durable per-shard checkpoints.
+
+The two services have the same shape: shards with parents, iterators, GetRecords
+pages. ``ShardReader`` reads every shard, a child only once its parents are finished
+(so changes of one item stay in order across a shard split), hands each page to a
+handler, and checkpoints the page's last sequence number only after the handler
+returned: a crash re-reads at most one page per shard (at-least-once, never a gap).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from dmd_tasks import aws
+from dmd_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    id: str
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    next_iterator: str | None  # None: the shard is closed and fully read
+    behind_ms: int | None = None
+
+
+class ShardSource(Protocol):
+    """One stream, DynamoDB Streams or Kinesis."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    def list_shards(self) -> list[Shard]: ...
+
+    def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str: ...
+
+    def read(self, iterator: str, limit: int) -> Page: ...
+
+    def sequence_of(self, record: dict[str, Any]) -> str: ...
+
+
+class IteratorExpired(Exception):
+    """The shard iterator is too old; open a new one from the checkpoint."""
+
+
+class DynamoDBStreamSource:
+    """The DynamoDB Stream of a table (its current stream ARN)."""
+
+    def __init__(self, settings: Settings, table_name: str) -> None:
+        self._ddb = aws.client("dynamodb", settings)
+        self._streams = aws.client("dynamodbstreams", settings)
+        table = self._ddb.describe_table(TableName=table_name)["Table"]
+        arn = table.get("LatestStreamArn")
+        if not arn:
+            raise RuntimeError(f"table {table_name} has no stream; run `dmd provision`")
+        self._arn: str = arn
+
+    @property
+    def stream_id(self) -> str:
+        return self._arn
+
+    def list_shards(self) -> list[Shard]:
+        shards: list[Shard] = []
+        kwargs: dict[str, Any] = {"StreamArn": self._arn}
+        while True:
+            description = self._streams.describe_stream(**kwargs)["StreamDescription"]
+            for shard in description.get("Shards", []):
+                parent = shard.get("ParentShardId")
+                shards.append(Shard(shard["ShardId"], (parent,) if parent else ()))
+            last = description.get("LastEvaluatedShardId")
+            if not last:
+                return shards
+            kwargs["ExclusiveStartShardId"] = last
+
+    def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
+        kwargs: dict[str, Any] = {"StreamArn": self._arn, "ShardId": shard_id}
+        if after_sequence:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after_sequence)
+        else:
+            kwargs["ShardIteratorType"] = start_position
+        return self._streams.get_shard_iterator(**kwargs)["ShardIterator"]
+
+    def read(self, iterator: str, limit: int) -> Page:
+        try:
+            response = self._streams.get_records(ShardIterator=iterator, Limit=min(limit, 1000))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("ExpiredIteratorException", "TrimmedDataAccessException"):
+                raise IteratorExpired(exc.response["Error"]["Code"]) from exc
+            raise
+        return Page(response.get("Records", []), response.get("NextShardIterator"))
+
+    def sequence_of(self, record: dict[str, Any]) -> str:
+        return str(record["dynamodb"]["SequenceNumber"])
+
+
+class KinesisSource:
+    """A Kinesis data stream."""
+
+    def __init__(self, settings: Settings, stream_name: str) -> None:
+        self._kinesis = aws.client("kinesis", settings)
+        self._name = stream_name
+        summary = self._kinesis.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"]
+        self._arn: str = summary["StreamARN"]
+
+    @property
+    def stream_id(self) -> str:
+        return self._arn
+
+    def list_shards(self) -> list[Shard]:
+        shards: list[Shard] = []
+        kwargs: dict[str, Any] = {"StreamName": self._name}
+        while True:
+            response = self._kinesis.list_shards(**kwargs)
+            for shard in response.get("Shards", []):
+                parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
+                shards.append(Shard(shard["ShardId"], parents))
+            token = response.get("NextToken")
+            if not token:
+                return shards
+            kwargs = {"NextToken": token}
+
+    def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
+        kwargs: dict[str, Any] = {"StreamName": self._name, "ShardId": shard_id}
+        if after_sequence:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after_sequence)
+        else:
+            kwargs["ShardIteratorType"] = start_position
+        return self._kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+
+    def read(self, iterator: str, limit: int) -> Page:
+        try:
+            response = self._kinesis.get_records(ShardIterator=iterator, Limit=min(limit, 10_000))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ExpiredIteratorException":
+                raise IteratorExpired("ExpiredIteratorException") from exc
+            raise
+        return Page(response.get("Records", []), response.get("NextShardIterator"),
+                    response.get("MillisBehindLatest"))
+
+    def sequence_of(self, record: dict[str, Any]) -> str:
+        return str(record["SequenceNumber"])
+
+
+@dataclass
+class Checkpoint:
+    sequence: str | None = None
+    finished: bool = False
+
+
+class CheckpointStore:
+    """Per-shard checkpoints in their own DynamoDB table, keyed by consumer+stream and shard."""
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self._ddb = aws.client("dynamodb", settings)
+        self._table = settings.checkpoint_table_name
+        self._consumer = consumer
+
+    def _stream_key(self, stream_id: str) -> str:
+        return f"{self._consumer}|{stream_id}"
+
+    def load(self, stream_id: str) -> dict[str, Checkpoint]:
+        out: dict[str, Checkpoint] = {}
+        paginator = self._ddb.get_paginator("query")
+        for page in paginator.paginate(TableName=self._table, KeyConditionExpression="#s = :s",
+                                       ExpressionAttributeNames={"#s": "stream"},
+                                       ExpressionAttributeValues={":s": {"S": self._stream_key(stream_id)}},
+                                       ConsistentRead=True):
+            for item in page.get("Items", []):
+                out[item["shard"]["S"]] = Checkpoint(item.get("sequence", {}).get("S"),
+                                                     item.get("finished", {}).get("BOOL", False))
+        return out
+
+    def save(self, stream_id: str, shard_id: str, checkpoint: Checkpoint) -> None:
+        item: dict[str, Any] = {"stream": {"S": self._stream_key(stream_id)}, "shard": {"S": shard_id},
+                                "finished": {"BOOL": checkpoint.finished}, "updatedAt": {"N": str(int(time.time()))}}
+        if checkpoint.sequence:
+            item["sequence"] = {"S": checkpoint.sequence}
+        self._ddb.put_item(TableName=self._table, Item=item)
+
+
+Handler = Callable[[Sequence[dict[str, Any]], str], None]
+
+
+class ShardReader:
+    """Reads every shard of a source into a handler, checkpointing after each handled page."""
+
+    def __init__(self, source: ShardSource, checkpoints: CheckpointStore, handler: Handler, *,
+                 records_per_read: int = 1000, idle_sleep_seconds: float = 0.5,
+                 shard_refresh_seconds: float = 30.0, start_position: str = "TRIM_HORIZON") -> None:
+        self.source = source
+        self._checkpoints = checkpoints
+        self._handler = handler
+        self._limit = records_per_read
+        self._idle = idle_sleep_seconds
+        self._refresh_every = shard_refresh_seconds
+        self._start_position = start_position
+        self._state: dict[str, Checkpoint] = checkpoints.load(source.stream_id)
+        self._iterators: dict[str, str] = {}
+        self._shards: list[Shard] = []
+        self._refreshed_at = 0.0
+        self.stop_event = threading.Event()
+        self.records_read = 0
+        #: Age in seconds of the newest record handled (bridge lag), when the source tells.
+        self.last_behind_ms: int | None = None
+
+    def ready_shards(self) -> list[Shard]:
+        """Unfinished shards whose parents are finished (or gone from the stream, i.e. trimmed)."""
+        present = {s.id for s in self._shards}
+        ready = []
+        for shard in self._shards:
+            if self._state.get(shard.id, Checkpoint()).finished:
+                continue
+            if all(p not in present or self._state.get(p, Checkpoint()).finished for p in shard.parents):
+                ready.append(shard)
+        return ready
+
+    def poll_once(self) -> int:
+        """Read one page from every ready shard; returns the number of records handled."""
+        now = time.monotonic()
+        if not self._shards or now - self._refreshed_at >= self._refresh_every:
+            self._shards = self.source.list_shards()
+            self._refreshed_at = now
+        handled = 0
+        for shard in self.ready_shards():
+            handled += self._read_shard(shard)
+        return handled
+
+    def _read_shard(self, shard: Shard) -> int:
+        checkpoint = self._state.setdefault(shard.id, Checkpoint())
+        iterator = self._iterators.get(shard.id)
+        if iterator is None:
+            iterator = self.source.open_iterator(shard.id, checkpoint.sequence, self._start_position)
+        try:
+            page = self.source.read(iterator, self._limit)
+        except IteratorExpired:
+            log.warning("shard %s: iterator expired; reopening from checkpoint", shard.id)
+            self._iterators.pop(shard.id, None)
+            return 0
+        if page.records:
+            try:
+                self._handler(page.records, shard.id)
+            except Exception:
+                # Nothing is checkpointed: the page is read again from the last checkpoint.
+                self._iterators.pop(shard.id, None)
+                raise
+            checkpoint.sequence = self.source.sequence_of(page.records[-1])
+            self.records_read += len(page.records)
+        self.last_behind_ms = page.behind_ms
+        if page.next_iterator is None:
+            checkpoint.finished = True
+            self._iterators.pop(shard.id, None)
+            log.info("shard %s finished", shard.id)
+        else:
+            self._iterators[shard.id] = page.next_iterator
+        if page.records or checkpoint.finished:
+            self._checkpoints.save(self.source.stream_id, shard.id, checkpoint)
+        return len(page.records)
+
+    def run(self) -> None:
+        """Poll until ``stop_event`` is set; back off on errors, never skip a record."""
+        backoff = self._idle
+        while not self.stop_event.is_set():
+            try:
+                handled = self.poll_once()
+                backoff = self._idle
+            except Exception:
+                log.exception("bridge poll failed; retrying from the last checkpoint in %.1fs", backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if handled == 0:
+                self.stop_event.wait(self._idle)

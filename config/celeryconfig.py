@@ -1,0 +1,75 @@
+"""The Celery configuration of dmd, built from Settings.
+
+Tasks travel over SQS (kombu's SQS transport, with predefined queues so workers need
+neither ListQueues nor CreateQueue: `dmd provision` makes the queues, their dead-letter
+queues and redrive policies). Results go to Redis. Every task default is set here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from kombu import Exchange, Queue
+
+from dmd_tasks.settings import QUEUE_NAMES, Settings
+
+
+def broker_url(settings: Settings) -> str:
+    """``sqs://`` URL; credentials and endpoint only when set (moto), else boto3's default chain."""
+    userinfo = ""
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        userinfo = (f"{quote(settings.aws_access_key_id.get_secret_value(), safe='')}:"
+                    f"{quote(settings.aws_secret_access_key.get_secret_value(), safe='')}@")
+    host = ""
+    if settings.aws_endpoint_url:
+        host = urlsplit(settings.aws_endpoint_url).netloc
+    return f"sqs://{userinfo}{host}"
+
+
+def task_queues() -> list[Queue]:
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES]
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration mapping for ``app.conf.update``."""
+    secure = not (settings.aws_endpoint_url or "").startswith("http://")
+    predefined = {
+        settings.queue_name(name): {"url": settings.queue_url(settings.queue_name(name))}
+        for name in QUEUE_NAMES
+    }
+    return {
+        "broker_url": broker_url(settings),
+        "broker_transport_options": {
+            "region": settings.aws_region,
+            "is_secure": secure,
+            "queue_name_prefix": settings.queue_name_prefix,
+            "predefined_queues": predefined,
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "wait_time_seconds": settings.sqs_wait_time_seconds,
+            "polling_interval": settings.sqs_polling_interval_seconds,
+        },
+        "broker_connection_retry_on_startup": True,
+        "result_backend": settings.result_backend_url or settings.redis_url,
+        "result_expires": settings.result_expires_seconds,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_queues": task_queues(),
+        "task_default_queue": "query",
+        "task_create_missing_queues": False,
+        # At-least-once: ack after the task ran, give the message back if the worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_seconds,
+        "task_time_limit": settings.task_time_limit_seconds,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "worker_hijack_root_logger": False,
+        # SQS carries neither Celery's event exchange nor the broadcast mailbox.
+        "worker_enable_remote_control": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,150 @@
+"""The Celery app of dmd and all of its plumbing: base task, ``task()`` decorator, signals.
+
+Run a worker per queue:  ``celery -A dmd_tasks.celery_app worker -Q short-url``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from celery import Celery, Task, signals
+
+from config import celeryconfig
+from dmd_tasks import logs
+from dmd_tasks.errors import PermanentError, TransientError
+from dmd_tasks.settings import QUEUE_NAMES, UnsafeConfiguration, get_settings
+
+log = logging.getLogger(__name__)
+
+app = Celery("dmd")
+app.conf.update(celeryconfig.build(get_settings()))
+
+#: Task modules, imported by workers and by anything that sends tasks.
+TASK_MODULES = ["dmd_tasks.shorten"]
+
+
+class DmdTask(Task):
+    """Base class of every dmd task.
+
+    - Retries (Celery's autoretry) wait at most ``max_countdown_seconds``, honouring an
+      upstream ``Retry-After`` up to that bound, so a retried message is always back in
+      SQS before the visibility timeout could redeliver the original.
+    - A task that fails for good is written to its queue's dead-letter queue with the
+      reason, its arguments and the correlation id.
+    """
+
+    abstract = True
+    typing = True
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
+              eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
+        limit = get_settings().max_countdown_seconds
+        wanted = getattr(exc, "retry_after_seconds", None)
+        if wanted is not None and eta is None:
+            countdown = max(countdown or 0.0, float(wanted))
+        if countdown is not None:
+            countdown = min(float(countdown), float(limit))
+        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
+                             max_retries=max_retries, **options)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None,
+                    link: Any = None, link_error: Any = None, shadow: str | None = None, **options: Any) -> Any:
+        check_countdown(options.get("countdown"), options.get("eta"))
+        return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, producer=producer, link=link,
+                                   link_error=link_error, shadow=shadow, **options)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        from dmd_tasks.deadletter import DeadLetters
+
+        queue = (self.request.delivery_info or {}).get("routing_key") or self.queue or "query"
+        try:
+            DeadLetters(get_settings()).send(
+                queue,
+                reason=f"{type(exc).__name__}: {exc}",
+                payload={"task": self.name, "task_id": task_id, "args": list(args or ()), "kwargs": kwargs or {},
+                         "retries": self.request.retries},
+                correlation_id=logs.correlation_id.get(),
+            )
+        except Exception:  # the dead letter must never hide the original failure
+            log.exception("could not write dead letter for task %s", task_id)
+
+
+def check_countdown(countdown: float | None, eta: datetime | None) -> None:
+    """Refuse a countdown/ETA that outlives the SQS visibility timeout (it would run twice)."""
+    limit = get_settings().max_countdown_seconds
+    if countdown is not None and float(countdown) > limit:
+        raise UnsafeConfiguration(f"countdown {countdown}s exceeds the {limit}s any task may wait on SQS")
+    if eta is not None:
+        delay = (eta - datetime.now(timezone.utc)).total_seconds()
+        if delay > limit:
+            raise UnsafeConfiguration(f"eta {eta.isoformat()} is {delay:.0f}s away; at most {limit}s is safe on SQS")
+
+
+def task(*, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """Register a dmd task on ``queue`` with the project's retry defaults.
+
+    Transient errors are retried with exponential backoff and jitter (at most
+    ``max_retries`` times, default from the task); permanent errors are not retried.
+    """
+    if queue not in QUEUE_NAMES:
+        raise ValueError(f"unknown queue {queue!r}")
+    settings = get_settings()
+    defaults: dict[str, Any] = {
+        "base": DmdTask,
+        "bind": True,
+        "queue": queue,
+        "autoretry_for": (TransientError,),
+        "dont_autoretry_for": (PermanentError,),
+        "retry_backoff": True,
+        "retry_backoff_max": settings.retry_backoff_max_seconds,
+        "retry_jitter": True,
+    }
+    defaults.update(options)
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        return app.task(**defaults)(fn)
+
+    return decorate
+
+
+# --- correlation ids across the chain ------------------------------------------------------------
+
+@signals.before_task_publish.connect
+def _stamp_correlation_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None and not headers.get(logs.CORRELATION_HEADER):
+        headers[logs.CORRELATION_HEADER] = logs.correlation_id.get() or logs.new_correlation_id()
+
+
+@signals.task_prerun.connect
+def _enter_task_context(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    logs.correlation_id.set(getattr(request, logs.CORRELATION_HEADER, None) or task_id)
+    logs.task_context.set({"task_name": getattr(task, "name", ""), "task_id": task_id or ""})
+
+
+@signals.task_postrun.connect
+def _leave_task_context(**_: Any) -> None:
+    logs.correlation_id.set(None)
+    logs.task_context.set(None)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    settings = get_settings()
+    logs.configure(settings.log_level, json_lines=settings.log_json, process="worker")
+
+
+@signals.worker_init.connect
+def _check_queues(sender: Any = None, **_: Any) -> None:
+    """Refuse to start a worker whose SQS queues would redeliver waiting or running tasks."""
+    from dmd_tasks.provision import check_queue_visibility
+
+    queues = [q.name for q in app.amqp.queues.consume_from.values()] if app.amqp.queues.consume_from else list(
+        QUEUE_NAMES)
+    check_queue_visibility(get_settings(), queues)
+
+
+app.conf.imports = TASK_MODULES

@@ -1,0 +1,88 @@
+"""``dmd``: the operator's command line.
+
+    dmd stack up | down        the local stack (moto server, Redis, provider simulators)
+    dmd provision              create the tables, queues (+ DLQs) and streams; idempotent
+    dmd demo                   run the pipeline on the local stack with progress and a summary
+    dmd dlq list QUEUE         show the dead letters of a queue or bridge
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from dmd_tasks.settings import get_settings
+
+
+@click.group()
+def main() -> None:
+    """dmd: the demand-capture notification pipeline."""
+
+
+@main.group()
+def stack() -> None:
+    """The local stack on loopback."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Start moto server, Redis (unless one is running) and the provider simulators."""
+    from dmd_tasks.stack import Stack
+
+    for line in Stack(get_settings()).up():
+        click.echo(line)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop what `dmd stack up` started."""
+    from dmd_tasks.stack import Stack
+
+    for line in Stack(get_settings()).down():
+        click.echo(line)
+
+
+@main.command()
+def provision() -> None:
+    """Create or update every AWS resource (moto or AWS alike)."""
+    from dmd_tasks.provision import provision as run
+
+    report = run(get_settings())
+    click.echo(json.dumps(report, indent=2))
+
+
+@main.command()
+@click.option("--events", default=20, show_default=True, help="events to create")
+@click.option("--fans", default=200, show_default=True, help="demand rows to insert, spread over the events")
+@click.option("--timeout", "timeout_seconds", default=300.0, show_default=True, help="give up after this long")
+@click.option("--keep-stack", is_flag=True, help="leave the local stack running afterwards")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON summary line instead of a table")
+def demo(events: int, fans: int, timeout_seconds: float, keep_stack: bool, as_json: bool) -> None:
+    """Run the pipeline on the local stack: demand rows in, short URLs out."""
+    from dmd_tasks.demo import run_demo
+
+    summary = run_demo(get_settings(), events=events, fans=fans, timeout_seconds=timeout_seconds,
+                       keep_stack=keep_stack, as_json=as_json)
+    sys.exit(0 if summary["complete"] else 1)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter queues."""
+
+
+@dlq.command("list")
+@click.argument("queue")
+@click.option("--max", "max_messages", default=20, show_default=True)
+def dlq_list(queue: str, max_messages: int) -> None:
+    """Show up to --max dead letters of QUEUE (a Celery queue or a bridge, e.g. bridge-demand)."""
+    from dmd_tasks.deadletter import receive
+
+    for letter in receive(get_settings(), queue, max_messages=max_messages):
+        click.echo(json.dumps(letter))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What every provider client shares: a pooled session and the mapping of HTTP failures to dmd errors."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from dmd_tasks.errors import PermanentError, RateLimited, TransientError
+
+
+def pooled_session(pool_size: int = 20) -> requests.Session:
+    """A keep-alive session; retries are left to Celery, so the adapter does none."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def request(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
+            **kwargs: Any) -> requests.Response:
+    """Send a request; raise TransientError (retry) or PermanentError (don't) for failures.
+
+    ``what`` names the call in error messages; URLs and headers are never put in them,
+    so no secret (query-string keys, bearer tokens) can leak into a log.
+    """
+    try:
+        response = session.request(method, url, timeout=timeout, **kwargs)
+    except requests.Timeout as exc:
+        raise TransientError(f"{what}: timed out after {timeout}s") from exc
+    except requests.ConnectionError as exc:
+        raise TransientError(f"{what}: connection failed") from exc
+    if response.status_code == 429:
+        raise RateLimited(f"{what}: rate limited (429)",
+                          retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))
+    if response.status_code >= 500:
+        raise TransientError(f"{what}: upstream error {response.status_code}",
+                             retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))
+    if response.status_code >= 400:
+        raise PermanentError(f"{what}: refused with {response.status_code} {_short_reason(response)}")
+    return response
+
+
+def _short_reason(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        for key in ("message", "description", "error"):
+            if isinstance(body.get(key), str):
+                return body[key][:200]
+    return ""

@@ -1,0 +1,49 @@
+"""The clients a task works with, built once per process (after the worker forks).
+
+Tasks receive their clients from here instead of building them; tests may install
+their own with ``use_services``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from dmd_tasks.clients.bitly import BitlyClient, Shortener
+from dmd_tasks.settings import Settings, get_settings
+from dmd_tasks.store import DemandTable
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def table(self) -> DemandTable:
+        return DemandTable(self.settings)
+
+    @cached_property
+    def shortener(self) -> Shortener:
+        return BitlyClient.from_settings(self.settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
+
+
+_current: tuple[int, Services] | None = None
+
+
+def get_services() -> Services:
+    global _current
+    if _current is None or _current[0] != os.getpid():
+        _current = (os.getpid(), Services(get_settings()))
+    return _current[1]
+
+
+def use_services(services: Services) -> None:
+    global _current
+    _current = (os.getpid(), services)

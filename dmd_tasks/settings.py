@@ -1,0 +1,157 @@
+"""Every setting of dmd, in one place.
+
+This is the only module that knows environment variable names: each field
+``foo_bar`` is read from ``DMD_FOO_BAR``. A profile (``DMD_PROFILE``, default
+``local``) selects a file of defaults in ``config/`` (``local.env`` for the
+embedded stack, ``aws.env`` for real AWS); the environment overrides it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import config as _config_package
+
+CONFIG_DIR = Path(_config_package.__file__).resolve().parent
+
+#: Every Celery queue of the pipeline, one worker process per queue.
+QUEUE_NAMES: tuple[str, ...] = ("short-url", "generate", "schedule", "send", "sms-status", "query")
+
+
+class UnsafeConfiguration(ValueError):
+    """A combination of settings that would make the pipeline misbehave (e.g. duplicate SQS deliveries)."""
+
+
+def _profile_file() -> Path:
+    profile = os.environ.get("DMD_PROFILE", "local")
+    path = CONFIG_DIR / f"{profile}.env"
+    if not path.is_file():
+        raise UnsafeConfiguration(f"DMD_PROFILE={profile!r}: no profile file {path.name} in config/")
+    return path
+
+
+class Settings(BaseSettings):
+    """All of dmd's configuration. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="DMD_", extra="ignore", frozen=True)
+
+    profile: str = "local"
+
+    # --- AWS -----------------------------------------------------------------------------
+    aws_region: str = "us-east-1"
+    aws_account_id: str = "123456789012"
+    #: One endpoint for every AWS service (moto server locally); None means real AWS.
+    aws_endpoint_url: str | None = None
+    #: Static credentials (moto locally); None means boto3's default chain (IAM role).
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_connect_timeout_seconds: float = 5.0
+    aws_read_timeout_seconds: float = 30.0
+    aws_max_pool_connections: int = 20
+
+    table_name: str = "dmd-demand"
+    checkpoint_table_name: str = "dmd-checkpoints"
+    queue_name_prefix: str = "dmd-"
+    #: Kinesis stream the SMS provider publishes delivery statuses to.
+    sms_status_stream_name: str = "dmd-sms-status"
+    #: Kinesis stream carrying the demand table's changes (the "DynamoDB Kinesis stream"
+    #: form); None means the bridge reads the table's DynamoDB Stream directly.
+    demand_kinesis_stream_name: str | None = None
+    #: How many times SQS delivers a message before its redrive policy moves it to the DLQ.
+    dlq_max_receive_count: int = 5
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_backend_url: str | None = None  # defaults to redis_url
+    result_expires_seconds: int = 86_400
+
+    # --- Celery on SQS ---------------------------------------------------------------------
+    #: SQS visibility timeout of every task queue. Must exceed the longest countdown a task
+    #: can get plus the hard time limit, or SQS redelivers a task that is still waiting or
+    #: running (a duplicate execution).
+    visibility_timeout_seconds: int = 600
+    sqs_wait_time_seconds: int = 10
+    sqs_polling_interval_seconds: float = 0.3
+    task_soft_time_limit_seconds: int = 60
+    task_time_limit_seconds: int = 90
+    retry_backoff_max_seconds: int = 120
+    worker_prefetch_multiplier: int = 1
+
+    # --- URL shortening (Bitly v4) ----------------------------------------------------------
+    bitly_base_url: str = "https://api-ssl.bitly.com"
+    bitly_token: SecretStr = SecretStr("")
+    bitly_domain: str = "bit.ly"
+    bitly_timeout_seconds: float = 5.0
+    #: Retries after the first attempt (the original's maxRetryCount).
+    shorten_max_retries: int = 2
+    #: Hosts whose URLs may be sent to the shortener; a leading dot admits subdomains.
+    shorten_allowed_hosts: list[str] = Field(default_factory=lambda: [".ticketmaster.com", ".livenation.com"])
+    #: How long one worker holds the per-event shortening lock.
+    shorten_lock_seconds: int = 30
+
+    # --- Stream bridges ----------------------------------------------------------------------
+    bridge_records_per_read: int = 1000
+    bridge_idle_sleep_seconds: float = 0.5
+    bridge_shard_refresh_seconds: float = 30.0
+    #: Where a bridge starts on a shard it has no checkpoint for.
+    bridge_start_position: str = "TRIM_HORIZON"
+
+    # --- Local stack ---------------------------------------------------------------------------
+    run_dir: Path = Path(".dmd")
+    moto_host: str = "127.0.0.1"
+    moto_port: int = 5000
+    simulator_host: str = "127.0.0.1"
+    simulator_port: int = 8090
+
+    # --- Logging ---------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _check_visibility_timeout(self) -> "Settings":
+        needed = self.max_countdown_seconds + self.task_time_limit_seconds
+        if self.visibility_timeout_seconds <= needed:
+            raise UnsafeConfiguration(
+                f"visibility_timeout_seconds={self.visibility_timeout_seconds} must exceed the longest "
+                f"countdown a task can get ({self.max_countdown_seconds}s) plus the hard time limit "
+                f"({self.task_time_limit_seconds}s) = {needed}s; otherwise SQS redelivers waiting or "
+                f"running tasks and they execute twice"
+            )
+        if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
+            raise UnsafeConfiguration("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+        if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
+            raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")
+        return self
+
+    @property
+    def max_countdown_seconds(self) -> int:
+        """The longest countdown/ETA any task may be given (retries are clamped to it)."""
+        return self.retry_backoff_max_seconds
+
+    def queue_name(self, queue: str) -> str:
+        """SQS name of a Celery queue."""
+        return f"{self.queue_name_prefix}{queue}"
+
+    def dlq_name(self, queue: str) -> str:
+        """SQS name of the dead-letter queue beside a Celery queue or a bridge."""
+        return f"{self.queue_name_prefix}{queue}-dlq"
+
+    def queue_url(self, sqs_name: str) -> str:
+        base = self.aws_endpoint_url or f"https://sqs.{self.aws_region}.amazonaws.com"
+        return f"{base.rstrip('/')}/{self.aws_account_id}/{sqs_name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the profile file and the environment (environment wins)."""
+    return Settings(_env_file=_profile_file(), **overrides)  # type: ignore[call-arg]
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed once."""
+    return load_settings()

@@ -1,0 +1,28 @@
+"""Run the provider simulators:  python -m simulators [--host H] [--port P]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from werkzeug.serving import make_server
+
+from dmd_tasks.settings import get_settings
+from simulators.app import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description="dmd provider simulators")
+    parser.add_argument("--host", default=settings.simulator_host)
+    parser.add_argument("--port", type=int, default=settings.simulator_port)
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(bitly_token=settings.bitly_token.get_secret_value())
+    server = make_server(args.host, args.port, app, threaded=True)
+    print(f"simulators listening on http://{args.host}:{args.port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

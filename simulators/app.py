@@ -1,0 +1,48 @@
+"""One HTTP app serving every simulated provider, plus ``/_sim/*`` control endpoints.
+
+- ``GET  /_sim/health``          → 200 when serving
+- ``GET  /_sim/stats``           → counters per provider (what tests and benchmarks read)
+- ``POST /_sim/config``          → ``{"bitly": {"latency_ms": 50, "error_rate": 0.2, ...}}``
+- ``POST /_sim/reset``           → forget calls, links and faults
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, request
+
+from simulators.bitly import BitlySimulator
+
+
+def create_app(*, bitly_token: str) -> Flask:
+    app = Flask("dmd-simulators")
+    providers: dict[str, Any] = {"bitly": BitlySimulator(bitly_token)}
+    for provider in providers.values():
+        app.register_blueprint(provider.blueprint())
+
+    @app.get("/_sim/health")
+    def health() -> Any:
+        return jsonify(ok=True, providers=sorted(providers))
+
+    @app.get("/_sim/stats")
+    def stats() -> Any:
+        return jsonify({name: p.stats() for name, p in providers.items()})
+
+    @app.post("/_sim/config")
+    def configure() -> Any:
+        body = request.get_json(silent=True) or {}
+        unknown = sorted(set(body) - set(providers))
+        if unknown:
+            return jsonify(error=f"unknown providers: {unknown}"), 400
+        for name, values in body.items():
+            providers[name].faults.update(values)
+        return jsonify({name: p.faults.public() for name, p in providers.items()})
+
+    @app.post("/_sim/reset")
+    def reset() -> Any:
+        for provider in providers.values():
+            provider.reset()
+        return jsonify(ok=True)
+
+    return app

@@ -1,0 +1,63 @@
+"""What every simulated provider can be told to do: add latency, fail, rate-limit; and count."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Faults:
+    """Behaviour of one simulated provider, changeable at run time through ``POST /_sim/config``."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0          # fraction of calls answered 500/503
+    timeout_rate: float = 0.0        # fraction of calls that hang for ``timeout_ms`` before answering 504
+    timeout_ms: float = 10_000.0
+    rate_limit_per_second: float = 0.0  # 0: unlimited; above it, 429 with Retry-After
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _window: deque[float] = field(default_factory=deque, repr=False)
+    counters: Counter[str] = field(default_factory=Counter, repr=False)
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key in ("latency_ms", "error_rate", "timeout_rate", "timeout_ms", "rate_limit_per_second"):
+            if key in values:
+                setattr(self, key, float(values[key]))
+
+    def public(self) -> dict[str, float]:
+        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate, "timeout_rate": self.timeout_rate,
+                "timeout_ms": self.timeout_ms, "rate_limit_per_second": self.rate_limit_per_second}
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def apply(self) -> tuple[int, dict[str, str]] | None:
+        """Decide this call's fate: None to serve it, or (status, headers) to fail it."""
+        self.count("requests")
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+        if self.rate_limit_per_second:
+            now = time.monotonic()
+            with self._lock:
+                while self._window and now - self._window[0] >= 1.0:
+                    self._window.popleft()
+                if len(self._window) >= self.rate_limit_per_second:
+                    retry_after = max(1, int(1.0 - (now - self._window[0])) + 1)
+                    self.counters["429"] += 1
+                    return 429, {"Retry-After": str(retry_after)}
+                self._window.append(now)
+        roll = random.random()
+        if roll < self.timeout_rate:
+            time.sleep(self.timeout_ms / 1000)
+            self.count("504")
+            return 504, {}
+        if roll < self.timeout_rate + self.error_rate:
+            status = random.choice((500, 503))
+            self.count(str(status))
+            return status, {}
+        return None
