@@ -243,6 +243,10 @@ class ShardReader:
         iterator = self._iterators.get(shard.id)
         if iterator is None:
             iterator = self.source.open_iterator(shard.id, checkpoint.sequence, self._start_position)
+            if checkpoint.sequence:
+                log.info("shard %s: resuming after checkpoint %s", shard.id, checkpoint.sequence)
+            else:
+                log.info("shard %s: no checkpoint, starting at %s", shard.id, self._start_position)
         try:
             page = self.source.read(iterator, self._limit)
         except IteratorExpired:

@@ -1,0 +1,208 @@
+"""Demand stream → URL shortening, end to end with real parts.
+
+moto server (DynamoDB + Streams, SQS, Kinesis), Redis, the Bitly simulator, and the
+Procfile's own ``bridge-demand`` and ``worker-short-url`` processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dmd_tasks import aws, deadletter
+from dmd_tasks.models import Demand, Event
+from dmd_tasks.stack import ProcessGroup
+from dmd_tasks.store import DemandTable, serialize
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e",
+                         env={"DMD_BRIDGE_RECORDS_PER_READ": "20"})
+    group.start(["bridge-demand", "worker-short-url"])
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture()
+def table(settings) -> DemandTable:  # type: ignore[no-untyped-def]
+    return DemandTable(settings)
+
+
+def make_events(n: int) -> list[Event]:
+    run = uuid.uuid4().hex[:8]
+    return [Event(id=f"t{run}-{i}", name=f"Event {i}", url=f"https://www.ticketmaster.com/e/{run}/{i}")
+            for i in range(n)]
+
+
+def demand_rows(events: list[Event], fans: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [Demand(eventId=events[n % len(events)].id, fanId=f"fan{offset + n}", phone=f"+1555{n:07d}").to_item()
+            for n in range(fans)]
+
+
+def all_short(table: DemandTable, events: list[Event]) -> dict[str, str] | None:
+    found = {e.id: (table.get_event(e.id) or e).short_url for e in events}
+    return found if all(found.values()) else None  # type: ignore[return-value]
+
+
+def dead_letters_mentioning(settings, marker: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    letters = deadletter.receive(settings, "bridge-demand", max_messages=200)
+    return [d for d in letters if marker in json.dumps(d)]
+
+
+def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given six events and demand for them, with many fans per event
+    events = make_events(6)
+    table.put_items(e.to_item() for e in events)
+    table.put_items(demand_rows(events, 60))
+
+    # When the bridge and the worker have run
+    links = wait_until(lambda: all_short(table, events), what="every event shortened")
+
+    # Then each event has its link, and Bitly was called once per event
+    for event in events:
+        assert links[event.id].startswith("https://bit.ly/")
+        assert sim.bitly_calls(event.url) == 1
+
+    # When more demand arrives later for the same events (duplicates across batches)
+    table.put_items(demand_rows(events, 30, offset=1000))
+    sentinel = make_events(1)
+    table.put_items(e.to_item() for e in sentinel)
+    table.put_items(demand_rows(sentinel, 1))
+    wait_until(lambda: all_short(table, sentinel), what="the sentinel event shortened")
+
+    # Then nothing is shortened again
+    for event in events:
+        assert sim.bitly_calls(event.url) == 1
+        assert (table.get_event(event.id) or event).short_url == links[event.id]
+
+
+def test_malformed_records_are_dead_lettered_while_batch_mates_proceed(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    events = make_events(2)
+    table.put_items(e.to_item() for e in events)
+    marker = uuid.uuid4().hex[:10]
+    # Given one write carrying good demand rows and two items the bridge cannot route
+    table.put_items([
+        demand_rows(events, 1)[0],
+        {"pk": f"X#{marker}", "sk": "X", "entity": "SPACESHIP", "id": marker},
+        {"pk": f"EVENT#{marker}", "sk": "DEMAND#f", "entity": "DEMAND", "id": marker, "fanId": "f"},
+        demand_rows(events, 2)[1],
+    ])
+    # Then the good rows are processed
+    wait_until(lambda: all_short(table, events), what="batch-mates shortened")
+    # And each bad record is in the bridge's dead-letter queue with its reason and payload
+    letters = wait_until(lambda: (found := dead_letters_mentioning(settings, marker)) and len(found) >= 2 and found,
+                         what="two dead letters")
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert reasons == ["demand item has no valid 'eventId'", "unknown entity type 'SPACESHIP'"]
+    assert all(letter["source"] == "bridge-demand" and letter["payload"]["dynamodb"] for letter in letters)
+
+
+def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settings, stack, sim, table) -> None:  # type: ignore[no-untyped-def]
+    from dmd_tasks.provision import ensure_kinesis_stream
+
+    stream_name = f"dmd-demand-changes-{uuid.uuid4().hex[:6]}"
+    ensure_kinesis_stream(settings, stream_name)
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-kinesis",
+                         env={"DMD_DEMAND_KINESIS_STREAM_NAME": stream_name})
+    group.start(["bridge-demand", "worker-short-url"])
+    try:
+        events = make_events(2)
+        table.put_items(e.to_item() for e in events)
+        marker = uuid.uuid4().hex
+        records = [{"Data": json.dumps(_kinesis_change(events[0], "fanK1")).encode(), "PartitionKey": "a"},
+                   {"Data": f"garbage {marker}".encode(), "PartitionKey": "b"},
+                   {"Data": json.dumps(_kinesis_change(events[1], "fanK2")).encode(), "PartitionKey": "c"}]
+        aws.client("kinesis", settings).put_records(StreamName=stream_name, Records=records)
+
+        wait_until(lambda: all_short(table, events), what="events from Kinesis-wrapped changes shortened")
+        encoded = base64.b64encode(f"garbage {marker}".encode()).decode()
+        letters = wait_until(lambda: dead_letters_mentioning(settings, encoded), what="garbage dead-lettered")
+        assert letters[0]["reason"] == "Kinesis Data is not JSON"
+    finally:
+        group.stop()
+
+
+def _kinesis_change(event: Event, fan: str) -> dict[str, Any]:
+    item = Demand(eventId=event.id, fanId=fan, phone="+15550001111").to_item()
+    return {"awsRegion": "us-east-1", "eventID": uuid.uuid4().hex, "eventName": "INSERT",
+            "recordFormat": "application/json", "tableName": "dmd-demand", "eventSource": "aws:dynamodb",
+            "dynamodb": {"ApproximateCreationDateTime": int(time.time() * 1000),
+                         "Keys": serialize({"pk": item["pk"], "sk": item["sk"]}), "NewImage": serialize(item),
+                         "SizeBytes": 100}}
+
+
+def _checkpoint(settings) -> str | None:  # type: ignore[no-untyped-def]
+    ddb = aws.client("dynamodb", settings)
+    items = ddb.scan(TableName=settings.checkpoint_table_name)["Items"]
+    mine = [i for i in items if i["stream"]["S"].startswith("bridge-demand|") and ":table/" + settings.table_name
+            in i["stream"]["S"]]
+    return mine[0]["sequence"]["S"] if mine and "sequence" in mine[0] else None
+
+
+def _last_stream_sequence(settings) -> str:  # type: ignore[no-untyped-def]
+    ddb = aws.client("dynamodb", settings)
+    streams = aws.client("dynamodbstreams", settings)
+    arn = ddb.describe_table(TableName=settings.table_name)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    last = None
+    while True:
+        page = streams.get_records(ShardIterator=iterator, Limit=1000)
+        if not page["Records"]:
+            return last  # type: ignore[return-value]
+        last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
+        iterator = page["NextShardIterator"]
+
+
+def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a backlog of changes built up while the bridge was down (it reads 20 a page)
+    pipeline.kill("bridge-demand", signal.SIGKILL)
+    before = _checkpoint(settings)
+    events = make_events(30)
+    table.put_items(e.to_item() for e in events)
+    table.put_items(demand_rows(events, 1500))
+    last = _last_stream_sequence(settings)
+    log_path = pipeline.log_dir / "bridge-demand.log"
+
+    # When the bridge starts, and is killed with SIGKILL as soon as it has checkpointed part of it
+    pipeline.start_one("bridge-demand")
+    moved = wait_until(lambda: (c := _checkpoint(settings)) != before and c, interval=0.02, what="a checkpoint")
+    pipeline.kill("bridge-demand", signal.SIGKILL)
+    at_kill = _checkpoint(settings)
+    assert at_kill is not None and int(at_kill) >= int(moved)
+    assert int(at_kill) < int(last), "the bridge had already read everything; the test needs a longer backlog"
+
+    # And is started again
+    offset = log_path.stat().st_size
+    pipeline.start_one("bridge-demand")
+
+    # Then it resumes after the checkpoint it had written, and nothing is skipped or shortened twice
+    wait_until(lambda: all_short(table, events), timeout=120, what="every event shortened after the restart")
+    restarted_log = log_path.read_text()[offset:]
+    assert f"resuming after checkpoint {at_kill}" in restarted_log
+    assert "no checkpoint" not in restarted_log
+    for event in events:
+        assert sim.bitly_calls(event.url) == 1
+    wait_until(lambda: int(_checkpoint(settings) or 0) >= int(last), what="the checkpoint to pass the backlog")

@@ -1,0 +1,26 @@
+"""Client of the simulators' ``/_sim`` control API, for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+class SimulatorControl:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(f"{self.base_url}/_sim/stats", timeout=5).json()
+
+    def configure(self, **providers: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(f"{self.base_url}/_sim/config", json=providers, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        requests.post(f"{self.base_url}/_sim/reset", timeout=5).raise_for_status()
+
+    def bitly_calls(self, long_url: str) -> int:
+        return int(self.stats()["bitly"]["calls_by_long_url"].get(long_url, 0))
