@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 
 from config import celeryconfig
 from dmd_tasks import logs
@@ -137,14 +137,20 @@ def _setup_logging(**_: Any) -> None:
     logs.configure(settings.log_level, json_lines=settings.log_json, process="worker")
 
 
-@signals.worker_init.connect
-def _check_queues(sender: Any = None, **_: Any) -> None:
-    """Refuse to start a worker whose SQS queues would redeliver waiting or running tasks."""
-    from dmd_tasks.provision import check_queue_visibility
+class QueueVisibilityCheck(bootsteps.Step):
+    """Worker boot step: refuse to start when a consumed SQS queue would redeliver waiting or running tasks.
 
-    queues = [q.name for q in app.amqp.queues.consume_from.values()] if app.amqp.queues.consume_from else list(
-        QUEUE_NAMES)
-    check_queue_visibility(get_settings(), queues)
+    (A boot step and not a ``worker_init`` handler: Celery logs and ignores exceptions
+    raised by signal handlers, so a handler could not stop the worker.)
+    """
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        from dmd_tasks.provision import check_queue_visibility
+
+        queues = list(app.amqp.queues.consume_from or QUEUE_NAMES)
+        check_queue_visibility(get_settings(), queues)
+        super().__init__(worker, **kwargs)
 
 
+app.steps["worker"].add(QueueVisibilityCheck)
 app.conf.imports = TASK_MODULES

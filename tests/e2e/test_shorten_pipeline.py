@@ -37,7 +37,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
 @pytest.fixture(scope="module")
 def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e",
-                         env={"DMD_BRIDGE_RECORDS_PER_READ": "20"})
+                         env={"DMD_BRIDGE_RECORDS_PER_READ": "50"})
     group.start(["bridge-demand", "worker-short-url"])
     try:
         yield group
@@ -177,7 +177,7 @@ def _last_stream_sequence(settings) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    # Given a backlog of changes built up while the bridge was down (it reads 20 a page)
+    # Given a backlog of changes built up while the bridge was down (it reads 50 a page)
     pipeline.kill("bridge-demand", signal.SIGKILL)
     before = _checkpoint(settings)
     events = make_events(30)
