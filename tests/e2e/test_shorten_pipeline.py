@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import time
 import uuid
@@ -206,3 +207,51 @@ def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, s
     for event in events:
         assert sim.bitly_calls(event.url) == 1
     wait_until(lambda: int(_checkpoint(settings) or 0) >= int(last), what="the checkpoint to pass the backlog")
+
+
+def _short_url_dead_letters(settings, marker: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return [d for d in deadletter.receive(settings, "short-url", max_messages=200) if marker in json.dumps(d)]
+
+
+def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(pipeline, table, settings,
+                                                                                sim) -> None:  # type: ignore[no-untyped-def]
+    # Given Bitly answering 500 to every call
+    sim.configure(bitly={"error_rate": 1.0})
+    try:
+        doomed = make_events(1)
+        bad = [Event(id=f"bad{uuid.uuid4().hex[:8]}", url="javascript:alert(1)"),
+               Event(id=f"bad{uuid.uuid4().hex[:8]}", url="https://evil.example.net/x")]
+        table.put_items(e.to_item() for e in doomed + bad)
+        table.put_items(demand_rows(doomed + bad, 3))
+
+        # Then the event is tried 1 + shorten_max_retries times, then dead-lettered with the reason
+        letter = wait_until(lambda: _short_url_dead_letters(settings, doomed[0].id), timeout=90,
+                            what="the doomed event's dead letter")[0]
+        assert re.fullmatch(r"TransientError: bitly shorten: upstream error 50[03]", letter["reason"])
+        assert letter["payload"]["args"] == [doomed[0].id]
+        assert letter["payload"]["retries"] == settings.shorten_max_retries
+        assert letter["correlation_id"].startswith("ddb-")
+        assert sim.stats()["bitly"].get("responses_500", 0) + sim.stats()["bitly"].get("responses_503", 0) >= 3
+
+        # And URLs that are not http(s) on an allowed host are dead-lettered without any call
+        for event in bad:
+            found = wait_until(lambda e=event: _short_url_dead_letters(settings, e.id), what="bad URL dead letter")
+            assert found[0]["reason"].startswith("DisallowedUrl")
+            assert sim.bitly_calls(event.url) == 0
+    finally:
+        sim.configure(bitly={"error_rate": 0.0})
+
+
+def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given Bitly rate-limiting hard (one call a second, 429 with Retry-After above it)
+    sim.configure(bitly={"rate_limit_per_second": 1})
+    try:
+        events = make_events(3)
+        table.put_items(e.to_item() for e in events)
+        table.put_items(demand_rows(events, 3))
+        # Then every event is shortened in the end, each with one successful call
+        wait_until(lambda: all_short(table, events), timeout=90, what="events shortened despite 429s")
+        for event in events:
+            assert sim.bitly_calls(event.url) == 1
+    finally:
+        sim.configure(bitly={"rate_limit_per_second": 0})
