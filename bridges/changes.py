@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
@@ -20,11 +22,14 @@ from boto3.dynamodb.types import TypeDeserializer
 from dmd_tasks.deadletter import DeadLetter
 from dmd_tasks.logs import CORRELATION_HEADER
 from dmd_tasks.errors import InvalidRecord
-from dmd_tasks.models import ID_PATTERN, Entity
+from dmd_tasks.models import ID_PATTERN, Entity, NotificationStatus, split_notification_id
 from dmd_tasks.publish import TaskCall
 
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 SHORTEN_TASK = "dmd_tasks.shorten.shorten_event_url"
+SEND_TASK = "dmd_tasks.send.send_notifications"
+#: SQS holds a message back at most 15 minutes (DelaySeconds).
+MAX_DELAY_SECONDS = 900
 
 _deserializer = TypeDeserializer()
 
@@ -54,11 +59,17 @@ class ChangeRecord:
 
 @dataclass(frozen=True)
 class Route:
-    """A task to enqueue for a change; ``key`` de-duplicates it within a batch."""
+    """A task to enqueue for a change.
+
+    ``item`` is the task's argument, or one element of its list argument for a batched
+    task (see ``BATCHED_TASKS``); ``key`` de-duplicates routes within a page.
+    """
 
     task: str
     key: str
-    call: TaskCall
+    item: Any
+    correlation_id: str
+    delay_seconds: int = 0
 
 
 @dataclass
@@ -140,8 +151,12 @@ def decode_kinesis_change(record: Mapping[str, Any]) -> ChangeRecord:
     return parse_change(payload, sequence_number=str(sequence) if sequence else None)
 
 
-def route(change: ChangeRecord) -> Route | None:
+def route(change: ChangeRecord, now: float | None = None) -> Route | None:
     """The task a change leads to, or None when the change needs nothing.
+
+    - a new DEMAND row → ``shorten_event_url(eventId)``
+    - a NOTIFICATION entering ``scheduled`` → ``send_notifications([id, ...])``, held back
+      by SQS until its ``notBefore`` (a retry's backoff)
 
     Raises InvalidRecord for an entity type the pipeline does not know.
     """
@@ -156,25 +171,45 @@ def route(change: ChangeRecord) -> Route | None:
         event_id = (change.new or {}).get("eventId")
         if not isinstance(event_id, str) or not ID_PATTERN.match(event_id):
             raise InvalidRecord("demand item has no valid 'eventId'")
-        call = TaskCall(args=(event_id,), headers={CORRELATION_HEADER: change.correlation_id})
-        return Route(task=SHORTEN_TASK, key=event_id, call=call)
+        return Route(task=SHORTEN_TASK, key=event_id, item=event_id, correlation_id=change.correlation_id)
+    if kind is Entity.NOTIFICATION and change.new is not None:
+        new_status = change.new.get("status")
+        old_status = (change.old or {}).get("status")
+        if new_status != NotificationStatus.SCHEDULED or old_status == NotificationStatus.SCHEDULED:
+            return None
+        nid = change.new.get("id")
+        try:
+            split_notification_id(nid)  # type: ignore[arg-type]
+        except (ValueError, AttributeError):
+            raise InvalidRecord("notification item has no valid 'id'") from None
+        not_before = change.new.get("notBefore")
+        delay = 0
+        if isinstance(not_before, (int, float, Decimal)):
+            delay = int(min(MAX_DELAY_SECONDS, max(0.0, float(not_before) - (time.time() if now is None else now))))
+        return Route(task=SEND_TASK, key=f"{nid}#{change.new.get('attempts', 0)}", item=nid,
+                     correlation_id=change.correlation_id, delay_seconds=delay)
     return None
 
 
 def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
-               routes: Callable[[ChangeRecord], Route | None] = route) -> BatchPlan:
-    """Turn a batch of raw records into de-duplicated task calls and dead letters.
+               routes: Callable[[ChangeRecord], Route | None] = route,
+               batch_sizes: Mapping[str, int] | None = None, source: str = "bridge-demand") -> BatchPlan:
+    """Turn a page of raw records into de-duplicated task calls and dead letters.
 
-    One bad record becomes a dead letter with its reason; the rest of the batch proceeds.
+    One bad record becomes a dead letter with its reason; the rest of the page proceeds.
+    Routes to a task in ``batch_sizes`` are packed into messages of that many items
+    (one message per distinct delay).
     """
     plan = BatchPlan()
     seen: set[tuple[str, str]] = set()
+    batched: dict[tuple[str, int], list[Route]] = {}
+    sizes = batch_sizes or {}
     for raw in raws:
         try:
             change = decode(raw)
             target = routes(change)
         except InvalidRecord as exc:
-            plan.dead_letters.append(DeadLetter(reason=str(exc), payload=_jsonable(raw), source="bridge-demand"))
+            plan.dead_letters.append(DeadLetter(reason=str(exc), payload=jsonable(raw), source=source))
             continue
         if target is None:
             plan.ignored += 1
@@ -183,16 +218,28 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
             plan.duplicates += 1
             continue
         seen.add((target.task, target.key))
-        plan.calls.setdefault(target.task, []).append(target.call)
+        if target.task in sizes:
+            batched.setdefault((target.task, target.delay_seconds), []).append(target)
+        else:
+            plan.calls.setdefault(target.task, []).append(TaskCall(
+                args=(target.item,), headers={CORRELATION_HEADER: target.correlation_id},
+                delay_seconds=target.delay_seconds))
+    for (task_name, delay), group in batched.items():
+        size = sizes[task_name]
+        for start in range(0, len(group), size):
+            chunk = group[start:start + size]
+            plan.calls.setdefault(task_name, []).append(TaskCall(
+                args=([r.item for r in chunk],), headers={CORRELATION_HEADER: chunk[0].correlation_id},
+                delay_seconds=delay))
     return plan
 
 
-def _jsonable(raw: Any) -> Any:
+def jsonable(raw: Any) -> Any:
     """A copy of a raw record that survives json.dumps (bytes as base64, datetimes as ISO)."""
     if isinstance(raw, Mapping):
-        return {str(k): _jsonable(v) for k, v in raw.items()}
+        return {str(k): jsonable(v) for k, v in raw.items()}
     if isinstance(raw, (list, tuple)):
-        return [_jsonable(v) for v in raw]
+        return [jsonable(v) for v in raw]
     if isinstance(raw, (bytes, bytearray)):
         return {"base64": base64.b64encode(bytes(raw)).decode()}
     if isinstance(raw, datetime):

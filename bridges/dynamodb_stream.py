@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridges.changes import ChangeRecord, decode_kinesis_change, parse_change, plan_batch
+from bridges.changes import SEND_TASK, ChangeRecord, decode_kinesis_change, parse_change, plan_batch
+from bridges.runner import run_bridge
 from bridges.shards import CheckpointStore, DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
 from dmd_tasks import logs
 from dmd_tasks.deadletter import DeadLetters
 from dmd_tasks.publish import BatchPublisher
-from dmd_tasks.settings import Settings, get_settings
+from dmd_tasks.settings import Settings
 
 log = logging.getLogger("bridges.dynamodb_stream")
 
@@ -33,15 +33,16 @@ class DemandStreamHandler:
     """Handles one page of change records: enqueue the routed tasks, dead-letter the bad records."""
 
     def __init__(self, publisher: BatchPublisher, dead_letters: DeadLetters,
-                 decode: Callable[[Any], ChangeRecord]) -> None:
+                 decode: Callable[[Any], ChangeRecord], batch_sizes: dict[str, int]) -> None:
         self._publisher = publisher
         self._dead_letters = dead_letters
         self._decode = decode
+        self._batch_sizes = batch_sizes
         self.enqueued = 0
         self.dead_lettered = 0
 
     def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
-        plan = plan_batch(records, self._decode)
+        plan = plan_batch(records, self._decode, batch_sizes=self._batch_sizes)
         for task_name, calls in plan.calls.items():
             self._publisher.publish(task_name, calls)
         if plan.dead_letters:
@@ -65,7 +66,8 @@ def build_reader(settings: Settings) -> ShardReader:
     else:
         source = DynamoDBStreamSource(settings, settings.table_name)
         decode = parse_change
-    handler = DemandStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), decode)
+    handler = DemandStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), decode,
+                                  batch_sizes={SEND_TASK: settings.send_batch_size})
     return ShardReader(
         source, CheckpointStore(settings, BRIDGE_NAME), handler,
         records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
@@ -75,18 +77,7 @@ def build_reader(settings: Settings) -> ShardReader:
 
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    settings = get_settings()
-    logs.configure(settings.log_level, json_lines=settings.log_json, process=BRIDGE_NAME)
-    reader = build_reader(settings)
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping after the current page", signum)
-        reader.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("reading %s", reader.source.stream_id)
-    reader.run()
+    run_bridge(BRIDGE_NAME, build_reader)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,23 @@ def task_queues() -> list[Queue]:
     return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES]
 
 
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The clock of the pipeline. Ticks expire unconsumed after a few intervals, so workers that
+    were down come back to one tick, not a pile of them."""
+    return {
+        "claim-due-sales": {
+            "task": "dmd_tasks.generate.claim_due_sales",
+            "schedule": settings.claim_interval_seconds,
+            "options": {"queue": "generate", "expires": settings.claim_interval_seconds * 5},
+        },
+        "schedule-notifications": {
+            "task": "dmd_tasks.schedule.schedule_notifications",
+            "schedule": settings.schedule_interval_seconds,
+            "options": {"queue": "schedule", "expires": settings.schedule_interval_seconds * 5},
+        },
+    }
+
+
 def build(settings: Settings) -> dict[str, Any]:
     """The Celery configuration mapping for ``app.conf.update``."""
     secure = not (settings.aws_endpoint_url or "").startswith("http://")
@@ -70,6 +87,8 @@ def build(settings: Settings) -> dict[str, Any]:
         # SQS carries neither Celery's event exchange nor the broadcast mailbox.
         "worker_enable_remote_control": False,
         "worker_send_task_events": False,
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": str(settings.run_dir.resolve() / "celerybeat-schedule"),
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -22,7 +22,8 @@ app = Celery("dmd")
 app.conf.update(celeryconfig.build(get_settings()))
 
 #: Task modules, imported by workers and by anything that sends tasks.
-TASK_MODULES = ["dmd_tasks.shorten"]
+TASK_MODULES = ["dmd_tasks.shorten", "dmd_tasks.generate", "dmd_tasks.schedule", "dmd_tasks.send",
+                "dmd_tasks.sms_status"]
 
 
 class DmdTask(Task):

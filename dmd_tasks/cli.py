@@ -2,7 +2,8 @@
 
     dmd stack up | down        the local stack (moto server, Redis, provider simulators)
     dmd provision              create the tables, queues (+ DLQs) and streams; idempotent
-    dmd demo                   run the pipeline on the local stack with progress and a summary
+    dmd demo [--fans N]        a whole sale on the local stack, with progress and a summary
+    dmd status SALE_ID         one sale's notifications by status (--watch to follow it)
     dmd dlq list QUEUE         show the dead letters of a queue or bridge
 """
 
@@ -54,18 +55,48 @@ def provision() -> None:
 
 
 @main.command()
-@click.option("--events", default=20, show_default=True, help="events to create")
-@click.option("--fans", default=200, show_default=True, help="demand rows to insert, spread over the events")
-@click.option("--timeout", "timeout_seconds", default=300.0, show_default=True, help="give up after this long")
+@click.option("--fans", default=1000, show_default=True, help="fans who registered demand for the sale")
+@click.option("--rate", "rate_per_second", default=50.0, show_default=True,
+              help="the campaign's provider rate (SMS per second, across all send workers)")
+@click.option("--timeout", "timeout_seconds", default=900.0, show_default=True, help="give up after this long")
 @click.option("--keep-stack", is_flag=True, help="leave the local stack running afterwards")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON summary line instead of a table")
-def demo(events: int, fans: int, timeout_seconds: float, keep_stack: bool, as_json: bool) -> None:
-    """Run the pipeline on the local stack: demand rows in, short URLs out."""
+@click.option("--json", "as_json", is_flag=True, help="print one JSON summary on the last line instead of tables")
+def demo(fans: int, rate_per_second: float, timeout_seconds: float, keep_stack: bool, as_json: bool) -> None:
+    """Run a whole sale on the local stack: demand in, one SMS per fan out, delivery receipts back."""
     from dmd_tasks.demo import run_demo
 
-    summary = run_demo(get_settings(), events=events, fans=fans, timeout_seconds=timeout_seconds,
-                       keep_stack=keep_stack, as_json=as_json)
+    summary = run_demo(get_settings(), fans=fans, rate_per_second=rate_per_second,
+                       timeout_seconds=timeout_seconds, keep_stack=keep_stack, as_json=as_json)
     sys.exit(0 if summary["complete"] else 1)
+
+
+@main.command()
+@click.argument("sale_id")
+@click.option("--watch", is_flag=True, help="refresh every second until interrupted")
+def status(sale_id: str, watch: bool) -> None:
+    """Show one sale's notifications by status."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from dmd_tasks.demo import sale_progress, status_table
+
+    settings = get_settings()
+    console = Console()
+    progress = sale_progress(settings, sale_id)
+    title = f"sale {sale_id} ({progress['sale_status']})"
+    if not watch:
+        console.print(status_table(progress, title))
+        return
+    with Live(status_table(progress, title), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(1.0)
+                progress = sale_progress(settings, sale_id)
+                live.update(status_table(progress, f"sale {sale_id} ({progress['sale_status']})"))
+        except KeyboardInterrupt:
+            pass
 
 
 @main.group()

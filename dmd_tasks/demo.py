@@ -1,106 +1,158 @@
-"""``dmd demo``: the pipeline as far as it exists, on the local stack, with progress and a summary.
+"""``dmd demo``: a whole sale on the local stack, with live progress per status and a summary.
 
-Seeds events and demand rows (several fans per event, so the bridge has duplicates to
-fold), runs the Procfile processes, and watches every event get its short URL.
+Seeds an event, its campaign, N demand rows (a few fans opted out beforehand, a few with
+a phone number that is not E.164) and a sale due now; runs every pipeline process of the
+Procfile; watches each notification go pending → scheduled → sending → sent → delivered
+(or undelivered/failed); then reports the statuses and what the SMS provider saw.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
+from datetime import time as clock_time
 from typing import Any
 
 import requests
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dmd_tasks import deadletter
-from dmd_tasks.models import Demand, Event
+from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
+from dmd_tasks.models import Demand, Event, NotificationStatus, Sale, optout_key
 from dmd_tasks.provision import provision
 from dmd_tasks.settings import Settings
-from dmd_tasks.stack import ProcessGroup, Stack
-from dmd_tasks.store import DemandTable
+from dmd_tasks.stack import ProcessGroup, Stack, read_procfile
+from dmd_tasks.store import DemandTable, NotificationRecords, SaleRecords, iso
 
-PROCESSES = ("bridge-demand", "worker-short-url")
-
-
-def seed(table: DemandTable, run_id: str, events: int, fans: int) -> list[Event]:
-    """Write ``events`` events and ``fans`` demand rows spread round-robin over them."""
-    created = [Event(id=f"demo-{run_id}-{i}", name=f"Demo event {i}",
-                     url=f"https://www.ticketmaster.com/event/{run_id}{i:04d}") for i in range(events)]
-    table.put_items(e.to_item() for e in created)
-    table.put_items(
-        Demand(eventId=created[n % events].id, fanId=f"fan{n:07d}", phone=f"+1555{n:07d}").to_item()
-        for n in range(fans)
-    )
-    return created
+STATUSES = [s.value for s in NotificationStatus]
+TERMINAL = {"delivered", "undelivered", "failed"}
+TIMEZONES = ["America/New_York", "America/Los_Angeles", "Europe/London", "Europe/Berlin", "Asia/Tokyo",
+             "Australia/Sydney", "UTC"]
+TEMPLATE = "{{ event_name }}: tickets are on sale now! {{ short_url }} Reply STOP to opt out."
+#: Procfile processes that make up the pipeline (not the API or Flower).
+PIPELINE_PROCESSES = ("bridge-demand", "bridge-sms-status", "beat", "worker-short-url", "worker-generate",
+                      "worker-schedule", "worker-send", "worker-sms-status")
 
 
-def shortened(table: DemandTable, events: list[Event]) -> int:
-    return sum(1 for e in events if (found := table.get_event(e.id)) is not None and found.short_url)
+def seed_sale(settings: Settings, fans: int, rate_per_second: float, run_id: str) -> tuple[str, int]:
+    """Write the event, demand, opt-outs, campaign and a sale due now. Returns (sale id, opted-out fans)."""
+    table = DemandTable(settings)
+    rng = random.Random(run_id)
+    event = Event(id=f"ev-{run_id}", name=f"The Demo Tour {run_id}",
+                  url=f"https://www.ticketmaster.com/event/{run_id}")
+    sale_id = f"sale-{run_id}"
+    area = rng.randint(200, 989)
+    rows, optouts = [], []
+    for n in range(fans):
+        phone = f"+1{area}{n:07d}"
+        if n % 200 == 199:
+            phone = f"555-{n:04d}"  # not E.164: its notification fails with the reason
+        elif n % 100 == 42:
+            optouts.append({**optout_key(phone), "entity": "OPTOUT", "at": iso(time.time())})
+        rows.append(Demand(eventId=event.id, fanId=f"fan{n:07d}", phone=phone,
+                           timezone=rng.choice(TIMEZONES)).to_item())
+    table.put_items([event.to_item()])
+    table.put_items(rows)
+    table.put_items(optouts)
+    # The demo's window is always open so that it finishes whatever the hour; quiet hours
+    # are exercised by the tests.
+    open_campaign_store(settings).put(Campaign(
+        saleId=sale_id, eventId=event.id, template=TEMPLATE,
+        window=SendWindow(start=clock_time(0, 0), end=clock_time(0, 0)), ratePerSecond=rate_per_second))
+    table.put_items([Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())).to_item()])
+    return sale_id, len(optouts)
 
 
-def run_demo(settings: Settings, *, events: int, fans: int, timeout_seconds: float, keep_stack: bool,
+def sale_progress(settings: Settings, sale_id: str) -> dict[str, Any]:
+    table = DemandTable(settings)
+    counts = NotificationRecords(table, settings.pending_shards).count_by_status(sale_id)
+    sale = SaleRecords(table).get(sale_id) or {}
+    return {"sale_status": sale.get("status", "missing"), "status": {s: counts.get(s, 0) for s in STATUSES},
+            "notifications": sum(counts.values())}
+
+
+def provider_sale_stats(settings: Settings, sale_id: str) -> dict[str, int]:
+    url = f"http://{settings.simulator_host}:{settings.simulator_port}/_sim/sms/sales/{sale_id}"
+    return requests.get(url, timeout=5).json()
+
+
+def status_table(progress: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("status")
+    table.add_column("notifications", justify="right")
+    for status in STATUSES:
+        table.add_row(status, str(progress["status"][status]))
+    table.add_row("[bold]total", f"[bold]{progress['notifications']}")
+    return table
+
+
+def run_demo(settings: Settings, *, fans: int, rate_per_second: float, timeout_seconds: float, keep_stack: bool,
              as_json: bool) -> dict[str, Any]:
     console = Console(stderr=as_json)
     stack = Stack(settings)
     for line in stack.up():
         console.print(f"[dim]{line}[/dim]")
     provision(settings)
-    console.print("[dim]provisioned table, queues (with DLQs) and streams[/dim]")
-    sim_url = f"http://{settings.simulator_host}:{settings.simulator_port}"
-    before = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["bitly"]["calls_by_long_url"]
-    dead_before = len(deadletter.receive(settings, "bridge-demand", max_messages=1000))
-
+    console.print("[dim]provisioned tables, queues (each with a DLQ) and streams[/dim]")
+    available = read_procfile()
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "demo")
-    group.start(PROCESSES)
-    table = DemandTable(settings)
-    run_id = uuid.uuid4().hex[:6]
-    started = time.monotonic()
-    done = 0
-    created: list[Event] = []
+    run_id = uuid.uuid4().hex[:8]
     try:
-        created = seed(table, run_id, events, fans)
-        console.print(f"seeded {events} events and {fans} demand rows (run {run_id})")
-        with Progress(TextColumn("[bold]short URLs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=as_json) as progress:
-            bar = progress.add_task("shorten", total=events)
-            while time.monotonic() - started < timeout_seconds:
-                done = shortened(table, created)
-                progress.update(bar, completed=done)
-                if done == events:
-                    break
-                crashed = group.dead()
-                if crashed:
-                    raise RuntimeError(f"processes exited: {crashed}; logs in {group.log_dir}")
-                time.sleep(0.5)
+        group.start([p for p in PIPELINE_PROCESSES if p in available])
+        console.print(f"started {', '.join(group.processes)} (logs in {group.log_dir})")
+        sale_id, opted_out = seed_sale(settings, fans, rate_per_second, run_id)
+        started = time.monotonic()
+        console.print(f"seeded sale {sale_id}: {fans} fans ({opted_out} opted out beforehand), "
+                      f"rate {rate_per_second:g} SMS/s, due now")
+        progress = watch(console, settings, sale_id, fans - opted_out, group, timeout_seconds, as_json)
+        elapsed = time.monotonic() - started
+        provider = provider_sale_stats(settings, sale_id)
     finally:
         group.stop()
-        elapsed = time.monotonic() - started
-        try:
-            after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["bitly"]["calls_by_long_url"]
-            dead = len(deadletter.receive(settings, "bridge-demand", max_messages=1000)) - dead_before
-        finally:
-            if not keep_stack:
-                stack.down()
-    summary = {
-        "events": events, "demand_rows": fans, "short_urls": done,
-        "bitly_calls": sum(after.get(e.url, 0) - before.get(e.url, 0) for e in created),
-        "dead_letters": dead, "elapsed_seconds": round(elapsed, 2), "complete": done == events,
-    }
-    _print(console, summary, as_json)
+        if not keep_stack:
+            stack.down()
+    summary = {"fans": fans, "notifications": progress["notifications"], "status": progress["status"],
+               "provider_accepted": provider["accepted"], "provider_duplicates": provider["duplicates"],
+               "elapsed_seconds": round(elapsed, 2)}
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        table = status_table(progress, f"sale {sale_id}: {fans} fans")
+        console.print(table)
+        facts = Table(show_header=False)
+        facts.add_row("opted out before the sale (no notification)", str(opted_out))
+        facts.add_row("SMS accepted by the provider", str(provider["accepted"]))
+        facts.add_row("fans who got an SMS twice (provider's count)", str(provider["duplicates"]))
+        facts.add_row("elapsed", f"{elapsed:.1f} s")
+        facts.add_row("throughput", f"{progress['notifications'] / elapsed:.1f} notifications/s" if elapsed else "-")
+        console.print(facts)
+    summary["complete"] = all(progress["status"][s] == 0 for s in STATUSES if s not in TERMINAL) and \
+        progress["notifications"] == fans - opted_out
     return summary
 
 
-def _print(console: Console, summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary))
-        return
-    table = Table(title="dmd demo: demand stream → URL shortening")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for key, value in summary.items():
-        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
-    console.print(table)
+def watch(console: Console, settings: Settings, sale_id: str, expected: int, group: ProcessGroup,
+          timeout_seconds: float, quiet: bool) -> dict[str, Any]:
+    """Poll the sale until every notification is terminal (or the timeout), showing progress."""
+    bar = Progress(TextColumn("[bold]terminal"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    task = bar.add_task("terminal", total=expected)
+    deadline = time.monotonic() + timeout_seconds
+    progress = sale_progress(settings, sale_id)
+    with Live(Group(bar, status_table(progress, sale_id)), console=console, transient=quiet,
+              refresh_per_second=4) as live:
+        while time.monotonic() < deadline:
+            progress = sale_progress(settings, sale_id)
+            done = sum(progress["status"][s] for s in TERMINAL)
+            bar.update(task, completed=done)
+            live.update(Group(bar, status_table(progress, f"sale {sale_id} ({progress['sale_status']})")))
+            if progress["sale_status"] == "generated" and done == progress["notifications"] == expected:
+                break
+            crashed = group.dead()
+            if crashed:
+                raise RuntimeError(f"processes exited: {crashed}; see their logs in {group.log_dir}")
+            time.sleep(1.0)
+    return progress

@@ -30,6 +30,8 @@ class TaskCall:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, Any] = field(default_factory=dict)
+    #: SQS holds the message back this long (0-900 s): the broker waits, not a worker.
+    delay_seconds: int = 0
 
 
 class BatchPublisher:
@@ -48,7 +50,10 @@ class BatchPublisher:
         entries: list[dict[str, Any]] = []
         sent = 0
         for call in calls:
-            entries.append({"Id": str(len(entries)), "MessageBody": self._encode(task_name, queue, call)})
+            entry: dict[str, Any] = {"Id": str(len(entries)), "MessageBody": self._encode(task_name, queue, call)}
+            if call.delay_seconds > 0:
+                entry["DelaySeconds"] = min(int(call.delay_seconds), 900)
+            entries.append(entry)
             if len(entries) == SQS_BATCH_MAX_ENTRIES:
                 send_batch_all(self._sqs, url, entries)
                 sent += len(entries)

@@ -94,6 +94,44 @@ class Settings(BaseSettings):
     #: How long one worker holds the per-event shortening lock.
     shorten_lock_seconds: int = 30
 
+    # --- Campaigns, sales, notifications ---------------------------------------------------------
+    #: MongoDB URL of the campaign store; None means the embedded store (montydb on disk, in run_dir).
+    mongo_url: SecretStr | None = None
+    mongo_database: str = "campaigns"
+    #: How often beat claims due sales and runs the scheduler.
+    claim_interval_seconds: float = 2.0
+    schedule_interval_seconds: float = 2.0
+    #: Fans written per generator chunk (the original's 5,000), and chunks per task run before
+    #: the task hands the rest of the sale to a fresh message (keeps each run under its time limit).
+    generate_chunk_size: int = 5000
+    generate_chunks_per_run: int = 4
+    #: How long one generator run owns a sale before another may resume it.
+    generate_lease_seconds: int = 120
+    #: Shards of the pending index per sale (spreads a big sale's GSI writes over partitions).
+    pending_shards: int = 4
+    #: Notifications one ``send_notifications`` message carries.
+    send_batch_size: int = 10
+    #: The original's maxSendAttempts.
+    max_send_attempts: int = 3
+    #: First retry delay of a failed send; doubles per attempt (plus jitter), capped by retry_backoff_max.
+    send_retry_base_seconds: float = 2.0
+    #: How long a worker owns a notification in ``sending`` before a sweep may take it back.
+    send_lease_seconds: int = 60
+    #: Celery's native per-worker rate limit of send_notifications (tasks, not messages).
+    send_task_rate_limit: str | None = None
+    #: Fallback provider rate when a campaign does not set one (messages per second, all workers).
+    default_send_rate_per_second: float = 20.0
+    #: Statuses one ``record_sms_status`` message carries.
+    status_batch_size: int = 25
+    #: Retries of a delivery status whose notification is not (yet) marked sent.
+    status_max_retries: int = 8
+
+    # --- SMS provider -------------------------------------------------------------------------------
+    sms_base_url: str = "https://sms.example.com"
+    sms_api_key: SecretStr = SecretStr("")
+    sms_timeout_seconds: float = 5.0
+    sms_sender_id: str = "DMD"
+
     # --- Stream bridges ----------------------------------------------------------------------
     bridge_records_per_read: int = 1000
     bridge_idle_sleep_seconds: float = 0.5

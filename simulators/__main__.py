@@ -7,8 +7,10 @@ import logging
 
 from werkzeug.serving import make_server
 
+from dmd_tasks import aws
 from dmd_tasks.settings import get_settings
 from simulators.app import create_app
+from simulators.sms import StatusEmitter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.simulator_port)
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(bitly_token=settings.bitly_token.get_secret_value())
+    emitter = StatusEmitter(aws.client("kinesis", settings), settings.sms_status_stream_name)
+    app = create_app(bitly_token=settings.bitly_token.get_secret_value(),
+                     sms_api_key=settings.sms_api_key.get_secret_value(), status_emitter=emitter)
     server = make_server(args.host, args.port, app, threaded=True)
     print(f"simulators listening on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()

@@ -2,7 +2,8 @@
 
 - ``GET  /_sim/health``          → 200 when serving
 - ``GET  /_sim/stats``           → counters per provider (what tests and benchmarks read)
-- ``POST /_sim/config``          → ``{"bitly": {"latency_ms": 50, "error_rate": 0.2, ...}}``
+- ``POST /_sim/config``          → ``{"bitly": {"latency_ms": 50, "error_rate": 0.2, ...}, "sms": {...}}``
+- ``GET  /_sim/sms/sales/<id>``  → SMS accepted, recipients and duplicates for one sale
 - ``POST /_sim/reset``           → forget calls, links and faults
 """
 
@@ -13,13 +14,19 @@ from typing import Any
 from flask import Flask, jsonify, request
 
 from simulators.bitly import BitlySimulator
+from simulators.sms import SmsSimulator, StatusEmitter
 
 
-def create_app(*, bitly_token: str) -> Flask:
+def create_app(*, bitly_token: str, sms_api_key: str, status_emitter: StatusEmitter | None = None) -> Flask:
     app = Flask("dmd-simulators")
-    providers: dict[str, Any] = {"bitly": BitlySimulator(bitly_token)}
+    sms = SmsSimulator(sms_api_key, status_emitter)
+    providers: dict[str, Any] = {"bitly": BitlySimulator(bitly_token), "sms": sms}
     for provider in providers.values():
         app.register_blueprint(provider.blueprint())
+
+    @app.get("/_sim/sms/sales/<sale_id>")
+    def sms_sale(sale_id: str) -> Any:
+        return jsonify(sms.sale_stats(sale_id))
 
     @app.get("/_sim/health")
     def health() -> Any:
@@ -27,7 +34,10 @@ def create_app(*, bitly_token: str) -> Flask:
 
     @app.get("/_sim/stats")
     def stats() -> Any:
-        return jsonify({name: p.stats() for name, p in providers.items()})
+        out = {name: p.stats() for name, p in providers.items()}
+        if status_emitter is not None:
+            out["sms"]["statuses_emitted"] = dict(status_emitter.emitted)
+        return jsonify(out)
 
     @app.post("/_sim/config")
     def configure() -> Any:
@@ -36,8 +46,8 @@ def create_app(*, bitly_token: str) -> Flask:
         if unknown:
             return jsonify(error=f"unknown providers: {unknown}"), 400
         for name, values in body.items():
-            providers[name].faults.update(values)
-        return jsonify({name: p.faults.public() for name, p in providers.items()})
+            providers[name].configure(values)
+        return jsonify({name: p.public_config() for name, p in providers.items()})
 
     @app.post("/_sim/reset")
     def reset() -> Any:

@@ -25,6 +25,12 @@ class BitlySimulator:
             return {"calls": sum(self.calls_by_long_url.values()), "calls_by_long_url": dict(self.calls_by_long_url),
                     "links": len(self.links), **{f"responses_{k}": v for k, v in self.faults.counters.items()}}
 
+    def configure(self, values: dict[str, object]) -> None:
+        self.faults.update(values)
+
+    def public_config(self) -> dict[str, float]:
+        return self.faults.public()
+
     def reset(self) -> None:
         with self._lock:
             self.calls_by_long_url.clear()

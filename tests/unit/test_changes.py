@@ -77,8 +77,11 @@ def test_demand_insert_routes_to_shorten_with_correlation_header() -> None:
     assert target is not None
     assert target.task == SHORTEN_TASK
     assert target.key == "ev1"
-    assert target.call.args == ("ev1",)
-    assert target.call.headers[CORRELATION_HEADER] == "ddb-c4ca4238a0b923820dcc509a6f75849b"
+    assert target.item == "ev1"
+    assert target.correlation_id == "ddb-c4ca4238a0b923820dcc509a6f75849b"
+    call = plan_batch([load("ddb_stream_demand_insert.json")], parse_change).calls[SHORTEN_TASK][0]
+    assert call.args == ("ev1",)
+    assert call.headers[CORRELATION_HEADER] == "ddb-c4ca4238a0b923820dcc509a6f75849b"
 
 
 def test_unknown_entity_is_invalid_and_known_entities_without_route_are_ignored() -> None:

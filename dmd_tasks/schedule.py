@@ -1,0 +1,126 @@
+"""Stage 4: ``pending → scheduled``, time-gated and within the provider's rate budget.
+
+Trigger: beat, every ``schedule_interval_seconds``. One tick at a time across all beats
+and workers (a Redis lock; a tick that finds it held does nothing).
+
+Per active sale, the tick queries the sparse pending index (``gsi1``, never a scan) for
+notifications whose send-after time has come, at most ``rate × interval`` of them, and
+moves each with a conditional write. A notification whose fan is in quiet hours now
+(the window may have closed since generation) gets its send-after moved to the next
+opening instead. The same tick takes back ``sending`` notifications whose lease expired
+(see ``sweep_expired_leases``), and retires sales with nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from dmd_tasks.celery_app import task
+from dmd_tasks.services import Services, get_services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    scheduled: int = 0
+    deferred: int = 0
+    lost_race: int = 0
+    leases_taken_back: int = 0
+    failed_after_leases: int = 0
+    retired: int = 0
+
+
+def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> None:
+    campaign = services.campaigns.get(sale_id)
+    if campaign is None:
+        log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
+        return
+    notifications = services.notifications
+    budget = max(1, int(campaign.rate_per_second * interval_seconds))
+    shards = list(notifications.shards())
+    start = int(now / max(interval_seconds, 0.001)) % len(shards)  # rotate which shard goes first
+    for shard in shards[start:] + shards[:start]:
+        if budget <= 0:
+            break
+        for item in notifications.due_pending(sale_id, shard, now, budget):
+            fan_id = item["fanId"]
+            opens = campaign.window.next_open_ts(now, item.get("timezone"))
+            if opens > now:
+                result.deferred += notifications.defer(sale_id, fan_id, opens)
+                continue
+            if notifications.schedule(sale_id, fan_id, now):
+                result.scheduled += 1
+                budget -= 1
+            else:
+                result.lost_race += 1
+
+
+def sweep_expired_leases(services: Services, sale_id: str, now: float, result: TickResult) -> None:
+    """Take back notifications stuck in ``sending`` past their lease (their worker died mid-send).
+
+    The rule: such a send is ambiguous (the provider may have accepted it). It goes back to
+    ``scheduled`` with one more attempt and is sent again with the same idempotency key,
+    so the provider returns the first result instead of sending a second SMS. If that was
+    the last attempt allowed, it ends ``failed`` with the reason.
+    """
+    settings = services.settings
+    notifications = services.notifications
+    for shard in notifications.shards():
+        for item in notifications.expired_leases(sale_id, shard, now):
+            attempts = int(item.get("attempts", 0)) + 1
+            if attempts >= settings.max_send_attempts:
+                ok = notifications.mark_failed(sale_id, item["fanId"], "send lease expired on the last attempt",
+                                               source="sending", attempts=attempts)
+                result.failed_after_leases += ok
+            else:
+                ok = notifications.mark_retry(sale_id, item["fanId"], attempts, now,
+                                              "send lease expired; resending with the same idempotency key")
+                result.leases_taken_back += ok
+
+
+def retire_if_done(services: Services, sale_id: str, result: TickResult) -> None:
+    sale = services.sales.get(sale_id)
+    if sale is None or sale.get("status") != "generated":
+        return
+    notifications = services.notifications
+    for shard in notifications.shards():
+        if notifications.any_in(f"PENDING#{sale_id}#{shard}") or notifications.any_in(f"SENDING#{sale_id}#{shard}"):
+            return
+    result.retired += services.sales.retire(sale_id)
+
+
+def run_tick(services: Services, now: float | None = None) -> TickResult:
+    now = time.time() if now is None else now
+    interval = services.settings.schedule_interval_seconds
+    result = TickResult()
+    for sale_id in services.sales.active():
+        try:
+            schedule_sale(services, sale_id, now, interval, result)
+            sweep_expired_leases(services, sale_id, now, result)
+            retire_if_done(services, sale_id, result)
+        except Exception:
+            log.exception("scheduling sale %s failed; the next tick tries again", sale_id)
+    return result
+
+
+@task(queue="schedule", max_retries=0)
+def schedule_notifications(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Beat: one scheduling tick (see the module docstring). Overlapping ticks are skipped, not queued."""
+    services = get_services()
+    lock = services.redis.lock("dmd:lock:schedule-tick", timeout=max(30, int(self.soft_time_limit or 60)),
+                               blocking=False)
+    if not lock.acquire():
+        return {"skipped": 1}
+    try:
+        result = run_tick(services)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired: the next tick simply takes it
+            log.warning("schedule tick lock expired before release")
+    if result.scheduled or result.deferred or result.leases_taken_back or result.failed_after_leases:
+        log.info("schedule tick: %s", result)
+    return vars(result)

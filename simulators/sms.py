@@ -1,0 +1,223 @@
+"""The SMS provider: ``POST /sms/v1/messages`` and a Kinesis stream of delivery statuses.
+
+- Bearer auth; ``Idempotency-Key`` required: a repeated key returns the first result
+  and sends nothing new.
+- Faults (latency, 5xx, timeouts, a rate limit answered with 429 + Retry-After) from
+  ``Faults``; only accepted messages count.
+- After ``status_delay_ms`` each accepted message gets a delivery status in the Kinesis
+  stream: ``delivered``, ``undelivered`` or ``failed`` by the configured rates; some
+  duplicated, some followed by a stale intermediate status (out of order); some fans
+  reply ``STOP`` (an inbound event).
+- It counts every distinct message accepted per recipient: a recipient with two is a
+  fan who got the same notification twice, the one thing that must never happen.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from simulators.faults import Faults
+
+log = logging.getLogger(__name__)
+E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+
+
+@dataclass
+class StatusBehaviour:
+    status_delay_ms: float = 200.0
+    undelivered_rate: float = 0.03
+    failed_rate: float = 0.02
+    duplicate_status_rate: float = 0.05
+    out_of_order_rate: float = 0.05
+    stop_reply_rate: float = 0.0
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key in vars(self):
+            if key in values:
+                setattr(self, key, float(values[key]))
+
+
+class SmsSimulator:
+    def __init__(self, api_key: str, emitter: "StatusEmitter | None") -> None:
+        self.api_key = api_key
+        self.faults = Faults()
+        self.behaviour = StatusBehaviour()
+        self.emitter = emitter
+        self._lock = threading.Lock()
+        self._by_key: dict[str, dict[str, Any]] = {}
+        self._per_recipient: Counter[str] = Counter()
+        self._per_sale: dict[str, Counter[str]] = defaultdict(Counter)
+        self._accepted_at: deque[float] = deque()
+        self._max_per_second = 0
+        self._counters: Counter[str] = Counter()
+
+    # ---- configuration and counters -----------------------------------------------------------
+
+    def configure(self, values: dict[str, Any]) -> None:
+        self.faults.update(values)
+        self.behaviour.update(values)
+
+    def public_config(self) -> dict[str, Any]:
+        return {**self.faults.public(), **vars(self.behaviour)}
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "accepted": len(self._by_key),
+                "recipients": len(self._per_recipient),
+                "duplicates": sum(n - 1 for n in self._per_recipient.values() if n > 1),
+                "max_accepted_per_second": self._max_per_second,
+                **dict(self._counters),
+                **{f"responses_{k}": v for k, v in self.faults.counters.items()},
+            }
+
+    def sale_stats(self, sale_id: str) -> dict[str, Any]:
+        with self._lock:
+            per_recipient = self._per_sale.get(sale_id, Counter())
+            return {"accepted": sum(per_recipient.values()), "recipients": len(per_recipient),
+                    "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1)}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_key.clear()
+            self._per_recipient.clear()
+            self._per_sale.clear()
+            self._accepted_at.clear()
+            self._max_per_second = 0
+            self._counters.clear()
+            self.faults = Faults()
+            self.behaviour = StatusBehaviour()
+
+    # ---- the API --------------------------------------------------------------------------------
+
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("sms", __name__)
+
+        @bp.post("/sms/v1/messages")
+        def send() -> Any:
+            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return jsonify(error="unauthorized"), 401
+            key = request.headers.get("Idempotency-Key", "")
+            body = request.get_json(silent=True)
+            if not key or len(key) > 200:
+                return jsonify(error="missing_idempotency_key"), 400
+            if not isinstance(body, dict) or not isinstance(body.get("body"), str) or not body["body"]:
+                return jsonify(error="invalid_body"), 400
+            to = body.get("to")
+            if not isinstance(to, str) or not E164.match(to):
+                return jsonify(error="invalid_recipient", message="recipient is not an E.164 number"), 400
+            with self._lock:
+                first = self._by_key.get(key)
+            if first is not None:
+                self._count("idempotent_replays")
+                return jsonify({**first, "idempotent_replay": True}), 200
+            failure = self.faults.apply()
+            if failure:
+                status, headers = failure
+                return Response(json.dumps({"error": "rate_limited" if status == 429 else "provider_error"}),
+                                status=status, headers=headers, mimetype="application/json")
+            return self._accept(key, to)
+
+        return bp
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
+    def _accept(self, key: str, to: str) -> tuple[Response, int]:
+        now = time.monotonic()
+        with self._lock:
+            first = self._by_key.get(key)
+            if first is not None:  # a concurrent request with the same key won
+                self._counters["idempotent_replays"] += 1
+                return jsonify({**first, "idempotent_replay": True}), 200
+            result = {"message_id": f"SM{uuid.uuid4().hex}", "status": "accepted", "to": to}
+            self._by_key[key] = result
+            self._per_recipient[to] += 1
+            self._per_sale[key.split(":", 1)[0]][to] += 1
+            self._accepted_at.append(now)
+            while self._accepted_at and now - self._accepted_at[0] >= 1.0:
+                self._accepted_at.popleft()
+            self._max_per_second = max(self._max_per_second, len(self._accepted_at))
+        if self.emitter is not None:
+            self._plan_statuses(result["message_id"], to)
+        return jsonify({**result, "idempotent_replay": False}), 202
+
+    def _plan_statuses(self, message_id: str, to: str) -> None:
+        b = self.behaviour
+        roll = random.random()
+        final = "undelivered" if roll < b.undelivered_rate else (
+            "failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
+        due = time.time() + b.status_delay_ms / 1000
+        event = {"type": "status", "message_id": message_id, "status": final}
+        assert self.emitter is not None
+        self.emitter.schedule(due, event)
+        if random.random() < b.duplicate_status_rate:
+            self.emitter.schedule(due + 0.05, dict(event))
+        if random.random() < b.out_of_order_rate:
+            self.emitter.schedule(due + 0.02, {"type": "status", "message_id": message_id, "status": "queued"})
+        if final == "delivered" and random.random() < b.stop_reply_rate:
+            self.emitter.schedule(due + 0.1, {"type": "inbound", "sender": to, "body": "STOP"})
+
+
+class StatusEmitter:
+    """Puts provider events into the Kinesis stream when they fall due, batched (PutRecords, 500)."""
+
+    def __init__(self, kinesis: Any, stream_name: str) -> None:
+        self._kinesis = kinesis
+        self._stream = stream_name
+        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self.emitted: Counter[str] = Counter()
+        threading.Thread(target=self._run, name="status-emitter", daemon=True).start()
+
+    def schedule(self, due: float, event: dict[str, Any]) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (due, self._seq, event))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.time():
+                    timeout = None if not self._heap else max(0.0, self._heap[0][0] - time.time())
+                    self._cond.wait(timeout=timeout if timeout is not None else 1.0)
+                batch = []
+                while self._heap and self._heap[0][0] <= time.time() and len(batch) < 500:
+                    batch.append(heapq.heappop(self._heap)[2])
+            self._put(batch)
+
+    def _put(self, events: list[dict[str, Any]]) -> None:
+        stamp = datetime.now(timezone.utc).isoformat()
+        records = [{"Data": json.dumps({**e, "timestamp": stamp}).encode(),
+                    "PartitionKey": e.get("message_id") or e.get("sender") or "x"} for e in events]
+        delay = 0.1
+        while records:
+            try:
+                response = self._kinesis.put_records(StreamName=self._stream, Records=records)
+            except Exception:  # the emulator restarting, say: keep the events, try again
+                log.exception("put_records failed; retrying")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            failed = [r for r, res in zip(records, response["Records"]) if "ErrorCode" in res]
+            for e in events:
+                self.emitted[e.get("status") or e.get("type", "?")] += 1
+            records, events = failed, []
+            if records:
+                time.sleep(delay)
