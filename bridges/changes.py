@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -78,6 +78,8 @@ class BatchPlan:
 
     calls: dict[str, list[TaskCall]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: (task, key) of every route planned, to remember once the calls are published.
+    keys: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
     duplicates: int = 0
 
@@ -193,10 +195,12 @@ def route(change: ChangeRecord, now: float | None = None) -> Route | None:
 
 def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
                routes: Callable[[ChangeRecord], Route | None] = route,
-               batch_sizes: Mapping[str, int] | None = None, source: str = "bridge-demand") -> BatchPlan:
+               batch_sizes: Mapping[str, int] | None = None, source: str = "bridge-demand",
+               recently_published: Container[tuple[str, str]] = ()) -> BatchPlan:
     """Turn a page of raw records into de-duplicated task calls and dead letters.
 
     One bad record becomes a dead letter with its reason; the rest of the page proceeds.
+    Routes already in ``recently_published`` (earlier pages) count as duplicates.
     Routes to a task in ``batch_sizes`` are packed into messages of that many items
     (one message per distinct delay).
     """
@@ -214,10 +218,11 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
         if target is None:
             plan.ignored += 1
             continue
-        if (target.task, target.key) in seen:
+        if (target.task, target.key) in seen or (target.task, target.key) in recently_published:
             plan.duplicates += 1
             continue
         seen.add((target.task, target.key))
+        plan.keys.append((target.task, target.key))
         if target.task in sizes:
             batched.setdefault((target.task, target.delay_seconds), []).append(target)
         else:

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cachetools import TTLCache
+
 from bridges.changes import SEND_TASK, ChangeRecord, decode_kinesis_change, parse_change, plan_batch
 from bridges.runner import run_bridge
 from bridges.shards import CheckpointStore, DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
@@ -33,18 +35,24 @@ class DemandStreamHandler:
     """Handles one page of change records: enqueue the routed tasks, dead-letter the bad records."""
 
     def __init__(self, publisher: BatchPublisher, dead_letters: DeadLetters,
-                 decode: Callable[[Any], ChangeRecord], batch_sizes: dict[str, int]) -> None:
+                 decode: Callable[[Any], ChangeRecord], batch_sizes: dict[str, int],
+                 dedupe_seconds: float = 600.0) -> None:
         self._publisher = publisher
         self._dead_letters = dead_letters
         self._decode = decode
         self._batch_sizes = batch_sizes
+        # A popular event's demand rows span many pages: enqueue its shortening once, not once
+        # a page. (Only a hint: after a restart one more task per event is harmless.)
+        self._recent: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=200_000, ttl=dedupe_seconds)
         self.enqueued = 0
         self.dead_lettered = 0
 
     def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
-        plan = plan_batch(records, self._decode, batch_sizes=self._batch_sizes)
+        plan = plan_batch(records, self._decode, batch_sizes=self._batch_sizes, recently_published=self._recent)
         for task_name, calls in plan.calls.items():
             self._publisher.publish(task_name, calls)
+        for key in plan.keys:
+            self._recent[key] = True
         if plan.dead_letters:
             self._dead_letters.send_batch(BRIDGE_NAME, plan.dead_letters)
             for letter in plan.dead_letters:
@@ -67,7 +75,8 @@ def build_reader(settings: Settings) -> ShardReader:
         source = DynamoDBStreamSource(settings, settings.table_name)
         decode = parse_change
     handler = DemandStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), decode,
-                                  batch_sizes={SEND_TASK: settings.send_batch_size})
+                                  batch_sizes={SEND_TASK: settings.send_batch_size},
+                                  dedupe_seconds=settings.bridge_dedupe_seconds)
     return ShardReader(
         source, CheckpointStore(settings, BRIDGE_NAME), handler,
         records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,

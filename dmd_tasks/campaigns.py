@@ -13,8 +13,9 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dmd_tasks.errors import PermanentError
 from dmd_tasks.models import ID_PATTERN
 from dmd_tasks.settings import Settings
 from dmd_tasks.templates import check_template
@@ -59,8 +60,13 @@ class SendWindow(BaseModel):
         return candidate.astimezone(timezone.utc)
 
 
+    def is_open_at(self, now_ts: float, tz_name: str | None) -> bool:
+        return self.is_open(datetime.fromtimestamp(now_ts, tz=timezone.utc).astimezone(zone(tz_name)))
+
     def next_open_ts(self, now_ts: float, tz_name: str | None) -> float:
-        """``next_open`` in epoch seconds."""
+        """``next_open`` in epoch seconds (``now_ts`` itself when open)."""
+        if self.is_open_at(now_ts, tz_name):
+            return now_ts
         return self.next_open(datetime.fromtimestamp(now_ts, tz=timezone.utc), tz_name).timestamp()
 
 
@@ -88,6 +94,10 @@ class Campaign(BaseModel):
         return check_template(value)
 
 
+class InvalidCampaign(PermanentError):
+    """A stored campaign that no longer validates (written around the API, or by an older version)."""
+
+
 class CampaignStore:
     """Campaigns by sale id in a pymongo(-compatible) collection."""
 
@@ -103,7 +113,10 @@ class CampaignStore:
         if document is None:
             return None
         document.pop("_id", None)
-        return Campaign.model_validate(document)
+        try:
+            return Campaign.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidCampaign(f"campaign of sale {sale_id} is invalid: {exc.errors()[0]['msg']}") from exc
 
 
 def open_campaign_store(settings: Settings) -> CampaignStore:

@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 app = Celery("dmd")
 app.conf.update(celeryconfig.build(get_settings()))
 
+#: Task name → queue, filled by ``task()``; Celery routes by it (``task_routes``).
+TASK_QUEUES: dict[str, str] = {}
+app.conf.task_routes = {}
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task is routed to."""
+    return TASK_QUEUES[task_name]
+
 #: Task modules, imported by workers and by anything that sends tasks.
 TASK_MODULES = ["dmd_tasks.shorten", "dmd_tasks.generate", "dmd_tasks.schedule", "dmd_tasks.send",
                 "dmd_tasks.sms_status"]
@@ -60,7 +69,7 @@ class DmdTask(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         from dmd_tasks.deadletter import DeadLetters
 
-        queue = (self.request.delivery_info or {}).get("routing_key") or self.queue or "query"
+        queue = (self.request.delivery_info or {}).get("routing_key") or TASK_QUEUES.get(self.name, "query")
         try:
             DeadLetters(get_settings()).send(
                 queue,
@@ -96,7 +105,6 @@ def task(*, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     defaults: dict[str, Any] = {
         "base": DmdTask,
         "bind": True,
-        "queue": queue,
         "autoretry_for": (TransientError,),
         "dont_autoretry_for": (PermanentError,),
         "retry_backoff": True,
@@ -106,7 +114,10 @@ def task(*, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     defaults.update(options)
 
     def decorate(fn: Callable[..., Any]) -> Task:
-        return app.task(**defaults)(fn)
+        registered = app.task(**defaults)(fn)
+        TASK_QUEUES[registered.name] = queue
+        app.conf.task_routes[registered.name] = {"queue": queue}
+        return registered
 
     return decorate
 

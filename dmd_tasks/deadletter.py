@@ -78,26 +78,33 @@ def send_batch_all(sqs: Any, url: str, entries: list[dict[str, Any]], attempts: 
     raise TransientError(f"SendMessageBatch: {len(pending)} entries failed after {attempts} attempts")
 
 
-def receive(settings: Settings, name: str, *, max_messages: int = 10, visibility_timeout_seconds: int = 0
-            ) -> list[dict[str, Any]]:
-    """Peek at up to ``max_messages`` dead letters of ``name`` (made visible again at once)."""
+def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[dict[str, Any]]:
+    """Read up to ``max_messages`` dead letters of ``name`` without consuming them.
+
+    Messages are hidden while the queue is paged through (so each receive returns new
+    ones), then made visible again at once.
+    """
     sqs = aws.client("sqs", settings)
     url = settings.queue_url(settings.dlq_name(name))
     out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    while len(out) < max_messages:
-        response = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, max_messages - len(out)),
-                                       VisibilityTimeout=visibility_timeout_seconds, WaitTimeSeconds=0)
-        messages = response.get("Messages", [])
-        fresh = [m for m in messages if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for message in fresh:
-            seen.add(message["MessageId"])
-            try:
-                out.append(json.loads(message["Body"]))
-            except ValueError:
-                out.append({"reason": "not a dmd dead letter (moved by the redrive policy)",
-                            "raw": message["Body"], "message_id": message["MessageId"]})
+    handles: list[str] = []
+    try:
+        while len(out) < max_messages:
+            response = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, max_messages - len(out)),
+                                           VisibilityTimeout=60, WaitTimeSeconds=0)
+            messages = response.get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                handles.append(message["ReceiptHandle"])
+                try:
+                    out.append(json.loads(message["Body"]))
+                except ValueError:
+                    out.append({"reason": "not a dmd dead letter (moved by the redrive policy)",
+                                "raw": message["Body"], "message_id": message["MessageId"]})
+    finally:
+        for start in range(0, len(handles), SQS_BATCH_MAX_ENTRIES):
+            sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                for i, h in enumerate(handles[start:start + SQS_BATCH_MAX_ENTRIES])])
     return out
-

@@ -119,7 +119,7 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
     lease = services.sales.take_lease(sale_id, sale.get("leaseUntil"), clock(), settings.generate_lease_seconds)
     if lease is None:
         return GenerateResult(sale_id, "owned-elsewhere")
-    campaign = services.campaigns.get(sale_id)
+    campaign = services.campaigns.get(sale_id)  # InvalidCampaign (permanent) if it no longer validates
     if campaign is None:
         raise PermanentError(f"sale {sale_id} has no campaign")
     event_id = sale["eventId"]
@@ -177,7 +177,15 @@ def generate_notifications(self, sale_id: str) -> dict[str, Any]:  # type: ignor
 
     Transient errors are retried by Celery from the last checkpoint.
     """
-    result = generate_sale(sale_id, get_services())
+    services = get_services()
+    try:
+        result = generate_sale(sale_id, services)
+    except PermanentError as exc:
+        # A sale that cannot be generated (no campaign, invalid template, no event) stops
+        # here, visibly, instead of being restarted every lease period.
+        if services.sales.fail(sale_id, str(exc), time.time()):
+            log.error("sale %s failed: %s", sale_id, exc)
+        raise
     log.info("sale %s: %s (%d written, %d opted out, %d invalid phones, %d already present)", sale_id,
              result.outcome, result.written, result.opted_out, result.invalid_phone, result.already_present)
     if result.outcome == "continue":

@@ -129,6 +129,7 @@ class SaleStatus(StrEnum):
     WAITING = "waiting"
     GENERATING = "generating"
     GENERATED = "generated"
+    FAILED = "failed"
 
 
 class Sale(BaseModel):

@@ -44,8 +44,9 @@ class BatchPublisher:
 
     def publish(self, task_name: str, calls: Iterable[TaskCall]) -> int:
         """Enqueue every call; returns how many were sent. Raises TransientError if SQS refuses some."""
-        task = self._app.tasks[task_name]
-        queue = task.queue
+        from dmd_tasks.celery_app import queue_of
+
+        queue = queue_of(task_name)
         url = self._settings.queue_url(self._settings.queue_name(queue))
         entries: list[dict[str, Any]] = []
         sent = 0

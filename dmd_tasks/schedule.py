@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dmd_tasks.celery_app import task
@@ -33,29 +34,44 @@ class TickResult:
     retired: int = 0
 
 
-def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> None:
+_pool: ThreadPoolExecutor | None = None
+
+
+def _writers() -> ThreadPoolExecutor:
+    """Threads for the scheduler's conditional writes, created in the worker process that uses them."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="schedule-write")
+    return _pool
+
+
+def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> int:
+    """Schedule what the budget allows; returns how many due notifications the index held."""
     campaign = services.campaigns.get(sale_id)
     if campaign is None:
         log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
-        return
+        return 0
     notifications = services.notifications
     budget = max(1, int(campaign.rate_per_second * interval_seconds))
     shards = list(notifications.shards())
     start = int(now / max(interval_seconds, 0.001)) % len(shards)  # rotate which shard goes first
+    found = 0
     for shard in shards[start:] + shards[:start]:
         if budget <= 0:
             break
-        for item in notifications.due_pending(sale_id, shard, now, budget):
-            fan_id = item["fanId"]
+        due = notifications.due_pending(sale_id, shard, now, budget)
+        found += len(due)
+        ready = [i["fanId"] for i in due if campaign.window.is_open_at(now, i.get("timezone"))]
+        quiet = [i for i in due if not campaign.window.is_open_at(now, i.get("timezone"))]
+        for item in quiet:  # the window closed since generation: wait for it to open again
             opens = campaign.window.next_open_ts(now, item.get("timezone"))
-            if opens > now:
-                result.deferred += notifications.defer(sale_id, fan_id, opens)
-                continue
-            if notifications.schedule(sale_id, fan_id, now):
-                result.scheduled += 1
-                budget -= 1
-            else:
-                result.lost_race += 1
+            result.deferred += notifications.defer(sale_id, item["fanId"], opens)
+        # Conditional writes are independent: issue them in parallel (the client is thread-safe).
+        moved = list(_writers().map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), ready))
+        result.scheduled += sum(moved)
+        result.lost_race += len(moved) - sum(moved)
+        budget -= sum(moved)
+    return found
 
 
 def sweep_expired_leases(services: Services, sale_id: str, now: float, result: TickResult) -> None:
@@ -96,11 +112,15 @@ def run_tick(services: Services, now: float | None = None) -> TickResult:
     now = time.time() if now is None else now
     interval = services.settings.schedule_interval_seconds
     result = TickResult()
+    sweep_every = services.settings.lease_sweep_interval_seconds
     for sale_id in services.sales.active():
         try:
-            schedule_sale(services, sale_id, now, interval, result)
-            sweep_expired_leases(services, sale_id, now, result)
-            retire_if_done(services, sale_id, result)
+            due = schedule_sale(services, sale_id, now, interval, result)
+            # Index queries cost reads: sweep leases every few ticks, look for the end only when idle.
+            if services.redis.set(f"dmd:sweep:{sale_id}", 1, nx=True, ex=max(1, int(sweep_every))):
+                sweep_expired_leases(services, sale_id, now, result)
+                if due == 0:
+                    retire_if_done(services, sale_id, result)
         except Exception:
             log.exception("scheduling sale %s failed; the next tick tries again", sale_id)
     return result

@@ -72,22 +72,30 @@ def retry_delay(attempts: int, base_seconds: float, cap_seconds: float, retry_af
     return min(delay, cap_seconds)
 
 
-def send_one(services: Services, notification_id: str) -> str:
-    """Send one notification; returns what happened (sent, skipped, retry, failed)."""
+def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``scheduled → sending`` for each id; returns the ones this worker now owns."""
+    now = time.time()
+    owned = []
+    for nid in notification_ids:
+        sale_id, fan_id = split_notification_id(nid)
+        item = services.notifications.claim_for_send(sale_id, fan_id, now, services.settings.send_lease_seconds)
+        if item is not None:
+            owned.append((nid, item))
+    return owned
+
+
+def send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
+    """Send one notification this worker owns; returns what happened (sent, retry, failed, lease-lost)."""
     settings = services.settings
     notifications = services.notifications
     sale_id, fan_id = split_notification_id(notification_id)
-    now = time.time()
-    item = notifications.claim_for_send(sale_id, fan_id, now, settings.send_lease_seconds)
-    if item is None:
-        return "skipped"  # not scheduled any more: sent, failed, or owned by another worker
     attempts = int(item.get("attempts", 0))
     phone = item["phone"]
-    campaign = _campaign(services, sale_id)
     try:
+        campaign = _campaign(services, sale_id)
         if campaign is None:
             raise PermanentError(f"sale {sale_id} has no campaign")
-        if notifications.opted_out([phone]):
+        if phone in opted_out:
             raise PermanentError("fan opted out (STOP) after the notification was generated")
         event_name, short_url = _event_values(services, item["eventId"])
         body = render(campaign.template, {"event_name": event_name, "short_url": short_url, "sale_id": sale_id,
@@ -135,6 +143,9 @@ def send_notifications(self, notification_ids: list[str]) -> dict[str, int]:  # 
         except (ValueError, AttributeError):
             outcomes["invalid-id"] += 1
             log.warning("send batch carried an invalid notification id")
-    for nid in valid:
-        outcomes[send_one(services, nid)] += 1
+    owned = claim_batch(services, valid)
+    outcomes["skipped"] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
+    opted_out = services.notifications.opted_out([item["phone"] for _, item in owned]) if owned else set()
+    for nid, item in owned:
+        outcomes[send_claimed(services, nid, item, opted_out)] += 1
     return dict(outcomes)

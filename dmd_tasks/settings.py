@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     send_retry_base_seconds: float = 2.0
     #: How long a worker owns a notification in ``sending`` before a sweep may take it back.
     send_lease_seconds: int = 60
+    #: How often the scheduler looks for expired send leases (and for sales that are done).
+    lease_sweep_interval_seconds: float = 10.0
     #: Celery's native per-worker rate limit of send_notifications (tasks, not messages).
     send_task_rate_limit: str | None = None
     #: Fallback provider rate when a campaign does not set one (messages per second, all workers).
@@ -136,6 +138,8 @@ class Settings(BaseSettings):
     bridge_records_per_read: int = 1000
     bridge_idle_sleep_seconds: float = 0.5
     bridge_shard_refresh_seconds: float = 30.0
+    #: How long the demand bridge remembers a task it enqueued, to skip repeats from later pages.
+    bridge_dedupe_seconds: float = 600.0
     #: Where a bridge starts on a shard it has no checkpoint for.
     bridge_start_position: str = "TRIM_HORIZON"
 

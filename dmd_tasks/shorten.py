@@ -53,7 +53,8 @@ def shorten_event(event_id: str, *, table: DemandTable, shortener: Shortener, re
         return ShortenOutcome.ALREADY_SHORTENED
     long_url = check_allowed_url(event.url, allowed_hosts)
 
-    lock = redis_client.lock(f"dmd:lock:shorten:{event_id}", timeout=lock_seconds, blocking=False)
+    # Another worker shortening the same event finishes within one Bitly call: wait for it.
+    lock = redis_client.lock(f"dmd:lock:shorten:{event_id}", timeout=lock_seconds, blocking_timeout=lock_seconds)
     if not lock.acquire():
         raise TransientError(f"event {event_id} is being shortened by another worker", retry_after_seconds=1)
     try:

@@ -4,8 +4,11 @@ Trigger: the status bridge (``bridges/kinesis_sms_status.py``) reads the Kinesis
 and enqueues batches of ``status_batch_size`` events.
 
 - A delivery status (``delivered``, ``undelivered``, ``failed``) is correlated by the
-  provider's message id (sparse index ``gsi2``) and moves ``sent → <status>`` with a
-  conditional write: a duplicate or a late, out-of-order receipt changes nothing.
+  provider's message id: the provider echoes our reference (the notification id), so the
+  item is read by key, and the conditional write requires the stored
+  ``providerMessageId`` to match; without a reference the sparse index ``gsi2`` maps the
+  message id to the notification. It moves ``sent → <status>``: a duplicate or a late,
+  out-of-order receipt changes nothing.
   Intermediate statuses (``queued``, ``sent``, ...) are ignored.
 - A receipt that arrives before our own ``sent`` write (the provider is fast, the index
   is eventually consistent) is not lost: it is retried with backoff, up to
@@ -24,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import TransientError
-from dmd_tasks.models import PHONE_PATTERN, TERMINAL_STATUSES
+from dmd_tasks.models import PHONE_PATTERN, TERMINAL_STATUSES, split_notification_id
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.settings import get_settings
 
@@ -38,6 +41,8 @@ class StatusEvent(BaseModel):
     message_id: str
     status: str
     timestamp: str
+    #: Our own reference, echoed by the provider: the notification id (the idempotency key).
+    reference: str | None = None
 
 
 class InboundEvent(BaseModel):
@@ -62,6 +67,15 @@ def parse_event(raw: Any) -> StatusEvent | InboundEvent:
     raise ValueError(f"unknown event type {kind!r}")
 
 
+def _by_reference(reference: str | None) -> tuple[str, str] | None:
+    if not reference:
+        return None
+    try:
+        return split_notification_id(reference)
+    except ValueError:
+        return None
+
+
 def apply_event(services: Services, event: StatusEvent | InboundEvent) -> str:
     """Apply one event; returns the outcome ("unresolved" means: try again later)."""
     notifications = services.notifications
@@ -72,11 +86,11 @@ def apply_event(services: Services, event: StatusEvent | InboundEvent) -> str:
         return "inbound-ignored"
     if event.status not in TERMINAL_STATUSES:
         return "intermediate-ignored"
-    found = notifications.find_by_message_id(event.message_id)
+    found = _by_reference(event.reference) or notifications.find_by_message_id(event.message_id)
     if found is None:
         return "unresolved"
     sale_id, fan_id = found
-    if notifications.record_delivery(sale_id, fan_id, event.status, event.timestamp):
+    if notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp):
         return event.status
     current = notifications.status_of(sale_id, fan_id)
     if current in TERMINAL_STATUSES:

@@ -212,6 +212,17 @@ class SaleRecords:
                                                  ":now": iso(now)}),
         ) is not None
 
+    def fail(self, sale_id: str, reason: str, now: float) -> bool:
+        """generating → failed (e.g. its campaign is missing or invalid); leaves the active list."""
+        return _conditional(
+            self._client.update_item, f"fail sale {sale_id}", TableName=self._name, Key=serialize(sale_key(sale_id)),
+            UpdateExpression="SET #s = :failed, reason = :r, failedAt = :now "
+                             "REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk, leaseUntil",
+            ConditionExpression="#s = :gen", ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=serialize({":failed": "failed", ":gen": "generating", ":r": reason[:500],
+                                                 ":now": iso(now)}),
+        ) is not None
+
     def active(self) -> list[str]:
         """Sales being generated or with notifications still waiting to be scheduled or sent."""
         out: list[str] = []
@@ -363,10 +374,11 @@ class NotificationRecords:
         sale_id = items[0]["pk"]["S"][len("SALE#"):]
         return sale_id, sk[len("NOTIFICATION#"):]
 
-    def record_delivery(self, sale_id: str, fan_id: str, status: str, at: str) -> bool:
-        """sent → delivered | undelivered | failed; a repeated or late receipt changes nothing."""
+    def record_delivery(self, sale_id: str, fan_id: str, message_id: str, status: str, at: str) -> bool:
+        """sent → delivered | undelivered | failed, for this provider message only; a repeated or late
+        receipt changes nothing."""
         return self._move(sale_id, fan_id, "sent", status, "SET #s = :to, deliveredAt = :at REMOVE gsi2pk, gsi2sk",
-                          {":at": at})
+                          {":at": at, ":mid": message_id}, extra_condition="providerMessageId = :mid")
 
     def status_of(self, sale_id: str, fan_id: str) -> str | None:
         item = self._client.get_item(TableName=self._name, Key=serialize(notification_key(sale_id, fan_id)),
@@ -391,13 +403,13 @@ class NotificationRecords:
         return counts
 
     def _move(self, sale_id: str, fan_id: str, source: str, target: str, update: str,
-              values: dict[str, Any]) -> bool:
+              values: dict[str, Any], extra_condition: str | None = None) -> bool:
         values = {**values, ":from": source}
         if ":to" in update:  # DynamoDB refuses unused expression values
             values[":to"] = target
         return _conditional(
             self._client.update_item, f"{sale_id}:{fan_id} {source}->{target}", TableName=self._name,
             Key=serialize(notification_key(sale_id, fan_id)), UpdateExpression=update,
-            ConditionExpression="#s = :from", ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=serialize(values),
+            ConditionExpression="#s = :from" + (f" AND {extra_condition}" if extra_condition else ""),
+            ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues=serialize(values),
         ) is not None

@@ -25,8 +25,11 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _BRACES = re.compile(r"\{\{|\}\}|\{%|%\}")
 
 
-class InvalidTemplate(PermanentError):
-    """A campaign template that uses unknown variables or anything but plain placeholders."""
+class InvalidTemplate(PermanentError, ValueError):
+    """A campaign template that uses unknown variables or anything but plain placeholders.
+
+    Also a ValueError, so pydantic reports it as a validation error of the campaign.
+    """
 
 
 def check_template(template: str) -> str:

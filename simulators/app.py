@@ -4,6 +4,7 @@
 - ``GET  /_sim/stats``           → counters per provider (what tests and benchmarks read)
 - ``POST /_sim/config``          → ``{"bitly": {"latency_ms": 50, "error_rate": 0.2, ...}, "sms": {...}}``
 - ``GET  /_sim/sms/sales/<id>``  → SMS accepted, recipients and duplicates for one sale
+- ``GET  /_sim/sms/recipients/<phone>`` → distinct messages accepted for one number
 - ``POST /_sim/reset``           → forget calls, links and faults
 """
 
@@ -27,6 +28,10 @@ def create_app(*, bitly_token: str, sms_api_key: str, status_emitter: StatusEmit
     @app.get("/_sim/sms/sales/<sale_id>")
     def sms_sale(sale_id: str) -> Any:
         return jsonify(sms.sale_stats(sale_id))
+
+    @app.get("/_sim/sms/recipients/<phone>")
+    def sms_recipient(phone: str) -> Any:
+        return jsonify(messages=sms.recipient_count(phone))
 
     @app.get("/_sim/health")
     def health() -> Any:

@@ -90,6 +90,11 @@ class SmsSimulator:
             return {"accepted": sum(per_recipient.values()), "recipients": len(per_recipient),
                     "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1)}
 
+    def recipient_count(self, phone: str) -> int:
+        """Distinct messages accepted for one recipient."""
+        with self._lock:
+            return self._per_recipient.get(phone, 0)
+
     def reset(self) -> None:
         with self._lock:
             self._by_key.clear()
@@ -153,22 +158,23 @@ class SmsSimulator:
                 self._accepted_at.popleft()
             self._max_per_second = max(self._max_per_second, len(self._accepted_at))
         if self.emitter is not None:
-            self._plan_statuses(result["message_id"], to)
+            self._plan_statuses(result["message_id"], to, key)
         return jsonify({**result, "idempotent_replay": False}), 202
 
-    def _plan_statuses(self, message_id: str, to: str) -> None:
+    def _plan_statuses(self, message_id: str, to: str, reference: str) -> None:
         b = self.behaviour
         roll = random.random()
         final = "undelivered" if roll < b.undelivered_rate else (
             "failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
         due = time.time() + b.status_delay_ms / 1000
-        event = {"type": "status", "message_id": message_id, "status": final}
+        event = {"type": "status", "message_id": message_id, "status": final, "reference": reference}
         assert self.emitter is not None
         self.emitter.schedule(due, event)
         if random.random() < b.duplicate_status_rate:
             self.emitter.schedule(due + 0.05, dict(event))
         if random.random() < b.out_of_order_rate:
-            self.emitter.schedule(due + 0.02, {"type": "status", "message_id": message_id, "status": "queued"})
+            self.emitter.schedule(due + 0.02, {"type": "status", "message_id": message_id, "status": "queued",
+                                               "reference": reference})
         if final == "delivered" and random.random() < b.stop_reply_rate:
             self.emitter.schedule(due + 0.1, {"type": "inbound", "sender": to, "body": "STOP"})
 

@@ -12,7 +12,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,18 +21,9 @@ from dmd_tasks import aws, deadletter
 from dmd_tasks.models import Demand, Event
 from dmd_tasks.stack import ProcessGroup
 from dmd_tasks.store import DemandTable, serialize
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
 
 
 @pytest.fixture(scope="module")

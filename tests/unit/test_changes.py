@@ -131,3 +131,12 @@ def test_dead_letter_body_survives_bytes_payloads() -> None:
     body = json.loads(plan.dead_letters[0].to_body())
     assert body["payload"]["Data"] == {"base64": "AAE="}
     assert body["reason"] == "Kinesis Data is not JSON"
+
+
+def test_routes_published_from_earlier_pages_count_as_duplicates() -> None:
+    first = plan_batch([demand_insert("evA", "f1", 1)], parse_change)
+    assert first.keys == [(SHORTEN_TASK, "evA")]
+    later = plan_batch([demand_insert("evA", "f2", 2), demand_insert("evB", "f3", 3)], parse_change,
+                       recently_published=set(first.keys))
+    assert [c.args for c in later.calls[SHORTEN_TASK]] == [("evB",)]
+    assert later.duplicates == 1

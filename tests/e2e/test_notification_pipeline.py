@@ -1,0 +1,224 @@
+"""A sale's whole life, end to end with real parts.
+
+moto server, Redis, the Bitly and SMS simulators (the latter emitting delivery statuses
+into Kinesis), and the Procfile's processes: both bridges, beat, and a worker per queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from datetime import time as clock
+from typing import Any
+
+import pytest
+
+from dmd_tasks import deadletter
+from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
+from dmd_tasks.demo import PIPELINE_PROCESSES
+from dmd_tasks.models import Demand, Event, Sale, optout_key
+from dmd_tasks.stack import ProcessGroup
+from dmd_tasks.store import DemandTable, NotificationRecords, SaleRecords, iso
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"delivered", "undelivered", "failed"}
+ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+    sim.configure(sms={"status_delay_ms": 100})
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-pipeline", env={
+        "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
+        "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "2"})
+    group.start(PIPELINE_PROCESSES)
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture()
+def records(settings):  # type: ignore[no-untyped-def]
+    table = DemandTable(settings)
+    return table, NotificationRecords(table, settings.pending_shards), SaleRecords(table)
+
+
+def new_sale(settings, fans: list[dict[str, Any]], *, window: SendWindow = ALWAYS_OPEN, rate: float = 50.0,
+             template: str = "{{ event_name }} on sale now: {{ short_url }}", optouts: tuple[str, ...] = ()
+             ) -> tuple[str, Event]:  # type: ignore[no-untyped-def]
+    run = uuid.uuid4().hex[:8]
+    table = DemandTable(settings)
+    event = Event(id=f"ev{run}", name=f"Show {run}", url=f"https://www.ticketmaster.com/e/{run}")
+    table.put_items([event.to_item()])
+    table.put_items(Demand(eventId=event.id, **fan).to_item() for fan in fans)
+    table.put_items({**optout_key(p), "entity": "OPTOUT", "at": iso(time.time())} for p in optouts)
+    sale_id = f"sale{run}"
+    open_campaign_store(settings).put(Campaign(saleId=sale_id, eventId=event.id, template=template, window=window,
+                                               ratePerSecond=rate))
+    table.put_items([Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())).to_item()])
+    return sale_id, event
+
+
+def fans(n: int, tz: str = "UTC", prefix: str | None = None) -> list[dict[str, Any]]:
+    area = prefix or str(uuid.uuid4().int % 700 + 200)
+    return [{"fanId": f"fan{i}", "phone": f"+1{area}{i:07d}", "timezone": tz} for i in range(n)]
+
+
+def statuses(notifications: NotificationRecords, sale_id: str) -> dict[str, int]:
+    return notifications.count_by_status(sale_id)
+
+
+def all_terminal(notifications: NotificationRecords, sales: SaleRecords, sale_id: str, expected: int
+                 ) -> dict[str, int] | None:
+    counts = statuses(notifications, sale_id)
+    sale = sales.get(sale_id) or {}
+    done = sum(v for k, v in counts.items() if k in TERMINAL)
+    return counts if sale.get("status") == "generated" and done == sum(counts.values()) == expected else None
+
+
+def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    table, notifications, sales = records
+    # Given 40 fans, two of them opted out before the sale and one with a number that is not E.164
+    audience = fans(40)
+    opted = (audience[3]["phone"], audience[17]["phone"])
+    audience[25]["phone"] = "0044-not-e164"
+    sale_id, event = new_sale(settings, audience, optouts=opted)
+
+    # When the sale comes due, then every notification ends in a terminal status
+    counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 38), timeout=120,
+                        what="every notification terminal")
+    assert sum(counts.values()) == 38
+
+    # And the provider accepted exactly one SMS per reachable fan, none twice, none to opted-out fans
+    provider = sim.sms_sale(sale_id)
+    assert provider["duplicates"] == 0
+    assert provider["accepted"] == provider["recipients"] == 37
+    for phone in opted:
+        assert sim.sms_messages_to(phone) == 0
+    for fan in audience:
+        if fan["phone"] not in opted and fan["phone"].startswith("+"):
+            assert sim.sms_messages_to(fan["phone"]) == 1
+
+    # And the invalid number failed with its reason, without a call
+    bad = table._client.get_item(TableName=table.name, Key={"pk": {"S": f"SALE#{sale_id}"},
+                                                            "sk": {"S": "NOTIFICATION#fan25"}})["Item"]
+    assert bad["status"]["S"] == "failed" and "E.164" in bad["reason"]["S"]
+
+    # And the event got its short URL on the way, and the message carried it
+    assert (table.get_event(event.id) or event).short_url
+
+
+def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    _, notifications, sales = records
+    # Given a 09:00-21:00 window, fans in a zone where it is daytime now and fans where it is night
+    hour = datetime.now(timezone.utc).hour
+    day_offset = next(k for k in range(-12, 13) if 10 <= (hour + k) % 24 <= 19)
+    night_offset = next(k for k in range(-12, 13) if (hour + k) % 24 in (1, 2, 3, 4))
+    # Etc/GMT zones have inverted signs: Etc/GMT-3 is UTC+3
+    day_tz, night_tz = f"Etc/GMT{-day_offset:+d}", f"Etc/GMT{-night_offset:+d}"
+    day, night = fans(6, day_tz), fans(6, night_tz)
+    for f in night:
+        f["fanId"] = "n" + f["fanId"]
+    sale_id, _ = new_sale(settings, day + night, window=SendWindow(start=clock(9), end=clock(21)))
+
+    # When the sale runs, then the daytime fans are messaged
+    def day_done() -> bool:
+        counts = statuses(notifications, sale_id)
+        return sum(v for k, v in counts.items() if k in TERMINAL) == 6 and counts.get("pending") == 6
+    wait_until(day_done, timeout=90, what="daytime fans terminal, night fans pending")
+    time.sleep(3)  # a few more scheduler ticks
+
+    # And the night fans are still pending, not messaged, waiting for 09:00 their time
+    assert statuses(notifications, sale_id).get("pending") == 6
+    for fan in night:
+        assert sim.sms_messages_to(fan["phone"]) == 0
+    for fan in day:
+        assert sim.sms_messages_to(fan["phone"]) == 1
+    pending = notifications.due_pending(sale_id, 0, time.time() + 86_400, 100)
+    wake = {datetime.fromtimestamp(int(i["sendAfter"]), tz=timezone.utc).hour for i in pending}
+    assert wake == {(9 - night_offset) % 24}
+
+
+def test_a_template_that_reaches_for_python_internals_never_sends(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    _, notifications, sales = records
+    # Given a campaign whose template was written around the API (the model refuses it)
+    with pytest.raises(ValueError, match="outside a"):
+        Campaign(saleId="x", eventId="y", template="{{ event_name.__class__.__init__.__globals__ }}")
+    audience = fans(3)
+    sale_id, event = new_sale(settings, audience)
+    store = open_campaign_store(settings)
+    store._collection.update_one({"_id": sale_id}, {"$set": {"template": "{{ short_url.__class__.__mro__ }}"}})
+
+    # When the sale comes due, then it fails visibly, with the reason, and no SMS leaves
+    sale = wait_until(lambda: (s := sales.get(sale_id)) and s.get("status") == "failed" and s, timeout=60,
+                      what="the sale to fail")
+    assert "template" in sale["reason"]
+    assert statuses(notifications, sale_id) == {}
+    assert sim.sms_sale(sale_id)["accepted"] == 0
+    letters = wait_until(lambda: [d for d in deadletter.receive(settings, "generate", max_messages=100)
+                                  if d.get("payload", {}).get("args") == [sale_id]], what="a dead letter")
+    assert "template" in letters[0]["reason"]
+
+
+def test_stop_replies_opt_fans_out(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    table, notifications, sales = records
+    # Given a provider whose recipients all reply STOP after delivery
+    sim.configure(sms={"stop_reply_rate": 1.0})
+    try:
+        audience = fans(3)
+        sale_id, _ = new_sale(settings, audience)
+        counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 3), timeout=90,
+                            what="first sale done")
+        # Then the numbers of the fans who got the message land on the opt-out list
+        wait_until(lambda: len(notifications.opted_out([f["phone"] for f in audience])) == counts["delivered"],
+                   timeout=30, what="opt-outs recorded")
+    finally:
+        sim.configure(sms={"stop_reply_rate": 0.0})
+    opted = notifications.opted_out([f["phone"] for f in audience])
+    # And a later sale for the same fans sends nothing to those numbers
+    second, _ = new_sale(settings, audience)
+    wait_until(lambda: (s := sales.get(second)) and s.get("status") == "generated", timeout=60, what="generated")
+    assert all(sim.sms_messages_to(p) == 1 for p in opted)
+    assert sim.sms_sale(second)["accepted"] == 3 - len(opted)
+
+
+def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    table, notifications, sales = records
+    # Given a provider failing a third of the calls with 500/503 and rate-limiting above 20/s
+    sim.configure(sms={"error_rate": 0.33, "rate_limit_per_second": 20})
+    try:
+        audience = fans(30)
+        sale_id, _ = new_sale(settings, audience, rate=40)
+        counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 30), timeout=180,
+                            what="every notification terminal despite failures")
+    finally:
+        sim.configure(sms={"error_rate": 0.0, "rate_limit_per_second": 0})
+    # Then nobody got two messages, and no notification was tried more than three times
+    assert sim.sms_sale(sale_id)["duplicates"] == 0
+    items = list(table.query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    assert max(int(i.get("attempts", 0)) for i in items) <= settings.max_send_attempts
+    failed = [i for i in items if i["status"] == "failed"]
+    # failed by us (the provider never accepted it) after the last attempt, with the reason
+    assert all("attempts" in i["reason"] for i in failed if "providerMessageId" not in i)
+    assert counts.get("delivered", 0) + counts.get("undelivered", 0) + len(failed) == 30
+
+
+def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    from dmd_tasks.send import send_notifications
+
+    _, notifications, sales = records
+    audience = fans(5)
+    sale_id, _ = new_sale(settings, audience)
+    wait_until(lambda: all_terminal(notifications, sales, sale_id, 5), timeout=90, what="sale done")
+    # When the same send messages arrive again (SQS and streams deliver at least once)
+    ids = [f"{sale_id}:{f['fanId']}" for f in audience]
+    results = [send_notifications.apply_async((ids,)) for _ in range(2)]
+    outcomes = [r.get(timeout=60) for r in results]
+    # Then they find nothing to do, and the provider saw one message per fan
+    assert outcomes == [{"skipped": 5}, {"skipped": 5}]
+    assert sim.sms_sale(sale_id) == {"accepted": 5, "recipients": 5, "duplicates": 0}
