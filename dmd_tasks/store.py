@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -132,6 +133,12 @@ def epoch_key(ts: float) -> str:
     return f"{int(ts):012d}"
 
 
+def new_lease(now: float, seconds: float) -> str:
+    """A generator lease: its expiry (sortable against ``iso(now)``) and a token unique to its owner,
+    so two runs taking a lease in the same second cannot both hold it."""
+    return f"{iso(now + seconds)}#{uuid.uuid4().hex[:12]}"
+
+
 class SaleRecords:
     """SALE items: claiming due sales and the generator's lease and checkpoint."""
 
@@ -160,7 +167,7 @@ class SaleRecords:
 
     def claim(self, sale_id: str, now: float, lease_seconds: int) -> bool:
         """waiting → generating, once: the first claimer wins, a repeated tick changes nothing."""
-        lease = iso(now + lease_seconds)
+        lease = new_lease(now, lease_seconds)
         return _conditional(
             self._client.update_item, f"claim sale {sale_id}", TableName=self._name, Key=serialize(sale_key(sale_id)),
             UpdateExpression="SET #s = :gen, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, "
@@ -174,7 +181,7 @@ class SaleRecords:
 
     def take_lease(self, sale_id: str, expected_lease: str | None, now: float, lease_seconds: int) -> str | None:
         """Renew the generator lease if it is still ``expected_lease`` (or expired); returns the new lease."""
-        lease = iso(now + lease_seconds)
+        lease = new_lease(now, lease_seconds)
         condition = "#s = :gen AND (leaseUntil = :expected OR leaseUntil <= :now)"
         done = _conditional(
             self._client.update_item, f"lease sale {sale_id}", TableName=self._name, Key=serialize(sale_key(sale_id)),
@@ -188,8 +195,8 @@ class SaleRecords:
     def checkpoint(self, sale_id: str, lease: str, cursor: str | None, written: int, now: float,
                    lease_seconds: int) -> str | None:
         """Record the generator's progress under its lease; returns the renewed lease, None if lost."""
-        new_lease = iso(now + lease_seconds)
-        values: dict[str, Any] = {":gen": "generating", ":lease": lease, ":new": new_lease, ":n": written}
+        renewed = new_lease(now, lease_seconds)
+        values: dict[str, Any] = {":gen": "generating", ":lease": lease, ":new": renewed, ":n": written}
         update = "SET leaseUntil = :new, gsi1sk = :new ADD generated :n"
         if cursor is not None:
             update = "SET leaseUntil = :new, gsi1sk = :new, #c = :cursor ADD generated :n"
@@ -201,7 +208,7 @@ class SaleRecords:
             ExpressionAttributeNames={"#s": "status", **({"#c": "cursor"} if cursor is not None else {})},
             ExpressionAttributeValues=serialize(values),
         )
-        return new_lease if done is not None else None
+        return renewed if done is not None else None
 
     def finish(self, sale_id: str, lease: str, now: float) -> bool:
         return _conditional(
