@@ -32,7 +32,7 @@ def queue_of(task_name: str) -> str:
 
 #: Task modules, imported by workers and by anything that sends tasks.
 TASK_MODULES = ["dmd_tasks.shorten", "dmd_tasks.generate", "dmd_tasks.schedule", "dmd_tasks.send",
-                "dmd_tasks.sms_status"]
+                "dmd_tasks.sms_status", "dmd_tasks.query"]
 
 
 class DmdTask(Task):

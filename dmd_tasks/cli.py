@@ -4,6 +4,7 @@
     dmd provision              create the tables, queues (+ DLQs) and streams; idempotent
     dmd demo [--fans N]        a whole sale on the local stack, with progress and a summary
     dmd status SALE_ID         one sale's notifications by status (--watch to follow it)
+    dmd api                    the GraphQL endpoint (eventDetails, accountProfile)
     dmd dlq list QUEUE         show the dead letters of a queue or bridge
 """
 
@@ -97,6 +98,14 @@ def status(sale_id: str, watch: bool) -> None:
                 live.update(status_table(progress, f"sale {sale_id} ({progress['sale_status']})"))
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+def api() -> None:
+    """Serve the GraphQL API at http://DMD_API_HOST:DMD_API_PORT/graphql (x-api-key required)."""
+    from dmd_tasks.api import serve
+
+    serve(get_settings())
 
 
 @main.group()

@@ -35,7 +35,7 @@ TIMEZONES = ["America/New_York", "America/Los_Angeles", "Europe/London", "Europe
 TEMPLATE = "{{ event_name }}: tickets are on sale now! {{ short_url }} Reply STOP to opt out."
 #: Procfile processes that make up the pipeline (not the API or Flower).
 PIPELINE_PROCESSES = ("bridge-demand", "bridge-sms-status", "beat", "worker-short-url", "worker-generate",
-                      "worker-schedule", "worker-send", "worker-sms-status")
+                      "worker-schedule", "worker-send", "worker-sms-status", "worker-query")
 
 
 def seed_sale(settings: Settings, fans: int, rate_per_second: float, run_id: str) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from typing import Any
 from dmd_tasks.campaigns import Campaign
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError
+from dmd_tasks.query import warm_event_details
 from dmd_tasks.models import PHONE_PATTERN, Event, demand_key, event_key
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.shorten import shorten_event
@@ -202,6 +203,8 @@ def claim_due_sales(self) -> dict[str, int]:  # type: ignore[no-untyped-def]
     for sale in services.sales.due(now):
         if services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds):
             generate_notifications.apply_async((sale["id"],))
+            # the API will be asked about this event while fans open their links: warm its cache
+            warm_event_details.apply_async((sale["eventId"],))
             claimed += 1
             log.info("sale %s claimed (notify at %s)", sale["id"], sale.get("notifyAt"))
     for sale in services.sales.stalled(now):

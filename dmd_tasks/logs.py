@@ -61,6 +61,10 @@ class ContextFilter(logging.Filter):
                 record.msg = str(record.msg)
             record.args = None
         record.msg = redact(str(record.msg))
+        if record.exc_info:
+            # Tracebacks quote exception messages (a URL with its apikey, say): redact them too.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

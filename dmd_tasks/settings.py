@@ -134,6 +134,33 @@ class Settings(BaseSettings):
     sms_timeout_seconds: float = 5.0
     sms_sender_id: str = "DMD"
 
+    # --- Query surface (GraphQL API) ---------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: Accepted values of the ``x-api-key`` header (AppSync API_KEY auth).
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_max_query_bytes: int = 8192
+    api_max_query_depth: int = 6
+    api_max_fields: int = 60
+
+    discovery_base_url: str = "https://app.ticketmaster.com"
+    discovery_api_key: SecretStr = SecretStr("")
+    discovery_timeout_seconds: float = 3.0
+    #: TM Discovery allows about 5 requests per second per key (shared by every API process).
+    discovery_rate_per_second: float = 5.0
+    event_cache_ttl_seconds: int = 86_400
+    #: How long a copy is kept to serve, marked stale, when Discovery fails or rate-limits.
+    event_stale_ttl_seconds: int = 604_800
+    event_missing_ttl_seconds: int = 60
+
+    accounts_base_url: str = "https://accounts.example.com"
+    accounts_client_id: str = ""
+    accounts_client_secret: SecretStr = SecretStr("")
+    accounts_timeout_seconds: float = 3.0
+    account_cache_ttl_seconds: int = 60
+    #: A token is renewed this long before it expires.
+    accounts_token_margin_seconds: int = 60
+
     # --- Stream bridges ----------------------------------------------------------------------
     bridge_records_per_read: int = 1000
     bridge_idle_sleep_seconds: float = 0.5

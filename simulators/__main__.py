@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     emitter = StatusEmitter(aws.client("kinesis", settings), settings.sms_status_stream_name)
     app = create_app(bitly_token=settings.bitly_token.get_secret_value(),
-                     sms_api_key=settings.sms_api_key.get_secret_value(), status_emitter=emitter)
+                     sms_api_key=settings.sms_api_key.get_secret_value(),
+                     discovery_api_key=settings.discovery_api_key.get_secret_value(),
+                     accounts_client_id=settings.accounts_client_id,
+                     accounts_client_secret=settings.accounts_client_secret.get_secret_value(), status_emitter=emitter)
     server = make_server(args.host, args.port, app, threaded=True)
     print(f"simulators listening on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()

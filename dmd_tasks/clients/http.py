@@ -12,6 +12,14 @@ from requests.adapters import HTTPAdapter
 from dmd_tasks.errors import PermanentError, RateLimited, TransientError
 
 
+class UpstreamRefused(PermanentError):
+    """The upstream answered 4xx (other than 429): retrying the same request cannot help."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 def pooled_session(pool_size: int = 20) -> requests.Session:
     """A keep-alive session; retries are left to Celery, so the adapter does none."""
     session = requests.Session()
@@ -57,7 +65,8 @@ def request(session: requests.Session, method: str, url: str, *, what: str, time
         raise TransientError(f"{what}: upstream error {response.status_code}",
                              retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))
     if response.status_code >= 400:
-        raise PermanentError(f"{what}: refused with {response.status_code} {_short_reason(response)}")
+        raise UpstreamRefused(f"{what}: refused with {response.status_code} {_short_reason(response)}".rstrip(),
+                              response.status_code)
     return response
 
 

@@ -1,0 +1,181 @@
+"""The query surface's logic (flows 7 and 8), shared by the GraphQL API and the ``query`` queue.
+
+Event details (TM Discovery) are cached in Redis for ``event_cache_ttl_seconds`` (24 h).
+Concurrent misses for one id make a single upstream call (a Redis lock; the others wait
+for the cache). When Discovery fails or the shared 5-per-second budget is spent, the
+last good copy is served, marked ``stale``. A 404 is remembered briefly.
+
+Account look-ups go through the Accounts client (OAuth2 token cached until shortly
+before expiry) and are cached for ``account_cache_ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from dmd_tasks.celery_app import task
+from dmd_tasks.clients.accounts import AccountNotFound, AccountProfile, AccountsClient
+from dmd_tasks.clients.discovery import DiscoveryClient, EventNotFound
+from dmd_tasks.errors import DmdError
+from dmd_tasks.ratelimit import SharedRateLimiter
+from dmd_tasks.services import get_services
+from dmd_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: TM ids: letters, digits, '_' and '-', 1 to 64 characters.
+QUERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class InvalidArgument(DmdError, ValueError):
+    """A query argument that does not have the documented format; nothing is called upstream."""
+
+
+class NotFound(DmdError):
+    """The upstream has no such entity."""
+
+
+class Unavailable(DmdError):
+    """The upstream failed and there is no copy to fall back on."""
+
+
+def check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not QUERY_ID.match(value):
+        raise InvalidArgument(f"{what} must be 1-64 characters of letters, digits, '_' or '-'")
+    return value
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    stale_served: int = 0
+
+
+class EventDetailsService:
+    """Cached, single-flight, stale-on-failure event details."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis, discovery: DiscoveryClient) -> None:
+        self._s = settings
+        self._redis = redis_client
+        self._discovery = discovery
+        self._limiter = SharedRateLimiter(redis_client, "dmd:rate:discovery", window_seconds=1.0)
+        self.stats = CacheStats()
+
+    def _keys(self, event_id: str) -> tuple[str, str, str, str]:
+        return (f"dmd:event:{event_id}", f"dmd:event-stale:{event_id}", f"dmd:event-missing:{event_id}",
+                f"dmd:event-lock:{event_id}")
+
+    def get(self, event_id: str) -> dict[str, Any]:
+        check_id(event_id, "eventId")
+        fresh_key, stale_key, missing_key, lock_key = self._keys(event_id)
+        found = self._cached(fresh_key, missing_key, event_id)
+        if found is not None:
+            self.stats.hits += 1
+            return found
+        self.stats.misses += 1
+        lock = self._redis.lock(lock_key, timeout=self._s.discovery_timeout_seconds * 2 + 2, blocking=False)
+        if lock.acquire():
+            try:
+                return self._fetch(event_id)
+            finally:
+                try:
+                    lock.release()
+                except redis.exceptions.LockError:
+                    pass
+        # Another caller is fetching this id: wait for its result instead of calling again.
+        deadline = time.monotonic() + self._s.discovery_timeout_seconds * 2 + 2
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            found = self._cached(fresh_key, missing_key, event_id)
+            if found is not None:
+                return found
+            if not self._redis.exists(lock_key):
+                break
+        return self._stale_or_fail(event_id, "the concurrent fetch did not produce a copy")
+
+    def _cached(self, fresh_key: str, missing_key: str, event_id: str) -> dict[str, Any] | None:
+        raw, missing = self._redis.mget(fresh_key, missing_key)
+        if missing:
+            raise NotFound(f"event {event_id} not found")
+        return {**json.loads(raw), "stale": False} if raw else None
+
+    def _fetch(self, event_id: str) -> dict[str, Any]:
+        fresh_key, stale_key, missing_key, _ = self._keys(event_id)
+        try:
+            # Wait up to a second for a slot of Discovery's rate limit, then fall back.
+            self._limiter.acquire(self._s.discovery_rate_per_second, timeout_seconds=1.0)
+            details = self._discovery.event(event_id)
+        except EventNotFound:
+            self._redis.set(missing_key, 1, ex=self._s.event_missing_ttl_seconds)
+            raise NotFound(f"event {event_id} not found") from None
+        except DmdError as exc:  # timeouts, 5xx, 429, our rate share spent, refused key
+            log.warning("event %s: discovery failed (%s); trying the stale copy", event_id, exc)
+            return self._stale_or_fail(event_id, str(exc))
+        document = {**details.model_dump(), "fetchedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        text = json.dumps(document)
+        pipe = self._redis.pipeline()
+        pipe.set(fresh_key, text, ex=self._s.event_cache_ttl_seconds)
+        pipe.set(stale_key, text, ex=self._s.event_stale_ttl_seconds)
+        pipe.delete(missing_key)
+        pipe.execute()
+        return {**document, "stale": False}
+
+    def _stale_or_fail(self, event_id: str, reason: str) -> dict[str, Any]:
+        raw = self._redis.get(self._keys(event_id)[1])
+        if raw:
+            self.stats.stale_served += 1
+            return {**json.loads(raw), "stale": True}
+        raise Unavailable(f"event details unavailable: {reason}")
+
+
+class AccountService:
+    """Account profiles through the Accounts client, cached briefly."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis, accounts: AccountsClient) -> None:
+        self._s = settings
+        self._redis = redis_client
+        self.client = accounts
+
+    def get(self, account_id: str) -> dict[str, Any]:
+        check_id(account_id, "accountId")
+        key = f"dmd:account:{account_id}"
+        raw = self._redis.get(key)
+        if raw:
+            return json.loads(raw)
+        try:
+            profile: AccountProfile = self.client.account(account_id)
+        except AccountNotFound:
+            raise NotFound(f"account {account_id} not found") from None
+        except DmdError as exc:
+            raise Unavailable(f"account service unavailable: {exc}") from exc
+        document = profile.model_dump()
+        self._redis.set(key, json.dumps(document), ex=self._s.account_cache_ttl_seconds)
+        return document
+
+
+def event_details_service() -> EventDetailsService:
+    services = get_services()
+    return EventDetailsService(services.settings, services.redis, DiscoveryClient.from_settings(services.settings))
+
+
+@task(queue="query", max_retries=3)
+def warm_event_details(self, event_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Fill the event-details cache (e.g. when a sale is claimed) with the API's own logic.
+
+    Idempotent: a warm cache is a hit and calls nothing. Not found and invalid ids are
+    reported, not retried.
+    """
+    try:
+        details = event_details_service().get(event_id)
+    except (InvalidArgument, NotFound) as exc:
+        return {"event_id": event_id, "warmed": False, "reason": str(exc)}
+    return {"event_id": event_id, "warmed": True, "stale": details["stale"]}
+

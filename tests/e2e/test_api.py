@@ -1,0 +1,167 @@
+"""The GraphQL API over real HTTP: the Procfile's ``api`` process, Redis and the TM simulators."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from dmd_tasks.stack import ProcessGroup, free_port, wait_for_port
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+KEY = "local-api-key"
+DETAILS = "{ eventDetails(eventId: \"%s\") { id name url startDateTime venue { name city } " \
+          "sales { publicStartDateTime presales { name } } stale fetchedAt } }"
+
+
+@pytest.fixture(scope="module")
+def api(settings, stack, sim) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-api", env={
+        "DMD_API_PORT": str(port), "DMD_ACCOUNTS_TOKEN_MARGIN_SECONDS": "1"})
+    group.start(["api", "worker-query"])
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30, what="api", process=group.processes["api"])
+        yield f"http://127.0.0.1:{port}/graphql"
+    finally:
+        group.stop()
+
+
+def gql(url: str, query: str, key: str | None = KEY) -> requests.Response:
+    headers = {"x-api-key": key} if key is not None else {}
+    return requests.post(url, json={"query": query}, headers=headers, timeout=30)
+
+
+def discovery_calls(sim, event_id: str) -> int:  # type: ignore[no-untyped-def]
+    return int(sim.stats()["discovery"]["calls_by_event"].get(event_id, 0))
+
+
+def new_id() -> str:
+    return f"vv{uuid.uuid4().hex[:10]}"
+
+
+def test_cold_then_warm_event_details(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+    event_id = new_id()
+    cold = gql(api, DETAILS % event_id).json()
+    assert cold["data"]["eventDetails"]["id"] == event_id
+    assert cold["data"]["eventDetails"]["venue"]["name"] == "Simulated Arena"
+    assert cold["data"]["eventDetails"]["sales"]["publicStartDateTime"]
+    assert cold["data"]["eventDetails"]["stale"] is False
+    assert discovery_calls(sim, event_id) == 1
+    warm = gql(api, DETAILS % event_id).json()
+    assert warm["data"] == cold["data"]
+    assert discovery_calls(sim, event_id) == 1  # served from Redis
+
+
+def test_fifty_concurrent_misses_make_one_upstream_call(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+    sim.configure(discovery={"latency_ms": 300})
+    try:
+        event_id = new_id()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+            answers = list(pool.map(lambda _: gql(api, DETAILS % event_id).json(), range(50)))
+    finally:
+        sim.configure(discovery={"latency_ms": 0})
+    assert all(a["data"]["eventDetails"]["id"] == event_id for a in answers), answers[:2]
+    assert discovery_calls(sim, event_id) == 1
+
+
+def test_upstream_failure_serves_the_stale_copy_and_says_so(api: str, sim, settings) -> None:  # type: ignore[no-untyped-def]
+    event_id, never_seen = new_id(), new_id()
+    assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"]["stale"] is False
+    # the 24 h copy expires, and Discovery is down
+    redis.Redis.from_url(settings.redis_url).delete(f"dmd:event:{event_id}")
+    sim.configure(discovery={"error_rate": 1.0})
+    try:
+        answer = gql(api, DETAILS % event_id).json()
+        assert answer["data"]["eventDetails"]["stale"] is True
+        assert answer["data"]["eventDetails"]["id"] == event_id
+        # with no copy at all, the error says the upstream is unavailable
+        missing = gql(api, DETAILS % never_seen).json()
+        assert missing["data"]["eventDetails"] is None
+        assert missing["errors"][0]["extensions"]["errorType"] == "UpstreamUnavailable"
+    finally:
+        sim.configure(discovery={"error_rate": 0.0})
+
+
+def test_not_found_is_cached_briefly(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+    event_id = f"missing{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        answer = gql(api, DETAILS % event_id).json()
+        assert answer["errors"][0]["extensions"]["errorType"] == "NotFound"
+    assert discovery_calls(sim, event_id) == 1
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong-key"])
+def test_requests_without_a_valid_api_key_are_refused_before_anything_resolves(api: str, sim, key) -> None:  # type: ignore[no-untyped-def]
+    event_id = new_id()
+    response = gql(api, DETAILS % event_id, key=key)
+    assert response.status_code == 401
+    assert response.json()["errors"][0]["errorType"] == "UnauthorizedException"
+    assert discovery_calls(sim, event_id) == 0
+
+
+@pytest.mark.parametrize("bad_id", ["../etc/passwd", "a b", "x" * 65, "ev%2F1", ""])
+def test_malformed_ids_get_a_graphql_error_and_no_upstream_call(api: str, sim, bad_id: str) -> None:  # type: ignore[no-untyped-def]
+    before = sim.stats()["discovery"]["calls"]
+    answer = gql(api, DETAILS % bad_id).json()
+    assert answer["data"]["eventDetails"] is None
+    assert answer["errors"][0]["extensions"]["errorType"] == "BadRequest"
+    assert sim.stats()["discovery"]["calls"] == before
+
+
+def test_query_depth_and_size_are_bounded(api: str) -> None:
+    deep = "{ __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }"
+    answer = gql(api, deep).json()
+    assert "depth" in answer["errors"][0]["message"]
+    huge = "{ " + " ".join(f"a{i}: eventDetails(eventId: \"x{i}\") {{ id }}" for i in range(400)) + " }"
+    assert gql(api, huge).status_code == 413
+    many = "{ " + " ".join(f"a{i}: eventDetails(eventId: \"x{i}\") {{ id name }}" for i in range(40)) + " }"
+    assert "fields" in gql(api, many).json()["errors"][0]["message"]
+
+
+def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim, settings) -> None:  # type: ignore[no-untyped-def]
+    redis.Redis.from_url(settings.redis_url).delete("dmd:accounts:token")
+    sim.configure(accounts={"token_ttl_seconds": 3})
+    try:
+        before = sim.stats()["accounts"].get("tokens_issued", 0)
+        for i in range(5):
+            account = gql(api, '{ accountProfile(accountId: "acct%d%s") { id firstName email countryCode } }'
+                          % (i, uuid.uuid4().hex[:6])).json()["data"]["accountProfile"]
+            assert account["firstName"] == "Sam" and account["countryCode"] == "US"
+        assert sim.stats()["accounts"]["tokens_issued"] == before + 1
+        time.sleep(2.5)  # the token (3 s, renewed 1 s early) has expired in our cache
+        gql(api, '{ accountProfile(accountId: "acctlate%s") { id } }' % uuid.uuid4().hex[:6])
+        assert sim.stats()["accounts"]["tokens_issued"] == before + 2
+    finally:
+        sim.configure(accounts={"token_ttl_seconds": 3600})
+    missing = gql(api, '{ accountProfile(accountId: "missing1") { id } }').json()
+    assert missing["errors"][0]["extensions"]["errorType"] == "NotFound"
+
+
+def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+    from dmd_tasks.query import warm_event_details
+
+    event_id = new_id()
+    result = warm_event_details.apply_async((event_id,)).get(timeout=60)
+    assert result == {"event_id": event_id, "warmed": True, "stale": False}
+    assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"]["id"] == event_id
+    assert discovery_calls(sim, event_id) == 1
+
+
+def test_no_secret_reaches_the_api_log(api: str, settings) -> None:  # type: ignore[no-untyped-def]
+    gql(api, DETAILS % new_id())
+    gql(api, '{ accountProfile(accountId: "acct9") { id } }')
+    log_text = wait_until(lambda: (settings.run_dir.resolve() / "logs" / "e2e-api" / "api.log").read_text(),
+                          what="api log")
+    token = redis.Redis.from_url(settings.redis_url).get("dmd:accounts:token")
+    for secret in (settings.discovery_api_key.get_secret_value(), settings.accounts_client_secret.get_secret_value(),
+                   KEY, (token or b"never-issued").decode()):
+        assert secret not in log_text
+
