@@ -213,7 +213,8 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
             change = decode(raw)
             target = routes(change)
         except InvalidRecord as exc:
-            plan.dead_letters.append(DeadLetter(reason=str(exc), payload=jsonable(raw), source=source))
+            plan.dead_letters.append(DeadLetter(reason=str(exc), payload=jsonable(raw), source=source,
+                                                correlation_id=record_correlation_id(raw)))
             continue
         if target is None:
             plan.ignored += 1
@@ -237,6 +238,16 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
                 args=([r.item for r in chunk],), headers={CORRELATION_HEADER: chunk[0].correlation_id},
                 delay_seconds=delay))
     return plan
+
+
+def record_correlation_id(raw: Any) -> str | None:
+    """The correlation id a record would have had, from whatever identifies it."""
+    if isinstance(raw, Mapping):
+        if raw.get("eventID"):
+            return f"ddb-{raw['eventID']}"
+        if raw.get("SequenceNumber"):
+            return f"kin-{raw['SequenceNumber']}"
+    return None
 
 
 def jsonable(raw: Any) -> Any:

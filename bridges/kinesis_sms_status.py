@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from bridges.changes import jsonable
+from bridges.changes import jsonable, record_correlation_id
 from bridges.runner import run_bridge
 from bridges.shards import CheckpointStore, KinesisSource, ShardReader
 from dmd_tasks import logs
@@ -43,7 +43,8 @@ def plan_status_page(records: Sequence[dict[str, Any]], batch_size: int) -> tupl
             parse_event(raw)
         except (KeyError, TypeError, UnicodeDecodeError, ValueError) as exc:
             reason = "record is not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc) or repr(exc)
-            letters.append(DeadLetter(reason=reason, payload=jsonable(record), source=BRIDGE_NAME))
+            letters.append(DeadLetter(reason=reason, payload=jsonable(record), source=BRIDGE_NAME,
+                                      correlation_id=record_correlation_id(record)))
             continue
         events.append((raw, f"kin-{record.get('SequenceNumber', '')}"))
     calls = [TaskCall(args=([e for e, _ in events[i:i + batch_size]],),

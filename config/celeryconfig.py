@@ -88,7 +88,13 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_enable_remote_control": False,
         "worker_send_task_events": False,
         "beat_schedule": beat_schedule(settings),
-        "beat_schedule_filename": str(settings.run_dir.resolve() / "celerybeat-schedule"),
+        # Beat is safe to run twice: RedBeat keeps the schedule in Redis behind a lock; a
+        # second beat waits on the lock and takes over within lock timeout + loop interval.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": settings.beat_key_prefix,
+        "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
+        "beat_max_loop_interval": settings.beat_max_loop_interval_seconds,
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -6,6 +6,7 @@
     dmd status SALE_ID         one sale's notifications by status (--watch to follow it)
     dmd api                    the GraphQL endpoint (eventDetails, accountProfile)
     dmd dlq list QUEUE         show the dead letters of a queue or bridge
+    dmd dlq replay QUEUE       re-drive them (--dry-run to look first)
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ def dlq_list(queue: str, max_messages: int) -> None:
 
     for letter in receive(get_settings(), queue, max_messages=max_messages):
         click.echo(json.dumps(letter))
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.option("--dry-run", is_flag=True, help="show what would be re-driven; send and delete nothing")
+@click.option("--max", "max_messages", default=100, show_default=True)
+def dlq_replay(queue: str, dry_run: bool, max_messages: int) -> None:
+    """Re-drive the dead letters of QUEUE (tasks re-published, bridge records re-routed)."""
+    from dmd_tasks.deadletter import replay
+
+    lines = replay(get_settings(), queue, dry_run=dry_run, max_messages=max_messages)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"{len(lines)} dead letters {'examined (dry run)' if dry_run else 'processed'}")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,99 @@ def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[di
                 {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
                 for i, h in enumerate(handles[start:start + SQS_BATCH_MAX_ENTRIES])])
     return out
+
+
+def _restore(value: Any) -> Any:
+    """Undo ``bridges.changes.jsonable`` (bytes were kept as {"base64": ...})."""
+    if isinstance(value, dict):
+        if set(value) == {"base64"} and isinstance(value["base64"], str):
+            import base64
+
+            return base64.b64decode(value["base64"])
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def replay(settings: Settings, name: str, *, dry_run: bool, max_messages: int = 100) -> list[str]:
+    """Re-drive up to ``max_messages`` dead letters of ``name``; returns one line per letter.
+
+    - a task's dead letter (reason + task + args) is published again to its task;
+    - a bridge's dead letter (a raw record) goes through the bridge's parsing and routing
+      again: routed records are enqueued, a record that is still invalid stays, with why;
+    - a message the redrive policy moved (a raw Celery message) goes back to its queue.
+
+    A replayed letter is deleted from the dead-letter queue only after it was re-sent.
+    With ``dry_run`` nothing is sent or deleted.
+    """
+    from dmd_tasks.celery_app import app
+    from dmd_tasks.logs import CORRELATION_HEADER
+    from dmd_tasks.publish import BatchPublisher
+
+    sqs = aws.client("sqs", settings)
+    url = settings.queue_url(settings.dlq_name(name))
+    lines: list[str] = []
+    keep: list[str] = []
+    app.loader.import_default_modules()
+    try:
+        while len(lines) < max_messages:
+            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, max_messages - len(lines)),
+                                           VisibilityTimeout=60, WaitTimeSeconds=0).get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                action, send = _plan_replay(settings, name, message["Body"], app, BatchPublisher(app, settings),
+                                            CORRELATION_HEADER)
+                if send is None or dry_run:
+                    keep.append(message["ReceiptHandle"])
+                    lines.append(f"{'would ' if dry_run and send else ''}{action}")
+                    continue
+                send()
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                lines.append(action)
+    finally:
+        for start in range(0, len(keep), SQS_BATCH_MAX_ENTRIES):
+            sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                for i, h in enumerate(keep[start:start + SQS_BATCH_MAX_ENTRIES])])
+    return lines
+
+
+def _plan_replay(settings: Settings, name: str, body: str, app: Any, publisher: Any, header: str
+                 ) -> tuple[str, Any]:
+    """(what will happen, a function doing it) for one dead letter; the function is None to keep it."""
+    try:
+        letter = json.loads(body)
+    except ValueError:
+        letter = None
+    if not isinstance(letter, dict) or "reason" not in letter:
+        source = settings.queue_url(settings.queue_name(name))
+        sqs = aws.client("sqs", settings)
+        return f"redriven message -> back to queue {name}", lambda: sqs.send_message(QueueUrl=source, MessageBody=body)
+    payload = letter.get("payload")
+    correlation = letter.get("correlation_id")
+    if isinstance(payload, dict) and "task" in payload:
+        task, args, kwargs = payload["task"], payload.get("args") or [], payload.get("kwargs") or {}
+        headers = {header: correlation} if correlation else {}
+        return (f"{task}{tuple(args)!r} -> re-published (was: {letter['reason']})",
+                lambda: app.send_task(task, args=args, kwargs=kwargs, headers=headers))
+    if name in ("bridge-demand", "bridge-sms-status"):
+        from bridges.changes import decode_kinesis_change, parse_change, plan_batch
+        from bridges.kinesis_sms_status import STATUS_TASK, plan_status_page
+
+        record = _restore(payload)
+        if name == "bridge-sms-status":
+            calls, letters = plan_status_page([record], settings.status_batch_size)
+            routed = {STATUS_TASK: calls}
+        else:
+            decode = decode_kinesis_change if isinstance(record, dict) and "Data" in record else parse_change
+            plan = plan_batch([record], decode)
+            routed, letters = plan.calls, plan.dead_letters
+        if letters:
+            return f"record still invalid, kept: {letters[0].reason}", None
+        if not routed:
+            return "record needs no task, deleted", lambda: None
+        return (f"record -> {', '.join(routed)} (was: {letter['reason']})",
+                lambda: [publisher.publish(task, calls) for task, calls in routed.items()])
+    return f"unrecognised dead letter, kept: {letter.get('reason')}", None

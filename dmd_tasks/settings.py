@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     #: MongoDB URL of the campaign store; None means the embedded store (montydb on disk, in run_dir).
     mongo_url: SecretStr | None = None
     mongo_database: str = "campaigns"
+    #: A standby beat takes over at most this long (plus one loop) after the active one died.
+    beat_lock_timeout_seconds: int = 25
+    beat_max_loop_interval_seconds: int = 5
+    #: Redis key prefix of beat's schedule and lock (one per deployment).
+    beat_key_prefix: str = "dmd:redbeat"
     #: How often beat claims due sales and runs the scheduler.
     claim_interval_seconds: float = 2.0
     schedule_interval_seconds: float = 2.0

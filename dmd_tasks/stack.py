@@ -183,21 +183,23 @@ class ProcessGroup:
         self._commands = read_procfile()
 
     def start(self, names: Iterable[str]) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             self.start_one(name)
 
-    def start_one(self, name: str) -> subprocess.Popen[bytes]:
+    def start_one(self, name: str, instance: str | None = None) -> subprocess.Popen[bytes]:
+        """Start the Procfile process ``name``, tracked (and logged) as ``instance`` (default: the name)."""
         command = self._commands[name]
         argv = shlex.split(command)
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         elif argv and argv[0] == "celery":
             argv = [sys.executable, "-m", "celery", *argv[1:]]
-        with open(self.log_dir / f"{name}.log", "ab") as log_file:
+        instance = instance or name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{instance}.log", "ab") as log_file:
             process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=self.env, cwd=REPO_ROOT, start_new_session=True)
-        self.processes[name] = process
+        self.processes[instance] = process
         return process
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -10,13 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: ``Faults.apply`` result: serve the request, but answer only after ``timeout_ms``.
+SLOW = "slow"
+
+
 @dataclass
 class Faults:
     """Behaviour of one simulated provider, changeable at run time through ``POST /_sim/config``."""
 
     latency_ms: float = 0.0
     error_rate: float = 0.0          # fraction of calls answered 500/503
-    timeout_rate: float = 0.0        # fraction of calls that hang for ``timeout_ms`` before answering 504
+    throttle_rate: float = 0.0       # fraction of calls answered 429 with ``Retry-After: throttle_retry_after``
+    throttle_retry_after: float = 2.0
+    timeout_rate: float = 0.0        # fraction of calls answered only after ``timeout_ms`` (see ``apply``)
     timeout_ms: float = 10_000.0
     rate_limit_per_second: float = 0.0  # 0: unlimited; above it, 429 with Retry-After
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -24,20 +30,27 @@ class Faults:
     counters: Counter[str] = field(default_factory=Counter, repr=False)
 
     def update(self, values: dict[str, Any]) -> None:
-        for key in ("latency_ms", "error_rate", "timeout_rate", "timeout_ms", "rate_limit_per_second"):
+        for key in ("latency_ms", "error_rate", "throttle_rate", "throttle_retry_after", "timeout_rate", "timeout_ms",
+                    "rate_limit_per_second"):
             if key in values:
                 setattr(self, key, float(values[key]))
 
     def public(self) -> dict[str, float]:
-        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate, "timeout_rate": self.timeout_rate,
+        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate, "throttle_rate": self.throttle_rate,
+                "throttle_retry_after": self.throttle_retry_after, "timeout_rate": self.timeout_rate,
                 "timeout_ms": self.timeout_ms, "rate_limit_per_second": self.rate_limit_per_second}
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
 
-    def apply(self) -> tuple[int, dict[str, str]] | None:
-        """Decide this call's fate: None to serve it, or (status, headers) to fail it."""
+    def apply(self, *, timeouts_accept: bool = False) -> tuple[int, dict[str, str]] | str | None:
+        """Decide this call's fate: None to serve it, (status, headers) to fail it, or ``SLOW``.
+
+        A timeout either hangs and answers 504 (nothing done), or, with ``timeouts_accept``,
+        returns ``SLOW``: the caller does the work and answers only after ``timeout_ms``, so
+        the client gives up on a request that did succeed (an ambiguous send).
+        """
         self.count("requests")
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000)
@@ -53,11 +66,18 @@ class Faults:
                 self._window.append(now)
         roll = random.random()
         if roll < self.timeout_rate:
+            self.count("timeouts")
+            if timeouts_accept:
+                return SLOW
             time.sleep(self.timeout_ms / 1000)
-            self.count("504")
             return 504, {}
-        if roll < self.timeout_rate + self.error_rate:
+        roll -= self.timeout_rate
+        if roll < self.error_rate:
             status = random.choice((500, 503))
             self.count(str(status))
             return status, {}
+        roll -= self.error_rate
+        if roll < self.throttle_rate:
+            self.count("429")
+            return 429, {"Retry-After": f"{self.throttle_retry_after:g}"}
         return None

@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from simulators.faults import Faults
+from simulators.faults import SLOW, Faults
 
 log = logging.getLogger(__name__)
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
@@ -63,6 +63,7 @@ class SmsSimulator:
         self._accepted_at: deque[float] = deque()
         self._max_per_second = 0
         self._counters: Counter[str] = Counter()
+        self._not_before: dict[str, float] = {}
 
     # ---- configuration and counters -----------------------------------------------------------
 
@@ -103,6 +104,7 @@ class SmsSimulator:
             self._accepted_at.clear()
             self._max_per_second = 0
             self._counters.clear()
+            self._not_before.clear()
             self.faults = Faults()
             self.behaviour = StatusBehaviour()
 
@@ -129,14 +131,29 @@ class SmsSimulator:
             if first is not None:
                 self._count("idempotent_replays")
                 return jsonify({**first, "idempotent_replay": True}), 200
-            failure = self.faults.apply()
+            self._check_retry_after(key)
+            failure = self.faults.apply(timeouts_accept=True)
+            if failure == SLOW:
+                response = self._accept(key, to)
+                time.sleep(self.faults.timeout_ms / 1000)  # accepted, but the client has given up by now
+                return response
             if failure:
-                status, headers = failure
+                status, headers = failure  # type: ignore[misc]
+                if status == 429:
+                    with self._lock:
+                        self._not_before[key] = time.monotonic() + float(headers.get("Retry-After", 1))
                 return Response(json.dumps({"error": "rate_limited" if status == 429 else "provider_error"}),
                                 status=status, headers=headers, mimetype="application/json")
             return self._accept(key, to)
 
         return bp
+
+    def _check_retry_after(self, key: str) -> None:
+        """Count a request that came back sooner than the Retry-After it was given."""
+        with self._lock:
+            not_before = self._not_before.pop(key, None)
+            if not_before is not None and time.monotonic() < not_before - 0.05:
+                self._counters["retry_after_violations"] += 1
 
     def _count(self, name: str) -> None:
         with self._lock:
