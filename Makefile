@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test stack-up stack-down clean
+.PHONY: setup run test chaos stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: setup
 ## make test: unit and end-to-end tests (the tests start and stop their own stack)
 test: setup
 	$(BIN)/python -m pytest
+
+## make chaos: the fault suite at size (kills, a failing provider, replayed streams), figures printed
+CHAOS_FANS  ?= 600
+CHAOS_KILLS ?= 8
+chaos: setup
+	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
 
 stack-up: setup
 	$(BIN)/dmd stack up && $(BIN)/dmd provision >/dev/null

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -187,7 +188,9 @@ def route(change: ChangeRecord, now: float | None = None) -> Route | None:
         not_before = change.new.get("notBefore")
         delay = 0
         if isinstance(not_before, (int, float, Decimal)):
-            delay = int(min(MAX_DELAY_SECONDS, max(0.0, float(not_before) - (time.time() if now is None else now))))
+            # rounded up: a retry must never come back before the time it was given (e.g. Retry-After)
+            wait = float(not_before) - (time.time() if now is None else now)
+            delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(wait)))
         return Route(task=SEND_TASK, key=f"{nid}#{change.new.get('attempts', 0)}", item=nid,
                      correlation_id=change.correlation_id, delay_seconds=delay)
     return None

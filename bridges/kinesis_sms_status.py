@@ -28,6 +28,8 @@ log = logging.getLogger("bridges.kinesis_sms_status")
 
 BRIDGE_NAME = "bridge-sms-status"
 STATUS_TASK = "dmd_tasks.sms_status.record_sms_status"
+#: A provider event is a few hundred bytes; anything this large is not one.
+MAX_EVENT_BYTES = 16_384
 
 
 def plan_status_page(records: Sequence[dict[str, Any]], batch_size: int) -> tuple[list[TaskCall], list[DeadLetter]]:
@@ -39,6 +41,8 @@ def plan_status_page(records: Sequence[dict[str, Any]], batch_size: int) -> tupl
     for record in records:
         try:
             data = record["Data"]
+            if len(data) > MAX_EVENT_BYTES:
+                raise ValueError(f"record is {len(data)} bytes; provider events are at most {MAX_EVENT_BYTES}")
             raw = json.loads(data)
             parse_event(raw)
         except (KeyError, TypeError, UnicodeDecodeError, ValueError) as exc:

@@ -61,6 +61,9 @@ class ContextFilter(logging.Filter):
                 record.msg = str(record.msg)
             record.args = None
         record.msg = redact(str(record.msg))
+        data = getattr(record, "data", None)
+        if isinstance(data, dict):  # Celery's task logs carry args/kwargs/results here
+            record.data = {k: redact(v) if isinstance(v, str) else v for k, v in data.items()}
         if record.exc_info:
             # Tracebacks quote exception messages (a URL with its apikey, say): redact them too.
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

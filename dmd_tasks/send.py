@@ -25,7 +25,6 @@ provider does not send a second SMS.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -117,7 +116,7 @@ def send_claimed(services: Services, notification_id: str, item: dict[str, Any],
             return "failed"
         delay = retry_delay(attempts, settings.send_retry_base_seconds, settings.max_countdown_seconds,
                             exc.retry_after_seconds)
-        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + math.ceil(delay), str(exc))
+        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc))
         log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
         return "retry"
     if not notifications.mark_sent(sale_id, fan_id, message_id, time.time()):

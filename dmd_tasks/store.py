@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 import zlib
@@ -351,7 +352,7 @@ class NotificationRecords:
         return self._move(sale_id, fan_id, source, "scheduled",
                           "SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r "
                           "REMOVE gsi1pk, gsi1sk, leaseUntil",
-                          {":a": attempts, ":nb": int(not_before), ":r": reason[:500]})
+                          {":a": attempts, ":nb": math.ceil(not_before), ":r": reason[:500]})
 
     def mark_failed(self, sale_id: str, fan_id: str, reason: str, source: str, attempts: int | None = None) -> bool:
         update = "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk, leaseUntil"

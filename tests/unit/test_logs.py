@@ -28,3 +28,22 @@ def test_json_lines_carry_correlation_id_and_masked_message() -> None:
     assert line["correlation_id"] == "corr-1"
     assert line["message"] == "sending to +4*****23"
     assert line["process_name"] == "test"
+
+
+def test_celery_style_extra_data_and_tracebacks_are_redacted() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", json_lines=True)
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    log = logging.getLogger("celery.app.trace")
+    log.info("Task %(name)s received", {"name": "t"},
+             extra={"data": {"args": "([{'sender': '+447700900123', 'body': 'STOP'}],)", "id": "x"}})
+    try:
+        raise ConnectionError("GET https://app.example.com/e.json?apikey=SEKRIT failed")
+    except ConnectionError:
+        log.exception("boom")
+    text = stream.getvalue()
+    assert "+447700900123" not in text and "SEKRIT" not in text
+    first, second = (json.loads(line) for line in text.strip().splitlines()[-2:])
+    assert first["data"]["args"] == "([{'sender': '+4*****23', 'body': 'STOP'}],)"
+    assert "apikey=[redacted]" in second["exc_info"]

@@ -33,3 +33,15 @@ def test_status_page_batches_valid_events_and_dead_letters_the_rest() -> None:
     assert [len(c.args[0]) for c in calls] == [25, 5]
     assert [letter.reason for letter in letters][0] == "record is not JSON"
     assert "invalid status event" in letters[1].reason
+
+
+def test_oversize_records_are_dead_lettered_and_the_letter_fits_in_sqs() -> None:
+    from dmd_tasks.deadletter import SQS_MAX_MESSAGE_BYTES
+
+    huge = {"SequenceNumber": "1", "Data": b'{"type": "status", "pad": "' + b"x" * 600_000 + b'"}'}
+    calls, letters = plan_status_page([huge], batch_size=25)
+    assert calls == []
+    assert letters[0].reason.startswith("record is 600")
+    body = letters[0].to_body()
+    assert len(body.encode()) < SQS_MAX_MESSAGE_BYTES
+    assert "(payload truncated)" in body
