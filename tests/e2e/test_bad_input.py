@@ -1,0 +1,66 @@
+"""Bad input on purpose, through the running system: nothing crash-loops, nothing leaks."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import time as clock
+
+import pytest
+
+from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
+from dmd_tasks.demo import PIPELINE_PROCESSES
+from dmd_tasks.models import Demand, Event, Sale
+from dmd_tasks.stack import ProcessGroup
+from dmd_tasks.store import DemandTable, NotificationRecords, iso
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+FULL_PHONE = re.compile(r"\+1\d{10}")
+
+
+@pytest.fixture(scope="module")
+def debug_pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"e2e-debug-{uuid.uuid4().hex[:6]}", env={
+        "DMD_LOG_LEVEL": "DEBUG", "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1"})
+    group.start([*PIPELINE_PROCESSES, "api"])
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a sale run with every process logging at DEBUG, including STOP replies (phones in events)
+    sim.configure(sms={"stop_reply_rate": 1.0})
+    run = uuid.uuid4().hex[:8]
+    table = DemandTable(settings)
+    event = Event(id=f"dbg{run}", name="Debug", url=f"https://www.ticketmaster.com/e/{run}")
+    phones = [f"+1{int(run[:4], 16) % 800 + 200}{n:07d}" for n in range(8)]
+    table.put_items([event.to_item()])
+    table.put_items(Demand(eventId=event.id, fanId=f"f{n}", phone=p).to_item() for n, p in enumerate(phones))
+    open_campaign_store(settings).put(Campaign(saleId=f"dbg{run}", eventId=event.id, template="{{ short_url }}",
+                                               window=SendWindow(start=clock(0), end=clock(0))))
+    table.put_items([Sale(id=f"dbg{run}", eventId=event.id, notifyAt=iso(time.time())).to_item()])
+    notifications = NotificationRecords(table, settings.pending_shards)
+    try:
+        wait_until(lambda: sum(notifications.count_by_status(f"dbg{run}").get(s, 0)
+                               for s in ("delivered", "undelivered", "failed")) == 8, timeout=90, what="sale done")
+        wait_until(lambda: notifications.opted_out(phones), timeout=30, what="STOP replies processed")
+    finally:
+        sim.configure(sms={"stop_reply_rate": 0.0})
+    time.sleep(1)
+
+    # Then no log line of any process carries a secret or a full phone number
+    secrets = [settings.bitly_token, settings.sms_api_key, settings.discovery_api_key, settings.accounts_client_secret,
+               *settings.api_keys]
+    text = "\n".join(p.read_text(errors="replace") for p in debug_pipeline.log_dir.glob("*.log"))
+    assert "DEBUG" in text  # the processes did log at DEBUG
+    for secret in secrets:
+        assert secret.get_secret_value() not in text
+    for phone in phones:
+        assert phone not in text
+    assert phones[0][:2] + "*****" + phones[0][-2:] in text or not FULL_PHONE.search(text)
