@@ -232,6 +232,17 @@ def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(
     finally:
         sim.configure(bitly={"error_rate": 0.0})
 
+    # When an operator looks first (dry run), nothing is sent and the letters stay
+    from dmd_tasks.deadletter import replay
+
+    planned = replay(settings, "short-url", dry_run=True)
+    assert any(doomed[0].id in line and line.startswith("would ") for line in planned)
+    assert _short_url_dead_letters(settings, doomed[0].id)
+    # And then re-drives the queue once Bitly is back: the doomed event gets its link, and its letter is gone
+    replay(settings, "short-url", dry_run=False)
+    wait_until(lambda: all_short(table, doomed), what="the replayed event shortened")
+    assert not _short_url_dead_letters(settings, doomed[0].id)
+
 
 def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
     # Given Bitly rate-limiting hard (one call a second, 429 with Retry-After above it)
@@ -246,3 +257,17 @@ def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> 
             assert sim.bitly_calls(event.url) == 1
     finally:
         sim.configure(bitly={"rate_limit_per_second": 0})
+
+
+def test_replaying_the_bridge_dead_letters_keeps_what_is_still_invalid(pipeline, settings) -> None:  # type: ignore[no-untyped-def]
+    from dmd_tasks.deadletter import DeadLetter, DeadLetters, replay
+
+    marker = uuid.uuid4().hex
+    # a record that is still invalid, dead-lettered by the bridge
+    DeadLetters(settings).send_batch("bridge-demand", [DeadLetter(
+        reason="unknown entity type 'X'", source="bridge-demand", correlation_id=f"ddb-{marker}",
+        payload={"eventID": marker, "eventName": "INSERT",
+                 "dynamodb": {"NewImage": {"entity": {"S": "X"}}, "SequenceNumber": "1"}})])
+    lines = replay(settings, "bridge-demand", dry_run=False, max_messages=200)
+    assert any("still invalid, kept: unknown entity type 'X'" in line for line in lines)
+    assert dead_letters_mentioning(settings, marker)
