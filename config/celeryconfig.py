@@ -84,9 +84,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_hijack_root_logger": False,
-        # SQS carries neither Celery's event exchange nor the broadcast mailbox.
-        "worker_enable_remote_control": False,
-        "worker_send_task_events": False,
+        # SQS carries neither Celery's event exchange nor the broadcast mailbox: both travel
+        # over Redis (dmd_tasks.monitoring), so remote control and task events are on.
+        "worker_enable_remote_control": True,
+        "worker_send_task_events": settings.worker_send_task_events,
         "beat_schedule": beat_schedule(settings),
         # Beat is safe to run twice: RedBeat keeps the schedule in Redis behind a lock; a
         # second beat waits on the lock and takes over within lock timeout + loop interval.

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from celery import Celery, Task, bootsteps, signals
 
 from config import celeryconfig
-from dmd_tasks import logs
+from dmd_tasks import logs, monitoring
 from dmd_tasks.errors import PermanentError, TransientError
 from dmd_tasks.settings import QUEUE_NAMES, UnsafeConfiguration, get_settings
 
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 app = Celery("dmd")
 app.conf.update(celeryconfig.build(get_settings()))
+# Events and remote control over Redis (Flower, celery inspect); tasks stay on SQS.
+monitoring.install(app, url=get_settings().monitor_redis_url or get_settings().redis_url,
+                   task_sent_event=get_settings().monitor_task_sent_events)
 
 #: Task name → queue, filled by ``task()``; Celery routes by it (``task_routes``).
 TASK_QUEUES: dict[str, str] = {}

@@ -5,6 +5,7 @@
     dmd demo [--fans N]        a whole sale on the local stack, with progress and a summary
     dmd status SALE_ID         one sale's notifications by status (--watch to follow it)
     dmd api                    the GraphQL endpoint (eventDetails, accountProfile)
+    dmd flower                 Flower, seeing every worker over the Redis monitoring channel
     dmd dlq list QUEUE         show the dead letters of a queue or bridge
     dmd dlq replay QUEUE       re-drive them (--dry-run to look first)
 """
@@ -107,6 +108,23 @@ def api() -> None:
     from dmd_tasks.api import serve
 
     serve(get_settings())
+
+
+@main.command()
+def flower() -> None:
+    """Run Flower on the Redis channel that carries worker events and remote control."""
+    import os
+
+    settings = get_settings()
+    env = dict(os.environ)
+    if settings.flower_basic_auth is not None:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    else:
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"  # bound to loopback by default
+    argv = [sys.executable, "-m", "celery", "-A", "dmd_tasks.celery_app",
+            f"--broker={settings.monitor_redis_url or settings.redis_url}", "flower",
+            f"--address={settings.flower_host}", f"--port={settings.flower_port}"]
+    os.execvpe(argv[0], argv, env)
 
 
 @main.group()

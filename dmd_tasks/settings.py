@@ -182,6 +182,17 @@ class Settings(BaseSettings):
     simulator_host: str = "127.0.0.1"
     simulator_port: int = 8090
 
+    # --- Monitoring ----------------------------------------------------------------------------------
+    #: Where worker events and remote control travel (SQS cannot carry them); None: redis_url.
+    monitor_redis_url: str | None = None
+    worker_send_task_events: bool = True
+    #: Also publish task-sent events (one Redis publish per enqueued task).
+    monitor_task_sent_events: bool = True
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    #: "user:password" for Flower's basic auth; unset, Flower's API answers without auth (loopback only).
+    flower_basic_auth: SecretStr | None = None
+
     # --- Logging ---------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True

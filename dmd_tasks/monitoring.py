@@ -1,0 +1,302 @@
+"""Worker events and remote control over Redis, while tasks travel over SQS.
+
+Celery's SQS transport carries neither the event exchange nor the broadcast mailbox
+(no fanout), so Flower sees nothing and ``celery inspect`` gets no reply. This component
+moves exactly those two channels to Redis (``DMD_MONITOR_REDIS_URL``, default the Redis
+of the pipeline) and leaves task traffic on SQS:
+
+- ``MonitorConsumer`` (the worker's consumer class): the stock Events step, Heart and
+  heartbeats publish to Redis; ``MonitorControlStep`` replaces the Control step with a
+  Redis mailbox consumed by a thread, whose commands run on the worker's event loop.
+- ``MonitorControl`` (``app.control``): ``inspect``/``control`` broadcasts and replies go
+  to Redis, so ``celery -A dmd_tasks.celery_app inspect ping`` works as usual.
+- ``MonitorAppEvents`` (``app.events``): ``Task.send_event`` and ``task-sent`` (which
+  Celery would publish to SQS, where it is dropped) go to Redis.
+- ``MonitorDispatcher`` never retries forever: with Redis down, a heartbeat would
+  otherwise block the worker's event loop and stop task consumption; events are
+  buffered (bounded) instead.
+
+Flower then runs against Redis: ``dmd flower``. It is written to be offered upstream:
+it touches no dmd module, only Celery and kombu.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from contextlib import contextmanager
+
+from kombu import Connection
+from kombu.pools import connections as connection_pools
+from kombu.pools import producers as producer_pools
+from kombu.utils.functional import lazy
+
+from celery import bootsteps
+from celery.app.control import Control as AppControl
+from celery.app.events import Events as AppEvents
+from celery.events.dispatcher import EventDispatcher
+from celery.signals import before_task_publish
+from celery.exceptions import ImproperlyConfigured
+from celery.utils.log import get_logger
+from celery.worker.consumer import Consumer
+from celery.worker.consumer.control import Control as ControlStep
+from celery.worker.pidbox import Pidbox
+
+logger = get_logger(__name__)
+
+
+# Keep a Redis outage from stalling the worker (socket ops are bounded).
+DEFAULT_TRANSPORT_OPTIONS = {
+    'socket_connect_timeout': 2, 'socket_timeout': 5, 'socket_keepalive': True,
+}
+
+
+def monitor_connection(app):
+    """New (lazy) kombu connection to the events/control broker."""
+    url = app.conf.get('monitor_broker_url')
+    if not url:
+        raise ImproperlyConfigured('monitor_broker_url is not set')
+    # Do NOT inherit broker_transport_options (they are SQS options).
+    options = dict(DEFAULT_TRANSPORT_OPTIONS,
+                   **(app.conf.get('monitor_broker_transport_options') or {}))
+    return Connection(url, connect_timeout=app.conf.broker_connection_timeout,
+                      transport_options=options)
+
+
+def _redis_producer_pool(app):
+    return lazy(lambda: producer_pools[monitor_connection(app)])
+
+
+def monitor_mailbox(app):
+    """Copy of app.control.mailbox whose replies/broadcasts go to Redis.
+
+    kombu's Mailbox publishes through ``producer_pool`` (default: the task
+    broker's pool = SQS) and ignores the channel it is given.
+    """
+    mailbox = app.control.mailbox(None)       # shallow copy
+    mailbox.__dict__.pop('producer_pool', None)  # drop cached SQS pool
+    mailbox._producer_pool = _redis_producer_pool(app)
+    return mailbox
+
+
+class MonitorControl(AppControl):
+    """app.control: broadcast/inspect go to Redis unless a connection is given."""
+
+    def __init__(self, app=None):
+        super().__init__(app)
+        self.mailbox._producer_pool = _redis_producer_pool(app)
+
+    def _after_fork(self):
+        self.mailbox.__dict__.pop('producer_pool', None)
+
+    def broadcast(self, command, arguments=None, destination=None,
+                  connection=None, *args, **kwargs):
+        if connection is not None:
+            return super().broadcast(command, arguments, destination,
+                                     connection, *args, **kwargs)
+        pool = connection_pools[monitor_connection(self.app)]
+        with pool.acquire(block=True) as conn:
+            return super().broadcast(command, arguments, destination,
+                                     conn, *args, **kwargs)
+
+
+class MonitorDispatcher(EventDispatcher):
+    """Event dispatcher that never retries forever.
+
+    The Heart bootstep sends worker-heartbeat with retry=True and no
+    retry_policy -> kombu retries the connection forever *inside the worker
+    event loop*: with Redis down, the worker would stop consuming SQS tasks.
+    Here a failed publish is buffered (bounded) and flushed later.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._outbound_buffer = deque(self._outbound_buffer, maxlen=1000)
+
+    def _publish(self, event, producer, routing_key, retry=False,
+                 retry_policy=None, **kwargs):
+        return super()._publish(event, producer, routing_key,
+                                retry=False, **kwargs)
+
+
+class MonitorAppEvents(AppEvents):
+    """app.events: Task.send_event()/default_dispatcher publish to Redis."""
+
+    dispatcher_cls = f'{__name__}:MonitorDispatcher'
+
+    @contextmanager
+    def default_dispatcher(self, hostname=None, enabled=True,
+                           buffer_while_offline=False):
+        pool = producer_pools[monitor_connection(self.app)]
+        with pool.acquire(block=True) as prod:
+            with self.Dispatcher(prod.connection, hostname, enabled,
+                                 prod.channel, buffer_while_offline) as d:
+                yield d
+
+
+def _task_sent_handler(app):
+    # Replaces task_send_sent_event (which publishes via the SQS producer
+    # to the 'celeryev' exchange, where SQS silently drops it).
+    def on_before_publish(sender=None, headers=None, exchange=None,
+                         routing_key=None, **kwargs):
+        if not headers or 'id' not in headers:  # protocol 1: ignore
+            return
+        try:
+            with app.events.default_dispatcher() as d:
+                d.send('task-sent', uuid=headers['id'], name=headers['task'],
+                       args=headers.get('argsrepr'),
+                       kwargs=headers.get('kwargsrepr'),
+                       retries=headers.get('retries'), eta=headers.get('eta'),
+                       expires=headers.get('expires'),
+                       root_id=headers.get('root_id'),
+                       parent_id=headers.get('parent_id'),
+                       queue=routing_key, exchange=getattr(
+                           exchange, 'name', exchange),
+                       routing_key=routing_key)
+        except Exception as exc:  # pylint: disable=broad-except
+            logger.warning('task-sent event not published: %r', exc)
+    return on_before_publish
+
+
+class RedisPidbox(Pidbox):
+    """Worker mailbox consumed from Redis by a background thread.
+
+    Commands run on the worker's event loop (hub.call_soon is thread-safe),
+    so handlers touching consumer state stay single-threaded.
+    """
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.node.mailbox = monitor_mailbox(c.app)
+        self._thread = None
+        self._shutdown = None
+        self._resets = 0
+
+    def on_message(self, body, message):  # called in the pidbox thread
+        hub = self.c.hub
+        if hub is not None:
+            hub.call_soon(Pidbox.on_message, self, body, message)
+        else:
+            Pidbox.on_message(self, body, message)
+
+    def reset(self):  # may be called from any thread: ask the loop to redo
+        self._resets += 1
+
+    def start(self, c):
+        self.on_stop()
+        self._shutdown = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._shutdown,),
+            name='RedisPidbox', daemon=True)
+        self._thread.start()
+
+    def on_stop(self):
+        if self._thread is not None:
+            self._shutdown.set()
+            self._thread.join(5)
+            self._thread = None
+
+    def _listen(self, conn):
+        if self.consumer is not None:
+            try:
+                self.consumer.cancel()
+            except Exception:  # pylint: disable=broad-except
+                pass
+        if self.node.channel is not None:
+            try:
+                self.node.channel.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+        self.node.mailbox.connection = conn
+        self.node.channel = conn.channel()
+        self.consumer = self.node.listen(callback=self.on_message)
+        self.consumer.on_decode_error = self.c.on_decode_error
+
+    def _run(self, shutdown):
+        delay = 1
+        while not shutdown.is_set():
+            conn = monitor_connection(self.c.app)
+            try:
+                conn.connect()
+                logger.info('pidbox: Connected to %s.', conn.as_uri())
+                resets = self._resets
+                self._listen(conn)
+                delay = 1
+                while not shutdown.is_set():
+                    if resets != self._resets:
+                        resets = self._resets
+                        self._listen(conn)
+                    try:
+                        conn.drain_events(timeout=1.0)
+                    except socket.timeout:
+                        pass
+            except conn.connection_errors + conn.channel_errors as exc:
+                logger.error('pidbox: Redis connection error: %r, '
+                             'retrying in %ss', exc, delay)
+                shutdown.wait(delay)
+                delay = min(delay * 2, 30)
+            finally:
+                self.consumer = None
+                self.node.channel = None
+                try:
+                    conn.release()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
+    def _close_channel(self, c):
+        pass  # the thread owns its channel/connection
+
+    def shutdown(self, c):
+        self.on_stop()
+
+
+class MonitorControlStep(ControlStep):
+    """Remote-control bootstep that works even if the broker has no fanout."""
+
+    name = ControlStep.name
+
+    def __init__(self, c, **kwargs):
+        self.is_green = False
+        self.box = RedisPidbox(c)
+        self.start = self.box.start
+        self.stop = self.box.stop
+        self.shutdown = self.box.shutdown
+        bootsteps.StartStopStep.__init__(self, c, **kwargs)
+
+    def include_if(self, c):
+        return c.app.conf.worker_enable_remote_control
+
+
+class MonitorConsumer(Consumer):
+    """Worker consumer: tasks on the broker, events + pidbox on Redis."""
+
+    class Blueprint(Consumer.Blueprint):
+        default_steps = [
+            MonitorControlStep
+            if s == 'celery.worker.consumer.control:Control' else s
+            for s in Consumer.Blueprint.default_steps
+        ]
+
+    def connection_for_write(self, url=None, heartbeat=None):
+        # Only caller in celery/worker is the Events bootstep
+        # (consumer/events.py:38) -> the event dispatcher goes to Redis.
+        # Task publishing uses app.amqp.producer_pool, not this method.
+        return self.ensure_connected(monitor_connection(self.app))
+
+
+def install(app, url=None, task_sent_event=False):
+    """Wire an existing app (call before the app is finalized/used)."""
+    if url:
+        app.conf.monitor_broker_url = url
+    if task_sent_event:
+        app.conf.monitor_task_sent_event = True
+    app.conf.worker_consumer = f'{__name__}:MonitorConsumer'
+    app.control_cls = MonitorControl
+    app.events_cls = MonitorAppEvents
+    app.__dict__.pop('control', None)
+    app.__dict__.pop('events', None)
+    if app.conf.get('monitor_task_sent_event'):
+        app._monitor_task_sent = _task_sent_handler(app)  # keep a strong ref
+        before_task_publish.connect(app._monitor_task_sent, weak=False)
+    return app
