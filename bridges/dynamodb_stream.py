@@ -23,6 +23,7 @@ from bridges.runner import run_bridge
 from bridges.shards import CheckpointStore, DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
 from dmd_tasks import logs
 from dmd_tasks.deadletter import DeadLetters
+from dmd_tasks.metrics import BRIDGE_RECORDS
 from dmd_tasks.publish import BatchPublisher
 from dmd_tasks.settings import Settings
 
@@ -44,8 +45,6 @@ class DemandStreamHandler:
         # A popular event's demand rows span many pages: enqueue its shortening once, not once
         # a page. (Only a hint: after a restart one more task per event is harmless.)
         self._recent: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=200_000, ttl=dedupe_seconds)
-        self.enqueued = 0
-        self.dead_lettered = 0
 
     def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
         plan = plan_batch(records, self._decode, batch_sizes=self._batch_sizes, recently_published=self._recent)
@@ -57,8 +56,10 @@ class DemandStreamHandler:
             self._dead_letters.send_batch(BRIDGE_NAME, plan.dead_letters)
             for letter in plan.dead_letters:
                 log.warning("shard %s: record dead-lettered: %s", shard_id, letter.reason)
-        self.enqueued += plan.enqueued
-        self.dead_lettered += len(plan.dead_letters)
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "enqueued").inc(plan.enqueued)
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "duplicate").inc(plan.duplicates)
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "ignored").inc(plan.ignored)
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "dead-lettered").inc(len(plan.dead_letters))
         log.info("shard %s: %d records -> %d tasks (%d duplicates, %d ignored, %d dead letters)", shard_id,
                  len(records), plan.enqueued, plan.duplicates, plan.ignored, len(plan.dead_letters))
 
@@ -81,6 +82,7 @@ def build_reader(settings: Settings) -> ShardReader:
         source, CheckpointStore(settings, BRIDGE_NAME), handler,
         records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
         shard_refresh_seconds=settings.bridge_shard_refresh_seconds, start_position=settings.bridge_start_position,
+        name=BRIDGE_NAME,
     )
 
 

@@ -21,6 +21,7 @@ from bridges.runner import run_bridge
 from bridges.shards import CheckpointStore, KinesisSource, ShardReader
 from dmd_tasks import logs
 from dmd_tasks.deadletter import DeadLetter, DeadLetters
+from dmd_tasks.metrics import BRIDGE_RECORDS
 from dmd_tasks.publish import BatchPublisher, TaskCall
 from dmd_tasks.settings import Settings
 
@@ -69,6 +70,8 @@ class StatusStreamHandler:
             self._publisher.publish(STATUS_TASK, calls)
         if letters:
             self._dead_letters.send_batch(BRIDGE_NAME, letters)
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "enqueued").inc(sum(len(c.args[0]) for c in calls))
+        BRIDGE_RECORDS.labels(BRIDGE_NAME, "dead-lettered").inc(len(letters))
         log.info("shard %s: %d records -> %d tasks, %d dead letters", shard_id, len(records), len(calls),
                  len(letters))
 
@@ -82,6 +85,7 @@ def build_reader(settings: Settings) -> ShardReader:
         KinesisSource(settings, settings.sms_status_stream_name), CheckpointStore(settings, BRIDGE_NAME), handler,
         records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
         shard_refresh_seconds=settings.bridge_shard_refresh_seconds, start_position=settings.bridge_start_position,
+        name=BRIDGE_NAME,
     )
 
 

@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
 from dmd_tasks import aws
+from dmd_tasks.metrics import BRIDGE_LAG
 from dmd_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class ShardSource(Protocol):
     def read(self, iterator: str, limit: int) -> Page: ...
 
     def sequence_of(self, record: dict[str, Any]) -> str: ...
+
+    def arrival_of(self, record: dict[str, Any]) -> datetime | None: ...
 
 
 class IteratorExpired(Exception):
@@ -105,6 +109,9 @@ class DynamoDBStreamSource:
     def sequence_of(self, record: dict[str, Any]) -> str:
         return str(record["dynamodb"]["SequenceNumber"])
 
+    def arrival_of(self, record: dict[str, Any]) -> datetime | None:
+        return record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+
 
 class KinesisSource:
     """A Kinesis data stream."""
@@ -153,6 +160,9 @@ class KinesisSource:
     def sequence_of(self, record: dict[str, Any]) -> str:
         return str(record["SequenceNumber"])
 
+    def arrival_of(self, record: dict[str, Any]) -> datetime | None:
+        return record.get("ApproximateArrivalTimestamp")
+
 
 @dataclass
 class Checkpoint:
@@ -199,7 +209,9 @@ class ShardReader:
 
     def __init__(self, source: ShardSource, checkpoints: CheckpointStore, handler: Handler, *,
                  records_per_read: int = 1000, idle_sleep_seconds: float = 0.5,
-                 shard_refresh_seconds: float = 30.0, start_position: str = "TRIM_HORIZON") -> None:
+                 shard_refresh_seconds: float = 30.0, start_position: str = "TRIM_HORIZON",
+                 name: str = "bridge") -> None:
+        self.name = name
         self.source = source
         self._checkpoints = checkpoints
         self._handler = handler
@@ -213,8 +225,6 @@ class ShardReader:
         self._refreshed_at = 0.0
         self.stop_event = threading.Event()
         self.records_read = 0
-        #: Age in seconds of the newest record handled (bridge lag), when the source tells.
-        self.last_behind_ms: int | None = None
 
     def ready_shards(self) -> list[Shard]:
         """Unfinished shards whose parents are finished (or gone from the stream, i.e. trimmed)."""
@@ -262,7 +272,9 @@ class ShardReader:
                 raise
             checkpoint.sequence = self.source.sequence_of(page.records[-1])
             self.records_read += len(page.records)
-        self.last_behind_ms = page.behind_ms
+            arrived = self.source.arrival_of(page.records[-1])
+            if isinstance(arrived, datetime):
+                BRIDGE_LAG.labels(self.name).set(max(0.0, time.time() - arrived.timestamp()))
         if page.next_iterator is None:
             checkpoint.finished = True
             self._iterators.pop(shard.id, None)

@@ -13,6 +13,7 @@ from celery import Celery, Task, bootsteps, signals
 
 from config import celeryconfig
 from dmd_tasks import logs, monitoring
+from dmd_tasks.metrics import TASKS, process_exited
 from dmd_tasks.errors import PermanentError, TransientError
 from dmd_tasks.settings import QUEUE_NAMES, UnsafeConfiguration, get_settings
 
@@ -144,6 +145,27 @@ def _enter_task_context(task_id: str | None = None, task: Task | None = None, **
 def _leave_task_context(**_: Any) -> None:
     logs.correlation_id.set(None)
     logs.task_context.set(None)
+
+
+@signals.task_success.connect
+def _count_success(sender: Task | None = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "success").inc()
+
+
+@signals.task_failure.connect
+def _count_failure(sender: Task | None = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "failure").inc()
+
+
+@signals.task_retry.connect
+def _count_retry(sender: Any = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "retry").inc()
+
+
+@signals.worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    if pid:
+        process_exited(pid)
 
 
 @signals.setup_logging.connect

@@ -111,6 +111,15 @@ def api() -> None:
 
 
 @main.command()
+def metrics() -> None:
+    """Serve every process's Prometheus metrics, aggregated, at http://DMD_METRICS_HOST:DMD_METRICS_PORT/metrics."""
+    from dmd_tasks.metrics import serve
+
+    settings = get_settings()
+    serve(settings.metrics_host, settings.metrics_port)
+
+
+@main.command()
 def flower() -> None:
     """Run Flower on the Redis channel that carries worker events and remote control."""
     import os

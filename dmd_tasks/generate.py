@@ -26,6 +26,7 @@ from typing import Any
 from dmd_tasks.campaigns import Campaign
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError
+from dmd_tasks.metrics import NOTIFICATION_TRANSITIONS
 from dmd_tasks.query import warm_event_details
 from dmd_tasks.models import PHONE_PATTERN, Event, demand_key, event_key
 from dmd_tasks.services import Services, get_services
@@ -144,6 +145,10 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
                                     notifications=notifications, opted_out=opted_out, skip=skip, now=clock(),
                                     result=result)
         services.table.put_items(items)
+        for status in ("pending", "failed"):
+            created = sum(1 for i in items if i["status"] == status)
+            if created:
+                NOTIFICATION_TRANSITIONS.labels("none", status).inc(created)
         result.written += len(items)
         result.chunks += 1
         lease = services.sales.checkpoint(sale_id, lease, chunk[-1]["fanId"], len(items) + len(skip), clock(),

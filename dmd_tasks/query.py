@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -24,6 +23,7 @@ from dmd_tasks.celery_app import task
 from dmd_tasks.clients.accounts import AccountNotFound, AccountProfile, AccountsClient
 from dmd_tasks.clients.discovery import DiscoveryClient, EventNotFound
 from dmd_tasks.errors import DmdError
+from dmd_tasks.metrics import CACHE_REQUESTS
 from dmd_tasks.ratelimit import SharedRateLimiter
 from dmd_tasks.services import get_services
 from dmd_tasks.settings import Settings
@@ -52,13 +52,6 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    stale_served: int = 0
-
-
 class EventDetailsService:
     """Cached, single-flight, stale-on-failure event details."""
 
@@ -67,7 +60,6 @@ class EventDetailsService:
         self._redis = redis_client
         self._discovery = discovery
         self._limiter = SharedRateLimiter(redis_client, "dmd:rate:discovery", window_seconds=1.0)
-        self.stats = CacheStats()
 
     def _keys(self, event_id: str) -> tuple[str, str, str, str]:
         return (f"dmd:event:{event_id}", f"dmd:event-stale:{event_id}", f"dmd:event-missing:{event_id}",
@@ -78,9 +70,9 @@ class EventDetailsService:
         fresh_key, stale_key, missing_key, lock_key = self._keys(event_id)
         found = self._cached(fresh_key, missing_key, event_id)
         if found is not None:
-            self.stats.hits += 1
+            CACHE_REQUESTS.labels("event-details", "hit").inc()
             return found
-        self.stats.misses += 1
+        CACHE_REQUESTS.labels("event-details", "miss").inc()
         lock = self._redis.lock(lock_key, timeout=self._s.discovery_timeout_seconds * 2 + 2, blocking=False)
         if lock.acquire():
             try:
@@ -131,7 +123,7 @@ class EventDetailsService:
     def _stale_or_fail(self, event_id: str, reason: str) -> dict[str, Any]:
         raw = self._redis.get(self._keys(event_id)[1])
         if raw:
-            self.stats.stale_served += 1
+            CACHE_REQUESTS.labels("event-details", "stale").inc()
             return {**json.loads(raw), "stale": True}
         raise Unavailable(f"event details unavailable: {reason}")
 

@@ -36,6 +36,7 @@ from dmd_tasks.campaigns import Campaign
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError, TransientError
 from dmd_tasks.logs import mask_phone
+from dmd_tasks.metrics import SEND_LATENCY
 from dmd_tasks.models import split_notification_id
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.settings import get_settings
@@ -102,7 +103,8 @@ def send_claimed(services: Services, notification_id: str, item: dict[str, Any],
                                           "fan_id": fan_id})
         services.sms_rate_limiter.acquire(campaign.rate_per_second,
                                           timeout_seconds=settings.task_soft_time_limit_seconds / 2)
-        message_id = services.sms.send(phone, body, idempotency_key=notification_id)
+        with SEND_LATENCY.time():
+            message_id = services.sms.send(phone, body, idempotency_key=notification_id)
     except (PermanentError, InvalidTemplate) as exc:
         notifications.mark_failed(sale_id, fan_id, str(exc), source="sending", attempts=attempts + 1)
         log.warning("notification %s to %s failed: %s", notification_id, mask_phone(phone), exc)

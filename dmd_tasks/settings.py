@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     #: "user:password" for Flower's basic auth; unset, Flower's API answers without auth (loopback only).
     flower_basic_auth: SecretStr | None = None
 
+    #: Where every process writes its Prometheus samples; None: run_dir/metrics.
+    metrics_dir_override: Path | None = Field(default=None, alias="DMD_METRICS_DIR")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9808
+
     # --- Logging ---------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
@@ -217,6 +222,10 @@ class Settings(BaseSettings):
     def max_countdown_seconds(self) -> int:
         """The longest countdown/ETA any task may be given (retries are clamped to it)."""
         return self.retry_backoff_max_seconds
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.metrics_dir_override or self.run_dir / "metrics"
 
     def queue_name(self, queue: str) -> str:
         """SQS name of a Celery queue."""

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from dmd_tasks import aws
 from dmd_tasks.errors import TransientError
+from dmd_tasks.metrics import NOTIFICATION_TRANSITIONS
 from dmd_tasks.models import Event, event_key, notification_key, optout_key, sale_key
 from dmd_tasks.settings import Settings
 
@@ -338,7 +339,10 @@ class NotificationRecords:
             UpdateExpression="SET #s = :to, leaseUntil = :lease, sendingAt = :now, gsi1pk = :gpk, gsi1sk = :gsk",
             ConditionExpression="#s = :from", ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues=values, ReturnValues="ALL_NEW")
-        return deserialize(response["Attributes"]) if response else None
+        if not response:
+            return None
+        NOTIFICATION_TRANSITIONS.labels("scheduled", "sending").inc()
+        return deserialize(response["Attributes"])
 
     def mark_sent(self, sale_id: str, fan_id: str, message_id: str, now: float) -> bool:
         return self._move(sale_id, fan_id, "sending", "sent",
@@ -415,9 +419,12 @@ class NotificationRecords:
         values = {**values, ":from": source}
         if ":to" in update:  # DynamoDB refuses unused expression values
             values[":to"] = target
-        return _conditional(
+        moved = _conditional(
             self._client.update_item, f"{sale_id}:{fan_id} {source}->{target}", TableName=self._name,
             Key=serialize(notification_key(sale_id, fan_id)), UpdateExpression=update,
             ConditionExpression="#s = :from" + (f" AND {extra_condition}" if extra_condition else ""),
             ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues=serialize(values),
         ) is not None
+        if moved and source != target:
+            NOTIFICATION_TRANSITIONS.labels(source, target).inc()
+        return moved

@@ -10,6 +10,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dmd_tasks.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.metrics import PROVIDER_RESPONSES
 
 
 class UpstreamRefused(PermanentError):
@@ -52,12 +53,16 @@ def request(session: requests.Session, method: str, url: str, *, what: str, time
     ``what`` names the call in error messages; URLs and headers are never put in them,
     so no secret (query-string keys, bearer tokens) can leak into a log.
     """
+    provider = what.split(" ", 1)[0]
     try:
         response = session.request(method, url, timeout=timeout, **kwargs)
     except requests.Timeout as exc:
+        PROVIDER_RESPONSES.labels(provider, "timeout").inc()
         raise TransientError(f"{what}: timed out after {timeout}s") from exc
     except requests.ConnectionError as exc:
+        PROVIDER_RESPONSES.labels(provider, "connection").inc()
         raise TransientError(f"{what}: connection failed") from exc
+    PROVIDER_RESPONSES.labels(provider, str(response.status_code)).inc()
     if response.status_code == 429:
         raise RateLimited(f"{what}: rate limited (429)",
                           retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))

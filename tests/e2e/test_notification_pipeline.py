@@ -222,3 +222,33 @@ def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings
     # Then they find nothing to do, and the provider saw one message per fan
     assert outcomes == [{"skipped": 5}, {"skipped": 5}]
     assert sim.sms_sale(sale_id) == {"accepted": 5, "recipients": 5, "duplicates": 0}
+
+
+def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, settings) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    from dmd_tasks.stack import free_port, wait_for_port
+
+    _, notifications, sales = records
+    port = free_port()
+    exporter = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-metrics", env={"DMD_METRICS_PORT": str(port)})
+    exporter.start(["metrics"])
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30, what="metrics", process=exporter.processes["metrics"])
+        sale_id, _ = new_sale(settings, fans(5))
+        wait_until(lambda: all_terminal(notifications, sales, sale_id, 5), timeout=90, what="sale done")
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    finally:
+        exporter.stop()
+
+    def value(line_start: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+    for source, target in (("none", "pending"), ("pending", "scheduled"), ("scheduled", "sending"),
+                           ("sending", "sent"), ("sent", "delivered")):
+        assert value(f'dmd_notification_transitions_total{{from_status="{source}",to_status="{target}"}}') >= 4
+    assert value('dmd_provider_responses_total{code="202",provider="sms"}') >= 5
+    assert value("dmd_send_latency_seconds_count") >= 5
+    assert 'dmd_bridge_lag_seconds{bridge="bridge-demand"}' in text
+    assert 'dmd_dlq_depth{queue="send"}' in text
+    assert value('dmd_tasks_total{state="success",task="dmd_tasks.send.send_notifications"}') >= 1

@@ -40,6 +40,9 @@ class MemoryStream:
     def sequence_of(self, record: dict[str, Any]) -> str:
         return str(record["seq"])
 
+    def arrival_of(self, record: dict[str, Any]) -> None:
+        return None
+
 
 class MemoryCheckpoints:
     def __init__(self) -> None:
