@@ -13,13 +13,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
+from dmd_tasks import tracing
 from dmd_tasks.deadletter import DeadLetter
 from dmd_tasks.logs import CORRELATION_HEADER
 from dmd_tasks.errors import InvalidRecord
@@ -71,6 +72,7 @@ class Route:
     item: Any
     correlation_id: str
     delay_seconds: int = 0
+    traceparent: str | None = None
 
 
 @dataclass
@@ -222,6 +224,7 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
         if target is None:
             plan.ignored += 1
             continue
+        target = _traced(target, change, source)
         if (target.task, target.key) in seen or (target.task, target.key) in recently_published:
             plan.duplicates += 1
             continue
@@ -232,15 +235,27 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
         else:
             plan.calls.setdefault(target.task, []).append(TaskCall(
                 args=(target.item,), headers={CORRELATION_HEADER: target.correlation_id},
-                delay_seconds=target.delay_seconds))
+                delay_seconds=target.delay_seconds, traceparent=target.traceparent))
     for (task_name, delay), group in batched.items():
         size = sizes[task_name]
         for start in range(0, len(group), size):
             chunk = group[start:start + size]
+            # each item keeps its own trace: the task continues it per item (span per notification)
+            traces = {r.item: r.traceparent for r in chunk if r.traceparent}
             plan.calls.setdefault(task_name, []).append(TaskCall(
-                args=([r.item for r in chunk],), headers={CORRELATION_HEADER: chunk[0].correlation_id},
-                delay_seconds=delay))
+                args=([r.item for r in chunk],), kwargs={"trace_context": traces} if traces else {},
+                headers={CORRELATION_HEADER: chunk[0].correlation_id}, delay_seconds=delay,
+                traceparent=chunk[0].traceparent))
     return plan
+
+
+def _traced(target: Route, change: ChangeRecord, source: str) -> Route:
+    """A span for the routed record (continuing the trace stored on its item, if any)."""
+    stored = (change.new or {}).get("traceparent")
+    with tracing.continued(f"{source} route {target.task.rsplit('.', 1)[-1]}",
+                           stored if isinstance(stored, str) else None,
+                           **{"dmd.correlation_id": change.correlation_id, "dmd.item": str(target.item)}):
+        return replace(target, traceparent=tracing.current_traceparent())
 
 
 def record_correlation_id(raw: Any) -> str | None:

@@ -22,7 +22,7 @@ from ariadne.asgi import GraphQL
 from graphql import GraphQLError, ValidationRule
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 
-from dmd_tasks import logs
+from dmd_tasks import logs, tracing
 from dmd_tasks.clients.accounts import AccountsClient
 from dmd_tasks.clients.discovery import DiscoveryClient
 from dmd_tasks.query import AccountService, EventDetailsService, InvalidArgument, NotFound, Unavailable
@@ -99,7 +99,8 @@ def build_schema(events: EventDetailsService, accounts: AccountService, executor
 
     async def call(fn: Any, *args: Any) -> Any:
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            with tracing.tracer().start_as_current_span(f"graphql {fn.__self__.__class__.__name__}"):
+                return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except InvalidArgument as exc:
             log.info("bad argument: %s", exc)
             raise GraphQLError(str(exc), extensions={"errorType": "BadRequest"}) from None
@@ -174,5 +175,6 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logs.configure(settings.log_level, json_lines=settings.log_json, process="api")
+    tracing.setup(settings, "api")
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
                 access_log=False)

@@ -162,6 +162,13 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
     TASKS.labels(getattr(sender, "name", "?"), "retry").inc()
 
 
+@signals.worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    from dmd_tasks import tracing
+
+    tracing.setup(get_settings(), "worker")
+
+
 @signals.worker_process_shutdown.connect
 def _forget_child(pid: int | None = None, **_: Any) -> None:
     if pid:

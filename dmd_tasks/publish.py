@@ -17,6 +17,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import serialization
 from kombu.asynchronous.aws.sqs.message import AsyncMessage
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import extract
 
 from dmd_tasks import aws
 from dmd_tasks.deadletter import SQS_BATCH_MAX_ENTRIES, send_batch_all
@@ -32,6 +34,8 @@ class TaskCall:
     headers: dict[str, Any] = field(default_factory=dict)
     #: SQS holds the message back this long (0-900 s): the broker waits, not a worker.
     delay_seconds: int = 0
+    #: The trace this message continues (the stream record's span).
+    traceparent: str | None = None
 
 
 class BatchPublisher:
@@ -65,6 +69,16 @@ class BatchPublisher:
         return sent
 
     def _encode(self, task_name: str, queue: str, call: TaskCall) -> str:
+        if call.traceparent is None:
+            return self._encode_message(task_name, queue, call)
+        # the publish span (tracing's before_task_publish hook) becomes a child of the record's span
+        token = otel_context.attach(extract({"traceparent": call.traceparent}))
+        try:
+            return self._encode_message(task_name, queue, call)
+        finally:
+            otel_context.detach(token)
+
+    def _encode_message(self, task_name: str, queue: str, call: TaskCall) -> str:
         task_id = str(uuid.uuid4())
         message = self._app.amqp.create_task_message(
             task_id, task_name, call.args, call.kwargs, argsrepr=None, kwargsrepr=None,

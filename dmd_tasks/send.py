@@ -33,6 +33,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from dmd_tasks.campaigns import Campaign
+from dmd_tasks import tracing
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError, TransientError
 from dmd_tasks.logs import mask_phone
@@ -85,8 +86,16 @@ def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[s
     return owned
 
 
-def send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
-    """Send one notification this worker owns; returns what happened (sent, retry, failed, lease-lost)."""
+def send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str],
+                 traceparent: str | None = None) -> str:
+    """Send one notification this worker owns, in its own trace; returns what happened."""
+    with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
+        outcome = _send_claimed(services, notification_id, item, opted_out)
+        span.set_attribute("dmd.outcome", outcome)
+        return outcome
+
+
+def _send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
     settings = services.settings
     notifications = services.notifications
     sale_id, fan_id = split_notification_id(notification_id)
@@ -121,7 +130,7 @@ def send_claimed(services: Services, notification_id: str, item: dict[str, Any],
         notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc))
         log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
         return "retry"
-    if not notifications.mark_sent(sale_id, fan_id, message_id, time.time()):
+    if not notifications.mark_sent(sale_id, fan_id, message_id, time.time(), tracing.current_traceparent()):
         # Our lease expired and the sweep took it back: the re-send uses the same idempotency key.
         log.warning("notification %s was taken back before it was marked sent", notification_id)
         return "lease-lost"
@@ -129,7 +138,8 @@ def send_claimed(services: Services, notification_id: str, item: dict[str, Any],
 
 
 @task(queue="send", max_retries=3, rate_limit=get_settings().send_task_rate_limit)
-def send_notifications(self, notification_ids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def send_notifications(self, notification_ids: list[str],  # type: ignore[no-untyped-def]
+                       trace_context: dict[str, str] | None = None) -> dict[str, int]:
     """Send a batch of scheduled notifications (see the module docstring).
 
     Each notification's outcome is its own; one bad id never sinks the rest. Errors outside
@@ -148,6 +158,7 @@ def send_notifications(self, notification_ids: list[str]) -> dict[str, int]:  # 
     owned = claim_batch(services, valid)
     outcomes["skipped"] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
     opted_out = services.notifications.opted_out([item["phone"] for _, item in owned]) if owned else set()
+    traces = trace_context if isinstance(trace_context, dict) else {}
     for nid, item in owned:
-        outcomes[send_claimed(services, nid, item, opted_out)] += 1
+        outcomes[send_claimed(services, nid, item, opted_out, traces.get(nid))] += 1
     return dict(outcomes)

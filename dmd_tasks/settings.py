@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9808
 
+    #: OTLP/HTTP endpoint of a collector (e.g. http://collector:4318); None: no export.
+    otlp_endpoint: str | None = None
+    otel_service_name: str = "dmd"
+
     # --- Logging ---------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from dmd_tasks import tracing
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import TransientError
 from dmd_tasks.models import PHONE_PATTERN, TERMINAL_STATUSES, split_notification_id
@@ -90,7 +91,12 @@ def apply_event(services: Services, event: StatusEvent | InboundEvent) -> str:
     if found is None:
         return "unresolved"
     sale_id, fan_id = found
-    if notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp):
+    updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
+    if updated is not None:
+        # continue the sender's trace: the receipt closes the notification's life
+        with tracing.continued("delivery receipt", updated.get("traceparent"),
+                               **{"dmd.notification_id": f"{sale_id}:{fan_id}", "dmd.status": event.status}):
+            pass
         return event.status
     current = notifications.status_of(sale_id, fan_id)
     if current in TERMINAL_STATUSES:

@@ -344,11 +344,14 @@ class NotificationRecords:
         NOTIFICATION_TRANSITIONS.labels("scheduled", "sending").inc()
         return deserialize(response["Attributes"])
 
-    def mark_sent(self, sale_id: str, fan_id: str, message_id: str, now: float) -> bool:
+    def mark_sent(self, sale_id: str, fan_id: str, message_id: str, now: float, traceparent: str | None = None
+                  ) -> bool:
+        """sending → sent; keeps the sender's trace context so the receipt can continue the trace."""
         return self._move(sale_id, fan_id, "sending", "sent",
-                          "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n "
-                          "REMOVE gsi1pk, gsi1sk, leaseUntil",
-                          {":mid": message_id, ":now": iso(now), ":msg": f"MSG#{message_id}", ":n": "NOTIFICATION"})
+                          "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
+                          "traceparent = :tp REMOVE gsi1pk, gsi1sk, leaseUntil",
+                          {":mid": message_id, ":now": iso(now), ":msg": f"MSG#{message_id}", ":n": "NOTIFICATION",
+                           ":tp": traceparent or "-"})
 
     def mark_retry(self, sale_id: str, fan_id: str, attempts: int, not_before: float, reason: str,
                    source: str = "sending") -> bool:
@@ -386,11 +389,21 @@ class NotificationRecords:
         sale_id = items[0]["pk"]["S"][len("SALE#"):]
         return sale_id, sk[len("NOTIFICATION#"):]
 
-    def record_delivery(self, sale_id: str, fan_id: str, message_id: str, status: str, at: str) -> bool:
+    def record_delivery(self, sale_id: str, fan_id: str, message_id: str, status: str, at: str
+                        ) -> dict[str, Any] | None:
         """sent → delivered | undelivered | failed, for this provider message only; a repeated or late
-        receipt changes nothing."""
-        return self._move(sale_id, fan_id, "sent", status, "SET #s = :to, deliveredAt = :at REMOVE gsi2pk, gsi2sk",
-                          {":at": at, ":mid": message_id}, extra_condition="providerMessageId = :mid")
+        receipt changes nothing. Returns the updated item, or None when nothing changed."""
+        response = _conditional(
+            self._client.update_item, f"{sale_id}:{fan_id} sent->{status}", TableName=self._name,
+            Key=serialize(notification_key(sale_id, fan_id)),
+            UpdateExpression="SET #s = :to, deliveredAt = :at REMOVE gsi2pk, gsi2sk",
+            ConditionExpression="#s = :from AND providerMessageId = :mid", ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=serialize({":to": status, ":from": "sent", ":at": at, ":mid": message_id}),
+            ReturnValues="ALL_NEW")
+        if not response:
+            return None
+        NOTIFICATION_TRANSITIONS.labels("sent", status).inc()
+        return deserialize(response["Attributes"])
 
     def status_of(self, sale_id: str, fan_id: str) -> str | None:
         item = self._client.get_item(TableName=self._name, Key=serialize(notification_key(sale_id, fan_id)),
@@ -415,14 +428,14 @@ class NotificationRecords:
         return counts
 
     def _move(self, sale_id: str, fan_id: str, source: str, target: str, update: str,
-              values: dict[str, Any], extra_condition: str | None = None) -> bool:
+              values: dict[str, Any]) -> bool:
         values = {**values, ":from": source}
         if ":to" in update:  # DynamoDB refuses unused expression values
             values[":to"] = target
         moved = _conditional(
             self._client.update_item, f"{sale_id}:{fan_id} {source}->{target}", TableName=self._name,
             Key=serialize(notification_key(sale_id, fan_id)), UpdateExpression=update,
-            ConditionExpression="#s = :from" + (f" AND {extra_condition}" if extra_condition else ""),
+            ConditionExpression="#s = :from",
             ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues=serialize(values),
         ) is not None
         if moved and source != target:
