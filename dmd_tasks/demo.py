@@ -25,7 +25,7 @@ from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
 from dmd_tasks.models import Demand, Event, NotificationStatus, Sale, optout_key
 from dmd_tasks.provision import provision
 from dmd_tasks.settings import Settings
-from dmd_tasks.stack import ProcessGroup, Stack, read_procfile
+from dmd_tasks.stack import ProcessGroup, Stack, port_open, read_procfile
 from dmd_tasks.store import DemandTable, NotificationRecords, SaleRecords, iso
 
 STATUSES = [s.value for s in NotificationStatus]
@@ -103,6 +103,9 @@ def run_demo(settings: Settings, *, fans: int, rate_per_second: float, timeout_s
     run_id = uuid.uuid4().hex[:8]
     try:
         group.start([p for p in PIPELINE_PROCESSES if p in available])
+        if "flower" in available and not port_open(settings.flower_host, settings.flower_port):
+            group.start(["flower"])
+            console.print(f"Flower: http://{settings.flower_host}:{settings.flower_port} (every worker, every task)")
         console.print(f"started {', '.join(group.processes)} (logs in {group.log_dir})")
         sale_id, opted_out = seed_sale(settings, fans, rate_per_second, run_id)
         started = time.monotonic()

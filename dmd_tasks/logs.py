@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import uuid
@@ -45,11 +46,16 @@ def redact(text: str) -> str:
     return _PHONE.sub(lambda m: m.group(1) + "*****" + m.group(2), text)
 
 
+#: The correlation id of lines logged outside any record, task or request (start-up, idling):
+#: the process itself, so that every line carries one.
+_process_correlation_id = f"proc-{os.getpid()}"
+
+
 class ContextFilter(logging.Filter):
     """Adds the correlation id and task fields to every record, and redacts the message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = correlation_id.get()
+        record.correlation_id = correlation_id.get() or _process_correlation_id
         ctx = task_context.get()
         if ctx:
             for key, value in ctx.items():
@@ -73,6 +79,9 @@ class ContextFilter(logging.Filter):
 
 def configure(level: str = "INFO", *, json_lines: bool = True, process: str | None = None) -> None:
     """Send every log line of this process to stderr, as JSON unless told otherwise."""
+    global _process_correlation_id
+    _process_correlation_id = f"{process or 'proc'}-{os.getpid()}"
+    logging.captureWarnings(True)  # Python warnings become log lines too (JSON, redacted)
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         static = {"process_name": process} if process else None

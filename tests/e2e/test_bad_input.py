@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -64,3 +65,24 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
     for phone in phones:
         assert phone not in text
     assert phones[0][:2] + "*****" + phones[0][-2:] in text or not FULL_PHONE.search(text)
+
+
+#: What Celery prints itself rather than logs: the warning about running as root (CI runs as
+#: root; the image does not), and the shutdown notice.
+CELERY_PRINTS = re.compile(r"^(.*SecurityWarning.*|absolutely not recommended!|Please specify a different user.*|"
+                           r"User information: .*|\s+_warn_or_raise_security_error.*|worker: Warm shutdown.*|)$")
+
+
+def test_every_log_line_is_json_with_a_correlation_id(debug_pipeline) -> None:  # type: ignore[no-untyped-def]
+    lines = [line for path in debug_pipeline.log_dir.glob("*.log") for line in path.read_text().splitlines()]
+    assert len(lines) > 100
+    for line in lines:
+        if CELERY_PRINTS.match(line):
+            continue
+        record = json.loads(line)  # every other line is one JSON object
+        assert record["correlation_id"], line
+        assert {"time", "level", "logger", "message"} <= set(record)
+    task_lines = [json.loads(line) for line in lines if '"task_id"' in line and line.startswith("{")]
+    assert task_lines and all(r["correlation_id"].startswith(("ddb-", "kin-")) or r["task_name"].endswith(
+        ("claim_due_sales", "schedule_notifications", "generate_notifications", "warm_event_details"))
+        for r in task_lines if r.get("task_name", "").startswith("dmd_tasks."))
