@@ -20,8 +20,7 @@ from cachetools import TTLCache
 
 from bridges.changes import SEND_TASK, ChangeRecord, decode_kinesis_change, parse_change, plan_batch
 from bridges.runner import run_bridge
-from bridges.shards import CheckpointStore, DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
-from dmd_tasks import logs
+from bridges.shards import DynamoDBStreamSource, KinesisSource, ShardReader, ShardSource
 from dmd_tasks.deadletter import DeadLetters
 from dmd_tasks.metrics import BRIDGE_RECORDS
 from dmd_tasks.publish import BatchPublisher
@@ -78,12 +77,7 @@ def build_reader(settings: Settings) -> ShardReader:
     handler = DemandStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), decode,
                                   batch_sizes={SEND_TASK: settings.send_batch_size},
                                   dedupe_seconds=settings.bridge_dedupe_seconds)
-    return ShardReader(
-        source, CheckpointStore(settings, BRIDGE_NAME), handler,
-        records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
-        shard_refresh_seconds=settings.bridge_shard_refresh_seconds, start_position=settings.bridge_start_position,
-        name=BRIDGE_NAME,
-    )
+    return ShardReader.from_settings(settings, BRIDGE_NAME, source, handler)
 
 
 def main(argv: list[str] | None = None) -> None:

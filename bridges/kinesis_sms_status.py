@@ -18,7 +18,7 @@ from typing import Any
 
 from bridges.changes import jsonable, record_correlation_id
 from bridges.runner import run_bridge
-from bridges.shards import CheckpointStore, KinesisSource, ShardReader
+from bridges.shards import KinesisSource, ShardReader
 from dmd_tasks import logs
 from dmd_tasks.deadletter import DeadLetter, DeadLetters
 from dmd_tasks.metrics import BRIDGE_RECORDS
@@ -81,12 +81,8 @@ def build_reader(settings: Settings) -> ShardReader:
 
     app.loader.import_default_modules()
     handler = StatusStreamHandler(BatchPublisher(app, settings), DeadLetters(settings), settings.status_batch_size)
-    return ShardReader(
-        KinesisSource(settings, settings.sms_status_stream_name), CheckpointStore(settings, BRIDGE_NAME), handler,
-        records_per_read=settings.bridge_records_per_read, idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
-        shard_refresh_seconds=settings.bridge_shard_refresh_seconds, start_position=settings.bridge_start_position,
-        name=BRIDGE_NAME,
-    )
+    return ShardReader.from_settings(settings, BRIDGE_NAME, KinesisSource(settings, settings.sms_status_stream_name),
+                                     handler)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -207,6 +207,14 @@ Handler = Callable[[Sequence[dict[str, Any]], str], None]
 class ShardReader:
     """Reads every shard of a source into a handler, checkpointing after each handled page."""
 
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str, source: ShardSource, handler: Handler) -> "ShardReader":
+        """A bridge's reader, with its checkpoints under the bridge's name and the bridge settings."""
+        return cls(source, CheckpointStore(settings, name), handler, records_per_read=settings.bridge_records_per_read,
+                   idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
+                   shard_refresh_seconds=settings.bridge_shard_refresh_seconds,
+                   start_position=settings.bridge_start_position, name=name)
+
     def __init__(self, source: ShardSource, checkpoints: CheckpointStore, handler: Handler, *,
                  records_per_read: int = 1000, idle_sleep_seconds: float = 0.5,
                  shard_refresh_seconds: float = 30.0, start_position: str = "TRIM_HORIZON",

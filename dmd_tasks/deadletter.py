@@ -103,11 +103,16 @@ def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[di
                     out.append({"reason": "not a dmd dead letter (moved by the redrive policy)",
                                 "raw": message["Body"], "message_id": message["MessageId"]})
     finally:
-        for start in range(0, len(handles), SQS_BATCH_MAX_ENTRIES):
-            sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                for i, h in enumerate(handles[start:start + SQS_BATCH_MAX_ENTRIES])])
+        _make_visible(sqs, url, handles)
     return out
+
+
+def _make_visible(sqs: Any, url: str, receipt_handles: Sequence[str]) -> None:
+    """Give received messages back to the queue at once (ChangeMessageVisibilityBatch, 10 a call)."""
+    for start in range(0, len(receipt_handles), SQS_BATCH_MAX_ENTRIES):
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+            for i, h in enumerate(receipt_handles[start:start + SQS_BATCH_MAX_ENTRIES])])
 
 
 def _restore(value: Any) -> Any:
@@ -160,10 +165,7 @@ def replay(settings: Settings, name: str, *, dry_run: bool, max_messages: int = 
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                 lines.append(action)
     finally:
-        for start in range(0, len(keep), SQS_BATCH_MAX_ENTRIES):
-            sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                for i, h in enumerate(keep[start:start + SQS_BATCH_MAX_ENTRIES])])
+        _make_visible(sqs, url, keep)
     return lines
 
 
