@@ -251,6 +251,8 @@ def plan_batch(raws: Iterable[Any], decode: Callable[[Any], ChangeRecord],
 
 def _traced(target: Route, change: ChangeRecord, source: str) -> Route:
     """A span for the routed record (continuing the trace stored on its item, if any)."""
+    if not tracing.enabled():  # the bridge's hot path: no span work when nothing exports
+        return target
     stored = (change.new or {}).get("traceparent")
     with tracing.continued(f"{source} route {target.task.rsplit('.', 1)[-1]}",
                            stored if isinstance(stored, str) else None,

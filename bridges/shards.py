@@ -232,7 +232,6 @@ class ShardReader:
         self._shards: list[Shard] = []
         self._refreshed_at = 0.0
         self.stop_event = threading.Event()
-        self.records_read = 0
 
     def ready_shards(self) -> list[Shard]:
         """Unfinished shards whose parents are finished (or gone from the stream, i.e. trimmed)."""
@@ -279,7 +278,6 @@ class ShardReader:
                 self._iterators.pop(shard.id, None)
                 raise
             checkpoint.sequence = self.source.sequence_of(page.records[-1])
-            self.records_read += len(page.records)
             arrived = self.source.arrival_of(page.records[-1])
             if isinstance(arrived, datetime):
                 BRIDGE_LAG.labels(self.name).set(max(0.0, time.time() - arrived.timestamp()))

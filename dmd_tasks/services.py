@@ -1,7 +1,7 @@
 """The clients a task works with, built once per process (after the worker forks).
 
-Tasks receive their clients from here instead of building them; tests may install
-their own with ``use_services``.
+Tasks receive their clients from here instead of building them; tests build a
+``Services`` of their own settings and call the stage functions with it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,3 @@ def get_services() -> Services:
         _current = (os.getpid(), Services(get_settings()))
     return _current[1]
 
-
-def use_services(services: Services) -> None:
-    global _current
-    _current = (os.getpid(), services)

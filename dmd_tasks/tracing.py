@@ -56,6 +56,11 @@ def instrument_celery(tracer_provider: Any = None) -> None:
         instrumentor.instrument(tracer_provider=tracer_provider)
 
 
+def enabled() -> bool:
+    """True once a real tracer provider is installed (an exporter, or a test's in-memory one)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def tracer() -> trace.Tracer:
     return trace.get_tracer("dmd")
 
