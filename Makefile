@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test chaos stack-up stack-down clean
+.PHONY: setup run test chaos bench profile stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,6 +27,17 @@ CHAOS_FANS  ?= 600
 CHAOS_KILLS ?= 8
 chaos: setup
 	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+
+## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)
+## sizes are parameters, e.g. make bench BENCH_ARGS="--fans 1000000 --only fanout"
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## make profile PROFILE=generate|bridge|api: one hot path under pyinstrument, with the emulator's share
+PROFILE ?= generate
+profile: setup
+	$(BIN)/python -m bench.profile $(PROFILE)
 
 stack-up: setup
 	$(BIN)/dmd stack up && $(BIN)/dmd provision >/dev/null

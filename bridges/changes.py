@@ -18,14 +18,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
-
 from dmd_tasks import tracing
 from dmd_tasks.deadletter import DeadLetter
 from dmd_tasks.logs import CORRELATION_HEADER
 from dmd_tasks.errors import InvalidRecord
 from dmd_tasks.models import ID_PATTERN, Entity, NotificationStatus, split_notification_id
 from dmd_tasks.publish import TaskCall
+from dmd_tasks.store import deserialize
 
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 SHORTEN_TASK = "dmd_tasks.shorten.shorten_event_url"
@@ -33,7 +32,6 @@ SEND_TASK = "dmd_tasks.send.send_notifications"
 #: SQS holds a message back at most 15 minutes (DelaySeconds).
 MAX_DELAY_SECONDS = 900
 
-_deserializer = TypeDeserializer()
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def _image(raw: Any, name: str) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise InvalidRecord(f"{name} is not a DynamoDB item")
     try:
-        return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+        return deserialize(raw)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidRecord(f"{name} is not valid DynamoDB JSON: {exc}") from exc
 

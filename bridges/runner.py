@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridges.shards import ShardReader
-from dmd_tasks import logs, tracing
+from dmd_tasks import aws, logs, tracing
 from dmd_tasks.settings import Settings, get_settings
 
 
@@ -18,6 +18,7 @@ def run_bridge(name: str, build_reader: Callable[[Settings], ShardReader]) -> No
     logs.configure(settings.log_level, json_lines=settings.log_json, process=name)
     log = logging.getLogger(f"bridges.{name}")
     tracing.setup(settings, name)
+    aws.count_requests()
     reader = build_reader(settings)
 
     def stop(signum: int, _frame: Any) -> None:

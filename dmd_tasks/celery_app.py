@@ -162,6 +162,15 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
     TASKS.labels(getattr(sender, "name", "?"), "retry").inc()
 
 
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _count_aws_requests(**_: Any) -> None:
+    """Count this process's AWS requests (worker children inherit it through the fork)."""
+    from dmd_tasks import aws
+
+    aws.count_requests()
+
+
 @signals.worker_process_init.connect
 def _start_tracing(**_: Any) -> None:
     from dmd_tasks import tracing

@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from dmd_tasks import aws
 from dmd_tasks.campaigns import Campaign
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError
@@ -67,6 +69,17 @@ def demand_pages(services: Services, event_id: str, after_fan: str | None, page_
         if not last:
             return
         kwargs["ExclusiveStartKey"] = last
+
+
+def prefetched(pages: Iterator[list[dict[str, Any]]], pool: Executor) -> Iterator[list[dict[str, Any]]]:
+    """The same pages, the next one read in the background while the caller works on this one."""
+    future = pool.submit(next, pages, None)
+    while True:
+        page = future.result()
+        if page is None:
+            return
+        future = pool.submit(next, pages, None)
+        yield page
 
 
 def build_notifications(rows: list[dict[str, Any]], *, sale_id: str, event_id: str, campaign: Campaign,
@@ -132,33 +145,39 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
 
     result = GenerateResult(sale_id, "done")
     notifications = services.notifications
+    pool = aws.io_pool(settings)  # a chunk's look-ups and writes go out concurrently
     cursor: str | None = sale.get("cursor")
     chunk: list[dict[str, Any]] = []
-    first_chunk = True
+    # A sale still holding the lease its last run handed over with (or the claim's) has nothing
+    # past its cursor; otherwise a run died mid-chunk and the first chunk is checked for what exists.
+    check_existing = not (sale.get("cleanLease") and sale.get("cleanLease") == sale.get("leaseUntil"))
 
     def flush() -> bool:
-        nonlocal lease, first_chunk, chunk
+        nonlocal lease, check_existing, chunk
         fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str)]
-        skip = notifications.existing_fans(sale_id, fan_ids) if first_chunk else set()
-        opted_out = notifications.opted_out([r["phone"] for r in chunk if isinstance(r.get("phone"), str)])
+        skip = notifications.existing_fans(sale_id, fan_ids, pool) if check_existing else set()
+        opted_out = notifications.opted_out([r["phone"] for r in chunk if isinstance(r.get("phone"), str)], pool)
         items = build_notifications(chunk, sale_id=sale_id, event_id=event_id, campaign=campaign,
                                     notifications=notifications, opted_out=opted_out, skip=skip, now=clock(),
                                     result=result)
-        services.table.put_items(items)
+        services.table.put_items(items, pool)
         for status in ("pending", "failed"):
             created = sum(1 for i in items if i["status"] == status)
             if created:
                 NOTIFICATION_TRANSITIONS.labels("none", status).inc(created)
         result.written += len(items)
         result.chunks += 1
+        last = result.chunks >= settings.generate_chunks_per_run
         lease = services.sales.checkpoint(sale_id, lease, chunk[-1]["fanId"], len(items) + len(skip), clock(),
-                                          settings.generate_lease_seconds)
-        first_chunk = False
+                                          settings.generate_lease_seconds, last=last)
+        check_existing = False
         chunk = []
         return lease is not None
 
-    page_size = min(settings.generate_chunk_size, 1000)
-    for page in demand_pages(services, event_id, cursor, page_size):
+    # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
+    # and every Query costs a round trip (moto's costs a pass over the whole table).
+    page_size = settings.generate_chunk_size
+    for page in prefetched(demand_pages(services, event_id, cursor, page_size), pool):
         for row in page:
             chunk.append(row)
             if len(chunk) >= settings.generate_chunk_size:

@@ -39,6 +39,15 @@ BRIDGE_RECORDS = Counter(
 CACHE_REQUESTS = Counter(
     "dmd_cache_requests_total", "Cache look-ups by result (hit, miss, stale).", ["cache", "result"])
 TASKS = Counter("dmd_tasks_total", "Celery task runs by final state.", ["task", "state"])
+AWS_REQUESTS = Counter(
+    "dmd_aws_requests_total", "AWS API requests this process made (every attempt), by service and operation.",
+    ["service", "operation"])
+DYNAMODB_WRITE_ITEMS = Counter(
+    "dmd_dynamodb_write_items_total", "Items DynamoDB write requests carried (a BatchWriteItem counts each).",
+    ["operation"])
+DYNAMODB_READ_UNITS = Counter(
+    "dmd_dynamodb_read_units_total", "Estimated read units: one per item read by key, one per 4 KB a query returned.",
+    ["operation"])
 
 
 def process_exited(pid: int) -> None:

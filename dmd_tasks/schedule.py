@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from dmd_tasks import aws
 from dmd_tasks.celery_app import task
 from dmd_tasks.services import Services, get_services
 
@@ -32,17 +32,6 @@ class TickResult:
     leases_taken_back: int = 0
     failed_after_leases: int = 0
     retired: int = 0
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _writers() -> ThreadPoolExecutor:
-    """Threads for the scheduler's conditional writes, created in the worker process that uses them."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="schedule-write")
-    return _pool
 
 
 def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> int:
@@ -67,7 +56,7 @@ def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds
             opens = campaign.window.next_open_ts(now, item.get("timezone"))
             result.deferred += notifications.defer(sale_id, item["fanId"], opens)
         # Conditional writes are independent: issue them in parallel (the client is thread-safe).
-        moved = list(_writers().map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), ready))
+        moved = list(aws.io_pool(services.settings).map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), ready))
         result.scheduled += sum(moved)
         result.lost_race += len(moved) - sum(moved)
         budget -= sum(moved)

@@ -186,10 +186,14 @@ class ProcessGroup:
         for name in names:
             self.start_one(name)
 
-    def start_one(self, name: str, instance: str | None = None) -> subprocess.Popen[bytes]:
-        """Start the Procfile process ``name``, tracked (and logged) as ``instance`` (default: the name)."""
+    def start_one(self, name: str, instance: str | None = None, extra_args: Iterable[str] = ()
+                  ) -> subprocess.Popen[bytes]:
+        """Start the Procfile process ``name``, tracked (and logged) as ``instance`` (default: the name).
+
+        ``extra_args`` go after the Procfile's own (for Celery, a repeated option overrides it).
+        """
         command = self._commands[name]
-        argv = shlex.split(command)
+        argv = [*shlex.split(command), *extra_args]
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         elif argv and argv[0] == "celery":

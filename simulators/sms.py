@@ -60,6 +60,7 @@ class SmsSimulator:
         self._by_key: dict[str, dict[str, Any]] = {}
         self._per_recipient: Counter[str] = Counter()
         self._per_sale: dict[str, Counter[str]] = defaultdict(Counter)
+        self._sale_span: dict[str, list[float]] = {}  # sale → [first, last] acceptance (epoch seconds)
         self._accepted_at: deque[float] = deque()
         self._max_per_second = 0
         self._counters: Counter[str] = Counter()
@@ -88,8 +89,10 @@ class SmsSimulator:
     def sale_stats(self, sale_id: str) -> dict[str, Any]:
         with self._lock:
             per_recipient = self._per_sale.get(sale_id, Counter())
+            first, last = self._sale_span.get(sale_id, (None, None))
             return {"accepted": sum(per_recipient.values()), "recipients": len(per_recipient),
-                    "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1)}
+                    "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1),
+                    "first_accepted_at": first, "last_accepted_at": last}
 
     def recipient_count(self, phone: str) -> int:
         """Distinct messages accepted for one recipient."""
@@ -101,6 +104,7 @@ class SmsSimulator:
             self._by_key.clear()
             self._per_recipient.clear()
             self._per_sale.clear()
+            self._sale_span.clear()
             self._accepted_at.clear()
             self._max_per_second = 0
             self._counters.clear()
@@ -169,7 +173,10 @@ class SmsSimulator:
             result = {"message_id": f"SM{uuid.uuid4().hex}", "status": "accepted", "to": to}
             self._by_key[key] = result
             self._per_recipient[to] += 1
-            self._per_sale[key.split(":", 1)[0]][to] += 1
+            sale = key.split(":", 1)[0]
+            self._per_sale[sale][to] += 1
+            span = self._sale_span.setdefault(sale, [time.time(), 0.0])
+            span[1] = time.time()
             self._accepted_at.append(now)
             while self._accepted_at and now - self._accepted_at[0] >= 1.0:
                 self._accepted_at.popleft()

@@ -62,7 +62,7 @@ def stack(settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def sim(settings, stack):  # type: ignore[no-untyped-def]
     """A small client of the simulators' control API."""
-    from tests.simctl import SimulatorControl
+    from simulators.control import SimulatorControl
 
     control = SimulatorControl(f"http://{settings.simulator_host}:{settings.simulator_port}")
     control.reset()

@@ -71,9 +71,12 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(ser
     assert (first.outcome, first.written) == ("continue", 10)
     assert services.sales.get(sale_id)["cursor"] == "fan009"  # type: ignore[index]
 
-    # Meanwhile the pipeline moves one notification on; and a crashed run had written part of the next chunk
+    # Meanwhile the pipeline moves one notification on; and a run that took over the lease wrote part
+    # of the next chunk, then crashed before its checkpoint (its lease then expires)
     sent = notifications_of(services, sale_id)[0]
     services.notifications.schedule(sale_id, sent["fanId"], time.time())
+    handed_over = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
+    assert services.sales.take_lease(sale_id, handed_over, time.time() - 120, 60)
     partial = services.notifications.new_item(sale_id=sale_id, event_id=sent["eventId"], fan_id="fan011",
                                               phone="+15550000011", tz="UTC", send_after=time.time(), now=time.time())
     services.table.put_items([{**partial, "status": "scheduled"}])
@@ -91,6 +94,22 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(ser
     by_fan = {i["fanId"]: i["status"] for i in items}
     assert by_fan[sent["fanId"]] == "scheduled" and by_fan["fan011"] == "scheduled"  # nothing reset to pending
     assert services.sales.get(sale_id)["generated"] == 23  # type: ignore[index]
+
+
+def test_a_clean_handover_skips_the_existence_check(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that follow the claim or a clean handover know nothing exists past the cursor: no look-ups."""
+    from dmd_tasks.store import NotificationRecords
+
+    sale_id = seed(services, 12)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    looked_up: list[int] = []
+    original = NotificationRecords.existing_fans
+    monkeypatch.setattr(NotificationRecords, "existing_fans",
+                        lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k))
+    assert generate_sale(sale_id, services).outcome == "continue"
+    assert generate_sale(sale_id, services).outcome == "done"
+    assert looked_up == []
+    assert len(notifications_of(services, sale_id)) == 12
 
 
 def test_a_second_generator_cannot_take_a_live_lease(services: Services) -> None:

@@ -1,4 +1,4 @@
-"""Client of the simulators' ``/_sim`` control API, for tests."""
+"""Client of the simulators' ``/_sim`` control API, for tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,112 @@
+"""``python -m bench`` (``make bench``): the benchmark suite on the local stack.
+
+Every benchmark starts from a fresh local stack of its own (free ports, its own Redis
+database), measures the project side by side with the ceiling of the service under it
+in the same run, and the figures go to ``docs/benchmarks.md`` and ``docs/benchmarks.json``
+with the command, the date and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("fanout", "send", "latency", "bridge", "broker", "query", "cost")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
+    p.add_argument("--fans", type=int, default=100_000, help="fan-out: fans in the sale (N)")
+    p.add_argument("--raw-items", type=int, default=0, help="fan-out: items per bare BatchWriteItem run (0: N/4)")
+    p.add_argument("--send-cap", type=float, default=40.0, help="send: the provider's cap C (messages/s)")
+    p.add_argument("--send-latency-ms", type=float, default=100.0, help="send: provider latency per call")
+    p.add_argument("--send-workers", type=int, default=2, help="send: send worker processes")
+    p.add_argument("--send-seconds", type=float, default=20.0, help="send: length of one run at the cap")
+    p.add_argument("--latency-samples", type=int, default=20, help="latency: samples per leg")
+    p.add_argument("--bridge-records", type=int, default=1000, help="bridge: stream records per run")
+    p.add_argument("--broker-tasks", type=int, default=1000, help="broker: no-op tasks per run")
+    p.add_argument("--query-seconds", type=float, default=4.0, help="query: seconds per load level")
+    p.add_argument("--query-concurrency", default="1,4,16,64", help="query: concurrent clients per level")
+    p.add_argument("--cold-samples", type=int, default=30, help="query: cold misses measured")
+    p.add_argument("--discovery-latency-ms", type=float, default=100.0, help="query: Discovery latency (cold)")
+    p.add_argument("--cost-fans", type=int, default=1000, help="cost: fans in the demo sale")
+    p.add_argument("--redis-db", type=int, default=12, help="the bench's own Redis database (flushed)")
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="the Markdown report")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    from bench.harness import prepare_environment
+
+    prepare_environment(args.redis_db)  # before any dmd module reads its settings
+
+    import importlib
+
+    from bench import report
+    from bench.harness import Harness, machine
+
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"unknown benchmarks: {unknown}; choose from {BENCHMARKS}")
+
+    def say(line: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    h = Harness(say)
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    def module(name: str) -> Any:
+        return importlib.import_module(f"bench.{name}")
+
+    runners = {
+        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.runs,
+                                     raw_items=args.raw_items or max(1000, args.fans // 4)),
+        "send": lambda: module("send").run(h, cap=args.send_cap, latency_ms=args.send_latency_ms, workers=args.send_workers,
+                                 seconds=args.send_seconds, runs=args.runs),
+        "latency": lambda: module("latency").run(h, samples=args.latency_samples),
+        "bridge": lambda: module("bridge").run(h, records=args.bridge_records, runs=args.runs),
+        "broker": lambda: module("broker").run(h, tasks=args.broker_tasks, runs=args.runs),
+        "query": lambda: module("query").run(h, seconds=args.query_seconds, runs=args.runs,
+                                   concurrency=[int(c) for c in args.query_concurrency.split(",")],
+                                   cold_samples=args.cold_samples, discovery_latency_ms=args.discovery_latency_ms),
+        "cost": lambda: module("cost").run(h, fans=args.cost_fans),
+    }
+    try:
+        for name in BENCHMARKS:
+            if name in chosen:
+                say(f"--- {name}")
+                begun = time.monotonic()
+                results[name] = runners[name]()
+                results[name]["wall_seconds"] = round(time.monotonic() - begun, 1)
+                say(f"{name}: {json.dumps(results[name])}")
+    finally:
+        h.close()
+    document = {
+        "command": "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else ""),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "suite_seconds": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    out.write_text(report.markdown(document))
+    say(f"wrote {out} and {out.with_suffix('.json')} ({document['suite_seconds']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""4. Bridge throughput: stream records → enqueued tasks by one bridge process, against bare SendMessageBatch.
+
+Two kinds of records: demand rows of distinct events (one record → one shortening task)
+and notifications moved to ``scheduled`` (their INSERT and MODIFY records; ten changes →
+one send task). Per run the bridge process (the Procfile's ``bridge-demand``) is paused
+(SIGSTOP) while the records go into the table, then resumed and timed until their tasks
+are in SQS. Side by side, a bare boto3 loop sends as many messages of the same size to
+the same queue with SendMessageBatch, ten a call. Both start from an empty queue (moto's
+SQS slows down with depth, so the depth profile must be the same).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from bench.harness import Harness, summary, wait_until
+
+BRIDGE = "bridge-demand"
+
+
+def demand_stream_records(settings: Any, count: int, page: int = 1000) -> list[list[dict[str, Any]]]:
+    """Synthetic DynamoDB Streams INSERT records of demand rows (M distinct events), in pages."""
+    from bench.seed import demand_rows
+    from dmd_tasks.store import serialize
+
+    now = datetime.now(timezone.utc)
+    records = []
+    for n in range(count):
+        row = demand_rows(f"evb{n:07d}", 1, start=n)[0]
+        image = serialize(row)
+        records.append({"eventID": uuid.uuid4().hex, "eventName": "INSERT", "dynamodb": {
+            "ApproximateCreationDateTime": now, "Keys": {"pk": image["pk"], "sk": image["sk"]},
+            "NewImage": image, "SequenceNumber": f"{n:021d}", "StreamViewType": "NEW_AND_OLD_IMAGES"}})
+    return [records[i:i + page] for i in range(0, count, page)]
+
+
+def queue_depth(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def empty_queue(sqs: Any, url: str) -> None:
+    """Empty a queue now: delete and re-create it with its attributes (SQS allows one purge a minute)."""
+    kept = ("VisibilityTimeout", "RedrivePolicy", "MessageRetentionPeriod", "ReceiveMessageWaitTimeSeconds")
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(kept))["Attributes"]
+    sqs.delete_queue(QueueUrl=url)
+    sqs.create_queue(QueueName=url.rsplit("/", 1)[1], Attributes={k: v for k, v in attributes.items() if k in kept})
+
+
+def bare_send(sqs: Any, url: str, body: str, count: int) -> float:
+    """Seconds a bare loop takes to send ``count`` messages of ``body`` with SendMessageBatch (10 a call)."""
+    entries = [{"Id": str(i), "MessageBody": body} for i in range(10)]
+    started = time.perf_counter()
+    for start in range(0, count, 10):
+        batch = entries[:min(10, count - start)]
+        response = sqs.send_message_batch(QueueUrl=url, Entries=batch)
+        if response.get("Failed"):
+            raise RuntimeError(f"SendMessageBatch failed: {response['Failed'][:1]}")
+    return time.perf_counter() - started
+
+
+def sample_body(settings: Any) -> str:
+    """A message body as the bridge builds it for one shortening task."""
+    from dmd_tasks.celery_app import app
+    from dmd_tasks.publish import BatchPublisher, TaskCall
+    from dmd_tasks.shorten import shorten_event_url
+
+    return BatchPublisher(app, settings)._encode(shorten_event_url.name, "short-url", TaskCall(
+        args=("evb0000001",), headers={"dmd_correlation_id": uuid.uuid4().hex}))
+
+
+def _write_demand(settings: Any, run_no: int, count: int) -> tuple[int, int, str]:
+    """``count`` demand rows of as many events: (stream records, tasks expected, queue)."""
+    from bench.seed import demand_rows
+    from dmd_tasks.store import DemandTable
+
+    DemandTable(settings).put_items(
+        [r for n in range(count) for r in demand_rows(f"ev{run_no}x{n:06d}", 1, start=n)])
+    return count, count, "short-url"
+
+
+def _write_scheduled(settings: Any, run_no: int, count: int) -> tuple[int, int, str]:
+    """``count`` notifications written pending, then moved to scheduled: 2 × count records, count / 10 tasks."""
+    from dmd_tasks import aws
+    from dmd_tasks.store import DemandTable, NotificationRecords
+
+    table = DemandTable(settings)
+    records = NotificationRecords(table, settings.pending_shards)
+    sale, now = f"salebridge{run_no}", time.time()
+    fans = [f"fan{n:07d}" for n in range(count)]
+    pool = aws.io_pool(settings)
+    table.put_items([records.new_item(sale_id=sale, event_id="evbridge", fan_id=f, phone=f"+1555{n:07d}", tz="UTC",
+                                      send_after=now, now=now) for n, f in enumerate(fans)], pool)
+    moved = sum(pool.map(lambda f: records.schedule(sale, f, now), fans))
+    if moved != count:
+        raise RuntimeError(f"only {moved} of {count} notifications moved to scheduled")
+    return 2 * count, -(-count // settings.send_batch_size), "send"
+
+
+SCENARIOS = {
+    "demand_inserts": _write_demand,       # one record → one shortening task (distinct events)
+    "scheduled_notifications": _write_scheduled,  # ten `→ scheduled` changes → one send task
+}
+
+
+def run(h: Harness, *, records: int, runs: int) -> dict[str, Any]:
+    from dmd_tasks import aws
+
+    settings = h.settings
+    h.fresh()
+    sqs = aws.client("sqs", settings)
+    body = sample_body(settings)
+    out: dict[str, Any] = {"runs": runs, "message_bytes": len(body)}
+    env = {"DMD_BRIDGE_IDLE_SLEEP_SECONDS": "0.02"}
+    with h.processes([BRIDGE], env=env, label="bridge") as group:
+        pid = group.processes[BRIDGE].pid
+        # The bridge is up and reading once a first record has become a task.
+        _write_demand(settings, 999, 1)
+        short_url = settings.queue_url(settings.queue_name("short-url"))
+        wait_until(lambda: queue_depth(sqs, short_url) >= 1, 60, 0.1, what="bridge started")
+        for name, write in SCENARIOS.items():
+            count = records if name == "scheduled_notifications" else max(1, records // 2)
+            record_rates, task_rates, bare_rates = [], [], []
+            for run_no in range(runs):
+                os.kill(pid, signal.SIGSTOP)  # the records pile up in the stream meanwhile
+                try:
+                    for queue in ("short-url", "send"):
+                        empty_queue(sqs, settings.queue_url(settings.queue_name(queue)))
+                    n_records, n_tasks, queue = write(settings, run_no, count)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                url = settings.queue_url(settings.queue_name(queue))
+                started = time.perf_counter()
+                wait_until(lambda: queue_depth(sqs, url) >= n_tasks, 120 + n_records / 10, 0.02,
+                           what=f"{n_tasks} tasks enqueued")
+                elapsed = time.perf_counter() - started
+                record_rates.append(n_records / elapsed)
+                task_rates.append(n_tasks / elapsed)
+                empty_queue(sqs, url)
+                bare_rates.append(n_tasks / bare_send(sqs, url, body, n_tasks))
+                h.say(f"bridge {name} run {run_no + 1}/{runs}: {record_rates[-1]:,.0f} records/s = "
+                      f"{task_rates[-1]:,.0f} tasks/s; bare SendMessageBatch {bare_rates[-1]:,.0f} messages/s")
+            out[name] = {"records_per_run": n_records, "tasks_per_run": n_tasks,
+                         "records_per_second": summary(record_rates, 1), "tasks_per_second": summary(task_rates, 1),
+                         "bare_messages_per_second": summary(bare_rates, 1),
+                         "ratio_to_bare": summary([t / b for t, b in zip(task_rates, bare_rates)], 3)}
+        if group.dead():
+            raise RuntimeError(f"bridge exited: {group.dead()}")
+    return out

@@ -1,0 +1,116 @@
+"""7. Requests and CPU per notification, and what that costs at AWS list prices.
+
+A demo sale of N fans (``make run``'s: a few opted out, a few invalid phone numbers)
+through every pipeline process. Each process counts the AWS requests it signs (a botocore
+``before-sign`` hook, ``dmd_aws_requests_total``: kombu's SQS traffic included) and the
+DynamoDB items it writes and reads (``dmd_dynamodb_*``); the CPU seconds are those of the
+project's own process trees (bridges, beat, workers; not moto, Redis or the simulators),
+read from the OS before they stop. Counts, not speeds: they hold on any machine. Idle
+polling (SQS long polls, stream reads) is part of the bill and is counted; it depends on
+how long the sale takes, not on N, so it weighs less per notification as N grows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from bench.harness import Harness, wait_until
+
+#: AWS list prices, us-east-1, in USD, as of 2026-11-25 (DynamoDB on-demand prices of 2024-11-01).
+PRICES = {
+    "date": "2026-11-25",
+    "region": "us-east-1",
+    "sqs_per_million_requests": 0.40,        # standard queue; one request per call up to 64 KB of payload
+    "dynamodb_per_million_write_units": 0.625,  # on-demand, Standard table class; 1 WRU per item up to 1 KB
+    "dynamodb_per_million_read_units": 0.125,   # on-demand; 1 RRU per strongly consistent read up to 4 KB
+    "dynamodb_streams_per_million_reads": 0.20,  # $0.02 per 100,000 GetRecords calls
+}
+#: Index entries a sent notification writes or removes (docs/data-model.md): pending entry written at
+#: creation and removed when scheduled, sending entry written and removed, message-id entry written.
+INDEX_WRITES_PER_NOTIFICATION = 5
+
+
+def metric_samples(metrics_dir: str, name: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """Every sample of a counter, summed over the processes that wrote it, by the values of ``labels``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)
+    out: dict[tuple[str, ...], float] = defaultdict(float)
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == f"{name}_total" or (sample.name == name and family.type == "counter"):
+                out[tuple(sample.labels.get(label, "") for label in labels)] += sample.value
+    return dict(out)
+
+
+def run(h: Harness, *, fans: int) -> dict[str, Any]:
+    from dmd_tasks.demo import PIPELINE_PROCESSES, TERMINAL, sale_progress, seed_sale
+
+    settings = h.settings
+    h.fresh()
+    h.sim.configure(sms={"status_delay_ms": 100})
+    with h.processes(PIPELINE_PROCESSES, label="cost") as group:
+        h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
+        time.sleep(2)
+        baseline = h.usage(group).cpu_seconds  # start-up (imports, connections) is not the sale's
+        sale_id, opted_out = seed_sale(settings, fans, rate_per_second=1000.0, run_id=uuid.uuid4().hex[:8])
+        expected = fans - opted_out
+        started = time.monotonic()
+
+        def finished() -> dict[str, Any] | None:
+            progress = sale_progress(settings, sale_id)
+            done = sum(progress["status"][s] for s in TERMINAL)
+            if group.dead():
+                raise RuntimeError(f"processes exited: {group.dead()}")
+            return progress if progress["sale_status"] == "generated" and done == expected else None
+
+        progress = wait_until(finished, 120 + fans, 2.0, what=f"{expected} notifications terminal")
+        elapsed = time.monotonic() - started
+        time.sleep(3)  # late duplicate receipts still being recorded are part of the cost
+        cpu_seconds = h.usage(group).cpu_seconds - baseline
+    metrics_dir = str(settings.metrics_dir.resolve())
+    requests = metric_samples(metrics_dir, "dmd_aws_requests", ("service", "operation"))
+    writes = metric_samples(metrics_dir, "dmd_dynamodb_write_items", ("operation",))
+    reads = metric_samples(metrics_dir, "dmd_dynamodb_read_units", ("operation",))
+    tasks = metric_samples(metrics_dir, "dmd_tasks", ("task", "state"))
+    n = progress["notifications"]
+    by_operation = {f"{service} {operation}": {"requests": int(count), "per_notification": round(count / n, 4)}
+                    for (service, operation), count in sorted(requests.items(), key=lambda kv: -kv[1])}
+    per_service: dict[str, float] = defaultdict(float)
+    for (service, _operation), count in requests.items():
+        per_service[service] += count
+    write_units = sum(writes.values()) + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("delivered", 0) \
+        + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("undelivered", 0)
+    read_units = sum(reads.values())
+    stream_reads = requests.get(("dynamodb-streams", "GetRecords"), 0)
+    million = 1_000_000 / n
+    cost = {
+        "sqs": per_service.get("sqs", 0) * million * PRICES["sqs_per_million_requests"] / 1e6,
+        "dynamodb_writes": write_units * million * PRICES["dynamodb_per_million_write_units"] / 1e6,
+        "dynamodb_reads": read_units * million * PRICES["dynamodb_per_million_read_units"] / 1e6,
+        "dynamodb_streams": stream_reads * million * PRICES["dynamodb_streams_per_million_reads"] / 1e6,
+    }
+    task_runs: dict[str, float] = defaultdict(float)
+    for (task, state), count in tasks.items():
+        if state == "success":
+            task_runs[task.rsplit(".", 1)[-1]] += count
+    return {
+        "fans": fans, "notifications": n, "status": progress["status"], "elapsed_seconds": round(elapsed, 1),
+        "aws_requests_total": int(sum(requests.values())),
+        "aws_requests_per_notification": round(sum(requests.values()) / n, 3),
+        "by_service_per_notification": {s: round(c / n, 3) for s, c in sorted(per_service.items())},
+        "by_operation": by_operation,
+        "dynamodb_write_units_per_notification": round(write_units / n, 3),
+        "dynamodb_read_units_per_notification": round(read_units / n, 3),
+        "tasks_per_notification": {t: round(c / n, 4) for t, c in sorted(task_runs.items())},
+        "cpu_seconds_per_1000_notifications": round(1000 * cpu_seconds / n, 2),
+        "cpu_seconds_total": round(cpu_seconds, 1),
+        "cost_per_million_notifications_usd": {k: round(v, 2) for k, v in cost.items()}
+        | {"total": round(sum(cost.values()), 2)},
+        "prices": PRICES,
+    }

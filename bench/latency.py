@@ -1,0 +1,78 @@
+"""3. Latency through the chain, with no backlog (one item in flight at a time).
+
+- demand insert → short URL stored: a demand row for a new event goes into the table;
+  timed until the event carries its short URL (DynamoDB stream → ``bridge-demand`` →
+  ``short-url`` queue → ``worker-short-url`` → Bitly simulator → conditional write).
+- ``scheduled`` → ``sent``: a pending notification is moved to ``scheduled`` with the
+  scheduler's own conditional write; timed until it is ``sent`` (stream → bridge →
+  ``send`` queue → ``worker-send`` → SMS simulator → conditional write).
+
+The processes run with the project's settings (the local profile), so the figures include
+the bridges' idle polling and the workers' SQS polling intervals, as in production.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from bench.harness import Harness, percentile, wait_until
+from bench.seed import demand_rows, new_sale
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    return {"samples": len(samples), "p50_ms": round(1000 * percentile(samples, 50), 1),
+            "p95_ms": round(1000 * percentile(samples, 95), 1), "max_ms": round(1000 * max(samples), 1)}
+
+
+def run(h: Harness, *, samples: int) -> dict[str, Any]:
+    from dmd_tasks.models import Event
+    from dmd_tasks.store import DemandTable, NotificationRecords
+
+    settings = h.settings
+    h.fresh()
+    table = DemandTable(settings)
+    notifications = NotificationRecords(table, settings.pending_shards)
+    shorten: list[float] = []
+    send: list[float] = []
+    procs = ["bridge-demand", "worker-short-url", "worker-send"]
+    with h.processes(procs, label="latency") as group:
+        h.wait_workers(group, ["short-url", "send"])
+        run_id = uuid.uuid4().hex[:6]
+        # one warm-up of each leg (first connections, first imports), not counted
+        for n in range(samples + 1):
+            event = Event(id=f"ev{run_id}{n:03d}", name="Latency", url=f"https://www.ticketmaster.com/e/{run_id}{n}")
+            table.put_items([event.to_item()])
+            began = time.perf_counter()
+            table.put_items(demand_rows(event.id, 1))
+            wait_until(lambda: (e := table.get_event(event.id)) is not None and e.short_url, 60, 0.005,
+                       what="short URL stored")
+            if n:
+                shorten.append(time.perf_counter() - began)
+            time.sleep(0.3)
+
+        sale_id = f"sale{run_id}"
+        event = Event(id=f"ev{run_id}send", name="Latency", url="https://www.ticketmaster.com/e/x",
+                      shortUrl="https://bit.ly/x")
+        table.put_items([event.to_item()])
+        new_sale(settings, sale_id, event.id, rate_per_second=1000.0)
+        for n in range(samples + 1):
+            fan = f"fan{n:07d}"
+            now = time.time()
+            table.put_items([notifications.new_item(sale_id=sale_id, event_id=event.id, fan_id=fan,
+                                                    phone=f"+1555{n:07d}", tz="UTC", send_after=now, now=now)])
+            time.sleep(0.1)
+            began = time.perf_counter()
+            if not notifications.schedule(sale_id, fan, time.time()):
+                raise RuntimeError(f"notification {sale_id}:{fan} could not be scheduled")
+            wait_until(lambda: notifications.status_of(sale_id, fan) == "sent", 60, 0.005, what="notification sent")
+            if n:
+                send.append(time.perf_counter() - began)
+            time.sleep(0.3)
+        if group.dead():
+            raise RuntimeError(f"processes exited: {group.dead()}")
+    return {"demand_insert_to_short_url": _stats(shorten), "scheduled_to_sent": _stats(send),
+            "settings": {"bridge_idle_sleep_seconds": settings.bridge_idle_sleep_seconds,
+                         "sqs_polling_interval_seconds": settings.sqs_polling_interval_seconds,
+                         "sqs_wait_time_seconds": settings.sqs_wait_time_seconds}}

@@ -1,0 +1,72 @@
+"""2. Send rate against the provider's cap.
+
+The SMS simulator accepts at most C messages per second (429 with Retry-After above it)
+and answers each call after a fixed latency. A sale of C × seconds fans, whose campaign
+rate is C, goes through the whole chain (beat claims it, the generator writes it, the
+scheduler releases it, the bridge routes it, W send worker processes send it). Reported:
+the sustained rate at the provider (accepted messages between the first and the last,
+over that interval) as a fraction of C; the highest count of acceptances the simulator
+saw in any one-second window (must never exceed C); 429s received.
+
+The emulator's own ceiling for the same chain is measured in the same run: the same
+sale with no provider cap and a campaign rate far above what the chain can do.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from bench.harness import Harness, summary, wait_until
+from bench.seed import new_sale, seed_event
+
+#: the same processes as ``make run``, without the delivery-status path (it does not touch sending)
+PROCESSES = ["bridge-demand", "beat", "worker-generate", "worker-schedule"]
+
+
+def one_sale(h: Harness, fans: int, rate: float, timeout: float) -> dict[str, Any]:
+    """Seed, let the pipeline send it; the provider's view of the sale."""
+    settings = h.settings
+    run_id = uuid.uuid4().hex[:8]
+    event_id, sale_id = f"ev{run_id}", f"sale{run_id}"
+    seed_event(settings, event_id, fans, area=200 + int(run_id, 16) % 700)
+    new_sale(settings, sale_id, event_id, rate_per_second=rate)
+    stats = wait_until(lambda: (s := h.sim.sms_sale(sale_id))["accepted"] >= fans and s, timeout, 0.5,
+                       what=f"{fans} messages of {sale_id} accepted")
+    if stats["duplicates"]:
+        raise RuntimeError(f"sale {sale_id}: {stats['duplicates']} fans got a second SMS")
+    span = stats["last_accepted_at"] - stats["first_accepted_at"]
+    return {"accepted": stats["accepted"], "seconds": span, "rate": (stats["accepted"] - 1) / span if span else 0.0}
+
+
+def run(h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: float, runs: int) -> dict[str, Any]:
+    h.fresh()
+    fans = int(cap * seconds)
+    senders = [("worker-send", f"worker-send-{i}", ["-n", f"send{i}@%h"]) for i in range(1, workers + 1)]
+    capped: list[float] = []
+    throttled = 0
+    with h.processes([*PROCESSES, *senders], label="send") as group:
+        h.wait_workers(group, ["generate", "schedule", *(f"send{i}" for i in range(1, workers + 1))])
+        # the emulator's ceiling for this chain: no cap at the provider, no campaign limit to speak of
+        h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": 0})
+        ceiling = one_sale(h, fans, rate=10_000, timeout=120 + fans)
+        h.say(f"send: chain ceiling without a cap {ceiling['rate']:.1f} messages/s")
+        h.sim.reset()
+        h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": cap})
+        for run_no in range(runs):
+            result = one_sale(h, fans, rate=cap, timeout=120 + 4 * seconds)
+            capped.append(result["rate"])
+            h.say(f"send run {run_no + 1}/{runs}: {result['rate']:.1f} messages/s sustained = "
+                  f"{result['rate'] / cap:.0%} of C")
+        stats = h.sim.stats()["sms"]
+        throttled = int(stats.get("responses_429", 0))
+        max_window = int(stats["max_accepted_per_second"])
+        if group.dead():
+            raise RuntimeError(f"processes exited: {group.dead()}")
+    return {"cap_per_second": cap, "provider_latency_ms": latency_ms, "send_workers": workers,
+            "fans_per_run": fans, "runs": runs,
+            "sustained_per_second": summary(capped, 2),
+            "fraction_of_cap": summary([r / cap for r in capped], 3),
+            "max_accepted_in_one_second": max_window, "provider_429s": throttled,
+            "chain_ceiling_per_second": round(ceiling["rate"], 2)}
