@@ -25,16 +25,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
+    p.add_argument("--fanout-runs", type=int, default=2,
+                   help="fan-out: runs at N (each takes minutes at N = 100,000 on the emulator)")
     p.add_argument("--fans", type=int, default=100_000, help="fan-out: fans in the sale (N)")
-    p.add_argument("--raw-items", type=int, default=0, help="fan-out: items per bare BatchWriteItem run (0: N/4)")
-    p.add_argument("--send-cap", type=float, default=40.0, help="send: the provider's cap C (messages/s)")
+    p.add_argument("--raw-items", type=int, default=0, help="fan-out: items per bare BatchWriteItem run (0: N/10, at least 2,000, at most 50,000)")
+    p.add_argument("--send-cap", type=float, default=20.0,
+                   help="send: the provider's cap C (messages/s); below the chain's ceiling on the emulator")
     p.add_argument("--send-latency-ms", type=float, default=100.0, help="send: provider latency per call")
     p.add_argument("--send-workers", type=int, default=2, help="send: send worker processes")
-    p.add_argument("--send-seconds", type=float, default=20.0, help="send: length of one run at the cap")
+    p.add_argument("--send-seconds", type=float, default=15.0, help="send: length of one run at the cap")
     p.add_argument("--latency-samples", type=int, default=20, help="latency: samples per leg")
-    p.add_argument("--bridge-records", type=int, default=1000, help="bridge: stream records per run")
-    p.add_argument("--broker-tasks", type=int, default=1000, help="broker: no-op tasks per run")
-    p.add_argument("--query-seconds", type=float, default=4.0, help="query: seconds per load level")
+    p.add_argument("--bridge-records", type=int, default=600, help="bridge: stream records per run")
+    p.add_argument("--broker-tasks", type=int, default=600, help="broker: no-op tasks per run")
+    p.add_argument("--query-seconds", type=float, default=3.0, help="query: seconds per load level")
     p.add_argument("--query-concurrency", default="1,4,16,64", help="query: concurrent clients per level")
     p.add_argument("--cold-samples", type=int, default=30, help="query: cold misses measured")
     p.add_argument("--discovery-latency-ms", type=float, default=100.0, help="query: Discovery latency (cold)")
@@ -71,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(f"bench.{name}")
 
     runners = {
-        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.runs,
-                                     raw_items=args.raw_items or max(1000, args.fans // 4)),
+        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.fanout_runs,
+                                     raw_items=args.raw_items or min(max(2000, args.fans // 10), 50_000)),
         "send": lambda: module("send").run(h, cap=args.send_cap, latency_ms=args.send_latency_ms, workers=args.send_workers,
                                  seconds=args.send_seconds, runs=args.runs),
         "latency": lambda: module("latency").run(h, samples=args.latency_samples),
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{name}: {json.dumps(results[name])}")
     finally:
         h.close()
+    results.update(report.derived(results))
     document = {
         "command": "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else ""),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -7,6 +7,7 @@ slows down with the size of a table and the depth of a queue) never bias the nex
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import statistics
@@ -37,7 +38,7 @@ def prepare_environment(redis_db: int) -> Path:
         "DMD_FLOWER_PORT": str(free_port()),
         "DMD_API_PORT": str(free_port()),
         "DMD_METRICS_PORT": str(free_port()),
-        "DMD_LOG_LEVEL": "WARNING",
+        "DMD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     }
     for provider in ("BITLY", "SMS", "DISCOVERY", "ACCOUNTS"):
         env[f"DMD_{provider}_BASE_URL"] = f"http://127.0.0.1:{sim_port}"
@@ -64,7 +65,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(1, min(len(ordered), int(round(pct / 100 * len(ordered) + 0.5))))
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

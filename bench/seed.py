@@ -28,13 +28,15 @@ def demand_rows(event_id: str, fans: int, start: int = 0, area: int = 555) -> li
 
 def seed_event(settings: Settings, event_id: str, fans: int, *, short_url: bool = True, area: int = 555) -> float:
     """Write an event and its demand; returns the seconds the demand took to write."""
+    from dmd_tasks import aws
+
     table = DemandTable(settings)
     event = Event(id=event_id, name=f"Bench {event_id}", url=f"https://www.ticketmaster.com/event/{event_id}",
                   shortUrl=f"https://bit.ly/{event_id}" if short_url else None)
     table.put_items([event.to_item()])
     started = time.perf_counter()
     for start in range(0, fans, 10_000):  # bounded memory for a million fans
-        table.put_items(demand_rows(event_id, min(10_000, fans - start), start, area))
+        table.put_items(demand_rows(event_id, min(10_000, fans - start), start, area), aws.io_pool(settings))
     return time.perf_counter() - started
 
 

@@ -10,6 +10,7 @@ returned: a crash re-reads at most one page per shard (at-least-once, never a ga
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -213,12 +214,13 @@ class ShardReader:
         return cls(source, CheckpointStore(settings, name), handler, records_per_read=settings.bridge_records_per_read,
                    idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
                    shard_refresh_seconds=settings.bridge_shard_refresh_seconds,
-                   start_position=settings.bridge_start_position, name=name)
+                   start_position=settings.bridge_start_position, name=name,
+                   checkpoint_interval_seconds=settings.bridge_checkpoint_interval_seconds)
 
     def __init__(self, source: ShardSource, checkpoints: CheckpointStore, handler: Handler, *,
                  records_per_read: int = 1000, idle_sleep_seconds: float = 0.5,
                  shard_refresh_seconds: float = 30.0, start_position: str = "TRIM_HORIZON",
-                 name: str = "bridge") -> None:
+                 name: str = "bridge", checkpoint_interval_seconds: float = 0.0) -> None:
         self.name = name
         self.source = source
         self._checkpoints = checkpoints
@@ -232,6 +234,12 @@ class ShardReader:
         self._shards: list[Shard] = []
         self._refreshed_at = 0.0
         self.stop_event = threading.Event()
+        # A checkpoint is a write: at most one per shard per interval (a finished shard, and every
+        # shard when the reader stops, at once). After a crash, the records of that interval are
+        # read again; every task they become is idempotent.
+        self._checkpoint_every = checkpoint_interval_seconds
+        self._saved_at: dict[str, float] = {}
+        self._unsaved: set[str] = set()
 
     def ready_shards(self) -> list[Shard]:
         """Unfinished shards whose parents are finished (or gone from the stream, i.e. trimmed)."""
@@ -288,8 +296,21 @@ class ShardReader:
         else:
             self._iterators[shard.id] = page.next_iterator
         if page.records or checkpoint.finished:
-            self._checkpoints.save(self.source.stream_id, shard.id, checkpoint)
+            self._unsaved.add(shard.id)
+            now = time.monotonic()
+            if checkpoint.finished or now - self._saved_at.get(shard.id, -math.inf) >= self._checkpoint_every:
+                self._save(shard.id)
         return len(page.records)
+
+    def _save(self, shard_id: str) -> None:
+        self._checkpoints.save(self.source.stream_id, shard_id, self._state[shard_id])
+        self._saved_at[shard_id] = time.monotonic()
+        self._unsaved.discard(shard_id)
+
+    def flush_checkpoints(self) -> None:
+        """Write every checkpoint not yet written (the reader is stopping)."""
+        for shard_id in sorted(self._unsaved):
+            self._save(shard_id)
 
     def run(self) -> None:
         """Poll until ``stop_event`` is set; back off on errors, never skip a record."""
@@ -297,6 +318,8 @@ class ShardReader:
         while not self.stop_event.is_set():
             try:
                 handled = self.poll_once()
+                if handled == 0 and self._unsaved:
+                    self.flush_checkpoints()  # idle: the checkpoints held back are written now
                 backoff = self._idle
             except Exception:
                 log.exception("bridge poll failed; retrying from the last checkpoint in %.1fs", backoff)
@@ -305,3 +328,4 @@ class ShardReader:
                 continue
             if handled == 0:
                 self.stop_event.wait(self._idle)
+        self.flush_checkpoints()

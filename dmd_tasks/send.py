@@ -17,6 +17,10 @@ Per notification:
    provider's ``Retry-After``); permanent failures and the last attempt end ``failed``
    with the reason.
 
+A batch's claims (1) go out together, and so do its sends (2-5), on the process's AWS
+thread pool: a batch waits about one provider round trip, not ten, while the shared rate
+limit still spaces the calls.
+
 A worker that dies between 4 and 5 leaves the notification in ``sending``; when the
 lease expires the scheduler's sweep re-sends it with the same idempotency key, so the
 provider does not send a second SMS.
@@ -24,8 +28,10 @@ provider does not send a second SMS.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -33,7 +39,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from dmd_tasks.campaigns import Campaign
-from dmd_tasks import tracing
+from dmd_tasks import aws, tracing
 from dmd_tasks.celery_app import task
 from dmd_tasks.errors import PermanentError, TransientError
 from dmd_tasks.logs import mask_phone
@@ -46,24 +52,28 @@ from dmd_tasks.templates import InvalidTemplate, render
 log = logging.getLogger(__name__)
 
 #: Campaigns and short URLs change rarely during a sale; a send batch should not re-read them.
+#: (A batch's sends run on several threads: the caches are used under a lock.)
 _campaigns: TTLCache[str, Campaign | None] = TTLCache(maxsize=256, ttl=30)
 _events: TTLCache[str, tuple[str, str]] = TTLCache(maxsize=256, ttl=30)
+_cache_lock = threading.Lock()
 
 
 def _campaign(services: Services, sale_id: str) -> Campaign | None:
-    if sale_id not in _campaigns:
-        _campaigns[sale_id] = services.campaigns.get(sale_id)
-    return _campaigns[sale_id]
+    with _cache_lock:
+        if sale_id not in _campaigns:
+            _campaigns[sale_id] = services.campaigns.get(sale_id)
+        return _campaigns[sale_id]
 
 
 def _event_values(services: Services, event_id: str) -> tuple[str, str]:
     """(event name, short URL) of an event; the short URL falls back to the long one."""
-    if event_id not in _events:
-        event = services.table.get_event(event_id)
-        if event is None:
-            raise PermanentError(f"event {event_id} not found")
-        _events[event_id] = (event.name, event.short_url or event.url)
-    return _events[event_id]
+    with _cache_lock:
+        if event_id not in _events:
+            event = services.table.get_event(event_id)
+            if event is None:
+                raise PermanentError(f"event {event_id} not found")
+            _events[event_id] = (event.name, event.short_url or event.url)
+        return _events[event_id]
 
 
 def retry_delay(attempts: int, base_seconds: float, cap_seconds: float, retry_after: float | None) -> float:
@@ -75,15 +85,16 @@ def retry_delay(attempts: int, base_seconds: float, cap_seconds: float, retry_af
 
 
 def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """``scheduled → sending`` for each id; returns the ones this worker now owns."""
+    """``scheduled → sending`` for each id (conditional writes, issued together); returns the ones
+    this worker now owns."""
     now = time.time()
-    owned = []
-    for nid in notification_ids:
+
+    def claim(nid: str) -> dict[str, Any] | None:
         sale_id, fan_id = split_notification_id(nid)
-        item = services.notifications.claim_for_send(sale_id, fan_id, now, services.settings.send_lease_seconds)
-        if item is not None:
-            owned.append((nid, item))
-    return owned
+        return services.notifications.claim_for_send(sale_id, fan_id, now, services.settings.send_lease_seconds)
+
+    items = aws.io_pool(services.settings).map(claim, notification_ids)
+    return [(nid, item) for nid, item in zip(notification_ids, items) if item is not None]
 
 
 def send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str],
@@ -159,6 +170,12 @@ def send_notifications(self, notification_ids: list[str],  # type: ignore[no-unt
     outcomes["skipped"] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
     opted_out = services.notifications.opted_out([item["phone"] for _, item in owned]) if owned else set()
     traces = trace_context if isinstance(trace_context, dict) else {}
-    for nid, item in owned:
-        outcomes[send_claimed(services, nid, item, opted_out, traces.get(nid))] += 1
+    # The sends are independent and mostly wait on the provider: they go out together (the
+    # shared rate limit still spaces them), each in a copy of this task's context (its
+    # correlation id in the logs).
+    pool = aws.io_pool(services.settings)
+    futures = [pool.submit(contextvars.copy_context().run, send_claimed, services, nid, item, opted_out,
+                           traces.get(nid)) for nid, item in owned]
+    for future in futures:
+        outcomes[future.result()] += 1
     return dict(outcomes)

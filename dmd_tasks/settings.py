@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     bridge_records_per_read: int = 1000
     bridge_idle_sleep_seconds: float = 0.5
     bridge_shard_refresh_seconds: float = 30.0
+    #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
+    #: or stopping); a crash re-reads at most this much, and every task is idempotent.
+    bridge_checkpoint_interval_seconds: float = 1.0
     #: How long the demand bridge remembers a task it enqueued, to skip repeats from later pages.
     bridge_dedupe_seconds: float = 600.0
     #: Where a bridge starts on a shard it has no checkpoint for.

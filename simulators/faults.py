@@ -27,6 +27,9 @@ class Faults:
     rate_limit_per_second: float = 0.0  # 0: unlimited; above it, 429 with Retry-After
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _window: deque[float] = field(default_factory=deque, repr=False)
+    _arrivals: deque[float] = field(default_factory=deque, repr=False)
+    #: the most requests that arrived in any one-second window (admitted or not)
+    max_requests_per_second: int = field(default=0, repr=False)
     counters: Counter[str] = field(default_factory=Counter, repr=False)
 
     def update(self, values: dict[str, Any]) -> None:
@@ -40,6 +43,15 @@ class Faults:
                 "throttle_retry_after": self.throttle_retry_after, "timeout_rate": self.timeout_rate,
                 "timeout_ms": self.timeout_ms, "rate_limit_per_second": self.rate_limit_per_second}
 
+    def arrived(self) -> None:
+        """Note one request's arrival (every request, replays included) for ``max_requests_per_second``."""
+        now = time.monotonic()
+        with self._lock:
+            self._arrivals.append(now)
+            while now - self._arrivals[0] >= 1.0:
+                self._arrivals.popleft()
+            self.max_requests_per_second = max(self.max_requests_per_second, len(self._arrivals))
+
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
@@ -52,8 +64,8 @@ class Faults:
         the client gives up on a request that did succeed (an ambiguous send).
         """
         self.count("requests")
-        if self.latency_ms:
-            time.sleep(self.latency_ms / 1000)
+        # The rate limit counts a request when it arrives, as a provider does; the latency is
+        # the time it then takes to answer.
         if self.rate_limit_per_second:
             now = time.monotonic()
             with self._lock:
@@ -62,8 +74,16 @@ class Faults:
                 if len(self._window) >= self.rate_limit_per_second:
                     retry_after = max(1, int(1.0 - (now - self._window[0])) + 1)
                     self.counters["429"] += 1
-                    return 429, {"Retry-After": str(retry_after)}
-                self._window.append(now)
+                    refused = (429, {"Retry-After": str(retry_after)})
+                else:
+                    self._window.append(now)
+                    refused = None
+            if refused is not None:
+                if self.latency_ms:
+                    time.sleep(self.latency_ms / 1000)
+                return refused
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
         roll = random.random()
         if roll < self.timeout_rate:
             self.count("timeouts")

@@ -82,6 +82,7 @@ class SmsSimulator:
                 "recipients": len(self._per_recipient),
                 "duplicates": sum(n - 1 for n in self._per_recipient.values() if n > 1),
                 "max_accepted_per_second": self._max_per_second,
+                "max_requests_per_second": self.faults.max_requests_per_second,
                 **dict(self._counters),
                 **{f"responses_{k}": v for k, v in self.faults.counters.items()},
             }
@@ -121,6 +122,7 @@ class SmsSimulator:
         def send() -> Any:
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return jsonify(error="unauthorized"), 401
+            self.faults.arrived()
             key = request.headers.get("Idempotency-Key", "")
             body = request.get_json(silent=True)
             if not key or len(key) > 200:

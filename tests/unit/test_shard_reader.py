@@ -111,3 +111,23 @@ def test_finished_shard_is_checkpointed_as_finished_and_not_read_again() -> None
     assert checkpoints.saved["s"].finished
     assert reads == [1]
     assert reader.ready_shards() == []
+
+
+def test_a_busy_reader_checkpoints_at_most_once_an_interval_and_everything_when_idle_or_stopping() -> None:
+    stream = MemoryStream({"s": ((), list(range(1, 11)), False)})
+    writes: list[str | None] = []
+
+    class CountingCheckpoints(MemoryCheckpoints):
+        def save(self, stream_id: str, shard_id: str, checkpoint: Checkpoint) -> None:
+            writes.append(checkpoint.sequence)
+            super().save(stream_id, shard_id, checkpoint)
+
+    checkpoints = CountingCheckpoints()
+    reader = ShardReader(stream, checkpoints, lambda recs, sid: None, records_per_read=2,
+                         checkpoint_interval_seconds=3600)
+    for _ in range(5):  # five busy pages: the first is written, the rest wait for the interval
+        reader.poll_once()
+    assert writes == ["2"]
+    reader.stop_event.set()
+    reader.run()  # stopping writes what was held back
+    assert writes == ["2", "10"] and checkpoints.saved["s"].sequence == "10"
