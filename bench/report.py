@@ -90,6 +90,16 @@ PROFILES = [
     "| cached `eventDetails` (`make profile PROFILE=api`, 2,000 requests through the ASGI app) | GraphQL "
     "validation of the same query text on every request: 70 % of the CPU | each distinct query text parsed and "
     "validated once (bounded LRU) | 155 → 1,002 requests/s |",
+    "| bridge (`make profile PROFILE=bridge`, stream records to tasks, in-process) | 84 % of the bridge's CPU "
+    "in publishing Flower's task-sent event: a Redis producer taken and one message published per task | the "
+    "events of a publish batch gathered into one message (receivers take a list, as from a worker's buffer) "
+    "| 1.6 → 0.7 ms of CPU per record |",
+    "| the whole pipeline (py-spy `--gil` on every process during benchmark 7's sale) | no hot spot: botocore's "
+    "per-request work (validation, signing, parsing) and JSON dominate, spread over every call | none in code: "
+    "the lever is fewer requests per notification (benchmark 7), e.g. checkpoints below | – |",
+    "| bridge checkpoints (benchmark 7's request counts) | one PutItem per stream page: 0.5 per notification "
+    "in a sale | a shard's checkpoint written at most once a second while busy (at once when idle or stopping) "
+    "| 0.51 (a 500-fan sale) → 0.09 (a 1,000-fan sale) PutItem per notification |",
     "| broker (`make bench BENCH_ARGS=\"--only broker\"`) | the worker idle most of the time: kombu's SQS "
     "transport waits `polling_interval` (0.3 s) whenever the worker's prefetch is full, so a busy worker "
     "took at most 4 messages per 0.3 s | `DMD_SQS_POLLING_INTERVAL_SECONDS` 0.3 → 0.05 (an empty queue is "

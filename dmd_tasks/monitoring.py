@@ -22,10 +22,11 @@ it touches no dmd module, only Celery and kombu.
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import threading
 from collections import deque
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 from kombu import Connection
 from kombu.pools import connections as connection_pools
@@ -135,6 +136,46 @@ class MonitorAppEvents(AppEvents):
                 yield d
 
 
+#: The dispatcher of an open ``task_sent_batch`` block, if any (per thread and task context).
+_sent_batch = contextvars.ContextVar('monitor_sent_batch', default=None)
+
+
+@contextmanager
+def task_sent_batch(app):
+    """Gather the task-sent events of the tasks published in the block into one message.
+
+    A publisher enqueueing many tasks at once (ten per SQS call, a thousand per stream
+    page) would otherwise open a producer and publish to Redis once per task, which
+    profiled at over 80 % of a bridge's CPU per record. Receivers (Flower) take the list
+    as they take a worker's buffered task events.
+    """
+    if not app.conf.get('monitor_task_sent_event') or _sent_batch.get() is not None:
+        yield  # off, or nested (the outer block flushes)
+        return
+    with ExitStack() as stack:
+        try:
+            prod = stack.enter_context(
+                producer_pools[monitor_connection(app)].acquire(block=True, timeout=2))
+            dispatcher = app.events.Dispatcher(
+                prod.connection, enabled=True, channel=prod.channel,
+                buffer_group=['task'], buffer_limit=100_000)
+        except Exception as exc:  # pylint: disable=broad-except
+            # monitoring must never stop tasks from being published
+            logger.warning('task-sent events off for this batch: %r', exc)
+            dispatcher = None
+        token = _sent_batch.set(dispatcher) if dispatcher is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _sent_batch.reset(token)
+                try:
+                    dispatcher.flush()
+                except Exception as exc:  # pylint: disable=broad-except
+                    logger.warning('task-sent events not published: %r', exc)
+                dispatcher.close()
+
+
 def _task_sent_handler(app):
     # Replaces task_send_sent_event (which publishes via the SQS producer
     # to the 'celeryev' exchange, where SQS silently drops it).
@@ -143,7 +184,9 @@ def _task_sent_handler(app):
         if not headers or 'id' not in headers:  # protocol 1: ignore
             return
         try:
-            with app.events.default_dispatcher() as d:
+            batch = _sent_batch.get()
+            with (nullcontext(batch) if batch is not None
+                  else app.events.default_dispatcher()) as d:
                 d.send('task-sent', uuid=headers['id'], name=headers['task'],
                        args=headers.get('argsrepr'),
                        kwargs=headers.get('kwargsrepr'),

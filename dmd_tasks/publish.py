@@ -22,6 +22,7 @@ from opentelemetry.propagate import extract
 
 from dmd_tasks import aws
 from dmd_tasks.deadletter import SQS_BATCH_MAX_ENTRIES, send_batch_all
+from dmd_tasks.monitoring import task_sent_batch
 from dmd_tasks.settings import Settings
 
 
@@ -52,6 +53,10 @@ class BatchPublisher:
 
         queue = queue_of(task_name)
         url = self._settings.queue_url(self._settings.queue_name(queue))
+        with task_sent_batch(self._app):  # one task-sent message per batch, not one per task
+            return self._publish(task_name, queue, url, calls)
+
+    def _publish(self, task_name: str, queue: str, url: str, calls: Iterable[TaskCall]) -> int:
         entries: list[dict[str, Any]] = []
         sent = 0
         for call in calls:

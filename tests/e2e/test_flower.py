@@ -55,7 +55,7 @@ def test_flower_sees_the_worker_and_a_task_lifecycle(flower: str, settings) -> N
 
     task = wait_until(task_seen, timeout=60, what="the task in Flower")
     assert task["worker"] == name
-    assert task["received"] and task["started"] and task["succeeded"]
+    assert task["sent"] and task["received"] and task["started"] and task["succeeded"]
     assert task["runtime"] > 0
     assert task["result"] == "'shortened'"
 
