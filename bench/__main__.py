@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,20 +26,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
-    p.add_argument("--fanout-runs", type=int, default=2,
-                   help="fan-out: runs at N (each takes minutes at N = 100,000 on the emulator)")
+    p.add_argument("--fanout-runs", type=int, default=1,
+                   help="fan-out: sales of N fans (each takes minutes at N = 100,000 on the emulator)")
     p.add_argument("--fans", type=int, default=100_000, help="fan-out: fans in the sale (N)")
     p.add_argument("--raw-items", type=int, default=0, help="fan-out: items per bare BatchWriteItem run (0: N/10, at least 2,000, at most 50,000)")
     p.add_argument("--send-cap", type=float, default=20.0,
                    help="send: the provider's cap C (messages/s); below the chain's ceiling on the emulator")
     p.add_argument("--send-latency-ms", type=float, default=100.0, help="send: provider latency per call")
     p.add_argument("--send-workers", type=int, default=2, help="send: send worker processes")
-    p.add_argument("--send-seconds", type=float, default=15.0, help="send: length of one run at the cap")
+    p.add_argument("--send-seconds", type=float, default=12.0, help="send: length of one run at the cap")
     p.add_argument("--latency-samples", type=int, default=20, help="latency: samples per leg")
-    p.add_argument("--bridge-records", type=int, default=600, help="bridge: stream records per run")
-    p.add_argument("--broker-tasks", type=int, default=600, help="broker: no-op tasks per run")
+    p.add_argument("--bridge-records", type=int, default=400, help="bridge: stream records per run")
+    p.add_argument("--broker-tasks", type=int, default=500, help="broker: no-op tasks per run")
     p.add_argument("--query-seconds", type=float, default=3.0, help="query: seconds per load level")
-    p.add_argument("--query-concurrency", default="1,4,16,64", help="query: concurrent clients per level")
+    p.add_argument("--query-concurrency", default="1,8,64", help="query: concurrent clients per level")
     p.add_argument("--cold-samples", type=int, default=30, help="query: cold misses measured")
     p.add_argument("--discovery-latency-ms", type=float, default=100.0, help="query: Discovery latency (cold)")
     p.add_argument("--cost-fans", type=int, default=1000, help="cost: fans in the demo sale")
@@ -67,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds: every process the bench started stops
+
+    signal.signal(signal.SIGTERM, interrupted)
     h = Harness(say)
     results: dict[str, Any] = {}
+    failed: list[str] = []
     started = time.monotonic()
     def module(name: str) -> Any:
         return importlib.import_module(f"bench.{name}")
 
     runners = {
-        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.fanout_runs,
+        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.fanout_runs, raw_runs=args.runs,
                                      raw_items=args.raw_items or min(max(2000, args.fans // 10), 50_000)),
         "send": lambda: module("send").run(h, cap=args.send_cap, latency_ms=args.send_latency_ms, workers=args.send_workers,
                                  seconds=args.send_seconds, runs=args.runs),
@@ -91,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             if name in chosen:
                 say(f"--- {name}")
                 begun = time.monotonic()
-                results[name] = runners[name]()
+                try:
+                    results[name] = runners[name]()
+                except Exception as exc:  # one benchmark failing must not lose the others' figures
+                    say(f"{name} FAILED: {exc!r}")
+                    results[name] = {"error": repr(exc)[:500]}
+                    failed.append(name)
                 results[name]["wall_seconds"] = round(time.monotonic() - begun, 1)
                 say(f"{name}: {json.dumps(results[name])}")
     finally:
@@ -109,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     out.write_text(report.markdown(document))
     say(f"wrote {out} and {out.with_suffix('.json')} ({document['suite_seconds']:.0f}s)")
+    if failed:
+        say(f"FAILED: {', '.join(failed)} (see above and the logs under the run directory)")
+        return 1
     return 0
 
 

@@ -8,8 +8,9 @@ whose generator lease expired (the worker died).
 ``generate_notifications(sale_id)`` streams the event's demand rows page by page and
 writes notifications with BatchWriteItem in chunks of ``generate_chunk_size`` (5,000, as
 the original did). After each chunk it checkpoints the last fan id on the sale under a
-lease; after ``generate_chunks_per_run`` chunks it hands the rest to a fresh message, so
-no run nears its time limit and memory does not grow with the sale. A repeated or
+lease; after ``generate_chunks_per_run`` chunks or ``generate_run_budget_seconds``, whichever
+comes first, it hands the rest to a fresh message, so no run nears its time limit (however
+slow the table is) and memory does not grow with the sale. A repeated or
 resumed run skips fans that already have a notification (BatchGetItem on the first
 chunk it writes), so it creates no duplicate and resets no status. Opted-out fans get
 no notification; a fan with an invalid phone number gets one that is ``failed`` at once.
@@ -146,6 +147,8 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
     result = GenerateResult(sale_id, "done")
     notifications = services.notifications
     pool = aws.io_pool(settings)  # a chunk's look-ups and writes go out concurrently
+    started = time.monotonic()
+    handing_over = False
     cursor: str | None = sale.get("cursor")
     chunk: list[dict[str, Any]] = []
     # A sale still holding the lease its last run handed over with (or the claim's) has nothing
@@ -153,7 +156,7 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
     check_existing = not (sale.get("cleanLease") and sale.get("cleanLease") == sale.get("leaseUntil"))
 
     def flush() -> bool:
-        nonlocal lease, check_existing, chunk
+        nonlocal lease, check_existing, chunk, handing_over
         fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str)]
         skip = notifications.existing_fans(sale_id, fan_ids, pool) if check_existing else set()
         opted_out = notifications.opted_out([r["phone"] for r in chunk if isinstance(r.get("phone"), str)], pool)
@@ -167,7 +170,9 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
                 NOTIFICATION_TRANSITIONS.labels("none", status).inc(created)
         result.written += len(items)
         result.chunks += 1
-        last = result.chunks >= settings.generate_chunks_per_run
+        handing_over = (result.chunks >= settings.generate_chunks_per_run
+                        or time.monotonic() - started >= settings.generate_run_budget_seconds)
+        last = handing_over
         lease = services.sales.checkpoint(sale_id, lease, chunk[-1]["fanId"], len(items) + len(skip), clock(),
                                           settings.generate_lease_seconds, last=last)
         check_existing = False
@@ -184,7 +189,7 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
                 if not flush():
                     result.outcome = "owned-elsewhere"
                     return result
-                if result.chunks >= settings.generate_chunks_per_run:
+                if handing_over:
                     result.outcome = "continue"
                     return result
     if chunk and not flush():

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     #: the task hands the rest of the sale to a fresh message (keeps each run under its time limit).
     generate_chunk_size: int = 5000
     generate_chunks_per_run: int = 4
+    #: ... or after this long, whichever comes first (a slow table must not push a run into its
+    #: time limit: make bench saw four chunks take over a minute on the emulator). None: a third
+    #: of the soft time limit.
+    generate_run_seconds: float | None = None
     #: How long one generator run owns a sale before another may resume it.
     generate_lease_seconds: int = 120
     #: Shards of the pending index per sale (spreads a big sale's GSI writes over partitions).
@@ -225,11 +229,23 @@ class Settings(BaseSettings):
                 f"({self.task_time_limit_seconds}s) = {needed}s; otherwise SQS redelivers waiting or "
                 f"running tasks and they execute twice"
             )
+        run_seconds = self.generate_run_seconds
+        if run_seconds is not None and run_seconds * 2 > self.task_soft_time_limit_seconds:
+            raise UnsafeConfiguration(
+                "generate_run_seconds must be at most half of task_soft_time_limit_seconds: a run stops "
+                "handing over only after its current chunk, which may take as long again")
         if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
             raise UnsafeConfiguration("task_soft_time_limit_seconds must be below task_time_limit_seconds")
         if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
             raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")
         return self
+
+    @property
+    def generate_run_budget_seconds(self) -> float:
+        """How long one generator run writes before it hands over (see generate_run_seconds)."""
+        if self.generate_run_seconds is not None:
+            return self.generate_run_seconds
+        return self.task_soft_time_limit_seconds / 3
 
     @property
     def max_countdown_seconds(self) -> int:

@@ -112,6 +112,18 @@ def test_a_clean_handover_skips_the_existence_check(services: Services, monkeypa
     assert len(notifications_of(services, sale_id)) == 12
 
 
+def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(stack) -> None:  # type: ignore[no-untyped-def]
+    slow_table = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=100, generate_run_seconds=0))
+    sale_id = seed(slow_table, 12)
+    assert slow_table.sales.claim(sale_id, time.time(), 60)
+    first = generate_sale(sale_id, slow_table)
+    assert (first.outcome, first.written, first.chunks) == ("continue", 5, 1)
+    while (result := generate_sale(sale_id, slow_table)).outcome == "continue":
+        pass
+    assert result.outcome == "done"
+    assert len(notifications_of(slow_table, sale_id)) == 12
+
+
 def test_a_second_generator_cannot_take_a_live_lease(services: Services) -> None:
     sale_id = seed(services, 3)
     now = time.time()

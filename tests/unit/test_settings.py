@@ -17,6 +17,13 @@ def test_soft_limit_must_be_below_hard_limit() -> None:
         load_settings(task_soft_time_limit_seconds=90, task_time_limit_seconds=90)
 
 
+def test_a_generator_run_must_leave_room_for_its_last_chunk_within_the_soft_limit() -> None:
+    with pytest.raises(ValidationError, match="generate_run_seconds"):
+        load_settings(generate_run_seconds=40, task_soft_time_limit_seconds=60)
+    assert load_settings(task_soft_time_limit_seconds=15, task_time_limit_seconds=20).generate_run_budget_seconds == 5
+    assert load_settings(generate_run_seconds=10).generate_run_budget_seconds == 10
+
+
 def test_environment_overrides_profile(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DMD_TABLE_NAME", "other-table")
     assert load_settings().table_name == "other-table"
