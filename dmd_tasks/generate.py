@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,15 +72,24 @@ def demand_pages(services: Services, event_id: str, after_fan: str | None, page_
         kwargs["ExclusiveStartKey"] = last
 
 
-def prefetched(pages: Iterator[list[dict[str, Any]]], pool: Executor) -> Iterator[list[dict[str, Any]]]:
-    """The same pages, the next one read in the background while the caller works on this one."""
-    future = pool.submit(next, pages, None)
-    while True:
-        page = future.result()
-        if page is None:
-            return
-        future = pool.submit(next, pages, None)
-        yield page
+class Prefetcher:
+    """Pages read one ahead on the pool: ``request()`` starts reading the next page (once),
+    ``take()`` returns it (reading it now if nobody asked before), None at the end."""
+
+    def __init__(self, pages: Iterator[list[dict[str, Any]]], pool: Executor) -> None:
+        self._pages = pages
+        self._pool = pool
+        self._next: Future[list[dict[str, Any]] | None] | None = None
+
+    def request(self) -> None:
+        if self._next is None:
+            self._next = self._pool.submit(next, self._pages, None)
+
+    def take(self) -> list[dict[str, Any]] | None:
+        self.request()
+        assert self._next is not None
+        future, self._next = self._next, None
+        return future.result()
 
 
 def build_notifications(rows: list[dict[str, Any]], *, sale_id: str, event_id: str, campaign: Campaign,
@@ -157,6 +166,12 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
 
     def flush() -> bool:
         nonlocal lease, check_existing, chunk, handing_over
+        # Is this the run's last chunk? Decided before writing, so that the next page is read
+        # while this chunk is written only when this run will write it.
+        handing_over = (result.chunks + 1 >= settings.generate_chunks_per_run
+                        or time.monotonic() - started >= settings.generate_run_budget_seconds)
+        if not handing_over:
+            pages.request()
         fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str)]
         skip = notifications.existing_fans(sale_id, fan_ids, pool) if check_existing else set()
         opted_out = notifications.opted_out([r["phone"] for r in chunk if isinstance(r.get("phone"), str)], pool)
@@ -170,19 +185,16 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
                 NOTIFICATION_TRANSITIONS.labels("none", status).inc(created)
         result.written += len(items)
         result.chunks += 1
-        handing_over = (result.chunks >= settings.generate_chunks_per_run
-                        or time.monotonic() - started >= settings.generate_run_budget_seconds)
-        last = handing_over
         lease = services.sales.checkpoint(sale_id, lease, chunk[-1]["fanId"], len(items) + len(skip), clock(),
-                                          settings.generate_lease_seconds, last=last)
+                                          settings.generate_lease_seconds, last=handing_over)
         check_existing = False
         chunk = []
         return lease is not None
 
     # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
     # and every Query costs a round trip (moto's costs a pass over the whole table).
-    page_size = settings.generate_chunk_size
-    for page in prefetched(demand_pages(services, event_id, cursor, page_size), pool):
+    pages = Prefetcher(demand_pages(services, event_id, cursor, settings.generate_chunk_size), pool)
+    while (page := pages.take()) is not None:
         for row in page:
             chunk.append(row)
             if len(chunk) >= settings.generate_chunk_size:

@@ -112,6 +112,20 @@ def test_a_clean_handover_skips_the_existence_check(services: Services, monkeypa
     assert len(notifications_of(services, sale_id)) == 12
 
 
+def test_a_run_reads_no_demand_page_it_will_not_write(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next page is read ahead while a chunk is written, but not after the run's last chunk."""
+    sale_id = seed(services, 23)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    client = services.table._client
+    queries: list[dict[str, Any]] = []
+    original = client.query
+    monkeypatch.setattr(client, "query", lambda **kw: queries.append(kw) or original(**kw))
+    first = generate_sale(sale_id, services)
+    assert (first.outcome, first.chunks) == ("continue", 2)
+    demand_reads = [q for q in queries if q.get("KeyConditionExpression", "").startswith("pk = :pk AND begins")]
+    assert len(demand_reads) == 2  # two chunks of five, two pages; not a third for the next run
+
+
 def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(stack) -> None:  # type: ignore[no-untyped-def]
     slow_table = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=100, generate_run_seconds=0))
     sale_id = seed(slow_table, 12)
