@@ -48,10 +48,6 @@ def _ratio(value: Any) -> str:
     return _m(value, digits=2) if isinstance(value, dict) else f"{value:.2f}"
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.0f} %"
-
-
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [

@@ -15,7 +15,6 @@ sale with no provider cap and a campaign rate far above what the chain can do.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from dmd_tasks.metrics import AWS_REQUESTS, DYNAMODB_READ_UNITS, DYNAMODB_WRITE_ITEMS
 from dmd_tasks.settings import Settings
 
 _lock = threading.Lock()
@@ -82,15 +83,11 @@ _WRITE_OPERATIONS = {"PutItem": 1, "UpdateItem": 1, "DeleteItem": 1}
 
 
 def _on_sign(event_name: str = "", **_: Any) -> None:
-    from dmd_tasks.metrics import AWS_REQUESTS
-
     _, service, operation = event_name.split(".", 2)
     AWS_REQUESTS.labels(service, operation).inc()
 
 
 def _on_dynamodb_params(params: dict[str, Any], model: Any = None, **_: Any) -> None:
-    from dmd_tasks.metrics import DYNAMODB_READ_UNITS, DYNAMODB_WRITE_ITEMS
-
     operation = getattr(model, "name", "")
     if operation == "BatchWriteItem":
         DYNAMODB_WRITE_ITEMS.labels(operation).inc(sum(len(v) for v in params.get("RequestItems", {}).values()))
@@ -104,8 +101,6 @@ def _on_dynamodb_params(params: dict[str, Any], model: Any = None, **_: Any) -> 
 
 
 def _on_dynamodb_response(http_response: Any = None, model: Any = None, **_: Any) -> None:
-    from dmd_tasks.metrics import DYNAMODB_READ_UNITS
-
     operation = getattr(model, "name", "")
     if operation in ("Query", "Scan") and http_response is not None:
         size = len(http_response.content or b"")
