@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test chaos bench profile stack-up stack-down clean
+.PHONY: setup run test lint chaos bench profile stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,15 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/dmd demo
 
-## make test: unit and end-to-end tests (the tests start and stop their own stack)
-test: setup
+## make test: lint, format and type checks, then the unit and end-to-end tests (they start and stop their own stack)
+test: setup lint
 	$(BIN)/python -m pytest
+
+## make lint: ruff (lint + format) and mypy, configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## make chaos: the fault suite at size (kills, a failing provider, replayed streams), figures printed
 CHAOS_FANS  ?= 600

@@ -14,7 +14,7 @@ import shlex
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
-    p.add_argument("--fanout-runs", type=int, default=1,
-                   help="fan-out: sales of N fans (each takes minutes at N = 100,000 on the emulator)")
+    p.add_argument(
+        "--fanout-runs",
+        type=int,
+        default=1,
+        help="fan-out: sales of N fans (each takes minutes at N = 100,000 on the emulator)",
+    )
     p.add_argument("--fans", type=int, default=100_000, help="fan-out: fans in the sale (N)")
-    p.add_argument("--raw-items", type=int, default=0, help="fan-out: items per bare BatchWriteItem run (0: N/10, at least 2,000, at most 50,000)")
-    p.add_argument("--send-cap", type=float, default=20.0,
-                   help="send: the provider's cap C (messages/s); below the chain's ceiling on the emulator")
+    p.add_argument(
+        "--raw-items",
+        type=int,
+        default=0,
+        help="fan-out: items per bare BatchWriteItem run (0: N/10, at least 2,000, at most 50,000)",
+    )
+    p.add_argument(
+        "--send-cap",
+        type=float,
+        default=20.0,
+        help="send: the provider's cap C (messages/s); below the chain's ceiling on the emulator",
+    )
     p.add_argument("--send-latency-ms", type=float, default=100.0, help="send: provider latency per call")
     p.add_argument("--send-workers", type=int, default=2, help="send: send worker processes")
     p.add_argument("--send-seconds", type=float, default=12.0, help="send: length of one run at the cap")
@@ -76,20 +89,37 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     failed: list[str] = []
     started = time.monotonic()
+
     def module(name: str) -> Any:
         return importlib.import_module(f"bench.{name}")
 
     runners = {
-        "fanout": lambda: module("fanout").run(h, fans=args.fans, runs=args.fanout_runs, raw_runs=args.runs,
-                                     raw_items=args.raw_items or min(max(2000, args.fans // 10), 50_000)),
-        "send": lambda: module("send").run(h, cap=args.send_cap, latency_ms=args.send_latency_ms, workers=args.send_workers,
-                                 seconds=args.send_seconds, runs=args.runs),
+        "fanout": lambda: module("fanout").run(
+            h,
+            fans=args.fans,
+            runs=args.fanout_runs,
+            raw_runs=args.runs,
+            raw_items=args.raw_items or min(max(2000, args.fans // 10), 50_000),
+        ),
+        "send": lambda: module("send").run(
+            h,
+            cap=args.send_cap,
+            latency_ms=args.send_latency_ms,
+            workers=args.send_workers,
+            seconds=args.send_seconds,
+            runs=args.runs,
+        ),
         "latency": lambda: module("latency").run(h, samples=args.latency_samples),
         "bridge": lambda: module("bridge").run(h, records=args.bridge_records, runs=args.runs),
         "broker": lambda: module("broker").run(h, tasks=args.broker_tasks, runs=args.runs),
-        "query": lambda: module("query").run(h, seconds=args.query_seconds, runs=args.runs,
-                                   concurrency=[int(c) for c in args.query_concurrency.split(",")],
-                                   cold_samples=args.cold_samples, discovery_latency_ms=args.discovery_latency_ms),
+        "query": lambda: module("query").run(
+            h,
+            seconds=args.query_seconds,
+            runs=args.runs,
+            concurrency=[int(c) for c in args.query_concurrency.split(",")],
+            cold_samples=args.cold_samples,
+            discovery_latency_ms=args.discovery_latency_ms,
+        ),
         "cost": lambda: module("cost").run(h, fans=args.cost_fans),
     }
     try:
@@ -110,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(report.derived(results))
     document = {
         "command": "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else ""),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "suite_seconds": round(time.monotonic() - started, 1),
         "results": results,

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bench.harness import Harness, summary, wait_until
@@ -26,22 +26,33 @@ BRIDGE = "bridge-demand"
 def demand_stream_records(settings: Any, count: int, page: int = 1000) -> list[list[dict[str, Any]]]:
     """Synthetic DynamoDB Streams INSERT records of demand rows (M distinct events), in pages."""
     from bench.seed import demand_rows
-    from dmd_tasks.store import serialize
+    from dmd_tasks.store.codec import serialize
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     records = []
     for n in range(count):
         row = demand_rows(f"evb{n:07d}", 1, start=n)[0]
         image = serialize(row)
-        records.append({"eventID": uuid.uuid4().hex, "eventName": "INSERT", "dynamodb": {
-            "ApproximateCreationDateTime": now, "Keys": {"pk": image["pk"], "sk": image["sk"]},
-            "NewImage": image, "SequenceNumber": f"{n:021d}", "StreamViewType": "NEW_AND_OLD_IMAGES"}})
-    return [records[i:i + page] for i in range(0, count, page)]
+        records.append(
+            {
+                "eventID": uuid.uuid4().hex,
+                "eventName": "INSERT",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": now,
+                    "Keys": {"pk": image["pk"], "sk": image["sk"]},
+                    "NewImage": image,
+                    "SequenceNumber": f"{n:021d}",
+                    "StreamViewType": "NEW_AND_OLD_IMAGES",
+                },
+            }
+        )
+    return [records[i : i + page] for i in range(0, count, page)]
 
 
 def queue_depth(sqs: Any, url: str) -> int:
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
@@ -58,7 +69,7 @@ def bare_send(sqs: Any, url: str, body: str, count: int) -> float:
     entries = [{"Id": str(i), "MessageBody": body} for i in range(10)]
     started = time.perf_counter()
     for start in range(0, count, 10):
-        batch = entries[:min(10, count - start)]
+        batch = entries[: min(10, count - start)]
         response = sqs.send_message_batch(QueueUrl=url, Entries=batch)
         if response.get("Failed"):
             raise RuntimeError(f"SendMessageBatch failed: {response['Failed'][:1]}")
@@ -68,35 +79,43 @@ def bare_send(sqs: Any, url: str, body: str, count: int) -> float:
 def sample_body(settings: Any) -> str:
     """A message body as the bridge builds it for one shortening task."""
     from dmd_tasks.celery_app import app
-    from dmd_tasks.publish import BatchPublisher, TaskCall
-    from dmd_tasks.shorten import shorten_event_url
+    from dmd_tasks.celery_app.publish import BatchPublisher
+    from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL, TaskCall
 
-    return BatchPublisher(app, settings)._encode(shorten_event_url.name, "short-url", TaskCall(
-        args=("evb0000001",), headers={"dmd_correlation_id": uuid.uuid4().hex}))
+    return BatchPublisher(app, settings)._encode(
+        SHORTEN_EVENT_URL, "short-url", TaskCall(args=("evb0000001",), headers={"dmd_correlation_id": uuid.uuid4().hex})
+    )
 
 
 def _write_demand(settings: Any, run_no: int, count: int) -> tuple[int, int, str]:
     """``count`` demand rows of as many events: (stream records, tasks expected, queue)."""
     from bench.seed import demand_rows
-    from dmd_tasks.store import DemandTable
+    from dmd_tasks.store.table import DemandTable
 
-    DemandTable(settings).put_items(
-        [r for n in range(count) for r in demand_rows(f"ev{run_no}x{n:06d}", 1, start=n)])
+    DemandTable(settings).put_items([r for n in range(count) for r in demand_rows(f"ev{run_no}x{n:06d}", 1, start=n)])
     return count, count, "short-url"
 
 
 def _write_scheduled(settings: Any, run_no: int, count: int) -> tuple[int, int, str]:
     """``count`` notifications written pending, then moved to scheduled: 2 × count records, count / 10 tasks."""
-    from dmd_tasks import aws
-    from dmd_tasks.store import DemandTable, NotificationRecords
+    from dmd_tasks.infra import aws
+    from dmd_tasks.store.notifications import NotificationRecords
+    from dmd_tasks.store.table import DemandTable
 
     table = DemandTable(settings)
     records = NotificationRecords(table, settings.pending_shards)
     sale, now = f"salebridge{run_no}", time.time()
     fans = [f"fan{n:07d}" for n in range(count)]
     pool = aws.io_pool(settings)
-    table.put_items([records.new_item(sale_id=sale, event_id="evbridge", fan_id=f, phone=f"+1555{n:07d}", tz="UTC",
-                                      send_after=now, now=now) for n, f in enumerate(fans)], pool)
+    table.put_items(
+        [
+            records.new_item(
+                sale_id=sale, event_id="evbridge", fan_id=f, phone=f"+1555{n:07d}", tz="UTC", send_after=now, now=now
+            )
+            for n, f in enumerate(fans)
+        ],
+        pool,
+    )
     moved = sum(pool.map(lambda f: records.schedule(sale, f, now), fans))
     if moved != count:
         raise RuntimeError(f"only {moved} of {count} notifications moved to scheduled")
@@ -104,13 +123,13 @@ def _write_scheduled(settings: Any, run_no: int, count: int) -> tuple[int, int, 
 
 
 SCENARIOS = {
-    "demand_inserts": _write_demand,       # one record → one shortening task (distinct events)
+    "demand_inserts": _write_demand,  # one record → one shortening task (distinct events)
     "scheduled_notifications": _write_scheduled,  # ten `→ scheduled` changes → one send task
 }
 
 
 def run(h: Harness, *, records: int, runs: int) -> dict[str, Any]:
-    from dmd_tasks import aws
+    from dmd_tasks.infra import aws, topology
 
     settings = h.settings
     h.fresh()
@@ -122,7 +141,7 @@ def run(h: Harness, *, records: int, runs: int) -> dict[str, Any]:
         pid = group.processes[BRIDGE].pid
         # The bridge is up and reading once a first record has become a task.
         _write_demand(settings, 999, 1)
-        short_url = settings.queue_url(settings.queue_name("short-url"))
+        short_url = topology.queue_url(settings, "short-url")
         wait_until(lambda: queue_depth(sqs, short_url) >= 1, 60, 0.1, what="bridge started")
         for name, write in SCENARIOS.items():
             count = records if name == "scheduled_notifications" else max(1, records // 2)
@@ -131,25 +150,35 @@ def run(h: Harness, *, records: int, runs: int) -> dict[str, Any]:
                 os.kill(pid, signal.SIGSTOP)  # the records pile up in the stream meanwhile
                 try:
                     for queue in ("short-url", "send"):
-                        empty_queue(sqs, settings.queue_url(settings.queue_name(queue)))
+                        empty_queue(sqs, topology.queue_url(settings, queue))
                     n_records, n_tasks, queue = write(settings, run_no, count)
                 finally:
                     os.kill(pid, signal.SIGCONT)
-                url = settings.queue_url(settings.queue_name(queue))
+                url = topology.queue_url(settings, queue)
                 started = time.perf_counter()
-                wait_until(lambda: queue_depth(sqs, url) >= n_tasks, 120 + n_records / 10, 0.02,
-                           what=f"{n_tasks} tasks enqueued")
+                wait_until(
+                    lambda: queue_depth(sqs, url) >= n_tasks,  # noqa: B023 (called at once, in this iteration)
+                    120 + n_records / 10,
+                    0.02,
+                    what=f"{n_tasks} tasks enqueued",
+                )
                 elapsed = time.perf_counter() - started
                 record_rates.append(n_records / elapsed)
                 task_rates.append(n_tasks / elapsed)
                 empty_queue(sqs, url)
                 bare_rates.append(n_tasks / bare_send(sqs, url, body, n_tasks))
-                h.say(f"bridge {name} run {run_no + 1}/{runs}: {record_rates[-1]:,.0f} records/s = "
-                      f"{task_rates[-1]:,.0f} tasks/s; bare SendMessageBatch {bare_rates[-1]:,.0f} messages/s")
-            out[name] = {"records_per_run": n_records, "tasks_per_run": n_tasks,
-                         "records_per_second": summary(record_rates, 1), "tasks_per_second": summary(task_rates, 1),
-                         "bare_messages_per_second": summary(bare_rates, 1),
-                         "ratio_to_bare": summary([t / b for t, b in zip(task_rates, bare_rates)], 3)}
+                h.say(
+                    f"bridge {name} run {run_no + 1}/{runs}: {record_rates[-1]:,.0f} records/s = "
+                    f"{task_rates[-1]:,.0f} tasks/s; bare SendMessageBatch {bare_rates[-1]:,.0f} messages/s"
+                )
+            out[name] = {
+                "records_per_run": n_records,
+                "tasks_per_run": n_tasks,
+                "records_per_second": summary(record_rates, 1),
+                "tasks_per_second": summary(task_rates, 1),
+                "bare_messages_per_second": summary(bare_rates, 1),
+                "ratio_to_bare": summary([t / b for t, b in zip(task_rates, bare_rates, strict=True)], 3),
+            }
         if group.dead():
             raise RuntimeError(f"bridge exited: {group.dead()}")
     return out

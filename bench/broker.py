@@ -22,14 +22,15 @@ WORKER = "worker-query"
 
 def run(h: Harness, *, tasks: int, runs: int, concurrency: int = 4, depth: int = 20) -> dict[str, Any]:
     from bench.noop import noop
-    from dmd_tasks import aws
     from dmd_tasks.celery_app import app
-    from dmd_tasks.publish import BatchPublisher, TaskCall
+    from dmd_tasks.celery_app.publish import BatchPublisher
+    from dmd_tasks.infra import aws, topology
+    from dmd_tasks.pipeline.routing import TaskCall
 
     settings = h.settings
     h.fresh()
     sqs = aws.client("sqs", settings)
-    url = settings.queue_url(settings.queue_name("query"))
+    url = topology.queue_url(settings, "query")
     publisher = BatchPublisher(app, settings)
     consume_rates, batch_publish, single_publish = [], [], []
     publish_count = max(50, tasks // 5)
@@ -43,7 +44,7 @@ def run(h: Harness, *, tasks: int, runs: int, concurrency: int = 4, depth: int =
         single_publish.append(publish_count / (time.perf_counter() - started))
         empty_queue(sqs, url)
         started = time.perf_counter()
-        publisher.publish(noop.name, [TaskCall() for _n in range(publish_count)])
+        publisher.publish(noop.name, [TaskCall() for _n in range(publish_count)], queue="query")
         batch_publish.append(publish_count / (time.perf_counter() - started))
     empty_queue(sqs, url)
 
@@ -57,15 +58,20 @@ def run(h: Harness, *, tasks: int, runs: int, concurrency: int = 4, depth: int =
             while published < tasks:
                 if queue_depth(sqs, url) < depth:
                     n = min(10, tasks - published)
-                    publisher.publish(noop.name, [TaskCall() for _n in range(n)])
+                    publisher.publish(noop.name, [TaskCall() for _n in range(n)], queue="query")
                     published += n
                 else:
                     time.sleep(0.005)
             wait_until(lambda: queue_depth(sqs, url) == 0, 120 + tasks / 5, 0.02, what="no-op tasks consumed")
             consume_rates.append(tasks / (time.perf_counter() - started))
             h.say(f"broker run {run_no + 1}/{runs}: {consume_rates[-1]:,.0f} no-op tasks/s")
-    return {"tasks_per_run": tasks, "runs": runs, "worker_concurrency": concurrency, "queue_depth_kept_under": depth,
-            "noop_tasks_per_second": summary(consume_rates, 1),
-            "publish_apply_async_per_second": summary(single_publish, 1),
-            "publish_send_message_batch_per_second": summary(batch_publish, 1),
-            "publish_batching_gain": round(summary(batch_publish)["median"] / summary(single_publish)["median"], 2)}
+    return {
+        "tasks_per_run": tasks,
+        "runs": runs,
+        "worker_concurrency": concurrency,
+        "queue_depth_kept_under": depth,
+        "noop_tasks_per_second": summary(consume_rates, 1),
+        "publish_apply_async_per_second": summary(single_publish, 1),
+        "publish_send_message_batch_per_second": summary(batch_publish, 1),
+        "publish_batching_gain": round(summary(batch_publish)["median"] / summary(single_publish)["median"], 2),
+    }

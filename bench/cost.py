@@ -23,9 +23,9 @@ from bench.harness import Harness, wait_until
 PRICES = {
     "date": "2026-11-25",
     "region": "us-east-1",
-    "sqs_per_million_requests": 0.40,        # standard queue; one request per call up to 64 KB of payload
+    "sqs_per_million_requests": 0.40,  # standard queue; one request per call up to 64 KB of payload
     "dynamodb_per_million_write_units": 0.625,  # on-demand, Standard table class; 1 WRU per item up to 1 KB
-    "dynamodb_per_million_read_units": 0.125,   # on-demand; 1 RRU per strongly consistent read up to 4 KB
+    "dynamodb_per_million_read_units": 0.125,  # on-demand; 1 RRU per strongly consistent read up to 4 KB
     "dynamodb_streams_per_million_reads": 0.20,  # $0.02 per 100,000 GetRecords calls
 }
 #: Index entries a sent notification writes or removes (docs/data-model.md): pending entry written at
@@ -51,7 +51,7 @@ def metric_samples(metrics_dir: str, name: str, labels: tuple[str, ...]) -> dict
 
 
 def run(h: Harness, *, fans: int) -> dict[str, Any]:
-    from dmd_tasks.demo import PIPELINE_PROCESSES, TERMINAL, sale_progress, seed_sale
+    from dmd_tasks.ops.demo import PIPELINE_PROCESSES, TERMINAL, sale_progress, seed_sale
 
     settings = h.settings
     h.fresh()
@@ -85,13 +85,18 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
     reads = metric_samples(metrics_dir, "dmd_dynamodb_read_units", ("operation",))
     tasks = metric_samples(metrics_dir, "dmd_tasks", ("task", "state"))
     n = progress["notifications"]
-    by_operation = {f"{service} {operation}": {"requests": int(count), "per_notification": round(count / n, 4)}
-                    for (service, operation), count in sorted(requests.items(), key=lambda kv: -kv[1])}
+    by_operation = {
+        f"{service} {operation}": {"requests": int(count), "per_notification": round(count / n, 4)}
+        for (service, operation), count in sorted(requests.items(), key=lambda kv: -kv[1])
+    }
     per_service: dict[str, float] = defaultdict(float)
     for (service, _operation), count in requests.items():
         per_service[service] += count
-    write_units = sum(writes.values()) + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("delivered", 0) \
+    write_units = (
+        sum(writes.values())
+        + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("delivered", 0)
         + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("undelivered", 0)
+    )
     read_units = sum(reads.values())
     stream_reads = requests.get(("dynamodb-streams", "GetRecords"), 0)
     million = 1_000_000 / n
@@ -106,7 +111,10 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
         if state == "success":
             task_runs[task.rsplit(".", 1)[-1]] += count
     return {
-        "fans": fans, "notifications": n, "status": progress["status"], "elapsed_seconds": round(elapsed, 1),
+        "fans": fans,
+        "notifications": n,
+        "status": progress["status"],
+        "elapsed_seconds": round(elapsed, 1),
         "aws_requests_total": int(sum(requests.values())),
         "aws_requests_per_notification": round(sum(requests.values()) / n, 3),
         "by_service_per_notification": {s: round(c / n, 3) for s, c in sorted(per_service.items())},
@@ -118,7 +126,8 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
         "cpu_seconds_total": round(cpu_seconds, 1),
         "idle_cpu_seconds_per_second": round(idle_cpu_per_second, 3),
         "cpu_seconds_per_1000_notifications_less_idle": round(
-            1000 * max(0.0, cpu_seconds - idle_cpu_per_second * elapsed) / n, 2),
+            1000 * max(0.0, cpu_seconds - idle_cpu_per_second * elapsed) / n, 2
+        ),
         "cost_per_million_notifications_usd": {k: round(v, 2) for k, v in cost.items()}
         | {"total": round(sum(cost.values()), 2)},
         "prices": PRICES,

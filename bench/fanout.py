@@ -22,19 +22,36 @@ WORKER = "worker-generate"
 
 def raw_batch_write(settings: Any, count: int) -> float:
     """Seconds a bare boto3 loop takes to write ``count`` notification-shaped items (25 a call)."""
-    from dmd_tasks import aws
-    from dmd_tasks.store import NotificationRecords, DemandTable, serialize
+    from dmd_tasks.infra import aws
+    from dmd_tasks.store.codec import serialize
+    from dmd_tasks.store.notifications import NotificationRecords
+    from dmd_tasks.store.table import DemandTable
 
     client = aws.client("dynamodb", settings)
     records = NotificationRecords(DemandTable(settings), settings.pending_shards)
     sale = f"raw{uuid.uuid4().hex[:8]}"
     now = time.time()
-    requests = [{"PutRequest": {"Item": serialize(records.new_item(
-        sale_id=sale, event_id="raw", fan_id=f"fan{n:07d}", phone=f"+1555{n:07d}", tz="UTC", send_after=now,
-        now=now))}} for n in range(count)]
+    requests = [
+        {
+            "PutRequest": {
+                "Item": serialize(
+                    records.new_item(
+                        sale_id=sale,
+                        event_id="raw",
+                        fan_id=f"fan{n:07d}",
+                        phone=f"+1555{n:07d}",
+                        tz="UTC",
+                        send_after=now,
+                        now=now,
+                    )
+                )
+            }
+        }
+        for n in range(count)
+    ]
     started = time.perf_counter()
     for start in range(0, count, 25):
-        pending = requests[start:start + 25]
+        pending = requests[start : start + 25]
         while pending:
             response = client.batch_write_item(RequestItems={settings.table_name: pending})
             pending = response.get("UnprocessedItems", {}).get(settings.table_name, [])
@@ -43,15 +60,19 @@ def raw_batch_write(settings: Any, count: int) -> float:
 
 def generate_once(settings: Any, event_id: str, timeout: float) -> float:
     """Seconds from enqueueing a claimed sale's generation to the sale being ``generated``."""
-    from dmd_tasks.generate import generate_notifications
+    from dmd_tasks.pipeline.stage2_generate import generate_notifications
 
     sale_id = f"sale{uuid.uuid4().hex[:8]}"
     new_sale(settings, sale_id, event_id, rate_per_second=1.0)
     claim_sale(settings, sale_id)
     started = time.perf_counter()
     generate_notifications.apply_async((sale_id,))
-    status = wait_until(lambda: (s := sale_status(settings, sale_id)) in ("generated", "failed") and s,
-                        timeout, interval=0.2, what=f"sale {sale_id} generated")
+    status = wait_until(
+        lambda: (s := sale_status(settings, sale_id)) in ("generated", "failed") and s,
+        timeout,
+        interval=0.2,
+        what=f"sale {sale_id} generated",
+    )
     elapsed = time.perf_counter() - started
     if status != "generated":
         raise RuntimeError(f"sale {sale_id} ended {status}; see the generate worker's log")
@@ -88,13 +109,19 @@ def run(h: Harness, *, fans: int, runs: int, raw_items: int, raw_runs: int = 3) 
                 h.say(f"fan-out run {step + 1}/{runs}: generate {gen_rates[-1]:,.0f} notifications/s")
         big_rss = h.usage(group).peak_rss_bytes[WORKER]
     return {
-        "fans": fans, "runs": runs, "raw_runs": raw_runs, "raw_items_per_run": raw_items,
+        "fans": fans,
+        "runs": runs,
+        "raw_runs": raw_runs,
+        "raw_items_per_run": raw_items,
         "seed_rows_per_second": round((fans + small) / seed_seconds),
         "generate_notifications_per_second": summary(gen_rates, 1),
         "raw_batch_write_items_per_second": summary(raw_rates, 1),
         "ratio_to_raw": round(summary(gen_rates)["median"] / summary(raw_rates)["median"], 3),
-        "worker_rss_mib": {"idle": round(idle_rss / 2**20, 1), "at_n_over_10": round(small_rss / 2**20, 1),
-                           "at_n": round(big_rss / 2**20, 1)},
+        "worker_rss_mib": {
+            "idle": round(idle_rss / 2**20, 1),
+            "at_n_over_10": round(small_rss / 2**20, 1),
+            "at_n": round(big_rss / 2**20, 1),
+        },
         "n_over_10_seconds": round(small_seconds, 2),
         "n_over_10_notifications_per_second": round(small / small_seconds, 1),
     }

@@ -24,7 +24,7 @@ import psutil
 
 def prepare_environment(redis_db: int) -> Path:
     """Point every dmd setting at the bench's own stack. Call before importing any dmd module."""
-    from dmd_tasks.stack import free_port
+    from dmd_tasks.ops.stack import free_port
 
     run_dir = Path(tempfile.mkdtemp(prefix="dmd-bench-"))
     moto_port, sim_port = free_port(), free_port()
@@ -56,8 +56,14 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
         return {"median": None, "min": None, "max": None, "spread": None, "runs": 0, "values": []}
     median = statistics.median(values)
     spread = (max(values) - min(values)) / median if median else 0.0
-    return {"median": round(median, digits), "min": round(min(values), digits), "max": round(max(values), digits),
-            "spread": round(spread, 3), "runs": len(values), "values": [round(v, digits) for v in values]}
+    return {
+        "median": round(median, digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "spread": round(spread, 3),
+        "runs": len(values),
+        "values": [round(v, digits) for v in values],
+    }
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -127,7 +133,7 @@ class Harness:
     """The bench's stack and processes. ``fresh()`` before each benchmark."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
-        from dmd_tasks.settings import get_settings
+        from dmd_tasks.infra.settings import get_settings
         from simulators.control import SimulatorControl
 
         self.settings = get_settings()
@@ -139,8 +145,8 @@ class Harness:
         """Restart moto and the simulators, flush the bench's Redis database, provision everything."""
         import redis
 
-        from dmd_tasks.provision import provision
-        from dmd_tasks.stack import Stack
+        from dmd_tasks.ops.provision import provision
+        from dmd_tasks.ops.stack import Stack
 
         if self._stack is not None:
             self._stack.down()
@@ -159,10 +165,14 @@ class Harness:
             self._stack = None
 
     @contextmanager
-    def processes(self, specs: Iterable[str | tuple[str, str, Sequence[str]]], env: dict[str, str] | None = None,
-                  label: str = "bench") -> Iterator[Any]:
+    def processes(
+        self,
+        specs: Iterable[str | tuple[str, str, Sequence[str]]],
+        env: dict[str, str] | None = None,
+        label: str = "bench",
+    ) -> Iterator[Any]:
         """Run Procfile processes (``name`` or ``(name, instance, extra args)``) for the block."""
-        from dmd_tasks.stack import ProcessGroup
+        from dmd_tasks.ops.stack import ProcessGroup
 
         group = ProcessGroup(self.settings.run_dir.resolve() / "logs" / label, env=env)
         try:
@@ -206,5 +216,10 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }

@@ -22,13 +22,20 @@ from bench.seed import demand_rows, new_sale
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
-    return {"samples": len(samples), "p50_ms": round(1000 * percentile(samples, 50), 1),
-            "p95_ms": round(1000 * percentile(samples, 95), 1), "max_ms": round(1000 * max(samples), 1)}
+    return {
+        "samples": len(samples),
+        "p50_ms": round(1000 * percentile(samples, 50), 1),
+        "p95_ms": round(1000 * percentile(samples, 95), 1),
+        "max_ms": round(1000 * max(samples), 1),
+    }
 
 
 def run(h: Harness, *, samples: int) -> dict[str, Any]:
-    from dmd_tasks.models import Event
-    from dmd_tasks.store import DemandTable, NotificationRecords
+    from dmd_tasks.domain.entities import Event
+    from dmd_tasks.store.events import EventRecords
+    from dmd_tasks.store.items import item
+    from dmd_tasks.store.notifications import NotificationRecords
+    from dmd_tasks.store.table import DemandTable
 
     settings = h.settings
     h.fresh()
@@ -43,36 +50,62 @@ def run(h: Harness, *, samples: int) -> dict[str, Any]:
         # one warm-up of each leg (first connections, first imports), not counted
         for n in range(samples + 1):
             event = Event(id=f"ev{run_id}{n:03d}", name="Latency", url=f"https://www.ticketmaster.com/e/{run_id}{n}")
-            table.put_items([event.to_item()])
+            table.put_items([item(event)])
             began = time.perf_counter()
             table.put_items(demand_rows(event.id, 1))
-            wait_until(lambda: (e := table.get_event(event.id)) is not None and e.short_url, 60, 0.005,
-                       what="short URL stored")
+            wait_until(
+                lambda: (e := EventRecords(table).get(event.id)) is not None and e.short_url,  # noqa: B023 (called at once)
+                60,
+                0.005,
+                what="short URL stored",
+            )
             if n:
                 shorten.append(time.perf_counter() - began)
             time.sleep(0.3)
 
         sale_id = f"sale{run_id}"
-        event = Event(id=f"ev{run_id}send", name="Latency", url="https://www.ticketmaster.com/e/x",
-                      shortUrl="https://bit.ly/x")
-        table.put_items([event.to_item()])
+        event = Event(
+            id=f"ev{run_id}send", name="Latency", url="https://www.ticketmaster.com/e/x", shortUrl="https://bit.ly/x"
+        )
+        table.put_items([item(event)])
         new_sale(settings, sale_id, event.id, rate_per_second=1000.0)
         for n in range(samples + 1):
             fan = f"fan{n:07d}"
             now = time.time()
-            table.put_items([notifications.new_item(sale_id=sale_id, event_id=event.id, fan_id=fan,
-                                                    phone=f"+1555{n:07d}", tz="UTC", send_after=now, now=now)])
+            table.put_items(
+                [
+                    notifications.new_item(
+                        sale_id=sale_id,
+                        event_id=event.id,
+                        fan_id=fan,
+                        phone=f"+1555{n:07d}",
+                        tz="UTC",
+                        send_after=now,
+                        now=now,
+                    )
+                ]
+            )
             time.sleep(0.1)
             began = time.perf_counter()
             if not notifications.schedule(sale_id, fan, time.time()):
                 raise RuntimeError(f"notification {sale_id}:{fan} could not be scheduled")
-            wait_until(lambda: notifications.status_of(sale_id, fan) == "sent", 60, 0.005, what="notification sent")
+            wait_until(
+                lambda: notifications.status_of(sale_id, fan) == "sent",  # noqa: B023 (called at once)
+                60,
+                0.005,
+                what="notification sent",
+            )
             if n:
                 send.append(time.perf_counter() - began)
             time.sleep(0.3)
         if group.dead():
             raise RuntimeError(f"processes exited: {group.dead()}")
-    return {"demand_insert_to_short_url": _stats(shorten), "scheduled_to_sent": _stats(send),
-            "settings": {"bridge_idle_sleep_seconds": settings.bridge_idle_sleep_seconds,
-                         "sqs_polling_interval_seconds": settings.sqs_polling_interval_seconds,
-                         "sqs_wait_time_seconds": settings.sqs_wait_time_seconds}}
+    return {
+        "demand_insert_to_short_url": _stats(shorten),
+        "scheduled_to_sent": _stats(send),
+        "settings": {
+            "bridge_idle_sleep_seconds": settings.bridge_idle_sleep_seconds,
+            "sqs_polling_interval_seconds": settings.sqs_polling_interval_seconds,
+            "sqs_wait_time_seconds": settings.sqs_wait_time_seconds,
+        },
+    }

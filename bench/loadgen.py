@@ -30,8 +30,10 @@ def http_load(url: str, body: bytes, headers: dict[str, str], concurrency: int, 
     errors = [0] * concurrency
     start_gate = threading.Barrier(concurrency + 1)
 
+    host = parts.hostname or "127.0.0.1"
+
     def client(i: int) -> None:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        connection = http.client.HTTPConnection(host, parts.port, timeout=30)
         start_gate.wait()
         own = latencies[i]
         while time.perf_counter() < stop:
@@ -45,7 +47,7 @@ def http_load(url: str, body: bytes, headers: dict[str, str], concurrency: int, 
             except (OSError, http.client.HTTPException):
                 errors[i] += 1
                 connection.close()
-                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+                connection = http.client.HTTPConnection(host, parts.port, timeout=30)
                 continue
             own.append(time.perf_counter() - began)
         connection.close()
@@ -59,8 +61,14 @@ def http_load(url: str, body: bytes, headers: dict[str, str], concurrency: int, 
         t.join()
     elapsed = time.perf_counter() - began
     merged = [x for own in latencies for x in own]
-    return {"concurrency": concurrency, "requests": len(merged), "errors": sum(errors), "seconds": round(elapsed, 3),
-            "rps": round(len(merged) / elapsed, 1), **_percentiles(merged)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(merged),
+        "errors": sum(errors),
+        "seconds": round(elapsed, 3),
+        "rps": round(len(merged) / elapsed, 1),
+        **_percentiles(merged),
+    }
 
 
 def redis_load(url: str, seconds: float) -> dict[str, object]:
@@ -76,8 +84,14 @@ def redis_load(url: str, seconds: float) -> dict[str, object]:
         client.get("bench:get")
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - began
-    return {"concurrency": 1, "requests": len(latencies), "errors": 0, "seconds": round(elapsed, 3),
-            "rps": round(len(latencies) / elapsed, 1), **_percentiles(latencies)}
+    return {
+        "concurrency": 1,
+        "requests": len(latencies),
+        "errors": 0,
+        "seconds": round(elapsed, 3),
+        "rps": round(len(latencies) / elapsed, 1),
+        **_percentiles(latencies),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

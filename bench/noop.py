@@ -6,9 +6,11 @@ and worker settings like every real task, so only the work itself is missing.
 
 from __future__ import annotations
 
-from dmd_tasks.celery_app import task
+from celery import Task
+
+from dmd_tasks.celery_app.base import task
 
 
-@task(queue="query", max_retries=0)
-def noop(self) -> None:  # type: ignore[no-untyped-def]
+@task("bench.noop.noop", queue="query", max_retries=0)
+def noop(self: Task) -> None:
     return None

@@ -1,9 +1,9 @@
 """``python -m bench.profile PATH``: profile one hot path in-process with pyinstrument.
 
 Paths: ``generate`` (a sale's fan-out), ``bridge`` (stream records to task messages),
-``api`` (cached ``eventDetails`` requests through the ASGI app, no HTTP server). Each runs against its own fresh local stack, with the
-CPU of the emulator process measured over the same interval, so the profile says
-whether the project's own code or the emulator bounds the path.
+``api`` (cached ``eventDetails`` requests through the ASGI app, no HTTP server). Each runs
+against its own fresh local stack, with the CPU of the emulator process measured over the
+same interval, so the profile says whether the project's own code or the emulator bounds the path.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - started
         moto_share = (sum(moto.cpu_times()[:2]) - moto_cpu) / elapsed
         print(profiler.output_text(unicode=False, color=False, show_all=args.all))
-        print(f"{args.path}: {count:,} items in {elapsed:.2f}s ({count / elapsed:,.0f}/s); "
-              f"moto busy {100 * moto_share:.0f} % of one core over the interval")
+        print(
+            f"{args.path}: {count:,} items in {elapsed:.2f}s ({count / elapsed:,.0f}/s); "
+            f"moto busy {100 * moto_share:.0f} % of one core over the interval"
+        )
     finally:
         h.close()
     return 0
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generate(h: Any, fans: int) -> Any:
     from bench.seed import claim_sale, new_sale, seed_event
-    from dmd_tasks.generate import generate_sale
+    from dmd_tasks.pipeline.stage2_generate import generate_sale
     from dmd_tasks.services import get_services
 
     seed_event(h.settings, "evprof", fans)
@@ -75,7 +77,7 @@ def _generate(h: Any, fans: int) -> Any:
 
 def _bridge(h: Any, records: int) -> Any:
     from bench.bridge import demand_stream_records
-    from bridges.dynamodb_stream import build_reader
+    from bridges.demand import build_reader
 
     pages = demand_stream_records(h.settings, records)
     reader = build_reader(h.settings)
@@ -93,15 +95,29 @@ def _api(h: Any, requests: int) -> Any:
     import json
 
     from bench.query import QUERY
-    from dmd_tasks.api import create_app
+    from dmd_tasks.api.graphql import create_app
 
     app = create_app(h.settings)
     key = h.settings.api_keys[0].get_secret_value().encode()
     body = json.dumps({"query": QUERY, "variables": {"id": "evhot"}}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/graphql", "raw_path": b"/graphql", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"x-api-key", key),
-                         (b"content-length", str(len(body)).encode())], "http_version": "1.1", "scheme": "http",
-             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000), "root_path": "", "asgi": {"version": "3.0"}}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"x-api-key", key),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
 
     async def one() -> bytes:
         sent: list[bytes] = []

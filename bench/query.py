@@ -22,8 +22,9 @@ import requests
 from bench.harness import Harness, percentile, summary, wait_until
 
 API = "api"
-QUERY = ("query($id: ID!) { eventDetails(eventId: $id) { id name url startDateTime stale fetchedAt "
-         "venue { name city } } }")
+QUERY = (
+    "query($id: ID!) { eventDetails(eventId: $id) { id name url startDateTime stale fetchedAt venue { name city } } }"
+)
 
 
 def loadgen(*args: str) -> dict[str, Any]:
@@ -31,8 +32,9 @@ def loadgen(*args: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def run(h: Harness, *, seconds: float, runs: int, concurrency: list[int], cold_samples: int,
-        discovery_latency_ms: float) -> dict[str, Any]:
+def run(
+    h: Harness, *, seconds: float, runs: int, concurrency: list[int], cold_samples: int, discovery_latency_ms: float
+) -> dict[str, Any]:
     settings = h.settings
     h.fresh()
     url = f"http://{settings.api_host}:{settings.api_port}/graphql"
@@ -40,8 +42,7 @@ def run(h: Harness, *, seconds: float, runs: int, concurrency: list[int], cold_s
     headers = {"content-type": "application/json", "x-api-key": key}
 
     def ask(event_id: str) -> dict[str, Any]:
-        response = requests.post(url, json={"query": QUERY, "variables": {"id": event_id}}, headers=headers,
-                                 timeout=30)
+        response = requests.post(url, json={"query": QUERY, "variables": {"id": event_id}}, headers=headers, timeout=30)
         response.raise_for_status()
         return response.json()
 
@@ -60,17 +61,20 @@ def run(h: Harness, *, seconds: float, runs: int, concurrency: list[int], cold_s
         header_args = [a for name, value in headers.items() for a in ("--header", f"{name}: {value}")]
         for run_no in range(runs):
             for c in concurrency:
-                result = loadgen("--url", url, "--body", body, *header_args, "--concurrency", str(c),
-                                 "--seconds", str(seconds))
+                result = loadgen(
+                    "--url", url, "--body", body, *header_args, "--concurrency", str(c), "--seconds", str(seconds)
+                )
                 errors += int(result["errors"])
                 for k in ("rps", "p50_ms", "p99_ms"):
                     levels[c][k].append(float(result[k]))
             result = loadgen("--redis", "--url", settings.redis_url, "--seconds", str(seconds))
             for k in ("rps", "p50_ms", "p99_ms"):
                 redis_runs[k].append(float(result[k]))
-            h.say(f"query run {run_no + 1}/{runs}: " + ", ".join(
-                f"C={c} {levels[c]['rps'][-1]:,.0f} rps" for c in concurrency) +
-                f"; Redis GET {redis_runs['rps'][-1]:,.0f}/s")
+            h.say(
+                f"query run {run_no + 1}/{runs}: "
+                + ", ".join(f"C={c} {levels[c]['rps'][-1]:,.0f} rps" for c in concurrency)
+                + f"; Redis GET {redis_runs['rps'][-1]:,.0f}/s"
+            )
 
         h.sim.configure(discovery={"latency_ms": discovery_latency_ms})
         pace = 1.0 / max(0.5, settings.discovery_rate_per_second * 0.8)
@@ -82,11 +86,17 @@ def run(h: Harness, *, seconds: float, runs: int, concurrency: list[int], cold_s
                 raise RuntimeError(f"cold miss {n} was not answered from Discovery: {answer}")
             time.sleep(max(0.0, pace - cold[-1]))
     return {
-        "seconds_per_level": seconds, "runs": runs, "errors": errors,
+        "seconds_per_level": seconds,
+        "runs": runs,
+        "errors": errors,
         "cached": {str(c): {k: summary(v, 1) for k, v in levels[c].items()} for c in concurrency},
         "redis_get": {k: summary(v, 3) for k, v in redis_runs.items()},
-        "cold": {"samples": len(cold), "discovery_latency_ms": discovery_latency_ms,
-                 "p50_ms": round(1000 * percentile(cold, 50), 1), "p99_ms": round(1000 * percentile(cold, 99), 1)},
+        "cold": {
+            "samples": len(cold),
+            "discovery_latency_ms": discovery_latency_ms,
+            "p50_ms": round(1000 * percentile(cold, 50), 1),
+            "p99_ms": round(1000 * percentile(cold, 99), 1),
+        },
     }
 
 

@@ -20,16 +20,19 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
         return {}
     tasks = sum(per_notification.values())
     # without batching, sending and recording a status would each be a task per notification
-    unbatched = tasks - per_notification.get("send_notifications", 0) - per_notification.get(
-        "record_sms_status", 0) + 2
-    return {"broker_use": {
-        "pipeline_notifications_per_second": rate, "tasks_per_notification": round(tasks, 4),
-        "pipeline_tasks_per_second": round(rate * tasks, 2), "noop_ceiling_tasks_per_second": ceiling,
-        "share_of_broker_ceiling": round(rate * tasks / ceiling, 3) if ceiling else None,
-        "tasks_per_notification_unbatched": round(unbatched, 4),
-        "notifications_per_second_the_broker_allows": round(ceiling / tasks, 1) if tasks else None,
-        "notifications_per_second_the_broker_allows_unbatched": round(ceiling / unbatched, 1),
-    }}
+    unbatched = tasks - per_notification.get("send_notifications", 0) - per_notification.get("record_sms_status", 0) + 2
+    return {
+        "broker_use": {
+            "pipeline_notifications_per_second": rate,
+            "tasks_per_notification": round(tasks, 4),
+            "pipeline_tasks_per_second": round(rate * tasks, 2),
+            "noop_ceiling_tasks_per_second": ceiling,
+            "share_of_broker_ceiling": round(rate * tasks / ceiling, 3) if ceiling else None,
+            "tasks_per_notification_unbatched": round(unbatched, 4),
+            "notifications_per_second_the_broker_allows": round(ceiling / tasks, 1) if tasks else None,
+            "notifications_per_second_the_broker_allows_unbatched": round(ceiling / unbatched, 1),
+        }
+    }
 
 
 def _m(figure: dict[str, Any] | None, unit: str = "", digits: int = 0) -> str:
@@ -39,8 +42,10 @@ def _m(figure: dict[str, Any] | None, unit: str = "", digits: int = 0) -> str:
     fmt = f"{{:,.{digits}f}}"
     if figure["runs"] == 1:
         return f"{fmt.format(figure['median'])}{unit}"
-    return (f"{fmt.format(figure['median'])}{unit} ({fmt.format(figure['min'])}–{fmt.format(figure['max'])}, "
-            f"{figure['runs']} runs)")
+    return (
+        f"{fmt.format(figure['median'])}{unit} ({fmt.format(figure['min'])}–{fmt.format(figure['max'])}, "
+        f"{figure['runs']} runs)"
+    )
 
 
 def _ratio(value: Any) -> str:
@@ -105,7 +110,7 @@ PROFILES = [
     "| bridge checkpoints (benchmark 7's request counts) | one PutItem per stream page: 0.5 per notification "
     "in a sale | a shard's checkpoint written at most once a second while busy (at once when idle or stopping) "
     "| 0.51 (a 500-fan sale) → 0.09 (a 1,000-fan sale) PutItem per notification |",
-    "| broker (`make bench BENCH_ARGS=\"--only broker\"`) | the worker idle most of the time: kombu's SQS "
+    '| broker (`make bench BENCH_ARGS="--only broker"`) | the worker idle most of the time: kombu\'s SQS '
     "transport waits `polling_interval` (0.3 s) whenever the worker's prefetch is full, so a busy worker "
     "took at most 4 messages per 0.3 s | `DMD_SQS_POLLING_INTERVAL_SECONDS` 0.3 → 0.05 (an empty queue is "
     "long-polled anyway; the pause makes no request) | 13 → 57 no-op tasks/s |",
@@ -194,13 +199,17 @@ def _bridge(b: dict[str, Any]) -> list[str]:
         "| records | records/run | records/s | tasks/s | bare SendMessageBatch messages/s | ratio (tasks/s to bare) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, label in (("demand_inserts", "demand rows, distinct events (1 record → 1 task)"),
-                        ("scheduled_notifications", "notifications written and moved to `scheduled` (20 → 1 send task)")):
+    for name, label in (
+        ("demand_inserts", "demand rows, distinct events (1 record → 1 task)"),
+        ("scheduled_notifications", "notifications written and moved to `scheduled` (20 → 1 send task)"),
+    ):
         if name in b:
             f = b[name]
-            lines.append(f"| {label} | {f['records_per_run']:,} | {_m(f['records_per_second'])} | "
-                         f"{_m(f['tasks_per_second'])} | {_m(f['bare_messages_per_second'])} | "
-                         f"{_m(f['ratio_to_bare'], digits=2)} |")
+            lines.append(
+                f"| {label} | {f['records_per_run']:,} | {_m(f['records_per_second'])} | "
+                f"{_m(f['tasks_per_second'])} | {_m(f['bare_messages_per_second'])} | "
+                f"{_m(f['ratio_to_bare'], digits=2)} |"
+            )
     lines += [
         "",
         "With one task per record the bridge is bound by SQS, and the ratio says how close it comes. With",
@@ -273,21 +282,26 @@ def _cost(c: dict[str, Any]) -> list[str]:
         "## 7. Requests and CPU per notification",
         "",
         f"A demo sale of {c['fans']:,} fans ({c['notifications']:,} notifications: "
-        + ", ".join(f"{k} {v}" for k, v in c["status"].items() if v) + f") in {c['elapsed_seconds']:.0f} s.",
+        + ", ".join(f"{k} {v}" for k, v in c["status"].items() if v)
+        + f") in {c['elapsed_seconds']:.0f} s.",
         "AWS requests counted in the clients of every pipeline process (a botocore `before-sign` hook;",
         "kombu's SQS calls included), idle polling included.",
         "",
         f"- AWS requests per notification: **{c['aws_requests_per_notification']}** ("
-        + ", ".join(f"{s} {v}" for s, v in c["by_service_per_notification"].items()) + ")",
+        + ", ".join(f"{s} {v}" for s, v in c["by_service_per_notification"].items())
+        + ")",
         f"- DynamoDB units per notification: {c['dynamodb_write_units_per_notification']} write, "
         f"{c['dynamodb_read_units_per_notification']} read (estimated: items written, one read unit per item "
         "read by key and per 4 KB a query returned, plus the index entries the data model writes)",
         "- Celery tasks per notification: " + ", ".join(f"{t} {v}" for t, v in c["tasks_per_notification"].items()),
         f"- CPU of the project's own processes: **{c['cpu_seconds_per_1000_notifications']} s per 1,000 "
         f"notifications** ({c['cpu_seconds_total']} s in all)"
-        + (f"; the idle pipeline polls for {c['idle_cpu_seconds_per_second']} CPU s a second, and without that "
-           f"{c['cpu_seconds_per_1000_notifications_less_idle']} s per 1,000"
-           if "idle_cpu_seconds_per_second" in c else ""),
+        + (
+            f"; the idle pipeline polls for {c['idle_cpu_seconds_per_second']} CPU s a second, and without that "
+            f"{c['cpu_seconds_per_1000_notifications_less_idle']} s per 1,000"
+            if "idle_cpu_seconds_per_second" in c
+            else ""
+        ),
         "",
         "| service operation | requests | per notification |",
         "|---|---|---|",
@@ -308,9 +322,16 @@ def _cost(c: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS: list[tuple[str, Any]] = [("fanout", _fanout), ("send", _send), ("latency", _latency), ("bridge", _bridge),
-                                   ("broker", _broker), ("broker_use", _broker_use), ("query", _query),
-                                   ("cost", _cost)]
+SECTIONS: list[tuple[str, Any]] = [
+    ("fanout", _fanout),
+    ("send", _send),
+    ("latency", _latency),
+    ("bridge", _bridge),
+    ("broker", _broker),
+    ("broker_use", _broker_use),
+    ("query", _query),
+    ("cost", _cost),
+]
 
 
 def main(argv: list[str] | None = None) -> int:

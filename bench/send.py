@@ -32,8 +32,12 @@ def one_sale(h: Harness, fans: int, rate: float, timeout: float) -> dict[str, An
     event_id, sale_id = f"ev{run_id}", f"sale{run_id}"
     seed_event(settings, event_id, fans, area=200 + int(run_id, 16) % 700)
     new_sale(settings, sale_id, event_id, rate_per_second=rate)
-    stats = wait_until(lambda: (s := h.sim.sms_sale(sale_id))["accepted"] >= fans and s, timeout, 0.5,
-                       what=f"{fans} messages of {sale_id} accepted")
+    stats = wait_until(
+        lambda: (s := h.sim.sms_sale(sale_id))["accepted"] >= fans and s,
+        timeout,
+        0.5,
+        what=f"{fans} messages of {sale_id} accepted",
+    )
     if stats["duplicates"]:
         raise RuntimeError(f"sale {sale_id}: {stats['duplicates']} fans got a second SMS")
     # A one-second limit admits its messages in bursts: count the last burst's second too, or a
@@ -62,18 +66,26 @@ def run(h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: flo
         for run_no in range(runs):
             result = one_sale(h, fans, rate=cap, timeout=120 + 4 * seconds)
             capped.append(result["rate"])
-            h.say(f"send run {run_no + 1}/{runs}: {result['rate']:.1f} messages/s sustained = "
-                  f"{result['rate'] / cap:.0%} of C")
+            h.say(
+                f"send run {run_no + 1}/{runs}: {result['rate']:.1f} messages/s sustained = "
+                f"{result['rate'] / cap:.0%} of C"
+            )
         stats = h.sim.stats()["sms"]
         throttled = int(stats.get("responses_429", 0))
         max_window = int(stats["max_requests_per_second"])
         max_accepted = int(stats["max_accepted_per_second"])
         if group.dead():
             raise RuntimeError(f"processes exited: {group.dead()}")
-    return {"cap_per_second": cap, "provider_latency_ms": latency_ms, "send_workers": workers,
-            "fans_per_run": fans, "runs": runs,
-            "sustained_per_second": summary(capped, 2),
-            "fraction_of_cap": summary([r / cap for r in capped], 3),
-            "max_requests_in_one_second": max_window, "max_accepted_in_one_second": max_accepted,
-            "provider_429s": throttled,
-            "chain_ceiling_per_second": round(ceiling["rate"], 2)}
+    return {
+        "cap_per_second": cap,
+        "provider_latency_ms": latency_ms,
+        "send_workers": workers,
+        "fans_per_run": fans,
+        "runs": runs,
+        "sustained_per_second": summary(capped, 2),
+        "fraction_of_cap": summary([r / cap for r in capped], 3),
+        "max_requests_in_one_second": max_window,
+        "max_accepted_in_one_second": max_accepted,
+        "provider_429s": throttled,
+        "chain_ceiling_per_second": round(ceiling["rate"], 2),
+    }

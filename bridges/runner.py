@@ -1,4 +1,4 @@
-"""What every bridge process does around its reader: logging, signals, the read loop."""
+"""What every bridge process does around its reader: logs, metrics, tracing, signals, the read loop."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from bridges.shards import ShardReader
-from dmd_tasks import aws, logs, tracing
-from dmd_tasks.settings import Settings, get_settings
+from bridges.reader import ShardReader
+from dmd_tasks.infra.runtime import start_process
+from dmd_tasks.infra.settings import Settings, get_settings
 
 
 def run_bridge(name: str, build_reader: Callable[[Settings], ShardReader]) -> None:
     """Run a bridge until SIGTERM/SIGINT; it stops after the page in hand (checkpointed)."""
     settings = get_settings()
-    logs.configure(settings.log_level, json_lines=settings.log_json, process=name)
+    start_process(settings, name)
     log = logging.getLogger(f"bridges.{name}")
-    tracing.setup(settings, name)
-    aws.count_requests()
     reader = build_reader(settings)
 
     def stop(signum: int, _frame: Any) -> None:

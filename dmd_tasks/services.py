@@ -12,12 +12,19 @@ from functools import cached_property
 
 import redis
 
-from dmd_tasks.campaigns import CampaignStore, open_campaign_store
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.sms import SmsClient, SmsSender
-from dmd_tasks.ratelimit import SharedRateLimiter
-from dmd_tasks.settings import Settings, get_settings
-from dmd_tasks.store import DemandTable, NotificationRecords, SaleRecords
+from dmd_tasks.infra.ratelimit import SharedRateLimiter
+from dmd_tasks.infra.settings import Settings, get_settings
+from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
+from dmd_tasks.store.demand import DemandRecords
+from dmd_tasks.store.events import EventRecords
+from dmd_tasks.store.notifications import NotificationRecords
+from dmd_tasks.store.sales import SaleRecords
+from dmd_tasks.store.table import DemandTable
+
+#: Redis key of the send rate limit every send worker shares.
+SMS_RATE_KEY = "dmd:rate:sms"
 
 
 @dataclass
@@ -29,12 +36,12 @@ class Services:
         return DemandTable(self.settings)
 
     @cached_property
-    def shortener(self) -> Shortener:
-        return BitlyClient.from_settings(self.settings)
+    def events(self) -> EventRecords:
+        return EventRecords(self.table)
 
     @cached_property
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
+    def demand(self) -> DemandRecords:
+        return DemandRecords(self.table)
 
     @cached_property
     def sales(self) -> SaleRecords:
@@ -49,20 +56,28 @@ class Services:
         return open_campaign_store(self.settings)
 
     @cached_property
+    def shortener(self) -> Shortener:
+        return BitlyClient.from_settings(self.settings)
+
+    @cached_property
     def sms(self) -> SmsSender:
         return SmsClient.from_settings(self.settings)
 
     @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
+
+    @cached_property
     def sms_rate_limiter(self) -> SharedRateLimiter:
-        return SharedRateLimiter(self.redis, "dmd:rate:sms")
+        return SharedRateLimiter(self.redis, SMS_RATE_KEY)
 
 
 _current: tuple[int, Services] | None = None
 
 
 def get_services() -> Services:
+    """This process's services (a forked child builds its own: clients must not cross a fork)."""
     global _current
     if _current is None or _current[0] != os.getpid():
         _current = (os.getpid(), Services(get_settings()))
     return _current[1]
-

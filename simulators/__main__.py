@@ -7,8 +7,8 @@ import logging
 
 from werkzeug.serving import make_server
 
-from dmd_tasks import aws
-from dmd_tasks.settings import get_settings
+from dmd_tasks.infra import aws
+from dmd_tasks.infra.settings import get_settings
 from simulators.app import create_app
 from simulators.sms import StatusEmitter
 
@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     emitter = StatusEmitter(aws.client("kinesis", settings), settings.sms_status_stream_name)
-    app = create_app(bitly_token=settings.bitly_token.get_secret_value(),
-                     sms_api_key=settings.sms_api_key.get_secret_value(),
-                     discovery_api_key=settings.discovery_api_key.get_secret_value(),
-                     accounts_client_id=settings.accounts_client_id,
-                     accounts_client_secret=settings.accounts_client_secret.get_secret_value(), status_emitter=emitter)
+    app = create_app(
+        bitly_token=settings.bitly_token.get_secret_value(),
+        sms_api_key=settings.sms_api_key.get_secret_value(),
+        discovery_api_key=settings.discovery_api_key.get_secret_value(),
+        accounts_client_id=settings.accounts_client_id,
+        accounts_client_secret=settings.accounts_client_secret.get_secret_value(),
+        status_emitter=emitter,
+    )
     server = make_server(args.host, args.port, app, threaded=True)
     print(f"simulators listening on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()

@@ -19,13 +19,23 @@ from simulators.sms import SmsSimulator, StatusEmitter
 from simulators.tm import AccountsSimulator, DiscoverySimulator
 
 
-def create_app(*, bitly_token: str, sms_api_key: str, discovery_api_key: str, accounts_client_id: str,
-               accounts_client_secret: str, status_emitter: StatusEmitter | None = None) -> Flask:
+def create_app(
+    *,
+    bitly_token: str,
+    sms_api_key: str,
+    discovery_api_key: str,
+    accounts_client_id: str,
+    accounts_client_secret: str,
+    status_emitter: StatusEmitter | None = None,
+) -> Flask:
     app = Flask("dmd-simulators")
     sms = SmsSimulator(sms_api_key, status_emitter)
-    providers: dict[str, Any] = {"bitly": BitlySimulator(bitly_token), "sms": sms,
-                                 "discovery": DiscoverySimulator(discovery_api_key),
-                                 "accounts": AccountsSimulator(accounts_client_id, accounts_client_secret)}
+    providers: dict[str, Any] = {
+        "bitly": BitlySimulator(bitly_token),
+        "sms": sms,
+        "discovery": DiscoverySimulator(discovery_api_key),
+        "accounts": AccountsSimulator(accounts_client_id, accounts_client_secret),
+    }
     for provider in providers.values():
         app.register_blueprint(provider.blueprint())
 

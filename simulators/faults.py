@@ -9,7 +9,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-
 #: ``Faults.apply`` result: serve the request, but answer only after ``timeout_ms``.
 SLOW = "slow"
 
@@ -19,10 +18,10 @@ class Faults:
     """Behaviour of one simulated provider, changeable at run time through ``POST /_sim/config``."""
 
     latency_ms: float = 0.0
-    error_rate: float = 0.0          # fraction of calls answered 500/503
-    throttle_rate: float = 0.0       # fraction of calls answered 429 with ``Retry-After: throttle_retry_after``
+    error_rate: float = 0.0  # fraction of calls answered 500/503
+    throttle_rate: float = 0.0  # fraction of calls answered 429 with ``Retry-After: throttle_retry_after``
     throttle_retry_after: float = 2.0
-    timeout_rate: float = 0.0        # fraction of calls answered only after ``timeout_ms`` (see ``apply``)
+    timeout_rate: float = 0.0  # fraction of calls answered only after ``timeout_ms`` (see ``apply``)
     timeout_ms: float = 10_000.0
     rate_limit_per_second: float = 0.0  # 0: unlimited; above it, 429 with Retry-After
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -33,15 +32,28 @@ class Faults:
     counters: Counter[str] = field(default_factory=Counter, repr=False)
 
     def update(self, values: dict[str, Any]) -> None:
-        for key in ("latency_ms", "error_rate", "throttle_rate", "throttle_retry_after", "timeout_rate", "timeout_ms",
-                    "rate_limit_per_second"):
+        for key in (
+            "latency_ms",
+            "error_rate",
+            "throttle_rate",
+            "throttle_retry_after",
+            "timeout_rate",
+            "timeout_ms",
+            "rate_limit_per_second",
+        ):
             if key in values:
                 setattr(self, key, float(values[key]))
 
     def public(self) -> dict[str, float]:
-        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate, "throttle_rate": self.throttle_rate,
-                "throttle_retry_after": self.throttle_retry_after, "timeout_rate": self.timeout_rate,
-                "timeout_ms": self.timeout_ms, "rate_limit_per_second": self.rate_limit_per_second}
+        return {
+            "latency_ms": self.latency_ms,
+            "error_rate": self.error_rate,
+            "throttle_rate": self.throttle_rate,
+            "throttle_retry_after": self.throttle_retry_after,
+            "timeout_rate": self.timeout_rate,
+            "timeout_ms": self.timeout_ms,
+            "rate_limit_per_second": self.rate_limit_per_second,
+        }
 
     def arrived(self) -> None:
         """Note one request's arrival (every request, replays included) for ``max_requests_per_second``."""

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -51,7 +51,7 @@ class StatusBehaviour:
 
 
 class SmsSimulator:
-    def __init__(self, api_key: str, emitter: "StatusEmitter | None") -> None:
+    def __init__(self, api_key: str, emitter: StatusEmitter | None) -> None:
         self.api_key = api_key
         self.faults = Faults()
         self.behaviour = StatusBehaviour()
@@ -91,9 +91,13 @@ class SmsSimulator:
         with self._lock:
             per_recipient = self._per_sale.get(sale_id, Counter())
             first, last = self._sale_span.get(sale_id, (None, None))
-            return {"accepted": sum(per_recipient.values()), "recipients": len(per_recipient),
-                    "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1),
-                    "first_accepted_at": first, "last_accepted_at": last}
+            return {
+                "accepted": sum(per_recipient.values()),
+                "recipients": len(per_recipient),
+                "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1),
+                "first_accepted_at": first,
+                "last_accepted_at": last,
+            }
 
     def recipient_count(self, phone: str) -> int:
         """Distinct messages accepted for one recipient."""
@@ -143,13 +147,17 @@ class SmsSimulator:
                 response = self._accept(key, to)
                 time.sleep(self.faults.timeout_ms / 1000)  # accepted, but the client has given up by now
                 return response
-            if failure:
-                status, headers = failure  # type: ignore[misc]
+            if isinstance(failure, tuple):
+                status, headers = failure
                 if status == 429:
                     with self._lock:
                         self._not_before[key] = time.monotonic() + float(headers.get("Retry-After", 1))
-                return Response(json.dumps({"error": "rate_limited" if status == 429 else "provider_error"}),
-                                status=status, headers=headers, mimetype="application/json")
+                return Response(
+                    json.dumps({"error": "rate_limited" if status == 429 else "provider_error"}),
+                    status=status,
+                    headers=headers,
+                    mimetype="application/json",
+                )
             return self._accept(key, to)
 
         return bp
@@ -190,8 +198,11 @@ class SmsSimulator:
     def _plan_statuses(self, message_id: str, to: str, reference: str) -> None:
         b = self.behaviour
         roll = random.random()
-        final = "undelivered" if roll < b.undelivered_rate else (
-            "failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
+        final = (
+            "undelivered"
+            if roll < b.undelivered_rate
+            else ("failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
+        )
         due = time.time() + b.status_delay_ms / 1000
         event = {"type": "status", "message_id": message_id, "status": final, "reference": reference}
         assert self.emitter is not None
@@ -199,8 +210,9 @@ class SmsSimulator:
         if random.random() < b.duplicate_status_rate:
             self.emitter.schedule(due + 0.05, dict(event))
         if random.random() < b.out_of_order_rate:
-            self.emitter.schedule(due + 0.02, {"type": "status", "message_id": message_id, "status": "queued",
-                                               "reference": reference})
+            self.emitter.schedule(
+                due + 0.02, {"type": "status", "message_id": message_id, "status": "queued", "reference": reference}
+            )
         if final == "delivered" and random.random() < b.stop_reply_rate:
             self.emitter.schedule(due + 0.1, {"type": "inbound", "sender": to, "body": "STOP"})
 
@@ -229,15 +241,20 @@ class StatusEmitter:
                 while not self._heap or self._heap[0][0] > time.time():
                     timeout = None if not self._heap else max(0.0, self._heap[0][0] - time.time())
                     self._cond.wait(timeout=timeout if timeout is not None else 1.0)
-                batch = []
+                batch: list[Any] = []
                 while self._heap and self._heap[0][0] <= time.time() and len(batch) < 500:
                     batch.append(heapq.heappop(self._heap)[2])
             self._put(batch)
 
     def _put(self, events: list[dict[str, Any]]) -> None:
-        stamp = datetime.now(timezone.utc).isoformat()
-        records = [{"Data": json.dumps({**e, "timestamp": stamp}).encode(),
-                    "PartitionKey": e.get("message_id") or e.get("sender") or "x"} for e in events]
+        stamp = datetime.now(UTC).isoformat()
+        records = [
+            {
+                "Data": json.dumps({**e, "timestamp": stamp}).encode(),
+                "PartitionKey": e.get("message_id") or e.get("sender") or "x",
+            }
+            for e in events
+        ]
         delay = 0.1
         while records:
             try:
@@ -247,7 +264,7 @@ class StatusEmitter:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            failed = [r for r, res in zip(records, response["Records"]) if "ErrorCode" in res]
+            failed = [r for r, res in zip(records, response["Records"], strict=True) if "ErrorCode" in res]
             for e in events:
                 self.emitted[e.get("status") or e.get("type", "?")] += 1
             records, events = failed, []

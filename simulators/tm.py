@@ -25,11 +25,14 @@ from simulators.faults import Faults
 
 def _fail(faults: Faults) -> Any:
     failure = faults.apply()
-    if failure is None:
+    if not isinstance(failure, tuple):
         return None
     status, headers = failure
-    return jsonify(fault={"faultstring": "Rate limit quota violation" if status == 429 else "Upstream error"}), \
-        status, headers
+    return (
+        jsonify(fault={"faultstring": "Rate limit quota violation" if status == 429 else "Upstream error"}),
+        status,
+        headers,
+    )
 
 
 class DiscoverySimulator:
@@ -47,8 +50,11 @@ class DiscoverySimulator:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"calls": sum(self.calls.values()), "calls_by_event": dict(self.calls),
-                    **{f"responses_{k}": v for k, v in self.faults.counters.items()}}
+            return {
+                "calls": sum(self.calls.values()),
+                "calls_by_event": dict(self.calls),
+                **{f"responses_{k}": v for k, v in self.faults.counters.items()},
+            }
 
     def reset(self) -> None:
         with self._lock:
@@ -71,19 +77,48 @@ class DiscoverySimulator:
                 return jsonify(errors=[{"code": "DIS1004", "detail": "Resource not found"}]), 404
             digest = int(hashlib.sha256(event_id.encode()).hexdigest(), 16)
             day = 1 + digest % 28
-            return jsonify({
-                "id": event_id, "name": f"Simulated Event {event_id}", "type": "event",
-                "url": f"https://www.ticketmaster.com/event/{event_id}",
-                "dates": {"start": {"localDate": f"2027-03-{day:02d}", "localTime": "19:30:00",
-                                    "dateTime": f"2027-03-{day:02d}T23:30:00Z"}, "timezone": "America/New_York"},
-                "sales": {"public": {"startDateTime": "2026-12-01T15:00:00Z", "endDateTime": f"2027-03-{day:02d}T23:00:00Z"},
-                          "presales": [{"name": "Fan presale", "startDateTime": "2026-11-28T15:00:00Z",
-                                        "endDateTime": "2026-11-30T03:00:00Z"}]},
-                "_embedded": {"venues": [{"id": f"KovZ{digest % 10000:04d}", "name": "Simulated Arena",
-                                          "city": {"name": "New York"}, "state": {"stateCode": "NY"},
-                                          "country": {"countryCode": "US"}, "address": {"line1": "4 Penn Plaza"},
-                                          "timezone": "America/New_York"}]},
-            })
+            return jsonify(
+                {
+                    "id": event_id,
+                    "name": f"Simulated Event {event_id}",
+                    "type": "event",
+                    "url": f"https://www.ticketmaster.com/event/{event_id}",
+                    "dates": {
+                        "start": {
+                            "localDate": f"2027-03-{day:02d}",
+                            "localTime": "19:30:00",
+                            "dateTime": f"2027-03-{day:02d}T23:30:00Z",
+                        },
+                        "timezone": "America/New_York",
+                    },
+                    "sales": {
+                        "public": {
+                            "startDateTime": "2026-12-01T15:00:00Z",
+                            "endDateTime": f"2027-03-{day:02d}T23:00:00Z",
+                        },
+                        "presales": [
+                            {
+                                "name": "Fan presale",
+                                "startDateTime": "2026-11-28T15:00:00Z",
+                                "endDateTime": "2026-11-30T03:00:00Z",
+                            }
+                        ],
+                    },
+                    "_embedded": {
+                        "venues": [
+                            {
+                                "id": f"KovZ{digest % 10000:04d}",
+                                "name": "Simulated Arena",
+                                "city": {"name": "New York"},
+                                "state": {"stateCode": "NY"},
+                                "country": {"countryCode": "US"},
+                                "address": {"line1": "4 Penn Plaza"},
+                                "timezone": "America/New_York",
+                            }
+                        ]
+                    },
+                }
+            )
 
         return bp
 
@@ -136,7 +171,7 @@ class AccountsSimulator:
         @bp.get("/accounts/v1/accounts/<account_id>")
         def account(account_id: str) -> Any:
             header = request.headers.get("Authorization", "")
-            token = header[len("Bearer "):] if header.startswith("Bearer ") else ""
+            token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
             with self._lock:
                 self.counters["account_calls"] += 1
                 valid = self.tokens.get(token, 0) > time.time()
@@ -147,8 +182,14 @@ class AccountsSimulator:
                 return failed
             if account_id.startswith("missing"):
                 return jsonify(error="not_found"), 404
-            return jsonify({"accountId": account_id, "name": {"first": "Sam", "last": f"Fan{account_id[-4:]}"},
-                            "email": f"{account_id}@example.com", "address": {"countryCode": "US"},
-                            "preferences": {"marketingOptIn": len(account_id) % 2 == 0}})
+            return jsonify(
+                {
+                    "accountId": account_id,
+                    "name": {"first": "Sam", "last": f"Fan{account_id[-4:]}"},
+                    "email": f"{account_id}@example.com",
+                    "address": {"countryCode": "US"},
+                    "preferences": {"marketingOptIn": len(account_id) % 2 == 0},
+                }
+            )
 
         return bp

@@ -1,13 +1,15 @@
 """Test configuration: every test session gets its own local stack.
 
-The environment is set here, before any dmd module is imported (settings are read once
-per process): a moto server and the simulators on free ports, Redis database 11 of the
-machine's Redis (or one the launcher starts), and a run directory in a temp folder.
-End-to-end fixtures start real processes from the Procfile with the same environment.
+The environment is set here, before the first test reads settings (``get_settings()`` parses
+them once per process): a moto server, the simulators and every HTTP port on free ports, a
+Redis database of this session's own (``tests/redis_db.py``) on the machine's Redis (or one
+the launcher starts), and a run directory in a temp folder. End-to-end fixtures start real
+processes from the Procfile with the same environment. Two sessions at once do not meet.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,14 +17,24 @@ from pathlib import Path
 
 import pytest
 
-from dmd_tasks.stack import free_port
+from dmd_tasks.ops.stack import free_port
+from tests import redis_db
 
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="dmd-test-"))
+if os.environ.get("DMD_TEST_REDIS_URL"):
+    _REDIS_URL = os.environ["DMD_TEST_REDIS_URL"]
+else:
+    _BASE_REDIS = "redis://127.0.0.1:6379/0"
+    _REDIS_URL, _REDIS_DB = redis_db.claim(_BASE_REDIS)
+    atexit.register(redis_db.release, _BASE_REDIS, _REDIS_DB)
 TEST_ENV = {
     "DMD_PROFILE": "local",
     "DMD_MOTO_PORT": str(free_port()),
     "DMD_SIMULATOR_PORT": str(free_port()),
-    "DMD_REDIS_URL": os.environ.get("DMD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11"),
+    "DMD_API_PORT": str(free_port()),
+    "DMD_FLOWER_PORT": str(free_port()),
+    "DMD_METRICS_PORT": str(free_port()),
+    "DMD_REDIS_URL": _REDIS_URL,
     "DMD_RUN_DIR": str(_RUN_DIR),
     "DMD_LOG_LEVEL": "INFO",
     "DMD_BRIDGE_IDLE_SLEEP_SECONDS": "0.2",
@@ -36,7 +48,7 @@ os.environ.update(TEST_ENV)
 
 @pytest.fixture(scope="session")
 def settings():  # type: ignore[no-untyped-def]
-    from dmd_tasks.settings import get_settings
+    from dmd_tasks.infra.settings import get_settings
 
     return get_settings()
 
@@ -46,8 +58,8 @@ def stack(settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """moto server, Redis and the simulators, provisioned; stopped at the end of the session."""
     import redis
 
-    from dmd_tasks.provision import provision
-    from dmd_tasks.stack import Stack
+    from dmd_tasks.ops.provision import provision
+    from dmd_tasks.ops.stack import Stack
 
     local = Stack(settings)
     local.up()

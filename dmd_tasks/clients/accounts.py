@@ -13,10 +13,14 @@ import requests
 from pydantic import BaseModel
 
 from dmd_tasks.clients.http import UpstreamRefused, pooled_session, request
-from dmd_tasks.errors import PermanentError, TransientError
-from dmd_tasks.settings import Settings
+from dmd_tasks.domain.errors import PermanentError, TransientError
+from dmd_tasks.infra.settings import Settings
 
 TOKEN_KEY = "dmd:accounts:token"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class AccountNotFound(PermanentError):
@@ -34,19 +38,31 @@ class AccountProfile(BaseModel):
     marketingOptIn: bool | None = None
 
     @classmethod
-    def from_upstream(cls, body: dict[str, Any]) -> "AccountProfile":
+    def from_upstream(cls, body: dict[str, Any]) -> AccountProfile:
         name = body.get("name") or {}
         prefs = body.get("preferences") or {}
-        return cls(id=str(body.get("accountId") or body["id"]), firstName=name.get("first"),
-                   lastName=name.get("last"), email=body.get("email"),
-                   countryCode=(body.get("address") or {}).get("countryCode"),
-                   marketingOptIn=prefs.get("marketingOptIn"))
+        return cls(
+            id=str(body.get("accountId") or body["id"]),
+            firstName=name.get("first"),
+            lastName=name.get("last"),
+            email=body.get("email"),
+            countryCode=(body.get("address") or {}).get("countryCode"),
+            marketingOptIn=prefs.get("marketingOptIn"),
+        )
 
 
 class AccountsClient:
-    def __init__(self, base_url: str, client_id: str, client_secret: str, redis_client: redis.Redis, *,
-                 timeout_seconds: float = 3.0, token_margin_seconds: int = 60,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        redis_client: redis.Redis,
+        *,
+        timeout_seconds: float = 3.0,
+        token_margin_seconds: int = 60,
+        session: requests.Session | None = None,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._client_id = client_id
         self._secret = client_secret
@@ -57,23 +73,33 @@ class AccountsClient:
         self.tokens_fetched = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis_client: redis.Redis) -> "AccountsClient":
-        return cls(settings.accounts_base_url, settings.accounts_client_id,
-                   settings.accounts_client_secret.get_secret_value(), redis_client,
-                   timeout_seconds=settings.accounts_timeout_seconds,
-                   token_margin_seconds=settings.accounts_token_margin_seconds)
+    def from_settings(cls, settings: Settings, redis_client: redis.Redis) -> AccountsClient:
+        return cls(
+            settings.accounts_base_url,
+            settings.accounts_client_id,
+            settings.accounts_client_secret.get_secret_value(),
+            redis_client,
+            timeout_seconds=settings.accounts_timeout_seconds,
+            token_margin_seconds=settings.accounts_token_margin_seconds,
+        )
 
     def _token(self) -> str:
         cached = self._redis.get(TOKEN_KEY)
         if cached:
-            return cached.decode()
+            return _text(cached)
         with self._redis.lock(f"{TOKEN_KEY}:lock", timeout=self._timeout * 3, blocking_timeout=self._timeout * 3):
             cached = self._redis.get(TOKEN_KEY)  # another process may have fetched it meanwhile
             if cached:
-                return cached.decode()
-            response = request(self._session, "POST", f"{self._base}/oauth/token", what="accounts token",
-                               timeout=self._timeout, data={"grant_type": "client_credentials"},
-                               auth=(self._client_id, self._secret))
+                return _text(cached)
+            response = request(
+                self._session,
+                "POST",
+                f"{self._base}/oauth/token",
+                what="accounts token",
+                timeout=self._timeout,
+                data={"grant_type": "client_credentials"},
+                auth=(self._client_id, self._secret),
+            )
             try:
                 body = response.json()
                 token, expires_in = str(body["access_token"]), int(body.get("expires_in", 3600))
@@ -88,9 +114,14 @@ class AccountsClient:
         for attempt in (1, 2):
             token = self._token()
             try:
-                response = request(self._session, "GET", f"{self._base}/accounts/v1/accounts/{account_id}",
-                                   what="accounts profile", timeout=self._timeout,
-                                   headers={"Authorization": f"Bearer {token}"})
+                response = request(
+                    self._session,
+                    "GET",
+                    f"{self._base}/accounts/v1/accounts/{account_id}",
+                    what="accounts profile",
+                    timeout=self._timeout,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
             except UpstreamRefused as exc:
                 if exc.status_code == 401 and attempt == 1:
                     self._redis.delete(TOKEN_KEY)  # revoked or expired early: one fresh token, one retry

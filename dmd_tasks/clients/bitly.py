@@ -7,8 +7,8 @@ from typing import Protocol
 import requests
 
 from dmd_tasks.clients.http import pooled_session, request
-from dmd_tasks.errors import PermanentError
-from dmd_tasks.settings import Settings
+from dmd_tasks.domain.errors import PermanentError
+from dmd_tasks.infra.settings import Settings
 
 
 class Shortener(Protocol):
@@ -19,8 +19,15 @@ class Shortener(Protocol):
 class BitlyClient:
     """Bitly v4 client. Bitly returns the same link for the same long URL, so a repeat is harmless."""
 
-    def __init__(self, base_url: str, token: str, *, domain: str = "bit.ly", timeout_seconds: float = 5.0,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        domain: str = "bit.ly",
+        timeout_seconds: float = 5.0,
+        session: requests.Session | None = None,
+    ) -> None:
         self._url = f"{base_url.rstrip('/')}/v4/shorten"
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._domain = domain
@@ -28,13 +35,24 @@ class BitlyClient:
         self._session = session or pooled_session()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "BitlyClient":
-        return cls(settings.bitly_base_url, settings.bitly_token.get_secret_value(), domain=settings.bitly_domain,
-                   timeout_seconds=settings.bitly_timeout_seconds)
+    def from_settings(cls, settings: Settings) -> BitlyClient:
+        return cls(
+            settings.bitly_base_url,
+            settings.bitly_token.get_secret_value(),
+            domain=settings.bitly_domain,
+            timeout_seconds=settings.bitly_timeout_seconds,
+        )
 
     def shorten(self, long_url: str) -> str:
-        response = request(self._session, "POST", self._url, what="bitly shorten", timeout=self._timeout,
-                           json={"long_url": long_url, "domain": self._domain}, headers=self._headers)
+        response = request(
+            self._session,
+            "POST",
+            self._url,
+            what="bitly shorten",
+            timeout=self._timeout,
+            json={"long_url": long_url, "domain": self._domain},
+            headers=self._headers,
+        )
         try:
             link = response.json()["link"]
         except (ValueError, KeyError, TypeError) as exc:

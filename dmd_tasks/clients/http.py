@@ -9,8 +9,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from dmd_tasks.errors import PermanentError, RateLimited, TransientError
-from dmd_tasks.metrics import PROVIDER_RESPONSES
+from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.infra.metrics import PROVIDER_RESPONSES
 
 
 class UpstreamRefused(PermanentError):
@@ -46,8 +46,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def request(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
-            **kwargs: Any) -> requests.Response:
+def request(
+    session: requests.Session, method: str, url: str, *, what: str, timeout: float, **kwargs: Any
+) -> requests.Response:
     """Send a request; raise TransientError (retry) or PermanentError (don't) for failures.
 
     ``what`` names the call in error messages; URLs and headers are never put in them,
@@ -64,14 +65,18 @@ def request(session: requests.Session, method: str, url: str, *, what: str, time
         raise TransientError(f"{what}: connection failed") from exc
     PROVIDER_RESPONSES.labels(provider, str(response.status_code)).inc()
     if response.status_code == 429:
-        raise RateLimited(f"{what}: rate limited (429)",
-                          retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))
+        raise RateLimited(
+            f"{what}: rate limited (429)", retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After"))
+        )
     if response.status_code >= 500:
-        raise TransientError(f"{what}: upstream error {response.status_code}",
-                             retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")))
+        raise TransientError(
+            f"{what}: upstream error {response.status_code}",
+            retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")),
+        )
     if response.status_code >= 400:
-        raise UpstreamRefused(f"{what}: refused with {response.status_code} {_short_reason(response)}".rstrip(),
-                              response.status_code)
+        raise UpstreamRefused(
+            f"{what}: refused with {response.status_code} {_short_reason(response)}".rstrip(), response.status_code
+        )
     return response
 
 

@@ -11,8 +11,8 @@ from typing import Protocol
 import requests
 
 from dmd_tasks.clients.http import pooled_session, request
-from dmd_tasks.errors import PermanentError
-from dmd_tasks.settings import Settings
+from dmd_tasks.domain.errors import PermanentError
+from dmd_tasks.infra.settings import Settings
 
 
 class SmsSender(Protocol):
@@ -21,8 +21,15 @@ class SmsSender(Protocol):
 
 
 class SmsClient:
-    def __init__(self, base_url: str, api_key: str, *, sender_id: str = "DMD", timeout_seconds: float = 5.0,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        sender_id: str = "DMD",
+        timeout_seconds: float = 5.0,
+        session: requests.Session | None = None,
+    ) -> None:
         self._url = f"{base_url.rstrip('/')}/sms/v1/messages"
         self._auth = f"Bearer {api_key}"
         self._sender = sender_id
@@ -30,14 +37,24 @@ class SmsClient:
         self._session = session or pooled_session()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SmsClient":
-        return cls(settings.sms_base_url, settings.sms_api_key.get_secret_value(), sender_id=settings.sms_sender_id,
-                   timeout_seconds=settings.sms_timeout_seconds)
+    def from_settings(cls, settings: Settings) -> SmsClient:
+        return cls(
+            settings.sms_base_url,
+            settings.sms_api_key.get_secret_value(),
+            sender_id=settings.sms_sender_id,
+            timeout_seconds=settings.sms_timeout_seconds,
+        )
 
     def send(self, to: str, body: str, *, idempotency_key: str) -> str:
-        response = request(self._session, "POST", self._url, what="sms send", timeout=self._timeout,
-                           json={"to": to, "from": self._sender, "body": body, "reference": idempotency_key},
-                           headers={"Authorization": self._auth, "Idempotency-Key": idempotency_key})
+        response = request(
+            self._session,
+            "POST",
+            self._url,
+            what="sms send",
+            timeout=self._timeout,
+            json={"to": to, "from": self._sender, "body": body, "reference": idempotency_key},
+            headers={"Authorization": self._auth, "Idempotency-Key": idempotency_key},
+        )
         try:
             message_id = response.json()["message_id"]
         except (ValueError, KeyError, TypeError) as exc:

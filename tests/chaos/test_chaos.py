@@ -24,12 +24,16 @@ from typing import Any
 
 import pytest
 
-from dmd_tasks import aws
-from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
-from dmd_tasks.demo import PIPELINE_PROCESSES
-from dmd_tasks.models import Demand, Event, Sale
-from dmd_tasks.stack import ProcessGroup
-from dmd_tasks.store import DemandTable, NotificationRecords, iso
+from dmd_tasks.domain.campaigns import Campaign, SendWindow
+from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.progress import count_by_status
+from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.store.campaigns import open_campaign_store
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.items import item
+from dmd_tasks.store.table import DemandTable
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -39,9 +43,15 @@ KILLS = int(os.environ.get("DMD_CHAOS_KILLS", "5"))
 TERMINAL = ("delivered", "undelivered", "failed")
 #: Short leases, sweeps and visibility so that damage heals within the test's patience.
 CHAOS_ENV = {
-    "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1", "DMD_SEND_LEASE_SECONDS": "4",
-    "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "1", "DMD_SMS_TIMEOUT_SECONDS": "1", "DMD_RETRY_BACKOFF_MAX_SECONDS": "5",
-    "DMD_SEND_RETRY_BASE_SECONDS": "1", "DMD_TASK_SOFT_TIME_LIMIT_SECONDS": "15", "DMD_TASK_TIME_LIMIT_SECONDS": "20",
+    "DMD_CLAIM_INTERVAL_SECONDS": "1",
+    "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
+    "DMD_SEND_LEASE_SECONDS": "4",
+    "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "1",
+    "DMD_SMS_TIMEOUT_SECONDS": "1",
+    "DMD_RETRY_BACKOFF_MAX_SECONDS": "5",
+    "DMD_SEND_RETRY_BASE_SECONDS": "1",
+    "DMD_TASK_SOFT_TIME_LIMIT_SECONDS": "15",
+    "DMD_TASK_TIME_LIMIT_SECONDS": "20",
     "DMD_VISIBILITY_TIMEOUT_SECONDS": "30",
 }
 
@@ -50,12 +60,14 @@ CHAOS_ENV = {
 def short_visibility(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """A killed worker's unacknowledged messages come back after 30 s instead of minutes."""
     sqs = aws.client("sqs", settings)
-    urls = [settings.queue_url(settings.queue_name(q)) for q in ("send", "sms-status", "generate", "schedule")]
+    urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
     for url in urls:
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "30"})
     yield
     for url in urls:
-        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)})
+        sqs.set_queue_attributes(
+            QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)}
+        )
 
 
 @pytest.fixture()
@@ -67,8 +79,15 @@ def pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untype
         yield group
     finally:
         group.stop()
-        sim.configure(sms={"error_rate": 0, "throttle_rate": 0, "timeout_rate": 0, "duplicate_status_rate": 0.05,
-                           "out_of_order_rate": 0.05})
+        sim.configure(
+            sms={
+                "error_rate": 0,
+                "throttle_rate": 0,
+                "timeout_rate": 0,
+                "duplicate_status_rate": 0.05,
+                "out_of_order_rate": 0.05,
+            }
+        )
 
 
 def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
@@ -77,17 +96,24 @@ def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # ty
     event = Event(id=f"chaos{run}", name="Chaos Tour", url=f"https://www.ticketmaster.com/e/{run}")
     area = int(run[:4], 16) % 800 + 200
     phones = [f"+1{area}{n:07d}" for n in range(fans)]
-    table.put_items([event.to_item()])
-    table.put_items(Demand(eventId=event.id, fanId=f"f{n:06d}", phone=phones[n]).to_item() for n in range(fans))
+    table.put_items([item(event)])
+    table.put_items(item(Demand(eventId=event.id, fanId=f"f{n:06d}", phone=phones[n])) for n in range(fans))
     sale_id = f"chaos{run}"
-    open_campaign_store(settings).put(Campaign(saleId=sale_id, eventId=event.id, template="{{ short_url }}",
-                                               window=SendWindow(start=clock(0), end=clock(0)), ratePerSecond=rate))
-    table.put_items([Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())).to_item()])
+    open_campaign_store(settings).put(
+        Campaign(
+            saleId=sale_id,
+            eventId=event.id,
+            template="{{ short_url }}",
+            window=SendWindow(start=clock(0), end=clock(0)),
+            ratePerSecond=rate,
+        )
+    )
+    table.put_items([item(Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())))])
     return sale_id, phones
 
 
 def counts(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    return NotificationRecords(DemandTable(settings), settings.pending_shards).count_by_status(sale_id)
+    return count_by_status(DemandTable(settings), sale_id)
 
 
 def all_terminal(settings, sale_id: str, expected: int) -> dict[str, int] | None:  # type: ignore[no-untyped-def]
@@ -100,9 +126,17 @@ def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any
     terminal = sum(c.get(s, 0) for s in TERMINAL)
     provider = sim.sms_sale(sale_id)
     items = list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
-    return {"notifications": sum(c.values()), "terminal": terminal, "duplicates": provider["duplicates"],
-            "lost": expected - terminal, "kills": kills, "provider_accepted": provider["accepted"],
-            "max_attempts": max((int(i.get("attempts", 0)) for i in items), default=0), "status": c, **extra}
+    return {
+        "notifications": sum(c.values()),
+        "terminal": terminal,
+        "duplicates": provider["duplicates"],
+        "lost": expected - terminal,
+        "kills": kills,
+        "provider_accepted": provider["accepted"],
+        "max_attempts": max((int(i.get("attempts", 0)) for i in items), default=0),
+        "status": c,
+        **extra,
+    }
 
 
 def report(name: str, result: dict[str, Any]) -> None:
@@ -135,12 +169,17 @@ def assert_healthy(result: dict[str, Any], settings) -> None:  # type: ignore[no
 
 def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
-    wait_until(lambda: counts(settings, sale_id).get("sent", 0) + counts(settings, sale_id).get("delivered", 0) > 0,
-               timeout=60, what="sending to begin")
+    wait_until(
+        lambda: counts(settings, sale_id).get("sent", 0) + counts(settings, sale_id).get("delivered", 0) > 0,
+        timeout=60,
+        what="sending to begin",
+    )
     killer = Killer(pipeline, ["worker-send"], every=1.2, kills=KILLS)
     killer.start()
     killer.join(timeout=KILLS * 1.2 + 30)
-    wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal")
+    wait_until(
+        lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal"
+    )
     result = figures(settings, sim, sale_id, FANS, killer.kills)
     report("send-worker-kills", result)
     assert killer.kills >= KILLS
@@ -150,14 +189,30 @@ def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:  # 
 def test_provider_failing_a_fifth_of_calls(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
     before = sim.stats()["sms"].get("retry_after_violations", 0)
     # 20% of calls fail: 500/503, 429 with Retry-After: 2, and timeouts after the provider accepted
-    sim.configure(sms={"error_rate": 0.07, "throttle_rate": 0.07, "throttle_retry_after": 2, "timeout_rate": 0.06,
-                       "timeout_ms": 1500})
+    sim.configure(
+        sms={
+            "error_rate": 0.07,
+            "throttle_rate": 0.07,
+            "throttle_retry_after": 2,
+            "timeout_rate": 0.06,
+            "timeout_ms": 1500,
+        }
+    )
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
-    wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal")
+    wait_until(
+        lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal"
+    )
     stats = sim.stats()["sms"]
-    result = figures(settings, sim, sale_id, FANS, 0, responses_429=stats.get("responses_429", 0),
-                     timeouts=stats.get("responses_timeouts", 0),
-                     retry_after_violations=stats.get("retry_after_violations", 0) - before)
+    result = figures(
+        settings,
+        sim,
+        sale_id,
+        FANS,
+        0,
+        responses_429=stats.get("responses_429", 0),
+        timeouts=stats.get("responses_timeouts", 0),
+        retry_after_violations=stats.get("retry_after_violations", 0) - before,
+    )
     report("provider-faults", result)
     assert_healthy(result, settings)
     assert result["retry_after_violations"] == 0, "a retry came back sooner than the provider's Retry-After"
@@ -169,7 +224,9 @@ def test_bridges_killed_mid_stream(pipeline, settings, sim) -> None:  # type: ig
     killer = Killer(pipeline, ["bridge-demand", "bridge-sms-status"], every=1.0, kills=max(KILLS, 6))
     killer.start()
     killer.join(timeout=60)
-    wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal")
+    wait_until(
+        lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal"
+    )
     result = figures(settings, sim, sale_id, FANS, killer.kills)
     report("bridge-kills", result)
     assert killer.kills >= KILLS
@@ -178,8 +235,12 @@ def test_bridges_killed_mid_stream(pipeline, settings, sim) -> None:  # type: ig
 
 def _checkpoint(settings, consumer: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
-    mine = [i for i in items if i["stream"]["S"].startswith(f"{consumer}|")
-            and (consumer != "bridge-demand" or f":table/{settings.table_name}/" in i["stream"]["S"])]
+    mine = [
+        i
+        for i in items
+        if i["stream"]["S"].startswith(f"{consumer}|")
+        and (consumer != "bridge-demand" or f":table/{settings.table_name}/" in i["stream"]["S"])
+    ]
     return max(mine, key=lambda i: int(i.get("sequence", {}).get("S", "0"))) if mine else None
 
 
@@ -188,7 +249,9 @@ def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, set
     demand_before = _checkpoint(settings, "bridge-demand")
     status_before = _checkpoint(settings, "bridge-sms-status")
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
-    wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal")
+    wait_until(
+        lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal"
+    )
     first = figures(settings, sim, sale_id, FANS, 0)
 
     # Replay both streams over the whole sale: rewind the checkpoints and restart the bridges
@@ -202,8 +265,10 @@ def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, set
         else:
             current = _checkpoint(settings, name)
             if current is not None:
-                ddb.delete_item(TableName=settings.checkpoint_table_name,
-                                Key={"stream": current["stream"], "shard": current["shard"]})
+                ddb.delete_item(
+                    TableName=settings.checkpoint_table_name,
+                    Key={"stream": current["stream"], "shard": current["shard"]},
+                )
         pipeline.start_one(name)
     wait_until(lambda: "records ->" in replayed_log.read_text()[offset:], what="the demand bridge to replay")
     time.sleep(8)  # the replayed records are routed and their tasks run

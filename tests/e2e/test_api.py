@@ -11,21 +11,25 @@ import pytest
 import redis
 import requests
 
-from dmd_tasks.stack import ProcessGroup, free_port, wait_for_port
+from dmd_tasks.ops.stack import ProcessGroup, free_port, wait_for_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
 KEY = "local-api-key"
-DETAILS = "{ eventDetails(eventId: \"%s\") { id name url startDateTime venue { name city } " \
-          "sales { publicStartDateTime presales { name } } stale fetchedAt } }"
+DETAILS = (
+    '{ eventDetails(eventId: "%s") { id name url startDateTime venue { name city } '
+    "sales { publicStartDateTime presales { name } } stale fetchedAt } }"
+)
 
 
 @pytest.fixture(scope="module")
 def api(settings, stack, sim) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-api", env={
-        "DMD_API_PORT": str(port), "DMD_ACCOUNTS_TOKEN_MARGIN_SECONDS": "1"})
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / "e2e-api",
+        env={"DMD_API_PORT": str(port), "DMD_ACCOUNTS_TOKEN_MARGIN_SECONDS": "1"},
+    )
     group.start(["api", "worker-query"])
     try:
         wait_for_port("127.0.0.1", port, timeout=30, what="api", process=group.processes["api"])
@@ -120,9 +124,9 @@ def test_query_depth_and_size_are_bounded(api: str) -> None:
     deep = "{ __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }"
     answer = gql(api, deep).json()
     assert "depth" in answer["errors"][0]["message"]
-    huge = "{ " + " ".join(f"a{i}: eventDetails(eventId: \"x{i}\") {{ id }}" for i in range(400)) + " }"
+    huge = "{ " + " ".join(f'a{i}: eventDetails(eventId: "x{i}") {{ id }}' for i in range(400)) + " }"
     assert gql(api, huge).status_code == 413
-    many = "{ " + " ".join(f"a{i}: eventDetails(eventId: \"x{i}\") {{ id name }}" for i in range(40)) + " }"
+    many = "{ " + " ".join(f'a{i}: eventDetails(eventId: "x{i}") {{ id name }}' for i in range(40)) + " }"
     assert "fields" in gql(api, many).json()["errors"][0]["message"]
 
 
@@ -132,12 +136,14 @@ def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim,
     try:
         before = sim.stats()["accounts"].get("tokens_issued", 0)
         for i in range(5):
-            account = gql(api, '{ accountProfile(accountId: "acct%d%s") { id firstName email countryCode } }'
-                          % (i, uuid.uuid4().hex[:6])).json()["data"]["accountProfile"]
+            query = (
+                f'{{ accountProfile(accountId: "acct{i}{uuid.uuid4().hex[:6]}") {{ id firstName email countryCode }} }}'
+            )
+            account = gql(api, query).json()["data"]["accountProfile"]
             assert account["firstName"] == "Sam" and account["countryCode"] == "US"
         assert sim.stats()["accounts"]["tokens_issued"] == before + 1
         time.sleep(2.5)  # the token (3 s, renewed 1 s early) has expired in our cache
-        gql(api, '{ accountProfile(accountId: "acctlate%s") { id } }' % uuid.uuid4().hex[:6])
+        gql(api, f'{{ accountProfile(accountId: "acctlate{uuid.uuid4().hex[:6]}") {{ id }} }}')
         assert sim.stats()["accounts"]["tokens_issued"] == before + 2
     finally:
         sim.configure(accounts={"token_ttl_seconds": 3600})
@@ -146,7 +152,7 @@ def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim,
 
 
 def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: ignore[no-untyped-def]
-    from dmd_tasks.query import warm_event_details
+    from dmd_tasks.api.tasks import warm_event_details
 
     event_id = new_id()
     result = warm_event_details.apply_async((event_id,)).get(timeout=60)
@@ -158,10 +164,14 @@ def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: 
 def test_no_secret_reaches_the_api_log(api: str, settings) -> None:  # type: ignore[no-untyped-def]
     gql(api, DETAILS % new_id())
     gql(api, '{ accountProfile(accountId: "acct9") { id } }')
-    log_text = wait_until(lambda: (settings.run_dir.resolve() / "logs" / "e2e-api" / "api.log").read_text(),
-                          what="api log")
+    log_text = wait_until(
+        lambda: (settings.run_dir.resolve() / "logs" / "e2e-api" / "api.log").read_text(), what="api log"
+    )
     token = redis.Redis.from_url(settings.redis_url).get("dmd:accounts:token")
-    for secret in (settings.discovery_api_key.get_secret_value(), settings.accounts_client_secret.get_secret_value(),
-                   KEY, (token or b"never-issued").decode()):
+    for secret in (
+        settings.discovery_api_key.get_secret_value(),
+        settings.accounts_client_secret.get_secret_value(),
+        KEY,
+        (token or b"never-issued").decode(),
+    ):
         assert secret not in log_text
-

@@ -8,9 +8,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_requests_and_dynamodb_units_are_counted_in_every_new_client(settings, stack) -> None:  # type: ignore[no-untyped-def]
-    from dmd_tasks import aws
-    from dmd_tasks.metrics import AWS_REQUESTS, DYNAMODB_READ_UNITS, DYNAMODB_WRITE_ITEMS
-    from dmd_tasks.store import serialize
+    from dmd_tasks.infra import aws, topology
+    from dmd_tasks.infra.metrics import AWS_REQUESTS, DYNAMODB_READ_UNITS, DYNAMODB_WRITE_ITEMS
+    from dmd_tasks.store.codec import serialize
 
     aws.count_requests()
     aws.count_requests()  # twice is once
@@ -22,18 +22,26 @@ def test_requests_and_dynamodb_units_are_counted_in_every_new_client(settings, s
         return metric.labels(*labels)._value.get()
 
     before = {
-        "batch": value(AWS_REQUESTS, "dynamodb", "BatchWriteItem"), "query": value(AWS_REQUESTS, "dynamodb", "Query"),
-        "sqs": value(AWS_REQUESTS, "sqs", "SendMessageBatch"), "items": value(DYNAMODB_WRITE_ITEMS, "BatchWriteItem"),
+        "batch": value(AWS_REQUESTS, "dynamodb", "BatchWriteItem"),
+        "query": value(AWS_REQUESTS, "dynamodb", "Query"),
+        "sqs": value(AWS_REQUESTS, "sqs", "SendMessageBatch"),
+        "items": value(DYNAMODB_WRITE_ITEMS, "BatchWriteItem"),
         "read": value(DYNAMODB_READ_UNITS, "Query"),
     }
-    items = [{"PutRequest": {"Item": serialize({"pk": "COUNT#x", "sk": f"n{i}", "blob": "y" * 300})}}
-             for i in range(20)]
+    items = [
+        {"PutRequest": {"Item": serialize({"pk": "COUNT#x", "sk": f"n{i}", "blob": "y" * 300})}} for i in range(20)
+    ]
     dynamodb.batch_write_item(RequestItems={settings.table_name: items})
-    dynamodb.query(TableName=settings.table_name, KeyConditionExpression="pk = :p",
-                   ExpressionAttributeValues={":p": {"S": "COUNT#x"}})
-    sqs.send_message_batch(QueueUrl=settings.queue_url(settings.queue_name("query")),
-                           Entries=[{"Id": "1", "MessageBody": "{}"}, {"Id": "2", "MessageBody": "{}"}])
-    sqs.purge_queue(QueueUrl=settings.queue_url(settings.queue_name("query")))
+    dynamodb.query(
+        TableName=settings.table_name,
+        KeyConditionExpression="pk = :p",
+        ExpressionAttributeValues={":p": {"S": "COUNT#x"}},
+    )
+    sqs.send_message_batch(
+        QueueUrl=topology.queue_url(settings, "query"),
+        Entries=[{"Id": "1", "MessageBody": "{}"}, {"Id": "2", "MessageBody": "{}"}],
+    )
+    sqs.purge_queue(QueueUrl=topology.queue_url(settings, "query"))
 
     assert value(AWS_REQUESTS, "dynamodb", "BatchWriteItem") == before["batch"] + 1
     assert value(AWS_REQUESTS, "dynamodb", "Query") == before["query"] + 1

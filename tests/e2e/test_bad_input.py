@@ -11,11 +11,16 @@ from datetime import time as clock
 
 import pytest
 
-from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
-from dmd_tasks.demo import PIPELINE_PROCESSES
-from dmd_tasks.models import Demand, Event, Sale
-from dmd_tasks.stack import ProcessGroup
-from dmd_tasks.store import DemandTable, NotificationRecords, iso
+from dmd_tasks.domain.campaigns import Campaign, SendWindow
+from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.progress import count_by_status
+from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.store.campaigns import open_campaign_store
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.demand import DemandRecords
+from dmd_tasks.store.items import item
+from dmd_tasks.store.table import DemandTable
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -25,8 +30,10 @@ FULL_PHONE = re.compile(r"\+1\d{10}")
 
 @pytest.fixture(scope="module")
 def debug_pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"e2e-debug-{uuid.uuid4().hex[:6]}", env={
-        "DMD_LOG_LEVEL": "DEBUG", "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1"})
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / f"e2e-debug-{uuid.uuid4().hex[:6]}",
+        env={"DMD_LOG_LEVEL": "DEBUG", "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1"},
+    )
     group.start([*PIPELINE_PROCESSES, "api"])
     try:
         yield group
@@ -41,23 +48,39 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
     table = DemandTable(settings)
     event = Event(id=f"dbg{run}", name="Debug", url=f"https://www.ticketmaster.com/e/{run}")
     phones = [f"+1{int(run[:4], 16) % 800 + 200}{n:07d}" for n in range(8)]
-    table.put_items([event.to_item()])
-    table.put_items(Demand(eventId=event.id, fanId=f"f{n}", phone=p).to_item() for n, p in enumerate(phones))
-    open_campaign_store(settings).put(Campaign(saleId=f"dbg{run}", eventId=event.id, template="{{ short_url }}",
-                                               window=SendWindow(start=clock(0), end=clock(0))))
-    table.put_items([Sale(id=f"dbg{run}", eventId=event.id, notifyAt=iso(time.time())).to_item()])
-    notifications = NotificationRecords(table, settings.pending_shards)
+    table.put_items([item(event)])
+    table.put_items(item(Demand(eventId=event.id, fanId=f"f{n}", phone=p)) for n, p in enumerate(phones))
+    open_campaign_store(settings).put(
+        Campaign(
+            saleId=f"dbg{run}",
+            eventId=event.id,
+            template="{{ short_url }}",
+            window=SendWindow(start=clock(0), end=clock(0)),
+        )
+    )
+    table.put_items([item(Sale(id=f"dbg{run}", eventId=event.id, notifyAt=iso(time.time())))])
+    demand = DemandRecords(table)
     try:
-        wait_until(lambda: sum(notifications.count_by_status(f"dbg{run}").get(s, 0)
-                               for s in ("delivered", "undelivered", "failed")) == 8, timeout=90, what="sale done")
-        wait_until(lambda: notifications.opted_out(phones), timeout=30, what="STOP replies processed")
+        wait_until(
+            lambda: (
+                sum(count_by_status(table, f"dbg{run}").get(s, 0) for s in ("delivered", "undelivered", "failed")) == 8
+            ),
+            timeout=90,
+            what="sale done",
+        )
+        wait_until(lambda: demand.opted_out(phones), timeout=30, what="STOP replies processed")
     finally:
         sim.configure(sms={"stop_reply_rate": 0.0})
     time.sleep(1)
 
     # Then no log line of any process carries a secret or a full phone number
-    secrets = [settings.bitly_token, settings.sms_api_key, settings.discovery_api_key, settings.accounts_client_secret,
-               *settings.api_keys]
+    secrets = [
+        settings.bitly_token,
+        settings.sms_api_key,
+        settings.discovery_api_key,
+        settings.accounts_client_secret,
+        *settings.api_keys,
+    ]
     text = "\n".join(p.read_text(errors="replace") for p in debug_pipeline.log_dir.glob("*.log"))
     assert "DEBUG" in text  # the processes did log at DEBUG
     for secret in secrets:
@@ -69,8 +92,10 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
 
 #: What Celery prints itself rather than logs: the warning about running as root (CI runs as
 #: root; the image does not), and the shutdown notice.
-CELERY_PRINTS = re.compile(r"^(.*SecurityWarning.*|absolutely not recommended!|Please specify a different user.*|"
-                           r"User information: .*|\s+_warn_or_raise_security_error.*|worker: Warm shutdown.*|)$")
+CELERY_PRINTS = re.compile(
+    r"^(.*SecurityWarning.*|absolutely not recommended!|Please specify a different user.*|"
+    r"User information: .*|\s+_warn_or_raise_security_error.*|worker: Warm shutdown.*|)$"
+)
 
 
 def test_every_log_line_is_json_with_a_correlation_id(debug_pipeline) -> None:  # type: ignore[no-untyped-def]
@@ -83,6 +108,11 @@ def test_every_log_line_is_json_with_a_correlation_id(debug_pipeline) -> None:  
         assert record["correlation_id"], line
         assert {"time", "level", "logger", "message"} <= set(record)
     task_lines = [json.loads(line) for line in lines if '"task_id"' in line and line.startswith("{")]
-    assert task_lines and all(r["correlation_id"].startswith(("ddb-", "kin-")) or r["task_name"].endswith(
-        ("claim_due_sales", "schedule_notifications", "generate_notifications", "warm_event_details"))
-        for r in task_lines if r.get("task_name", "").startswith("dmd_tasks."))
+    assert task_lines and all(
+        r["correlation_id"].startswith(("ddb-", "kin-"))
+        or r["task_name"].endswith(
+            ("claim_due_sales", "schedule_notifications", "generate_notifications", "warm_event_details")
+        )
+        for r in task_lines
+        if r.get("task_name", "").startswith("dmd_tasks.")
+    )

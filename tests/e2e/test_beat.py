@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from dmd_tasks.stack import ProcessGroup
+from dmd_tasks.ops.stack import ProcessGroup
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +28,26 @@ def holds_lock(group: ProcessGroup, name: str) -> bool:
 
 
 def test_two_beats_send_each_tick_once_and_the_standby_takes_over(settings, stack) -> None:  # type: ignore[no-untyped-def]
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"e2e-beat-{uuid.uuid4().hex[:6]}", env={
-        "DMD_BEAT_KEY_PREFIX": f"dmd:test-beat:{uuid.uuid4().hex[:6]}", "DMD_BEAT_LOCK_TIMEOUT_SECONDS": "4",
-        "DMD_BEAT_MAX_LOOP_INTERVAL_SECONDS": "1", "DMD_CLAIM_INTERVAL_SECONDS": "1",
-        "DMD_SCHEDULE_INTERVAL_SECONDS": "1", "DMD_LOG_JSON": "false"})
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / f"e2e-beat-{uuid.uuid4().hex[:6]}",
+        env={
+            "DMD_BEAT_KEY_PREFIX": f"dmd:test-beat:{uuid.uuid4().hex[:6]}",
+            "DMD_BEAT_LOCK_TIMEOUT_SECONDS": "4",
+            "DMD_BEAT_MAX_LOOP_INTERVAL_SECONDS": "1",
+            "DMD_CLAIM_INTERVAL_SECONDS": "1",
+            "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
+            "DMD_LOG_JSON": "false",
+        },
+    )
     try:
         # Given two beats started together
         group.start_one("beat", "beat-a")
         group.start_one("beat", "beat-b")
-        active = wait_until(lambda: next((n for n in ("beat-a", "beat-b") if holds_lock(group, n)), None),
-                            timeout=30, what="one beat to hold the lock")
+        active = wait_until(
+            lambda: next((n for n in ("beat-a", "beat-b") if holds_lock(group, n)), None),
+            timeout=30,
+            what="one beat to hold the lock",
+        )
         standby = "beat-b" if active == "beat-a" else "beat-a"
 
         # When they run for a while, then only the lock holder sends, once per tick and job

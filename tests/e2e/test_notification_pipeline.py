@@ -9,18 +9,28 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from datetime import time as clock
 from typing import Any
 
 import pytest
 
-from dmd_tasks import deadletter
-from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
-from dmd_tasks.demo import PIPELINE_PROCESSES
-from dmd_tasks.models import Demand, Event, Sale, optout_key
-from dmd_tasks.stack import ProcessGroup
-from dmd_tasks.store import DemandTable, NotificationRecords, SaleRecords, iso
+from dmd_tasks.domain.campaigns import Campaign, SendWindow
+from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.infra.settings import get_settings
+from dmd_tasks.ops import dlq as deadletter
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.progress import count_by_status
+from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.store.campaigns import open_campaign_store
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.demand import DemandRecords
+from dmd_tasks.store.events import EventRecords
+from dmd_tasks.store.items import item
+from dmd_tasks.store.keys import notification_key
+from dmd_tasks.store.notifications import NotificationRecords
+from dmd_tasks.store.sales import SaleRecords
+from dmd_tasks.store.table import DemandTable
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -32,9 +42,14 @@ ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
 @pytest.fixture(scope="module")
 def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
     sim.configure(sms={"status_delay_ms": 100})
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-pipeline", env={
-        "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
-        "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "2"})
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / "e2e-pipeline",
+        env={
+            "DMD_CLAIM_INTERVAL_SECONDS": "1",
+            "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
+            "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "2",
+        },
+    )
     group.start(PIPELINE_PROCESSES)
     try:
         yield group
@@ -48,19 +63,26 @@ def records(settings):  # type: ignore[no-untyped-def]
     return table, NotificationRecords(table, settings.pending_shards), SaleRecords(table)
 
 
-def new_sale(settings, fans: list[dict[str, Any]], *, window: SendWindow = ALWAYS_OPEN, rate: float = 50.0,
-             template: str = "{{ event_name }} on sale now: {{ short_url }}", optouts: tuple[str, ...] = ()
-             ) -> tuple[str, Event]:  # type: ignore[no-untyped-def]
+def new_sale(
+    settings,
+    fans: list[dict[str, Any]],
+    *,
+    window: SendWindow = ALWAYS_OPEN,
+    rate: float = 50.0,
+    template: str = "{{ event_name }} on sale now: {{ short_url }}",
+    optouts: tuple[str, ...] = (),
+) -> tuple[str, Event]:  # type: ignore[no-untyped-def]
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
     event = Event(id=f"ev{run}", name=f"Show {run}", url=f"https://www.ticketmaster.com/e/{run}")
-    table.put_items([event.to_item()])
-    table.put_items(Demand(eventId=event.id, **fan).to_item() for fan in fans)
-    table.put_items({**optout_key(p), "entity": "OPTOUT", "at": iso(time.time())} for p in optouts)
+    table.put_items([item(event)])
+    table.put_items(item(Demand(eventId=event.id, **fan)) for fan in fans)
+    DemandRecords(table).add_optouts(optouts, time.time())
     sale_id = f"sale{run}"
-    open_campaign_store(settings).put(Campaign(saleId=sale_id, eventId=event.id, template=template, window=window,
-                                               ratePerSecond=rate))
-    table.put_items([Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())).to_item()])
+    open_campaign_store(settings).put(
+        Campaign(saleId=sale_id, eventId=event.id, template=template, window=window, ratePerSecond=rate)
+    )
+    table.put_items([item(Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())))])
     return sale_id, event
 
 
@@ -70,11 +92,12 @@ def fans(n: int, tz: str = "UTC", prefix: str | None = None) -> list[dict[str, A
 
 
 def statuses(notifications: NotificationRecords, sale_id: str) -> dict[str, int]:
-    return notifications.count_by_status(sale_id)
+    return count_by_status(DemandTable(get_settings()), sale_id)
 
 
-def all_terminal(notifications: NotificationRecords, sales: SaleRecords, sale_id: str, expected: int
-                 ) -> dict[str, int] | None:
+def all_terminal(
+    notifications: NotificationRecords, sales: SaleRecords, sale_id: str, expected: int
+) -> dict[str, int] | None:
     counts = statuses(notifications, sale_id)
     sale = sales.get(sale_id) or {}
     done = sum(v for k, v in counts.items() if k in TERMINAL)
@@ -90,8 +113,9 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
     sale_id, event = new_sale(settings, audience, optouts=opted)
 
     # When the sale comes due, then every notification ends in a terminal status
-    counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 38), timeout=120,
-                        what="every notification terminal")
+    counts = wait_until(
+        lambda: all_terminal(notifications, sales, sale_id, 38), timeout=120, what="every notification terminal"
+    )
     assert sum(counts.values()) == 38
 
     # And the provider accepted exactly one SMS per reachable fan, none twice, none to opted-out fans
@@ -105,18 +129,17 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
             assert sim.sms_messages_to(fan["phone"]) == 1
 
     # And the invalid number failed with its reason, without a call
-    bad = table._client.get_item(TableName=table.name, Key={"pk": {"S": f"SALE#{sale_id}"},
-                                                            "sk": {"S": "NOTIFICATION#fan25"}})["Item"]
-    assert bad["status"]["S"] == "failed" and "E.164" in bad["reason"]["S"]
+    bad = table.get(notification_key(sale_id, "fan25"), what="test") or {}
+    assert bad["status"] == "failed" and "E.164" in bad["reason"]
 
     # And the event got its short URL on the way, and the message carried it
-    assert (table.get_event(event.id) or event).short_url
+    assert (EventRecords(table).get(event.id) or event).short_url
 
 
 def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    _, notifications, sales = records
+    _, notifications, _sales = records
     # Given a 09:00-21:00 window, fans in a zone where it is daytime now and fans where it is night
-    hour = datetime.now(timezone.utc).hour
+    hour = datetime.now(UTC).hour
     day_offset = next(k for k in range(-12, 13) if 10 <= (hour + k) % 24 <= 19)
     night_offset = next(k for k in range(-12, 13) if (hour + k) % 24 in (1, 2, 3, 4))
     # Etc/GMT zones have inverted signs: Etc/GMT-3 is UTC+3
@@ -130,6 +153,7 @@ def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, si
     def day_done() -> bool:
         counts = statuses(notifications, sale_id)
         return sum(v for k, v in counts.items() if k in TERMINAL) == 6 and counts.get("pending") == 6
+
     wait_until(day_done, timeout=90, what="daytime fans terminal, night fans pending")
     time.sleep(3)  # a few more scheduler ticks
 
@@ -140,7 +164,7 @@ def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, si
     for fan in day:
         assert sim.sms_messages_to(fan["phone"]) == 1
     pending = notifications.due_pending(sale_id, 0, time.time() + 86_400, 100)
-    wake = {datetime.fromtimestamp(int(i["sendAfter"]), tz=timezone.utc).hour for i in pending}
+    wake = {datetime.fromtimestamp(int(i["sendAfter"]), tz=UTC).hour for i in pending}
     assert wake == {(9 - night_offset) % 24}
 
 
@@ -150,41 +174,56 @@ def test_a_template_that_reaches_for_python_internals_never_sends(pipeline, reco
     with pytest.raises(ValueError, match="outside a"):
         Campaign(saleId="x", eventId="y", template="{{ event_name.__class__.__init__.__globals__ }}")
     audience = fans(3)
-    sale_id, event = new_sale(settings, audience)
+    sale_id, _event = new_sale(settings, audience)
     store = open_campaign_store(settings)
     store._collection.update_one({"_id": sale_id}, {"$set": {"template": "{{ short_url.__class__.__mro__ }}"}})
 
     # When the sale comes due, then it fails visibly, with the reason, and no SMS leaves
-    sale = wait_until(lambda: (s := sales.get(sale_id)) and s.get("status") == "failed" and s, timeout=60,
-                      what="the sale to fail")
+    sale = wait_until(
+        lambda: (s := sales.get(sale_id)) and s.get("status") == "failed" and s, timeout=60, what="the sale to fail"
+    )
     assert "template" in sale["reason"]
     assert statuses(notifications, sale_id) == {}
     assert sim.sms_sale(sale_id)["accepted"] == 0
-    letters = wait_until(lambda: [d for d in deadletter.receive(settings, "generate", max_messages=100)
-                                  if d.get("payload", {}).get("args") == [sale_id]], what="a dead letter")
+    letters = wait_until(
+        lambda: [
+            d
+            for d in deadletter.receive(settings, "generate", max_messages=100)
+            if d.get("payload", {}).get("args") == [sale_id]
+        ],
+        what="a dead letter",
+    )
     assert "template" in letters[0]["reason"]
 
 
 def test_stop_replies_opt_fans_out(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    table, notifications, sales = records
+    _table, notifications, sales = records
     # Given a provider whose recipients all reply STOP after delivery
     sim.configure(sms={"stop_reply_rate": 1.0})
     try:
         audience = fans(3)
         sale_id, _ = new_sale(settings, audience)
-        counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 3), timeout=90,
-                            what="first sale done")
+        counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 3), timeout=90, what="first sale done")
         # Then the numbers of the fans who got the message land on the opt-out list
-        wait_until(lambda: len(notifications.opted_out([f["phone"] for f in audience])) == counts["delivered"],
-                   timeout=30, what="opt-outs recorded")
+        wait_until(
+            lambda: (
+                len(DemandRecords(DemandTable(get_settings())).opted_out([f["phone"] for f in audience]))
+                == counts["delivered"]
+            ),
+            timeout=30,
+            what="opt-outs recorded",
+        )
     finally:
         sim.configure(sms={"stop_reply_rate": 0.0})
-    opted = notifications.opted_out([f["phone"] for f in audience])
+    opted = DemandRecords(DemandTable(get_settings())).opted_out([f["phone"] for f in audience])
     # And a later sale for the same fans sends nothing to those numbers
     second, _ = new_sale(settings, audience)
     # (all may have opted out: then the sale is generated with no notification at all)
-    wait_until(lambda: all_terminal(notifications, sales, second, 3 - len(opted)) is not None, timeout=90,
-               what="the second sale done, without notifications for the opted-out fans")
+    wait_until(
+        lambda: all_terminal(notifications, sales, second, 3 - len(opted)) is not None,
+        timeout=90,
+        what="the second sale done, without notifications for the opted-out fans",
+    )
     assert all(sim.sms_messages_to(p) == 1 for p in opted)
     assert sim.sms_sale(second)["accepted"] == 3 - len(opted)
 
@@ -196,8 +235,11 @@ def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, record
     try:
         audience = fans(30)
         sale_id, _ = new_sale(settings, audience, rate=40)
-        counts = wait_until(lambda: all_terminal(notifications, sales, sale_id, 30), timeout=180,
-                            what="every notification terminal despite failures")
+        counts = wait_until(
+            lambda: all_terminal(notifications, sales, sale_id, 30),
+            timeout=180,
+            what="every notification terminal despite failures",
+        )
     finally:
         sim.configure(sms={"error_rate": 0.0, "rate_limit_per_second": 0})
     # Then nobody got two messages, and no notification was tried more than three times
@@ -211,7 +253,7 @@ def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, record
 
 
 def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    from dmd_tasks.send import send_notifications
+    from dmd_tasks.pipeline.stage4_send import send_notifications
 
     _, notifications, sales = records
     audience = fans(5)
@@ -230,7 +272,7 @@ def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings
 def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, settings) -> None:  # type: ignore[no-untyped-def]
     import requests
 
-    from dmd_tasks.stack import free_port, wait_for_port
+    from dmd_tasks.ops.stack import free_port, wait_for_port
 
     _, notifications, sales = records
     port = free_port()
@@ -247,8 +289,13 @@ def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, 
     def value(line_start: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
-    for source, target in (("none", "pending"), ("pending", "scheduled"), ("scheduled", "sending"),
-                           ("sending", "sent"), ("sent", "delivered")):
+    for source, target in (
+        ("none", "pending"),
+        ("pending", "scheduled"),
+        ("scheduled", "sending"),
+        ("sending", "sent"),
+        ("sent", "delivered"),
+    ):
         assert value(f'dmd_notification_transitions_total{{from_status="{source}",to_status="{target}"}}') >= 4
     assert value('dmd_provider_responses_total{code="202",provider="sms"}') >= 5
     assert value("dmd_send_latency_seconds_count") >= 5

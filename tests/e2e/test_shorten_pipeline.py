@@ -17,10 +17,15 @@ from typing import Any
 
 import pytest
 
-from dmd_tasks import aws, deadletter
-from dmd_tasks.models import Demand, Event
-from dmd_tasks.stack import ProcessGroup
-from dmd_tasks.store import DemandTable, serialize
+from dmd_tasks.celery_app import app
+from dmd_tasks.domain.entities import Demand, Event
+from dmd_tasks.infra import aws
+from dmd_tasks.ops import dlq as deadletter
+from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.store.codec import serialize
+from dmd_tasks.store.events import EventRecords
+from dmd_tasks.store.items import item
+from dmd_tasks.store.table import DemandTable
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,8 +33,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e",
-                         env={"DMD_BRIDGE_RECORDS_PER_READ": "50"})
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e", env={"DMD_BRIDGE_RECORDS_PER_READ": "50"})
     group.start(["bridge-demand", "worker-short-url"])
     try:
         yield group
@@ -44,17 +48,20 @@ def table(settings) -> DemandTable:  # type: ignore[no-untyped-def]
 
 def make_events(n: int) -> list[Event]:
     run = uuid.uuid4().hex[:8]
-    return [Event(id=f"t{run}-{i}", name=f"Event {i}", url=f"https://www.ticketmaster.com/e/{run}/{i}")
-            for i in range(n)]
+    return [
+        Event(id=f"t{run}-{i}", name=f"Event {i}", url=f"https://www.ticketmaster.com/e/{run}/{i}") for i in range(n)
+    ]
 
 
 def demand_rows(events: list[Event], fans: int, offset: int = 0) -> list[dict[str, Any]]:
-    return [Demand(eventId=events[n % len(events)].id, fanId=f"fan{offset + n}", phone=f"+1555{n:07d}").to_item()
-            for n in range(fans)]
+    return [
+        item(Demand(eventId=events[n % len(events)].id, fanId=f"fan{offset + n}", phone=f"+1555{n:07d}"))
+        for n in range(fans)
+    ]
 
 
 def all_short(table: DemandTable, events: list[Event]) -> dict[str, str] | None:
-    found = {e.id: (table.get_event(e.id) or e).short_url for e in events}
+    found = {e.id: (EventRecords(table).get(e.id) or e).short_url for e in events}
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
@@ -66,7 +73,7 @@ def dead_letters_mentioning(settings, marker: str) -> list[dict[str, Any]]:  # t
 def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
     # Given six events and demand for them, with many fans per event
     events = make_events(6)
-    table.put_items(e.to_item() for e in events)
+    table.put_items(item(e) for e in events)
     table.put_items(demand_rows(events, 60))
 
     # When the bridge and the worker have run
@@ -80,52 +87,59 @@ def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, tabl
     # When more demand arrives later for the same events (duplicates across batches)
     table.put_items(demand_rows(events, 30, offset=1000))
     sentinel = make_events(1)
-    table.put_items(e.to_item() for e in sentinel)
+    table.put_items(item(e) for e in sentinel)
     table.put_items(demand_rows(sentinel, 1))
     wait_until(lambda: all_short(table, sentinel), what="the sentinel event shortened")
 
     # Then nothing is shortened again
     for event in events:
         assert sim.bitly_calls(event.url) == 1
-        assert (table.get_event(event.id) or event).short_url == links[event.id]
+        assert (EventRecords(table).get(event.id) or event).short_url == links[event.id]
 
 
 def test_malformed_records_are_dead_lettered_while_batch_mates_proceed(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
     events = make_events(2)
-    table.put_items(e.to_item() for e in events)
+    table.put_items(item(e) for e in events)
     marker = uuid.uuid4().hex[:10]
     # Given one write carrying good demand rows and two items the bridge cannot route
-    table.put_items([
-        demand_rows(events, 1)[0],
-        {"pk": f"X#{marker}", "sk": "X", "entity": "SPACESHIP", "id": marker},
-        {"pk": f"EVENT#{marker}", "sk": "DEMAND#f", "entity": "DEMAND", "id": marker, "fanId": "f"},
-        demand_rows(events, 2)[1],
-    ])
+    table.put_items(
+        [
+            demand_rows(events, 1)[0],
+            {"pk": f"X#{marker}", "sk": "X", "entity": "SPACESHIP", "id": marker},
+            {"pk": f"EVENT#{marker}", "sk": "DEMAND#f", "entity": "DEMAND", "id": marker, "fanId": "f"},
+            demand_rows(events, 2)[1],
+        ]
+    )
     # Then the good rows are processed
     wait_until(lambda: all_short(table, events), what="batch-mates shortened")
     # And each bad record is in the bridge's dead-letter queue with its reason and payload
-    letters = wait_until(lambda: (found := dead_letters_mentioning(settings, marker)) and len(found) >= 2 and found,
-                         what="two dead letters")
+    letters = wait_until(
+        lambda: (found := dead_letters_mentioning(settings, marker)) and len(found) >= 2 and found,
+        what="two dead letters",
+    )
     reasons = sorted(letter["reason"] for letter in letters)
     assert reasons == ["demand item has no valid 'eventId'", "unknown entity type 'SPACESHIP'"]
     assert all(letter["source"] == "bridge-demand" and letter["payload"]["dynamodb"] for letter in letters)
 
 
 def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settings, stack, sim, table) -> None:  # type: ignore[no-untyped-def]
-    from dmd_tasks.provision import ensure_kinesis_stream
+    from dmd_tasks.ops.provision import ensure_kinesis_stream
 
     stream_name = f"dmd-demand-changes-{uuid.uuid4().hex[:6]}"
     ensure_kinesis_stream(settings, stream_name)
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-kinesis",
-                         env={"DMD_DEMAND_KINESIS_STREAM_NAME": stream_name})
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / "e2e-kinesis", env={"DMD_DEMAND_KINESIS_STREAM_NAME": stream_name}
+    )
     group.start(["bridge-demand", "worker-short-url"])
     try:
         events = make_events(2)
-        table.put_items(e.to_item() for e in events)
+        table.put_items(item(e) for e in events)
         marker = uuid.uuid4().hex
-        records = [{"Data": json.dumps(_kinesis_change(events[0], "fanK1")).encode(), "PartitionKey": "a"},
-                   {"Data": f"garbage {marker}".encode(), "PartitionKey": "b"},
-                   {"Data": json.dumps(_kinesis_change(events[1], "fanK2")).encode(), "PartitionKey": "c"}]
+        records = [
+            {"Data": json.dumps(_kinesis_change(events[0], "fanK1")).encode(), "PartitionKey": "a"},
+            {"Data": f"garbage {marker}".encode(), "PartitionKey": "b"},
+            {"Data": json.dumps(_kinesis_change(events[1], "fanK2")).encode(), "PartitionKey": "c"},
+        ]
         aws.client("kinesis", settings).put_records(StreamName=stream_name, Records=records)
 
         wait_until(lambda: all_short(table, events), what="events from Kinesis-wrapped changes shortened")
@@ -137,19 +151,31 @@ def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settin
 
 
 def _kinesis_change(event: Event, fan: str) -> dict[str, Any]:
-    item = Demand(eventId=event.id, fanId=fan, phone="+15550001111").to_item()
-    return {"awsRegion": "us-east-1", "eventID": uuid.uuid4().hex, "eventName": "INSERT",
-            "recordFormat": "application/json", "tableName": "dmd-demand", "eventSource": "aws:dynamodb",
-            "dynamodb": {"ApproximateCreationDateTime": int(time.time() * 1000),
-                         "Keys": serialize({"pk": item["pk"], "sk": item["sk"]}), "NewImage": serialize(item),
-                         "SizeBytes": 100}}
+    row = item(Demand(eventId=event.id, fanId=fan, phone="+15550001111"))
+    return {
+        "awsRegion": "us-east-1",
+        "eventID": uuid.uuid4().hex,
+        "eventName": "INSERT",
+        "recordFormat": "application/json",
+        "tableName": "dmd-demand",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {
+            "ApproximateCreationDateTime": int(time.time() * 1000),
+            "Keys": serialize({"pk": row["pk"], "sk": row["sk"]}),
+            "NewImage": serialize(row),
+            "SizeBytes": 100,
+        },
+    }
 
 
 def _checkpoint(settings) -> str | None:  # type: ignore[no-untyped-def]
     ddb = aws.client("dynamodb", settings)
     items = ddb.scan(TableName=settings.checkpoint_table_name)["Items"]
-    mine = [i for i in items if i["stream"]["S"].startswith("bridge-demand|") and ":table/" + settings.table_name
-            in i["stream"]["S"]]
+    mine = [
+        i
+        for i in items
+        if i["stream"]["S"].startswith("bridge-demand|") and ":table/" + settings.table_name in i["stream"]["S"]
+    ]
     return mine[0]["sequence"]["S"] if mine and "sequence" in mine[0] else None
 
 
@@ -158,7 +184,9 @@ def _last_stream_sequence(settings) -> str:  # type: ignore[no-untyped-def]
     streams = aws.client("dynamodbstreams", settings)
     arn = ddb.describe_table(TableName=settings.table_name)["Table"]["LatestStreamArn"]
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")[
+        "ShardIterator"
+    ]
     last = None
     while True:
         page = streams.get_records(ShardIterator=iterator, Limit=1000)
@@ -173,7 +201,7 @@ def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, s
     pipeline.kill("bridge-demand", signal.SIGKILL)
     before = _checkpoint(settings)
     events = make_events(30)
-    table.put_items(e.to_item() for e in events)
+    table.put_items(item(e) for e in events)
     table.put_items(demand_rows(events, 1500))
     last = _last_stream_sequence(settings)
     log_path = pipeline.log_dir / "bridge-demand.log"
@@ -204,20 +232,22 @@ def _short_url_dead_letters(settings, marker: str) -> list[dict[str, Any]]:  # t
     return [d for d in deadletter.receive(settings, "short-url", max_messages=200) if marker in json.dumps(d)]
 
 
-def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(pipeline, table, settings,
-                                                                                sim) -> None:  # type: ignore[no-untyped-def]
+def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
     # Given Bitly answering 500 to every call
     sim.configure(bitly={"error_rate": 1.0})
     try:
         doomed = make_events(1)
-        bad = [Event(id=f"bad{uuid.uuid4().hex[:8]}", url="javascript:alert(1)"),
-               Event(id=f"bad{uuid.uuid4().hex[:8]}", url="https://evil.example.net/x")]
-        table.put_items(e.to_item() for e in doomed + bad)
+        bad = [
+            Event(id=f"bad{uuid.uuid4().hex[:8]}", url="javascript:alert(1)"),
+            Event(id=f"bad{uuid.uuid4().hex[:8]}", url="https://evil.example.net/x"),
+        ]
+        table.put_items(item(e) for e in doomed + bad)
         table.put_items(demand_rows(doomed + bad, 3))
 
         # Then the event is tried 1 + shorten_max_retries times, then dead-lettered with the reason
-        letter = wait_until(lambda: _short_url_dead_letters(settings, doomed[0].id), timeout=90,
-                            what="the doomed event's dead letter")[0]
+        letter = wait_until(
+            lambda: _short_url_dead_letters(settings, doomed[0].id), timeout=90, what="the doomed event's dead letter"
+        )[0]
         assert re.fullmatch(r"TransientError: bitly shorten: upstream error 50[03]", letter["reason"])
         assert letter["payload"]["args"] == [doomed[0].id]
         assert letter["payload"]["retries"] == settings.shorten_max_retries
@@ -233,13 +263,13 @@ def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(
         sim.configure(bitly={"error_rate": 0.0})
 
     # When an operator looks first (dry run), nothing is sent and the letters stay
-    from dmd_tasks.deadletter import replay
+    from dmd_tasks.ops.dlq import replay
 
-    planned = replay(settings, "short-url", dry_run=True)
+    planned = replay(settings, app, "short-url", dry_run=True)
     assert any(doomed[0].id in line and line.startswith("would ") for line in planned)
     assert _short_url_dead_letters(settings, doomed[0].id)
     # And then re-drives the queue once Bitly is back: the doomed event gets its link, and its letter is gone
-    replay(settings, "short-url", dry_run=False)
+    replay(settings, app, "short-url", dry_run=False)
     wait_until(lambda: all_short(table, doomed), what="the replayed event shortened")
     assert not _short_url_dead_letters(settings, doomed[0].id)
 
@@ -249,7 +279,7 @@ def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> 
     sim.configure(bitly={"rate_limit_per_second": 1})
     try:
         events = make_events(3)
-        table.put_items(e.to_item() for e in events)
+        table.put_items(item(e) for e in events)
         table.put_items(demand_rows(events, 3))
         # Then every event is shortened in the end, each with one successful call
         wait_until(lambda: all_short(table, events), timeout=90, what="events shortened despite 429s")
@@ -260,14 +290,26 @@ def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> 
 
 
 def test_replaying_the_bridge_dead_letters_keeps_what_is_still_invalid(pipeline, settings) -> None:  # type: ignore[no-untyped-def]
-    from dmd_tasks.deadletter import DeadLetter, DeadLetters, replay
+    from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
+    from dmd_tasks.ops.dlq import replay
 
     marker = uuid.uuid4().hex
     # a record that is still invalid, dead-lettered by the bridge
-    DeadLetters(settings).send_batch("bridge-demand", [DeadLetter(
-        reason="unknown entity type 'X'", source="bridge-demand", correlation_id=f"ddb-{marker}",
-        payload={"eventID": marker, "eventName": "INSERT",
-                 "dynamodb": {"NewImage": {"entity": {"S": "X"}}, "SequenceNumber": "1"}})])
-    lines = replay(settings, "bridge-demand", dry_run=False, max_messages=200)
+    DeadLetters(settings).send_batch(
+        "bridge-demand",
+        [
+            DeadLetter(
+                reason="unknown entity type 'X'",
+                source="bridge-demand",
+                correlation_id=f"ddb-{marker}",
+                payload={
+                    "eventID": marker,
+                    "eventName": "INSERT",
+                    "dynamodb": {"NewImage": {"entity": {"S": "X"}}, "SequenceNumber": "1"},
+                },
+            )
+        ],
+    )
+    lines = replay(settings, app, "bridge-demand", dry_run=False, max_messages=200)
     assert any("still invalid, kept: unknown entity type 'X'" in line for line in lines)
     assert dead_letters_mentioning(settings, marker)

@@ -16,15 +16,18 @@ from typing import Any
 
 import pytest
 
-from dmd_tasks.campaigns import Campaign, SendWindow, open_campaign_store
-from dmd_tasks.generate import generate_sale
-from dmd_tasks.models import Demand, Event, Sale
-from dmd_tasks.ratelimit import SharedRateLimiter
-from dmd_tasks.schedule import run_tick
+from dmd_tasks.domain.campaigns import Campaign, SendWindow
+from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.domain.provider_events import StatusEvent
+from dmd_tasks.infra.ratelimit import SharedRateLimiter
+from dmd_tasks.infra.settings import load_settings
+from dmd_tasks.pipeline.stage2_generate import generate_sale
+from dmd_tasks.pipeline.stage3_schedule import run_tick
+from dmd_tasks.pipeline.stage5_sms_status import apply_event
 from dmd_tasks.services import Services
-from dmd_tasks.settings import load_settings
-from dmd_tasks.sms_status import StatusEvent, apply_event
-from dmd_tasks.store import iso
+from dmd_tasks.store.campaigns import open_campaign_store
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.items import item
 
 pytestmark = pytest.mark.e2e
 
@@ -38,14 +41,22 @@ def services(stack) -> Services:  # type: ignore[no-untyped-def]
 def seed(services: Services, n: int, *, rate: float = 50.0) -> str:
     run = uuid.uuid4().hex[:8]
     event = Event(id=f"ev{run}", name="Show", url=f"https://www.ticketmaster.com/e/{run}", shortUrl="https://bit.ly/x")
-    services.table.put_items([event.to_item()])
+    services.table.put_items([item(event)])
     area = int(run, 16) % 1000
-    services.table.put_items(Demand(eventId=event.id, fanId=f"fan{i:03d}", phone=f"+1555{area:03d}{i:04d}").to_item()
-                             for i in range(n))
+    services.table.put_items(
+        item(Demand(eventId=event.id, fanId=f"fan{i:03d}", phone=f"+1555{area:03d}{i:04d}")) for i in range(n)
+    )
     sale_id = f"sale{run}"
-    services.campaigns.put(Campaign(saleId=sale_id, eventId=event.id, template="{{ short_url }}",
-                                    window=SendWindow(start=clock(0), end=clock(0)), ratePerSecond=rate))
-    services.table.put_items([Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time() - 1)).to_item()])
+    services.campaigns.put(
+        Campaign(
+            saleId=sale_id,
+            eventId=event.id,
+            template="{{ short_url }}",
+            window=SendWindow(start=clock(0), end=clock(0)),
+            ratePerSecond=rate,
+        )
+    )
+    services.table.put_items([item(Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time() - 1)))])
     return sale_id
 
 
@@ -77,8 +88,15 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(ser
     services.notifications.schedule(sale_id, sent["fanId"], time.time())
     handed_over = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
     assert services.sales.take_lease(sale_id, handed_over, time.time() - 120, 60)
-    partial = services.notifications.new_item(sale_id=sale_id, event_id=sent["eventId"], fan_id="fan011",
-                                              phone="+15550000011", tz="UTC", send_after=time.time(), now=time.time())
+    partial = services.notifications.new_item(
+        sale_id=sale_id,
+        event_id=sent["eventId"],
+        fan_id="fan011",
+        phone="+15550000011",
+        tz="UTC",
+        send_after=time.time(),
+        now=time.time(),
+    )
     services.table.put_items([{**partial, "status": "scheduled"}])
 
     # The next runs resume after the checkpoint, skip what exists, and finish
@@ -98,14 +116,15 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(ser
 
 def test_a_clean_handover_skips_the_existence_check(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs that follow the claim or a clean handover know nothing exists past the cursor: no look-ups."""
-    from dmd_tasks.store import NotificationRecords
+    from dmd_tasks.store.notifications import NotificationRecords
 
     sale_id = seed(services, 12)
     assert services.sales.claim(sale_id, time.time(), 60)
     looked_up: list[int] = []
     original = NotificationRecords.existing_fans
-    monkeypatch.setattr(NotificationRecords, "existing_fans",
-                        lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        NotificationRecords, "existing_fans", lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k)
+    )
     assert generate_sale(sale_id, services).outcome == "continue"
     assert generate_sale(sale_id, services).outcome == "done"
     assert looked_up == []
@@ -116,10 +135,9 @@ def test_a_run_reads_no_demand_page_it_will_not_write(services: Services, monkey
     """The next page is read ahead while a chunk is written, but not after the run's last chunk."""
     sale_id = seed(services, 23)
     assert services.sales.claim(sale_id, time.time(), 60)
-    client = services.table._client
     queries: list[dict[str, Any]] = []
-    original = client.query
-    monkeypatch.setattr(client, "query", lambda **kw: queries.append(kw) or original(**kw))
+    original = services.table.query
+    monkeypatch.setattr(services.table, "query", lambda **kw: queries.append(kw) or original(**kw))
     first = generate_sale(sale_id, services)
     assert (first.outcome, first.chunks) == ("continue", 2)
     demand_reads = [q for q in queries if q.get("KeyConditionExpression", "").startswith("pk = :pk AND begins")]
@@ -166,8 +184,9 @@ def test_a_receipt_before_our_sent_write_is_kept_until_it_applies(services: Serv
     fan = notifications_of(services, sale_id)[0]["fanId"]
     services.notifications.schedule(sale_id, fan, time.time())
     assert services.notifications.claim_for_send(sale_id, fan, time.time(), 60)
-    receipt = StatusEvent(type="status", message_id="SMabc", status="delivered", timestamp=iso(time.time()),
-                          reference=f"{sale_id}:{fan}")
+    receipt = StatusEvent(
+        type="status", message_id="SMabc", status="delivered", timestamp=iso(time.time()), reference=f"{sale_id}:{fan}"
+    )
     # the provider was faster than our write: the receipt cannot apply yet
     assert apply_event(services, receipt) == "unresolved"
     assert services.notifications.mark_sent(sale_id, fan, "SMabc", time.time())
@@ -213,7 +232,8 @@ def test_embedded_campaign_store_round_trip(services: Services) -> None:
     _round_trip(services.campaigns)
 
 
-@pytest.mark.skipif(not os.environ.get("DMD_TEST_MONGO_URL"),
-                    reason="no MongoDB here; set DMD_TEST_MONGO_URL to check the pymongo path")
+@pytest.mark.skipif(
+    not os.environ.get("DMD_TEST_MONGO_URL"), reason="no MongoDB here; set DMD_TEST_MONGO_URL to check the pymongo path"
+)
 def test_mongodb_campaign_store_round_trip() -> None:
     _round_trip(open_campaign_store(load_settings(mongo_url=os.environ["DMD_TEST_MONGO_URL"])))

@@ -1,0 +1,120 @@
+"""Batched publishing of Celery tasks to SQS: ten task messages per SendMessageBatch call.
+
+Celery publishes one message per ``apply_async`` (one SendMessage each). A bridge turns
+up to 1,000 stream records at a time into tasks, so it builds the same Celery protocol-2
+messages that ``apply_async`` would (same headers, same signals, so correlation ids and
+tracing context are stamped as usual) and sends them in batches of ten.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, signals
+from kombu import serialization
+from kombu.asynchronous.aws.sqs.message import AsyncMessage
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import extract
+
+from dmd_tasks.celery_app.monitoring import task_sent_batch
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, send_batch_all
+from dmd_tasks.pipeline.routing import TaskCall, queue_of
+
+
+class BatchPublisher:
+    """Enqueues many calls of one task with SendMessageBatch."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._sqs = aws.client("sqs", settings)
+
+    def publish(self, task_name: str, calls: Iterable[TaskCall], queue: str | None = None) -> int:
+        """Enqueue every call on the task's queue (``queue`` for a task outside the routing table);
+        returns how many were sent. Raises TransientError if SQS refuses some."""
+        queue = queue or queue_of(task_name)
+        url = topology.queue_url(self._settings, queue)
+        with task_sent_batch(self._app):  # one task-sent message per batch, not one per task
+            return self._publish(task_name, queue, url, calls)
+
+    def _publish(self, task_name: str, queue: str, url: str, calls: Iterable[TaskCall]) -> int:
+        entries: list[dict[str, Any]] = []
+        sent = 0
+        for call in calls:
+            entry: dict[str, Any] = {"Id": str(len(entries)), "MessageBody": self._encode(task_name, queue, call)}
+            if call.delay_seconds > 0:
+                entry["DelaySeconds"] = min(int(call.delay_seconds), 900)
+            entries.append(entry)
+            if len(entries) == SQS_BATCH_MAX_ENTRIES:
+                send_batch_all(self._sqs, url, entries)
+                sent += len(entries)
+                entries = []
+        if entries:
+            send_batch_all(self._sqs, url, entries)
+            sent += len(entries)
+        return sent
+
+    def _encode(self, task_name: str, queue: str, call: TaskCall) -> str:
+        if call.traceparent is None:
+            return self._encode_message(task_name, queue, call)
+        # the publish span (tracing's before_task_publish hook) becomes a child of the record's span
+        token = otel_context.attach(extract({"traceparent": call.traceparent}))
+        try:
+            return self._encode_message(task_name, queue, call)
+        finally:
+            otel_context.detach(token)
+
+    def _encode_message(self, task_name: str, queue: str, call: TaskCall) -> str:
+        task_id = str(uuid.uuid4())
+        message = self._app.amqp.create_task_message(
+            task_id,
+            task_name,
+            call.args,
+            call.kwargs,
+            argsrepr=None,
+            kwargsrepr=None,
+        )
+        headers = {**message.headers, **call.headers}
+        properties = dict(message.properties)
+        signals.before_task_publish.send(
+            sender=task_name,
+            body=message.body,
+            exchange=queue,
+            routing_key=queue,
+            declare=[],
+            headers=headers,
+            properties=properties,
+            retry_policy=None,
+        )
+        content_type, content_encoding, body = serialization.dumps(message.body, serializer="json")
+        if isinstance(body, str):
+            body = body.encode(content_encoding)
+        # The same envelope kombu's virtual channel builds in basic_publish (body base64, SQS-encoded).
+        envelope = {
+            "body": AsyncMessage().encode(body),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": headers,
+            "properties": {
+                **properties,
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+                "delivery_info": {"exchange": queue, "routing_key": queue},
+            },
+        }
+        encoded = AsyncMessage().encode(json.dumps(envelope))
+        signals.after_task_publish.send(
+            sender=task_name,
+            body=message.body,
+            exchange=queue,
+            routing_key=queue,
+            headers=headers,
+            properties=properties,
+        )
+        return encoded

@@ -1,0 +1,71 @@
+"""Celery signal handlers of every dmd worker and beat: correlation ids across the chain, task
+counters, logs, metrics and tracing set up in each process. Connected when imported (by ``app``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, signals
+
+from dmd_tasks.infra import aws, logs, metrics, tracing
+from dmd_tasks.infra.metrics import TASKS
+from dmd_tasks.infra.settings import get_settings
+
+
+@signals.before_task_publish.connect
+def _stamp_correlation_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None and not headers.get(logs.CORRELATION_HEADER):
+        headers[logs.CORRELATION_HEADER] = logs.correlation_id.get() or logs.new_correlation_id()
+
+
+@signals.task_prerun.connect
+def _enter_task_context(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    logs.correlation_id.set(getattr(request, logs.CORRELATION_HEADER, None) or task_id)
+    logs.task_context.set({"task_name": getattr(task, "name", ""), "task_id": task_id or ""})
+
+
+@signals.task_postrun.connect
+def _leave_task_context(**_: Any) -> None:
+    logs.correlation_id.set(None)
+    logs.task_context.set(None)
+
+
+@signals.task_success.connect
+def _count_success(sender: Task | None = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "success").inc()
+
+
+@signals.task_failure.connect
+def _count_failure(sender: Task | None = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "failure").inc()
+
+
+@signals.task_retry.connect
+def _count_retry(sender: Any = None, **_: Any) -> None:
+    TASKS.labels(getattr(sender, "name", "?"), "retry").inc()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _start_metrics(**_: Any) -> None:
+    """Samples to the metrics directory and every AWS request counted (worker children inherit both)."""
+    metrics.use_directory(get_settings().metrics_dir.resolve())
+    aws.count_requests()
+
+
+@signals.worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    tracing.setup(get_settings(), "worker")
+
+
+@signals.worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    if pid:
+        metrics.process_exited(pid)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    settings = get_settings()
+    logs.configure(settings.log_level, json_lines=settings.log_json, process="worker")

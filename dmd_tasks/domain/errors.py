@@ -1,0 +1,42 @@
+"""The errors of dmd: one root, and each branch says what the caller should do (retry, or not)."""
+
+from __future__ import annotations
+
+
+class DmdError(Exception):
+    """Root of every error dmd raises on purpose."""
+
+
+class TransientError(DmdError):
+    """The operation may succeed if retried later (timeouts, 5xx, throttling, a lock held elsewhere)."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RateLimited(TransientError):
+    """The upstream said 429; retry after the time it gave."""
+
+
+class PermanentError(DmdError):
+    """Retrying cannot help (bad input, refused credentials, missing entity); dead-letter it."""
+
+
+class InvalidRecord(PermanentError):
+    """A stream record or message that cannot be parsed or routed."""
+
+
+class DisallowedUrl(PermanentError):
+    """A URL that is not http(s) or not on the allowed hosts, so it is never sent to a provider."""
+
+
+class InvalidTemplate(PermanentError, ValueError):
+    """A campaign template that uses unknown variables or anything but plain placeholders.
+
+    Also a ValueError, so pydantic reports it as a validation error of the campaign.
+    """
+
+
+class InvalidCampaign(PermanentError):
+    """A stored campaign that no longer validates (written around the API, or by an older version)."""

@@ -1,0 +1,124 @@
+"""boto3 clients built from settings: the same code talks to moto locally and to AWS.
+
+Clients are cached per process (and rebuilt after a fork, since a boto3 client must
+not cross a fork), so a task never pays for a client construction.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from botocore import handlers
+from botocore.config import Config
+
+from dmd_tasks.infra.metrics import AWS_REQUESTS, DYNAMODB_READ_UNITS, DYNAMODB_WRITE_ITEMS
+from dmd_tasks.infra.settings import Settings
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, int, str], Any] = {}
+
+
+def session_for(settings: Settings) -> boto3.session.Session:
+    return boto3.session.Session(
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None,
+        aws_secret_access_key=(
+            settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+        ),
+    )
+
+
+def client(service: str, settings: Settings) -> Any:
+    """A pooled boto3 client for ``service``, cached for this process and these settings."""
+    key = (os.getpid(), id(settings), service)
+    found = _clients.get(key)
+    if found is not None:
+        return found
+    with _lock:
+        found = _clients.get(key)
+        if found is None:
+            config = Config(
+                connect_timeout=settings.aws_connect_timeout_seconds,
+                read_timeout=settings.aws_read_timeout_seconds,
+                max_pool_connections=settings.aws_max_pool_connections,
+                retries={"mode": "standard", "max_attempts": 5},
+            )
+            found = session_for(settings).client(service, endpoint_url=settings.aws_endpoint_url, config=config)
+            _clients[key] = found
+    return found
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def io_pool(settings: Settings) -> ThreadPoolExecutor:
+    """Threads for independent AWS calls issued together (batch writes, conditional writes), one
+    pool per process (created where it is used: a pool must not cross a fork). Requests spend most
+    of their time waiting on the network, so a few threads multiply a worker's throughput."""
+    pid = os.getpid()
+    pool = _pools.get(pid)
+    if pool is None:
+        with _lock:
+            pool = _pools.get(pid)
+            if pool is None:
+                pool = _pools[pid] = ThreadPoolExecutor(
+                    max_workers=settings.aws_io_threads, thread_name_prefix="aws-io"
+                )
+    return pool
+
+
+def resource(service: str, settings: Settings) -> Any:
+    """A boto3 resource (used only by provisioning and tools, never on a hot path)."""
+    return session_for(settings).resource(service, endpoint_url=settings.aws_endpoint_url)
+
+
+# ---- request accounting --------------------------------------------------------------------------
+# Every botocore session created after ``count_requests()`` (ours, and the ones kombu's SQS
+# transport makes) registers these handlers, so each request the process signs is counted:
+# the AWS bill of the pipeline, by service and operation, in the Prometheus metrics.
+
+_WRITE_OPERATIONS = {"PutItem": 1, "UpdateItem": 1, "DeleteItem": 1}
+
+
+def _on_sign(event_name: str = "", **_: Any) -> None:
+    _kind, service, operation = event_name.split(".", 2)
+    AWS_REQUESTS.labels(service, operation).inc()
+
+
+def _on_dynamodb_params(params: dict[str, Any], model: Any = None, **_: Any) -> None:
+    operation = getattr(model, "name", "")
+    if operation == "BatchWriteItem":
+        DYNAMODB_WRITE_ITEMS.labels(operation).inc(sum(len(v) for v in params.get("RequestItems", {}).values()))
+    elif operation in _WRITE_OPERATIONS:
+        DYNAMODB_WRITE_ITEMS.labels(operation).inc()
+    elif operation == "BatchGetItem":
+        DYNAMODB_READ_UNITS.labels(operation).inc(
+            sum(len(v.get("Keys", [])) for v in params.get("RequestItems", {}).values())
+        )
+    elif operation == "GetItem":
+        DYNAMODB_READ_UNITS.labels(operation).inc()
+
+
+def _on_dynamodb_response(http_response: Any = None, model: Any = None, **_: Any) -> None:
+    operation = getattr(model, "name", "")
+    if operation in ("Query", "Scan") and http_response is not None:
+        size = len(http_response.content or b"")
+        DYNAMODB_READ_UNITS.labels(operation).inc(max(1, -(-size // 4096)))
+
+
+_HANDLERS = (
+    ("before-sign", _on_sign),
+    ("before-parameter-build.dynamodb", _on_dynamodb_params),
+    ("after-call.dynamodb", _on_dynamodb_response),
+)
+
+
+def count_requests() -> None:
+    """Count every AWS request of this process (and of processes it forks). Safe to call twice."""
+    for spec in _HANDLERS:
+        if spec not in handlers.BUILTIN_HANDLERS:
+            handlers.BUILTIN_HANDLERS.append(spec)

@@ -1,0 +1,81 @@
+"""The Prometheus metrics of every dmd process, safe with prefork workers.
+
+Every process (bridges, worker children, beat, API) writes its samples to files in
+``DMD_METRICS_DIR`` (prometheus_client's multiprocess mode), once ``use_directory`` ran at
+its start; ``dmd metrics`` (``dmd_tasks.ops.metrics_server``) serves them aggregated at
+``/metrics``. Names and labels: docs/operations.md.
+
+Every metric has labels, so no sample exists before its first ``labels()`` call: a process
+picks the directory at start-up, whatever imported prometheus_client before it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import mark_process_dead
+
+#: prometheus_client reads its directory from this variable when a sample is created.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+NOTIFICATION_TRANSITIONS = Counter(
+    "dmd_notification_transitions_total",
+    "Notification status transitions written (conditional writes that won).",
+    ["from_status", "to_status"],
+)
+SEND_LATENCY = Histogram(
+    "dmd_send_latency_seconds",
+    "Duration of one SMS provider send call, successful or not.",
+    ["provider"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PROVIDER_RESPONSES = Counter(
+    "dmd_provider_responses_total",
+    "Answers of external providers by HTTP status (or timeout/connection).",
+    ["provider", "code"],
+)
+BRIDGE_LAG = Gauge(
+    "dmd_bridge_lag_seconds", "Age of the newest stream record a bridge handled.", ["bridge"], multiprocess_mode="max"
+)
+BRIDGE_RECORDS = Counter(
+    "dmd_bridge_records_total", "Stream records handled by a bridge, by outcome.", ["bridge", "outcome"]
+)
+CACHE_REQUESTS = Counter(
+    "dmd_cache_requests_total", "Cache look-ups by result (hit, miss, stale).", ["cache", "result"]
+)
+TASKS = Counter("dmd_tasks_total", "Celery task runs by final state.", ["task", "state"])
+AWS_REQUESTS = Counter(
+    "dmd_aws_requests_total",
+    "AWS API requests this process made (every attempt), by service and operation.",
+    ["service", "operation"],
+)
+DYNAMODB_WRITE_ITEMS = Counter(
+    "dmd_dynamodb_write_items_total",
+    "Items DynamoDB write requests carried (a BatchWriteItem counts each).",
+    ["operation"],
+)
+DYNAMODB_READ_UNITS = Counter(
+    "dmd_dynamodb_read_units_total",
+    "Estimated read units: one per item read by key, one per 4 KB a query returned.",
+    ["operation"],
+)
+
+
+def use_directory(directory: Path) -> None:
+    """Write this process's samples (and its children's) to files in ``directory``.
+
+    Call at process start, before the first sample. prometheus_client chooses between
+    in-process and file-backed values when it is first imported; that choice is made again
+    here, so it holds even if a library imported prometheus_client earlier.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()
+
+
+def process_exited(pid: int) -> None:
+    """Forget a dead worker child's live gauges (its counters stay counted)."""
+    if os.environ.get(MULTIPROC_ENV):
+        mark_process_dead(pid)

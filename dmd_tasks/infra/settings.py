@@ -1,0 +1,270 @@
+"""Every setting of dmd, in one place.
+
+This is the only module that knows environment variable names: each field
+``foo_bar`` is read from ``DMD_FOO_BAR``. A profile (``DMD_PROFILE``, default
+``local``) selects a file of defaults in ``config/`` (``local.env`` for the
+embedded stack, ``aws.env`` for real AWS); the environment overrides it.
+
+Nothing is read at import time: ``get_settings()`` parses the profile and the
+environment on its first call, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import config as _config_package
+
+CONFIG_DIR = Path(_config_package.__file__).resolve().parent
+
+
+class UnsafeConfiguration(ValueError):
+    """A combination of settings that would make the pipeline misbehave (e.g. duplicate SQS deliveries)."""
+
+
+def _profile_file() -> Path:
+    profile = os.environ.get("DMD_PROFILE", "local")
+    path = CONFIG_DIR / f"{profile}.env"
+    if not path.is_file():
+        raise UnsafeConfiguration(f"DMD_PROFILE={profile!r}: no profile file {path.name} in config/")
+    return path
+
+
+class Settings(BaseSettings):
+    """All of dmd's configuration. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="DMD_", extra="ignore", frozen=True)
+
+    profile: str = "local"
+
+    # --- AWS -----------------------------------------------------------------------------
+    aws_region: str = "us-east-1"
+    aws_account_id: str = "123456789012"
+    #: One endpoint for every AWS service (moto server locally); None means real AWS.
+    aws_endpoint_url: str | None = None
+    #: Static credentials (moto locally); None means boto3's default chain (IAM role).
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_connect_timeout_seconds: float = 5.0
+    aws_read_timeout_seconds: float = 30.0
+    aws_max_pool_connections: int = 20
+    #: Threads per process for AWS calls issued together (a chunk's batch writes, the scheduler's
+    #: conditional writes); at most aws_max_pool_connections are useful.
+    aws_io_threads: int = 8
+
+    table_name: str = "dmd-demand"
+    checkpoint_table_name: str = "dmd-checkpoints"
+    queue_name_prefix: str = "dmd-"
+    #: Kinesis stream the SMS provider publishes delivery statuses to.
+    sms_status_stream_name: str = "dmd-sms-status"
+    #: Kinesis stream carrying the demand table's changes (the "DynamoDB Kinesis stream"
+    #: form); None means the bridge reads the table's DynamoDB Stream directly.
+    demand_kinesis_stream_name: str | None = None
+    #: How many times SQS delivers a message before its redrive policy moves it to the DLQ.
+    dlq_max_receive_count: int = 5
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_backend_url: str | None = None  # defaults to redis_url
+    result_expires_seconds: int = 86_400
+
+    # --- Celery on SQS ---------------------------------------------------------------------
+    #: SQS visibility timeout of every task queue. Must exceed the longest countdown a task
+    #: can get plus the hard time limit, or SQS redelivers a task that is still waiting or
+    #: running (a duplicate execution).
+    visibility_timeout_seconds: int = 600
+    sqs_wait_time_seconds: int = 10
+    #: kombu's pause after an empty receive, and also whenever the worker's prefetch is full: then
+    #: it makes no request and only waits, so a long pause caps a busy worker at prefetch/pause
+    #: tasks a second (make bench measured 13/s at 0.3 s); an empty queue is long-polled anyway.
+    sqs_polling_interval_seconds: float = 0.05
+    task_soft_time_limit_seconds: int = 60
+    task_time_limit_seconds: int = 90
+    retry_backoff_max_seconds: int = 120
+    worker_prefetch_multiplier: int = 1
+
+    # --- URL shortening (Bitly v4) ----------------------------------------------------------
+    bitly_base_url: str = "https://api-ssl.bitly.com"
+    bitly_token: SecretStr = SecretStr("")
+    bitly_domain: str = "bit.ly"
+    bitly_timeout_seconds: float = 5.0
+    #: Retries after the first attempt (the original's maxRetryCount).
+    shorten_max_retries: int = 2
+    #: Hosts whose URLs may be sent to the shortener; a leading dot admits subdomains.
+    shorten_allowed_hosts: list[str] = Field(default_factory=lambda: [".ticketmaster.com", ".livenation.com"])
+    #: How long one worker holds the per-event shortening lock.
+    shorten_lock_seconds: int = 30
+
+    # --- Campaigns, sales, notifications ---------------------------------------------------------
+    #: MongoDB URL of the campaign store; None means the embedded store (montydb on disk, in run_dir).
+    mongo_url: SecretStr | None = None
+    mongo_database: str = "campaigns"
+    #: A standby beat takes over at most this long (plus one loop) after the active one died.
+    beat_lock_timeout_seconds: int = 25
+    beat_max_loop_interval_seconds: int = 5
+    #: Redis key prefix of beat's schedule and lock (one per deployment).
+    beat_key_prefix: str = "dmd:redbeat"
+    #: How often beat claims due sales and runs the scheduler.
+    claim_interval_seconds: float = 2.0
+    schedule_interval_seconds: float = 2.0
+    #: Fans written per generator chunk (the original's 5,000), and chunks per task run before
+    #: the task hands the rest of the sale to a fresh message (keeps each run under its time limit).
+    generate_chunk_size: int = 5000
+    generate_chunks_per_run: int = 4
+    #: ... or after this long, whichever comes first (a slow table must not push a run into its
+    #: time limit: make bench saw four chunks take over a minute on the emulator). None: a third
+    #: of the soft time limit.
+    generate_run_seconds: float | None = None
+    #: How long one generator run owns a sale before another may resume it.
+    generate_lease_seconds: int = 120
+    #: Shards of the pending index per sale (spreads a big sale's GSI writes over partitions).
+    pending_shards: int = 4
+    #: Notifications one ``send_notifications`` message carries.
+    send_batch_size: int = 10
+    #: The original's maxSendAttempts.
+    max_send_attempts: int = 3
+    #: First retry delay of a failed send; doubles per attempt (plus jitter), capped by retry_backoff_max.
+    send_retry_base_seconds: float = 2.0
+    #: How long a worker owns a notification in ``sending`` before a sweep may take it back.
+    send_lease_seconds: int = 60
+    #: How often the scheduler looks for expired send leases (and for sales that are done).
+    lease_sweep_interval_seconds: float = 10.0
+    #: Celery's native per-worker rate limit of send_notifications (tasks, not messages).
+    send_task_rate_limit: str | None = None
+    #: Fallback provider rate when a campaign does not set one (messages per second, all workers).
+    default_send_rate_per_second: float = 20.0
+    #: Statuses one ``record_sms_status`` message carries.
+    status_batch_size: int = 25
+    #: Retries of a delivery status whose notification is not (yet) marked sent.
+    status_max_retries: int = 8
+
+    # --- SMS provider -------------------------------------------------------------------------------
+    sms_base_url: str = "https://sms.example.com"
+    sms_api_key: SecretStr = SecretStr("")
+    sms_timeout_seconds: float = 5.0
+    sms_sender_id: str = "DMD"
+
+    # --- Query surface (GraphQL API) ---------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: Accepted values of the ``x-api-key`` header (AppSync API_KEY auth).
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_max_query_bytes: int = 8192
+    api_max_query_depth: int = 6
+    api_max_fields: int = 60
+
+    discovery_base_url: str = "https://app.ticketmaster.com"
+    discovery_api_key: SecretStr = SecretStr("")
+    discovery_timeout_seconds: float = 3.0
+    #: TM Discovery allows about 5 requests per second per key (shared by every API process).
+    discovery_rate_per_second: float = 5.0
+    event_cache_ttl_seconds: int = 86_400
+    #: How long a copy is kept to serve, marked stale, when Discovery fails or rate-limits.
+    event_stale_ttl_seconds: int = 604_800
+    event_missing_ttl_seconds: int = 60
+
+    accounts_base_url: str = "https://accounts.example.com"
+    accounts_client_id: str = ""
+    accounts_client_secret: SecretStr = SecretStr("")
+    accounts_timeout_seconds: float = 3.0
+    account_cache_ttl_seconds: int = 60
+    #: A token is renewed this long before it expires.
+    accounts_token_margin_seconds: int = 60
+
+    # --- Stream bridges ----------------------------------------------------------------------
+    bridge_records_per_read: int = 1000
+    bridge_idle_sleep_seconds: float = 0.5
+    bridge_shard_refresh_seconds: float = 30.0
+    #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
+    #: or stopping); a crash re-reads at most this much, and every task is idempotent.
+    bridge_checkpoint_interval_seconds: float = 1.0
+    #: How long the demand bridge remembers a task it enqueued, to skip repeats from later pages.
+    bridge_dedupe_seconds: float = 600.0
+    #: Where a bridge starts on a shard it has no checkpoint for.
+    bridge_start_position: str = "TRIM_HORIZON"
+
+    # --- Local stack ---------------------------------------------------------------------------
+    run_dir: Path = Path(".dmd")
+    moto_host: str = "127.0.0.1"
+    moto_port: int = 5000
+    simulator_host: str = "127.0.0.1"
+    simulator_port: int = 8090
+
+    # --- Monitoring ----------------------------------------------------------------------------------
+    #: Where worker events and remote control travel (SQS cannot carry them); None: redis_url.
+    monitor_redis_url: str | None = None
+    worker_send_task_events: bool = True
+    #: Also publish task-sent events (one Redis publish per enqueued task).
+    monitor_task_sent_events: bool = True
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    #: "user:password" for Flower's basic auth; unset, Flower's API answers without auth (loopback only).
+    flower_basic_auth: SecretStr | None = None
+
+    #: Where every process writes its Prometheus samples; None: run_dir/metrics.
+    metrics_dir_override: Path | None = Field(default=None, alias="DMD_METRICS_DIR")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9808
+
+    #: OTLP/HTTP endpoint of a collector (e.g. http://collector:4318); None: no export.
+    otlp_endpoint: str | None = None
+    otel_service_name: str = "dmd"
+
+    # --- Logging ---------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _check_visibility_timeout(self) -> Settings:
+        needed = self.max_countdown_seconds + self.task_time_limit_seconds
+        if self.visibility_timeout_seconds <= needed:
+            raise UnsafeConfiguration(
+                f"visibility_timeout_seconds={self.visibility_timeout_seconds} must exceed the longest "
+                f"countdown a task can get ({self.max_countdown_seconds}s) plus the hard time limit "
+                f"({self.task_time_limit_seconds}s) = {needed}s; otherwise SQS redelivers waiting or "
+                f"running tasks and they execute twice"
+            )
+        run_seconds = self.generate_run_seconds
+        if run_seconds is not None and run_seconds * 2 > self.task_soft_time_limit_seconds:
+            raise UnsafeConfiguration(
+                "generate_run_seconds must be at most half of task_soft_time_limit_seconds: a run stops "
+                "handing over only after its current chunk, which may take as long again"
+            )
+        if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
+            raise UnsafeConfiguration("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+        if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
+            raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")
+        return self
+
+    @property
+    def generate_run_budget_seconds(self) -> float:
+        """How long one generator run writes before it hands over (see generate_run_seconds)."""
+        if self.generate_run_seconds is not None:
+            return self.generate_run_seconds
+        return self.task_soft_time_limit_seconds / 3
+
+    @property
+    def max_countdown_seconds(self) -> int:
+        """The longest countdown/ETA any task may be given (retries are clamped to it)."""
+        return self.retry_backoff_max_seconds
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.metrics_dir_override or self.run_dir / "metrics"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the profile file and the environment (environment wins)."""
+    return Settings(_env_file=_profile_file(), **overrides)  # type: ignore[call-arg]  # pydantic-settings init option
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed once."""
+    return load_settings()

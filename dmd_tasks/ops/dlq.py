@@ -1,0 +1,140 @@
+"""``dmd dlq list|replay``: read dead letters, and re-drive them.
+
+- a task's dead letter (reason + task + args) is published again to its task;
+- a bridge's dead letter (a raw record) goes through the same decoding and routing as the
+  bridge (``dmd_tasks.pipeline``): routed records are enqueued, a record that is still
+  invalid stays, with why;
+- a message the redrive policy moved (a raw Celery message) goes back to its queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from dmd_tasks.celery_app.publish import BatchPublisher
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.sqs import make_visible
+from dmd_tasks.pipeline.records import decode_kinesis_change, parse_change, restore
+from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, BatchPlan, plan_changes, plan_status_records
+
+#: What re-driving one letter does; None keeps the letter where it is.
+Action = Callable[[], object] | None
+
+
+def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[dict[str, Any]]:
+    """Read up to ``max_messages`` dead letters of ``name`` without consuming them.
+
+    Messages are hidden while the queue is paged through (so each receive returns new
+    ones), then made visible again at once.
+    """
+    sqs = aws.client("sqs", settings)
+    url = topology.dlq_url(settings, name)
+    out: list[dict[str, Any]] = []
+    handles: list[str] = []
+    try:
+        while len(out) < max_messages:
+            response = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=min(10, max_messages - len(out)),
+                VisibilityTimeout=60,
+                WaitTimeSeconds=0,
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                handles.append(message["ReceiptHandle"])
+                try:
+                    out.append(json.loads(message["Body"]))
+                except ValueError:
+                    out.append(
+                        {
+                            "reason": "not a dmd dead letter (moved by the redrive policy)",
+                            "raw": message["Body"],
+                            "message_id": message["MessageId"],
+                        }
+                    )
+    finally:
+        make_visible(sqs, url, handles)
+    return out
+
+
+def replay(settings: Settings, app: Celery, name: str, *, dry_run: bool, max_messages: int = 100) -> list[str]:
+    """Re-drive up to ``max_messages`` dead letters of ``name``; returns one line per letter.
+
+    A replayed letter is deleted from the dead-letter queue only after it was re-sent.
+    With ``dry_run`` nothing is sent or deleted.
+    """
+    sqs = aws.client("sqs", settings)
+    url = topology.dlq_url(settings, name)
+    publisher = BatchPublisher(app, settings)
+    lines: list[str] = []
+    keep: list[str] = []
+    try:
+        while len(lines) < max_messages:
+            messages = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=min(10, max_messages - len(lines)),
+                VisibilityTimeout=60,
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                what, action = plan_replay(settings, name, message["Body"], app, publisher)
+                if action is None or dry_run:
+                    keep.append(message["ReceiptHandle"])
+                    lines.append(f"{'would ' if dry_run and action else ''}{what}")
+                    continue
+                action()
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                lines.append(what)
+    finally:
+        make_visible(sqs, url, keep)
+    return lines
+
+
+def plan_replay(settings: Settings, name: str, body: str, app: Celery, publisher: BatchPublisher) -> tuple[str, Action]:
+    """(what will happen, a function doing it) for one dead letter; the function is None to keep it."""
+    try:
+        letter = json.loads(body)
+    except ValueError:
+        letter = None
+    if not isinstance(letter, dict) or "reason" not in letter:
+        sqs = aws.client("sqs", settings)
+        source = topology.queue_url(settings, name)
+        return f"redriven message -> back to queue {name}", lambda: sqs.send_message(QueueUrl=source, MessageBody=body)
+    payload = letter.get("payload")
+    if isinstance(payload, dict) and "task" in payload:
+        task, args, kwargs = payload["task"], payload.get("args") or [], payload.get("kwargs") or {}
+        correlation = letter.get("correlation_id")
+        headers = {CORRELATION_HEADER: correlation} if correlation else {}
+        return (
+            f"{task}{tuple(args)!r} -> re-published (was: {letter['reason']})",
+            lambda: app.send_task(task, args=args, kwargs=kwargs, headers=headers),
+        )
+    if name in topology.BRIDGE_NAMES:
+        plan = _plan_bridge_record(settings, name, restore(payload))
+        if plan.dead_letters:
+            return f"record still invalid, kept: {plan.dead_letters[0].reason}", None
+        if not plan.calls:
+            return "record needs no task, deleted", lambda: None
+        return (
+            f"record -> {', '.join(plan.calls)} (was: {letter['reason']})",
+            lambda: [publisher.publish(task, calls) for task, calls in plan.calls.items()],
+        )
+    return f"unrecognised dead letter, kept: {letter.get('reason')}", None
+
+
+def _plan_bridge_record(settings: Settings, name: str, record: Any) -> BatchPlan:
+    """What the bridge ``name`` would make of ``record`` now."""
+    if name == "bridge-sms-status":
+        return plan_status_records([record], settings.status_batch_size)
+    decode = decode_kinesis_change if isinstance(record, dict) and "Data" in record else parse_change
+    return plan_changes([record], decode, batch_sizes={SEND_NOTIFICATIONS: settings.send_batch_size}, source=name)

@@ -1,0 +1,51 @@
+"""``dmd metrics``: every process's Prometheus samples, aggregated, plus the dead-letter queue
+depths read from SQS when scraped (names and labels: docs/operations.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from wsgiref.simple_server import make_server
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.runtime import start_process
+from dmd_tasks.infra.settings import Settings
+
+
+class DeadLetterDepth:
+    """Collector: messages waiting in each dead-letter queue, read from SQS when scraped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sqs = aws.client("sqs", self._settings)
+        family = GaugeMetricFamily("dmd_dlq_depth", "Messages in a dead-letter queue.", labels=["queue"])
+        for name in topology.DLQ_OWNERS:
+            try:
+                attributes = sqs.get_queue_attributes(
+                    QueueUrl=topology.dlq_url(self._settings, name), AttributeNames=["ApproximateNumberOfMessages"]
+                )["Attributes"]
+            except (ClientError, BotoCoreError):  # a missing queue or an unreachable SQS must not break the scrape
+                continue
+            family.add_metric([name], float(attributes["ApproximateNumberOfMessages"]))
+        yield family
+
+
+def registry(settings: Settings) -> CollectorRegistry:
+    """Everything every process wrote (in ``settings.metrics_dir``), plus the dead-letter depths."""
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=str(settings.metrics_dir.resolve()))
+    reg.register(DeadLetterDepth(settings))
+    return reg
+
+
+def serve(settings: Settings) -> None:
+    """Serve /metrics on ``metrics_host:metrics_port`` until killed."""
+    start_process(settings, "metrics", trace=False)
+    server = make_server(settings.metrics_host, settings.metrics_port, make_wsgi_app(registry(settings)))
+    server.serve_forever()

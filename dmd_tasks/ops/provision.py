@@ -1,0 +1,193 @@
+"""Create (or bring up to date) every AWS resource dmd needs. Idempotent; moto and AWS alike.
+
+- the ``demand`` table (single-table design, stream NEW_AND_OLD_IMAGES, GSIs ``gsi1``/``gsi2``)
+- the bridges' checkpoint table
+- one SQS queue per Celery queue, each with a dead-letter queue and a redrive policy,
+  and a dead-letter queue per bridge
+- the Kinesis stream of SMS delivery statuses (and the demand-changes stream when configured)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.topology import DLQ_OWNERS, QUEUE_NAMES
+from dmd_tasks.store.keys import GSI1, GSI2
+
+log = logging.getLogger(__name__)
+
+#: SQS keeps a dead letter this long (14 days, the maximum) so an operator can replay it.
+DLQ_RETENTION_SECONDS = 1_209_600
+
+GSIS: list[dict[str, Any]] = [
+    {
+        "IndexName": GSI1,
+        "KeySchema": [{"AttributeName": "gsi1pk", "KeyType": "HASH"}, {"AttributeName": "gsi1sk", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"},
+    },
+    {
+        "IndexName": GSI2,
+        "KeySchema": [{"AttributeName": "gsi2pk", "KeyType": "HASH"}, {"AttributeName": "gsi2sk", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    },
+]
+
+
+def provision(settings: Settings) -> dict[str, Any]:
+    """Create what is missing; returns what exists afterwards (names, ARNs, URLs)."""
+    report: dict[str, Any] = {}
+    report["table"] = ensure_demand_table(settings)
+    report["checkpoint_table"] = ensure_checkpoint_table(settings)
+    report["queues"] = ensure_queues(settings)
+    report["streams"] = [ensure_kinesis_stream(settings, name) for name in topology.kinesis_streams(settings)]
+    return report
+
+
+def _table_exists(ddb: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return ddb.describe_table(TableName=name)["Table"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def _wait_active(ddb: Any, name: str) -> dict[str, Any]:
+    for _ in range(120):
+        table = ddb.describe_table(TableName=name)["Table"]
+        if table["TableStatus"] == "ACTIVE":
+            return table
+        time.sleep(1)
+    raise TimeoutError(f"table {name} did not become ACTIVE")
+
+
+def ensure_demand_table(settings: Settings) -> dict[str, Any]:
+    ddb = aws.client("dynamodb", settings)
+    name = settings.table_name
+    table = _table_exists(ddb, name)
+    if table is None:
+        attrs = ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"]
+        ddb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in attrs],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            GlobalSecondaryIndexes=GSIS,
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        log.info("created table %s", name)
+        table = _wait_active(ddb, name)
+    else:
+        existing = {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])}
+        for gsi in GSIS:
+            if gsi["IndexName"] not in existing:
+                ddb.update_table(
+                    TableName=name,
+                    AttributeDefinitions=[
+                        {"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in gsi["KeySchema"]
+                    ],
+                    GlobalSecondaryIndexUpdates=[{"Create": gsi}],
+                )
+                table = _wait_active(ddb, name)
+        spec = table.get("StreamSpecification") or {}
+        if not spec.get("StreamEnabled") or spec.get("StreamViewType") != "NEW_AND_OLD_IMAGES":
+            ddb.update_table(
+                TableName=name, StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+            )
+            table = _wait_active(ddb, name)
+    if settings.demand_kinesis_stream_name:
+        _enable_kinesis_destination(settings, table)
+    return {"name": name, "arn": table["TableArn"], "stream_arn": table.get("LatestStreamArn")}
+
+
+def _enable_kinesis_destination(settings: Settings, table: dict[str, Any]) -> None:
+    ddb = aws.client("dynamodb", settings)
+    stream = ensure_kinesis_stream(settings, settings.demand_kinesis_stream_name or "")
+    destinations = ddb.describe_kinesis_streaming_destination(TableName=table["TableName"])
+    active = {
+        d["StreamArn"]
+        for d in destinations.get("KinesisDataStreamDestinations", [])
+        if d.get("DestinationStatus") in ("ACTIVE", "ENABLING")
+    }
+    if stream["arn"] not in active:
+        ddb.enable_kinesis_streaming_destination(TableName=table["TableName"], StreamArn=stream["arn"])
+
+
+def ensure_checkpoint_table(settings: Settings) -> dict[str, Any]:
+    """A separate table: checkpoints written into ``demand`` would feed its own stream."""
+    ddb = aws.client("dynamodb", settings)
+    name = settings.checkpoint_table_name
+    table = _table_exists(ddb, name)
+    if table is None:
+        ddb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "stream", "AttributeType": "S"},
+                {"AttributeName": "shard", "AttributeType": "S"},
+            ],
+            KeySchema=[{"AttributeName": "stream", "KeyType": "HASH"}, {"AttributeName": "shard", "KeyType": "RANGE"}],
+        )
+        table = _wait_active(ddb, name)
+    return {"name": name, "arn": table["TableArn"]}
+
+
+def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            raise
+        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def ensure_queues(settings: Settings) -> dict[str, dict[str, str]]:
+    sqs = aws.client("sqs", settings)
+    out: dict[str, dict[str, str]] = {}
+    for name in DLQ_OWNERS:
+        dlq_url = _ensure_queue(
+            sqs, topology.dlq_name(settings, name), {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
+        )
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        entry = {"dlq_url": dlq_url}
+        if name in QUEUE_NAMES:
+            redrive = json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.dlq_max_receive_count)}
+            )
+            entry["url"] = _ensure_queue(
+                sqs,
+                topology.queue_name(settings, name),
+                {
+                    "VisibilityTimeout": str(settings.visibility_timeout_seconds),
+                    "RedrivePolicy": redrive,
+                },
+            )
+        out[name] = entry
+    return out
+
+
+def ensure_kinesis_stream(settings: Settings, name: str, shard_count: int = 1) -> dict[str, Any]:
+    kinesis = aws.client("kinesis", settings)
+    try:
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        kinesis.create_stream(StreamName=name, ShardCount=shard_count)
+        summary = None
+    for _ in range(120):
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        if summary["StreamStatus"] == "ACTIVE":
+            break
+        time.sleep(1)
+    assert summary is not None
+    return {"name": name, "arn": summary["StreamARN"]}

@@ -1,0 +1,278 @@
+"""The routing table: which record or status change wakes which task, on which queue.
+
+A stage never calls the next one: it writes a status, the demand table's stream carries
+the change, and a bridge turns it into the next task by the rules here:
+
+- a new DEMAND row → ``shorten_event_url(eventId)`` (stage 1)
+- a NOTIFICATION entering ``scheduled`` → ``send_notifications([id, ...])`` (stage 4),
+  held back by SQS until its ``notBefore`` (a retry's backoff)
+- a provider event on the status stream → ``record_sms_status([event, ...])`` (stage 5)
+
+Beat starts stages 2 and 3 (``claim_due_sales``, ``schedule_notifications``). Task names
+are the names on the wire: they stay the same when code moves, so messages already queued
+and dead letters waiting for replay still find their task.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from dmd_tasks.domain.entities import Entity, NotificationStatus
+from dmd_tasks.domain.errors import InvalidRecord
+from dmd_tasks.domain.ids import is_valid_id, split_notification_id
+from dmd_tasks.infra import tracing
+from dmd_tasks.infra.deadletters import DeadLetter
+from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.pipeline.records import ChangeRecord, decode_status_record, jsonable, record_correlation_id
+
+# --- task names, in pipeline order -------------------------------------------------------------
+SHORTEN_EVENT_URL = "dmd_tasks.shorten.shorten_event_url"
+CLAIM_DUE_SALES = "dmd_tasks.generate.claim_due_sales"
+GENERATE_NOTIFICATIONS = "dmd_tasks.generate.generate_notifications"
+SCHEDULE_NOTIFICATIONS = "dmd_tasks.schedule.schedule_notifications"
+SEND_NOTIFICATIONS = "dmd_tasks.send.send_notifications"
+RECORD_SMS_STATUS = "dmd_tasks.sms_status.record_sms_status"
+WARM_EVENT_DETAILS = "dmd_tasks.query.warm_event_details"
+
+#: The queue (and so the worker process) of every task.
+TASK_QUEUES: dict[str, str] = {
+    SHORTEN_EVENT_URL: "short-url",
+    CLAIM_DUE_SALES: "generate",
+    GENERATE_NOTIFICATIONS: "generate",
+    SCHEDULE_NOTIFICATIONS: "schedule",
+    SEND_NOTIFICATIONS: "send",
+    RECORD_SMS_STATUS: "sms-status",
+    WARM_EVENT_DETAILS: "query",
+}
+
+#: The modules that define the tasks (workers import them; nothing else needs to).
+TASK_MODULES: tuple[str, ...] = (
+    "dmd_tasks.pipeline.stage1_shorten",
+    "dmd_tasks.pipeline.stage2_generate",
+    "dmd_tasks.pipeline.stage3_schedule",
+    "dmd_tasks.pipeline.stage4_send",
+    "dmd_tasks.pipeline.stage5_sms_status",
+    "dmd_tasks.api.tasks",
+)
+
+#: SQS holds a message back at most 15 minutes (DelaySeconds).
+MAX_DELAY_SECONDS = 900
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task is routed to."""
+    return TASK_QUEUES[task_name]
+
+
+@dataclass
+class TaskCall:
+    """One task message to enqueue: its arguments and extra message headers (e.g. correlation id)."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    #: SQS holds the message back this long (0-900 s): the broker waits, not a worker.
+    delay_seconds: int = 0
+    #: The trace this message continues (the stream record's span).
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A task a record leads to.
+
+    ``item`` is the task's argument, or one element of its list argument for a batched
+    task (see ``plan_changes``' ``batch_sizes``); ``key`` de-duplicates routes.
+    """
+
+    task: str
+    key: str
+    item: Any
+    correlation_id: str
+    delay_seconds: int = 0
+    traceparent: str | None = None
+
+
+@dataclass
+class BatchPlan:
+    """What one batch of records turns into: task calls per task, and dead letters."""
+
+    calls: dict[str, list[TaskCall]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: (task, key) of every route planned, to remember once the calls are published.
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    #: Records that became (part of) a task message.
+    routed: int = 0
+    ignored: int = 0
+    duplicates: int = 0
+
+    @property
+    def messages(self) -> int:
+        return sum(len(c) for c in self.calls.values())
+
+
+def route_change(change: ChangeRecord, now: float | None = None) -> Route | None:
+    """The task a change of the demand table leads to, or None when the change needs nothing.
+
+    Raises InvalidRecord for an entity type the pipeline does not know.
+    """
+    entity = change.entity
+    if entity is None:
+        raise InvalidRecord("item has no 'entity' attribute")
+    try:
+        kind = Entity(entity)
+    except ValueError:
+        raise InvalidRecord(f"unknown entity type {entity!r}") from None
+    if kind is Entity.DEMAND and change.event_name == "INSERT":
+        event_id = (change.new or {}).get("eventId")
+        if not is_valid_id(event_id):
+            raise InvalidRecord("demand item has no valid 'eventId'")
+        return Route(task=SHORTEN_EVENT_URL, key=str(event_id), item=event_id, correlation_id=change.correlation_id)
+    if kind is Entity.NOTIFICATION and change.new is not None:
+        return _route_notification(change, now)
+    return None
+
+
+def _route_notification(change: ChangeRecord, now: float | None) -> Route | None:
+    new = change.new or {}
+    if (
+        new.get("status") != NotificationStatus.SCHEDULED
+        or (change.old or {}).get("status") == NotificationStatus.SCHEDULED
+    ):
+        return None
+    nid = new.get("id")
+    try:
+        split_notification_id(nid)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidRecord("notification item has no valid 'id'") from None
+    not_before = new.get("notBefore")
+    delay = 0
+    if isinstance(not_before, (int, float, Decimal)):
+        # rounded up: a retry must never come back before the time it was given (e.g. Retry-After)
+        wait = float(not_before) - (time.time() if now is None else now)
+        delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(wait)))
+    return Route(
+        task=SEND_NOTIFICATIONS,
+        key=f"{nid}#{new.get('attempts', 0)}",
+        item=nid,
+        correlation_id=change.correlation_id,
+        delay_seconds=delay,
+    )
+
+
+def plan_changes(
+    raws: Iterable[Any],
+    decode: Callable[[Any], ChangeRecord],
+    batch_sizes: Mapping[str, int] | None = None,
+    source: str = "bridge-demand",
+    recently_published: Container[tuple[str, str]] = (),
+) -> BatchPlan:
+    """Turn a page of raw change records into de-duplicated task calls and dead letters.
+
+    One bad record becomes a dead letter with its reason; the rest of the page proceeds.
+    Routes already in ``recently_published`` (earlier pages) count as duplicates.
+    Routes to a task in ``batch_sizes`` are packed into messages of that many items
+    (one message per distinct delay).
+    """
+    plan = BatchPlan()
+    seen: set[tuple[str, str]] = set()
+    batched: dict[tuple[str, int], list[Route]] = {}
+    sizes = batch_sizes or {}
+    for raw in raws:
+        try:
+            change = decode(raw)
+            target = route_change(change)
+        except InvalidRecord as exc:
+            plan.dead_letters.append(
+                DeadLetter(
+                    reason=str(exc), payload=jsonable(raw), source=source, correlation_id=record_correlation_id(raw)
+                )
+            )
+            continue
+        if target is None:
+            plan.ignored += 1
+            continue
+        target = _traced(target, change, source)
+        if (target.task, target.key) in seen or (target.task, target.key) in recently_published:
+            plan.duplicates += 1
+            continue
+        seen.add((target.task, target.key))
+        plan.keys.append((target.task, target.key))
+        plan.routed += 1
+        if target.task in sizes:
+            batched.setdefault((target.task, target.delay_seconds), []).append(target)
+        else:
+            plan.calls.setdefault(target.task, []).append(
+                TaskCall(
+                    args=(target.item,),
+                    headers={CORRELATION_HEADER: target.correlation_id},
+                    delay_seconds=target.delay_seconds,
+                    traceparent=target.traceparent,
+                )
+            )
+    for (task_name, delay), group in batched.items():
+        plan.calls.setdefault(task_name, []).extend(_batched_calls(group, sizes[task_name], delay))
+    return plan
+
+
+def _batched_calls(group: list[Route], size: int, delay: int) -> list[TaskCall]:
+    calls = []
+    for start in range(0, len(group), size):
+        chunk = group[start : start + size]
+        # each item keeps its own trace: the task continues it per item (span per notification)
+        traces = {r.item: r.traceparent for r in chunk if r.traceparent}
+        calls.append(
+            TaskCall(
+                args=([r.item for r in chunk],),
+                kwargs={"trace_context": traces} if traces else {},
+                headers={CORRELATION_HEADER: chunk[0].correlation_id},
+                delay_seconds=delay,
+                traceparent=chunk[0].traceparent,
+            )
+        )
+    return calls
+
+
+def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "bridge-sms-status") -> BatchPlan:
+    """Valid provider events in messages of ``batch_size``, and a dead letter per invalid record."""
+    plan = BatchPlan()
+    events: list[tuple[dict[str, Any], str]] = []
+    for record in records:
+        try:
+            event = decode_status_record(record)
+        except InvalidRecord as exc:
+            plan.dead_letters.append(
+                DeadLetter(
+                    reason=str(exc),
+                    payload=jsonable(record),
+                    source=source,
+                    correlation_id=record_correlation_id(record),
+                )
+            )
+            continue
+        events.append((event, f"kin-{record.get('SequenceNumber', '')}"))
+    plan.routed = len(events)
+    if events:
+        plan.calls[RECORD_SMS_STATUS] = [
+            TaskCall(args=([e for e, _ in events[i : i + batch_size]],), headers={CORRELATION_HEADER: events[i][1]})
+            for i in range(0, len(events), batch_size)
+        ]
+    return plan
+
+
+def _traced(target: Route, change: ChangeRecord, source: str) -> Route:
+    """A span for the routed record (continuing the trace stored on its item, if any)."""
+    if not tracing.enabled():  # the bridge's hot path: no span work when nothing exports
+        return target
+    stored = (change.new or {}).get("traceparent")
+    with tracing.continued(
+        f"{source} route {target.task.rsplit('.', 1)[-1]}",
+        stored if isinstance(stored, str) else None,
+        **{"dmd.correlation_id": change.correlation_id, "dmd.item": str(target.item)},
+    ):
+        return replace(target, traceparent=tracing.current_traceparent())

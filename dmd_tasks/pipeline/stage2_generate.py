@@ -1,0 +1,298 @@
+"""Stage 2: a due sale becomes one ``pending`` notification per fan.
+
+``claim_due_sales`` (beat, every ``claim_interval_seconds``) moves due sales
+``waiting → generating`` with a conditional write, so a second beat or a repeated tick
+never claims twice, and enqueues ``generate_notifications``. It also re-enqueues sales
+whose generator lease expired (the worker died).
+
+``generate_notifications(sale_id)`` streams the event's demand rows page by page and
+writes notifications with BatchWriteItem in chunks of ``generate_chunk_size`` (5,000, as
+the original did). After each chunk it checkpoints the last fan id on the sale under a
+lease; after ``generate_chunks_per_run`` chunks or ``generate_run_budget_seconds``, whichever
+comes first, it hands the rest to a fresh message, so no run nears its time limit (however
+slow the table is) and memory does not grow with the sale. A repeated or
+resumed run skips fans that already have a notification (BatchGetItem on the first
+chunk it writes), so it creates no duplicate and resets no status. Opted-out fans get
+no notification; a fan with an invalid phone number gets one that is ``failed`` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+
+from dmd_tasks.celery_app.base import task
+from dmd_tasks.domain.campaigns import Campaign
+from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus, is_e164
+from dmd_tasks.domain.errors import PermanentError
+from dmd_tasks.infra import aws
+from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS
+from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, WARM_EVENT_DETAILS
+from dmd_tasks.pipeline.stage1_shorten import shorten_with
+from dmd_tasks.services import Services, get_services
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.notifications import NotificationRecords
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateResult:
+    sale_id: str
+    outcome: str  # done | continue | owned-elsewhere | already-generated | not-claimed
+    written: int = 0
+    opted_out: int = 0
+    invalid_phone: int = 0
+    already_present: int = 0
+    chunks: int = 0
+
+
+class Prefetcher:
+    """Pages read one ahead on the pool: ``request()`` starts reading the next page (once),
+    ``take()`` returns it (reading it now if nobody asked before), None at the end."""
+
+    def __init__(self, pages: Iterator[list[dict[str, Any]]], pool: Executor) -> None:
+        self._pages = pages
+        self._pool = pool
+        self._next: Future[list[dict[str, Any]] | None] | None = None
+
+    def request(self) -> None:
+        if self._next is None:
+            self._next = self._pool.submit(next, self._pages, None)
+
+    def take(self) -> list[dict[str, Any]] | None:
+        self.request()
+        assert self._next is not None
+        future, self._next = self._next, None
+        return future.result()
+
+
+def build_notifications(
+    rows: list[dict[str, Any]],
+    *,
+    sale_id: str,
+    event_id: str,
+    campaign: Campaign,
+    notifications: NotificationRecords,
+    opted_out: set[str],
+    skip: set[str],
+    now: float,
+    result: GenerateResult,
+) -> list[dict[str, Any]]:
+    """Notification items for one chunk of demand rows (pure apart from the given sets)."""
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        fan_id, phone, tz = row.get("fanId"), row.get("phone"), row.get("timezone") or "UTC"
+        if not isinstance(fan_id, str):
+            continue
+        if fan_id in skip:
+            result.already_present += 1
+            continue
+        if phone in opted_out:
+            result.opted_out += 1
+            continue
+        send_after = campaign.window.next_open_ts(now, tz)
+        item = notifications.new_item(
+            sale_id=sale_id,
+            event_id=event_id,
+            fan_id=fan_id,
+            phone=str(phone),
+            tz=str(tz),
+            send_after=send_after,
+            now=now,
+        )
+        if not is_e164(phone):
+            result.invalid_phone += 1
+            item = notifications.failed_at_birth(item, "invalid phone number (not E.164)")
+        items.append(item)
+    return items
+
+
+def ensure_short_url(services: Services, event: Event) -> str:
+    """The event's short URL, shortening it now (the shortening stage's own logic) if still missing."""
+    if event.short_url:
+        return event.short_url
+    shorten_with(services, event.id)
+    refreshed = services.events.get(event.id)
+    if refreshed is None or not refreshed.short_url:
+        raise PermanentError(f"event {event.id} has no short URL after shortening")
+    return refreshed.short_url
+
+
+class SaleRun:
+    """One generator run over a sale it holds the lease of: chunks of demand rows become
+    notifications, each chunk checkpointed under the lease, until the sale is done or the run
+    hands the rest over (after ``generate_chunks_per_run`` chunks or its time budget)."""
+
+    def __init__(
+        self, services: Services, sale: dict[str, Any], campaign: Campaign, lease: str, clock: Callable[[], float]
+    ) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.sale_id: str = sale["id"]
+        self.event_id: str = sale["eventId"]
+        self.campaign = campaign
+        self.lease: str | None = lease
+        self.clock = clock
+        self.result = GenerateResult(self.sale_id, "done")
+        self.pool = aws.io_pool(self.settings)  # a chunk's look-ups and writes go out concurrently
+        self.started = time.monotonic()
+        self.handing_over = False
+        # A sale still holding the lease its last run handed over with (or the claim's) has nothing
+        # past its cursor; otherwise a run died mid-chunk and the first chunk is checked for what exists.
+        self.check_existing = not (sale.get("cleanLease") and sale.get("cleanLease") == sale.get("leaseUntil"))
+        # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
+        # and every Query costs a round trip (moto's costs a pass over the whole table).
+        self.pages = Prefetcher(
+            services.demand.pages(self.event_id, sale.get("cursor"), self.settings.generate_chunk_size), self.pool
+        )
+
+    def write(self) -> GenerateResult:
+        chunk: list[dict[str, Any]] = []
+        while (page := self.pages.take()) is not None:
+            for row in page:
+                chunk.append(row)
+                if len(chunk) >= self.settings.generate_chunk_size:
+                    if not self.flush(chunk):
+                        return self._outcome("owned-elsewhere")
+                    if self.handing_over:
+                        return self._outcome("continue")
+                    chunk = []
+        if chunk and not self.flush(chunk):
+            return self._outcome("owned-elsewhere")
+        assert self.lease is not None
+        if not self.services.sales.finish(self.sale_id, self.lease, self.clock()):
+            return self._outcome("owned-elsewhere")
+        return self.result
+
+    def _outcome(self, outcome: str) -> GenerateResult:
+        self.result.outcome = outcome
+        return self.result
+
+    def flush(self, chunk: list[dict[str, Any]]) -> bool:
+        """Write one chunk and checkpoint it; False if the lease was lost meanwhile."""
+        settings, notifications, result = self.settings, self.services.notifications, self.result
+        # Is this the run's last chunk? Decided before writing, so that the next page is read
+        # while this chunk is written only when this run will write it.
+        self.handing_over = (
+            result.chunks + 1 >= settings.generate_chunks_per_run
+            or time.monotonic() - self.started >= settings.generate_run_budget_seconds
+        )
+        if not self.handing_over:
+            self.pages.request()
+        fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str)]
+        skip = notifications.existing_fans(self.sale_id, fan_ids, self.pool) if self.check_existing else set()
+        phones = [r["phone"] for r in chunk if isinstance(r.get("phone"), str)]
+        opted_out = self.services.demand.opted_out(phones, self.pool)
+        items = build_notifications(
+            chunk,
+            sale_id=self.sale_id,
+            event_id=self.event_id,
+            campaign=self.campaign,
+            notifications=notifications,
+            opted_out=opted_out,
+            skip=skip,
+            now=self.clock(),
+            result=result,
+        )
+        self.services.table.put_items(items, self.pool)
+        for status in (NotificationStatus.PENDING, NotificationStatus.FAILED):
+            created = sum(1 for i in items if i["status"] == status)
+            if created:
+                NOTIFICATION_TRANSITIONS.labels("none", status.value).inc(created)
+        result.written += len(items)
+        result.chunks += 1
+        assert self.lease is not None
+        self.lease = self.services.sales.checkpoint(
+            self.sale_id,
+            self.lease,
+            chunk[-1]["fanId"],
+            len(items) + len(skip),
+            self.clock(),
+            settings.generate_lease_seconds,
+            last=self.handing_over,
+        )
+        self.check_existing = False
+        return self.lease is not None
+
+
+def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] = time.time) -> GenerateResult:
+    """Write the sale's notifications from its checkpoint on, if this run can take its lease."""
+    sale = services.sales.get(sale_id)
+    if sale is None:
+        raise PermanentError(f"sale {sale_id} not found")
+    if sale["status"] == SaleStatus.GENERATED:
+        return GenerateResult(sale_id, "already-generated")
+    if sale["status"] != SaleStatus.GENERATING:
+        return GenerateResult(sale_id, "not-claimed")
+    lease = services.sales.take_lease(
+        sale_id, sale.get("leaseUntil"), clock(), services.settings.generate_lease_seconds
+    )
+    if lease is None:
+        return GenerateResult(sale_id, "owned-elsewhere")
+    campaign = services.campaigns.get(sale_id)  # InvalidCampaign (permanent) if it no longer validates
+    if campaign is None:
+        raise PermanentError(f"sale {sale_id} has no campaign")
+    event = services.events.get(sale["eventId"])
+    if event is None:
+        raise PermanentError(f"event {sale['eventId']} of sale {sale_id} not found")
+    ensure_short_url(services, event)
+    return SaleRun(services, sale, campaign, lease, clock).write()
+
+
+@task(GENERATE_NOTIFICATIONS, max_retries=5)
+def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
+    """Write a sale's notifications (see the module docstring: trigger, idempotency, retries).
+
+    Transient errors are retried by Celery from the last checkpoint.
+    """
+    services = get_services()
+    try:
+        result = generate_sale(sale_id, services)
+    except PermanentError as exc:
+        # A sale that cannot be generated (no campaign, invalid template, no event) stops
+        # here, visibly, instead of being restarted every lease period.
+        if services.sales.fail(sale_id, str(exc), time.time()):
+            log.error("sale %s failed: %s", sale_id, exc)
+        raise
+    log.info(
+        "sale %s: %s (%d written, %d opted out, %d invalid phones, %d already present)",
+        sale_id,
+        result.outcome,
+        result.written,
+        result.opted_out,
+        result.invalid_phone,
+        result.already_present,
+    )
+    if result.outcome == "continue":
+        generate_notifications.apply_async((sale_id,))
+    return {"sale_id": sale_id, "outcome": result.outcome, "written": result.written}
+
+
+@task(CLAIM_DUE_SALES, max_retries=0)
+def claim_due_sales(self: Task) -> dict[str, Any]:
+    """Beat: claim due sales once each and start their generation; restart stalled generations."""
+    services = get_services()
+    now = time.time()
+    claimed = restarted = 0
+    for sale in services.sales.due(now):
+        if services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds):
+            generate_notifications.apply_async((sale["id"],))
+            # the API will be asked about this event while fans open their links: warm its cache
+            self.app.send_task(WARM_EVENT_DETAILS, args=(sale["eventId"],))
+            claimed += 1
+            log.info("sale %s claimed (notify at %s)", sale["id"], sale.get("notifyAt"))
+    for sale in services.sales.stalled(now):
+        # the run takes the expired lease with a conditional write; duplicates are no-ops
+        generate_notifications.apply_async((sale["id"],))
+        restarted += 1
+        log.warning(
+            "sale %s: generator lease expired at %s; resuming from its checkpoint", sale["id"], sale.get("leaseUntil")
+        )
+    return {"claimed": claimed, "restarted": restarted, "at": iso(now)}

@@ -1,0 +1,195 @@
+"""Stage 4: send each scheduled notification as one SMS, exactly once.
+
+Trigger: the demand-stream bridge routes every ``→ scheduled`` change here, in batches of
+``send_batch_size`` notification ids (a retry carries SQS DelaySeconds until its
+``notBefore``).
+
+Per notification:
+
+1. ``scheduled → sending`` with a conditional write and a lease: only one worker owns it;
+   a repeated message finds it no longer ``scheduled`` and does nothing.
+2. Render the campaign template with the safe renderer (no access to Python objects).
+3. Wait for a slot of the rate limit shared by every send worker (Redis), since Celery's
+   ``rate_limit`` is per worker only.
+4. Call the SMS provider with the notification id as the idempotency key.
+5. ``sending → sent`` with the provider's message id. Retryable failures (429, 5xx,
+   timeouts) go back to ``scheduled`` with ``attempts + 1`` and a backoff (or the
+   provider's ``Retry-After``); permanent failures and the last attempt end ``failed``
+   with the reason.
+
+A batch's claims (1) go out together, and so do its sends (2-5), on the process's AWS
+thread pool: a batch waits about one provider round trip, not ten, while the shared rate
+limit still spaces the calls.
+
+A worker that dies between 4 and 5 leaves the notification in ``sending``; when the
+lease expires the scheduler's sweep re-sends it with the same idempotency key, so the
+provider does not send a second SMS.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from cachetools import TTLCache
+from celery import Task
+
+from dmd_tasks.celery_app.base import task
+from dmd_tasks.domain.campaigns import Campaign
+from dmd_tasks.domain.entities import NotificationStatus
+from dmd_tasks.domain.errors import InvalidTemplate, PermanentError, TransientError
+from dmd_tasks.domain.ids import split_notification_id
+from dmd_tasks.domain.templates import render
+from dmd_tasks.infra import aws, tracing
+from dmd_tasks.infra.logs import mask_phone
+from dmd_tasks.infra.metrics import SEND_LATENCY
+from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
+from dmd_tasks.services import Services, get_services
+
+log = logging.getLogger(__name__)
+
+SENDING = NotificationStatus.SENDING.value
+
+#: Campaigns and short URLs change rarely during a sale; a send batch should not re-read them.
+#: (A batch's sends run on several threads: the caches are used under a lock.)
+_campaigns: TTLCache[str, Campaign | None] = TTLCache(maxsize=256, ttl=30)
+_events: TTLCache[str, tuple[str, str]] = TTLCache(maxsize=256, ttl=30)
+_cache_lock = threading.Lock()
+
+
+def _campaign(services: Services, sale_id: str) -> Campaign | None:
+    with _cache_lock:
+        if sale_id not in _campaigns:
+            _campaigns[sale_id] = services.campaigns.get(sale_id)
+        return _campaigns[sale_id]
+
+
+def _event_values(services: Services, event_id: str) -> tuple[str, str]:
+    """(event name, short URL) of an event; the short URL falls back to the long one."""
+    with _cache_lock:
+        if event_id not in _events:
+            event = services.events.get(event_id)
+            if event is None:
+                raise PermanentError(f"event {event_id} not found")
+            _events[event_id] = (event.name, event.short_url or event.url)
+        return _events[event_id]
+
+
+def retry_delay(attempts: int, base_seconds: float, cap_seconds: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, at least the provider's Retry-After, at most the cap."""
+    delay = random.uniform(0, base_seconds * (2 ** max(0, attempts - 1)))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, cap_seconds)
+
+
+def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``scheduled → sending`` for each id (conditional writes, issued together); returns the ones
+    this worker now owns."""
+    now = time.time()
+
+    def claim(nid: str) -> dict[str, Any] | None:
+        sale_id, fan_id = split_notification_id(nid)
+        return services.notifications.claim_for_send(sale_id, fan_id, now, services.settings.send_lease_seconds)
+
+    items = aws.io_pool(services.settings).map(claim, notification_ids)
+    return [(nid, item) for nid, item in zip(notification_ids, items, strict=True) if item is not None]
+
+
+def send_claimed(
+    services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str], traceparent: str | None = None
+) -> str:
+    """Send one notification this worker owns, in its own trace; returns what happened."""
+    with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
+        outcome = _send_claimed(services, notification_id, item, opted_out)
+        span.set_attribute("dmd.outcome", outcome)
+        return outcome
+
+
+def _send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
+    settings = services.settings
+    notifications = services.notifications
+    sale_id, fan_id = split_notification_id(notification_id)
+    attempts = int(item.get("attempts", 0))
+    phone = item["phone"]
+    try:
+        campaign = _campaign(services, sale_id)
+        if campaign is None:
+            raise PermanentError(f"sale {sale_id} has no campaign")
+        if phone in opted_out:
+            raise PermanentError("fan opted out (STOP) after the notification was generated")
+        event_name, short_url = _event_values(services, item["eventId"])
+        body = render(
+            campaign.template, {"event_name": event_name, "short_url": short_url, "sale_id": sale_id, "fan_id": fan_id}
+        )
+        services.sms_rate_limiter.acquire(
+            campaign.rate_per_second, timeout_seconds=settings.task_soft_time_limit_seconds / 2
+        )
+        with SEND_LATENCY.labels("sms").time():
+            message_id = services.sms.send(phone, body, idempotency_key=notification_id)
+    except (PermanentError, InvalidTemplate) as exc:
+        notifications.mark_failed(sale_id, fan_id, str(exc), source=SENDING, attempts=attempts + 1)
+        log.warning("notification %s to %s failed: %s", notification_id, mask_phone(phone), exc)
+        return "failed"
+    except TransientError as exc:
+        attempts += 1
+        if attempts >= settings.max_send_attempts:
+            notifications.mark_failed(
+                sale_id, fan_id, f"gave up after {attempts} attempts: {exc}", source=SENDING, attempts=attempts
+            )
+            log.warning("notification %s failed after %d attempts: %s", notification_id, attempts, exc)
+            return "failed"
+        delay = retry_delay(
+            attempts, settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
+        )
+        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc))
+        log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
+        return "retry"
+    if not notifications.mark_sent(sale_id, fan_id, message_id, time.time(), tracing.current_traceparent()):
+        # Our lease expired and the sweep took it back: the re-send uses the same idempotency key.
+        log.warning("notification %s was taken back before it was marked sent", notification_id)
+        return "lease-lost"
+    return "sent"
+
+
+@task(SEND_NOTIFICATIONS, max_retries=3)
+def send_notifications(
+    self: Task,
+    notification_ids: list[str],
+    trace_context: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """Send a batch of scheduled notifications (see the module docstring).
+
+    Each notification's outcome is its own; one bad id never sinks the rest. Errors outside
+    a single send (the store unreachable) are retried by Celery; every step is idempotent.
+    """
+    services = get_services()
+    outcomes: Counter[str] = Counter()
+    valid: list[str] = []
+    for nid in notification_ids if isinstance(notification_ids, list) else []:
+        try:
+            split_notification_id(nid)
+            valid.append(nid)
+        except ValueError:
+            outcomes["invalid-id"] += 1
+            log.warning("send batch carried an invalid notification id")
+    owned = claim_batch(services, valid)
+    outcomes["skipped"] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
+    opted_out = services.demand.opted_out([item["phone"] for _, item in owned]) if owned else set()
+    traces = trace_context if isinstance(trace_context, dict) else {}
+    # The sends are independent and mostly wait on the provider: they go out together (the
+    # shared rate limit still spaces them), each in a copy of this task's context (its
+    # correlation id in the logs).
+    pool = aws.io_pool(services.settings)
+    futures = [
+        pool.submit(contextvars.copy_context().run, send_claimed, services, nid, item, opted_out, traces.get(nid))
+        for nid, item in owned
+    ]
+    for future in futures:
+        outcomes[future.result()] += 1
+    return dict(outcomes)

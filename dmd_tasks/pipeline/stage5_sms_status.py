@@ -1,0 +1,102 @@
+"""Stage 5: delivery receipts and inbound replies from the SMS provider's status stream.
+
+Trigger: the status bridge (``bridges/sms_status.py``) reads the Kinesis stream
+and enqueues batches of ``status_batch_size`` events.
+
+- A delivery status (``delivered``, ``undelivered``, ``failed``) is correlated by the
+  provider's message id: the provider echoes our reference (the notification id), so the
+  item is read by key, and the conditional write requires the stored
+  ``providerMessageId`` to match; without a reference the sparse index ``gsi2`` maps the
+  message id to the notification. It moves ``sent → <status>``: a duplicate or a late,
+  out-of-order receipt changes nothing.
+  Intermediate statuses (``queued``, ``sent``, ...) are ignored.
+- A receipt that arrives before our own ``sent`` write (the provider is fast, the index
+  is eventually consistent) is not lost: it is retried with backoff, up to
+  ``status_max_retries`` times, then dead-lettered with the reason.
+- An inbound ``STOP`` adds the sender's number to the opt-out list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from celery import Task
+
+from dmd_tasks.celery_app.base import task
+from dmd_tasks.domain.entities import TERMINAL_STATUSES, is_e164
+from dmd_tasks.domain.errors import TransientError
+from dmd_tasks.domain.ids import notification_id, split_notification_id
+from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, parse_event
+from dmd_tasks.infra import tracing
+from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
+from dmd_tasks.services import Services, get_services
+
+log = logging.getLogger(__name__)
+
+
+def _by_reference(reference: str | None) -> tuple[str, str] | None:
+    if not reference:
+        return None
+    try:
+        return split_notification_id(reference)
+    except ValueError:
+        return None
+
+
+def apply_event(services: Services, event: ProviderEvent) -> str:
+    """Apply one event; returns the outcome ("unresolved" means: try again later)."""
+    notifications = services.notifications
+    if isinstance(event, InboundEvent):
+        if event.is_stop and is_e164(event.sender):
+            services.demand.add_optout(event.sender, time.time())
+            return "opted-out"
+        return "inbound-ignored"
+    if event.status not in TERMINAL_STATUSES:
+        return "intermediate-ignored"
+    found = _by_reference(event.reference) or notifications.find_by_message_id(event.message_id)
+    if found is None:
+        return "unresolved"
+    sale_id, fan_id = found
+    updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
+    if updated is not None:
+        # continue the sender's trace: the receipt closes the notification's life
+        with tracing.continued(
+            "delivery receipt",
+            updated.get("traceparent"),
+            **{"dmd.notification_id": notification_id(sale_id, fan_id), "dmd.status": event.status},
+        ):
+            pass
+        return event.status
+    current = notifications.status_of(sale_id, fan_id)
+    if current in TERMINAL_STATUSES:
+        return "duplicate"
+    return "unresolved"
+
+
+@task(RECORD_SMS_STATUS)
+def record_sms_status(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
+    """Apply a batch of provider events (see the module docstring); retries only the unresolved ones."""
+    services = get_services()
+    outcomes: Counter[str] = Counter()
+    unresolved: list[dict[str, Any]] = []
+    for raw in events if isinstance(events, list) else []:
+        try:
+            event = parse_event(raw)
+        except ValueError as exc:
+            outcomes["invalid"] += 1
+            log.warning("ignored an invalid provider event: %s", exc)
+            continue
+        outcome = apply_event(services, event)
+        outcomes[outcome] += 1
+        if outcome == "unresolved":
+            unresolved.append(raw)
+    if unresolved:
+        raise self.retry(
+            args=(unresolved,),
+            countdown=min(2**self.request.retries, 30),
+            exc=TransientError(f"{len(unresolved)} receipts match no sent notification yet"),
+        )
+    return dict(outcomes)

@@ -1,0 +1,274 @@
+"""NOTIFICATION items and their status machine (docs/data-model.md).
+
+Every move is an UpdateItem conditional on the current status, so a repeated message
+changes nothing the second time; each move that wins is counted
+(``dmd_notification_transitions_total``).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import Executor
+from typing import Any
+
+from dmd_tasks.domain.entities import Entity, NotificationStatus
+from dmd_tasks.domain.ids import notification_id
+from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS
+from dmd_tasks.store.codec import epoch_key, iso
+from dmd_tasks.store.keys import (
+    GSI1,
+    GSI2,
+    MESSAGE_INDEX_SK,
+    fan_of,
+    message_index,
+    notification_key,
+    pending_index,
+    pending_shard,
+    pending_sort,
+    sale_of,
+    sending_index,
+)
+from dmd_tasks.store.table import DemandTable
+
+_STATUS = {"#s": "status"}
+PENDING = NotificationStatus.PENDING.value
+SCHEDULED = NotificationStatus.SCHEDULED.value
+SENDING = NotificationStatus.SENDING.value
+SENT = NotificationStatus.SENT.value
+FAILED = NotificationStatus.FAILED.value
+
+
+class NotificationRecords:
+    def __init__(self, table: DemandTable, pending_shards: int) -> None:
+        self._table = table
+        self._shards = pending_shards
+
+    def shard_of(self, fan_id: str) -> int:
+        return pending_shard(fan_id, self._shards)
+
+    def shards(self) -> range:
+        return range(self._shards)
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def new_item(
+        self, *, sale_id: str, event_id: str, fan_id: str, phone: str, tz: str, send_after: float, now: float
+    ) -> dict[str, Any]:
+        """A ``pending`` notification, in the pending index under its send-after time."""
+        return {
+            **notification_key(sale_id, fan_id),
+            "entity": Entity.NOTIFICATION.value,
+            "id": notification_id(sale_id, fan_id),
+            "saleId": sale_id,
+            "eventId": event_id,
+            "fanId": fan_id,
+            "phone": phone,
+            "timezone": tz,
+            "status": PENDING,
+            "attempts": 0,
+            "createdAt": iso(now),
+            "sendAfter": int(send_after),
+            "gsi1pk": pending_index(sale_id, self.shard_of(fan_id)),
+            "gsi1sk": pending_sort(send_after, fan_id),
+        }
+
+    @staticmethod
+    def failed_at_birth(item: dict[str, Any], reason: str) -> dict[str, Any]:
+        """``item`` created ``failed`` with ``reason`` instead of ``pending`` (out of every index)."""
+        failed = {k: v for k, v in item.items() if k not in ("gsi1pk", "gsi1sk")}
+        failed.update(status=FAILED, reason=reason)
+        return failed
+
+    def existing_fans(self, sale_id: str, fan_ids: list[str], pool: Executor | None = None) -> set[str]:
+        """Which of these fans already have a notification (BatchGetItem, 100 keys a call)."""
+        keys = [notification_key(sale_id, f) for f in fan_ids]
+        return {fan_of(k["sk"]) for k in self._table.existing_keys(keys, pool)}
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def due_pending(self, sale_id: str, shard: int, now: float, limit: int) -> list[dict[str, Any]]:
+        """Pending notifications of one shard whose send-after time has come, oldest first."""
+        if limit <= 0:
+            return []
+        return self._table.query_items(
+            what=f"pending of {sale_id}",
+            IndexName=GSI1,
+            KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :upto",
+            ExpressionAttributeValues={":pk": {"S": pending_index(sale_id, shard)}, ":upto": {"S": epoch_key(now + 1)}},
+            Limit=limit,
+        )
+
+    def _any_in(self, index_pk: str) -> bool:
+        response = self._table.query(
+            what=f"any in {index_pk}",
+            IndexName=GSI1,
+            KeyConditionExpression="gsi1pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": index_pk}},
+            Limit=1,
+            Select="COUNT",
+        )
+        return bool(response.get("Count"))
+
+    def any_pending_or_sending(self, sale_id: str) -> bool:
+        """Whether any notification of the sale is still in the pending or the sending index."""
+        return any(
+            self._any_in(pending_index(sale_id, shard)) or self._any_in(sending_index(sale_id, shard))
+            for shard in self.shards()
+        )
+
+    def schedule(self, sale_id: str, fan_id: str, now: float) -> bool:
+        """pending → scheduled (the bridge routes the change to the sender)."""
+        return self._move(
+            sale_id,
+            fan_id,
+            PENDING,
+            SCHEDULED,
+            "SET #s = :to, scheduledAt = :now REMOVE gsi1pk, gsi1sk",
+            {":now": iso(now)},
+        )
+
+    def defer(self, sale_id: str, fan_id: str, send_after: float) -> bool:
+        """Keep pending but wait for the fan's send window to open."""
+        return self._move(
+            sale_id,
+            fan_id,
+            PENDING,
+            PENDING,
+            "SET sendAfter = :after, gsi1sk = :sk",
+            {":after": int(send_after), ":sk": pending_sort(send_after, fan_id)},
+        )
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def claim_for_send(self, sale_id: str, fan_id: str, now: float, lease_seconds: int) -> dict[str, Any] | None:
+        """scheduled → sending under a lease; only one worker wins. Returns the item, or None."""
+        lease = now + lease_seconds
+        item = self._table.update(
+            notification_key(sale_id, fan_id),
+            what=f"claim {sale_id}:{fan_id}",
+            update="SET #s = :to, leaseUntil = :lease, sendingAt = :now, gsi1pk = :gpk, gsi1sk = :gsk",
+            condition="#s = :from",
+            names=_STATUS,
+            values={
+                ":from": SCHEDULED,
+                ":to": SENDING,
+                ":lease": int(lease),
+                ":now": iso(now),
+                ":gpk": sending_index(sale_id, self.shard_of(fan_id)),
+                ":gsk": epoch_key(lease),
+            },
+            return_new=True,
+        )
+        if item is None:
+            return None
+        NOTIFICATION_TRANSITIONS.labels(SCHEDULED, SENDING).inc()
+        return item
+
+    def mark_sent(self, sale_id: str, fan_id: str, message_id: str, now: float, traceparent: str | None = None) -> bool:
+        """sending → sent; keeps the sender's trace context so the receipt can continue the trace."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SENDING,
+            SENT,
+            "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
+            "traceparent = :tp REMOVE gsi1pk, gsi1sk, leaseUntil",
+            {
+                ":mid": message_id,
+                ":now": iso(now),
+                ":msg": message_index(message_id),
+                ":n": MESSAGE_INDEX_SK,
+                ":tp": traceparent or "-",
+            },
+        )
+
+    def mark_retry(
+        self, sale_id: str, fan_id: str, attempts: int, not_before: float, reason: str, source: str = SENDING
+    ) -> bool:
+        """sending → scheduled with one more attempt; the bridge re-sends it after ``not_before``."""
+        return self._move(
+            sale_id,
+            fan_id,
+            source,
+            SCHEDULED,
+            "SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r REMOVE gsi1pk, gsi1sk, leaseUntil",
+            {":a": attempts, ":nb": math.ceil(not_before), ":r": reason[:500]},
+        )
+
+    def mark_failed(self, sale_id: str, fan_id: str, reason: str, source: str, attempts: int | None = None) -> bool:
+        update = "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk, leaseUntil"
+        values: dict[str, Any] = {":r": reason[:500]}
+        if attempts is not None:
+            update = "SET #s = :to, reason = :r, attempts = :a REMOVE gsi1pk, gsi1sk, leaseUntil"
+            values[":a"] = attempts
+        return self._move(sale_id, fan_id, source, FAILED, update, values)
+
+    def expired_leases(self, sale_id: str, shard: int, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Notifications of one shard still ``sending`` after their lease expired."""
+        return self._table.query_items(
+            what=f"expired leases of {sale_id}",
+            IndexName=GSI1,
+            KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :now",
+            ExpressionAttributeValues={":pk": {"S": sending_index(sale_id, shard)}, ":now": {"S": epoch_key(now)}},
+            Limit=limit,
+        )
+
+    # --- delivery receipts --------------------------------------------------------------------
+
+    def find_by_message_id(self, message_id: str) -> tuple[str, str] | None:
+        """(sale id, fan id) of the notification the provider gave ``message_id``, if any."""
+        response = self._table.query(
+            what="find by message id",
+            IndexName=GSI2,
+            KeyConditionExpression="gsi2pk = :m",
+            ExpressionAttributeValues={":m": {"S": message_index(message_id)}},
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        if not items:
+            return None
+        return sale_of(items[0]["pk"]["S"]), fan_of(items[0]["sk"]["S"])
+
+    def record_delivery(
+        self, sale_id: str, fan_id: str, message_id: str, status: str, at: str
+    ) -> dict[str, Any] | None:
+        """sent → delivered | undelivered | failed, for this provider message only; a repeated or late
+        receipt changes nothing. Returns the updated item, or None when nothing changed."""
+        item = self._table.update(
+            notification_key(sale_id, fan_id),
+            what=f"{sale_id}:{fan_id} sent->{status}",
+            update="SET #s = :to, deliveredAt = :at REMOVE gsi2pk, gsi2sk",
+            condition="#s = :from AND providerMessageId = :mid",
+            names=_STATUS,
+            values={":to": status, ":from": SENT, ":at": at, ":mid": message_id},
+            return_new=True,
+        )
+        if item is None:
+            return None
+        NOTIFICATION_TRANSITIONS.labels(SENT, status).inc()
+        return item
+
+    def status_of(self, sale_id: str, fan_id: str) -> str | None:
+        item = self._table.get(
+            notification_key(sale_id, fan_id), what=f"status of {sale_id}:{fan_id}", attributes=["status"]
+        )
+        return str(item["status"]) if item else None
+
+    def _move(self, sale_id: str, fan_id: str, source: str, target: str, update: str, values: dict[str, Any]) -> bool:
+        values = {**values, ":from": source}
+        if ":to" in update:  # DynamoDB refuses unused expression values
+            values[":to"] = target
+        moved = (
+            self._table.update(
+                notification_key(sale_id, fan_id),
+                what=f"{sale_id}:{fan_id} {source}->{target}",
+                update=update,
+                condition="#s = :from",
+                names=_STATUS,
+                values=values,
+            )
+            is not None
+        )
+        if moved and source != target:
+            NOTIFICATION_TRANSITIONS.labels(source, target).inc()
+        return moved

@@ -1,0 +1,138 @@
+"""ShardReader: parent before child, checkpoint after the handler, resume from the checkpoint.
+
+The source here is an in-memory stream (the reader's contract with DynamoDB Streams and
+Kinesis is the ShardSource protocol; the end-to-end tests run it against moto).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridges.reader import Checkpoint, ShardReader
+from bridges.sources import Page, Shard
+
+
+class MemoryStream:
+    stream_id = "mem"
+
+    def __init__(self, shards: dict[str, tuple[tuple[str, ...], list[int], bool]]) -> None:
+        # shard id -> (parents, sequence numbers, closed)
+        self.shards = shards
+
+    def list_shards(self) -> list[Shard]:
+        return [Shard(sid, parents) for sid, (parents, _, _) in self.shards.items()]
+
+    def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
+        seqs = self.shards[shard_id][1]
+        start = (
+            0 if after_sequence is None else next((i for i, s in enumerate(seqs) if s > int(after_sequence)), len(seqs))
+        )
+        return f"{shard_id}:{start}"
+
+    def read(self, iterator: str, limit: int) -> Page:
+        shard_id, start = iterator.rsplit(":", 1)
+        _, seqs, closed = self.shards[shard_id]
+        chunk = seqs[int(start) : int(start) + limit]
+        end = int(start) + len(chunk)
+        records = [{"seq": s} for s in chunk]
+        return Page(records, None if closed and end == len(seqs) else f"{shard_id}:{end}")
+
+    def sequence_of(self, record: dict[str, Any]) -> str:
+        return str(record["seq"])
+
+    def arrival_of(self, record: dict[str, Any]) -> None:
+        return None
+
+
+class MemoryCheckpoints:
+    def __init__(self) -> None:
+        self.saved: dict[str, Checkpoint] = {}
+
+    def load(self, stream_id: str) -> dict[str, Checkpoint]:
+        return {k: Checkpoint(v.sequence, v.finished) for k, v in self.saved.items()}
+
+    def save(self, stream_id: str, shard_id: str, checkpoint: Checkpoint) -> None:
+        self.saved[shard_id] = Checkpoint(checkpoint.sequence, checkpoint.finished)
+
+
+def drain(reader: ShardReader, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        reader.poll_once()
+
+
+def test_children_are_read_only_after_their_parents_finish() -> None:
+    stream = MemoryStream(
+        {
+            "child": (("parent",), [10, 11], False),
+            "parent": ((), [1, 2, 3], True),
+            "orphan": (("trimmed-away",), [20], False),  # parent no longer listed: read at once
+        }
+    )
+    order: list[tuple[str, int]] = []
+    reader = ShardReader(
+        stream, MemoryCheckpoints(), lambda recs, sid: order.extend((sid, r["seq"]) for r in recs), records_per_read=2
+    )
+    drain(reader)
+    parent_last = max(i for i, (sid, _) in enumerate(order) if sid == "parent")
+    child_first = min(i for i, (sid, _) in enumerate(order) if sid == "child")
+    assert parent_last < child_first
+    assert sorted(s for _, s in order) == [1, 2, 3, 10, 11, 20]
+
+
+def test_restart_resumes_after_the_checkpoint_and_a_failed_page_is_read_again() -> None:
+    stream = MemoryStream({"s": ((), list(range(1, 8)), False)})
+    checkpoints = MemoryCheckpoints()
+    seen: list[int] = []
+    calls = {"n": 0}
+
+    def flaky(records: list[dict[str, Any]], shard_id: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("SQS unavailable")
+        seen.extend(r["seq"] for r in records)
+
+    reader = ShardReader(stream, checkpoints, flaky, records_per_read=3)
+    reader.poll_once()  # 1,2,3 handled and checkpointed
+    with pytest.raises(RuntimeError):
+        reader.poll_once()  # 4,5,6 fail: no checkpoint
+    assert checkpoints.saved["s"].sequence == "3"
+
+    # a new process (restart) starts from the durable checkpoint
+    again = ShardReader(stream, checkpoints, lambda recs, sid: seen.extend(r["seq"] for r in recs), records_per_read=3)
+    drain(again, 5)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]
+    assert checkpoints.saved["s"].sequence == "7"
+
+
+def test_finished_shard_is_checkpointed_as_finished_and_not_read_again() -> None:
+    stream = MemoryStream({"s": ((), [1], True)})
+    checkpoints = MemoryCheckpoints()
+    reads: list[int] = []
+    reader = ShardReader(stream, checkpoints, lambda recs, sid: reads.extend(r["seq"] for r in recs))
+    drain(reader, 3)
+    assert checkpoints.saved["s"].finished
+    assert reads == [1]
+    assert reader.ready_shards() == []
+
+
+def test_a_busy_reader_checkpoints_at_most_once_an_interval_and_everything_when_idle_or_stopping() -> None:
+    stream = MemoryStream({"s": ((), list(range(1, 11)), False)})
+    writes: list[str | None] = []
+
+    class CountingCheckpoints(MemoryCheckpoints):
+        def save(self, stream_id: str, shard_id: str, checkpoint: Checkpoint) -> None:
+            writes.append(checkpoint.sequence)
+            super().save(stream_id, shard_id, checkpoint)
+
+    checkpoints = CountingCheckpoints()
+    reader = ShardReader(
+        stream, checkpoints, lambda recs, sid: None, records_per_read=2, checkpoint_interval_seconds=3600
+    )
+    for _ in range(5):  # five busy pages: the first is written, the rest wait for the interval
+        reader.poll_once()
+    assert writes == ["2"]
+    reader.stop_event.set()
+    reader.run()  # stopping writes what was held back
+    assert writes == ["2", "10"] and checkpoints.saved["s"].sequence == "10"

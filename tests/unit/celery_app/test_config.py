@@ -1,0 +1,54 @@
+"""The Celery configuration built from settings: SQS queues, routes, beat, settings-derived task options."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmd_tasks.celery_app.config import broker_url, build
+from dmd_tasks.infra.settings import load_settings
+from dmd_tasks.infra.topology import QUEUE_NAMES
+from dmd_tasks.pipeline import routing
+
+
+def test_celery_config_targets_every_queue_on_sqs() -> None:
+    settings = load_settings(aws_endpoint_url="http://127.0.0.1:5999")
+    conf = build(settings)
+    assert conf["broker_url"] == "sqs://testing:testing@127.0.0.1:5999"
+    options = conf["broker_transport_options"]
+    assert options["is_secure"] is False
+    assert set(options["predefined_queues"]) == {f"dmd-{q}" for q in QUEUE_NAMES}
+    assert options["predefined_queues"]["dmd-send"]["url"] == "http://127.0.0.1:5999/123456789012/dmd-send"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+
+
+def test_aws_profile_uses_default_credentials_and_https(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DMD_AWS_ENDPOINT_URL", "DMD_AWS_ACCESS_KEY_ID", "DMD_AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DMD_PROFILE", "aws")
+    settings = load_settings()
+    assert broker_url(settings) == "sqs://"
+    conf = build(settings)
+    assert conf["broker_transport_options"]["is_secure"] is True
+    assert (
+        conf["broker_transport_options"]["predefined_queues"]["dmd-short-url"]["url"]
+        == "https://sqs.us-east-1.amazonaws.com/123456789012/dmd-short-url"
+    )
+
+
+def test_routes_beat_and_task_options_come_from_routing_and_settings() -> None:
+    settings = load_settings(
+        shorten_max_retries=7, status_max_retries=3, send_task_rate_limit="5/s", retry_backoff_max_seconds=60
+    )
+    conf = build(settings)
+    assert conf["task_routes"][routing.SEND_NOTIFICATIONS] == {"queue": "send"}
+    assert set(conf["task_routes"]) == set(routing.TASK_QUEUES)
+    assert conf["imports"] == list(routing.TASK_MODULES)
+    beat = {entry["task"]: entry for entry in conf["beat_schedule"].values()}
+    assert beat[routing.CLAIM_DUE_SALES]["options"]["queue"] == "generate"
+    assert beat[routing.SCHEDULE_NOTIFICATIONS]["schedule"] == settings.schedule_interval_seconds
+    annotations = conf["task_annotations"]
+    assert annotations["*"]["retry_backoff_max"] == 60
+    assert annotations[routing.SHORTEN_EVENT_URL]["max_retries"] == 7
+    assert annotations[routing.RECORD_SMS_STATUS]["max_retries"] == 3
+    assert annotations[routing.SEND_NOTIFICATIONS]["rate_limit"] == "5/s"
+    assert conf["monitor_broker_url"] == settings.redis_url

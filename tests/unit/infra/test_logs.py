@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from dmd_tasks.infra import logs
+
+
+def test_redact_masks_phones_tokens_and_keys_but_not_other_numbers() -> None:
+    text = logs.redact("to +14155550123 via Bearer sekrit.tok apikey=K3Y&x=1 table 123456789012 seq 4959012345678")
+    assert "+14155550123" not in text and "+1*****23" in text
+    assert "sekrit.tok" not in text and "K3Y" not in text
+    assert "123456789012" in text and "4959012345678" in text
+
+
+def test_json_lines_carry_correlation_id_and_masked_message() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", json_lines=True, process="test")
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    token = logs.correlation_id.set("corr-1")
+    try:
+        logging.getLogger("x").info("sending to %s", "+447700900123")
+    finally:
+        logs.correlation_id.reset(token)
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["correlation_id"] == "corr-1"
+    assert line["message"] == "sending to +4*****23"
+    assert line["process_name"] == "test"
+
+
+def test_celery_style_extra_data_and_tracebacks_are_redacted() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", json_lines=True)
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    log = logging.getLogger("celery.app.trace")
+    log.info(
+        "Task %(name)s received",
+        {"name": "t"},
+        extra={"data": {"args": "([{'sender': '+447700900123', 'body': 'STOP'}],)", "id": "x"}},
+    )
+    try:
+        raise ConnectionError("GET https://app.example.com/e.json?apikey=SEKRIT failed")
+    except ConnectionError:
+        log.exception("boom")
+    text = stream.getvalue()
+    assert "+447700900123" not in text and "SEKRIT" not in text
+    first, second = (json.loads(line) for line in text.strip().splitlines()[-2:])
+    assert first["data"]["args"] == "([{'sender': '+4*****23', 'body': 'STOP'}],)"
+    assert "apikey=[redacted]" in second["exc_info"]

@@ -1,0 +1,192 @@
+"""The routing table: which change wakes which task, de-duplicated, batched, delayed for retries (no network)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmd_tasks.domain.errors import InvalidRecord
+from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.sqs import SQS_MAX_MESSAGE_BYTES
+from dmd_tasks.infra.topology import QUEUE_NAMES
+from dmd_tasks.pipeline.records import ChangeRecord, decode_kinesis_change, parse_change
+from dmd_tasks.pipeline.routing import (
+    RECORD_SMS_STATUS,
+    SEND_NOTIFICATIONS,
+    SHORTEN_EVENT_URL,
+    TASK_MODULES,
+    TASK_QUEUES,
+    plan_changes,
+    plan_status_records,
+    queue_of,
+    route_change,
+)
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def load(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def demand_insert(event_id: str, fan_id: str, seq: int) -> dict:
+    record = copy.deepcopy(load("ddb_stream_demand_insert.json"))
+    record["eventID"] = f"e{seq}"
+    record["dynamodb"]["SequenceNumber"] = str(seq)
+    image = record["dynamodb"]["NewImage"]
+    image["eventId"] = {"S": event_id}
+    image["fanId"] = {"S": fan_id}
+    return record
+
+
+def change(seq: int, new: dict[str, Any] | None, old: dict[str, Any] | None, name: str = "MODIFY") -> ChangeRecord:
+    return ChangeRecord(event_id=f"e{seq}", event_name=name, sequence_number=str(seq), new=new, old=old)
+
+
+def notification(fan: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {"entity": "NOTIFICATION", "id": f"sale1:{fan}", "status": status, "attempts": 0, **extra}
+
+
+def test_only_the_transition_into_scheduled_is_routed() -> None:
+    target = route_change(change(1, notification("f1", "scheduled"), notification("f1", "pending")), now=1000)
+    assert target is not None and target.task == SEND_NOTIFICATIONS and target.item == "sale1:f1"
+    assert target.delay_seconds == 0
+    # staying scheduled, or any other transition, is not routed again
+    assert route_change(change(2, notification("f1", "scheduled"), notification("f1", "scheduled")), now=1000) is None
+    assert route_change(change(3, notification("f1", "sending"), notification("f1", "scheduled")), now=1000) is None
+    assert route_change(change(4, notification("f1", "pending"), None, "INSERT"), now=1000) is None
+
+
+def test_a_retry_is_held_back_until_not_before() -> None:
+    retry = notification("f1", "scheduled", attempts=1, notBefore=1030)
+    target = route_change(change(1, retry, notification("f1", "sending", attempts=0)), now=1000)
+    assert target is not None and target.delay_seconds == 30
+    assert target.key == "sale1:f1#1"
+
+
+def test_invalid_notification_id_is_a_dead_letter() -> None:
+    bad = {"entity": "NOTIFICATION", "id": "no-colon", "status": "scheduled"}
+    with pytest.raises(InvalidRecord, match="valid 'id'"):
+        route_change(change(1, bad, {"entity": "NOTIFICATION", "status": "pending"}))
+
+
+def test_send_routes_are_packed_into_batches_per_delay() -> None:
+    changes = [change(i, notification(f"f{i}", "scheduled"), notification(f"f{i}", "pending")) for i in range(23)]
+    changes.append(change(99, notification("f1", "scheduled"), notification("f1", "pending")))  # duplicate
+    changes.append(
+        change(
+            100, notification("r", "scheduled", attempts=1, notBefore=time.time() + 2000), notification("r", "sending")
+        )
+    )
+    plan = plan_changes(changes, lambda c: c, batch_sizes={SEND_NOTIFICATIONS: 10})
+    calls = plan.calls[SEND_NOTIFICATIONS]
+    assert [len(c.args[0]) for c in calls] == [10, 10, 3, 1]
+    assert [c.delay_seconds for c in calls] == [0, 0, 0, 900]  # SQS holds a message at most 15 minutes
+    assert plan.duplicates == 1
+
+
+def test_demand_insert_routes_to_shorten_with_correlation_header() -> None:
+    target = route_change(parse_change(load("ddb_stream_demand_insert.json")))
+    assert target is not None
+    assert target.task == SHORTEN_EVENT_URL
+    assert target.key == "ev1"
+    assert target.item == "ev1"
+    assert target.correlation_id == "ddb-c4ca4238a0b923820dcc509a6f75849b"
+    call = plan_changes([load("ddb_stream_demand_insert.json")], parse_change).calls[SHORTEN_EVENT_URL][0]
+    assert call.args == ("ev1",)
+    assert call.headers[CORRELATION_HEADER] == "ddb-c4ca4238a0b923820dcc509a6f75849b"
+
+
+def test_unknown_entity_is_invalid_and_known_entities_without_route_are_ignored() -> None:
+    record = load("ddb_stream_demand_insert.json")
+    record["dynamodb"]["NewImage"]["entity"] = {"S": "SPACESHIP"}
+    with pytest.raises(InvalidRecord, match="unknown entity type 'SPACESHIP'"):
+        route_change(parse_change(record))
+    modify = load("ddb_stream_demand_insert.json")
+    modify["eventName"] = "MODIFY"
+    modify["dynamodb"]["OldImage"] = modify["dynamodb"]["NewImage"]
+    assert route_change(parse_change(modify)) is None
+
+
+def test_demand_without_valid_event_id_is_invalid() -> None:
+    record = load("ddb_stream_demand_insert.json")
+    record["dynamodb"]["NewImage"]["eventId"] = {"S": "../../etc"}
+    with pytest.raises(InvalidRecord, match="eventId"):
+        route_change(parse_change(record))
+
+
+def test_plan_batch_dedupes_by_event_and_dead_letters_bad_records_keeping_the_rest() -> None:
+    bad = load("ddb_stream_demand_insert.json")
+    bad["dynamodb"]["NewImage"]["entity"] = {"S": "SPACESHIP"}
+    records = [
+        demand_insert("evA", "f1", 1),
+        demand_insert("evA", "f2", 2),
+        bad,
+        "not even a dict",
+        demand_insert("evB", "f3", 3),
+        demand_insert("evA", "f4", 4),
+    ]
+    plan = plan_changes(records, parse_change)
+    calls = plan.calls[SHORTEN_EVENT_URL]
+    assert [c.args for c in calls] == [("evA",), ("evB",)]
+    assert plan.duplicates == 2
+    assert len(plan.dead_letters) == 2
+    reasons = [d.reason for d in plan.dead_letters]
+    assert "unknown entity type 'SPACESHIP'" in reasons[0]
+    assert "not an object" in reasons[1]
+    assert plan.dead_letters[1].payload == "not even a dict"
+    # the dead letter keeps the original record
+    assert plan.dead_letters[0].payload["dynamodb"]["NewImage"]["entity"] == {"S": "SPACESHIP"}
+
+
+def test_dead_letter_body_survives_bytes_payloads() -> None:
+    plan = plan_changes([{"SequenceNumber": "9", "Data": b"\x00\x01"}], decode_kinesis_change)
+    body = json.loads(plan.dead_letters[0].to_body())
+    assert body["payload"]["Data"] == {"base64": "AAE="}
+    assert body["reason"] == "Kinesis Data is not JSON"
+
+
+def test_routes_published_from_earlier_pages_count_as_duplicates() -> None:
+    first = plan_changes([demand_insert("evA", "f1", 1)], parse_change)
+    assert first.keys == [(SHORTEN_EVENT_URL, "evA")]
+    later = plan_changes(
+        [demand_insert("evA", "f2", 2), demand_insert("evB", "f3", 3)], parse_change, recently_published=set(first.keys)
+    )
+    assert [c.args for c in later.calls[SHORTEN_EVENT_URL]] == [("evB",)]
+    assert later.duplicates == 1
+
+
+def test_every_task_has_a_queue_with_a_worker_and_a_module() -> None:
+    assert set(TASK_QUEUES.values()) <= set(QUEUE_NAMES)
+    assert queue_of(SEND_NOTIFICATIONS) == "send"
+    assert all(m.startswith("dmd_tasks.") for m in TASK_MODULES)
+
+
+def test_status_page_batches_valid_events_and_dead_letters_the_rest() -> None:
+    good = b'{"type": "status", "message_id": "SM1", "status": "delivered", "timestamp": "t"}'
+    records = [{"SequenceNumber": str(i), "Data": good} for i in range(30)]
+    records.insert(5, {"SequenceNumber": "x", "Data": b"\x00garbage"})
+    records.insert(9, {"SequenceNumber": "y", "Data": b'{"type": "status"}'})
+    plan = plan_status_records(records, batch_size=25)
+    calls = plan.calls[RECORD_SMS_STATUS]
+    assert [len(c.args[0]) for c in calls] == [25, 5]
+    assert plan.routed == 30
+    assert calls[0].headers[CORRELATION_HEADER] == "kin-0"
+    assert next(letter.reason for letter in plan.dead_letters) == "record is not JSON"
+    assert "invalid status event" in plan.dead_letters[1].reason
+    assert plan.dead_letters[0].correlation_id == "kin-x"
+
+
+def test_oversize_status_records_are_dead_lettered_and_the_letter_fits_in_sqs() -> None:
+    huge = {"SequenceNumber": "1", "Data": b'{"type": "status", "pad": "' + b"x" * 600_000 + b'"}'}
+    plan = plan_status_records([huge], batch_size=25)
+    assert plan.calls == {}
+    assert plan.dead_letters[0].reason.startswith("record is 600")
+    body = plan.dead_letters[0].to_body()
+    assert len(body.encode()) < SQS_MAX_MESSAGE_BYTES
+    assert "(payload truncated)" in body
