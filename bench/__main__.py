@@ -9,11 +9,13 @@ with the command, the date and the machine.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,40 +70,54 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_environment(args.redis_db)  # before any dmd module reads its settings
 
-    import importlib
-
     from bench import report
-    from bench.harness import Harness, machine
+    from bench.harness import Harness
 
-    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    chosen = _chosen(args.only)
+    signal.signal(signal.SIGTERM, _interrupted)
+    h = Harness(_say)
+    started = time.monotonic()
+    results, failed = _run_all(h, _runners(h, args), chosen)
+    results.update(report.derived(results))
+    _write_report(args, argv, results, started)
+    if failed:
+        _say(f"FAILED: {', '.join(failed)} (see above and the logs under the run directory)")
+        return 1
+    return 0
+
+
+def _chosen(only: str) -> list[str]:
+    """The benchmarks ``--only`` names; exits on a name that is not one."""
+    chosen = [b.strip() for b in only.split(",") if b.strip()]
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
         raise SystemExit(f"unknown benchmarks: {unknown}; choose from {BENCHMARKS}")
+    return chosen
 
-    def say(line: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # unwinds: every process the bench started stops
+def _say(line: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
-    signal.signal(signal.SIGTERM, interrupted)
-    h = Harness(say)
-    results: dict[str, Any] = {}
-    failed: list[str] = []
-    started = time.monotonic()
 
-    def module(name: str) -> Any:
-        return importlib.import_module(f"bench.{name}")
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds: every process the bench started stops
 
-    runners = {
-        "fanout": lambda: module("fanout").run(
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"bench.{name}")
+
+
+def _runners(h: Any, args: argparse.Namespace) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Each benchmark's run, with its sizes from the command line."""
+    return {
+        "fanout": lambda: _module("fanout").run(
             h,
             fans=args.fans,
             runs=args.fanout_runs,
             raw_runs=args.runs,
             raw_items=args.raw_items or min(max(2000, args.fans // 10), 50_000),
         ),
-        "send": lambda: module("send").run(
+        "send": lambda: _module("send").run(
             h,
             cap=args.send_cap,
             latency_ms=args.send_latency_ms,
@@ -109,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.send_seconds,
             runs=args.runs,
         ),
-        "latency": lambda: module("latency").run(h, samples=args.latency_samples),
-        "bridge": lambda: module("bridge").run(h, records=args.bridge_records, runs=args.runs),
-        "broker": lambda: module("broker").run(h, tasks=args.broker_tasks, runs=args.runs),
-        "query": lambda: module("query").run(
+        "latency": lambda: _module("latency").run(h, samples=args.latency_samples),
+        "bridge": lambda: _module("bridge").run(h, records=args.bridge_records, runs=args.runs),
+        "broker": lambda: _module("broker").run(h, tasks=args.broker_tasks, runs=args.runs),
+        "query": lambda: _module("query").run(
             h,
             seconds=args.query_seconds,
             runs=args.runs,
@@ -120,24 +136,39 @@ def main(argv: list[str] | None = None) -> int:
             cold_samples=args.cold_samples,
             discovery_latency_ms=args.discovery_latency_ms,
         ),
-        "cost": lambda: module("cost").run(h, fans=args.cost_fans),
+        "cost": lambda: _module("cost").run(h, fans=args.cost_fans),
     }
+
+
+def _run_all(
+    h: Any, runners: dict[str, Callable[[], dict[str, Any]]], chosen: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Run the chosen benchmarks in suite order, then close the harness; (results, the failed ones)."""
+    results: dict[str, Any] = {}
+    failed: list[str] = []
     try:
         for name in BENCHMARKS:
             if name in chosen:
-                say(f"--- {name}")
+                _say(f"--- {name}")
                 begun = time.monotonic()
                 try:
                     results[name] = runners[name]()
                 except Exception as exc:  # one benchmark failing must not lose the others' figures
-                    say(f"{name} FAILED: {exc!r}")
+                    _say(f"{name} FAILED: {exc!r}")
                     results[name] = {"error": repr(exc)[:500]}
                     failed.append(name)
                 results[name]["wall_seconds"] = round(time.monotonic() - begun, 1)
-                say(f"{name}: {json.dumps(results[name])}")
+                _say(f"{name}: {json.dumps(results[name])}")
     finally:
         h.close()
-    results.update(report.derived(results))
+    return results, failed
+
+
+def _write_report(args: argparse.Namespace, argv: list[str], results: dict[str, Any], started: float) -> None:
+    """The figures, with the command, the date and the machine, to ``--out`` (Markdown) and its .json."""
+    from bench import report
+    from bench.harness import machine
+
     document = {
         "command": "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else ""),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -149,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     out.write_text(report.markdown(document))
-    say(f"wrote {out} and {out.with_suffix('.json')} ({document['suite_seconds']:.0f}s)")
-    if failed:
-        say(f"FAILED: {', '.join(failed)} (see above and the logs under the run directory)")
-        return 1
-    return 0
+    _say(f"wrote {out} and {out.with_suffix('.json')} ({document['suite_seconds']:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from bench.harness import Harness, wait_until
 
+if TYPE_CHECKING:
+    from dmd_tasks.infra.settings import Settings
+
 #: AWS list prices, us-east-1, in USD, as of 2026-11-25 (DynamoDB on-demand prices of 2024-11-01).
-PRICES = {
+PRICES: dict[str, Any] = {
     "date": "2026-11-25",
     "region": "us-east-1",
     "sqs_per_million_requests": 0.40,  # standard queue; one request per call up to 64 KB of payload
@@ -50,7 +54,23 @@ def metric_samples(metrics_dir: str, name: str, labels: tuple[str, ...]) -> dict
     return dict(out)
 
 
+@dataclass(frozen=True)
+class SaleRun:
+    """What one demo sale took: its final progress, its length, and the pipeline's CPU seconds."""
+
+    progress: dict[str, Any]
+    elapsed: float
+    cpu_seconds: float
+    idle_cpu_per_second: float
+
+
 def run(h: Harness, *, fans: int) -> dict[str, Any]:
+    sale = _run_sale(h, fans)
+    return _report(h.settings, fans, sale)
+
+
+def _run_sale(h: Harness, fans: int) -> SaleRun:
+    """A demo sale of ``fans`` through every pipeline process, until each notification is terminal."""
     from dmd_tasks.ops.demo import PIPELINE_PROCESSES, TERMINAL, sale_progress, seed_sale
 
     settings = h.settings
@@ -79,19 +99,19 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         time.sleep(3)  # late duplicate receipts still being recorded are part of the cost
         cpu_seconds = h.usage(group).cpu_seconds - baseline
+    return SaleRun(progress, elapsed, cpu_seconds, idle_cpu_per_second)
+
+
+def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
+    """The sale's requests, units, task runs and CPU per notification, and their price."""
     metrics_dir = str(settings.metrics_dir.resolve())
     requests = metric_samples(metrics_dir, "dmd_aws_requests", ("service", "operation"))
     writes = metric_samples(metrics_dir, "dmd_dynamodb_write_items", ("operation",))
     reads = metric_samples(metrics_dir, "dmd_dynamodb_read_units", ("operation",))
     tasks = metric_samples(metrics_dir, "dmd_tasks", ("task", "state"))
+    progress = sale.progress
     n = progress["notifications"]
-    by_operation = {
-        f"{service} {operation}": {"requests": int(count), "per_notification": round(count / n, 4)}
-        for (service, operation), count in sorted(requests.items(), key=lambda kv: -kv[1])
-    }
-    per_service: dict[str, float] = defaultdict(float)
-    for (service, _operation), count in requests.items():
-        per_service[service] += count
+    per_service = _per_service(requests)
     write_units = (
         sum(writes.values())
         + INDEX_WRITES_PER_NOTIFICATION * progress["status"].get("delivered", 0)
@@ -99,17 +119,8 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
     )
     read_units = sum(reads.values())
     stream_reads = requests.get(("dynamodb-streams", "GetRecords"), 0)
-    million = 1_000_000 / n
-    cost = {
-        "sqs": per_service.get("sqs", 0) * million * PRICES["sqs_per_million_requests"] / 1e6,
-        "dynamodb_writes": write_units * million * PRICES["dynamodb_per_million_write_units"] / 1e6,
-        "dynamodb_reads": read_units * million * PRICES["dynamodb_per_million_read_units"] / 1e6,
-        "dynamodb_streams": stream_reads * million * PRICES["dynamodb_streams_per_million_reads"] / 1e6,
-    }
-    task_runs: dict[str, float] = defaultdict(float)
-    for (task, state), count in tasks.items():
-        if state == "success":
-            task_runs[task.rsplit(".", 1)[-1]] += count
+    cost = _cost(per_service, write_units, read_units, stream_reads, n)
+    cpu_seconds, elapsed = sale.cpu_seconds, sale.elapsed
     return {
         "fans": fans,
         "notifications": n,
@@ -118,17 +129,55 @@ def run(h: Harness, *, fans: int) -> dict[str, Any]:
         "aws_requests_total": int(sum(requests.values())),
         "aws_requests_per_notification": round(sum(requests.values()) / n, 3),
         "by_service_per_notification": {s: round(c / n, 3) for s, c in sorted(per_service.items())},
-        "by_operation": by_operation,
+        "by_operation": _by_operation(requests, n),
         "dynamodb_write_units_per_notification": round(write_units / n, 3),
         "dynamodb_read_units_per_notification": round(read_units / n, 3),
-        "tasks_per_notification": {t: round(c / n, 4) for t, c in sorted(task_runs.items())},
+        "tasks_per_notification": {t: round(c / n, 4) for t, c in sorted(_successful_runs(tasks).items())},
         "cpu_seconds_per_1000_notifications": round(1000 * cpu_seconds / n, 2),
         "cpu_seconds_total": round(cpu_seconds, 1),
-        "idle_cpu_seconds_per_second": round(idle_cpu_per_second, 3),
+        "idle_cpu_seconds_per_second": round(sale.idle_cpu_per_second, 3),
         "cpu_seconds_per_1000_notifications_less_idle": round(
-            1000 * max(0.0, cpu_seconds - idle_cpu_per_second * elapsed) / n, 2
+            1000 * max(0.0, cpu_seconds - sale.idle_cpu_per_second * elapsed) / n, 2
         ),
         "cost_per_million_notifications_usd": {k: round(v, 2) for k, v in cost.items()}
         | {"total": round(sum(cost.values()), 2)},
         "prices": PRICES,
     }
+
+
+def _by_operation(requests: dict[tuple[str, ...], float], n: int) -> dict[str, dict[str, float]]:
+    """Requests per AWS operation, most frequent first, in all and per notification."""
+    return {
+        f"{service} {operation}": {"requests": int(count), "per_notification": round(count / n, 4)}
+        for (service, operation), count in sorted(requests.items(), key=lambda kv: -kv[1])
+    }
+
+
+def _per_service(requests: dict[tuple[str, ...], float]) -> dict[str, float]:
+    """Requests per AWS service."""
+    per_service: dict[str, float] = defaultdict(float)
+    for (service, _operation), count in requests.items():
+        per_service[service] += count
+    return per_service
+
+
+def _cost(
+    per_service: dict[str, float], write_units: float, read_units: float, stream_reads: float, n: int
+) -> dict[str, float]:
+    """USD per million notifications, by what is billed."""
+    million = 1_000_000 / n
+    return {
+        "sqs": per_service.get("sqs", 0) * million * PRICES["sqs_per_million_requests"] / 1e6,
+        "dynamodb_writes": write_units * million * PRICES["dynamodb_per_million_write_units"] / 1e6,
+        "dynamodb_reads": read_units * million * PRICES["dynamodb_per_million_read_units"] / 1e6,
+        "dynamodb_streams": stream_reads * million * PRICES["dynamodb_streams_per_million_reads"] / 1e6,
+    }
+
+
+def _successful_runs(tasks: dict[tuple[str, ...], float]) -> dict[str, float]:
+    """Successful runs per task (by its short name)."""
+    task_runs: dict[str, float] = defaultdict(float)
+    for (task, state), count in tasks.items():
+        if state == "success":
+            task_runs[task.rsplit(".", 1)[-1]] += count
+    return task_runs

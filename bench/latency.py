@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.harness import Harness, percentile, wait_until
 from bench.seed import demand_rows, new_sale
+
+if TYPE_CHECKING:
+    from dmd_tasks.infra.settings import Settings
+    from dmd_tasks.store.notifications import NotificationRecords
+    from dmd_tasks.store.table import DemandTable
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
@@ -31,9 +36,6 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def run(h: Harness, *, samples: int) -> dict[str, Any]:
-    from dmd_tasks.domain.entities import Event
-    from dmd_tasks.store.events import EventRecords
-    from dmd_tasks.store.items import item
     from dmd_tasks.store.notifications import NotificationRecords
     from dmd_tasks.store.table import DemandTable
 
@@ -41,63 +43,12 @@ def run(h: Harness, *, samples: int) -> dict[str, Any]:
     h.fresh()
     table = DemandTable(settings)
     notifications = NotificationRecords(table, settings.pending_shards)
-    shorten: list[float] = []
-    send: list[float] = []
     procs = ["bridge-demand", "worker-short-url", "worker-send"]
     with h.processes(procs, label="latency") as group:
         h.wait_workers(group, ["short-url", "send"])
         run_id = uuid.uuid4().hex[:6]
-        # one warm-up of each leg (first connections, first imports), not counted
-        for n in range(samples + 1):
-            event = Event(id=f"ev{run_id}{n:03d}", name="Latency", url=f"https://www.ticketmaster.com/e/{run_id}{n}")
-            table.put_items([item(event)])
-            began = time.perf_counter()
-            table.put_items(demand_rows(event.id, 1))
-            wait_until(
-                lambda: (e := EventRecords(table).get(event.id)) is not None and e.short_url,  # noqa: B023 (called at once)
-                60,
-                0.005,
-                what="short URL stored",
-            )
-            if n:
-                shorten.append(time.perf_counter() - began)
-            time.sleep(0.3)
-
-        sale_id = f"sale{run_id}"
-        event = Event(
-            id=f"ev{run_id}send", name="Latency", url="https://www.ticketmaster.com/e/x", shortUrl="https://bit.ly/x"
-        )
-        table.put_items([item(event)])
-        new_sale(settings, sale_id, event.id, rate_per_second=1000.0)
-        for n in range(samples + 1):
-            fan = f"fan{n:07d}"
-            now = time.time()
-            table.put_items(
-                [
-                    notifications.new_item(
-                        sale_id=sale_id,
-                        event_id=event.id,
-                        fan_id=fan,
-                        phone=f"+1555{n:07d}",
-                        tz="UTC",
-                        send_after=now,
-                        now=now,
-                    )
-                ]
-            )
-            time.sleep(0.1)
-            began = time.perf_counter()
-            if not notifications.schedule(sale_id, fan, time.time()):
-                raise RuntimeError(f"notification {sale_id}:{fan} could not be scheduled")
-            wait_until(
-                lambda: notifications.status_of(sale_id, fan) == "sent",  # noqa: B023 (called at once)
-                60,
-                0.005,
-                what="notification sent",
-            )
-            if n:
-                send.append(time.perf_counter() - began)
-            time.sleep(0.3)
+        shorten = _shorten_leg(table, run_id, samples)
+        send = _send_leg(settings, table, notifications, run_id, samples)
         if group.dead():
             raise RuntimeError(f"processes exited: {group.dead()}")
     return {
@@ -109,3 +60,74 @@ def run(h: Harness, *, samples: int) -> dict[str, Any]:
             "sqs_wait_time_seconds": settings.sqs_wait_time_seconds,
         },
     }
+
+
+def _shorten_leg(table: DemandTable, run_id: str, samples: int) -> list[float]:
+    """Seconds from a demand insert for a new event to its short URL stored, ``samples`` times."""
+    from dmd_tasks.domain.entities import Event
+    from dmd_tasks.store.events import EventRecords
+    from dmd_tasks.store.items import item
+
+    shorten: list[float] = []
+    # one warm-up of each leg (first connections, first imports), not counted
+    for n in range(samples + 1):
+        event = Event(id=f"ev{run_id}{n:03d}", name="Latency", url=f"https://www.ticketmaster.com/e/{run_id}{n}")
+        table.put_items([item(event)])
+        began = time.perf_counter()
+        table.put_items(demand_rows(event.id, 1))
+        wait_until(
+            lambda: (e := EventRecords(table).get(event.id)) is not None and e.short_url,  # noqa: B023 (called at once)
+            60,
+            0.005,
+            what="short URL stored",
+        )
+        if n:
+            shorten.append(time.perf_counter() - began)
+        time.sleep(0.3)
+    return shorten
+
+
+def _send_leg(
+    settings: Settings, table: DemandTable, notifications: NotificationRecords, run_id: str, samples: int
+) -> list[float]:
+    """Seconds from a notification moved to ``scheduled`` to ``sent``, ``samples`` times (after a warm-up)."""
+    from dmd_tasks.domain.entities import Event
+    from dmd_tasks.store.items import item
+
+    send: list[float] = []
+    sale_id = f"sale{run_id}"
+    event = Event(
+        id=f"ev{run_id}send", name="Latency", url="https://www.ticketmaster.com/e/x", shortUrl="https://bit.ly/x"
+    )
+    table.put_items([item(event)])
+    new_sale(settings, sale_id, event.id, rate_per_second=1000.0)
+    for n in range(samples + 1):
+        fan = f"fan{n:07d}"
+        now = time.time()
+        table.put_items(
+            [
+                notifications.new_item(
+                    sale_id=sale_id,
+                    event_id=event.id,
+                    fan_id=fan,
+                    phone=f"+1555{n:07d}",
+                    tz="UTC",
+                    send_after=now,
+                    now=now,
+                )
+            ]
+        )
+        time.sleep(0.1)
+        began = time.perf_counter()
+        if not notifications.schedule(sale_id, fan, time.time()):
+            raise RuntimeError(f"notification {sale_id}:{fan} could not be scheduled")
+        wait_until(
+            lambda: notifications.status_of(sale_id, fan) == "sent",  # noqa: B023 (called at once)
+            60,
+            0.005,
+            what="notification sent",
+        )
+        if n:
+            send.append(time.perf_counter() - began)
+        time.sleep(0.3)
+    return send

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -46,45 +47,10 @@ def run(
         response.raise_for_status()
         return response.json()
 
-    levels: dict[int, dict[str, list[float]]] = {c: {"rps": [], "p50_ms": [], "p99_ms": []} for c in concurrency}
-    errors = 0
-    redis_runs: dict[str, list[float]] = {"rps": [], "p50_ms": [], "p99_ms": []}
-    cold: list[float] = []
     with h.processes([API], label="query") as group:
-        wait_until(lambda: _answers(url), 60, 0.2, what="API listening")
-        if group.dead():
-            raise RuntimeError(f"api exited: {group.dead()}")
-        warm = ask("evhot")
-        if warm.get("errors") or not warm["data"]["eventDetails"]:
-            raise RuntimeError(f"eventDetails failed: {warm}")
-        body = json.dumps({"query": QUERY, "variables": {"id": "evhot"}})
-        header_args = [a for name, value in headers.items() for a in ("--header", f"{name}: {value}")]
-        for run_no in range(runs):
-            for c in concurrency:
-                result = loadgen(
-                    "--url", url, "--body", body, *header_args, "--concurrency", str(c), "--seconds", str(seconds)
-                )
-                errors += int(result["errors"])
-                for k in ("rps", "p50_ms", "p99_ms"):
-                    levels[c][k].append(float(result[k]))
-            result = loadgen("--redis", "--url", settings.redis_url, "--seconds", str(seconds))
-            for k in ("rps", "p50_ms", "p99_ms"):
-                redis_runs[k].append(float(result[k]))
-            h.say(
-                f"query run {run_no + 1}/{runs}: "
-                + ", ".join(f"C={c} {levels[c]['rps'][-1]:,.0f} rps" for c in concurrency)
-                + f"; Redis GET {redis_runs['rps'][-1]:,.0f}/s"
-            )
-
-        h.sim.configure(discovery={"latency_ms": discovery_latency_ms})
-        pace = 1.0 / max(0.5, settings.discovery_rate_per_second * 0.8)
-        for n in range(cold_samples):
-            began = time.perf_counter()
-            answer = ask(f"evcold{n:05d}")
-            cold.append(time.perf_counter() - began)
-            if answer.get("errors") or answer["data"]["eventDetails"]["stale"]:
-                raise RuntimeError(f"cold miss {n} was not answered from Discovery: {answer}")
-            time.sleep(max(0.0, pace - cold[-1]))
+        _start_api(url, group, ask)
+        levels, redis_runs, errors = _cached_load(h, url, headers, seconds=seconds, runs=runs, concurrency=concurrency)
+        cold = _cold_misses(h, ask, cold_samples=cold_samples, discovery_latency_ms=discovery_latency_ms)
     return {
         "seconds_per_level": seconds,
         "runs": runs,
@@ -98,6 +64,64 @@ def run(
             "p99_ms": round(1000 * percentile(cold, 99), 1),
         },
     }
+
+
+def _start_api(url: str, group: Any, ask: Callable[[str], dict[str, Any]]) -> None:
+    """Wait for the API to listen, then warm the cache with the event the load asks for."""
+    wait_until(lambda: _answers(url), 60, 0.2, what="API listening")
+    if group.dead():
+        raise RuntimeError(f"api exited: {group.dead()}")
+    warm = ask("evhot")
+    if warm.get("errors") or not warm["data"]["eventDetails"]:
+        raise RuntimeError(f"eventDetails failed: {warm}")
+
+
+def _cached_load(
+    h: Harness, url: str, headers: dict[str, str], *, seconds: float, runs: int, concurrency: list[int]
+) -> tuple[dict[int, dict[str, list[float]]], dict[str, list[float]], int]:
+    """``runs`` rounds of the cached event at every concurrency, each beside a bare Redis GET.
+
+    Returns (figures per concurrency, Redis GET figures, errors).
+    """
+    levels: dict[int, dict[str, list[float]]] = {c: {"rps": [], "p50_ms": [], "p99_ms": []} for c in concurrency}
+    errors = 0
+    redis_runs: dict[str, list[float]] = {"rps": [], "p50_ms": [], "p99_ms": []}
+    body = json.dumps({"query": QUERY, "variables": {"id": "evhot"}})
+    header_args = [a for name, value in headers.items() for a in ("--header", f"{name}: {value}")]
+    for run_no in range(runs):
+        for c in concurrency:
+            result = loadgen(
+                "--url", url, "--body", body, *header_args, "--concurrency", str(c), "--seconds", str(seconds)
+            )
+            errors += int(result["errors"])
+            for k in ("rps", "p50_ms", "p99_ms"):
+                levels[c][k].append(float(result[k]))
+        result = loadgen("--redis", "--url", h.settings.redis_url, "--seconds", str(seconds))
+        for k in ("rps", "p50_ms", "p99_ms"):
+            redis_runs[k].append(float(result[k]))
+        h.say(
+            f"query run {run_no + 1}/{runs}: "
+            + ", ".join(f"C={c} {levels[c]['rps'][-1]:,.0f} rps" for c in concurrency)
+            + f"; Redis GET {redis_runs['rps'][-1]:,.0f}/s"
+        )
+    return levels, redis_runs, errors
+
+
+def _cold_misses(
+    h: Harness, ask: Callable[[str], dict[str, Any]], *, cold_samples: int, discovery_latency_ms: float
+) -> list[float]:
+    """Seconds of ``cold_samples`` misses (a distinct event each), paced below the Discovery rate limit."""
+    h.sim.configure(discovery={"latency_ms": discovery_latency_ms})
+    pace = 1.0 / max(0.5, h.settings.discovery_rate_per_second * 0.8)
+    cold: list[float] = []
+    for n in range(cold_samples):
+        began = time.perf_counter()
+        answer = ask(f"evcold{n:05d}")
+        cold.append(time.perf_counter() - began)
+        if answer.get("errors") or answer["data"]["eventDetails"]["stale"]:
+            raise RuntimeError(f"cold miss {n} was not answered from Discovery: {answer}")
+        time.sleep(max(0.0, pace - cold[-1]))
+    return cold
 
 
 def _answers(url: str) -> bool:

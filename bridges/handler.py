@@ -75,5 +75,4 @@ class RecordHandler:
             ("ignored", plan.ignored),
             ("dead-lettered", len(plan.dead_letters)),
         ):
-            if count:
-                BRIDGE_RECORDS.labels(self.name, outcome).inc(count)
+            BRIDGE_RECORDS.labels(self.name, outcome).inc(count)  # zero too: every series exists

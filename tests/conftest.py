@@ -12,13 +12,19 @@ from __future__ import annotations
 import atexit
 import os
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dmd_tasks.infra import aws
+from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.ops.stack import free_port
+from simulators.faults import Faults
 from tests import redis_db
+from tests.queues import Queues
 
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="dmd-test-"))
 if os.environ.get("DMD_TEST_REDIS_URL"):
@@ -79,3 +85,31 @@ def sim(settings, stack):  # type: ignore[no-untyped-def]
     control = SimulatorControl(f"http://{settings.simulator_host}:{settings.simulator_port}")
     control.reset()
     return control
+
+
+@pytest.fixture()
+def queues(settings, stack) -> Iterator[Queues]:  # type: ignore[no-untyped-def]
+    """SQS queues of this test's own (``tests/queues.py``), deleted afterwards."""
+    mine = settings.model_copy(update={"queue_name_prefix": f"t{uuid.uuid4().hex[:10]}-"})
+    created = ensure_queues(mine)
+    yield Queues(mine)
+    sqs = aws.client("sqs", mine)
+    for entry in created.values():
+        for url in entry.values():
+            sqs.delete_queue(QueueUrl=url)
+
+
+@pytest.fixture()
+def faults(sim) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def]
+    """``faults("sms", error_rate=1.0)``: simulator faults for this test, back to the defaults after it."""
+    changed: set[str] = set()
+
+    def configure(provider: str, **values: Any) -> None:
+        changed.add(provider)
+        sim.configure(**{provider: values})
+
+    try:
+        yield configure
+    finally:
+        for provider in changed:
+            sim.configure(**{provider: Faults().public()})

@@ -1,10 +1,16 @@
-"""Small helpers shared by the end-to-end tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from celery.contrib.testing.worker import start_worker
+
+from dmd_tasks.celery_app import app
+from dmd_tasks.infra.settings import get_settings
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:
@@ -16,3 +22,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+@contextmanager
+def worker_on(queue: str, **options: Any) -> Iterator[Any]:
+    """A Celery worker of the project's app consuming ``queue`` in a thread of this process.
+
+    A worker that stops may leave its last SQS long poll open: moto answers it with the next
+    message sent to the queue, which nobody then reads and which stays hidden for the visibility
+    timeout. Waiting the poll out keeps this worker from taking a later test's message.
+    """
+    try:
+        with start_worker(
+            app, pool="solo", concurrency=1, perform_ping_check=False, queues=[queue], loglevel="WARNING", **options
+        ) as worker:
+            yield worker
+    finally:
+        time.sleep(get_settings().sqs_wait_time_seconds + 1)

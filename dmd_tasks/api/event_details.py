@@ -55,18 +55,26 @@ class EventDetailsService:
         lock = self._redis.lock(lock_key, timeout=self._s.discovery_timeout_seconds * 2 + 2, blocking=False)
         if lock.acquire():
             try:
-                return self._fetch(event_id)
+                # Another caller may have filled the cache between our look and the lock.
+                found = self._cached(fresh_key, missing_key, event_id)
+                return found if found is not None else self._fetch(event_id)
             finally:
                 with contextlib.suppress(redis.exceptions.LockError):
                     lock.release()
-        # Another caller is fetching this id: wait for its result instead of calling again.
+        return self._wait_for_fetch(event_id)
+
+    def _wait_for_fetch(self, event_id: str) -> dict[str, Any]:
+        """Another caller is fetching this id: wait for its result instead of calling again."""
+        fresh_key, _stale_key, missing_key, lock_key = self._keys(event_id)
         deadline = time.monotonic() + self._s.discovery_timeout_seconds * 2 + 2
         while time.monotonic() < deadline:
             time.sleep(0.02)
+            fetching = self._redis.exists(lock_key)
+            # read after looking at the lock: a fetch that ended in between has written its copy
             found = self._cached(fresh_key, missing_key, event_id)
             if found is not None:
                 return found
-            if not self._redis.exists(lock_key):
+            if not fetching:
                 break
         return self._stale_or_fail(event_id, "the concurrent fetch did not produce a copy")
 

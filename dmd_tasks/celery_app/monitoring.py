@@ -149,7 +149,9 @@ class MonitorAppEvents(AppEvents):
             yield d
 
 
-#: The dispatcher of an open ``task_sent_batch`` block, if any (per thread and task context).
+#: The dispatcher of an open ``task_sent_batch`` block, if any (per thread and task context);
+#: ``_BATCH_OFF`` inside a block whose events are off (the monitoring Redis did not answer).
+_BATCH_OFF = object()
 _sent_batch: contextvars.ContextVar[Any] = contextvars.ContextVar("monitor_sent_batch", default=None)
 
 
@@ -172,15 +174,16 @@ def task_sent_batch(app: Any) -> Iterator[None]:
                 prod.connection, enabled=True, channel=prod.channel, buffer_group=["task"], buffer_limit=100_000
             )
         except Exception as exc:  # pylint: disable=broad-except
-            # monitoring must never stop tasks from being published
+            # monitoring must never stop tasks from being published, nor slow them down:
+            # the batch's tasks do not try Redis again one by one
             logger.warning("task-sent events off for this batch: %r", exc)
             dispatcher = None
-        token = _sent_batch.set(dispatcher) if dispatcher is not None else None
+        token = _sent_batch.set(dispatcher if dispatcher is not None else _BATCH_OFF)
         try:
             yield
         finally:
-            if token is not None:
-                _sent_batch.reset(token)
+            _sent_batch.reset(token)
+            if dispatcher is not None:
                 try:
                     dispatcher.flush()
                 except Exception as exc:  # pylint: disable=broad-except
@@ -198,8 +201,10 @@ def _task_sent_handler(app: Any) -> Callable[..., None]:
             return
         if not app.conf.get("monitor_task_sent_event"):
             return
+        batch = _sent_batch.get()
+        if batch is _BATCH_OFF:
+            return
         try:
-            batch = _sent_batch.get()
             with nullcontext(batch) if batch is not None else app.events.default_dispatcher() as d:
                 d.send(
                     "task-sent",

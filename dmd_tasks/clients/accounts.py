@@ -6,6 +6,7 @@ Neither the client secret nor the token ever appears in a log line or an error m
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import redis
@@ -87,7 +88,10 @@ class AccountsClient:
         cached = self._redis.get(TOKEN_KEY)
         if cached:
             return _text(cached)
-        with self._redis.lock(f"{TOKEN_KEY}:lock", timeout=self._timeout * 3, blocking_timeout=self._timeout * 3):
+        lock = self._redis.lock(f"{TOKEN_KEY}:lock", timeout=self._timeout * 3, blocking_timeout=self._timeout * 3)
+        if not lock.acquire():
+            raise TransientError("accounts token: another process is fetching it and did not finish in time")
+        try:
             cached = self._redis.get(TOKEN_KEY)  # another process may have fetched it meanwhile
             if cached:
                 return _text(cached)
@@ -109,6 +113,9 @@ class AccountsClient:
             ttl = max(1, expires_in - self._margin)
             self._redis.set(TOKEN_KEY, token, ex=ttl)
             return token
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile: nothing to release
+                lock.release()
 
     def account(self, account_id: str) -> AccountProfile:
         for attempt in (1, 2):
@@ -131,6 +138,6 @@ class AccountsClient:
                 raise
             try:
                 return AccountProfile.from_upstream(response.json())
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # any other shape than documented
                 raise PermanentError("accounts profile: unexpected response") from exc
         raise PermanentError("accounts profile: token refused twice")

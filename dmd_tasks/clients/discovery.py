@@ -118,5 +118,5 @@ class DiscoveryClient:
             raise
         try:
             return EventDetails.from_discovery(response.json())
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # any other shape than documented
             raise PermanentError("discovery event: unexpected response") from exc

@@ -45,7 +45,7 @@ class SaleStatus(StrEnum):
 
 
 #: E.164: "+", country code, subscriber number; 8 to 15 digits in all.
-PHONE_PATTERN = re.compile(r"^\+[1-9]\d{7,14}$")
+PHONE_PATTERN = re.compile(r"^\+[1-9][0-9]{7,14}$")  # ASCII digits: \d would admit any script's digits
 
 
 def is_e164(phone: object) -> bool:

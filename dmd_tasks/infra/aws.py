@@ -19,7 +19,7 @@ from dmd_tasks.infra.metrics import AWS_REQUESTS, DYNAMODB_READ_UNITS, DYNAMODB_
 from dmd_tasks.infra.settings import Settings
 
 _lock = threading.Lock()
-_clients: dict[tuple[int, int, str], Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}
 
 
 def session_for(settings: Settings) -> boto3.session.Session:
@@ -32,9 +32,27 @@ def session_for(settings: Settings) -> boto3.session.Session:
     )
 
 
+def _client_key(settings: Settings, service: str) -> tuple[Any, ...]:
+    """What makes two clients the same: the process (a client must not cross a fork), the service and
+    every setting a client is built from (not the settings object's identity, which can be reused)."""
+    secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+    access = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
+    return (
+        os.getpid(),
+        service,
+        settings.aws_region,
+        settings.aws_endpoint_url,
+        access,
+        secret,
+        settings.aws_connect_timeout_seconds,
+        settings.aws_read_timeout_seconds,
+        settings.aws_max_pool_connections,
+    )
+
+
 def client(service: str, settings: Settings) -> Any:
     """A pooled boto3 client for ``service``, cached for this process and these settings."""
-    key = (os.getpid(), id(settings), service)
+    key = _client_key(settings, service)
     found = _clients.get(key)
     if found is not None:
         return found

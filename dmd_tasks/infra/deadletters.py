@@ -19,6 +19,9 @@ from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, SQS_MAX_MESSAGE_BYTES, send_batch_all
 
+#: The largest letter written: SQS's message limit less room for the request around it.
+MAX_LETTER_BYTES = SQS_MAX_MESSAGE_BYTES - 1024
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -28,6 +31,8 @@ class DeadLetter:
     source: str | None = None
 
     def to_body(self) -> str:
+        """The letter as SQS message text, at most ``MAX_LETTER_BYTES`` encoded: an oversize
+        payload is replaced by the longest prefix of its JSON that still fits, escaping included."""
         body = {
             "reason": self.reason,
             "payload": self.payload,
@@ -36,12 +41,18 @@ class DeadLetter:
             "failed_at": time.time(),
         }
         text = json.dumps(body, default=str)
-        if len(text.encode()) > SQS_MAX_MESSAGE_BYTES - 1024:
-            # Keep the reason and a truncated copy rather than lose the letter.
-            body["payload"] = {"truncated": text[: SQS_MAX_MESSAGE_BYTES // 2]}
-            body["reason"] = f"{self.reason} (payload truncated)"
+        if len(text.encode()) <= MAX_LETTER_BYTES:
+            return text
+        # Keep the reason and a truncated copy rather than lose the letter.
+        original = json.dumps(self.payload, default=str)
+        body["reason"] = f"{self.reason} (payload truncated)"
+        keep = MAX_LETTER_BYTES // 2
+        while True:
+            body["payload"] = {"truncated": original[:keep]}
             text = json.dumps(body, default=str)
-        return text
+            if len(text.encode()) <= MAX_LETTER_BYTES:
+                return text
+            keep //= 2  # escaping (quotes, backslashes, non-ASCII) made it longer than it looked
 
 
 class DeadLetters:
@@ -58,8 +69,18 @@ class DeadLetters:
         self.send_batch(name, [DeadLetter(reason, payload, correlation_id, source=name)])
 
     def send_batch(self, name: str, letters: Sequence[DeadLetter]) -> None:
+        """Write every letter: SendMessageBatch calls of at most ten entries and at most
+        ``SQS_MAX_MESSAGE_BYTES`` in all (SQS limits the whole request too)."""
         url = self.url(name)
-        for start in range(0, len(letters), SQS_BATCH_MAX_ENTRIES):
-            chunk = letters[start : start + SQS_BATCH_MAX_ENTRIES]
-            entries = [{"Id": str(i), "MessageBody": letter.to_body()} for i, letter in enumerate(chunk)]
+        entries: list[dict[str, Any]] = []
+        size = 0
+        for letter in letters:
+            body = letter.to_body()
+            length = len(body.encode())
+            if entries and (len(entries) == SQS_BATCH_MAX_ENTRIES or size + length > SQS_MAX_MESSAGE_BYTES):
+                send_batch_all(self._sqs, url, entries)
+                entries, size = [], 0
+            entries.append({"Id": str(len(entries)), "MessageBody": body})
+            size += length
+        if entries:
             send_batch_all(self._sqs, url, entries)

@@ -39,9 +39,15 @@ class SharedRateLimiter:
         self._script = client.register_script(_ACQUIRE)
 
     def try_acquire(self, rate: float) -> float:
-        """0 if a call may go now (and it is counted); else seconds to wait before asking again."""
-        limit = max(1, int(rate))
-        wait_us = int(self._script(keys=[self._key], args=[self._window_us, limit, uuid.uuid4().hex]))
+        """0 if a call may go now (and it is counted); else seconds to wait before asking again.
+
+        At a rate below one a second the window stretches instead (0.5/s: one call per 2.1 s).
+        """
+        if rate >= 1:
+            limit, window_us = int(rate), self._window_us
+        else:
+            limit, window_us = 1, int(self._window_us / max(rate, 1e-6))
+        wait_us = int(self._script(keys=[self._key], args=[window_us, limit, uuid.uuid4().hex]))
         return wait_us / 1_000_000
 
     def acquire(self, rate: float, timeout_seconds: float) -> None:

@@ -96,15 +96,31 @@ def ensure_demand_table(settings: Settings) -> dict[str, Any]:
                     GlobalSecondaryIndexUpdates=[{"Create": gsi}],
                 )
                 table = _wait_active(ddb, name)
-        spec = table.get("StreamSpecification") or {}
-        if not spec.get("StreamEnabled") or spec.get("StreamViewType") != "NEW_AND_OLD_IMAGES":
-            ddb.update_table(
-                TableName=name, StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
-            )
-            table = _wait_active(ddb, name)
+        table = _ensure_stream(ddb, table)
     if settings.demand_kinesis_stream_name:
         _enable_kinesis_destination(settings, table)
     return {"name": name, "arn": table["TableArn"], "stream_arn": table.get("LatestStreamArn")}
+
+
+def _ensure_stream(ddb: Any, table: dict[str, Any]) -> dict[str, Any]:
+    """The table's stream with NEW_AND_OLD_IMAGES (the bridge routes on both images).
+
+    DynamoDB cannot change the view type of an enabled stream: a stream of another view type
+    is disabled first, then a new one is enabled. The bridge reads the new stream from its
+    start; changes written between the two calls are not on either stream, so say so.
+    """
+    name = table["TableName"]
+    spec = table.get("StreamSpecification") or {}
+    if spec.get("StreamEnabled") and spec.get("StreamViewType") == "NEW_AND_OLD_IMAGES":
+        return table
+    if spec.get("StreamEnabled"):
+        log.warning("table %s: replacing its %s stream with a NEW_AND_OLD_IMAGES one", name, spec.get("StreamViewType"))
+        ddb.update_table(TableName=name, StreamSpecification={"StreamEnabled": False})
+        _wait_active(ddb, name)
+    ddb.update_table(
+        TableName=name, StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    )
+    return _wait_active(ddb, name)
 
 
 def _enable_kinesis_destination(settings: Settings, table: dict[str, Any]) -> None:

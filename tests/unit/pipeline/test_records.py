@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import UTC
-from pathlib import Path
 
 import pytest
 
 from dmd_tasks.domain.errors import InvalidRecord
 from dmd_tasks.pipeline.records import decode_kinesis_change, decode_status_record, jsonable, parse_change, restore
 from dmd_tasks.pipeline.routing import route_change
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-def load(name: str) -> dict:
-    return json.loads((EVENTS / name).read_text())
-
-
-def demand_insert(event_id: str, fan_id: str, seq: int) -> dict:
-    record = copy.deepcopy(load("ddb_stream_demand_insert.json"))
-    record["eventID"] = f"e{seq}"
-    record["dynamodb"]["SequenceNumber"] = str(seq)
-    image = record["dynamodb"]["NewImage"]
-    image["eventId"] = {"S": event_id}
-    image["fanId"] = {"S": fan_id}
-    return record
+from tests.events import load
 
 
 def test_parse_stream_record_deserializes_images() -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,22 +24,7 @@ from dmd_tasks.pipeline.routing import (
     queue_of,
     route_change,
 )
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-def load(name: str) -> dict:
-    return json.loads((EVENTS / name).read_text())
-
-
-def demand_insert(event_id: str, fan_id: str, seq: int) -> dict:
-    record = copy.deepcopy(load("ddb_stream_demand_insert.json"))
-    record["eventID"] = f"e{seq}"
-    record["dynamodb"]["SequenceNumber"] = str(seq)
-    image = record["dynamodb"]["NewImage"]
-    image["eventId"] = {"S": event_id}
-    image["fanId"] = {"S": fan_id}
-    return record
+from tests.events import demand_insert, load
 
 
 def change(seq: int, new: dict[str, Any] | None, old: dict[str, Any] | None, name: str = "MODIFY") -> ChangeRecord:

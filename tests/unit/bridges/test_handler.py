@@ -1,0 +1,207 @@
+"""RecordHandler: plan a page, publish its tasks, dead-letter what cannot be routed, count outcomes.
+
+Real BatchPublisher and DeadLetters on moto, with queues of the test's own (``queues`` fixture);
+the plan is the pipeline's own (``plan_changes`` over DynamoDB stream records).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Container, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from prometheus_client import REGISTRY
+
+from bridges.handler import RecordHandler
+from dmd_tasks.celery_app import app
+from dmd_tasks.celery_app.publish import BatchPublisher
+from dmd_tasks.domain.entities import Demand
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.deadletters import DeadLetters
+from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.ops.provision import ensure_queues
+from dmd_tasks.pipeline.records import parse_change
+from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL, BatchPlan, plan_changes
+from dmd_tasks.store.codec import serialize
+from dmd_tasks.store.items import item
+
+BRIDGE = "bridge-demand"
+_sequence = itertools.count(1000)
+
+
+def record(name: str, new: dict[str, Any] | None, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A DynamoDB Streams record as boto3 returns it."""
+    ddb: dict[str, Any] = {"SequenceNumber": str(next(_sequence)), "ApproximateCreationDateTime": datetime.now(UTC)}
+    if new is not None:
+        ddb["NewImage"] = serialize(new)
+    if old is not None:
+        ddb["OldImage"] = serialize(old)
+    return {"eventID": uuid.uuid4().hex, "eventName": name, "dynamodb": ddb}
+
+
+def demand_insert(event_id: str, fan_id: str = "fan1") -> dict[str, Any]:
+    return record("INSERT", item(Demand(eventId=event_id, fanId=fan_id, phone="+15550001111")))
+
+
+def notification_moved(nid: str, old_status: str, new_status: str) -> dict[str, Any]:
+    base = {"entity": "NOTIFICATION", "id": nid, "attempts": 0}
+    return record("MODIFY", {**base, "status": new_status}, {**base, "status": old_status})
+
+
+def spaceship() -> dict[str, Any]:
+    return record("INSERT", {"pk": "X#1", "sk": "X", "entity": "SPACESHIP"})
+
+
+def plan_page(send_batch_size: int = 10):  # type: ignore[no-untyped-def]
+    def plan(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
+        return plan_changes(
+            records, parse_change, batch_sizes={SEND_NOTIFICATIONS: send_batch_size}, recently_published=recent
+        )
+
+    return plan
+
+
+def handler_for(settings, send_batch_size: int = 10, dedupe_seconds: float = 0.0) -> RecordHandler:  # type: ignore[no-untyped-def]
+    return RecordHandler(
+        BRIDGE,
+        plan_page(send_batch_size),
+        BatchPublisher(app, settings),
+        DeadLetters(settings),
+        dedupe_seconds=dedupe_seconds,
+    )
+
+
+def counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("dmd_bridge_records_total", {"bridge": BRIDGE, "outcome": outcome}) or 0.0
+
+
+OUTCOMES = ("enqueued", "duplicate", "ignored", "dead-lettered")
+
+
+def test_the_plans_calls_are_published_to_each_tasks_queue(queues) -> None:  # type: ignore[no-untyped-def]
+    # Given a page with demand for two events and two notifications moved to scheduled
+    sale = f"s{uuid.uuid4().hex[:8]}"
+    page = [
+        demand_insert("ev1"),
+        demand_insert("ev2"),
+        notification_moved(f"{sale}:f1", "pending", "scheduled"),
+        notification_moved(f"{sale}:f2", "pending", "scheduled"),
+    ]
+
+    # When the handler takes it
+    handler_for(queues.settings)(page, "shard-1")
+
+    # Then one shortening per event is on the short-url queue, with the record's correlation id
+    shorten = queues.tasks("short-url")
+    assert sorted((t.name, t.args[0]) for t in shorten) == [(SHORTEN_EVENT_URL, "ev1"), (SHORTEN_EVENT_URL, "ev2")]
+    assert {t.headers[CORRELATION_HEADER] for t in shorten} == {
+        f"ddb-{page[0]['eventID']}",
+        f"ddb-{page[1]['eventID']}",
+    }
+    # And both notifications travel in one send message, as a list of ids
+    send = queues.tasks("send")
+    assert [(t.name, t.args) for t in send] == [(SEND_NOTIFICATIONS, [[f"{sale}:f1", f"{sale}:f2"]])]
+    # And nothing was dead-lettered
+    assert queues.dead_letters(BRIDGE) == []
+
+
+def test_bad_records_go_to_the_bridges_dead_letter_queue_with_their_reason(queues) -> None:  # type: ignore[no-untyped-def]
+    bad = spaceship()
+    no_event = record("INSERT", {"pk": "EVENT#x", "sk": "DEMAND#f", "entity": "DEMAND", "fanId": "f"})
+
+    handler_for(queues.settings)([bad, demand_insert("ev1"), no_event], "shard-1")
+
+    # Then the two bad records are in <prefix>bridge-demand-dlq, each with its reason and the record itself
+    sqs = aws.client("sqs", queues.settings)
+    url = sqs.get_queue_url(QueueName=f"{queues.settings.queue_name_prefix}bridge-demand-dlq")["QueueUrl"]
+    letters = [json.loads(body) for body in queues.drain(url)]
+    by_reason = {letter["reason"]: letter for letter in letters}
+    assert set(by_reason) == {"unknown entity type 'SPACESHIP'", "demand item has no valid 'eventId'"}
+    spaceship_letter = by_reason["unknown entity type 'SPACESHIP'"]
+    assert spaceship_letter["source"] == BRIDGE
+    assert spaceship_letter["correlation_id"] == f"ddb-{bad['eventID']}"
+    assert spaceship_letter["payload"]["eventID"] == bad["eventID"]
+    assert spaceship_letter["payload"]["dynamodb"]["NewImage"]["entity"] == {"S": "SPACESHIP"}
+    # And the good record of the page was published all the same
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
+
+
+def test_outcomes_are_counted_per_record_not_per_message(queues) -> None:  # type: ignore[no-untyped-def]
+    sale = f"s{uuid.uuid4().hex[:8]}"
+    before = {o: counted(o) for o in OUTCOMES}
+    # Given twelve notifications scheduled (three messages of five), one of them twice,
+    # one change that needs no task, and one bad record
+    scheduled = [notification_moved(f"{sale}:f{i}", "pending", "scheduled") for i in range(12)]
+    page = [
+        *scheduled,
+        notification_moved(f"{sale}:f0", "pending", "scheduled"),
+        notification_moved(f"{sale}:f99", "scheduled", "sending"),
+        spaceship(),
+    ]
+
+    handler_for(queues.settings, send_batch_size=5)(page, "shard-1")
+
+    assert [len(t.args[0]) for t in queues.tasks("send")] == [5, 5, 2]
+    assert {o: counted(o) - before[o] for o in OUTCOMES} == {
+        "enqueued": 12,
+        "duplicate": 1,
+        "ignored": 1,
+        "dead-lettered": 1,
+    }
+
+
+def test_published_routes_are_remembered_for_dedupe_seconds_then_forgotten(queues) -> None:  # type: ignore[no-untyped-def]
+    handler = handler_for(queues.settings, dedupe_seconds=2.0)
+    duplicates = counted("duplicate")
+
+    # Given demand for an event already shortened on an earlier page
+    handler([demand_insert("ev1", "fan1")], "shard-1")
+    handler([demand_insert("ev1", "fan2")], "shard-1")
+
+    # Then the event is shortened once, the second route counted as a duplicate
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
+    assert counted("duplicate") - duplicates == 1
+
+    # When the memory has expired, the same route is published again
+    time.sleep(2.2)
+    handler([demand_insert("ev1", "fan3")], "shard-1")
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
+
+
+def test_without_dedupe_seconds_every_page_publishes_its_routes(queues) -> None:  # type: ignore[no-untyped-def]
+    handler = handler_for(queues.settings, dedupe_seconds=0.0)
+
+    handler([demand_insert("ev1", "fan1")], "shard-1")
+    handler([demand_insert("ev1", "fan2")], "shard-1")
+
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"], ["ev1"]]
+
+
+def test_a_page_that_cannot_be_published_is_handed_back_whole_and_succeeds_when_read_again(queues) -> None:  # type: ignore[no-untyped-def]
+    settings = queues.settings
+    handler = handler_for(settings, dedupe_seconds=600.0)
+    before = {o: counted(o) for o in OUTCOMES}
+    page = [demand_insert("ev1"), spaceship()]
+    # Given the short-url queue is gone
+    aws.client("sqs", settings).delete_queue(QueueUrl=topology.queue_url(settings, "short-url"))
+
+    # When the handler takes the page, it raises (the reader keeps its checkpoint and reads the page again)
+    with pytest.raises(ClientError):
+        handler(page, "shard-1")
+
+    # And nothing of the page was dead-lettered, counted or remembered
+    assert queues.dead_letters(BRIDGE) == []
+    assert {o: counted(o) for o in OUTCOMES} == before
+
+    # When the queue is back and the page is read again, all of it goes through
+    ensure_queues(settings)
+    handler(page, "shard-1")
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
+    assert [letter["reason"] for letter in queues.dead_letters(BRIDGE)] == ["unknown entity type 'SPACESHIP'"]
+    assert counted("enqueued") - before["enqueued"] == 1

@@ -1,0 +1,145 @@
+"""The ``dmd`` command line (click's CliRunner), on the session's stack and settings.
+
+What the commands read is the session's (``get_settings()``): the tests mark what they write
+with ids of their own and take their dead letters back afterwards. Notifications are written in
+statuses no bridge acts on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+from click.testing import CliRunner
+
+from dmd_tasks.domain.entities import Sale
+from dmd_tasks.infra import topology
+from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
+from dmd_tasks.infra.topology import DLQ_OWNERS
+from dmd_tasks.ops.cli import main
+from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
+from dmd_tasks.store.notifications import NotificationRecords
+from dmd_tasks.store.sales import SaleRecords
+from dmd_tasks.store.table import DemandTable
+
+COMMANDS = {"stack", "provision", "demo", "status", "api", "metrics", "flower", "dlq"}
+
+
+def listed_commands(help_text: str) -> set[str]:
+    """The command names of a click group's --help."""
+    section = help_text.split("Commands:", 1)[1]
+    return {line.split()[0] for line in section.splitlines() if line.strip()}
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+
+    assert result.exit_code == 0, result.output
+    assert listed_commands(result.output) == COMMANDS
+
+
+def test_the_stack_and_dlq_groups_list_their_commands() -> None:
+    assert listed_commands(CliRunner().invoke(main, ["stack", "--help"]).output) == {"up", "down"}
+    assert listed_commands(CliRunner().invoke(main, ["dlq", "--help"]).output) == {"list", "replay"}
+
+
+def test_an_unknown_command_fails_with_usage() -> None:
+    result = CliRunner().invoke(main, ["frobnicate"])
+
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate'" in result.output
+
+
+def test_status_prints_the_sales_notifications_by_status(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    # Given a sale with six notifications (statuses no bridge acts on)
+    sale_id = f"sale{uuid.uuid4().hex[:10]}"
+    table = DemandTable(settings)
+    SaleRecords(table).put(Sale(id=sale_id, eventId="ev1", notifyAt="2026-11-25T10:00:00Z"))
+    records = NotificationRecords(table, settings.pending_shards)
+    now = time.time()
+    table.put_items(
+        {
+            **records.new_item(
+                sale_id=sale_id, event_id="ev1", fan_id=f"f{n}", phone="+15550001111", tz="UTC", send_after=now, now=now
+            ),
+            "status": status,
+        }
+        for n, status in enumerate(["pending", "sent", "sent", "delivered", "delivered", "delivered"])
+    )
+
+    result = CliRunner().invoke(main, ["status", sale_id])
+
+    # Then it prints the table: title, a row per status, the total
+    assert result.exit_code == 0, result.output
+    assert f"sale {sale_id} (waiting)" in result.output
+    rows = dict(re.findall(r"│\s*(\w+)\s*│\s*(\d+)\s*│", result.output))
+    assert rows == {
+        "pending": "1",
+        "scheduled": "0",
+        "sending": "0",
+        "sent": "2",
+        "delivered": "3",
+        "undelivered": "0",
+        "failed": "0",
+        "total": "6",
+    }
+
+
+def test_status_of_a_sale_that_does_not_exist_says_missing(stack) -> None:  # type: ignore[no-untyped-def]
+    sale_id = f"nosale{uuid.uuid4().hex[:10]}"
+
+    result = CliRunner().invoke(main, ["status", sale_id])
+
+    assert result.exit_code == 0, result.output
+    assert f"sale {sale_id} (missing)" in result.output
+    assert re.search(r"│\s*total\s*│\s*0\s*│", result.output)
+
+
+def test_dlq_list_prints_one_json_object_per_dead_letter(settings, queues) -> None:  # type: ignore[no-untyped-def]
+    # Given two dead letters of the query queue
+    marker = uuid.uuid4().hex
+    DeadLetters(settings).send_batch(
+        "query", [DeadLetter(f"{marker} one", {"n": 1}), DeadLetter(f"{marker} two", {"n": 2})]
+    )
+    try:
+        result = CliRunner().invoke(main, ["dlq", "list", "query", "--max", "100"])
+
+        # Then every line is a JSON object, ours among them
+        assert result.exit_code == 0, result.output
+        letters = [json.loads(line) for line in result.output.splitlines()]
+        mine = sorted((d["reason"], d["payload"]) for d in letters if marker in d.get("reason", ""))
+        assert mine == [(f"{marker} one", {"n": 1}), (f"{marker} two", {"n": 2})]
+    finally:
+        taken = queues.take(topology.dlq_url(settings, "query"), lambda body: marker in body)
+    # And listing consumed nothing: both letters were still there to take back
+    assert len(taken) == 2
+
+
+def test_dlq_replay_dry_run_prints_what_it_would_do_and_a_count(settings, queues) -> None:  # type: ignore[no-untyped-def]
+    event_id = f"ev{uuid.uuid4().hex[:10]}"
+    letter = DeadLetter("TransientError: boom", {"task": WARM_EVENT_DETAILS, "args": [event_id], "kwargs": {}})
+    DeadLetters(settings).send_batch("query", [letter])
+    try:
+        result = CliRunner().invoke(main, ["dlq", "replay", "query", "--dry-run", "--max", "100"])
+    finally:
+        taken = queues.take(topology.dlq_url(settings, "query"), lambda body: event_id in body)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"would {WARM_EVENT_DETAILS}('{event_id}',) -> re-published (was: TransientError: boom)" in lines
+    assert re.fullmatch(r"\d+ dead letters examined \(dry run\)", lines[-1])
+    assert int(lines[-1].split()[0]) == len(lines) - 1
+    assert len(taken) == 1  # a dry run leaves the letter where it was
+
+
+def test_provision_prints_its_report_as_json(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["provision"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["table"]["name"] == settings.table_name
+    assert report["checkpoint_table"]["name"] == settings.checkpoint_table_name
+    assert set(report["queues"]) == set(DLQ_OWNERS)
+    assert [s["name"] for s in report["streams"]] == [settings.sms_status_stream_name]

@@ -1,0 +1,222 @@
+"""``dmd provision`` against moto: every resource, created once, brought up to date when it exists.
+
+Each test provisions names of its own (tables, queue prefix, streams), deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, QUEUE_NAMES
+from dmd_tasks.ops.provision import DLQ_RETENTION_SECONDS, _ensure_stream, ensure_kinesis_stream, provision
+
+
+@pytest.fixture()
+def fresh(settings, stack) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
+    """Settings naming resources nobody has provisioned yet (and a non-default receive count)."""
+    run = uuid.uuid4().hex[:8]
+    mine = settings.model_copy(
+        update={
+            "table_name": f"test-demand-{run}",
+            "checkpoint_table_name": f"test-checkpoints-{run}",
+            "queue_name_prefix": f"t{run}-",
+            "sms_status_stream_name": f"test-sms-status-{run}",
+            "dlq_max_receive_count": 3,
+            "visibility_timeout_seconds": 700,
+        }
+    )
+    yield mine
+    remove(mine, [f"test-demand-changes-{run}"])
+
+
+def remove(settings: Settings, extra_streams: list[str]) -> None:
+    ddb, sqs, kinesis = (aws.client(s, settings) for s in ("dynamodb", "sqs", "kinesis"))
+    for table in (settings.table_name, settings.checkpoint_table_name):
+        with contextlib.suppress(ClientError):
+            ddb.delete_table(TableName=table)
+    for url in sqs.list_queues(QueueNamePrefix=settings.queue_name_prefix).get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+    for stream in (settings.sms_status_stream_name, *extra_streams):
+        with contextlib.suppress(ClientError):
+            kinesis.delete_stream(StreamName=stream)
+
+
+def attributes(settings: Settings, url: str) -> dict[str, str]:
+    return aws.client("sqs", settings).get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+
+def test_provisioning_twice_reports_the_same_resources_and_creates_nothing_more(fresh: Settings) -> None:
+    # When everything is provisioned, then provisioned again
+    first = provision(fresh)
+    second = provision(fresh)
+
+    # Then both runs report the same names, ARNs and URLs
+    assert second == first
+    assert first["table"]["name"] == fresh.table_name and first["table"]["stream_arn"]
+    assert first["checkpoint_table"]["name"] == fresh.checkpoint_table_name
+    assert [s["name"] for s in first["streams"]] == [fresh.sms_status_stream_name]
+    assert set(first["queues"]) == set(DLQ_OWNERS)
+    # And there is one queue per Celery queue and one dead-letter queue per owner, no more
+    sqs = aws.client("sqs", fresh)
+    urls = sqs.list_queues(QueueNamePrefix=fresh.queue_name_prefix)["QueueUrls"]
+    assert sorted(u.rsplit("/", 1)[1] for u in urls) == sorted(
+        [topology.queue_name(fresh, q) for q in QUEUE_NAMES] + [topology.dlq_name(fresh, o) for o in DLQ_OWNERS]
+    )
+
+
+def test_each_queue_has_its_dead_letter_queue_behind_a_redrive_policy(fresh: Settings) -> None:
+    report = provision(fresh)
+
+    for name in QUEUE_NAMES:
+        entry = report["queues"][name]
+        assert entry["url"] == topology.queue_url(fresh, name)
+        assert entry["dlq_url"] == topology.dlq_url(fresh, name)
+        queue, dlq = attributes(fresh, entry["url"]), attributes(fresh, entry["dlq_url"])
+        redrive = json.loads(queue["RedrivePolicy"])
+        assert redrive["deadLetterTargetArn"] == dlq["QueueArn"], name
+        assert int(redrive["maxReceiveCount"]) == 3, name
+        assert queue["VisibilityTimeout"] == "700"
+        assert dlq["MessageRetentionPeriod"] == str(DLQ_RETENTION_SECONDS)
+        assert "RedrivePolicy" not in dlq
+
+
+def test_a_bridge_has_a_dead_letter_queue_and_no_queue_of_its_own(fresh: Settings) -> None:
+    report = provision(fresh)
+    sqs = aws.client("sqs", fresh)
+
+    for name in BRIDGE_NAMES:
+        assert report["queues"][name] == {"dlq_url": topology.dlq_url(fresh, name)}
+        assert attributes(fresh, report["queues"][name]["dlq_url"])["MessageRetentionPeriod"] == "1209600"
+        with pytest.raises(ClientError):
+            sqs.get_queue_url(QueueName=topology.queue_name(fresh, name))
+
+
+def test_a_changed_receive_count_is_applied_to_queues_that_exist(fresh: Settings) -> None:
+    provision(fresh)
+
+    report = provision(fresh.model_copy(update={"dlq_max_receive_count": 7}))
+
+    for name in QUEUE_NAMES:
+        redrive = json.loads(attributes(fresh, report["queues"][name]["url"])["RedrivePolicy"])
+        assert int(redrive["maxReceiveCount"]) == 7, name
+
+
+def test_the_demand_table_has_both_indexes_and_a_new_and_old_images_stream(fresh: Settings) -> None:
+    report = provision(fresh)
+
+    table = aws.client("dynamodb", fresh).describe_table(TableName=fresh.table_name)["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"pk": "HASH", "sk": "RANGE"}
+    indexes = {g["IndexName"]: g for g in table["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"gsi1", "gsi2"}
+    assert [k["AttributeName"] for k in indexes["gsi1"]["KeySchema"]] == ["gsi1pk", "gsi1sk"]
+    assert [k["AttributeName"] for k in indexes["gsi2"]["KeySchema"]] == ["gsi2pk", "gsi2sk"]
+    assert indexes["gsi1"]["Projection"]["ProjectionType"] == "ALL"
+    assert indexes["gsi2"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert report["table"] == {
+        "name": fresh.table_name,
+        "arn": table["TableArn"],
+        "stream_arn": table["LatestStreamArn"],
+    }
+
+
+def test_a_table_that_exists_without_indexes_or_stream_is_brought_up_to_date(fresh: Settings) -> None:
+    # Given a demand table made by hand: the key, nothing else
+    ddb = aws.client("dynamodb", fresh)
+    ddb.create_table(
+        TableName=fresh.table_name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk")],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    )
+
+    report = provision(fresh)
+
+    table = ddb.describe_table(TableName=fresh.table_name)["Table"]
+    assert {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])} == {"gsi1", "gsi2"}
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert report["table"]["stream_arn"] == table["LatestStreamArn"]
+
+
+def test_the_checkpoint_table_is_keyed_by_stream_and_shard_and_has_no_stream(fresh: Settings) -> None:
+    report = provision(fresh)
+
+    table = aws.client("dynamodb", fresh).describe_table(TableName=fresh.checkpoint_table_name)["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"stream": "HASH", "shard": "RANGE"}
+    assert not table.get("StreamSpecification", {}).get("StreamEnabled", False)
+    assert report["checkpoint_table"] == {"name": fresh.checkpoint_table_name, "arn": table["TableArn"]}
+
+
+def test_the_status_stream_is_created_active(fresh: Settings) -> None:
+    report = provision(fresh)
+
+    summary = aws.client("kinesis", fresh).describe_stream_summary(StreamName=fresh.sms_status_stream_name)
+    summary = summary["StreamDescriptionSummary"]
+    assert summary["StreamStatus"] == "ACTIVE"
+    assert report["streams"] == [{"name": fresh.sms_status_stream_name, "arn": summary["StreamARN"]}]
+
+
+def test_a_kinesis_stream_is_created_once_with_its_shards(fresh: Settings) -> None:
+    # (the demand table's own Kinesis destination cannot be provisioned on moto, which lacks the
+    # DynamoDB Kinesis streaming destination API; its stream is made the same way as this one)
+    name = f"test-demand-changes-{fresh.queue_name_prefix[1:-1]}"
+
+    first = ensure_kinesis_stream(fresh, name, shard_count=2)
+    second = ensure_kinesis_stream(fresh, name, shard_count=2)
+
+    assert second == first and first["name"] == name
+    assert len(aws.client("kinesis", fresh).list_shards(StreamName=name)["Shards"]) == 2
+
+
+def test_a_table_whose_stream_has_another_view_type_gets_a_new_and_old_images_stream() -> None:
+    """DynamoDB refuses to change an enabled stream's view type: provision disables it, waits, enables
+    NEW_AND_OLD_IMAGES. (moto never enables a second stream on a table, so the calls are checked
+    against botocore's Stubber, in the order DynamoDB requires them.)"""
+    ddb = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client(
+        "dynamodb"
+    )
+    keys_only = {
+        "TableName": "tbl",
+        "TableStatus": "ACTIVE",
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    }
+    both = {
+        "TableName": "tbl",
+        "TableStatus": "ACTIVE",
+        "LatestStreamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/tbl/stream/2026-11-26T00:00:00.000",
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    }
+    with Stubber(ddb) as stub:
+        stub.add_response("update_table", {}, {"TableName": "tbl", "StreamSpecification": {"StreamEnabled": False}})
+        stub.add_response(
+            "describe_table", {"Table": {"TableName": "tbl", "TableStatus": "ACTIVE"}}, {"TableName": "tbl"}
+        )
+        stub.add_response(
+            "update_table",
+            {},
+            {
+                "TableName": "tbl",
+                "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            },
+        )
+        stub.add_response("describe_table", {"Table": both}, {"TableName": "tbl"})
+        table = _ensure_stream(ddb, keys_only)
+        stub.assert_no_pending_responses()
+    assert (
+        table["LatestStreamArn"] == "arn:aws:dynamodb:us-east-1:123456789012:table/tbl/stream/2026-11-26T00:00:00.000"
+    )
+
+
+def test_a_table_with_the_right_stream_is_left_alone() -> None:
+    table = {"TableName": "tbl", "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}}
+    assert _ensure_stream(object(), table) is table  # no call made: the client is not even a client

@@ -1,0 +1,197 @@
+"""Stage 2, generation, called directly against moto, Redis and the Bitly simulator (no workers).
+
+These cover what is hard to provoke through the whole pipeline: a generator that stops
+mid-sale and resumes, a second beat claiming the same sale, a run that hands over on time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.domain.errors import PermanentError
+from dmd_tasks.infra.settings import load_settings
+from dmd_tasks.pipeline.stage2_generate import generate_sale
+from dmd_tasks.services import Services
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.items import item
+
+Seed = Callable[..., str]
+Notifications = Callable[[Services, str], list[dict[str, Any]]]
+
+
+def test_a_sale_is_claimed_once_however_many_beats_tick(services: Services, seed_sale: Seed) -> None:
+    sale_id = seed_sale(services, 1)
+    now = time.time()
+    assert sale_id in {s["id"] for s in services.sales.due(now)}
+    results = [services.sales.claim(sale_id, now, 60) for _ in range(3)]
+    assert results == [True, False, False]
+    assert sale_id not in {s["id"] for s in services.sales.due(now)}
+
+
+def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    sale_id = seed_sale(services, 23)
+    assert services.sales.claim(sale_id, time.time(), 60)
+
+    # A run writes at most two chunks of five, then hands over
+    first = generate_sale(sale_id, services)
+    assert (first.outcome, first.written) == ("continue", 10)
+    assert services.sales.get(sale_id)["cursor"] == "fan009"  # type: ignore[index]
+
+    # Meanwhile the pipeline moves one notification on; and a run that took over the lease wrote part
+    # of the next chunk, then crashed before its checkpoint (its lease then expires)
+    sent = sale_notifications(services, sale_id)[0]
+    services.notifications.schedule(sale_id, sent["fanId"], time.time())
+    handed_over = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
+    assert services.sales.take_lease(sale_id, handed_over, time.time() - 120, 60)
+    partial = services.notifications.new_item(
+        sale_id=sale_id,
+        event_id=sent["eventId"],
+        fan_id="fan011",
+        phone="+15550000011",
+        tz="UTC",
+        send_after=time.time(),
+        now=time.time(),
+    )
+    services.table.put_items([{**partial, "status": "scheduled"}])
+
+    # The next runs resume after the checkpoint, skip what exists, and finish
+    second = generate_sale(sale_id, services)
+    assert second.outcome == "continue" and second.already_present == 1
+    third = generate_sale(sale_id, services)
+    assert third.outcome == "done"
+    again = generate_sale(sale_id, services)
+    assert again.outcome == "already-generated"
+
+    items = sale_notifications(services, sale_id)
+    assert len(items) == 23 == len({i["fanId"] for i in items})
+    by_fan = {i["fanId"]: i["status"] for i in items}
+    assert by_fan[sent["fanId"]] == "scheduled" and by_fan["fan011"] == "scheduled"  # nothing reset to pending
+    assert services.sales.get(sale_id)["generated"] == 23  # type: ignore[index]
+
+
+def test_a_clean_handover_skips_the_existence_check(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs that follow the claim or a clean handover know nothing exists past the cursor: no look-ups."""
+    from dmd_tasks.store.notifications import NotificationRecords
+
+    sale_id = seed_sale(services, 12)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    looked_up: list[int] = []
+    original = NotificationRecords.existing_fans
+    monkeypatch.setattr(
+        NotificationRecords, "existing_fans", lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k)
+    )
+    assert generate_sale(sale_id, services).outcome == "continue"
+    assert generate_sale(sale_id, services).outcome == "done"
+    assert looked_up == []
+    assert len(sale_notifications(services, sale_id)) == 12
+
+
+def test_a_run_reads_no_demand_page_it_will_not_write(
+    services: Services, seed_sale: Seed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next page is read ahead while a chunk is written, but not after the run's last chunk."""
+    sale_id = seed_sale(services, 23)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    queries: list[dict[str, Any]] = []
+    original = services.table.query
+    monkeypatch.setattr(services.table, "query", lambda **kw: queries.append(kw) or original(**kw))
+    first = generate_sale(sale_id, services)
+    assert (first.outcome, first.chunks) == ("continue", 2)
+    demand_reads = [q for q in queries if q.get("KeyConditionExpression", "").startswith("pk = :pk AND begins")]
+    assert len(demand_reads) == 2  # two chunks of five, two pages; not a third for the next run
+
+
+def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
+    stack, seed_sale: Seed, sale_notifications: Notifications
+) -> None:  # type: ignore[no-untyped-def]
+    slow_table = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=100, generate_run_seconds=0))
+    sale_id = seed_sale(slow_table, 12)
+    assert slow_table.sales.claim(sale_id, time.time(), 60)
+    first = generate_sale(sale_id, slow_table)
+    assert (first.outcome, first.written, first.chunks) == ("continue", 5, 1)
+    while (result := generate_sale(sale_id, slow_table)).outcome == "continue":
+        pass
+    assert result.outcome == "done"
+    assert len(sale_notifications(slow_table, sale_id)) == 12
+
+
+def test_a_second_generator_cannot_take_a_live_lease(services: Services, seed_sale: Seed) -> None:
+    sale_id = seed_sale(services, 3)
+    now = time.time()
+    assert services.sales.claim(sale_id, now, 60)
+    lease = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
+    assert services.sales.take_lease(sale_id, lease, now, 60) is not None
+    # the lease moved on: someone still holding the old value is refused
+    assert services.sales.take_lease(sale_id, lease, now, 60) is None
+
+
+def test_a_sale_nobody_claimed_is_not_generated(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    sale_id = seed_sale(services, 3)  # still waiting: beat has not claimed it
+    assert generate_sale(sale_id, services).outcome == "not-claimed"
+    assert sale_notifications(services, sale_id) == []
+
+
+def test_a_missing_sale_or_campaign_is_a_permanent_error(services: Services, seed_sale: Seed) -> None:
+    with pytest.raises(PermanentError, match="not found"):
+        generate_sale(f"nosuch{uuid.uuid4().hex[:8]}", services)
+
+    # Given a claimed sale whose campaign is not in the campaign store
+    orphan = f"orphan{uuid.uuid4().hex[:8]}"
+    services.table.put_items([item(Sale(id=orphan, eventId="ev-none", notifyAt=iso(time.time() - 1)))])
+    assert services.sales.claim(orphan, time.time(), 60)
+    with pytest.raises(PermanentError, match="no campaign"):
+        generate_sale(orphan, services)
+
+
+def test_opted_out_fans_get_nothing_and_invalid_phones_fail_at_birth(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given a sale of three fans, one of whom said STOP, and a fourth registered with a bad number
+    sale_id = seed_sale(services, 3)
+    event_id = services.sales.get(sale_id)["eventId"]  # type: ignore[index]
+    fans = [row for page in services.demand.pages(event_id, None, 100) for row in page]
+    services.demand.add_optout(fans[0]["phone"], time.time())
+    services.table.put_items([item(Demand(eventId=event_id, fanId="fan999", phone="555-0100"))])
+    assert services.sales.claim(sale_id, time.time(), 60)
+
+    # When the generator runs to the end
+    while (result := generate_sale(sale_id, services)).outcome == "continue":
+        pass
+
+    # Then the opted-out fan has no notification, and the bad number's is failed with the reason
+    assert result.outcome == "done"
+    by_fan = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    assert fans[0]["fanId"] not in by_fan
+    assert {by_fan[f["fanId"]]["status"] for f in fans[1:]} == {"pending"}
+    assert by_fan["fan999"]["status"] == "failed"
+    assert "E.164" in by_fan["fan999"]["reason"]
+    assert "gsi1pk" not in by_fan["fan999"]  # never found by the scheduler
+
+
+def test_an_event_without_a_short_url_is_shortened_before_generating(services: Services, seed_sale: Seed, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a claimed sale whose event was never shortened
+    sale_id = seed_sale(services, 2)
+    event_id = services.sales.get(sale_id)["eventId"]  # type: ignore[index]
+    long_url = f"https://www.ticketmaster.com/e/{uuid.uuid4().hex}"
+    services.table.put_items([item(Event(id=event_id, name="Show", url=long_url))])
+    assert services.sales.claim(sale_id, time.time(), 60)
+
+    # When it is generated
+    assert generate_sale(sale_id, services).outcome == "done"
+
+    # Then the event got its short URL, from one shortener call
+    short_url = services.events.get(event_id).short_url  # type: ignore[union-attr]
+    assert short_url is not None and short_url.startswith("https://bit.ly/")
+    assert sim.bitly_calls(long_url) == 1

@@ -1,0 +1,120 @@
+"""Stage 3, scheduling, called directly against moto and Redis: the rate budget of a tick, quiet
+hours that closed since generation, the sweep of expired send leases, and retiring a finished sale."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from datetime import time as clock
+from typing import Any
+
+from dmd_tasks.domain.campaigns import SendWindow
+from dmd_tasks.pipeline.stage2_generate import generate_sale
+from dmd_tasks.pipeline.stage3_schedule import TickResult, retire_if_done, run_tick, schedule_sale, sweep_expired_leases
+from dmd_tasks.services import Services
+
+Seed = Callable[..., str]
+Notifications = Callable[[Services, str], list[dict[str, Any]]]
+
+
+def generated(services: Services, seed_sale: Seed, n: int, **kwargs: Any) -> str:
+    """A sale of ``n`` fans, claimed and generated to the end (every notification ``pending``)."""
+    sale_id = seed_sale(services, n, **kwargs)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    while generate_sale(sale_id, services).outcome == "continue":
+        pass
+    return sale_id
+
+
+def closed_now() -> SendWindow:
+    """A one-hour UTC window that opens two hours from now."""
+    hour = datetime.now(UTC).hour
+    return SendWindow(start=clock((hour + 2) % 24), end=clock((hour + 3) % 24))
+
+
+def test_the_scheduler_releases_no_more_than_the_rate_budget_per_tick(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    sale_id = generated(services, seed_sale, 30, rate=4)  # 4/s x 2 s interval = 8 a tick
+    run_tick(services)
+    statuses = [i["status"] for i in sale_notifications(services, sale_id)]
+    assert statuses.count("scheduled") == 8
+    assert statuses.count("pending") == 22
+
+
+def test_a_window_closed_since_generation_defers_to_its_next_opening(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given notifications generated while the campaign's window was open
+    sale_id = generated(services, seed_sale, 3)
+    # When the campaign's window has closed by the time the scheduler takes them
+    campaign = services.campaigns.get(sale_id)
+    assert campaign is not None
+    window = closed_now()
+    services.campaigns.put(campaign.model_copy(update={"window": window}))
+    now = time.time()
+    result = TickResult()
+    schedule_sale(services, sale_id, now, 2.0, result)
+
+    # Then none is scheduled: each stays pending until the window opens again
+    assert (result.scheduled, result.deferred) == (0, 3)
+    items = sale_notifications(services, sale_id)
+    assert {i["status"] for i in items} == {"pending"}
+    opens = int(window.next_open_ts(now, "UTC"))
+    assert opens > now
+    assert {i["sendAfter"] for i in items} == {opens}
+    # and the index does not offer them again before then
+    assert [
+        i
+        for shard in services.notifications.shards()
+        for i in services.notifications.due_pending(sale_id, shard, now, 10)
+    ] == []
+
+
+def test_expired_send_leases_are_taken_back_or_failed_on_the_last_attempt(
+    services: Services, outbox: Callable[..., Any]
+) -> None:
+    # Given three notifications in "sending": two whose worker died a while ago (one on its last
+    # attempt) and one still being sent
+    box = outbox()
+    long_ago = time.time() - 120
+    for fan_id, attempts in (("dead1", 0), ("dead2", 2)):
+        box.add(fan_id, attempts=attempts)
+        assert services.notifications.claim_for_send(box.sale_id, fan_id, long_ago, 60) is not None
+    box.add("alive", status="sending")
+
+    # When the sweep runs
+    result = TickResult()
+    sweep_expired_leases(services, box.sale_id, time.time(), result)
+
+    # Then the first goes back to scheduled with one more attempt, the second fails, the live one stays
+    assert (result.leases_taken_back, result.failed_after_leases) == (1, 1)
+    retried, failed, alive = box.item("dead1"), box.item("dead2"), box.item("alive")
+    assert (retried["status"], retried["attempts"]) == ("scheduled", 1)
+    assert "same idempotency key" in retried["lastError"]
+    assert (failed["status"], failed["attempts"]) == ("failed", 3)
+    assert failed["reason"] == "send lease expired on the last attempt"
+    assert alive["status"] == "sending"
+
+
+def test_a_generated_sale_leaves_the_active_list_once_nothing_is_left_to_send(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    sale_id = generated(services, seed_sale, 2)
+    assert sale_id in services.sales.active()
+
+    # While notifications are pending, the sale stays active
+    result = TickResult()
+    retire_if_done(services, sale_id, result)
+    assert result.retired == 0
+
+    # Once each is scheduled, sent and out of every index, it is retired
+    now = time.time()
+    for fan_id in [i["fanId"] for i in sale_notifications(services, sale_id)]:
+        assert services.notifications.schedule(sale_id, fan_id, now)
+        assert services.notifications.claim_for_send(sale_id, fan_id, now, 60)
+        assert services.notifications.mark_sent(sale_id, fan_id, f"SM{fan_id}{sale_id}", now)
+    retire_if_done(services, sale_id, result)
+    assert result.retired == 1
+    assert sale_id not in services.sales.active()

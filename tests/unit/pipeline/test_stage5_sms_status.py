@@ -1,0 +1,95 @@
+"""Stage 5, delivery receipts and replies, applied directly against moto (no bridge, no worker)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from dmd_tasks.domain.provider_events import InboundEvent, StatusEvent
+from dmd_tasks.pipeline.stage2_generate import generate_sale
+from dmd_tasks.pipeline.stage5_sms_status import apply_event, record_sms_status
+from dmd_tasks.services import Services
+from dmd_tasks.store.codec import iso
+
+
+def receipt(message_id: str, status: str = "delivered", reference: str | None = None) -> StatusEvent:
+    return StatusEvent(
+        type="status", message_id=message_id, status=status, timestamp=iso(time.time()), reference=reference
+    )
+
+
+def new_phone() -> str:
+    return f"+1444{int(uuid.uuid4().hex[:7], 16) % 10_000_000:07d}"
+
+
+def test_a_receipt_before_our_sent_write_is_kept_until_it_applies(
+    services: Services,
+    seed_sale: Callable[..., str],
+    sale_notifications: Callable[[Services, str], list[dict[str, Any]]],
+) -> None:
+    sale_id = seed_sale(services, 1)
+    assert services.sales.claim(sale_id, time.time(), 60)
+    generate_sale(sale_id, services)
+    fan = sale_notifications(services, sale_id)[0]["fanId"]
+    services.notifications.schedule(sale_id, fan, time.time())
+    assert services.notifications.claim_for_send(sale_id, fan, time.time(), 60)
+    delivered = receipt("SMabc", reference=f"{sale_id}:{fan}")
+    # the provider was faster than our write: the receipt cannot apply yet
+    assert apply_event(services, delivered) == "unresolved"
+    assert services.notifications.mark_sent(sale_id, fan, "SMabc", time.time())
+    # a receipt for another message id never applies to it
+    other = delivered.model_copy(update={"message_id": "SMzzz"})
+    assert apply_event(services, other) == "unresolved"
+    assert apply_event(services, delivered) == "delivered"
+    assert apply_event(services, delivered) == "duplicate"
+    assert services.notifications.status_of(sale_id, fan) == "delivered"
+
+
+def test_a_receipt_without_our_reference_is_found_by_its_message_id(
+    services: Services, outbox: Callable[..., Any]
+) -> None:
+    box = outbox()
+    box.add("fan1", status="sending")
+    message_id = f"SM{uuid.uuid4().hex}"
+    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time())
+
+    assert apply_event(services, receipt(message_id, "undelivered")) == "undelivered"
+    assert box.item("fan1")["status"] == "undelivered"
+    # once final, the message id is out of the index: a late copy matches nothing
+    assert services.notifications.find_by_message_id(message_id) is None
+
+
+def test_intermediate_statuses_change_nothing(services: Services, outbox: Callable[..., Any]) -> None:
+    box = outbox()
+    box.add("fan1", status="sending")
+    message_id = f"SM{uuid.uuid4().hex}"
+    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time())
+
+    assert apply_event(services, receipt(message_id, "queued", f"{box.sale_id}:fan1")) == "intermediate-ignored"
+    assert box.item("fan1")["status"] == "sent"
+
+
+def test_a_stop_reply_opts_the_sender_out_and_other_replies_do_not(services: Services) -> None:
+    stopping, chatty, malformed = new_phone(), new_phone(), "12345"
+
+    def reply(sender: str, body: str) -> InboundEvent:
+        return InboundEvent(type="inbound", sender=sender, body=body, timestamp=iso(time.time()))
+
+    assert apply_event(services, reply(stopping, " stop ")) == "opted-out"
+    assert apply_event(services, reply(chatty, "see you there")) == "inbound-ignored"
+    assert apply_event(services, reply(malformed, "STOP")) == "inbound-ignored"
+    assert services.demand.opted_out([stopping, chatty, malformed]) == {stopping}
+
+
+def test_the_task_applies_a_batch_and_counts_what_it_could_not_parse(services: Services) -> None:
+    stopping = new_phone()
+    batch = [
+        {"type": "inbound", "sender": stopping, "body": "STOP", "timestamp": iso(time.time())},
+        {"type": "status", "message_id": "SMx", "status": "queued", "timestamp": iso(time.time())},
+        {"type": "status"},
+        "not an event",
+    ]
+    assert record_sms_status.run(batch) == {"opted-out": 1, "intermediate-ignored": 1, "invalid": 2}
+    assert services.demand.opted_out([stopping]) == {stopping}
