@@ -33,6 +33,10 @@ class BatchPublisher:
         self._app = app
         self._settings = settings
         self._sqs = aws.client("sqs", settings)
+        # The task modules are registered in this process too: Celery's OpenTelemetry
+        # instrumentation ends a publish span only for a task it finds by name; for an unknown
+        # one it leaves the span open and its context attached, one more per message published.
+        app.loader.import_default_modules()
 
     def publish(self, task_name: str, calls: Iterable[TaskCall], queue: str | None = None) -> int:
         """Enqueue every call on the task's queue (``queue`` for a task outside the routing table);
