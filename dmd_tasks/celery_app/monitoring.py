@@ -199,10 +199,11 @@ def _task_sent_handler(app: Any) -> Callable[..., None]:
     ) -> None:
         if not headers or "id" not in headers:  # protocol 1: ignore
             return
-        if not app.conf.get("monitor_task_sent_event"):
-            return
         batch = _sent_batch.get()
         if batch is _BATCH_OFF:
+            return
+        # (an open batch exists only when the events are on: look the setting up outside one)
+        if batch is None and not app.conf.get("monitor_task_sent_event"):
             return
         try:
             with nullcontext(batch) if batch is not None else app.events.default_dispatcher() as d:
