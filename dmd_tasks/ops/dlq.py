@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Celery
@@ -27,39 +27,40 @@ from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, BatchPlan, plan_chang
 Action = Callable[[], object] | None
 
 
-def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[dict[str, Any]]:
-    """Read up to ``max_messages`` dead letters of ``name`` without consuming them.
+def _hidden_messages(sqs: Any, url: str, max_messages: int) -> Iterator[dict[str, Any]]:
+    """Up to ``max_messages`` messages of the queue, each hidden for a minute once received (so
+    each receive returns new ones); the caller gives back or deletes them."""
+    received = 0
+    while received < max_messages:
+        messages = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=min(10, max_messages - received), VisibilityTimeout=60, WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not messages:
+            return
+        received += len(messages)
+        yield from messages
 
-    Messages are hidden while the queue is paged through (so each receive returns new
-    ones), then made visible again at once.
-    """
+
+def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[dict[str, Any]]:
+    """Read up to ``max_messages`` dead letters of ``name`` without consuming them (each is made
+    visible again at once)."""
     sqs = aws.client("sqs", settings)
     url = topology.dlq_url(settings, name)
     out: list[dict[str, Any]] = []
     handles: list[str] = []
     try:
-        while len(out) < max_messages:
-            response = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(10, max_messages - len(out)),
-                VisibilityTimeout=60,
-                WaitTimeSeconds=0,
-            )
-            messages = response.get("Messages", [])
-            if not messages:
-                break
-            for message in messages:
-                handles.append(message["ReceiptHandle"])
-                try:
-                    out.append(json.loads(message["Body"]))
-                except ValueError:
-                    out.append(
-                        {
-                            "reason": "not a dmd dead letter (moved by the redrive policy)",
-                            "raw": message["Body"],
-                            "message_id": message["MessageId"],
-                        }
-                    )
+        for message in _hidden_messages(sqs, url, max_messages):
+            handles.append(message["ReceiptHandle"])
+            try:
+                out.append(json.loads(message["Body"]))
+            except ValueError:
+                out.append(
+                    {
+                        "reason": "not a dmd dead letter (moved by the redrive policy)",
+                        "raw": message["Body"],
+                        "message_id": message["MessageId"],
+                    }
+                )
     finally:
         make_visible(sqs, url, handles)
     return out
@@ -77,24 +78,15 @@ def replay(settings: Settings, app: Celery, name: str, *, dry_run: bool, max_mes
     lines: list[str] = []
     keep: list[str] = []
     try:
-        while len(lines) < max_messages:
-            messages = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(10, max_messages - len(lines)),
-                VisibilityTimeout=60,
-                WaitTimeSeconds=0,
-            ).get("Messages", [])
-            if not messages:
-                break
-            for message in messages:
-                what, action = plan_replay(settings, name, message["Body"], app, publisher)
-                if action is None or dry_run:
-                    keep.append(message["ReceiptHandle"])
-                    lines.append(f"{'would ' if dry_run and action else ''}{what}")
-                    continue
-                action()
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-                lines.append(what)
+        for message in _hidden_messages(sqs, url, max_messages):
+            what, action = plan_replay(settings, name, message["Body"], app, publisher)
+            if action is None or dry_run:
+                keep.append(message["ReceiptHandle"])
+                lines.append(f"{'would ' if dry_run and action else ''}{what}")
+                continue
+            action()
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            lines.append(what)
     finally:
         make_visible(sqs, url, keep)
     return lines

@@ -87,8 +87,12 @@ def new_sale(
 
 
 def fans(n: int, tz: str = "UTC", prefix: str | None = None) -> list[dict[str, Any]]:
-    area = prefix or str(uuid.uuid4().int % 700 + 200)
-    return [{"fanId": f"fan{i}", "phone": f"+1{area}{i:07d}", "timezone": tz} for i in range(n)]
+    """``n`` fans with numbers no other sale of the session uses (the simulator counts SMS per number
+    across every sale): a random area code and exchange, unless ``prefix`` fixes them."""
+    if prefix is None:
+        rnd = uuid.uuid4().int
+        prefix = f"{rnd % 700 + 200}{rnd // 700 % 1000:03d}"
+    return [{"fanId": f"fan{i}", "phone": f"+1{prefix}{i:0{10 - len(prefix)}d}", "timezone": tz} for i in range(n)]
 
 
 def statuses(notifications: NotificationRecords, sale_id: str) -> dict[str, int]:
