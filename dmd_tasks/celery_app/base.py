@@ -1,10 +1,10 @@
 """The base task of every dmd task, and ``task()``, the decorator that registers one.
 
-Defaults set once here: autoretry of TransientError with exponential backoff and jitter,
-never PermanentError; countdowns bounded by what SQS can hold back safely; a task that
-fails for good becomes a dead letter with its reason. Options that come from settings
-(``max_retries`` of some tasks, ``rate_limit``, ``retry_backoff_max``) are task
-annotations in the Celery configuration, so registering a task reads no setting.
+Defaults set once here: autoretry of TransientError and of a dependency's failure (botocore,
+Redis) with exponential backoff and jitter, never PermanentError; countdowns bounded by what
+SQS can hold back safely; a task that fails for good becomes a dead letter with its reason.
+Options that come from settings (``max_retries`` of some tasks, ``rate_limit``,
+``retry_backoff_max``) are task annotations in the Celery configuration, so registering a task reads no setting.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dmd_tasks.celery_app.app import app
 from dmd_tasks.domain.errors import PermanentError, TransientError
 from dmd_tasks.infra import logs
 from dmd_tasks.infra.deadletters import DeadLetters
+from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.settings import UnsafeConfiguration, get_settings
 from dmd_tasks.infra.topology import QUEUE_NAMES
 from dmd_tasks.pipeline.routing import TASK_QUEUES
@@ -39,6 +40,9 @@ class DmdTask(Task):
 
     abstract = True
     typing = True
+    #: Whether a task that fails for good becomes a dead letter (beat's ticks: no, the next tick
+    #: replaces a failed one, and a dead letter per tick during an outage is noise).
+    dead_letters = True
 
     def retry(
         self,
@@ -92,6 +96,8 @@ class DmdTask(Task):
         )
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if not self.dead_letters:
+            return
         queue = (self.request.delivery_info or {}).get("routing_key") or TASK_QUEUES.get(self.name, "query")
         try:
             DeadLetters(get_settings()).send(
@@ -135,7 +141,9 @@ def task(name: str, *, queue: str | None = None, **options: Any) -> Callable[[Ca
         "name": name,
         "base": DmdTask,
         "bind": True,
-        "autoretry_for": (TransientError,),
+        # A dependency down (AWS, Redis) is retried like any transient error: the task has not
+        # done its work, and acknowledging it would lose it.
+        "autoretry_for": (TransientError, *DEPENDENCY_ERRORS),
         "dont_autoretry_for": (PermanentError,),
         "retry_backoff": True,
         "retry_jitter": True,

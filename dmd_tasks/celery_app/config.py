@@ -58,6 +58,14 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
                 "expires": settings.schedule_interval_seconds * 5,
             },
         },
+        "reconcile-sales": {
+            "task": routing.RECONCILE,
+            "schedule": settings.reconcile_interval_seconds,
+            "options": {
+                "queue": routing.queue_of(routing.RECONCILE),
+                "expires": settings.reconcile_interval_seconds * 3,
+            },
+        },
     }
 
 
@@ -87,10 +95,24 @@ def build(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_seconds,
             "wait_time_seconds": settings.sqs_wait_time_seconds,
             "polling_interval": settings.sqs_polling_interval_seconds,
+            # botocore's defaults (60 s timeouts, retries) would block beat and the workers for
+            # minutes on a frozen endpoint; a receive long-polls sqs_wait_time_seconds at most.
+            "client-config": {
+                "connect_timeout": settings.aws_connect_timeout_seconds,
+                "read_timeout": max(settings.aws_read_timeout_seconds, settings.sqs_wait_time_seconds + 5),
+                "retries": {"mode": "standard", "max_attempts": 3},
+            },
         },
         "broker_connection_retry_on_startup": True,
+        # The state of the pipeline is in DynamoDB; nothing waits on a task's result. Results are
+        # not stored (a Redis outage cannot fail a task that did its work), nor is STARTED (with
+        # task_track_started, a result-backend outage failed a task before it ran). Flower shows
+        # both from the task events. The backend stays for callers who ask for a result.
         "result_backend": settings.result_backend_url or settings.redis_url,
         "result_expires": settings.result_expires_seconds,
+        "task_ignore_result": True,
+        "redis_socket_timeout": 5.0,
+        "redis_socket_connect_timeout": 5.0,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -106,7 +128,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,
         "task_time_limit": settings.task_time_limit_seconds,
-        "task_track_started": True,
+        "task_track_started": False,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_hijack_root_logger": False,
         # SQS carries neither Celery's event exchange nor the broadcast mailbox: both travel
@@ -118,8 +140,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         # Beat is safe to run twice: RedBeat keeps the schedule in Redis behind a lock; a
         # second beat waits on the lock and takes over within lock timeout + loop interval.
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        # DmdBeatScheduler rides out Redis/AWS stalls and a lost lock instead of exiting.
+        "beat_scheduler": "dmd_tasks.celery_app.beat:DmdBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
+        "redbeat_redis_options": {"socket_timeout": 5.0, "socket_connect_timeout": 5.0},
         "redbeat_key_prefix": settings.beat_key_prefix,
         "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
         "beat_max_loop_interval": settings.beat_max_loop_interval_seconds,

@@ -19,6 +19,8 @@ class Entity(StrEnum):
     EVENT = "EVENT"
     DEMAND = "DEMAND"
     SALE = "SALE"
+    #: The pipeline's own record of a sale's generation runs (the product never writes it).
+    SALE_RUN = "SALE_RUN"
     NOTIFICATION = "NOTIFICATION"
     OPTOUT = "OPTOUT"
 
@@ -32,6 +34,9 @@ class NotificationStatus(StrEnum):
     UNDELIVERED = "undelivered"
     FAILED = "failed"
 
+
+#: A notification in one of these statuses waits on dmd itself; the reconciler owns each of them.
+IN_FLIGHT_STATUSES = frozenset({NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING})
 
 #: A notification in one of these statuses is done: nothing moves it any more.
 TERMINAL_STATUSES = frozenset({NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED, NotificationStatus.FAILED})

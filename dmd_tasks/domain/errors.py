@@ -15,6 +15,11 @@ class TransientError(DmdError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class NotAttempted(TransientError):
+    """The call was never made (no rate-limit slot in time, a dependency of ours down): a retry that
+    does not count as an attempt against the provider."""
+
+
 class RateLimited(TransientError):
     """The upstream said 429; retry after the time it gave."""
 

@@ -25,6 +25,12 @@ NOTIFICATION_TRANSITIONS = Counter(
     "Notification status transitions written (conditional writes that won).",
     ["from_status", "to_status"],
 )
+RECONCILER_ACTIONS = Counter(
+    "dmd_reconciler_actions_total",
+    "What the reconciler did: notifications republished, leases taken back, notifications failed "
+    "(by reason), sales retired or restored.",
+    ["action"],
+)
 SEND_LATENCY = Histogram(
     "dmd_send_latency_seconds",
     "Duration of one SMS provider send call, successful or not.",

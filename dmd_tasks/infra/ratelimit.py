@@ -14,7 +14,7 @@ import uuid
 
 import redis
 
-from dmd_tasks.domain.errors import TransientError
+from dmd_tasks.domain.errors import NotAttempted
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -51,14 +51,14 @@ class SharedRateLimiter:
         return wait_us / 1_000_000
 
     def acquire(self, rate: float, timeout_seconds: float) -> None:
-        """Block until a call may go; TransientError if that takes longer than ``timeout_seconds``."""
+        """Block until a call may go; NotAttempted if that takes longer than ``timeout_seconds``."""
         deadline = time.monotonic() + timeout_seconds
         while True:
             wait = self.try_acquire(rate)
             if wait == 0:
                 return
             if time.monotonic() + wait > deadline:
-                raise TransientError(
+                raise NotAttempted(
                     f"rate limit {rate}/s: no slot within {timeout_seconds:.0f}s", retry_after_seconds=wait
                 )
             time.sleep(wait)

@@ -131,10 +131,24 @@ class Settings(BaseSettings):
     max_send_attempts: int = 3
     #: First retry delay of a failed send; doubles per attempt (plus jitter), capped by retry_backoff_max.
     send_retry_base_seconds: float = 2.0
-    #: How long a worker owns a notification in ``sending`` before a sweep may take it back.
-    send_lease_seconds: int = 60
-    #: How often the scheduler looks for expired send leases (and for sales that are done).
-    lease_sweep_interval_seconds: float = 10.0
+    #: How long a worker owns a notification in ``sending`` before the reconciler may take it
+    #: back. Must outlast the worst case of the send path: send_rate_wait_seconds +
+    #: sms_timeout_seconds + task_time_limit_seconds (checked below; every process refuses to start
+    #: otherwise), so a live worker's lease never expires under it.
+    send_lease_seconds: int = 180
+    #: Longest a send waits for a slot of the shared provider rate limit before it gives the
+    #: notification back (a retry that does not count as a provider attempt).
+    send_rate_wait_seconds: float = 30.0
+    #: How often the reconciler visits every unfinished sale (beat).
+    reconcile_interval_seconds: float = 10.0
+    #: A notification ``scheduled`` this long past its due time has lost its send message (a
+    #: dead letter, a purge, a bridge that refused it): the reconciler publishes it again.
+    scheduled_stale_seconds: float = 300.0
+    #: ... at most this many times; then it ends ``failed`` with the reason.
+    max_republishes: int = 5
+    #: A notification still ``pending`` this long after its send-after time ends ``failed``
+    #: (its sale lost its campaign, or the scheduler never reached it).
+    pending_deadline_seconds: float = 86_400.0
     #: Celery's native per-worker rate limit of send_notifications (tasks, not messages).
     send_task_rate_limit: str | None = None
     #: Fallback provider rate when a campaign does not set one (messages per second, all workers).
@@ -238,6 +252,15 @@ class Settings(BaseSettings):
             )
         if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
             raise UnsafeConfiguration("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+        send_worst_case = self.send_rate_wait_seconds + self.sms_timeout_seconds + self.task_time_limit_seconds
+        if self.send_lease_seconds <= send_worst_case:
+            raise UnsafeConfiguration(
+                f"send_lease_seconds={self.send_lease_seconds} must exceed the worst case of one send: "
+                f"send_rate_wait_seconds ({self.send_rate_wait_seconds:g}) + sms_timeout_seconds "
+                f"({self.sms_timeout_seconds:g}) + task_time_limit_seconds ({self.task_time_limit_seconds}) = "
+                f"{send_worst_case:g}s; otherwise the reconciler takes back notifications a live worker still "
+                f"sends"
+            )
         if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
             raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")
         return self

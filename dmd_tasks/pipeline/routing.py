@@ -8,7 +8,8 @@ the change, and a bridge turns it into the next task by the rules here:
   held back by SQS until its ``notBefore`` (a retry's backoff)
 - a provider event on the status stream → ``record_sms_status([event, ...])`` (stage 5)
 
-Beat starts stages 2 and 3 (``claim_due_sales``, ``schedule_notifications``). Task names
+Beat starts stages 2 and 3 (``claim_due_sales``, ``schedule_notifications``) and the
+reconciler (``reconcile_sales``, stage 6), which owns every notification still in flight. Task names
 are the names on the wire: they stay the same when code moves, so messages already queued
 and dead letters waiting for replay still find their task.
 """
@@ -37,6 +38,7 @@ GENERATE_NOTIFICATIONS = "dmd_tasks.generate.generate_notifications"
 SCHEDULE_NOTIFICATIONS = "dmd_tasks.schedule.schedule_notifications"
 SEND_NOTIFICATIONS = "dmd_tasks.send.send_notifications"
 RECORD_SMS_STATUS = "dmd_tasks.sms_status.record_sms_status"
+RECONCILE = "dmd_tasks.reconcile.reconcile_sales"
 WARM_EVENT_DETAILS = "dmd_tasks.query.warm_event_details"
 
 #: The queue (and so the worker process) of every task.
@@ -47,6 +49,7 @@ TASK_QUEUES: dict[str, str] = {
     SCHEDULE_NOTIFICATIONS: "schedule",
     SEND_NOTIFICATIONS: "send",
     RECORD_SMS_STATUS: "sms-status",
+    RECONCILE: "schedule",
     WARM_EVENT_DETAILS: "query",
 }
 
@@ -57,6 +60,7 @@ TASK_MODULES: tuple[str, ...] = (
     "dmd_tasks.pipeline.stage3_schedule",
     "dmd_tasks.pipeline.stage4_send",
     "dmd_tasks.pipeline.stage5_sms_status",
+    "dmd_tasks.pipeline.stage6_reconcile",
     "dmd_tasks.api.tasks",
 )
 
@@ -158,7 +162,8 @@ def _route_notification(change: ChangeRecord, now: float | None) -> Route | None
         delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(wait)))
     return Route(
         task=SEND_NOTIFICATIONS,
-        key=f"{nid}#{new.get('attempts', 0)}",
+        # every move into scheduled starts a new round: a replayed record repeats its round and is dropped
+        key=f"{nid}#{new.get('round', new.get('attempts', 0))}",
         item=nid,
         correlation_id=change.correlation_id,
         delay_seconds=delay,

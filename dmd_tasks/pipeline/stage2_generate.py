@@ -32,7 +32,7 @@ from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus, is_e164
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.infra import aws
-from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS
+from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, RECONCILER_ACTIONS
 from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, WARM_EVENT_DETAILS
 from dmd_tasks.pipeline.stage1_shorten import shorten_with
 from dmd_tasks.services import Services, get_services
@@ -145,8 +145,13 @@ class SaleRun:
         self.started = time.monotonic()
         self.handing_over = False
         # A sale still holding the lease its last run handed over with (or the claim's) has nothing
-        # past its cursor; otherwise a run died mid-chunk and the first chunk is checked for what exists.
-        self.check_existing = not (sale.get("cleanLease") and sale.get("cleanLease") == sale.get("leaseUntil"))
+        # past its cursor; otherwise a run died mid-chunk and the first chunk is checked for what
+        # exists. A sale that may have notifications anywhere (re-run, restored after a re-save)
+        # is checked on every chunk: a notification is never written over.
+        self.check_all = bool(sale.get("checkAll"))
+        clean = bool(sale.get("cleanLease")) and sale.get("cleanLease") == sale.get("leaseUntil")
+        self.check_existing = self.check_all or not clean
+        self.renewed = time.monotonic()
         # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
         # and every Query costs a round trip (moto's costs a pass over the whole table).
         self.pages = Prefetcher(
@@ -190,6 +195,8 @@ class SaleRun:
         skip = notifications.existing_fans(self.sale_id, fan_ids, self.pool) if self.check_existing else set()
         phones = [r["phone"] for r in chunk if isinstance(r.get("phone"), str)]
         opted_out = self.services.demand.opted_out(phones, self.pool)
+        if not self.fence():
+            return False
         items = build_notifications(
             chunk,
             sale_id=self.sale_id,
@@ -218,7 +225,20 @@ class SaleRun:
             settings.generate_lease_seconds,
             last=self.handing_over,
         )
-        self.check_existing = False
+        self.check_existing = self.check_all
+        self.renewed = time.monotonic()
+        return self.lease is not None
+
+    def fence(self) -> bool:
+        """Renew the lease before writing if a third of it has passed since the last renewal, so a
+        run writes only while it holds the sale with time to spare (a run that was paused past its
+        lease finds it taken and writes nothing). False if the lease was lost."""
+        lease_seconds = self.settings.generate_lease_seconds
+        if time.monotonic() - self.renewed < lease_seconds / 3:
+            return True
+        assert self.lease is not None
+        self.lease = self.services.sales.take_lease(self.sale_id, self.lease, self.clock(), lease_seconds)
+        self.renewed = time.monotonic()
         return self.lease is not None
 
 
@@ -275,19 +295,28 @@ def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
     return {"sale_id": sale_id, "outcome": result.outcome, "written": result.written}
 
 
-@task(CLAIM_DUE_SALES, max_retries=0)
+@task(CLAIM_DUE_SALES, max_retries=0, dead_letters=False)
 def claim_due_sales(self: Task) -> dict[str, Any]:
     """Beat: claim due sales once each and start their generation; restart stalled generations."""
     services = get_services()
     now = time.time()
-    claimed = restarted = 0
+    claimed = restarted = restored = 0
     for sale in services.sales.due(now):
-        if services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds):
+        outcome = services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds)
+        if outcome == "claimed":
             generate_notifications.apply_async((sale["id"],))
             # the API will be asked about this event while fans open their links: warm its cache
             self.app.send_task(WARM_EVENT_DETAILS, args=(sale["eventId"],))
             claimed += 1
             log.info("sale %s claimed (notify at %s)", sale["id"], sale.get("notifyAt"))
+        elif outcome == "restored":
+            restored += 1
+            RECONCILER_ACTIONS.labels("sale_restored").inc()
+            log.warning(
+                "sale %s was written again as waiting after it ran: restored to its run's state, not generated "
+                "again (an operator re-runs a sale with `dmd sales rerun`)",
+                sale["id"],
+            )
     for sale in services.sales.stalled(now):
         # the run takes the expired lease with a conditional write; duplicates are no-ops
         generate_notifications.apply_async((sale["id"],))
@@ -295,4 +324,4 @@ def claim_due_sales(self: Task) -> dict[str, Any]:
         log.warning(
             "sale %s: generator lease expired at %s; resuming from its checkpoint", sale["id"], sale.get("leaseUntil")
         )
-    return {"claimed": claimed, "restarted": restarted, "at": iso(now)}
+    return {"claimed": claimed, "restarted": restarted, "restored": restored, "at": iso(now)}

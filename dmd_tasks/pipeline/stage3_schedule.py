@@ -7,8 +7,8 @@ Per active sale, the tick queries the sparse pending index (``gsi1``, never a sc
 notifications whose send-after time has come, at most ``rate × interval`` of them, and
 moves each with a conditional write. A notification whose fan is in quiet hours now
 (the window may have closed since generation) gets its send-after moved to the next
-opening instead. The same tick takes back ``sending`` notifications whose lease expired
-(see ``sweep_expired_leases``), and retires sales with nothing left to do.
+opening instead. What is stuck after that (expired send leases, lost send messages, sales
+with nothing left in flight) is the reconciler's (``stage6_reconcile``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
-from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.infra import aws
 from dmd_tasks.pipeline.routing import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
@@ -36,9 +35,6 @@ class TickResult:
     scheduled: int = 0
     deferred: int = 0
     lost_race: int = 0
-    leases_taken_back: int = 0
-    failed_after_leases: int = 0
-    retired: int = 0
 
 
 def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> int:
@@ -71,63 +67,19 @@ def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds
     return found
 
 
-def sweep_expired_leases(services: Services, sale_id: str, now: float, result: TickResult) -> None:
-    """Take back notifications stuck in ``sending`` past their lease (their worker died mid-send).
-
-    The rule: such a send is ambiguous (the provider may have accepted it). It goes back to
-    ``scheduled`` with one more attempt and is sent again with the same idempotency key,
-    so the provider returns the first result instead of sending a second SMS. If that was
-    the last attempt allowed, it ends ``failed`` with the reason.
-    """
-    settings = services.settings
-    notifications = services.notifications
-    for shard in notifications.shards():
-        for item in notifications.expired_leases(sale_id, shard, now):
-            attempts = int(item.get("attempts", 0)) + 1
-            if attempts >= settings.max_send_attempts:
-                ok = notifications.mark_failed(
-                    sale_id,
-                    item["fanId"],
-                    "send lease expired on the last attempt",
-                    source=NotificationStatus.SENDING.value,
-                    attempts=attempts,
-                )
-                result.failed_after_leases += ok
-            else:
-                ok = notifications.mark_retry(
-                    sale_id, item["fanId"], attempts, now, "send lease expired; resending with the same idempotency key"
-                )
-                result.leases_taken_back += ok
-
-
-def retire_if_done(services: Services, sale_id: str, result: TickResult) -> None:
-    sale = services.sales.get(sale_id)
-    if sale is None or sale.get("status") != SaleStatus.GENERATED:
-        return
-    if services.notifications.any_pending_or_sending(sale_id):
-        return
-    result.retired += services.sales.retire(sale_id)
-
-
 def run_tick(services: Services, now: float | None = None) -> TickResult:
     now = time.time() if now is None else now
     interval = services.settings.schedule_interval_seconds
     result = TickResult()
-    sweep_every = services.settings.lease_sweep_interval_seconds
     for sale_id in services.sales.active():
         try:
-            due = schedule_sale(services, sale_id, now, interval, result)
-            # Index queries cost reads: sweep leases every few ticks, look for the end only when idle.
-            if services.redis.set(f"dmd:sweep:{sale_id}", 1, nx=True, ex=max(1, int(sweep_every))):
-                sweep_expired_leases(services, sale_id, now, result)
-                if due == 0:
-                    retire_if_done(services, sale_id, result)
+            schedule_sale(services, sale_id, now, interval, result)
         except Exception:
             log.exception("scheduling sale %s failed; the next tick tries again", sale_id)
     return result
 
 
-@task(SCHEDULE_NOTIFICATIONS, max_retries=0)
+@task(SCHEDULE_NOTIFICATIONS, max_retries=0, dead_letters=False)
 def schedule_notifications(self: Task) -> dict[str, int]:
     """Beat: one scheduling tick (see the module docstring). Overlapping ticks are skipped, not queued."""
     services = get_services()
@@ -141,6 +93,6 @@ def schedule_notifications(self: Task) -> dict[str, int]:
             lock.release()
         except Exception:  # expired: the next tick simply takes it
             log.warning("schedule tick lock expired before release")
-    if result.scheduled or result.deferred or result.leases_taken_back or result.failed_after_leases:
+    if result.scheduled or result.deferred:
         log.info("schedule tick: %s", result)
     return vars(result)

@@ -21,9 +21,13 @@ A batch's claims (1) go out together, and so do its sends (2-5), on the process'
 thread pool: a batch waits about one provider round trip, not ten, while the shared rate
 limit still spaces the calls.
 
-A worker that dies between 4 and 5 leaves the notification in ``sending``; when the
-lease expires the scheduler's sweep re-sends it with the same idempotency key, so the
-provider does not send a second SMS.
+The claim's lease carries a token, and every later write of the send (``sent``, retry,
+``failed``) is conditional on it: a worker that overran its lease writes nothing. A worker
+that dies between 4 and 5 leaves the notification in ``sending``; when the lease expires
+the reconciler (``stage6_reconcile``) takes it back and it is re-sent with the same
+idempotency key, so the provider does not send a second SMS. A send that never reached
+the provider (no rate-limit slot in time, Redis or AWS down) goes back to ``scheduled``
+without spending an attempt.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from celery import Task
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import NotificationStatus
-from dmd_tasks.domain.errors import InvalidTemplate, PermanentError, TransientError
+from dmd_tasks.domain.errors import InvalidTemplate, NotAttempted, PermanentError, TransientError
 from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.domain.templates import render
 from dmd_tasks.infra import aws, tracing
+from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
 from dmd_tasks.infra.logs import mask_phone
 from dmd_tasks.infra.metrics import SEND_LATENCY
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
@@ -54,6 +59,8 @@ from dmd_tasks.services import Services, get_services
 log = logging.getLogger(__name__)
 
 SENDING = NotificationStatus.SENDING.value
+#: Failures before anything reached the provider: no attempt is spent on them.
+_NOT_ATTEMPTED: tuple[type[BaseException], ...] = (NotAttempted, *DEPENDENCY_ERRORS)
 
 #: Campaigns and short URLs change rarely during a sale; a send batch should not re-read them.
 #: (A batch's sends run on several threads: the caches are used under a lock.)
@@ -117,6 +124,8 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     sale_id, fan_id = split_notification_id(notification_id)
     attempts = int(item.get("attempts", 0))
     phone = item["phone"]
+    token = item.get("leaseToken")
+    lease_until = float(item.get("leaseUntil", 0))
     try:
         campaign = _campaign(services, sale_id)
         if campaign is None:
@@ -127,31 +136,47 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
         body = render(
             campaign.template, {"event_name": event_name, "short_url": short_url, "sale_id": sale_id, "fan_id": fan_id}
         )
-        services.sms_rate_limiter.acquire(
-            campaign.rate_per_second, timeout_seconds=settings.task_soft_time_limit_seconds / 2
-        )
+        services.sms_rate_limiter.acquire(campaign.rate_per_second, timeout_seconds=settings.send_rate_wait_seconds)
+        if time.time() + settings.sms_timeout_seconds >= lease_until:
+            # The provider call could outlive our lease (this process was paused): give it back.
+            raise NotAttempted("send lease nearly over before the provider call")
         with SEND_LATENCY.labels("sms").time():
             message_id = services.sms.send(phone, body, idempotency_key=notification_id)
     except (PermanentError, InvalidTemplate) as exc:
-        notifications.mark_failed(sale_id, fan_id, str(exc), source=SENDING, attempts=attempts + 1)
+        notifications.mark_failed(sale_id, fan_id, str(exc), source=SENDING, attempts=attempts + 1, lease_token=token)
         log.warning("notification %s to %s failed: %s", notification_id, mask_phone(phone), exc)
         return "failed"
+    except _NOT_ATTEMPTED as exc:
+        # Nothing reached the provider (no rate-limit slot in time, our Redis or AWS down): back to
+        # scheduled without spending an attempt.
+        delay = retry_delay(1, settings.send_retry_base_seconds, settings.max_countdown_seconds, None)
+        reason = str(exc) if isinstance(exc, NotAttempted) else describe(exc)
+        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, reason, lease_token=token)
+        log.info("notification %s not sent (%s); again in %.1fs", notification_id, reason, delay)
+        return "not-attempted"
     except TransientError as exc:
         attempts += 1
         if attempts >= settings.max_send_attempts:
             notifications.mark_failed(
-                sale_id, fan_id, f"gave up after {attempts} attempts: {exc}", source=SENDING, attempts=attempts
+                sale_id,
+                fan_id,
+                f"gave up after {attempts} attempts: {exc}",
+                source=SENDING,
+                attempts=attempts,
+                lease_token=token,
             )
             log.warning("notification %s failed after %d attempts: %s", notification_id, attempts, exc)
             return "failed"
         delay = retry_delay(
             attempts, settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
         )
-        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc))
+        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc), lease_token=token)
         log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
         return "retry"
-    if not notifications.mark_sent(sale_id, fan_id, message_id, time.time(), tracing.current_traceparent()):
-        # Our lease expired and the sweep took it back: the re-send uses the same idempotency key.
+    if not notifications.mark_sent(
+        sale_id, fan_id, message_id, time.time(), lease_token=token, traceparent=tracing.current_traceparent()
+    ):
+        # Our lease expired and the reconciler took it back: its re-send uses the same idempotency key.
         log.warning("notification %s was taken back before it was marked sent", notification_id)
         return "lease-lost"
     return "sent"
@@ -190,6 +215,14 @@ def send_notifications(
         pool.submit(contextvars.copy_context().run, send_claimed, services, nid, item, opted_out, traces.get(nid))
         for nid, item in owned
     ]
+    first_error: BaseException | None = None
     for future in futures:
-        outcomes[future.result()] += 1
+        try:
+            outcomes[future.result()] += 1
+        except Exception as exc:  # a dependency failed after the claim: the lease expires, the reconciler resends
+            outcomes["error"] += 1
+            first_error = first_error or exc
+    if first_error is not None:
+        log.warning("send batch: %s", dict(outcomes))
+        raise first_error
     return dict(outcomes)

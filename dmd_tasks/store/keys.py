@@ -3,8 +3,9 @@
 Items: ``pk``/``sk``. Indexes (both sparse: an item carries their attributes only while it
 must be found through them):
 
-- ``gsi1`` (``gsi1pk``/``gsi1sk``, ALL): due sales, stalled generations, pending
-  notifications per sale and shard by send-after time, notifications being sent by lease expiry;
+- ``gsi1`` (``gsi1pk``/``gsi1sk``, ALL): due sales, stalled generations, and every notification
+  still in flight, per sale and shard: pending by send-after time, scheduled by the time it
+  was due to be sent, being sent by lease expiry;
 - ``gsi2`` (``gsi2pk``/``gsi2sk``, KEYS_ONLY): the active sales, and provider message id →
   notification.
 """
@@ -55,6 +56,11 @@ def sale_key(sale_id: str) -> Key:
     return {"pk": sale_partition(sale_id), "sk": "SALE"}
 
 
+def sale_run_key(sale_id: str) -> Key:
+    """The pipeline's record of a sale's runs, beside the product's SALE item (which a re-save replaces)."""
+    return {"pk": sale_partition(sale_id), "sk": "RUN"}
+
+
 def notification_key(sale_id: str, fan_id: str) -> Key:
     return {"pk": sale_partition(sale_id), "sk": f"{NOTIFICATION_PREFIX}{fan_id}"}
 
@@ -91,6 +97,11 @@ def pending_index(sale_id: str, shard: int) -> str:
 def pending_sort(send_after: float, fan_id: str) -> str:
     """gsi1 sort key of a pending notification: due time first, so a range query takes the due ones."""
     return f"{epoch_key(send_after)}#{fan_id}"
+
+
+def scheduled_index(sale_id: str, shard: int) -> str:
+    """gsi1 partition of a sale's scheduled notifications, sorted by when each was due to be sent."""
+    return f"SCHEDULED#{sale_id}#{shard}"
 
 
 def sending_index(sale_id: str, shard: int) -> str:

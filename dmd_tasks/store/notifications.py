@@ -8,6 +8,8 @@ changes nothing the second time; each move that wins is counted
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from concurrent.futures import Executor
 from typing import Any
 
@@ -26,11 +28,25 @@ from dmd_tasks.store.keys import (
     pending_shard,
     pending_sort,
     sale_of,
+    scheduled_index,
     sending_index,
 )
 from dmd_tasks.store.table import DemandTable
 
 _STATUS = {"#s": "status"}
+#: Every move into ``scheduled`` starts a new round: the bridge's dedupe key, so a replayed record
+#: is dropped while a real re-schedule (same attempt count, e.g. a rate-limit wait) is routed.
+_NEXT_ROUND = "#rd = if_not_exists(#rd, :zero) + :one"
+_ROUND_NAMES = {"#rd": "round"}
+_ROUND_VALUES = {":zero": 0, ":one": 1}
+
+
+class _Any:
+    """Type of ANY_LEASE."""
+
+
+#: A move that does not check the send lease (a transition outside ``sending``).
+ANY_LEASE = _Any()
 PENDING = NotificationStatus.PENDING.value
 SCHEDULED = NotificationStatus.SCHEDULED.value
 SENDING = NotificationStatus.SENDING.value
@@ -109,11 +125,13 @@ class NotificationRecords:
         )
         return bool(response.get("Count"))
 
-    def any_pending_or_sending(self, sale_id: str) -> bool:
-        """Whether any notification of the sale is still in the pending or the sending index."""
+    def any_in_flight(self, sale_id: str) -> bool:
+        """Whether any notification of the sale is still pending, scheduled or being sent (each of
+        those states keeps the notification in one of the sale's index partitions)."""
         return any(
-            self._any_in(pending_index(sale_id, shard)) or self._any_in(sending_index(sale_id, shard))
+            self._any_in(index(sale_id, shard))
             for shard in self.shards()
+            for index in (pending_index, scheduled_index, sending_index)
         )
 
     def schedule(self, sale_id: str, fan_id: str, now: float) -> bool:
@@ -123,8 +141,14 @@ class NotificationRecords:
             fan_id,
             PENDING,
             SCHEDULED,
-            "SET #s = :to, scheduledAt = :now REMOVE gsi1pk, gsi1sk",
-            {":now": iso(now)},
+            f"SET #s = :to, scheduledAt = :now, {_NEXT_ROUND}, gsi1pk = :gpk, gsi1sk = :gsk",
+            {
+                ":now": iso(now),
+                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
+                ":gsk": epoch_key(now),
+                **_ROUND_VALUES,
+            },
+            names=_ROUND_NAMES,
         )
 
     def defer(self, sale_id: str, fan_id: str, send_after: float) -> bool:
@@ -141,18 +165,22 @@ class NotificationRecords:
     # --- sending ------------------------------------------------------------------------------
 
     def claim_for_send(self, sale_id: str, fan_id: str, now: float, lease_seconds: int) -> dict[str, Any] | None:
-        """scheduled → sending under a lease; only one worker wins. Returns the item, or None."""
+        """scheduled → sending under a lease with a token of its own; only one worker wins. Every
+        later write of this send is conditional on the token (a stale worker's write is a no-op).
+        Returns the item (with ``leaseToken``), or None."""
         lease = now + lease_seconds
         item = self._table.update(
             notification_key(sale_id, fan_id),
             what=f"claim {sale_id}:{fan_id}",
-            update="SET #s = :to, leaseUntil = :lease, sendingAt = :now, gsi1pk = :gpk, gsi1sk = :gsk",
+            update="SET #s = :to, leaseUntil = :lease, leaseToken = :tok, sendingAt = :now, "
+            "gsi1pk = :gpk, gsi1sk = :gsk",
             condition="#s = :from",
             names=_STATUS,
             values={
                 ":from": SCHEDULED,
                 ":to": SENDING,
                 ":lease": int(lease),
+                ":tok": uuid.uuid4().hex,
                 ":now": iso(now),
                 ":gpk": sending_index(sale_id, self.shard_of(fan_id)),
                 ":gsk": epoch_key(lease),
@@ -164,15 +192,23 @@ class NotificationRecords:
         NOTIFICATION_TRANSITIONS.labels(SCHEDULED, SENDING).inc()
         return item
 
-    def mark_sent(self, sale_id: str, fan_id: str, message_id: str, now: float, traceparent: str | None = None) -> bool:
-        """sending → sent; keeps the sender's trace context so the receipt can continue the trace."""
+    def mark_sent(
+        self,
+        sale_id: str,
+        fan_id: str,
+        message_id: str,
+        now: float,
+        lease_token: str | None,
+        traceparent: str | None = None,
+    ) -> bool:
+        """sending → sent, by the lease holder; keeps the sender's trace context for the receipt."""
         return self._move(
             sale_id,
             fan_id,
             SENDING,
             SENT,
             "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
-            "traceparent = :tp REMOVE gsi1pk, gsi1sk, leaseUntil",
+            "traceparent = :tp REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
             {
                 ":mid": message_id,
                 ":now": iso(now),
@@ -180,37 +216,121 @@ class NotificationRecords:
                 ":n": MESSAGE_INDEX_SK,
                 ":tp": traceparent or "-",
             },
+            lease_token=lease_token,
         )
 
     def mark_retry(
-        self, sale_id: str, fan_id: str, attempts: int, not_before: float, reason: str, source: str = SENDING
+        self,
+        sale_id: str,
+        fan_id: str,
+        attempts: int,
+        not_before: float,
+        reason: str,
+        *,
+        lease_token: str | _Any | None = ANY_LEASE,
+        now: float | None = None,
     ) -> bool:
-        """sending → scheduled with one more attempt; the bridge re-sends it after ``not_before``."""
+        """sending → scheduled after ``not_before`` (the bridge re-sends it then), by the lease
+        holder (``lease_token``); ``attempts`` is the count of provider attempts so far."""
+        now = time.time() if now is None else now
         return self._move(
             sale_id,
             fan_id,
-            source,
+            SENDING,
             SCHEDULED,
-            "SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r REMOVE gsi1pk, gsi1sk, leaseUntil",
-            {":a": attempts, ":nb": math.ceil(not_before), ":r": reason[:500]},
+            f"SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r, scheduledAt = :now, {_NEXT_ROUND}, "
+            "gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
+            {
+                ":a": attempts,
+                ":nb": math.ceil(not_before),
+                ":r": reason[:500],
+                ":now": iso(now),
+                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
+                ":gsk": epoch_key(max(now, not_before)),
+                **_ROUND_VALUES,
+            },
+            names=_ROUND_NAMES,
+            lease_token=lease_token,
         )
 
-    def mark_failed(self, sale_id: str, fan_id: str, reason: str, source: str, attempts: int | None = None) -> bool:
-        update = "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk, leaseUntil"
+    def mark_failed(
+        self,
+        sale_id: str,
+        fan_id: str,
+        reason: str,
+        source: str,
+        attempts: int | None = None,
+        *,
+        lease_token: str | _Any | None = ANY_LEASE,
+    ) -> bool:
+        """``source`` → failed with ``reason`` (from ``sending``: by the lease holder)."""
+        update = "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken"
         values: dict[str, Any] = {":r": reason[:500]}
         if attempts is not None:
-            update = "SET #s = :to, reason = :r, attempts = :a REMOVE gsi1pk, gsi1sk, leaseUntil"
+            update = "SET #s = :to, reason = :r, attempts = :a REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken"
             values[":a"] = attempts
-        return self._move(sale_id, fan_id, source, FAILED, update, values)
+        return self._move(sale_id, fan_id, source, FAILED, update, values, lease_token=lease_token)
+
+    # --- the reconciler's queries -----------------------------------------------------------------
+
+    def _due_in(self, index_pk: str, before: float, limit: int) -> list[dict[str, Any]]:
+        return self._table.query_items(
+            what=f"due in {index_pk}",
+            IndexName=GSI1,
+            KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :before",
+            ExpressionAttributeValues={":pk": {"S": index_pk}, ":before": {"S": epoch_key(before)}},
+            Limit=limit,
+        )
 
     def expired_leases(self, sale_id: str, shard: int, now: float, limit: int = 100) -> list[dict[str, Any]]:
         """Notifications of one shard still ``sending`` after their lease expired."""
-        return self._table.query_items(
-            what=f"expired leases of {sale_id}",
-            IndexName=GSI1,
-            KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :now",
-            ExpressionAttributeValues={":pk": {"S": sending_index(sale_id, shard)}, ":now": {"S": epoch_key(now)}},
-            Limit=limit,
+        return self._due_in(sending_index(sale_id, shard), now, limit)
+
+    def stale_scheduled(self, sale_id: str, shard: int, before: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Notifications of one shard ``scheduled`` and due before ``before`` but never claimed."""
+        return self._due_in(scheduled_index(sale_id, shard), before, limit)
+
+    def stale_pending(self, sale_id: str, shard: int, before: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Notifications of one shard still ``pending`` although due before ``before``."""
+        return self._due_in(pending_index(sale_id, shard), before, limit)
+
+    def republish_mark(self, sale_id: str, fan_id: str, seen_sort: str, next_check: float, times: int) -> bool:
+        """Record that a stale ``scheduled`` notification is being published again, and when to look
+        next; conditional on the index entry the caller saw, so two reconcilers publish it once."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SCHEDULED,
+            SCHEDULED,
+            "SET republished = :n, gsi1sk = :next",
+            {":n": times, ":next": epoch_key(next_check), ":seen": seen_sort},
+            extra_condition="gsi1sk = :seen",
+        )
+
+    def take_back(
+        self, sale_id: str, fan_id: str, lease_token: str | None, attempts: int, now: float, reason: str
+    ) -> bool:
+        """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SENDING,
+            SCHEDULED,
+            f"SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r, scheduledAt = :now, {_NEXT_ROUND}, "
+            "gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
+            {
+                ":a": attempts,
+                ":nb": math.ceil(now),
+                ":r": reason[:500],
+                ":now": iso(now),
+                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
+                ":gsk": epoch_key(now),
+                ":expired": int(now),
+                **_ROUND_VALUES,
+            },
+            names=_ROUND_NAMES,
+            lease_token=lease_token,
+            extra_condition="leaseUntil <= :expired",
         )
 
     # --- delivery receipts --------------------------------------------------------------------
@@ -254,17 +374,37 @@ class NotificationRecords:
         )
         return str(item["status"]) if item else None
 
-    def _move(self, sale_id: str, fan_id: str, source: str, target: str, update: str, values: dict[str, Any]) -> bool:
+    def _move(
+        self,
+        sale_id: str,
+        fan_id: str,
+        source: str,
+        target: str,
+        update: str,
+        values: dict[str, Any],
+        *,
+        names: dict[str, str] | None = None,
+        lease_token: str | _Any | None = ANY_LEASE,
+        extra_condition: str | None = None,
+    ) -> bool:
         values = {**values, ":from": source}
         if ":to" in update:  # DynamoDB refuses unused expression values
             values[":to"] = target
+        condition = "#s = :from"
+        if lease_token is None:  # claimed before leases had tokens
+            condition += " AND attribute_not_exists(leaseToken)"
+        elif isinstance(lease_token, str):
+            condition += " AND leaseToken = :tok"
+            values[":tok"] = lease_token
+        if extra_condition:
+            condition += f" AND {extra_condition}"
         moved = (
             self._table.update(
                 notification_key(sale_id, fan_id),
                 what=f"{sale_id}:{fan_id} {source}->{target}",
                 update=update,
-                condition="#s = :from",
-                names=_STATUS,
+                condition=condition,
+                names={**_STATUS, **(names or {})},
                 values=values,
             )
             is not None

@@ -3,16 +3,32 @@
 A sale is ``waiting`` (in gsi1 under ``SALES#waiting`` by notify time), then
 ``generating`` under a lease (gsi1 ``SALES#generating`` by lease expiry, gsi2
 ``ACTIVE_SALES``), then ``generated`` (or ``failed`` with a reason), and leaves the active
-list once nothing of it is left to schedule or sweep.
+list once the reconciler has seen none of its notifications in flight, twice.
+
+The SALE item is the product's: re-saving a sale replaces it. So the pipeline records each
+sale's runs on an item of its own (``RUN``, beside it): a claim starts a run only if none
+ran yet or an operator asked for one (``dmd sales rerun``); a sale re-written as ``waiting``
+after it ran is restored to its run's state instead of being generated again.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dmd_tasks.domain.entities import Entity, Sale, SaleStatus
 from dmd_tasks.store.codec import iso, new_lease
-from dmd_tasks.store.keys import ACTIVE_SALES, GSI1, GSI2, SALES_GENERATING, SALES_WAITING, sale_key
+from dmd_tasks.store.keys import (
+    ACTIVE_SALES,
+    GSI1,
+    GSI2,
+    NOTIFICATION_PREFIX,
+    SALES_GENERATING,
+    SALES_WAITING,
+    sale_key,
+    sale_partition,
+    sale_run_key,
+)
 from dmd_tasks.store.table import DemandTable
 
 _STATUS = {"#s": "status"}
@@ -61,29 +77,146 @@ class SaleRecords:
         """Sales being generated whose generator lease expired (its worker died)."""
         return self._index_upto(SALES_GENERATING, iso(now))
 
-    def claim(self, sale_id: str, now: float, lease_seconds: int) -> bool:
-        """waiting → generating, once: the first claimer wins, a repeated tick changes nothing."""
+    def claim(self, sale_id: str, now: float, lease_seconds: int) -> str | None:
+        """waiting → generating, once per run the pipeline allows.
+
+        Returns ``"claimed"`` (generate it now), ``"restored"`` (the sale had already run and
+        was re-written as waiting: it goes back to where its run stands, and is not generated
+        again), or None (another claimer won, or it is no longer waiting).
+        """
+        run = self._start_run(sale_id, now)
+        if run is None:
+            return "restored" if self.restore(sale_id, now) else None
+        # A first run normally finds no notification; one that does (the claim crashed between
+        # its two writes, or the sale ran before runs were recorded) checks every fan it writes.
+        check_all = int(run.get("runs", 1)) > 1 or self._has_notifications(sale_id)
         lease = new_lease(now, lease_seconds)
-        return (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"claim sale {sale_id}",
-                update="SET #s = :gen, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, "
-                "gsi2pk = :active, gsi2sk = :id, claimedAt = :now, cleanLease = :lease",
-                condition="#s = :waiting",
-                names=_STATUS,
-                values={
-                    ":gen": SaleStatus.GENERATING.value,
-                    ":waiting": SaleStatus.WAITING.value,
-                    ":lease": lease,
-                    ":gpk": SALES_GENERATING,
-                    ":active": ACTIVE_SALES,
-                    ":id": sale_id,
-                    ":now": iso(now),
-                },
-            )
-            is not None
+        values: dict[str, Any] = {
+            ":gen": SaleStatus.GENERATING.value,
+            ":waiting": SaleStatus.WAITING.value,
+            ":lease": lease,
+            ":gpk": SALES_GENERATING,
+            ":active": ACTIVE_SALES,
+            ":id": sale_id,
+            ":now": iso(now),
+        }
+        update = (
+            "SET #s = :gen, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, gsi2pk = :active, "
+            "gsi2sk = :id, claimedAt = :now"
         )
+        if check_all:
+            update += ", checkAll = :true REMOVE cursor, cleanLease"
+            values[":true"] = True
+        else:
+            update += ", cleanLease = :lease"
+        done = self._table.update(
+            sale_key(sale_id),
+            what=f"claim sale {sale_id}",
+            update=update,
+            condition="#s = :waiting",
+            names=_STATUS,
+            values=values,
+        )
+        return "claimed" if done is not None else None
+
+    def _start_run(self, sale_id: str, now: float) -> dict[str, Any] | None:
+        """Record a new run on the sale's RUN item: the first one, or one an operator asked for
+        (``rerun``). None when the sale already ran and nobody asked for it again."""
+        return self._table.update(
+            sale_run_key(sale_id),
+            what=f"start run of sale {sale_id}",
+            update="SET entity = :e, saleId = :id, runs = if_not_exists(runs, :zero) + :one, startedAt = :now, "
+            "rerun = :false, #o = :running",
+            condition="attribute_not_exists(pk) OR rerun = :true",
+            names={"#o": "outcome"},
+            values={
+                ":e": Entity.SALE_RUN.value,
+                ":id": sale_id,
+                ":zero": 0,
+                ":one": 1,
+                ":now": iso(now),
+                ":false": False,
+                ":true": True,
+                ":running": SaleStatus.GENERATING.value,
+            },
+            return_new=True,
+        )
+
+    def _has_notifications(self, sale_id: str) -> bool:
+        response = self._table.query(
+            what=f"any notification of {sale_id}",
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :n)",
+            ExpressionAttributeValues={":pk": {"S": sale_partition(sale_id)}, ":n": {"S": NOTIFICATION_PREFIX}},
+            Limit=1,
+            Select="COUNT",
+        )
+        return bool(response.get("Count"))
+
+    def restore(self, sale_id: str, now: float) -> bool:
+        """A sale re-written as ``waiting`` after it ran goes back to its run's state instead of
+        being claimed again: ``generated``/``failed`` as its run ended, or, if the run had not
+        ended, ``generating`` with an expired lease (the next claim tick resumes it, checking
+        every fan, so nothing is written twice). It is active again, so the reconciler looks
+        after its notifications and retires it when they are all final."""
+        run = self._table.get(sale_run_key(sale_id), what=f"run of sale {sale_id}") or {}
+        outcome = run.get("outcome")
+        values: dict[str, Any] = {
+            ":waiting": SaleStatus.WAITING.value,
+            ":active": ACTIVE_SALES,
+            ":id": sale_id,
+            ":now": iso(now),
+        }
+        if outcome in (SaleStatus.GENERATED.value, SaleStatus.FAILED.value):
+            update = "SET #s = :st, gsi2pk = :active, gsi2sk = :id, restoredAt = :now REMOVE gsi1pk, gsi1sk"
+            values[":st"] = outcome
+            if outcome == SaleStatus.FAILED.value:
+                update = update.replace("restoredAt = :now", "restoredAt = :now, reason = :r")
+                values[":r"] = str(run.get("reason", "failed"))
+        else:
+            expired = new_lease(0, 0)
+            update = (
+                "SET #s = :st, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, gsi2pk = :active, "
+                "gsi2sk = :id, checkAll = :true, restoredAt = :now REMOVE cursor, cleanLease"
+            )
+            values.update({":st": SaleStatus.GENERATING.value, ":lease": expired, ":gpk": SALES_GENERATING})
+            values[":true"] = True
+        done = self._table.update(
+            sale_key(sale_id),
+            what=f"restore sale {sale_id}",
+            update=update,
+            condition="#s = :waiting",
+            names=_STATUS,
+            values=values,
+        )
+        return done is not None
+
+    def rerun(self, sale_id: str, now: float) -> bool:
+        """An operator's explicit re-run of a sale that ended: it is claimed again at once and
+        its generator checks every fan (only fans without a notification get one)."""
+        done = self._table.update(
+            sale_key(sale_id),
+            what=f"rerun sale {sale_id}",
+            update="SET #s = :waiting, notifyAt = :now, gsi1pk = :gpk, gsi1sk = :now "
+            "REMOVE leaseUntil, cursor, cleanLease, quietSince",
+            condition="#s IN (:done, :failed)",
+            names=_STATUS,
+            values={
+                ":waiting": SaleStatus.WAITING.value,
+                ":done": SaleStatus.GENERATED.value,
+                ":failed": SaleStatus.FAILED.value,
+                ":now": iso(now),
+                ":gpk": SALES_WAITING,
+            },
+        )
+        if done is None:
+            return False
+        self._table.update(
+            sale_run_key(sale_id),
+            what=f"allow a rerun of sale {sale_id}",
+            update="SET rerun = :true, entity = :e, saleId = :id",
+            values={":true": True, ":e": Entity.SALE_RUN.value, ":id": sale_id},
+        )
+        return True
 
     def take_lease(self, sale_id: str, expected_lease: str | None, now: float, lease_seconds: int) -> str | None:
         """Renew the generator lease if it is still ``expected_lease`` (or expired); returns the new lease."""
@@ -137,9 +270,23 @@ class SaleRecords:
         )
         return renewed if done is not None else None
 
+    def _end_run(self, sale_id: str, outcome: str, reason: str | None = None) -> None:
+        values: dict[str, Any] = {":o": outcome, ":e": Entity.SALE_RUN.value, ":id": sale_id}
+        update = "SET #o = :o, entity = :e, saleId = :id"
+        if reason is not None:
+            update += ", reason = :r"
+            values[":r"] = reason[:500]
+        self._table.update(
+            sale_run_key(sale_id),
+            what=f"end run of sale {sale_id}",
+            update=update,
+            names={"#o": "outcome"},
+            values=values,
+        )
+
     def finish(self, sale_id: str, lease: str, now: float) -> bool:
         """generating → generated, by the lease holder."""
-        return (
+        finished = (
             self._table.update(
                 sale_key(sale_id),
                 what=f"finish sale {sale_id}",
@@ -155,15 +302,18 @@ class SaleRecords:
             )
             is not None
         )
+        if finished:
+            self._end_run(sale_id, SaleStatus.GENERATED.value)
+        return finished
 
     def fail(self, sale_id: str, reason: str, now: float) -> bool:
-        """generating → failed (e.g. its campaign is missing or invalid); leaves the active list."""
-        return (
+        """generating → failed (e.g. its campaign is missing or invalid). It stays active until the
+        reconciler has seen every notification it already had reach a final status."""
+        failed = (
             self._table.update(
                 sale_key(sale_id),
                 what=f"fail sale {sale_id}",
-                update="SET #s = :failed, reason = :r, failedAt = :now "
-                "REMOVE gsi1pk, gsi1sk, gsi2pk, gsi2sk, leaseUntil",
+                update="SET #s = :failed, reason = :r, failedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
                 condition="#s = :gen",
                 names=_STATUS,
                 values={
@@ -175,6 +325,9 @@ class SaleRecords:
             )
             is not None
         )
+        if failed:
+            self._end_run(sale_id, SaleStatus.FAILED.value, reason)
+        return failed
 
     def active(self) -> list[str]:
         """Sales being generated or with notifications still waiting to be scheduled or sent."""
@@ -188,16 +341,40 @@ class SaleRecords:
             out.extend(i["gsi2sk"]["S"] for i in page.get("Items", []))
         return out
 
-    def retire(self, sale_id: str) -> bool:
-        """Drop a generated sale from the active list (nothing left to schedule or sweep)."""
+    def note_quiet(self, sale_id: str, now: float) -> bool:
+        """The reconciler found nothing of an ended sale in flight: remember when (first look)."""
+        return (
+            self._table.update(
+                sale_key(sale_id),
+                what=f"sale {sale_id} quiet",
+                update="SET quietSince = :now",
+                condition="#s IN (:done, :failed) AND attribute_exists(gsi2pk)",
+                names=_STATUS,
+                values={
+                    ":now": int(now),
+                    ":done": SaleStatus.GENERATED.value,
+                    ":failed": SaleStatus.FAILED.value,
+                },
+            )
+            is not None
+        )
+
+    def retire(self, sale_id: str, quiet_since: int) -> bool:
+        """Drop an ended sale from the active list: the reconciler found nothing of it in flight at
+        two looks (``quiet_since`` and now), so no index lag or move between indexes hid one."""
         return (
             self._table.update(
                 sale_key(sale_id),
                 what=f"retire sale {sale_id}",
-                update="REMOVE gsi2pk, gsi2sk",
-                condition="#s = :done",
+                update="SET retiredAt = :now REMOVE gsi2pk, gsi2sk, quietSince",
+                condition="#s IN (:done, :failed) AND quietSince = :q",
                 names=_STATUS,
-                values={":done": SaleStatus.GENERATED.value},
+                values={
+                    ":done": SaleStatus.GENERATED.value,
+                    ":failed": SaleStatus.FAILED.value,
+                    ":q": quiet_since,
+                    ":now": iso(time.time()),
+                },
             )
             is not None
         )

@@ -71,20 +71,21 @@ class DemandTable:
         *,
         what: str,
         update: str,
-        condition: str,
+        condition: str | None = None,
         values: dict[str, Any],
         names: dict[str, str] | None = None,
         return_new: bool = False,
     ) -> dict[str, Any] | None:
-        """A conditional UpdateItem. None when the condition failed (someone else moved first);
-        otherwise the item as written (``return_new``) or an empty dict."""
+        """An UpdateItem, conditional unless ``condition`` is None. None when the condition failed
+        (someone else moved first); otherwise the item as written (``return_new``) or an empty dict."""
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "Key": serialize(key),
             "UpdateExpression": update,
-            "ConditionExpression": condition,
             "ExpressionAttributeValues": serialize(values),
         }
+        if condition is not None:
+            kwargs["ConditionExpression"] = condition
         if names:
             kwargs["ExpressionAttributeNames"] = names
         if return_new:

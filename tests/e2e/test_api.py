@@ -155,7 +155,7 @@ def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: 
     from dmd_tasks.api.tasks import warm_event_details
 
     event_id = new_id()
-    result = warm_event_details.apply_async((event_id,)).get(timeout=60)
+    result = warm_event_details.apply_async((event_id,), ignore_result=False).get(timeout=60)
     assert result == {"event_id": event_id, "warmed": True, "stale": False}
     assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"]["id"] == event_id
     assert discovery_calls(sim, event_id) == 1

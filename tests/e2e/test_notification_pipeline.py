@@ -265,7 +265,7 @@ def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings
     wait_until(lambda: all_terminal(notifications, sales, sale_id, 5), timeout=90, what="sale done")
     # When the same send messages arrive again (SQS and streams deliver at least once)
     ids = [f"{sale_id}:{f['fanId']}" for f in audience]
-    results = [send_notifications.apply_async((ids,)) for _ in range(2)]
+    results = [send_notifications.apply_async((ids,), ignore_result=False) for _ in range(2)]
     outcomes = [r.get(timeout=60) for r in results]
     # Then they find nothing to do, and the provider saw one message per fan
     assert outcomes == [{"skipped": 5}, {"skipped": 5}]

@@ -24,6 +24,7 @@ from dmd_tasks.celery_app import app
 from dmd_tasks.celery_app.base import DmdTask, check_countdown, task
 from dmd_tasks.domain.errors import PermanentError, TransientError
 from dmd_tasks.infra import aws, logs, topology
+from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.settings import Settings, UnsafeConfiguration
 from dmd_tasks.infra.sqs import make_visible
 from dmd_tasks.pipeline import routing
@@ -117,7 +118,7 @@ def test_a_task_outside_the_routing_table_has_the_dmd_defaults() -> None:
     assert "tests.celery_app.base.echo" not in routing.TASK_QUEUES
     registered = app.tasks["tests.celery_app.base.echo"]
     assert isinstance(registered, DmdTask)
-    assert registered.autoretry_for == (TransientError,)
+    assert registered.autoretry_for == (TransientError, *DEPENDENCY_ERRORS)
     assert registered.dont_autoretry_for == (PermanentError,)
     assert registered.retry_backoff is True and registered.retry_jitter is True
     # bound: the task gets itself as first argument

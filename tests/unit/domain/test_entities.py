@@ -143,5 +143,5 @@ def test_status_and_entity_values_are_the_strings_stored_in_the_table() -> None:
         "failed",
     ]
     assert [s.value for s in SaleStatus] == ["waiting", "generating", "generated", "failed"]
-    assert {e.value for e in Entity} == {"EVENT", "DEMAND", "SALE", "NOTIFICATION", "OPTOUT"}
+    assert {e.value for e in Entity} == {"EVENT", "DEMAND", "SALE", "SALE_RUN", "NOTIFICATION", "OPTOUT"}
     assert NotificationStatus("sent") == "sent"  # StrEnum: compares equal to what DynamoDB returns

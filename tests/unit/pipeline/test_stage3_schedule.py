@@ -1,5 +1,5 @@
-"""Stage 3, scheduling, called directly against moto and Redis: the rate budget of a tick, quiet
-hours that closed since generation, the sweep of expired send leases, and retiring a finished sale."""
+"""Stage 3, scheduling, called directly against moto and Redis: the rate budget of a tick and quiet
+hours that closed since generation (expired leases and retiring are the reconciler's: stage 6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.pipeline.stage2_generate import generate_sale
-from dmd_tasks.pipeline.stage3_schedule import TickResult, retire_if_done, run_tick, schedule_sale, sweep_expired_leases
+from dmd_tasks.pipeline.stage3_schedule import TickResult, run_tick, schedule_sale
 from dmd_tasks.services import Services
 
 Seed = Callable[..., str]
@@ -70,51 +70,3 @@ def test_a_window_closed_since_generation_defers_to_its_next_opening(
         for shard in services.notifications.shards()
         for i in services.notifications.due_pending(sale_id, shard, now, 10)
     ] == []
-
-
-def test_expired_send_leases_are_taken_back_or_failed_on_the_last_attempt(
-    services: Services, outbox: Callable[..., Any]
-) -> None:
-    # Given three notifications in "sending": two whose worker died a while ago (one on its last
-    # attempt) and one still being sent
-    box = outbox()
-    long_ago = time.time() - 120
-    for fan_id, attempts in (("dead1", 0), ("dead2", 2)):
-        box.add(fan_id, attempts=attempts)
-        assert services.notifications.claim_for_send(box.sale_id, fan_id, long_ago, 60) is not None
-    box.add("alive", status="sending")
-
-    # When the sweep runs
-    result = TickResult()
-    sweep_expired_leases(services, box.sale_id, time.time(), result)
-
-    # Then the first goes back to scheduled with one more attempt, the second fails, the live one stays
-    assert (result.leases_taken_back, result.failed_after_leases) == (1, 1)
-    retried, failed, alive = box.item("dead1"), box.item("dead2"), box.item("alive")
-    assert (retried["status"], retried["attempts"]) == ("scheduled", 1)
-    assert "same idempotency key" in retried["lastError"]
-    assert (failed["status"], failed["attempts"]) == ("failed", 3)
-    assert failed["reason"] == "send lease expired on the last attempt"
-    assert alive["status"] == "sending"
-
-
-def test_a_generated_sale_leaves_the_active_list_once_nothing_is_left_to_send(
-    services: Services, seed_sale: Seed, sale_notifications: Notifications
-) -> None:
-    sale_id = generated(services, seed_sale, 2)
-    assert sale_id in services.sales.active()
-
-    # While notifications are pending, the sale stays active
-    result = TickResult()
-    retire_if_done(services, sale_id, result)
-    assert result.retired == 0
-
-    # Once each is scheduled, sent and out of every index, it is retired
-    now = time.time()
-    for fan_id in [i["fanId"] for i in sale_notifications(services, sale_id)]:
-        assert services.notifications.schedule(sale_id, fan_id, now)
-        assert services.notifications.claim_for_send(sale_id, fan_id, now, 60)
-        assert services.notifications.mark_sent(sale_id, fan_id, f"SM{fan_id}{sale_id}", now)
-    retire_if_done(services, sale_id, result)
-    assert result.retired == 1
-    assert sale_id not in services.sales.active()

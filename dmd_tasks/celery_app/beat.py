@@ -1,0 +1,78 @@
+"""Beat's scheduler: RedBeat, made to ride out any dependency stall.
+
+RedBeat keeps the schedule in Redis behind a lock, so two beats can run: one ticks, the
+other waits for the lock. As it comes, a beat *exits* when Redis stalls (a TimeoutError
+out of ``tick``) or when it was blocked past its lock's timeout (``LockNotOwnedError``
+when it extends the lock), and a process runner (honcho, ``dmd demo``) then stops every
+process. ``DmdBeatScheduler`` never lets an error out of a tick:
+
+- it loses the lock (it was blocked, another beat took over): it logs, becomes the
+  standby, and takes the lock again when the other beat lets it expire;
+- Redis unreachable or frozen: it logs and tries again a few seconds later (its Redis
+  calls time out after ``redbeat_redis_options``' socket timeouts, never hang);
+- anything else in a tick: logged with its traceback, and the next tick runs.
+
+A standby beat (one that does not hold the lock) ticks nothing; it tries to take the lock
+every loop, so it takes over at most lock timeout + one loop after the active one died.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from redis.exceptions import LockError
+
+from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
+
+log = logging.getLogger(__name__)
+
+#: How soon a beat tries again after a tick that failed.
+RETRY_SECONDS = 2.0
+
+
+class DmdBeatScheduler(RedBeatScheduler):
+    def setup_schedule(self) -> None:
+        """Write the static schedule to Redis, waiting for Redis if it is down at start."""
+        while True:
+            try:
+                super().setup_schedule()
+                return
+            except DEPENDENCY_ERRORS as exc:
+                log.error("beat: cannot write the schedule to Redis yet (%s); retrying", describe(exc))
+                time.sleep(RETRY_SECONDS)
+
+    def tick(self, min: Any = min, **kwargs: Any) -> float:
+        try:
+            if self.lock_key and not self._hold_lock():
+                return float(self.max_interval)  # standby
+            return float(super().tick(min=min, **kwargs))
+        except LockError as exc:
+            log.warning("beat: lost its lock (%s); standing by until it can take it again", exc)
+            self.lock = None
+        except DEPENDENCY_ERRORS as exc:
+            log.error("beat: tick failed, a dependency is unavailable (%s); retrying", describe(exc))
+        except Exception:
+            log.exception("beat: tick failed; retrying")
+        return RETRY_SECONDS
+
+    def _hold_lock(self) -> bool:
+        """Whether this beat holds the lock, taking it if it is free (never blocking)."""
+        if self.lock is not None:
+            return True
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)  # as RedBeat does: extend *to*
+        if not lock.acquire(blocking=False):
+            return False
+        log.info("beat: took the lock; this beat now runs the schedule")
+        self.lock = lock
+        return True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except Exception as exc:  # releasing a lock we lost, Redis down: exit anyway
+            log.warning("beat: could not release its lock on exit (%s)", describe(exc))

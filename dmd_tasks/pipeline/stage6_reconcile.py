@@ -1,0 +1,160 @@
+"""Stage 6: the reconciler owns every notification still in flight, so none stays there.
+
+Trigger: beat, every ``reconcile_interval_seconds``. It visits every sale on the active
+list (a sale leaves it only when the reconciler itself retires it) and, with index
+queries only (never a scan), moves forward what sits too long in a state dmd owns:
+
+- ``sending`` past its lease (the worker died, or was paused past its lease): back to
+  ``scheduled`` with one more attempt, conditional on the lease token it saw, so a live
+  owner's write and this one cannot both win; on the last attempt ``failed``.
+- ``scheduled`` and not claimed ``scheduled_stale_seconds`` after it was due (its send
+  message was lost: dead-lettered, purged, refused by the bridge): the send is published
+  again, at most ``max_republishes`` times, then ``failed``; a notification whose id can
+  never be routed (an invalid fan id) ``failed`` at once.
+- ``pending`` ``pending_deadline_seconds`` after its send-after time: ``failed``.
+- a sale that is generated (or failed) with nothing in flight at two looks a reconcile
+  interval apart is retired from the active list.
+
+Every move is a conditional write: two reconcilers at once (two beats during a
+hand-over) change each notification once. What it did is counted in
+``dmd_reconciler_actions_total{action}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from celery import Task
+
+from dmd_tasks.celery_app.base import task
+from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
+from dmd_tasks.domain.ids import is_valid_id, notification_id
+from dmd_tasks.infra.metrics import RECONCILER_ACTIONS
+from dmd_tasks.pipeline.routing import RECONCILE, SEND_NOTIFICATIONS
+from dmd_tasks.services import Services, get_services
+
+log = logging.getLogger(__name__)
+
+PENDING = NotificationStatus.PENDING.value
+SCHEDULED = NotificationStatus.SCHEDULED.value
+SENDING = NotificationStatus.SENDING.value
+ENDED = (SaleStatus.GENERATED.value, SaleStatus.FAILED.value)
+
+
+class Reconciler:
+    """One pass over one sale. ``republish`` collects the notification ids to send again."""
+
+    def __init__(self, services: Services, now: float) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.notifications = services.notifications
+        self.now = now
+        self.actions: Counter[str] = Counter()
+        self.republish: list[str] = []
+
+    def _count(self, action: str, done: bool | int = True) -> None:
+        if done:
+            self.actions[action] += int(done)
+            RECONCILER_ACTIONS.labels(action).inc(int(done))
+
+    def sale(self, sale_id: str) -> None:
+        for shard in self.notifications.shards():
+            self.expired_leases(sale_id, shard)
+            self.stale_scheduled(sale_id, shard)
+            self.late_pending(sale_id, shard)
+        self.maybe_retire(sale_id)
+
+    def expired_leases(self, sale_id: str, shard: int) -> None:
+        for item in self.notifications.expired_leases(sale_id, shard, self.now):
+            fan_id, token = item["fanId"], item.get("leaseToken")
+            attempts = int(item.get("attempts", 0)) + 1  # the call may have reached the provider
+            if attempts >= self.settings.max_send_attempts:
+                done = self.notifications.mark_failed(
+                    sale_id,
+                    fan_id,
+                    "send lease expired on the last attempt",
+                    source=SENDING,
+                    attempts=attempts,
+                    lease_token=token,
+                )
+                self._count("failed_lease_expired", done)
+            else:
+                done = self.notifications.take_back(
+                    sale_id,
+                    fan_id,
+                    token,
+                    attempts,
+                    self.now,
+                    "send lease expired; sent again with the same idempotency key",
+                )
+                self._count("lease_taken_back", done)
+
+    def stale_scheduled(self, sale_id: str, shard: int) -> None:
+        before = self.now - self.settings.scheduled_stale_seconds
+        for item in self.notifications.stale_scheduled(sale_id, shard, before):
+            fan_id = item["fanId"]
+            times = int(item.get("republished", 0))
+            if not is_valid_id(fan_id) or not is_valid_id(sale_id):
+                done = self.notifications.mark_failed(
+                    sale_id, fan_id, "its id cannot be routed to the sender (invalid fan id)", source=SCHEDULED
+                )
+                self._count("failed_invalid_id", done)
+            elif times >= self.settings.max_republishes:
+                done = self.notifications.mark_failed(
+                    sale_id, fan_id, f"its send message was lost {times} times; not sent", source=SCHEDULED
+                )
+                self._count("failed_lost_message", done)
+            elif self.notifications.republish_mark(sale_id, fan_id, item["gsi1sk"], self.now, times + 1):
+                self.republish.append(notification_id(sale_id, fan_id))
+                self._count("republished")
+
+    def late_pending(self, sale_id: str, shard: int) -> None:
+        deadline = self.settings.pending_deadline_seconds
+        for item in self.notifications.stale_pending(sale_id, shard, self.now - deadline):
+            done = self.notifications.mark_failed(
+                sale_id, item["fanId"], f"not scheduled within {deadline:.0f}s of its send time", source=PENDING
+            )
+            self._count("failed_pending_deadline", done)
+
+    def maybe_retire(self, sale_id: str) -> None:
+        sale = self.services.sales.get(sale_id)
+        if sale is None or sale.get("status") not in ENDED:
+            return
+        if self.notifications.any_in_flight(sale_id):
+            return
+        quiet_since = sale.get("quietSince")
+        if quiet_since is None or self.now - float(quiet_since) < self.settings.reconcile_interval_seconds / 2:
+            if quiet_since is None:
+                self.services.sales.note_quiet(sale_id, self.now)
+            return
+        if self.services.sales.retire(sale_id, int(quiet_since)):
+            self._count("sale_retired")
+            log.info("sale %s retired: every notification is final", sale_id)
+
+
+def reconcile(services: Services, app: Any, now: float | None = None) -> dict[str, int]:
+    """One pass over every active sale; returns what it did, by action."""
+    reconciler = Reconciler(services, time.time() if now is None else now)
+    sales = 0
+    for sale_id in services.sales.active():
+        sales += 1
+        try:
+            reconciler.sale(sale_id)
+        except Exception:
+            log.exception("reconciling sale %s failed; the next pass tries again", sale_id)
+    size = services.settings.send_batch_size
+    ids = reconciler.republish
+    for start in range(0, len(ids), size):
+        app.send_task(SEND_NOTIFICATIONS, args=(ids[start : start + size],))
+    if reconciler.actions:
+        log.warning("reconciler: %s", dict(reconciler.actions))
+    return {"sales": sales, **reconciler.actions}
+
+
+@task(RECONCILE, max_retries=0, dead_letters=False)
+def reconcile_sales(self: Task) -> dict[str, int]:
+    """Beat: one reconciler pass (see the module docstring)."""
+    return reconcile(get_services(), self.app)
