@@ -8,6 +8,8 @@ dmd api                    the GraphQL endpoint (eventDetails, accountProfile)
 dmd flower                 Flower, seeing every worker over the Redis monitoring channel
 dmd dlq list QUEUE         show the dead letters of a queue or bridge
 dmd dlq replay QUEUE       re-drive them (--dry-run to look first)
+dmd sales rerun SALE_ID    generate an ended sale again (only fans without a notification get one)
+dmd reconcile [--repair]   one reconciler pass now (--repair: first a one-off scan for old data)
 """
 
 from __future__ import annotations
@@ -174,6 +176,39 @@ def dlq_replay(queue: str, dry_run: bool, max_messages: int) -> None:
     for line in lines:
         click.echo(line)
     click.echo(f"{len(lines)} dead letters {'examined (dry run)' if dry_run else 'processed'}")
+
+
+@main.group()
+def sales() -> None:
+    """Sales."""
+
+
+@sales.command("rerun")
+@click.argument("sale_id")
+def sales_rerun(sale_id: str) -> None:
+    """Generate SALE_ID again, on purpose: it is claimed at once and only fans without a
+    notification get one (nobody is messaged twice). Re-saving a sale never does this."""
+    from dmd_tasks.services import Services
+
+    if not Services(get_settings()).sales.rerun(sale_id, time.time()):
+        click.echo(f"sale {sale_id}: not re-run (it does not exist, or it is still waiting or generating)", err=True)
+        sys.exit(1)
+    click.echo(f"sale {sale_id}: waiting; beat claims it at its next tick")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="first scan the table once for data older than the reconciler")
+def reconcile(repair: bool) -> None:
+    """Run one reconciler pass now (beat runs one every DMD_RECONCILE_INTERVAL_SECONDS)."""
+    from dmd_tasks.celery_app import app  # Celery and kombu load only for the commands that use them
+    from dmd_tasks.ops.repair import repair as run_repair
+    from dmd_tasks.pipeline.stage6_reconcile import reconcile as run_reconcile
+    from dmd_tasks.services import Services
+
+    services = Services(get_settings())
+    if repair:
+        click.echo(json.dumps({"repair": run_repair(services)}))
+    click.echo(json.dumps({"reconcile": run_reconcile(services, app)}))
 
 
 if __name__ == "__main__":

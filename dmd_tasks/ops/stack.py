@@ -253,6 +253,12 @@ class ProcessGroup:
             os.killpg(process.pid, sig)
         process.wait(timeout=30)
 
+    def signal(self, name: str, sig: int) -> None:
+        """Send ``sig`` to the process and its children without waiting (SIGSTOP / SIGCONT: a
+        process frozen and thawed, as a paused VM or a stopped container would be)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.processes[name].pid, sig)
+
     def dead(self) -> dict[str, int]:
         return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
 

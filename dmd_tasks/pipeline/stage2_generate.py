@@ -31,15 +31,20 @@ from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus, is_e164
 from dmd_tasks.domain.errors import PermanentError
+from dmd_tasks.domain.ids import ID_RULE, is_valid_id
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, RECONCILER_ACTIONS
 from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, WARM_EVENT_DETAILS
 from dmd_tasks.pipeline.stage1_shorten import shorten_with
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.codec import iso
+from dmd_tasks.store.keys import demand_fan
 from dmd_tasks.store.notifications import NotificationRecords
 
 log = logging.getLogger(__name__)
+
+#: A fan id longer than this cannot even be kept on a failed notification (it is part of the key).
+MAX_KEPT_FAN_ID = 256
 
 
 @dataclass
@@ -49,6 +54,8 @@ class GenerateResult:
     written: int = 0
     opted_out: int = 0
     invalid_phone: int = 0
+    invalid_fan: int = 0
+    unusable_rows: int = 0
     already_present: int = 0
     chunks: int = 0
 
@@ -89,7 +96,8 @@ def build_notifications(
     items: list[dict[str, Any]] = []
     for row in rows:
         fan_id, phone, tz = row.get("fanId"), row.get("phone"), row.get("timezone") or "UTC"
-        if not isinstance(fan_id, str):
+        if not isinstance(fan_id, str) or not 0 < len(fan_id) <= MAX_KEPT_FAN_ID:
+            result.unusable_rows += 1
             continue
         if fan_id in skip:
             result.already_present += 1
@@ -107,7 +115,11 @@ def build_notifications(
             send_after=send_after,
             now=now,
         )
-        if not is_e164(phone):
+        if not is_valid_id(fan_id):
+            # its id could never be routed to the sender: final at once, with the reason
+            result.invalid_fan += 1
+            item = notifications.failed_at_birth(item, f"invalid fan id (ids are {ID_RULE})")
+        elif not is_e164(phone):
             result.invalid_phone += 1
             item = notifications.failed_at_birth(item, "invalid phone number (not E.164)")
         items.append(item)
@@ -191,7 +203,7 @@ class SaleRun:
         )
         if not self.handing_over:
             self.pages.request()
-        fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str)]
+        fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str) and len(r["fanId"]) <= MAX_KEPT_FAN_ID]
         skip = notifications.existing_fans(self.sale_id, fan_ids, self.pool) if self.check_existing else set()
         phones = [r["phone"] for r in chunk if isinstance(r.get("phone"), str)]
         opted_out = self.services.demand.opted_out(phones, self.pool)
@@ -219,7 +231,7 @@ class SaleRun:
         self.lease = self.services.sales.checkpoint(
             self.sale_id,
             self.lease,
-            chunk[-1]["fanId"],
+            demand_fan(chunk[-1]["sk"]),  # the row's key, whatever its attributes hold
             len(items) + len(skip),
             self.clock(),
             settings.generate_lease_seconds,
@@ -302,7 +314,11 @@ def claim_due_sales(self: Task) -> dict[str, Any]:
     now = time.time()
     claimed = restarted = restored = 0
     for sale in services.sales.due(now):
-        outcome = services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds)
+        try:
+            outcome = services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds)
+        except Exception:  # one sale's trouble must not hold back the sales due after it
+            log.exception("claiming sale %s failed; the next tick tries again", sale["id"])
+            continue
         if outcome == "claimed":
             generate_notifications.apply_async((sale["id"],))
             # the API will be asked about this event while fans open their links: warm its cache

@@ -149,7 +149,12 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     except _NOT_ATTEMPTED as exc:
         # Nothing reached the provider (no rate-limit slot in time, our Redis or AWS down): back to
         # scheduled without spending an attempt.
-        delay = retry_delay(1, settings.send_retry_base_seconds, settings.max_countdown_seconds, None)
+        delay = retry_delay(
+            1,
+            settings.send_retry_base_seconds,
+            settings.max_countdown_seconds,
+            getattr(exc, "retry_after_seconds", None),
+        )
         reason = str(exc) if isinstance(exc, NotAttempted) else describe(exc)
         notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, reason, lease_token=token)
         log.info("notification %s not sent (%s); again in %.1fs", notification_id, reason, delay)

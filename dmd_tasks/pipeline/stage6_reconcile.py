@@ -124,6 +124,8 @@ class Reconciler:
         if sale is None or sale.get("status") not in ENDED:
             return
         if self.notifications.any_in_flight(sale_id):
+            if sale.get("quietSince") is not None:
+                self.services.sales.clear_quiet(sale_id)
             return
         quiet_since = sale.get("quietSince")
         if quiet_since is None or self.now - float(quiet_since) < self.settings.reconcile_interval_seconds / 2:

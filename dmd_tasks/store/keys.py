@@ -74,6 +74,11 @@ def fan_of(notification_sk: str) -> str:
     return notification_sk[len(NOTIFICATION_PREFIX) :]
 
 
+def demand_fan(demand_sk: str) -> str:
+    """The fan id in a demand row's sort key."""
+    return demand_sk[len(DEMAND_PREFIX) :]
+
+
 def sale_of(sale_pk: str) -> str:
     """The sale id in a sale partition key."""
     return sale_pk[len(SALE_PREFIX) :]

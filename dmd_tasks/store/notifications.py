@@ -307,6 +307,19 @@ class NotificationRecords:
             extra_condition="gsi1sk = :seen",
         )
 
+    def index_scheduled(self, sale_id: str, fan_id: str) -> bool:
+        """Give a ``scheduled`` notification written before ``scheduled`` was indexed its index entry,
+        due long ago, so the reconciler's next pass looks at it (an operator's repair)."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SCHEDULED,
+            SCHEDULED,
+            "SET gsi1pk = :gpk, gsi1sk = :gsk",
+            {":gpk": scheduled_index(sale_id, self.shard_of(fan_id)), ":gsk": epoch_key(0)},
+            extra_condition="attribute_not_exists(gsi1pk)",
+        )
+
     def take_back(
         self, sale_id: str, fan_id: str, lease_token: str | None, attempts: int, now: float, reason: str
     ) -> bool:

@@ -32,6 +32,9 @@ from dmd_tasks.store.keys import (
 from dmd_tasks.store.table import DemandTable
 
 _STATUS = {"#s": "status"}
+#: A run started this recently, not yet marked claimed, whose sale is still ``waiting`` is a claim
+#: in progress (another beat between its writes), not a re-save; after it, a claimer that died.
+CLAIM_GRACE_SECONDS = 30
 
 
 def sale_item(sale: Sale) -> dict[str, Any]:
@@ -104,9 +107,11 @@ class SaleRecords:
             "SET #s = :gen, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, gsi2pk = :active, "
             "gsi2sk = :id, claimedAt = :now"
         )
+        names = dict(_STATUS)
         if check_all:
-            update += ", checkAll = :true REMOVE cursor, cleanLease"
+            update += ", checkAll = :true REMOVE #cur, cleanLease"
             values[":true"] = True
+            names["#cur"] = "cursor"
         else:
             update += ", cleanLease = :lease"
         done = self._table.update(
@@ -114,10 +119,18 @@ class SaleRecords:
             what=f"claim sale {sale_id}",
             update=update,
             condition="#s = :waiting",
-            names=_STATUS,
+            names=names,
             values=values,
         )
-        return "claimed" if done is not None else None
+        if done is None:
+            return None
+        self._table.update(  # the run holds its sale now: a re-save from here on is restored at once
+            sale_run_key(sale_id),
+            what=f"run of sale {sale_id} claimed",
+            update="SET claimedAt = :now",
+            values={":now": iso(now)},
+        )
+        return "claimed"
 
     def _start_run(self, sale_id: str, now: float) -> dict[str, Any] | None:
         """Record a new run on the sale's RUN item: the first one, or one an operator asked for
@@ -126,7 +139,7 @@ class SaleRecords:
             sale_run_key(sale_id),
             what=f"start run of sale {sale_id}",
             update="SET entity = :e, saleId = :id, runs = if_not_exists(runs, :zero) + :one, startedAt = :now, "
-            "rerun = :false, #o = :running",
+            "rerun = :false, #o = :running REMOVE claimedAt",
             condition="attribute_not_exists(pk) OR rerun = :true",
             names={"#o": "outcome"},
             values={
@@ -160,6 +173,10 @@ class SaleRecords:
         after its notifications and retires it when they are all final."""
         run = self._table.get(sale_run_key(sale_id), what=f"run of sale {sale_id}") or {}
         outcome = run.get("outcome")
+        started = str(run.get("startedAt", ""))
+        in_progress = "claimedAt" not in run and started > iso(now - CLAIM_GRACE_SECONDS)
+        if outcome == SaleStatus.GENERATING.value and in_progress:
+            return False  # another claimer is between its writes right now: leave the sale to it
         values: dict[str, Any] = {
             ":waiting": SaleStatus.WAITING.value,
             ":active": ACTIVE_SALES,
@@ -176,7 +193,7 @@ class SaleRecords:
             expired = new_lease(0, 0)
             update = (
                 "SET #s = :st, leaseUntil = :lease, gsi1pk = :gpk, gsi1sk = :lease, gsi2pk = :active, "
-                "gsi2sk = :id, checkAll = :true, restoredAt = :now REMOVE cursor, cleanLease"
+                "gsi2sk = :id, checkAll = :true, restoredAt = :now REMOVE #cur, cleanLease"
             )
             values.update({":st": SaleStatus.GENERATING.value, ":lease": expired, ":gpk": SALES_GENERATING})
             values[":true"] = True
@@ -185,7 +202,7 @@ class SaleRecords:
             what=f"restore sale {sale_id}",
             update=update,
             condition="#s = :waiting",
-            names=_STATUS,
+            names={**_STATUS, "#cur": "cursor"} if "#cur" in update else _STATUS,
             values=values,
         )
         return done is not None
@@ -193,13 +210,18 @@ class SaleRecords:
     def rerun(self, sale_id: str, now: float) -> bool:
         """An operator's explicit re-run of a sale that ended: it is claimed again at once and
         its generator checks every fan (only fans without a notification get one)."""
+        sale = self.get(sale_id)
+        if sale is None or sale.get("status") not in (SaleStatus.GENERATED.value, SaleStatus.FAILED.value):
+            return False
+        # The run is allowed first: a claim tick that sees the sale waiting must find it allowed.
+        self._allow_rerun(sale_id, True)
         done = self._table.update(
             sale_key(sale_id),
             what=f"rerun sale {sale_id}",
             update="SET #s = :waiting, notifyAt = :now, gsi1pk = :gpk, gsi1sk = :now "
-            "REMOVE leaseUntil, cursor, cleanLease, quietSince",
+            "REMOVE leaseUntil, #cur, cleanLease, quietSince",
             condition="#s IN (:done, :failed)",
-            names=_STATUS,
+            names={**_STATUS, "#cur": "cursor"},
             values={
                 ":waiting": SaleStatus.WAITING.value,
                 ":done": SaleStatus.GENERATED.value,
@@ -208,15 +230,18 @@ class SaleRecords:
                 ":gpk": SALES_WAITING,
             },
         )
-        if done is None:
+        if done is None:  # it changed meanwhile: take the permission back
+            self._allow_rerun(sale_id, False)
             return False
+        return True
+
+    def _allow_rerun(self, sale_id: str, allowed: bool) -> None:
         self._table.update(
             sale_run_key(sale_id),
             what=f"allow a rerun of sale {sale_id}",
-            update="SET rerun = :true, entity = :e, saleId = :id",
-            values={":true": True, ":e": Entity.SALE_RUN.value, ":id": sale_id},
+            update="SET rerun = :allowed, entity = :e, saleId = :id",
+            values={":allowed": allowed, ":e": Entity.SALE_RUN.value, ":id": sale_id},
         )
-        return True
 
     def take_lease(self, sale_id: str, expected_lease: str | None, now: float, lease_seconds: int) -> str | None:
         """Renew the generator lease if it is still ``expected_lease`` (or expired); returns the new lease."""
@@ -359,6 +384,16 @@ class SaleRecords:
             is not None
         )
 
+    def clear_quiet(self, sale_id: str) -> None:
+        """Something of the sale is in flight again: the next quiet look starts over."""
+        self._table.update(
+            sale_key(sale_id),
+            what=f"sale {sale_id} busy",
+            update="REMOVE quietSince",
+            condition="attribute_exists(quietSince)",
+            values={},
+        )
+
     def retire(self, sale_id: str, quiet_since: int) -> bool:
         """Drop an ended sale from the active list: the reconciler found nothing of it in flight at
         two looks (``quiet_since`` and now), so no index lag or move between indexes hid one."""
@@ -375,6 +410,20 @@ class SaleRecords:
                     ":q": quiet_since,
                     ":now": iso(time.time()),
                 },
+            )
+            is not None
+        )
+
+    def reactivate(self, sale_id: str) -> bool:
+        """Put a sale back on the active list (an operator's repair: it was retired while some of
+        its notifications were still in flight)."""
+        return (
+            self._table.update(
+                sale_key(sale_id),
+                what=f"reactivate sale {sale_id}",
+                update="SET gsi2pk = :active, gsi2sk = :id REMOVE quietSince",
+                condition="attribute_exists(pk) AND attribute_not_exists(gsi2pk)",
+                values={":active": ACTIVE_SALES, ":id": sale_id},
             )
             is not None
         )

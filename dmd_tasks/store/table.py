@@ -82,8 +82,9 @@ class DemandTable:
             "TableName": self.name,
             "Key": serialize(key),
             "UpdateExpression": update,
-            "ExpressionAttributeValues": serialize(values),
         }
+        if values:  # DynamoDB refuses an empty map
+            kwargs["ExpressionAttributeValues"] = serialize(values)
         if condition is not None:
             kwargs["ConditionExpression"] = condition
         if names:
@@ -196,3 +197,18 @@ class DemandTable:
         for page in self.query_pages(what=f"query {pk}", **kwargs):
             for item in page.get("Items", []):
                 yield deserialize(item)
+
+    def scan_items(self, *, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every item a Scan returns, page by page. For one-off operator repairs only: the pipeline
+        itself never scans."""
+        while True:
+            try:
+                page = self._client.scan(TableName=self.name, **kwargs)
+            except ClientError as exc:
+                raise _wrap(exc, what) from exc
+            for item in page.get("Items", []):
+                yield deserialize(item)
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last

@@ -12,159 +12,17 @@ terminal, nobody messaged twice, nothing lost. Each prints its figures:
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from datetime import time as clock
 from typing import Any
 
 import pytest
 
-from dmd_tasks.domain.campaigns import Campaign, SendWindow
-from dmd_tasks.domain.entities import Demand, Event, Sale
-from dmd_tasks.infra import aws, topology
-from dmd_tasks.ops.demo import PIPELINE_PROCESSES
-from dmd_tasks.ops.progress import count_by_status
-from dmd_tasks.ops.stack import ProcessGroup
-from dmd_tasks.store.campaigns import open_campaign_store
-from dmd_tasks.store.codec import iso
-from dmd_tasks.store.items import item
-from dmd_tasks.store.table import DemandTable
+from dmd_tasks.infra import aws
+from tests.chaos.scenario import FANS, KILLS, Killer, all_terminal, assert_healthy, counts, figures, report, start_sale
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-
-FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
-KILLS = int(os.environ.get("DMD_CHAOS_KILLS", "5"))
-TERMINAL = ("delivered", "undelivered", "failed")
-#: Short leases, sweeps and visibility so that damage heals within the test's patience.
-CHAOS_ENV = {
-    "DMD_CLAIM_INTERVAL_SECONDS": "1",
-    "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
-    "DMD_SEND_LEASE_SECONDS": "4",
-    "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "1",
-    "DMD_SMS_TIMEOUT_SECONDS": "1",
-    "DMD_RETRY_BACKOFF_MAX_SECONDS": "5",
-    "DMD_SEND_RETRY_BASE_SECONDS": "1",
-    "DMD_TASK_SOFT_TIME_LIMIT_SECONDS": "15",
-    "DMD_TASK_TIME_LIMIT_SECONDS": "20",
-    "DMD_VISIBILITY_TIMEOUT_SECONDS": "30",
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def short_visibility(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """A killed worker's unacknowledged messages come back after 30 s instead of minutes."""
-    sqs = aws.client("sqs", settings)
-    urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
-    for url in urls:
-        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "30"})
-    yield
-    for url in urls:
-        sqs.set_queue_attributes(
-            QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)}
-        )
-
-
-@pytest.fixture()
-def pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
-    sim.configure(sms={"status_delay_ms": 100})
-    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"chaos-{uuid.uuid4().hex[:6]}", env=CHAOS_ENV)
-    group.start(PIPELINE_PROCESSES)
-    try:
-        yield group
-    finally:
-        group.stop()
-        sim.configure(
-            sms={
-                "error_rate": 0,
-                "throttle_rate": 0,
-                "timeout_rate": 0,
-                "duplicate_status_rate": 0.05,
-                "out_of_order_rate": 0.05,
-            }
-        )
-
-
-def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
-    run = uuid.uuid4().hex[:8]
-    table = DemandTable(settings)
-    event = Event(id=f"chaos{run}", name="Chaos Tour", url=f"https://www.ticketmaster.com/e/{run}")
-    area = int(run[:4], 16) % 800 + 200
-    phones = [f"+1{area}{n:07d}" for n in range(fans)]
-    table.put_items([item(event)])
-    table.put_items(item(Demand(eventId=event.id, fanId=f"f{n:06d}", phone=phones[n])) for n in range(fans))
-    sale_id = f"chaos{run}"
-    open_campaign_store(settings).put(
-        Campaign(
-            saleId=sale_id,
-            eventId=event.id,
-            template="{{ short_url }}",
-            window=SendWindow(start=clock(0), end=clock(0)),
-            ratePerSecond=rate,
-        )
-    )
-    table.put_items([item(Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())))])
-    return sale_id, phones
-
-
-def counts(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    return count_by_status(DemandTable(settings), sale_id)
-
-
-def all_terminal(settings, sale_id: str, expected: int) -> dict[str, int] | None:  # type: ignore[no-untyped-def]
-    c = counts(settings, sale_id)
-    return c if sum(c.get(s, 0) for s in TERMINAL) == expected == sum(c.values()) else None
-
-
-def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    c = counts(settings, sale_id)
-    terminal = sum(c.get(s, 0) for s in TERMINAL)
-    provider = sim.sms_sale(sale_id)
-    items = list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
-    return {
-        "notifications": sum(c.values()),
-        "terminal": terminal,
-        "duplicates": provider["duplicates"],
-        "lost": expected - terminal,
-        "kills": kills,
-        "provider_accepted": provider["accepted"],
-        "max_attempts": max((int(i.get("attempts", 0)) for i in items), default=0),
-        "status": c,
-        **extra,
-    }
-
-
-def report(name: str, result: dict[str, Any]) -> None:
-    print(f"[chaos] {name} {json.dumps(result, sort_keys=True)}", flush=True)
-
-
-class Killer(threading.Thread):
-    """SIGKILLs the named processes in turn every ``every`` seconds, restarting each at once."""
-
-    def __init__(self, group: ProcessGroup, names: list[str], every: float, kills: int) -> None:
-        super().__init__(daemon=True)
-        self.group, self.names, self.every, self.target = group, names, every, kills
-        self.kills = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.every) and self.kills < self.target:
-            name = self.names[self.kills % len(self.names)]
-            self.group.kill(name, signal.SIGKILL)
-            self.group.start_one(name)
-            self.kills += 1
-
-
-def assert_healthy(result: dict[str, Any], settings) -> None:  # type: ignore[no-untyped-def]
-    assert result["lost"] == 0, result
-    assert result["duplicates"] == 0, result
-    assert result["terminal"] == result["notifications"], result
-    assert result["max_attempts"] <= settings.max_send_attempts, result
 
 
 def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]

@@ -111,7 +111,13 @@ def test_every_log_line_is_json_with_a_correlation_id(debug_pipeline) -> None:  
     assert task_lines and all(
         r["correlation_id"].startswith(("ddb-", "kin-"))
         or r["task_name"].endswith(
-            ("claim_due_sales", "schedule_notifications", "generate_notifications", "warm_event_details")
+            (
+                "claim_due_sales",
+                "schedule_notifications",
+                "generate_notifications",
+                "warm_event_details",
+                "reconcile_sales",
+            )
         )
         for r in task_lines
         if r.get("task_name", "").startswith("dmd_tasks.")

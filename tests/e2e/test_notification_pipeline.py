@@ -47,7 +47,8 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
         env={
             "DMD_CLAIM_INTERVAL_SECONDS": "1",
             "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
-            "DMD_LEASE_SWEEP_INTERVAL_SECONDS": "2",
+            "DMD_RECONCILE_INTERVAL_SECONDS": "2",
+            "DMD_SCHEDULED_STALE_SECONDS": "10",
         },
     )
     group.start(PIPELINE_PROCESSES)

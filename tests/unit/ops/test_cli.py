@@ -24,7 +24,7 @@ from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
 
-COMMANDS = {"stack", "provision", "demo", "status", "api", "metrics", "flower", "dlq"}
+COMMANDS = {"stack", "provision", "demo", "status", "api", "metrics", "flower", "dlq", "sales", "reconcile"}
 
 
 def listed_commands(help_text: str) -> set[str]:

@@ -1,7 +1,8 @@
 """Stage 2, generation, called directly against moto, Redis and the Bitly simulator (no workers).
 
 These cover what is hard to provoke through the whole pipeline: a generator that stops
-mid-sale and resumes, a second beat claiming the same sale, a run that hands over on time.
+mid-sale and resumes, a second beat claiming the same sale, a run that hands over on time,
+a sale the product saves again after (or while) it ran, an operator's rerun.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from dmd_tasks.domain.entities import Demand, Event, Sale
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.infra.settings import load_settings
-from dmd_tasks.pipeline.stage2_generate import generate_sale
+from dmd_tasks.pipeline import stage2_generate
+from dmd_tasks.pipeline.stage2_generate import claim_due_sales, generate_sale
 from dmd_tasks.services import Services
 from dmd_tasks.store.codec import iso
 from dmd_tasks.store.items import item
+from dmd_tasks.store.keys import sale_run_key
 
 Seed = Callable[..., str]
 Notifications = Callable[[Services, str], list[dict[str, Any]]]
@@ -30,7 +34,7 @@ def test_a_sale_is_claimed_once_however_many_beats_tick(services: Services, seed
     now = time.time()
     assert sale_id in {s["id"] for s in services.sales.due(now)}
     results = [services.sales.claim(sale_id, now, 60) for _ in range(3)]
-    assert results == [True, False, False]
+    assert results == ["claimed", None, None]
     assert sale_id not in {s["id"] for s in services.sales.due(now)}
 
 
@@ -38,7 +42,7 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(
     services: Services, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:
     sale_id = seed_sale(services, 23)
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
 
     # A run writes at most two chunks of five, then hands over
     first = generate_sale(sale_id, services)
@@ -84,7 +88,7 @@ def test_a_clean_handover_skips_the_existence_check(
     from dmd_tasks.store.notifications import NotificationRecords
 
     sale_id = seed_sale(services, 12)
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
     looked_up: list[int] = []
     original = NotificationRecords.existing_fans
     monkeypatch.setattr(
@@ -101,7 +105,7 @@ def test_a_run_reads_no_demand_page_it_will_not_write(
 ) -> None:
     """The next page is read ahead while a chunk is written, but not after the run's last chunk."""
     sale_id = seed_sale(services, 23)
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
     queries: list[dict[str, Any]] = []
     original = services.table.query
     monkeypatch.setattr(services.table, "query", lambda **kw: queries.append(kw) or original(**kw))
@@ -116,7 +120,7 @@ def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
 ) -> None:  # type: ignore[no-untyped-def]
     slow_table = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=100, generate_run_seconds=0))
     sale_id = seed_sale(slow_table, 12)
-    assert slow_table.sales.claim(sale_id, time.time(), 60)
+    assert slow_table.sales.claim(sale_id, time.time(), 60) == "claimed"
     first = generate_sale(sale_id, slow_table)
     assert (first.outcome, first.written, first.chunks) == ("continue", 5, 1)
     while (result := generate_sale(sale_id, slow_table)).outcome == "continue":
@@ -128,7 +132,7 @@ def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
 def test_a_second_generator_cannot_take_a_live_lease(services: Services, seed_sale: Seed) -> None:
     sale_id = seed_sale(services, 3)
     now = time.time()
-    assert services.sales.claim(sale_id, now, 60)
+    assert services.sales.claim(sale_id, now, 60) == "claimed"
     lease = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
     assert services.sales.take_lease(sale_id, lease, now, 60) is not None
     # the lease moved on: someone still holding the old value is refused
@@ -150,7 +154,7 @@ def test_a_missing_sale_or_campaign_is_a_permanent_error(services: Services, see
     # Given a claimed sale whose campaign is not in the campaign store
     orphan = f"orphan{uuid.uuid4().hex[:8]}"
     services.table.put_items([item(Sale(id=orphan, eventId="ev-none", notifyAt=iso(time.time() - 1)))])
-    assert services.sales.claim(orphan, time.time(), 60)
+    assert services.sales.claim(orphan, time.time(), 60) == "claimed"
     with pytest.raises(PermanentError, match="no campaign"):
         generate_sale(orphan, services)
 
@@ -164,7 +168,7 @@ def test_opted_out_fans_get_nothing_and_invalid_phones_fail_at_birth(
     fans = [row for page in services.demand.pages(event_id, None, 100) for row in page]
     services.demand.add_optout(fans[0]["phone"], time.time())
     services.table.put_items([item(Demand(eventId=event_id, fanId="fan999", phone="555-0100"))])
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
 
     # When the generator runs to the end
     while (result := generate_sale(sale_id, services)).outcome == "continue":
@@ -186,7 +190,7 @@ def test_an_event_without_a_short_url_is_shortened_before_generating(services: S
     event_id = services.sales.get(sale_id)["eventId"]  # type: ignore[index]
     long_url = f"https://www.ticketmaster.com/e/{uuid.uuid4().hex}"
     services.table.put_items([item(Event(id=event_id, name="Show", url=long_url))])
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
 
     # When it is generated
     assert generate_sale(sale_id, services).outcome == "done"
@@ -195,3 +199,168 @@ def test_an_event_without_a_short_url_is_shortened_before_generating(services: S
     short_url = services.events.get(event_id).short_url  # type: ignore[union-attr]
     assert short_url is not None and short_url.startswith("https://bit.ly/")
     assert sim.bitly_calls(long_url) == 1
+
+
+# --- a sale saved again by the product, and an operator's rerun -----------------------------------
+
+
+def generate_to_the_end(services: Services, sale_id: str) -> tuple[int, int]:
+    """Run the generator until the sale is done; returns (notifications written, already present)."""
+    written = present = 0
+    while True:
+        result = generate_sale(sale_id, services)
+        written, present = written + result.written, present + result.already_present
+        if result.outcome != "continue":
+            assert result.outcome == "done"
+            return written, present
+
+
+def move_on(services: Services, sale_id: str, scheduled: list[str], sent: list[str]) -> None:
+    """What the pipeline does meanwhile: schedules some notifications, sends others."""
+    now = time.time()
+    notifications = services.notifications
+    for fan_id in scheduled + sent:
+        assert notifications.schedule(sale_id, fan_id, now)
+    for fan_id in sent:
+        claim = notifications.claim_for_send(sale_id, fan_id, now, 60)
+        assert claim is not None
+        assert notifications.mark_sent(sale_id, fan_id, f"SM{uuid.uuid4().hex}", now, lease_token=claim["leaseToken"])
+
+
+def written_again_as_waiting(services: Services, sale_id: str) -> None:
+    """The product saves the sale again (its SALE item is replaced by a waiting one, due now)."""
+    stored = services.sales.get(sale_id)
+    assert stored is not None
+    services.sales.put(Sale(id=sale_id, eventId=stored["eventId"], notifyAt=iso(time.time() - 1)))
+
+
+def event_of(services: Services, sale_id: str) -> str:
+    stored = services.sales.get(sale_id)
+    assert stored is not None
+    return str(stored["eventId"])
+
+
+def restored_count() -> float:
+    return REGISTRY.get_sample_value("dmd_reconciler_actions_total", {"action": "sale_restored"}) or 0.0
+
+
+def test_a_generated_sale_written_again_as_waiting_is_restored_and_not_generated_again(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a sale generated to the end, whose notifications the pipeline has moved on
+    sale_id = seed_sale(services, 6)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
+    assert generate_to_the_end(services, sale_id) == (6, 0)
+    move_on(services, sale_id, scheduled=["fan000"], sent=["fan001"])
+    before = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+
+    # When the product saves the sale again as waiting, and beat's claim tick finds it due
+    written_again_as_waiting(services, sale_id)
+    enqueued: list[Any] = []
+    monkeypatch.setattr(stage2_generate, "get_services", lambda: services)
+    # (the tick sees this sale only: the session's table holds other tests' due and stalled sales)
+    monkeypatch.setattr(services.sales, "due", lambda now: [services.sales.get(sale_id)])
+    monkeypatch.setattr(services.sales, "stalled", lambda now: [])
+    monkeypatch.setattr(stage2_generate.generate_notifications, "apply_async", lambda *a, **k: enqueued.append(a))
+    restored_before = restored_count()
+    outcome = claim_due_sales.run()
+
+    # Then it is restored to its run's outcome: not claimed, no generation enqueued, counted
+    assert (outcome["claimed"], outcome["restored"], outcome["restarted"]) == (0, 1, 0)
+    assert enqueued == []
+    assert restored_count() == restored_before + 1
+    stored = services.sales.get(sale_id)
+    assert stored is not None and stored["status"] == "generated"
+    assert sale_id in services.sales.active()
+    # And a generation message that arrives anyway writes nothing: no notification changed
+    assert generate_sale(sale_id, services).outcome == "already-generated"
+    after = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    assert after == before
+    assert (after["fan000"]["status"], after["fan001"]["status"], after["fan002"]["status"]) == (
+        "scheduled",
+        "sent",
+        "pending",
+    )
+    run = services.table.get(sale_run_key(sale_id), what="test read of a run")
+    assert run is not None and run["runs"] == 1
+
+
+def test_a_sale_written_again_during_generation_resumes_writing_only_missing_fans(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given a run that wrote two chunks (fan000-fan009) and handed over, notifications the pipeline
+    # moved on, and one written past the cursor by a run that then died (fan017, already scheduled)
+    sale_id = seed_sale(services, 23)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
+    first = generate_sale(sale_id, services)
+    assert (first.outcome, first.written) == ("continue", 10)
+    old_lease = services.sales.get(sale_id)["leaseUntil"]  # type: ignore[index]
+    move_on(services, sale_id, scheduled=["fan000"], sent=["fan001"])
+    now = time.time()
+    ahead = services.notifications.new_item(
+        sale_id=sale_id,
+        event_id=event_of(services, sale_id),
+        fan_id="fan017",
+        phone="+15550000017",
+        tz="UTC",
+        send_after=now,
+        now=now,
+    )
+    services.table.put_items([ahead])
+    assert services.notifications.schedule(sale_id, "fan017", time.time())
+    before = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    assert len(before) == 11
+
+    # When the product saves the sale again as waiting before its generation ended
+    written_again_as_waiting(services, sale_id)
+    assert services.sales.claim(sale_id, time.time(), 60) == "restored"
+
+    # Then it is a stalled generation that checks every fan, and the old run's lease is gone
+    stored = services.sales.get(sale_id)
+    assert stored is not None
+    assert (stored["status"], stored.get("checkAll")) == ("generating", True)
+    assert sale_id in {s["id"] for s in services.sales.stalled(time.time())}
+    assert services.sales.checkpoint(sale_id, old_lease, "fan014", 5, time.time(), 60) is None
+    # And the resumed generation writes only the fans that had no notification
+    assert generate_to_the_end(services, sale_id) == (12, 11)
+    after = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    assert len(after) == 23
+    assert {fan: after[fan] for fan in before} == before  # none reset, none written over
+    assert (after["fan000"]["status"], after["fan001"]["status"], after["fan017"]["status"]) == (
+        "scheduled",
+        "sent",
+        "scheduled",
+    )
+    assert {after[f]["status"] for f in after if f not in before} == {"pending"}
+    stored = services.sales.get(sale_id)
+    assert stored is not None and (stored["status"], stored["generated"]) == ("generated", 23)
+
+
+def test_a_rerun_gives_notifications_to_fans_added_since_and_leaves_the_others(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given a sale generated to the end, whose notifications the pipeline has moved on
+    sale_id = seed_sale(services, 3)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
+    assert generate_to_the_end(services, sale_id) == (3, 0)
+    move_on(services, sale_id, scheduled=["fan000"], sent=["fan001"])
+    before = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    # and two fans who registered since
+    event_id = event_of(services, sale_id)
+    services.table.put_items(
+        item(Demand(eventId=event_id, fanId=fan, phone=f"+1666{int(uuid.uuid4().hex[:7], 16) % 10**7:07d}"))
+        for fan in ("fan100", "fan101")
+    )
+
+    # When an operator re-runs it and beat claims it
+    assert services.sales.rerun(sale_id, time.time())
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
+    stored = services.sales.get(sale_id)
+    assert stored is not None and (stored["status"], stored.get("checkAll")) == ("generating", True)
+
+    # Then the new fans get a notification and the others are left as they were
+    assert generate_to_the_end(services, sale_id) == (2, 3)
+    after = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
+    assert set(after) == {"fan000", "fan001", "fan002", "fan100", "fan101"}
+    assert {fan: after[fan] for fan in before} == before
+    assert (after["fan100"]["status"], after["fan101"]["status"]) == ("pending", "pending")

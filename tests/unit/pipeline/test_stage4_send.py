@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
+from botocore.exceptions import EndpointConnectionError
 
 from dmd_tasks.infra.ratelimit import SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
@@ -59,6 +61,7 @@ def test_only_scheduled_notifications_are_claimed_and_only_once(services: Servic
     assert claimed["status"] == "sending"
     lease = services.settings.send_lease_seconds
     assert int(before) + lease <= claimed["leaseUntil"] <= time.time() + lease
+    assert box.item("ready")["leaseToken"] == claimed["leaseToken"]  # every later write of this send is fenced by it
     assert box.item("early")["status"] == "pending"
     # a repeated message finds nothing left to claim
     assert claim_batch(services, [scheduled]) == []
@@ -160,20 +163,82 @@ def test_the_last_attempt_fails_for_good(services: Services, outbox: Outboxes, f
 def test_a_send_whose_lease_was_taken_back_is_resent_with_the_same_key(
     services: Services, outbox: Outboxes, sim
 ) -> None:  # type: ignore[no-untyped-def]
-    # Given a worker that owns a notification, but so slowly that the sweep took it back
+    # Given worker A that owns a notification, but so slowly that its lease expired, the reconciler
+    # took it back, and worker B claimed it again
     box = outbox()
     nid, phone = box.add("fan1")
-    item = claim_one(services, nid)
-    assert services.notifications.mark_retry(box.sale_id, "fan1", 1, time.time(), "send lease expired")
+    stale = claim_one(services, nid)
+    expired = int(stale["leaseUntil"]) + 1
+    assert services.notifications.take_back(box.sale_id, "fan1", stale["leaseToken"], 1, expired, "send lease expired")
+    fresh = claim_one(services, nid)
+    assert fresh["leaseToken"] != stale["leaseToken"]
 
-    # When that worker's send goes through, it cannot mark it sent
-    assert send_claimed(services, nid, item, set()) == "lease-lost"
-    assert box.item("fan1")["status"] == "scheduled"
+    # When A's send goes through, it cannot mark it sent: the lease is B's now
+    assert send_claimed(services, nid, stale, set()) == "lease-lost"
+    taken = box.item("fan1")
+    assert (taken["status"], taken["leaseToken"], taken["attempts"]) == ("sending", fresh["leaseToken"], 1)
+    assert "providerMessageId" not in taken
 
-    # and the re-send is answered with the first message: the fan gets one SMS
-    assert send_claimed(services, nid, claim_one(services, nid), set()) == "sent"
+    # Then B's send is answered with the first message (same idempotency key): the fan gets one SMS
+    assert send_claimed(services, nid, fresh, set()) == "sent"
     assert box.item("fan1")["status"] == "sent"
     assert sim.sms_messages_to(phone) == 1
+
+
+def test_a_send_with_its_lease_nearly_over_is_given_back_without_an_attempt(
+    services: Services, outbox: Outboxes, sim
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a claim whose lease ends before a provider call could time out (the worker was paused)
+    box = outbox()
+    nid, phone = box.add("fan1", attempts=1)
+    item = claim_one(services, nid)
+    late = {**item, "leaseUntil": int(time.time() + services.settings.sms_timeout_seconds - 1)}
+
+    # When it is sent, the provider is not called: the notification goes back to scheduled as it was
+    assert send_claimed(services, nid, late, set()) == "not-attempted"
+    back = box.item("fan1")
+    assert (back["status"], back["attempts"], back["round"]) == ("scheduled", 1, 2)
+    assert "lease nearly over" in back["lastError"]
+    assert not {"leaseUntil", "leaseToken"} & set(back)
+    assert sim.sms_messages_to(phone) == 0
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param("redis", id="redis-down-at-the-rate-limit"),
+        pytest.param("dynamodb", id="dynamodb-down-reading-the-event"),
+    ],
+)
+def test_a_dependency_down_before_the_provider_call_spends_no_attempt(
+    services: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch, down: str
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a notification on its second attempt, and one of our own dependencies failing before the send
+    box = outbox()
+    nid, phone = box.add("fan1", attempts=1)
+    item = claim_one(services, nid)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        if down == "redis":
+            raise redis.exceptions.ConnectionError("Error 111 connecting to redis")
+        raise EndpointConnectionError(endpoint_url="http://dynamodb.invalid")
+
+    if down == "redis":
+        monkeypatch.setattr(services.sms_rate_limiter, "acquire", fail)
+    else:
+        monkeypatch.setattr(services.events, "get", fail)
+    before = time.time()
+
+    # When it is sent
+    assert send_claimed(services, nid, item, set()) == "not-attempted"
+
+    # Then it is back to scheduled for a retry soon, its attempts unchanged, the provider never called
+    back = box.item("fan1")
+    assert (back["status"], back["attempts"], back["round"]) == ("scheduled", 1, 2)
+    expected = "ConnectionError" if down == "redis" else "EndpointConnectionError"
+    assert back["lastError"].startswith(expected)
+    assert int(before) <= back["notBefore"] <= time.time() + services.settings.send_retry_base_seconds + 1
+    assert sim.sms_messages_to(phone) == 0
 
 
 # --- the shared rate limit -----------------------------------------------------------------------
@@ -192,7 +257,7 @@ def test_every_send_takes_a_slot_of_the_limit_all_senders_share(services: Servic
 
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
     # Given a campaign of 1 SMS a second, and a sender that waits at most half a second for a slot
-    impatient = Services(load_settings(task_soft_time_limit_seconds=1))
+    impatient = Services(load_settings(send_rate_wait_seconds=0.5))
     box = outbox(rate=1)
     nid, phone = box.add("fan1")
     item = claim_one(impatient, nid)
@@ -200,12 +265,14 @@ def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(sta
     Services(impatient.settings).sms_rate_limiter.acquire(1, timeout_seconds=5)
     before = time.time()
 
-    # Then this send is not made now, but scheduled again for when the slot frees
-    assert send_claimed(impatient, nid, item, set()) == "retry"
+    # Then this send is not made now but scheduled again, without spending an attempt (nothing reached the provider)
+    assert send_claimed(impatient, nid, item, set()) == "not-attempted"
+    assert time.time() - before < 1.5  # it waited for a slot no longer than it may
     retry = box.item("fan1")
-    assert (retry["status"], retry["attempts"]) == ("scheduled", 1)
+    assert (retry["status"], retry["attempts"], retry["round"]) == ("scheduled", 0, 2)
     assert "rate limit" in retry["lastError"]
-    assert retry["notBefore"] >= before + 0.5
+    assert int(before) <= retry["notBefore"] <= time.time() + impatient.settings.send_retry_base_seconds + 1
+    assert not {"leaseUntil", "leaseToken"} & set(retry)
     assert sim.sms_messages_to(phone) == 0
 
 

@@ -30,15 +30,16 @@ def test_a_receipt_before_our_sent_write_is_kept_until_it_applies(
     sale_notifications: Callable[[Services, str], list[dict[str, Any]]],
 ) -> None:
     sale_id = seed_sale(services, 1)
-    assert services.sales.claim(sale_id, time.time(), 60)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
     generate_sale(sale_id, services)
     fan = sale_notifications(services, sale_id)[0]["fanId"]
     services.notifications.schedule(sale_id, fan, time.time())
-    assert services.notifications.claim_for_send(sale_id, fan, time.time(), 60)
+    claim = services.notifications.claim_for_send(sale_id, fan, time.time(), 60)
+    assert claim is not None
     delivered = receipt("SMabc", reference=f"{sale_id}:{fan}")
     # the provider was faster than our write: the receipt cannot apply yet
     assert apply_event(services, delivered) == "unresolved"
-    assert services.notifications.mark_sent(sale_id, fan, "SMabc", time.time())
+    assert services.notifications.mark_sent(sale_id, fan, "SMabc", time.time(), lease_token=claim["leaseToken"])
     # a receipt for another message id never applies to it
     other = delivered.model_copy(update={"message_id": "SMzzz"})
     assert apply_event(services, other) == "unresolved"
@@ -53,7 +54,8 @@ def test_a_receipt_without_our_reference_is_found_by_its_message_id(
     box = outbox()
     box.add("fan1", status="sending")
     message_id = f"SM{uuid.uuid4().hex}"
-    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time())
+    token = box.item("fan1")["leaseToken"]
+    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time(), lease_token=token)
 
     assert apply_event(services, receipt(message_id, "undelivered")) == "undelivered"
     assert box.item("fan1")["status"] == "undelivered"
@@ -65,7 +67,8 @@ def test_intermediate_statuses_change_nothing(services: Services, outbox: Callab
     box = outbox()
     box.add("fan1", status="sending")
     message_id = f"SM{uuid.uuid4().hex}"
-    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time())
+    token = box.item("fan1")["leaseToken"]
+    assert services.notifications.mark_sent(box.sale_id, "fan1", message_id, time.time(), lease_token=token)
 
     assert apply_event(services, receipt(message_id, "queued", f"{box.sale_id}:fan1")) == "intermediate-ignored"
     assert box.item("fan1")["status"] == "sent"

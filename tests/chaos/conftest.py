@@ -1,0 +1,48 @@
+"""The fault suite's fixtures: short visibility timeouts, and the pipeline's processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.stack import ProcessGroup
+from tests.chaos.scenario import CHAOS_ENV
+
+
+@pytest.fixture(scope="package", autouse=True)
+def short_visibility(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """A killed worker's unacknowledged messages come back after 30 s instead of minutes."""
+    sqs = aws.client("sqs", settings)
+    urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
+    for url in urls:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "30"})
+    yield
+    for url in urls:
+        sqs.set_queue_attributes(
+            QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)}
+        )
+
+
+@pytest.fixture()
+def pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+    sim.configure(sms={"status_delay_ms": 100})
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"chaos-{uuid.uuid4().hex[:6]}", env=CHAOS_ENV)
+    group.start(PIPELINE_PROCESSES)
+    try:
+        yield group
+    finally:
+        group.stop()
+        sim.configure(
+            sms={
+                "latency_ms": 0,
+                "error_rate": 0,
+                "throttle_rate": 0,
+                "timeout_rate": 0,
+                "duplicate_status_rate": 0.05,
+                "out_of_order_rate": 0.05,
+            }
+        )

@@ -1,0 +1,191 @@
+"""Faults of the notification lifecycle: a sale re-saved by the product, a send worker frozen past
+its leases while another takes over, send messages lost, the reconciler's worker killed while
+sales are retired. Each prints its figures (final, duplicates, lost, healed by the reconciler)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from dmd_tasks.domain.entities import Sale
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.store.codec import iso
+from dmd_tasks.store.items import item
+from dmd_tasks.store.keys import sale_key, sale_run_key
+from dmd_tasks.store.sales import SaleRecords
+from dmd_tasks.store.table import DemandTable
+from tests.chaos.scenario import (
+    CHAOS_ENV,
+    FANS,
+    Killer,
+    all_terminal,
+    assert_healthy,
+    counts,
+    figures,
+    report,
+    start_sale,
+)
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+LEASE_SECONDS = int(CHAOS_ENV["DMD_SEND_LEASE_SECONDS"])
+STALE_SECONDS = float(CHAOS_ENV["DMD_SCHEDULED_STALE_SECONDS"])
+
+
+def sale_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return DemandTable(settings).get(sale_key(sale_id), what="test: sale") or {}
+
+
+def run_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return DemandTable(settings).get(sale_run_key(sale_id), what="test: run") or {}
+
+
+def rewrite_as_waiting(settings, sale_id: str) -> None:  # type: ignore[no-untyped-def]
+    """What a product does when it saves the sale again: the whole SALE item replaced, ``waiting``."""
+    DemandTable(settings).put_items([item(Sale(id=sale_id, eventId=sale_id, notifyAt=iso(time.time())))])
+
+
+def notification_items(settings, sale_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+
+
+def healed(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """What the reconciler did to this sale's notifications, read from the notifications."""
+    items = notification_items(settings, sale_id)
+    return {
+        "republished": sum(1 for i in items if int(i.get("republished", 0)) > 0),
+        "taken_back": sum(1 for i in items if "send lease expired" in str(i.get("lastError", ""))),
+    }
+
+
+def wait_all_final(settings, sale_id: str, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    wait_until(
+        lambda: all_terminal(settings, sale_id, FANS), timeout=timeout, interval=1, what="every notification final"
+    )
+
+
+def sending_begun(settings, sale_id: str) -> bool:  # type: ignore[no-untyped-def]
+    c = counts(settings, sale_id)
+    return c.get("sent", 0) + c.get("delivered", 0) > 0
+
+
+def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a sale being sent, re-saved by the product in the middle of it
+    sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
+    wait_until(lambda: sending_begun(settings, sale_id), timeout=60, what="sending to begin")
+    rewrite_as_waiting(settings, sale_id)
+    wait_all_final(settings, sale_id)
+    wait_until(lambda: sale_item(settings, sale_id).get("status") == "generated", timeout=60, what="generated")
+    first = figures(settings, sim, sale_id, FANS, 0)
+    before = {i["fanId"]: (i["status"], int(i.get("attempts", 0))) for i in notification_items(settings, sale_id)}
+
+    # When it is saved again once it has ended
+    rewrite_as_waiting(settings, sale_id)
+    wait_until(lambda: sale_item(settings, sale_id).get("status") != "waiting", timeout=30, what="the re-save seen")
+    time.sleep(5)  # several claim and schedule ticks
+
+    # Then it was restored, not run again: nothing changed, nobody was messaged twice
+    second = figures(settings, sim, sale_id, FANS, 0)
+    after = {i["fanId"]: (i["status"], int(i.get("attempts", 0))) for i in notification_items(settings, sale_id)}
+    report(
+        "sale-rewritten",
+        {
+            **second,
+            "runs": int(run_item(settings, sale_id).get("runs", 0)),
+            "changed": len(set(before.items()) ^ set(after.items())),
+        },
+    )
+    assert_healthy(second, settings)
+    assert sale_item(settings, sale_id)["status"] == "generated"
+    assert int(run_item(settings, sale_id)["runs"]) == 1
+    assert after == before
+    assert second["provider_accepted"] == first["provider_accepted"] == FANS
+
+
+def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: ProcessGroup, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a sale being sent by one send worker, through a provider that answers in 300 ms
+    sim.configure(sms={"latency_ms": 300})
+    sale_id, _ = start_sale(settings, FANS, rate=max(5.0, FANS / 20))
+    wait_until(lambda: sending_begun(settings, sale_id), timeout=60, what="sending to begin")
+    wait_until(
+        lambda: counts(settings, sale_id).get("sending", 0) > 0, timeout=60, interval=0.05, what="a send in flight"
+    )
+
+    # When that worker freezes mid-send (a paused VM) past its leases, another worker takes over
+    # what the reconciler takes back, and the frozen one wakes up and finishes what it was doing
+    pipeline.signal("worker-send", signal.SIGSTOP)
+    sim.configure(sms={"latency_ms": 0})
+    pipeline.start_one("worker-send", instance="worker-send-2", extra_args=["-n", "send2@%h"])
+    time.sleep(LEASE_SECONDS + 10)
+    pipeline.signal("worker-send", signal.SIGCONT)
+    wait_all_final(settings, sale_id)
+
+    # Then every notification is final once, and the frozen worker's late writes changed nothing
+    stale = (pipeline.log_dir / "worker-send.log").read_text().count("taken back before it was marked sent")
+    result = figures(settings, sim, sale_id, FANS, 0, stale_writes_refused=stale, **healed(settings, sale_id))
+    report("send-worker-frozen", result)
+    assert_healthy(result, settings)
+    assert result["taken_back"] > 0, "the freeze left no lease to take back: the scenario did not happen"
+
+
+def test_the_reconciler_resends_scheduled_notifications_whose_message_was_lost(
+    pipeline: ProcessGroup,
+    settings,  # type: ignore[no-untyped-def]
+    sim,
+) -> None:
+    # Given a sale whose send messages pile up while no send worker runs
+    pipeline.kill("worker-send", signal.SIGTERM)
+    sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
+    wait_until(lambda: counts(settings, sale_id).get("scheduled", 0) == FANS, timeout=120, what="all scheduled")
+    time.sleep(3)  # the bridge has routed the last changes
+
+    # When every send message is lost (purged) and the send worker comes back
+    sqs = aws.client("sqs", settings)
+    sqs.purge_queue(QueueUrl=topology.queue_url(settings, "send"))
+    pipeline.start_one("worker-send")
+    wait_all_final(settings, sale_id, timeout=STALE_SECONDS * 3 + 240)
+
+    # Then the reconciler published them again and each fan got one SMS
+    result = figures(settings, sim, sale_id, FANS, 0, **healed(settings, sale_id))
+    report("send-messages-lost", result)
+    assert_healthy(result, settings)
+    assert result["republished"] > 0
+    assert result["provider_accepted"] == FANS
+
+
+def test_the_reconciler_killed_while_sales_are_retired_retires_each_once_final(
+    pipeline: ProcessGroup,
+    settings,  # type: ignore[no-untyped-def]
+    sim,
+) -> None:
+    # Given sales coming to their end while the worker that runs the reconciler is killed again and again
+    sales = [start_sale(settings, FANS // 2, rate=max(10.0, FANS / 10))[0] for _ in range(2)]
+    records = SaleRecords(DemandTable(settings))
+    killer = Killer(pipeline, ["worker-schedule"], every=1.5, kills=12)
+    killer.start()
+    for sale_id in sales:
+        wait_until(lambda s=sale_id: all_terminal(settings, s, FANS // 2), timeout=300, interval=1, what="final")
+    killer.join(timeout=60)
+
+    # Then each sale leaves the active list, and only once all its notifications are final
+    wait_until(lambda: not set(sales) & set(records.active()), timeout=60, what="the sales retired")
+    results = [figures(settings, sim, s, FANS // 2, killer.kills) for s in sales]
+    report(
+        "retire-under-kills",
+        {
+            "kills": killer.kills,
+            "sales": len(sales),
+            "final": sum(r["terminal"] for r in results),
+            "duplicates": sum(r["duplicates"] for r in results),
+            "lost": sum(r["lost"] for r in results),
+        },
+    )
+    for sale_id, result in zip(sales, results, strict=True):
+        assert_healthy(result, settings)
+        assert sale_item(settings, sale_id)["status"] == "generated"
+        assert "retiredAt" in sale_item(settings, sale_id)

@@ -1,0 +1,90 @@
+"""Beat's scheduler against this session's Redis: one beat ticks, a standby waits, a lost lock or a
+Redis that does not answer is logged and ridden out, never raised out of a tick (beat would exit)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from dmd_tasks.celery_app import app
+from dmd_tasks.celery_app import beat as beat_module
+from dmd_tasks.celery_app.beat import RETRY_SECONDS, DmdBeatScheduler
+from dmd_tasks.ops.stack import free_port
+
+
+@pytest.fixture()
+def lock_key(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    key = f"test:beat-lock:{uuid.uuid4().hex[:8]}"
+    yield key
+    redis.Redis.from_url(settings.redis_url).delete(key)
+
+
+def scheduler(lock_key: str, ticks: list[str]) -> DmdBeatScheduler:
+    """A scheduler on ``lock_key`` whose RedBeat tick (the part that needs the lock) is recorded."""
+    instance = DmdBeatScheduler(app=app, lazy=True, lock_key=lock_key, lock_timeout=30)
+
+    def recorded_tick(*_: Any, **__: Any) -> float:
+        instance.lock.extend(int(instance.lock_timeout))  # what RedBeat's tick does first
+        ticks.append(lock_key)
+        return 1.0
+
+    instance._redbeat_tick = recorded_tick  # type: ignore[attr-defined]
+    return instance
+
+
+@pytest.fixture(autouse=True)
+def _record_redbeat_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tick(self: DmdBeatScheduler, *args: Any, **kwargs: Any) -> float:
+        return float(self._redbeat_tick())  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(beat_module.RedBeatScheduler, "tick", tick)
+
+
+def test_one_beat_ticks_and_the_standby_waits_until_the_lock_is_free(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+    active_ticks: list[str] = []
+    standby_ticks: list[str] = []
+    active, standby = scheduler(lock_key, active_ticks), scheduler(lock_key, standby_ticks)
+
+    assert active.tick() == 1.0
+    assert standby.tick() == standby.max_interval  # the lock is held: nothing ticked
+    assert (len(active_ticks), len(standby_ticks)) == (1, 0)
+
+    # When the active beat dies (its lock expires), the standby takes over at its next tick
+    redis.Redis.from_url(settings.redis_url).delete(lock_key)
+    assert standby.tick() == 1.0
+    assert len(standby_ticks) == 1
+
+
+def test_a_beat_that_lost_its_lock_stands_by_instead_of_exiting(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+    ticks: list[str] = []
+    blocked = scheduler(lock_key, ticks)
+    assert blocked.tick() == 1.0
+
+    # Given the beat was blocked past its lock's timeout and another beat took the lock
+    client = redis.Redis.from_url(settings.redis_url)
+    client.set(lock_key, "another-beat", ex=30)
+
+    # Then its tick does not raise: it drops the lock and waits as the standby
+    assert blocked.tick() == RETRY_SECONDS
+    assert blocked.lock is None
+    assert blocked.tick() == blocked.max_interval
+    assert len(ticks) == 1
+
+    # and takes the lock again once it is free
+    client.delete(lock_key)
+    assert blocked.tick() == 1.0
+    assert len(ticks) == 2
+
+
+def test_a_redis_that_does_not_answer_is_ridden_out(lock_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks: list[str] = []
+    beat = scheduler(lock_key, ticks)
+    nobody = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    monkeypatch.setattr(beat_module, "get_redis", lambda _app: nobody)
+
+    assert beat.tick() == RETRY_SECONDS  # ConnectionError taking the lock: logged, not raised
+    assert ticks == []
