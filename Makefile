@@ -28,11 +28,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## make chaos: the fault suite at size (kills, a failing provider, replayed streams), figures printed
-CHAOS_FANS  ?= 600
-CHAOS_KILLS ?= 8
+## make chaos: the fault suite at size (kills, freezes, lost messages, a re-saved sale, Redis / AWS /
+## the provider down for a minute each), figures printed
+CHAOS_FANS   ?= 600
+CHAOS_KILLS  ?= 8
+CHAOS_OUTAGE ?= 60
 chaos: setup
-	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
+		$(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)
 ## sizes are parameters, e.g. make bench BENCH_ARGS="--fans 1000000 --only fanout"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
 
 from dmd_tasks.celery_app import monitoring
 from dmd_tasks.celery_app import signals as _signals  # noqa: F401  (handlers connect when imported)
@@ -20,6 +21,9 @@ from dmd_tasks.infra.settings import get_settings
 def _configuration() -> dict[str, Any]:
     return build(get_settings())
 
+
+# sqs:// uses kombu's SQS transport with the fix in sqs_transport (workers survive an AWS outage).
+TRANSPORT_ALIASES["sqs"] = "dmd_tasks.celery_app.sqs_transport:Transport"
 
 app = Celery("dmd")
 app.add_defaults(_configuration)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from dmd_tasks.celery_app.app import app
 from dmd_tasks.domain.errors import PermanentError, TransientError
@@ -26,6 +27,9 @@ from dmd_tasks.infra.topology import QUEUE_NAMES
 from dmd_tasks.pipeline.routing import TASK_QUEUES
 
 log = logging.getLogger(__name__)
+
+#: What a task retries by itself (with backoff, up to its max_retries): never PermanentError.
+RETRIED: tuple[type[BaseException], ...] = (TransientError, SoftTimeLimitExceeded, *DEPENDENCY_ERRORS)
 
 
 class DmdTask(Task):
@@ -142,8 +146,9 @@ def task(name: str, *, queue: str | None = None, **options: Any) -> Callable[[Ca
         "base": DmdTask,
         "bind": True,
         # A dependency down (AWS, Redis) is retried like any transient error: the task has not
-        # done its work, and acknowledging it would lose it.
-        "autoretry_for": (TransientError, *DEPENDENCY_ERRORS),
+        # done its work, and acknowledging it would lose it. So is a run cut by its soft time
+        # limit (a dependency hanging): Celery acknowledges a task its hard limit kills.
+        "autoretry_for": RETRIED,
         "dont_autoretry_for": (PermanentError,),
         "retry_backoff": True,
         "retry_jitter": True,

@@ -75,7 +75,10 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
         "*": {"retry_backoff_max": settings.retry_backoff_max_seconds},
         routing.SHORTEN_EVENT_URL: {"max_retries": settings.shorten_max_retries},
         routing.SEND_NOTIFICATIONS: {"rate_limit": settings.send_task_rate_limit},
-        routing.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries},
+        # A receipt batch killed by its hard time limit (a dependency hung) would be acknowledged
+        # and lost, and nothing else ever moves its notifications out of `sent`: give it back to
+        # SQS instead (every receipt applies once: its writes are conditional).
+        routing.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries, "acks_on_failure_or_timeout": False},
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from celery import Task, signals
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from dmd_tasks.celery_app import app
 from dmd_tasks.celery_app.base import DmdTask, check_countdown, task
@@ -118,7 +118,7 @@ def test_a_task_outside_the_routing_table_has_the_dmd_defaults() -> None:
     assert "tests.celery_app.base.echo" not in routing.TASK_QUEUES
     registered = app.tasks["tests.celery_app.base.echo"]
     assert isinstance(registered, DmdTask)
-    assert registered.autoretry_for == (TransientError, *DEPENDENCY_ERRORS)
+    assert registered.autoretry_for == (TransientError, SoftTimeLimitExceeded, *DEPENDENCY_ERRORS)
     assert registered.dont_autoretry_for == (PermanentError,)
     assert registered.retry_backoff is True and registered.retry_jitter is True
     # bound: the task gets itself as first argument

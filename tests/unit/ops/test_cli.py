@@ -143,3 +143,29 @@ def test_provision_prints_its_report_as_json(settings, stack) -> None:  # type: 
     assert report["checkpoint_table"]["name"] == settings.checkpoint_table_name
     assert set(report["queues"]) == set(DLQ_OWNERS)
     assert [s["name"] for s in report["streams"]] == [settings.sms_status_stream_name]
+
+
+def test_sales_rerun_reruns_an_ended_sale_and_refuses_anything_else(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    sales = SaleRecords(DemandTable(settings))
+    ended, waiting = f"cli{uuid.uuid4().hex[:8]}", f"cli{uuid.uuid4().hex[:8]}"
+    sales.put(Sale(id=ended, eventId="e1", notifyAt="1971-01-01T00:00:00Z"))
+    assert sales.claim(ended, 31_536_000, 60) == "claimed"
+    lease = sales.get(ended)["leaseUntil"]  # type: ignore[index]
+    assert sales.finish(ended, lease, 31_536_001)
+    sales.put(Sale(id=waiting, eventId="e1", notifyAt="2999-01-01T00:00:00Z"))
+
+    result = CliRunner().invoke(main, ["sales", "rerun", ended])
+    assert result.exit_code == 0, result.output
+    assert sales.get(ended)["status"] == "waiting"  # type: ignore[index]
+
+    refused = CliRunner().invoke(main, ["sales", "rerun", waiting])
+    assert refused.exit_code == 1
+    assert "not re-run" in refused.output
+    assert CliRunner().invoke(main, ["sales", "rerun", "no-such-sale"]).exit_code == 1
+
+
+def test_reconcile_prints_what_one_pass_did_as_json(stack) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["reconcile"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["reconcile"]["sales"] >= 0

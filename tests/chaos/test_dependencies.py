@@ -1,0 +1,218 @@
+"""Dependency outages during a sale: Redis or the AWS endpoint hung or unreachable, the SMS provider down.
+
+Every pipeline process talks to Redis and to the AWS endpoint (moto) through a ``FaultProxy``
+(tests/chaos/proxy.py); the test itself reads and writes directly. Each scenario starts a sale,
+waits until sending has begun, damages one dependency for DMD_CHAOS_OUTAGE_SECONDS (20; `make chaos`: 60),
+heals it, and then requires:
+
+- no pipeline process exited, during the outage or after it (an exit is a defect: nothing
+  restarts it here);
+- every notification final (delivered, undelivered or failed) within DMD_CHAOS_FINAL_TIMEOUT_SECONDS
+  (default 300) after the heal;
+- nobody messaged twice, per the SMS simulator; nothing lost; no notification over its attempts.
+
+With the provider failing every call, "failed" (attempts exhausted) is an allowed outcome, but final.
+Each prints its figures, e.g.
+
+    [chaos] redis-frozen {"final": 120, "duplicates": 0, "lost": 0, "died": {}, ...}
+
+Quick run: DMD_CHAOS_OUTAGE_SECONDS=20 DMD_CHAOS_FANS=60 pytest tests/chaos -s -k dependencies
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.stack import ProcessGroup
+from tests.chaos.proxy import FaultProxy
+from tests.chaos.scenario import CHAOS_ENV, TERMINAL, all_terminal, counts, figures, report, start_sale
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
+OUTAGE_SECONDS = float(os.environ.get("DMD_CHAOS_OUTAGE_SECONDS", "20"))
+FINAL_TIMEOUT_SECONDS = float(os.environ.get("DMD_CHAOS_FINAL_TIMEOUT_SECONDS", "300"))
+#: Sending takes about 30 s at this rate, so the outage starts while the sale is under way.
+RATE = max(2.0, FANS / 30)
+#: Statuses that show the send stage has started on the sale.
+SENDING_BEGUN = ("sending", "sent", *TERMINAL)
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class Proxied:
+    """The pipeline's processes and the proxies between them and Redis / the AWS endpoint."""
+
+    group: ProcessGroup
+    redis: FaultProxy
+    aws: FaultProxy
+    #: seconds after the fault began at which each process was first seen exited, and its code
+    died_at: dict[str, tuple[float, int | None]] = field(default_factory=dict)
+    fault_started: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def watch(self) -> None:
+        """Note each process's exit as it happens (ProcessGroup.dead() only tells that it did)."""
+        while not self._stop.wait(0.5):
+            for name, process in self.group.processes.items():
+                if name not in self.died_at and process.poll() is not None:
+                    since = time.monotonic() - self.fault_started if self.fault_started else -1.0
+                    self.died_at[name] = (round(since, 1), process.returncode)
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        path = self.group.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+@pytest.fixture()
+def proxied(settings, sim) -> Iterator[Proxied]:  # type: ignore[no-untyped-def]
+    """The pipeline processes (as test_chaos's ``pipeline``), with Redis and AWS behind fault proxies."""
+    assert settings.aws_endpoint_url, "the chaos suite runs on the local stack (moto)"
+    sim.configure(sms={"status_delay_ms": 100})
+    redis_proxy = FaultProxy(*_host_port(settings.redis_url, 6379))
+    aws_proxy = FaultProxy(*_host_port(settings.aws_endpoint_url, 80))
+    env = {
+        **CHAOS_ENV,
+        "DMD_REDIS_URL": redis_proxy.url_for(settings.redis_url),
+        "DMD_AWS_ENDPOINT_URL": aws_proxy.url_for(settings.aws_endpoint_url),
+    }
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"deps-{uuid.uuid4().hex[:6]}", env=env)
+    proxied = Proxied(group, redis_proxy, aws_proxy)
+    group.start(PIPELINE_PROCESSES)
+    watcher = threading.Thread(target=proxied.watch, daemon=True)
+    watcher.start()
+    try:
+        yield proxied
+    finally:
+        proxied.stop_watching()
+        watcher.join(timeout=5)
+        redis_proxy.heal()
+        aws_proxy.heal()
+        group.stop()
+        redis_proxy.close()
+        aws_proxy.close()
+        sim.configure(
+            sms={
+                "error_rate": 0,
+                "throttle_rate": 0,
+                "timeout_rate": 0,
+                "duplicate_status_rate": 0.05,
+                "out_of_order_rate": 0.05,
+            }
+        )
+
+
+def run_outage(
+    name: str,
+    proxied: Proxied,
+    settings: Any,
+    sim: Any,
+    damage: Callable[[], None],
+    heal: Callable[[], None],
+) -> None:
+    """A sale; ``damage`` once sending has begun; ``heal`` after the outage; then the checks."""
+    sale_id, _ = start_sale(settings, FANS, rate=RATE)
+    wait_until(
+        lambda: sum(counts(settings, sale_id).get(s, 0) for s in SENDING_BEGUN) > 0,
+        timeout=90,
+        what="sending to begin",
+    )
+    status_at_fault = counts(settings, sale_id)
+    proxied.fault_started = time.monotonic()
+    damage()
+    time.sleep(OUTAGE_SECONDS)
+    status_at_heal = counts(settings, sale_id)
+    heal()
+    healed = time.monotonic()
+    try:
+        wait_until(
+            lambda: all_terminal(settings, sale_id, FANS),
+            timeout=FINAL_TIMEOUT_SECONDS,
+            interval=1,
+            what="every notification final",
+        )
+        final_after: float | None = round(time.monotonic() - healed, 1)
+    except AssertionError:
+        final_after = None
+    died = proxied.group.dead()
+    result = figures(
+        settings,
+        sim,
+        sale_id,
+        FANS,
+        0,
+        final=sum(counts(settings, sale_id).get(s, 0) for s in TERMINAL),
+        final_seconds_after_heal=final_after,
+        outage_seconds=OUTAGE_SECONDS,
+        died=died,
+        died_seconds_after_fault={n: t for n, (t, _) in proxied.died_at.items()},
+        status_at_fault=status_at_fault,
+        status_at_heal=status_at_heal,
+        proxy_connections={"redis": proxied.redis.accepted, "aws": proxied.aws.accepted},
+        log_dir=str(proxied.group.log_dir),
+    )
+    report(name, result)
+    for process in died:
+        print(f"[chaos] {name}: {process} exited; last lines of its log:\n{proxied.log_tail(process)}", flush=True)
+
+    assert not died, f"pipeline processes exited: {died}"
+    assert final_after is not None, f"not every notification final {FINAL_TIMEOUT_SECONDS:.0f}s after the heal"
+    assert result["lost"] == 0, result
+    assert result["duplicates"] == 0, result
+    assert result["terminal"] == result["notifications"] == FANS, result
+    assert result["max_attempts"] <= settings.max_send_attempts, result
+
+
+TIMEOUT = int(OUTAGE_SECONDS + FINAL_TIMEOUT_SECONDS + 240)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_redis_frozen_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    run_outage("redis-frozen", proxied, settings, sim, proxied.redis.freeze, proxied.redis.heal)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_redis_unreachable_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    run_outage("redis-cut", proxied, settings, sim, proxied.redis.cut, proxied.redis.heal)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_aws_endpoint_frozen_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    run_outage("aws-frozen", proxied, settings, sim, proxied.aws.freeze, proxied.aws.heal)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_aws_endpoint_unreachable_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    run_outage("aws-cut", proxied, settings, sim, proxied.aws.cut, proxied.aws.heal)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    """Every send answered 500/503 for the outage: notifications may end "failed" (attempts spent), but final."""
+    run_outage(
+        "sms-provider-down",
+        proxied,
+        settings,
+        sim,
+        lambda: sim.configure(sms={"error_rate": 1.0}),
+        lambda: sim.configure(sms={"error_rate": 0}),
+    )
