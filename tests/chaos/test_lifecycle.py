@@ -74,6 +74,21 @@ def sending_begun(settings, sale_id: str) -> bool:  # type: ignore[no-untyped-de
     return c.get("sent", 0) + c.get("delivered", 0) > 0
 
 
+def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP the send worker at a moment it holds a notification in ``sending`` (it is the only
+    send worker: whatever is ``sending`` once it is frozen is its own); thaw and try again if not."""
+    for _ in range(30):
+        wait_until(
+            lambda: counts(settings, sale_id).get("sending", 0) > 0, timeout=60, interval=0.05, what="a send in flight"
+        )
+        pipeline.signal("worker-send", signal.SIGSTOP)
+        time.sleep(0.5)
+        if counts(settings, sale_id).get("sending", 0) > 0:
+            return
+        pipeline.signal("worker-send", signal.SIGCONT)
+    raise AssertionError("never caught the send worker with a send in flight")
+
+
 def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
     # Given a sale being sent, re-saved by the product in the middle of it
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
@@ -112,13 +127,10 @@ def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: Pro
     sim.configure(sms={"latency_ms": 300})
     sale_id, _ = start_sale(settings, FANS, rate=max(5.0, FANS / 20))
     wait_until(lambda: sending_begun(settings, sale_id), timeout=60, what="sending to begin")
-    wait_until(
-        lambda: counts(settings, sale_id).get("sending", 0) > 0, timeout=60, interval=0.05, what="a send in flight"
-    )
 
     # When that worker freezes mid-send (a paused VM) past its leases, another worker takes over
     # what the reconciler takes back, and the frozen one wakes up and finishes what it was doing
-    pipeline.signal("worker-send", signal.SIGSTOP)
+    freeze_mid_send(pipeline, settings, sale_id)
     sim.configure(sms={"latency_ms": 0})
     pipeline.start_one("worker-send", instance="worker-send-2", extra_args=["-n", "send2@%h"])
     time.sleep(LEASE_SECONDS + 10)
