@@ -77,8 +77,10 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
         routing.SEND_NOTIFICATIONS: {"rate_limit": settings.send_task_rate_limit},
         # A receipt batch killed by its hard time limit (a dependency hung) would be acknowledged
         # and lost, and nothing else ever moves its notifications out of `sent`: give it back to
-        # SQS instead (every receipt applies once: its writes are conditional).
-        routing.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries, "acks_on_failure_or_timeout": False},
+        # SQS instead (every receipt applies once: its writes are conditional). `acks_on_timeout`,
+        # not `acks_on_failure_or_timeout`: Celery derives the former from the latter when it binds
+        # the task, before annotations apply, so annotating the latter changed nothing.
+        routing.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries, "acks_on_timeout": False},
     }
 
 

@@ -52,3 +52,12 @@ def test_routes_beat_and_task_options_come_from_routing_and_settings() -> None:
     assert annotations[routing.RECORD_SMS_STATUS]["max_retries"] == 3
     assert annotations[routing.SEND_NOTIFICATIONS]["rate_limit"] == "5/s"
     assert conf["monitor_broker_url"] == settings.redis_url
+
+
+def test_a_receipt_batch_killed_by_its_hard_time_limit_goes_back_to_sqs() -> None:
+    from dmd_tasks.celery_app import app
+    from dmd_tasks.pipeline import stage5_sms_status  # noqa: F401  (registers the task)
+
+    task = app.tasks[routing.RECORD_SMS_STATUS]
+    assert task.acks_late and task.acks_on_timeout is False  # requeued, not acknowledged
+    assert task.acks_on_failure is True  # a batch that failed for good is a dead letter, once
