@@ -233,6 +233,35 @@ class NotificationRecords:
         """sending → scheduled after ``not_before`` (the bridge re-sends it then), by the lease
         holder (``lease_token``); ``attempts`` is the count of provider attempts so far."""
         now = time.time() if now is None else now
+        return self._reschedule(sale_id, fan_id, attempts, not_before, reason, now, lease_token)
+
+    def _reschedule(
+        self,
+        sale_id: str,
+        fan_id: str,
+        attempts: int,
+        not_before: float,
+        reason: str,
+        now: float,
+        lease_token: str | _Any | None,
+        *,
+        expired_by: float | None = None,
+    ) -> bool:
+        """sending → scheduled, due at ``not_before``, with a new round; ``expired_by``: only if the
+        lease had expired by then (the reconciler's take-back)."""
+        values: dict[str, Any] = {
+            ":a": attempts,
+            ":nb": math.ceil(not_before),
+            ":r": reason[:500],
+            ":now": iso(now),
+            ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
+            ":gsk": epoch_key(max(now, not_before)),
+            **_ROUND_VALUES,
+        }
+        extra = None
+        if expired_by is not None:
+            values[":expired"] = int(expired_by)
+            extra = "leaseUntil <= :expired"
         return self._move(
             sale_id,
             fan_id,
@@ -240,17 +269,10 @@ class NotificationRecords:
             SCHEDULED,
             f"SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r, scheduledAt = :now, {_NEXT_ROUND}, "
             "gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
-            {
-                ":a": attempts,
-                ":nb": math.ceil(not_before),
-                ":r": reason[:500],
-                ":now": iso(now),
-                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
-                ":gsk": epoch_key(max(now, not_before)),
-                **_ROUND_VALUES,
-            },
+            values,
             names=_ROUND_NAMES,
             lease_token=lease_token,
+            extra_condition=extra,
         )
 
     def mark_failed(
@@ -324,27 +346,7 @@ class NotificationRecords:
         self, sale_id: str, fan_id: str, lease_token: str | None, attempts: int, now: float, reason: str
     ) -> bool:
         """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it."""
-        return self._move(
-            sale_id,
-            fan_id,
-            SENDING,
-            SCHEDULED,
-            f"SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r, scheduledAt = :now, {_NEXT_ROUND}, "
-            "gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
-            {
-                ":a": attempts,
-                ":nb": math.ceil(now),
-                ":r": reason[:500],
-                ":now": iso(now),
-                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
-                ":gsk": epoch_key(now),
-                ":expired": int(now),
-                **_ROUND_VALUES,
-            },
-            names=_ROUND_NAMES,
-            lease_token=lease_token,
-            extra_condition="leaseUntil <= :expired",
-        )
+        return self._reschedule(sale_id, fan_id, attempts, now, reason, now, lease_token, expired_by=now)
 
     # --- delivery receipts --------------------------------------------------------------------
 
