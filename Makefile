@@ -29,12 +29,14 @@ lint: setup
 	$(BIN)/mypy
 
 ## make chaos: the fault suite at size (kills, freezes, lost messages, a re-saved sale, Redis / AWS /
-## the provider down for a minute each), figures printed
+## the provider down for a minute each, the provider throttling everything for two), figures printed
 CHAOS_FANS   ?= 600
 CHAOS_KILLS  ?= 8
 CHAOS_OUTAGE ?= 60
+CHAOS_THROTTLE ?= 120
 chaos: setup
 	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
+		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) \
 		$(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)

@@ -148,6 +148,7 @@ def _fanout(f: dict[str, Any]) -> list[str]:
 
 
 def _send(s: dict[str, Any]) -> list[str]:
+    slow = s.get("slow_sale_rate", 4)
     return [
         "## 2. Send rate against the provider's cap",
         "",
@@ -155,13 +156,17 @@ def _send(s: dict[str, Any]) -> list[str]:
         f"{s['provider_latency_ms']:g} ms per call;",
         f"{s['send_workers']} send worker processes (the Procfile's `worker-send`, each its own Celery worker); "
         f"a sale of {s['fans_per_run']:,} fans per run",
-        "through the whole chain (beat, generator, scheduler, bridge, send), its campaign rate set to C.",
+        "through the whole chain (beat, generator, scheduler, bridge, send), its campaign rate set to C",
+        "and the account's cap (`DMD_SMS_ACCOUNT_PARTS_PER_SECOND`) set to C; then, as many runs, two sales at once",
+        f"sharing that cap: a slow one (campaign rate {slow:g}/s) and a busy one (campaign rate C).",
         "",
         "| figure | value |",
         "|---|---|",
         f"| sustained send rate (acceptances ÷ (first to last + 1 s)) | {_m(s['sustained_per_second'], ' /s', 1)} |",
         f"| as a fraction of C | {_m(s['fraction_of_cap'], digits=3)} |",
-        f"| most requests arriving at the provider in any one-second window (must be ≤ C) | "
+        f"| two sales: the busy sale's rate as a fraction of what the slow one leaves (C − {slow:g}) | "
+        f"{_m(s.get('busy_fraction_of_left'), digits=3)} |",
+        f"| most requests arriving at the provider in any one-second window, both kinds of run (must be ≤ C) | "
         f"{s.get('max_requests_in_one_second', '–')} |",
         f"| most acceptances in any one-second window | {s['max_accepted_in_one_second']} |",
         f"| 429s the provider answered | {s['provider_429s']} |",

@@ -9,8 +9,13 @@ the last acceptance, plus the last one's second) as a fraction of C; the most re
 one-second window (must never exceed C: the provider counts arrivals, and one over C is
 a 429); 429s received.
 
+Then two sales at once, sharing the account's cap (``DMD_SMS_ACCOUNT_PARTS_PER_SECOND`` = C):
+a slow one (campaign rate 4/s) and a busy one (campaign rate C). Reported: the busy sale's
+rate while both run, as a fraction of what the slow one leaves (C − 4). The provider's
+most requests in any second covers both kinds of run.
+
 The emulator's own ceiling for the same chain is measured in the same run: the same
-sale with no provider cap and a campaign rate far above what the chain can do.
+sale with no provider cap, no account cap and a campaign rate far above what the chain can do.
 """
 
 from __future__ import annotations
@@ -46,21 +51,58 @@ def one_sale(h: Harness, fans: int, rate: float, timeout: float) -> dict[str, An
     return {"accepted": stats["accepted"], "seconds": span, "rate": stats["accepted"] / span}
 
 
-def run(h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: float, runs: int) -> dict[str, Any]:
+def _two_sales(h: Harness, cap: float, slow_rate: float, seconds: float) -> dict[str, Any]:
+    """A slow sale (``slow_rate``) and a busy one (campaign rate C) at once, sharing the account's cap:
+    the busy sale's rate while both run, as a fraction of what the slow one leaves."""
+    settings = h.settings
+    run_id = uuid.uuid4().hex[:8]
+    busy_fans = int((cap - slow_rate) * seconds)
+    slow_fans = int(slow_rate * seconds * 1.5)  # it outlasts the busy one: they overlap throughout
+    sales = {}
+    for name, fans, rate in (("slow", slow_fans, slow_rate), ("busy", busy_fans, cap)):
+        event_id, sale_id = f"ev{name}{run_id}", f"sale{name}{run_id}"
+        seed_event(settings, event_id, fans, area=200 + int(run_id, 16) % 700 + (0 if name == "slow" else 1))
+        sales[name] = (sale_id, fans)
+        new_sale(settings, sale_id, event_id, rate_per_second=rate)
+    busy_id, _ = sales["busy"]
+    stats = wait_until(
+        lambda: (s := h.sim.sms_sale(busy_id))["accepted"] >= busy_fans and s,
+        120 + 4 * seconds,
+        0.5,
+        what=f"{busy_fans} messages of {busy_id} accepted",
+    )
+    slow_id, _ = sales["slow"]
+    slow = h.sim.sms_sale(slow_id)
+    if stats["duplicates"] or slow["duplicates"]:
+        raise RuntimeError("a fan got a second SMS")
+    span = stats["last_accepted_at"] - stats["first_accepted_at"] + 1.0
+    busy_rate = stats["accepted"] / span
+    return {"busy_rate": busy_rate, "left_by_slow": cap - slow_rate, "fraction_of_left": busy_rate / (cap - slow_rate)}
+
+
+def run(
+    h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: float, runs: int, slow_rate: float = 4.0
+) -> dict[str, Any]:
     h.fresh()
     fans = int(cap * seconds)
     senders = [("worker-send", f"worker-send-{i}", ["-n", f"send{i}@%h"]) for i in range(1, workers + 1)]
+    nodes = ["generate", "schedule", *(f"send{i}" for i in range(1, workers + 1))]
     capped: list[float] = []
-    throttled = 0
-    with h.processes([*PROCESSES, *senders], label="send") as group:
-        h.wait_workers(group, ["generate", "schedule", *(f"send{i}" for i in range(1, workers + 1))])
-        # the emulator's ceiling for this chain: no cap at the provider, no campaign limit to speak of
-        # delivery statuses are not part of sending: the simulator holds them back (its writes to
-        # the emulator's Kinesis would take emulator time from the chain being measured)
-        quiet = {"status_delay_ms": 3_600_000}
+    shared: list[float] = []
+    # delivery statuses are not part of sending: the simulator holds them back (its writes to
+    # the emulator's Kinesis would take emulator time from the chain being measured)
+    quiet = {"status_delay_ms": 3_600_000}
+    # the emulator's ceiling for this chain: no cap at the provider or on the account, no campaign limit to speak of
+    with h.processes([*PROCESSES, *senders], env={"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": "10000"}, label="send") as group:
+        h.wait_workers(group, nodes)
         h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": 0, **quiet})
         ceiling = one_sale(h, fans, rate=10_000, timeout=120 + fans)
         h.say(f"send: chain ceiling without a cap {ceiling['rate']:.1f} messages/s")
+    # the account's cap is the provider's C (one part a message here)
+    with h.processes(
+        [*PROCESSES, *senders], env={"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": f"{cap:g}"}, label="send"
+    ) as group:
+        h.wait_workers(group, nodes)
         h.sim.reset()
         h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": cap, **quiet})
         for run_no in range(runs):
@@ -69,6 +111,13 @@ def run(h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: flo
             h.say(
                 f"send run {run_no + 1}/{runs}: {result['rate']:.1f} messages/s sustained = "
                 f"{result['rate'] / cap:.0%} of C"
+            )
+        for run_no in range(runs):
+            both = _two_sales(h, cap, slow_rate, seconds)
+            shared.append(both["fraction_of_left"])
+            h.say(
+                f"send two sales {run_no + 1}/{runs}: busy sale {both['busy_rate']:.1f}/s of the "
+                f"{both['left_by_slow']:g}/s the slow one leaves = {both['fraction_of_left']:.0%}"
             )
         stats = h.sim.stats()["sms"]
         throttled = int(stats.get("responses_429", 0))
@@ -84,6 +133,8 @@ def run(h: Harness, *, cap: float, latency_ms: float, workers: int, seconds: flo
         "runs": runs,
         "sustained_per_second": summary(capped, 2),
         "fraction_of_cap": summary([r / cap for r in capped], 3),
+        "slow_sale_rate": slow_rate,
+        "busy_fraction_of_left": summary(shared, 3),
         "max_requests_in_one_second": max_window,
         "max_accepted_in_one_second": max_accepted,
         "provider_429s": throttled,

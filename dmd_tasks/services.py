@@ -14,7 +14,8 @@ import redis
 
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.sms import SmsClient, SmsSender
-from dmd_tasks.infra.ratelimit import SharedRateLimiter
+from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
+from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
 from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
 from dmd_tasks.store.demand import DemandRecords
@@ -23,8 +24,10 @@ from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
 
-#: Redis key of the send rate limit every send worker shares.
-SMS_RATE_KEY = "dmd:rate:sms"
+
+def sms_account(settings: Settings) -> str:
+    """The provider account a cap and a circuit belong to: the provider and the sender id."""
+    return f"sms:{settings.sms_sender_id}"
 
 
 @dataclass
@@ -68,8 +71,26 @@ class Services:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
 
     @cached_property
-    def sms_rate_limiter(self) -> SharedRateLimiter:
-        return SharedRateLimiter(self.redis, SMS_RATE_KEY)
+    def sms_throttle(self) -> SmsThrottle:
+        """The campaign rate and the account's part cap every SMS send passes."""
+        return SmsThrottle(self.redis, sms_account(self.settings), self.settings.sms_account_parts_per_second)
+
+    @cached_property
+    def sms_circuit(self) -> ProviderCircuit:
+        """The provider's circuit, shared by every send worker (a 429 or an outage pauses them all)."""
+        s = self.settings
+        return ProviderCircuit(
+            self.redis,
+            sms_account(self.settings),
+            CircuitSettings(
+                window_seconds=s.circuit_window_seconds,
+                bucket_seconds=max(1.0, s.circuit_window_seconds / 6),
+                min_calls=s.circuit_min_calls,
+                error_ratio=s.circuit_error_ratio,
+                open_seconds=s.circuit_open_seconds,
+                probe_timeout_seconds=s.sms_timeout_seconds + 5,
+            ),
+        )
 
 
 _current: tuple[int, Services] | None = None

@@ -108,8 +108,22 @@ def faults(sim) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def
         changed.add(provider)
         sim.configure(**{provider: values})
 
+    clear_circuits()  # a provider's circuit is shared (Redis): each test starts with it closed
     try:
         yield configure
     finally:
         for provider in changed:
             sim.configure(**{provider: Faults().public()})
+        clear_circuits()
+
+
+def clear_circuits() -> None:
+    """Close every provider circuit of this session (``dmd_tasks.infra.circuit``)."""
+    import redis
+
+    from dmd_tasks.infra.settings import get_settings
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    keys = list(client.scan_iter("dmd:circuit:*"))
+    if keys:
+        client.delete(*keys)

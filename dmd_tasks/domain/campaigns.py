@@ -12,7 +12,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dmd_tasks.domain.ids import check_id
-from dmd_tasks.domain.templates import check_template
+from dmd_tasks.domain.phones import is_region
+from dmd_tasks.domain.segments import Segments, measure
+from dmd_tasks.domain.templates import check_template, render
+
+#: Length of the event name a campaign's message is estimated with when it is stored.
+SAMPLE_EVENT_NAME_CHARS = 40
+
+
+def known_zone(name: object) -> bool:
+    """Whether ``name`` is an IANA time zone name."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and _known_zone(name)
+
+
+@lru_cache(maxsize=512)
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 @lru_cache(maxsize=512)
@@ -73,10 +92,37 @@ class Campaign(BaseModel):
     template: str
     window: SendWindow = Field(default_factory=SendWindow)
     rate_per_second: float = Field(default=20.0, gt=0, le=10_000, alias="ratePerSecond")
+    #: Region that reads the fans' numbers written without a country code (else the setting's).
+    phone_region: str | None = Field(default=None, alias="phoneRegion")
+    #: How long after its first chance to go a notification may still be sent (like a provider's
+    #: TTL): past it, it ends ``failed`` ("expired") rather than arriving after the sale is over.
+    validity_seconds: int = Field(default=4 * 3600, ge=60, le=72 * 3600, alias="validitySeconds")
 
     _ids = field_validator("sale_id", "event_id")(check_id)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _phone_region(cls, value: str | None) -> str | None:
+        if value is not None and not is_region(value):
+            raise ValueError(f"phoneRegion {value!r} is not a region code (ISO 3166 alpha-2, e.g. US)")
+        return value.upper() if value else None
 
     @field_validator("template")
     @classmethod
     def _template(cls, value: str) -> str:
         return check_template(value)
+
+    def estimated_segments(self, event_name: str | None = None) -> Segments:
+        """The parts the message will take, estimated before any fan's is rendered: the event's
+        name (or one of ``SAMPLE_EVENT_NAME_CHARS`` characters), a short URL, ids of typical length."""
+        return measure(
+            render(
+                self.template,
+                {
+                    "event_name": event_name if event_name is not None else "E" * SAMPLE_EVENT_NAME_CHARS,
+                    "short_url": "https://bit.ly/" + "x" * 7,
+                    "sale_id": self.sale_id,
+                    "fan_id": "f" * 16,
+                },
+            )
+        )

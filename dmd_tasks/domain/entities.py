@@ -5,7 +5,7 @@ See docs/data-model.md for the table layout, the indexes and the notification st
 
 from __future__ import annotations
 
-import re
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,6 +23,8 @@ class Entity(StrEnum):
     SALE_RUN = "SALE_RUN"
     NOTIFICATION = "NOTIFICATION"
     OPTOUT = "OPTOUT"
+    #: Which fan of a sale a phone number was given to (the pipeline's; one SMS per phone per sale).
+    PHONE_CLAIM = "PHONE_CLAIM"
 
 
 class NotificationStatus(StrEnum):
@@ -33,13 +35,23 @@ class NotificationStatus(StrEnum):
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"
     FAILED = "failed"
+    #: Another fan of the same sale has the same (normalized) phone number and was messaged
+    #: instead (``duplicateOf``): one SMS per phone per sale.
+    DUPLICATE = "duplicate"
 
 
 #: A notification in one of these statuses waits on dmd itself; the reconciler owns each of them.
 IN_FLIGHT_STATUSES = frozenset({NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING})
 
 #: A notification in one of these statuses is done: nothing moves it any more.
-TERMINAL_STATUSES = frozenset({NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED, NotificationStatus.FAILED})
+TERMINAL_STATUSES = frozenset(
+    {
+        NotificationStatus.DELIVERED,
+        NotificationStatus.UNDELIVERED,
+        NotificationStatus.FAILED,
+        NotificationStatus.DUPLICATE,
+    }
+)
 
 
 class SaleStatus(StrEnum):
@@ -47,15 +59,6 @@ class SaleStatus(StrEnum):
     GENERATING = "generating"
     GENERATED = "generated"
     FAILED = "failed"
-
-
-#: E.164: "+", country code, subscriber number; 8 to 15 digits in all.
-PHONE_PATTERN = re.compile(r"^\+[1-9][0-9]{7,14}$")  # ASCII digits: \d would admit any script's digits
-
-
-def is_e164(phone: object) -> bool:
-    """True for a string in E.164 form (nothing before or after it, not even a newline)."""
-    return isinstance(phone, str) and PHONE_PATTERN.fullmatch(phone) is not None
 
 
 class Event(BaseModel):
@@ -103,9 +106,42 @@ class Sale(BaseModel):
 
     id: str
     event_id: str = Field(alias="eventId")
-    notify_at: str = Field(alias="notifyAt")  # ISO-8601 UTC, e.g. 2026-11-25T10:00:00Z
+    #: ISO-8601 with any offset (``2026-11-25T10:00:00-05:00``); stored normalized to UTC
+    #: (``2026-11-25T15:00:00Z``). Without an offset it is read as UTC.
+    notify_at: str = Field(alias="notifyAt")
     status: SaleStatus = SaleStatus.WAITING
     cursor: str | None = None  # last fan id written by the generator
     generated: int = 0
 
     _id = field_validator("id", "event_id")(check_id)
+
+    @field_validator("notify_at", mode="before")
+    @classmethod
+    def _notify_at(cls, value: object) -> str:
+        return utc_iso(parse_instant(value))
+
+
+#: The widest UTC offsets in use (+14:00, -12:00): a notify time written with an offset sorts, as
+#: a string, at most this far from where its instant sorts in UTC.
+MAX_OFFSET_SECONDS = 14 * 3600
+
+
+def parse_instant(value: object) -> float:
+    """An ISO-8601 date-time with any offset (``Z``, ``+05:30``, ``-05:00``; none means UTC) in
+    epoch seconds; ValueError with the reason otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise ValueError("notifyAt must be an ISO-8601 date-time string, e.g. 2026-11-25T10:00:00Z")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"notifyAt {value!r} is not an ISO-8601 date-time (e.g. 2026-11-25T10:00:00-05:00)") from None
+    if "T" not in value.upper() and " " not in value.strip():
+        raise ValueError(f"notifyAt {value!r} has no time of day")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC, second precision (the form of every stored time)."""
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

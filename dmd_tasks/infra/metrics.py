@@ -42,6 +42,11 @@ PROVIDER_RESPONSES = Counter(
     "Answers of external providers by HTTP status (or timeout/connection).",
     ["provider", "code"],
 )
+PROVIDER_CIRCUIT = Counter(
+    "dmd_provider_circuit_total",
+    "Changes of a provider's circuit: opened, reopened, throttled (a 429 paused sending), probe, closed.",
+    ["provider", "event"],
+)
 BRIDGE_LAG = Gauge(
     "dmd_bridge_lag_seconds", "Age of the newest stream record a bridge handled.", ["bridge"], multiprocess_mode="max"
 )

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import config as _config_package
+from dmd_tasks.domain.phones import is_region
 
 CONFIG_DIR = Path(_config_package.__file__).resolve().parent
 
@@ -151,8 +152,19 @@ class Settings(BaseSettings):
     pending_deadline_seconds: float = 86_400.0
     #: Celery's native per-worker rate limit of send_notifications (tasks, not messages).
     send_task_rate_limit: str | None = None
-    #: Fallback provider rate when a campaign does not set one (messages per second, all workers).
-    default_send_rate_per_second: float = 20.0
+    #: The provider account's throughput cap in message parts per second (per provider and sender):
+    #: every sale and campaign shares it; a campaign's ratePerSecond is a ceiling within it.
+    sms_account_parts_per_second: float = Field(default=20.0, gt=0)
+    #: A message may take at most this many SMS parts: a campaign whose message would take more is
+    #: refused when stored, and a send whose rendered message does ends ``failed``.
+    max_message_parts: int = Field(default=6, ge=1, le=10)
+    #: The provider's circuit (dmd_tasks.infra.circuit): over this sliding window, at least
+    #: circuit_min_calls failed calls at a ratio of circuit_error_ratio or more pause every send
+    #: worker for circuit_open_seconds; then one probe call at a time decides.
+    circuit_window_seconds: float = Field(default=30.0, gt=0)
+    circuit_min_calls: int = Field(default=10, ge=1)
+    circuit_error_ratio: float = Field(default=0.5, gt=0, le=1)
+    circuit_open_seconds: float = Field(default=15.0, gt=0)
     #: Statuses one ``record_sms_status`` message carries.
     status_batch_size: int = 25
     #: Retries of a delivery status whose notification is not (yet) marked sent.
@@ -163,6 +175,9 @@ class Settings(BaseSettings):
     sms_api_key: SecretStr = SecretStr("")
     sms_timeout_seconds: float = 5.0
     sms_sender_id: str = "DMD"
+    #: Region (ISO 3166 alpha-2, e.g. ``US``) that reads phone numbers written without their country
+    #: code, where a campaign does not set ``phoneRegion``. None: such numbers are invalid.
+    phone_default_region: str | None = None
 
     # --- Query surface (GraphQL API) ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -260,6 +275,10 @@ class Settings(BaseSettings):
                 f"({self.sms_timeout_seconds:g}) + task_time_limit_seconds ({self.task_time_limit_seconds}) = "
                 f"{send_worst_case:g}s; otherwise the reconciler takes back notifications a live worker still "
                 f"sends"
+            )
+        if self.phone_default_region is not None and not is_region(self.phone_default_region):
+            raise UnsafeConfiguration(
+                f"phone_default_region={self.phone_default_region!r} is not a region code (ISO 3166 alpha-2, e.g. US)"
             )
         if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
             raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")

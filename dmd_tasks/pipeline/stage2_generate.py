@@ -12,8 +12,18 @@ lease; after ``generate_chunks_per_run`` chunks or ``generate_run_budget_seconds
 comes first, it hands the rest to a fresh message, so no run nears its time limit (however
 slow the table is) and memory does not grow with the sale. A repeated or
 resumed run skips fans that already have a notification (BatchGetItem on the first
-chunk it writes), so it creates no duplicate and resets no status. Opted-out fans get
-no notification; a fan with an invalid phone number gets one that is ``failed`` at once.
+chunk it writes), so it creates no duplicate and resets no status.
+
+Every row is checked field by field, and a bad field is that fan's problem, never the
+sale's: a number is normalized to E.164 (``dmd_tasks.domain.phones``; the campaign's
+``phoneRegion`` or ``DMD_PHONE_DEFAULT_REGION`` reads national formats), and a fan whose
+number, time zone or id is unusable gets a notification ``failed`` at once with the reason;
+a row with no usable fan id cannot be a notification and becomes a dead letter (its key and
+the reason) on the generate queue's dead-letter queue. Opted-out numbers get no
+notification. One SMS per phone per sale: the first fan (in demand order) with a number
+claims it (a ``PHONE_CLAIM`` item, written with the chunk; a resumed run agrees with the
+one that died, whichever of the two writes landed); any other fan of the sale with that number gets a
+``duplicate`` notification naming the fan who is messaged.
 """
 
 from __future__ import annotations
@@ -28,13 +38,15 @@ from typing import Any
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
-from dmd_tasks.domain.campaigns import Campaign
-from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus, is_e164
+from dmd_tasks.domain.campaigns import Campaign, known_zone
+from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.domain.ids import ID_RULE, is_valid_id
-from dmd_tasks.infra import aws
+from dmd_tasks.domain.phones import InvalidPhone, normalize_phone
+from dmd_tasks.infra import aws, logs
+from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, RECONCILER_ACTIONS
-from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, WARM_EVENT_DETAILS
+from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, TASK_QUEUES, WARM_EVENT_DETAILS
 from dmd_tasks.pipeline.stage1_shorten import shorten_with
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.codec import iso
@@ -43,6 +55,8 @@ from dmd_tasks.store.notifications import NotificationRecords
 
 log = logging.getLogger(__name__)
 
+#: Where dead letters of unusable demand rows go (the generate queue's dead-letter queue).
+GENERATE_QUEUE = TASK_QUEUES[GENERATE_NOTIFICATIONS]
 #: A fan id longer than this cannot even be kept on a failed notification (it is part of the key).
 MAX_KEPT_FAN_ID = 256
 
@@ -53,9 +67,9 @@ class GenerateResult:
     outcome: str  # done | continue | owned-elsewhere | already-generated | not-claimed
     written: int = 0
     opted_out: int = 0
-    invalid_phone: int = 0
-    invalid_fan: int = 0
-    unusable_rows: int = 0
+    invalid_rows: int = 0  # notifications failed at birth: invalid phone, time zone or fan id
+    duplicates: int = 0  # notifications ``duplicate``: another fan of the sale has the number
+    unusable_rows: int = 0  # rows without a usable fan id: dead letters
     already_present: int = 0
     chunks: int = 0
 
@@ -80,50 +94,116 @@ class Prefetcher:
         return future.result()
 
 
+@dataclass(frozen=True)
+class DemandRow:
+    """One demand row as the generator reads it: every field checked on its own."""
+
+    key: dict[str, Any]
+    fan_id: str | None  # None: no usable fan id (the row becomes a dead letter, not a notification)
+    phone: str | None  # E.164, or None with ``problem`` saying why
+    timezone: str
+    problem: str | None = None  # why this fan cannot be messaged (the notification ends failed with it)
+
+
+def read_row(row: dict[str, Any], region: str | None) -> DemandRow:
+    """Validate one demand row field by field; a bad field is this fan's problem, never the sale's."""
+    key = {"pk": row.get("pk"), "sk": row.get("sk")}
+    fan_id = row.get("fanId")
+    if not isinstance(fan_id, str) or not 0 < len(fan_id) <= MAX_KEPT_FAN_ID:
+        return DemandRow(key, None, None, "UTC", f"no usable fanId ({_describe(fan_id)})")
+    tz = row.get("timezone")
+    tz = "UTC" if tz is None or tz == "" else tz
+    problem = None
+    if not is_valid_id(fan_id):
+        problem = f"invalid fan id (ids are {ID_RULE})"
+    try:
+        phone: str | None = normalize_phone(row.get("phone"), region)
+    except InvalidPhone as exc:
+        phone, problem = None, problem or str(exc)
+    if not known_zone(tz):
+        problem = problem or f"invalid time zone ({_describe(tz)}; an IANA name such as Europe/Paris)"
+        tz = tz if isinstance(tz, str) and len(tz) <= 64 else ""
+    return DemandRow(key, fan_id, phone, tz, problem)
+
+
+def _describe(value: object) -> str:
+    """What a bad field held, without its value (it may be personal data)."""
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters" if value else "empty"
+    return f"a {type(value).__name__}"
+
+
 def build_notifications(
-    rows: list[dict[str, Any]],
+    rows: list[DemandRow],
     *,
     sale_id: str,
     event_id: str,
     campaign: Campaign,
     notifications: NotificationRecords,
     opted_out: set[str],
+    owners: dict[str, str],
     skip: set[str],
     now: float,
     result: GenerateResult,
-) -> list[dict[str, Any]]:
-    """Notification items for one chunk of demand rows (pure apart from the given sets)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Notification items for one chunk of demand rows, and the phone claims to write before them.
+
+    ``owners`` (normalized phone → the fan it was given to in this sale) is updated with this
+    chunk's claims: a later fan with the same number gets a ``duplicate`` notification naming
+    the fan that was messaged. Pure apart from the given sets.
+    """
     items: list[dict[str, Any]] = []
+    claims: list[dict[str, Any]] = []
     for row in rows:
-        fan_id, phone, tz = row.get("fanId"), row.get("phone"), row.get("timezone") or "UTC"
-        if not isinstance(fan_id, str) or not 0 < len(fan_id) <= MAX_KEPT_FAN_ID:
-            result.unusable_rows += 1
-            continue
+        fan_id = row.fan_id
+        if fan_id is None:
+            continue  # dead-lettered by the caller
         if fan_id in skip:
             result.already_present += 1
+            if row.phone is not None and row.phone not in owners:
+                # written by an earlier run (or an earlier version): its number stays this fan's
+                owners[row.phone] = fan_id
+                claims.append(notifications.phone_claim_item(sale_id, row.phone, fan_id))
             continue
-        if phone in opted_out:
+        if row.phone is not None and row.phone in opted_out:
             result.opted_out += 1
             continue
-        send_after = campaign.window.next_open_ts(now, tz)
+        send_after = now if row.problem else campaign.window.next_open_ts(now, row.timezone)
         item = notifications.new_item(
             sale_id=sale_id,
             event_id=event_id,
             fan_id=fan_id,
-            phone=str(phone),
-            tz=str(tz),
+            phone=row.phone or "",
+            tz=row.timezone,
             send_after=send_after,
             now=now,
+            expires_at=send_after + campaign.validity_seconds,
         )
-        if not is_valid_id(fan_id):
-            # its id could never be routed to the sender: final at once, with the reason
-            result.invalid_fan += 1
-            item = notifications.failed_at_birth(item, f"invalid fan id (ids are {ID_RULE})")
-        elif not is_e164(phone):
-            result.invalid_phone += 1
-            item = notifications.failed_at_birth(item, "invalid phone number (not E.164)")
+        if row.problem:
+            # final at once, with the reason: the other fans of the sale go on
+            result.invalid_rows += 1
+            items.append(notifications.failed_at_birth(item, row.problem))
+            continue
+        assert row.phone is not None
+        owner = owners.get(row.phone)
+        if owner is not None and owner != fan_id:
+            result.duplicates += 1
+            items.append(
+                notifications.final_at_birth(
+                    item,
+                    NotificationStatus.DUPLICATE.value,
+                    f"fan {owner} of this sale has the same phone number and is messaged instead",
+                    duplicateOf=owner,
+                )
+            )
+            continue
+        if owner is None:
+            owners[row.phone] = fan_id
+            claims.append(notifications.phone_claim_item(sale_id, row.phone, fan_id))
         items.append(item)
-    return items
+    return items, claims
 
 
 def ensure_short_url(services: Services, event: Event) -> str:
@@ -203,25 +283,33 @@ class SaleRun:
         )
         if not self.handing_over:
             self.pages.request()
-        fan_ids = [r["fanId"] for r in chunk if isinstance(r.get("fanId"), str) and len(r["fanId"]) <= MAX_KEPT_FAN_ID]
+        region = self.campaign.phone_region or settings.phone_default_region
+        rows = [read_row(r, region) for r in chunk]
+        self.dead_letter([r for r in rows if r.fan_id is None])
+        fan_ids = [r.fan_id for r in rows if r.fan_id is not None]
+        phones = [r.phone for r in rows if r.phone is not None]
         skip = notifications.existing_fans(self.sale_id, fan_ids, self.pool) if self.check_existing else set()
-        phones = [r["phone"] for r in chunk if isinstance(r.get("phone"), str)]
         opted_out = self.services.demand.opted_out(phones, self.pool)
+        owners = notifications.phone_owners(self.sale_id, phones, self.pool)
         if not self.fence():
             return False
-        items = build_notifications(
-            chunk,
+        items, claims = build_notifications(
+            rows,
             sale_id=self.sale_id,
             event_id=self.event_id,
             campaign=self.campaign,
             notifications=notifications,
             opted_out=opted_out,
+            owners=owners,
             skip=skip,
             now=self.clock(),
             result=result,
         )
-        self.services.table.put_items(items, self.pool)
-        for status in (NotificationStatus.PENDING, NotificationStatus.FAILED):
+        # One write for both, in any order: a run that died part-way resumes checking what exists,
+        # finds a number claimed by the fan it was about to write (and writes that fan's
+        # notification), or a fan written without its claim (and claims the number for it).
+        self.services.table.put_items([*claims, *items], self.pool)
+        for status in (NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DUPLICATE):
             created = sum(1 for i in items if i["status"] == status)
             if created:
                 NOTIFICATION_TRANSITIONS.labels("none", status.value).inc(created)
@@ -240,6 +328,24 @@ class SaleRun:
         self.check_existing = self.check_all
         self.renewed = time.monotonic()
         return self.lease is not None
+
+    def dead_letter(self, rows: list[DemandRow]) -> None:
+        """Rows without a usable fan id cannot become a notification: each becomes a dead letter
+        with its key and the reason (never its phone number), and the sale goes on."""
+        if not rows:
+            return
+        self.result.unusable_rows += len(rows)
+        letters = [
+            DeadLetter(
+                reason=f"demand row of sale {self.sale_id} not notified: {r.problem}",
+                payload={"saleId": self.sale_id, "eventId": self.event_id, "key": r.key},
+                correlation_id=logs.correlation_id.get(),
+                source=GENERATE_QUEUE,
+            )
+            for r in rows
+        ]
+        DeadLetters(self.settings).send_batch(GENERATE_QUEUE, letters)
+        log.warning("sale %s: %d demand rows without a usable fanId dead-lettered", self.sale_id, len(rows))
 
     def fence(self) -> bool:
         """Renew the lease before writing if a third of it has passed since the last renewal, so a
@@ -294,12 +400,15 @@ def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
             log.error("sale %s failed: %s", sale_id, exc)
         raise
     log.info(
-        "sale %s: %s (%d written, %d opted out, %d invalid phones, %d already present)",
+        "sale %s: %s (%d written, %d opted out, %d invalid rows, %d duplicate numbers, %d dead-lettered rows, "
+        "%d already present)",
         sale_id,
         result.outcome,
         result.written,
         result.opted_out,
-        result.invalid_phone,
+        result.invalid_rows,
+        result.duplicates,
+        result.unusable_rows,
         result.already_present,
     )
     if result.outcome == "continue":
@@ -314,6 +423,10 @@ def claim_due_sales(self: Task) -> dict[str, Any]:
     now = time.time()
     claimed = restarted = restored = 0
     for sale in services.sales.due(now):
+        if "notifyAtError" in sale:
+            if services.sales.refuse(sale["id"], sale["notifyAtError"], now):
+                log.error("sale %s failed: %s", sale["id"], sale["notifyAtError"])
+            continue
         try:
             outcome = services.sales.claim(sale["id"], now, services.settings.generate_lease_seconds)
         except Exception:  # one sale's trouble must not hold back the sales due after it

@@ -3,28 +3,37 @@
 Trigger: beat, every ``schedule_interval_seconds``. One tick at a time across all beats
 and workers (a Redis lock; a tick that finds it held does nothing).
 
-Per active sale, the tick queries the sparse pending index (``gsi1``, never a scan) for
-notifications whose send-after time has come, at most ``rate × interval`` of them, and
-moves each with a conditional write. A notification whose fan is in quiet hours now
-(the window may have closed since generation) gets its send-after moved to the next
-opening instead. What is stuck after that (expired send leases, lost send messages, sales
-with nothing left in flight) is the reconciler's (``stage6_reconcile``).
+The account's cap (``DMD_SMS_ACCOUNT_PARTS_PER_SECOND``, message parts per second) is
+shared by every active sale, max-min fairly (``run_tick``): a campaign's rate is a ceiling
+within it, a slow campaign gets its own rate and a fast one the rest. Per active sale, the
+tick queries the sparse pending index (``gsi1``, never a scan) for notifications whose
+send-after time has come, at most its share of one interval, and moves each with a
+conditional write. A notification whose fan is in quiet hours now (the window may have
+closed since generation) gets its send-after moved to the next opening instead, and one
+past its validity (``expiresAt``) ends ``failed`` ("expired"). What is stuck after that
+(expired send leases, lost send messages, sales with nothing left in flight) is the
+reconciler's (``stage6_reconcile``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
+from dmd_tasks.domain.campaigns import Campaign
+from dmd_tasks.domain.entities import NotificationStatus
 from dmd_tasks.infra import aws
 from dmd_tasks.pipeline.routing import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)
+
+PENDING = NotificationStatus.PENDING.value
 
 #: Redis key of the lock that lets one scheduling tick run at a time, everywhere.
 TICK_LOCK_KEY = "dmd:lock:schedule-tick"
@@ -35,26 +44,74 @@ class TickResult:
     scheduled: int = 0
     deferred: int = 0
     lost_race: int = 0
+    expired: int = 0
 
 
-def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult) -> int:
-    """Schedule what the budget allows; returns how many due notifications the index held."""
+@dataclass
+class SaleShare:
+    """One active sale in a tick: what its campaign asks for and what the tick gave it (parts per second)."""
+
+    sale_id: str
+    campaign: Campaign
+    parts: int  # the parts one of its messages takes (estimated from its template)
+    given: float = 0.0
+    full: bool = False  # it used all it was given: it may take more
+
+    @property
+    def wants(self) -> float:
+        return self.campaign.rate_per_second * self.parts
+
+
+def message_budget(parts_per_second: float, parts: int, interval_seconds: float) -> int:
+    """Messages a sale may be given this tick; the fraction goes by chance, so it holds on average
+    (a 0.5/s campaign on a 1 s tick gets one message every other tick)."""
+    exact = parts_per_second / max(parts, 1) * interval_seconds
+    whole = int(exact)
+    return whole + (1 if random.random() < exact - whole else 0)
+
+
+def schedule_sale(
+    services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult, budget: int | None = None
+) -> int:
+    """Schedule at most ``budget`` due notifications of the sale (default: its campaign's rate for
+    one interval); returns how many it moved."""
     campaign = services.campaigns.get(sale_id)
     if campaign is None:
         log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
         return 0
+    if budget is None:
+        budget = max(1, int(campaign.rate_per_second * interval_seconds))
+    return _schedule(services, sale_id, campaign, now, interval_seconds, budget, result)
+
+
+def _schedule(
+    services: Services,
+    sale_id: str,
+    campaign: Campaign,
+    now: float,
+    interval_seconds: float,
+    budget: int,
+    result: TickResult,
+) -> int:
     notifications = services.notifications
-    budget = max(1, int(campaign.rate_per_second * interval_seconds))
     shards = list(notifications.shards())
     start = int(now / max(interval_seconds, 0.001)) % len(shards)  # rotate which shard goes first
-    found = 0
+    moved_in_all = 0
     for shard in shards[start:] + shards[:start]:
         if budget <= 0:
             break
         due = notifications.due_pending(sale_id, shard, now, budget)
-        found += len(due)
-        ready = [i["fanId"] for i in due if campaign.window.is_open_at(now, i.get("timezone"))]
-        quiet = [i for i in due if not campaign.window.is_open_at(now, i.get("timezone"))]
+        expired = [i for i in due if i.get("expiresAt") is not None and now >= float(i["expiresAt"])]
+        for item in expired:  # too late to be useful: final, with the reason
+            result.expired += notifications.mark_failed(
+                sale_id,
+                item["fanId"],
+                f"expired: not sent within its validity ({campaign.validity_seconds}s from its first chance)",
+                source=PENDING,
+            )
+        live = [i for i in due if i not in expired]
+        ready = [i["fanId"] for i in live if campaign.window.is_open_at(now, i.get("timezone"))]
+        quiet = [i for i in live if not campaign.window.is_open_at(now, i.get("timezone"))]
         for item in quiet:  # the window closed since generation: wait for it to open again
             opens = campaign.window.next_open_ts(now, item.get("timezone"))
             result.deferred += notifications.defer(sale_id, item["fanId"], opens)
@@ -64,19 +121,78 @@ def schedule_sale(services: Services, sale_id: str, now: float, interval_seconds
         result.scheduled += sum(moved)
         result.lost_race += len(moved) - sum(moved)
         budget -= sum(moved)
-    return found
+        moved_in_all += sum(moved)
+    return moved_in_all
 
 
-def run_tick(services: Services, now: float | None = None) -> TickResult:
+def active_shares(services: Services, sale_ids: list[str]) -> list[SaleShare]:
+    shares: list[SaleShare] = []
+    for sale_id in sale_ids:
+        try:
+            campaign = services.campaigns.get(sale_id)
+        except Exception:
+            log.exception("sale %s: its campaign cannot be read; nothing scheduled", sale_id)
+            continue
+        if campaign is None:
+            log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
+            continue
+        try:
+            parts = campaign.estimated_segments().parts
+        except Exception:  # an invalid template fails at send, with the reason
+            parts = 1
+        shares.append(SaleShare(sale_id, campaign, parts))
+    return shares
+
+
+def run_tick(services: Services, now: float | None = None, sale_ids: list[str] | None = None) -> TickResult:
+    """One tick over the active sales (or ``sale_ids``), sharing the account's cap between them.
+
+    The cap (message parts per second) is shared max-min fairly: sales in order of what their
+    campaigns ask, each given at most its campaign's rate and at most an equal split of what
+    is left; what a sale leaves unused (nothing due, a lost race) goes to those that used all
+    they were given, in a second pass. The send path meters the same cap in Redis, so the
+    provider never sees more, whatever the scheduler released.
+    """
     now = time.time() if now is None else now
     interval = services.settings.schedule_interval_seconds
     result = TickResult()
-    for sale_id in services.sales.active():
-        try:
-            schedule_sale(services, sale_id, now, interval, result)
-        except Exception:
-            log.exception("scheduling sale %s failed; the next tick tries again", sale_id)
+    shares = sorted(
+        active_shares(services, services.sales.active() if sale_ids is None else sale_ids), key=lambda s: s.wants
+    )
+    remaining = services.settings.sms_account_parts_per_second
+    for n, share in enumerate(shares):
+        give = min(share.wants, remaining / (len(shares) - n))
+        used = _tick_sale(services, share, give, now, interval, result)
+        remaining = max(0.0, remaining - used)
+    for share in shares:  # what others left: to the sales that used all of theirs
+        if remaining <= 0:
+            break
+        if share.full and share.wants > share.given:
+            remaining = max(
+                0.0,
+                remaining
+                - _tick_sale(services, share, min(share.wants - share.given, remaining), now, interval, result),
+            )
     return result
+
+
+def _tick_sale(
+    services: Services, share: SaleShare, give: float, now: float, interval: float, result: TickResult
+) -> float:
+    """Schedule up to ``give`` parts per second of one sale; returns the parts per second it used."""
+    budget = message_budget(give, share.parts, interval)
+    if budget <= 0:
+        share.full = True
+        return 0.0
+    try:
+        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget, result)
+    except Exception:
+        log.exception("scheduling sale %s failed; the next tick tries again", share.sale_id)
+        return 0.0
+    used = moved * share.parts / interval
+    share.given += used
+    share.full = moved >= budget
+    return used
 
 
 @task(SCHEDULE_NOTIFICATIONS, max_retries=0, dead_letters=False)

@@ -46,10 +46,12 @@ from celery import Task
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import NotificationStatus
-from dmd_tasks.domain.errors import InvalidTemplate, NotAttempted, PermanentError, TransientError
+from dmd_tasks.domain.errors import InvalidTemplate, NotAttempted, PermanentError, RateLimited, TransientError
 from dmd_tasks.domain.ids import split_notification_id
+from dmd_tasks.domain.segments import measure
 from dmd_tasks.domain.templates import render
 from dmd_tasks.infra import aws, tracing
+from dmd_tasks.infra.circuit import Permit, ProviderCircuit, ProviderPaused
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
 from dmd_tasks.infra.logs import mask_phone
 from dmd_tasks.infra.metrics import SEND_LATENCY
@@ -118,6 +120,10 @@ def send_claimed(
         return outcome
 
 
+class Expired(PermanentError):
+    """The notification's validity ended before it could be sent."""
+
+
 def _send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
     settings = services.settings
     notifications = services.notifications
@@ -126,28 +132,54 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     phone = item["phone"]
     token = item.get("leaseToken")
     lease_until = float(item.get("leaseUntil", 0))
+    circuit = services.sms_circuit
     try:
         campaign = _campaign(services, sale_id)
         if campaign is None:
             raise PermanentError(f"sale {sale_id} has no campaign")
         if phone in opted_out:
             raise PermanentError("fan opted out (STOP) after the notification was generated")
+        now = time.time()
+        expires = item.get("expiresAt")
+        if expires is not None and now >= float(expires):
+            raise Expired(f"expired: not sent within its validity ({campaign.validity_seconds}s from its first chance)")
+        opens = campaign.window.next_open_ts(now, item.get("timezone"))
+        if opens > now:
+            # Quiet hours came first (a retry, a backlog, a pause that ran late): wait for the next opening.
+            if notifications.mark_waiting(sale_id, fan_id, opens, "quiet hours at send time", lease_token=token):
+                log.info("notification %s waits for its fan's send window (quiet hours)", notification_id)
+            return "quiet-hours"
         event_name, short_url = _event_values(services, item["eventId"])
         body = render(
             campaign.template, {"event_name": event_name, "short_url": short_url, "sale_id": sale_id, "fan_id": fan_id}
         )
-        services.sms_rate_limiter.acquire(campaign.rate_per_second, timeout_seconds=settings.send_rate_wait_seconds)
-        if time.time() + settings.sms_timeout_seconds >= lease_until:
-            # The provider call could outlive our lease (this process was paused): give it back.
-            raise NotAttempted("send lease nearly over before the provider call")
-        with SEND_LATENCY.labels("sms").time():
-            message_id = services.sms.send(phone, body, idempotency_key=notification_id)
+        segments = measure(body)
+        if segments.parts > settings.max_message_parts:
+            raise PermanentError(
+                f"message takes {segments.parts} SMS parts ({segments.encoding}), more than the "
+                f"{settings.max_message_parts} allowed"
+            )
+        permit = circuit.before_call()  # ProviderPaused while the provider throttles or is down
+        try:
+            services.sms_throttle.acquire(
+                sale_id, campaign.rate_per_second, segments.parts, timeout_seconds=settings.send_rate_wait_seconds
+            )
+            if time.time() + settings.sms_timeout_seconds >= lease_until:
+                # The provider call could outlive our lease (this process was paused): give it back.
+                raise NotAttempted("send lease nearly over before the provider call")
+        except BaseException:
+            circuit.release(permit)  # no call made: a probe's turn goes to another sender
+            raise
+        message_id = _call_provider(services, circuit, permit, phone, body, notification_id)
     except (PermanentError, InvalidTemplate) as exc:
-        notifications.mark_failed(sale_id, fan_id, str(exc), source=SENDING, attempts=attempts + 1, lease_token=token)
+        spent = 0 if isinstance(exc, Expired) else 1  # an expired notification was not tried again
+        notifications.mark_failed(
+            sale_id, fan_id, str(exc), source=SENDING, attempts=attempts + spent, lease_token=token
+        )
         log.warning("notification %s to %s failed: %s", notification_id, mask_phone(phone), exc)
         return "failed"
     except _NOT_ATTEMPTED as exc:
-        # Nothing reached the provider (no rate-limit slot in time, our Redis or AWS down): back to
+        # Nothing reached the provider, or the provider was throttling or down (the circuit): back to
         # scheduled without spending an attempt.
         delay = retry_delay(
             1,
@@ -179,12 +211,47 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
         log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
         return "retry"
     if not notifications.mark_sent(
-        sale_id, fan_id, message_id, time.time(), lease_token=token, traceparent=tracing.current_traceparent()
+        sale_id,
+        fan_id,
+        message_id,
+        time.time(),
+        lease_token=token,
+        traceparent=tracing.current_traceparent(),
+        parts=segments.parts,
+        encoding=segments.encoding,
     ):
         # Our lease expired and the reconciler took it back: its re-send uses the same idempotency key.
         log.warning("notification %s was taken back before it was marked sent", notification_id)
         return "lease-lost"
     return "sent"
+
+
+def _call_provider(
+    services: Services, circuit: ProviderCircuit, permit: Permit, phone: str, body: str, notification_id: str
+) -> str:
+    """One provider call, its outcome told to the circuit. A 429, or a failure during an outage,
+    raises NotAttempted (no attempt spent); a failure while the provider answers most calls
+    well is this message's (TransientError: an attempt)."""
+    try:
+        with SEND_LATENCY.labels("sms").time():
+            message_id = services.sms.send(phone, body, idempotency_key=notification_id)
+    except RateLimited as exc:
+        pause = circuit.throttled(permit, exc.retry_after_seconds)
+        raise ProviderPaused(
+            f"provider throttled (429): every sender paused {pause:g}s", retry_after_seconds=pause
+        ) from exc
+    except TransientError as exc:
+        if circuit.failed(permit):
+            raise ProviderPaused(
+                f"{exc} (provider failing most calls: no attempt spent)",
+                retry_after_seconds=services.settings.circuit_open_seconds,
+            ) from exc
+        raise
+    except PermanentError:
+        circuit.succeeded(permit)  # the provider answered: this message was refused on its own merits
+        raise
+    circuit.succeeded(permit)
+    return message_id
 
 
 @task(SEND_NOTIFICATIONS, max_retries=3)

@@ -26,15 +26,20 @@ from typing import Any
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
-from dmd_tasks.domain.entities import TERMINAL_STATUSES, is_e164
+from dmd_tasks.domain.entities import TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.errors import TransientError
 from dmd_tasks.domain.ids import notification_id, split_notification_id
+from dmd_tasks.domain.phones import try_normalize
 from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, parse_event
 from dmd_tasks.infra import tracing
 from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)
+
+
+#: The final statuses a provider reports (``duplicate`` is dmd's own and never comes from it).
+DELIVERY_STATUSES = frozenset({NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED, NotificationStatus.FAILED})
 
 
 def _by_reference(reference: str | None) -> tuple[str, str] | None:
@@ -50,11 +55,13 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
     """Apply one event; returns the outcome ("unresolved" means: try again later)."""
     notifications = services.notifications
     if isinstance(event, InboundEvent):
-        if event.is_stop and is_e164(event.sender):
-            services.demand.add_optout(event.sender, time.time())
+        phone = try_normalize(event.sender, services.settings.phone_default_region)
+        if event.is_stop and phone is not None:
+            # keyed by the normalized number: the generator and the sender look it up the same way
+            services.demand.add_optout(phone, time.time())
             return "opted-out"
         return "inbound-ignored"
-    if event.status not in TERMINAL_STATUSES:
+    if event.status not in DELIVERY_STATUSES:
         return "intermediate-ignored"
     found = _by_reference(event.reference) or notifications.find_by_message_id(event.message_id)
     if found is None:

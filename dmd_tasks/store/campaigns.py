@@ -17,10 +17,18 @@ from dmd_tasks.infra.settings import Settings
 
 
 class CampaignStore:
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, collection: Any, max_parts: int = 6) -> None:
         self._collection = collection
+        self._max_parts = max_parts
 
     def put(self, campaign: Campaign) -> None:
+        """Store a campaign; InvalidCampaign if its message would take more than the allowed SMS parts."""
+        segments = campaign.estimated_segments()
+        if segments.parts > self._max_parts:
+            raise InvalidCampaign(
+                f"campaign of sale {campaign.sale_id}: its message would take {segments.parts} SMS parts "
+                f"({segments.encoding}, {segments.units} units), more than the {self._max_parts} allowed"
+            )
         document = {"_id": campaign.sale_id, **campaign.model_dump(mode="json", by_alias=True)}
         self._collection.replace_one({"_id": campaign.sale_id}, document, upsert=True)
 
@@ -50,4 +58,4 @@ def open_campaign_store(settings: Settings) -> CampaignStore:
         if not (path / "monty.storage.cfg").exists():
             set_storage(str(path), storage="sqlite")
         client = MontyClient(str(path))
-    return CampaignStore(client[settings.mongo_database]["campaigns"])
+    return CampaignStore(client[settings.mongo_database]["campaigns"], settings.max_message_parts)

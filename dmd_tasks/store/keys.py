@@ -24,6 +24,7 @@ SALE_PREFIX = "SALE#"
 DEMAND_PREFIX = "DEMAND#"
 NOTIFICATION_PREFIX = "NOTIFICATION#"
 OPTOUT_PREFIX = "OPTOUT#"
+PHONE_CLAIM_PREFIX = "PHONE#"
 
 #: gsi1 partitions of sales, by status.
 SALES_WAITING = "SALES#waiting"
@@ -63,6 +64,11 @@ def sale_run_key(sale_id: str) -> Key:
 
 def notification_key(sale_id: str, fan_id: str) -> Key:
     return {"pk": sale_partition(sale_id), "sk": f"{NOTIFICATION_PREFIX}{fan_id}"}
+
+
+def phone_claim_key(sale_id: str, phone: str) -> Key:
+    """Which fan of a sale a normalized phone number was given to (one SMS per phone per sale)."""
+    return {"pk": f"{PHONE_CLAIM_PREFIX}{sale_id}#{phone}", "sk": "PHONE"}
 
 
 def optout_key(phone: str) -> Key:

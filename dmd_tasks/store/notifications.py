@@ -27,6 +27,7 @@ from dmd_tasks.store.keys import (
     pending_index,
     pending_shard,
     pending_sort,
+    phone_claim_key,
     sale_of,
     scheduled_index,
     sending_index,
@@ -52,6 +53,7 @@ SCHEDULED = NotificationStatus.SCHEDULED.value
 SENDING = NotificationStatus.SENDING.value
 SENT = NotificationStatus.SENT.value
 FAILED = NotificationStatus.FAILED.value
+DUPLICATE = NotificationStatus.DUPLICATE.value
 
 
 class NotificationRecords:
@@ -68,10 +70,20 @@ class NotificationRecords:
     # --- generation ---------------------------------------------------------------------------
 
     def new_item(
-        self, *, sale_id: str, event_id: str, fan_id: str, phone: str, tz: str, send_after: float, now: float
+        self,
+        *,
+        sale_id: str,
+        event_id: str,
+        fan_id: str,
+        phone: str,
+        tz: str,
+        send_after: float,
+        now: float,
+        expires_at: float | None = None,
     ) -> dict[str, Any]:
-        """A ``pending`` notification, in the pending index under its send-after time."""
-        return {
+        """A ``pending`` notification, in the pending index under its send-after time; not sent
+        after ``expires_at`` (its campaign's validity), if given."""
+        item = {
             **notification_key(sale_id, fan_id),
             "entity": Entity.NOTIFICATION.value,
             "id": notification_id(sale_id, fan_id),
@@ -87,13 +99,39 @@ class NotificationRecords:
             "gsi1pk": pending_index(sale_id, self.shard_of(fan_id)),
             "gsi1sk": pending_sort(send_after, fan_id),
         }
+        if expires_at is not None:
+            item["expiresAt"] = int(expires_at)
+        return item
 
     @staticmethod
     def failed_at_birth(item: dict[str, Any], reason: str) -> dict[str, Any]:
         """``item`` created ``failed`` with ``reason`` instead of ``pending`` (out of every index)."""
-        failed = {k: v for k, v in item.items() if k not in ("gsi1pk", "gsi1sk")}
-        failed.update(status=FAILED, reason=reason)
-        return failed
+        return NotificationRecords.final_at_birth(item, FAILED, reason)
+
+    @staticmethod
+    def final_at_birth(item: dict[str, Any], status: str, reason: str, **extra: Any) -> dict[str, Any]:
+        """``item`` created in the final ``status`` with ``reason`` instead of ``pending`` (out of every index)."""
+        final = {k: v for k, v in item.items() if k not in ("gsi1pk", "gsi1sk")}
+        final.update(status=status, reason=reason, **extra)
+        return final
+
+    # --- one SMS per phone per sale -------------------------------------------------------------
+
+    @staticmethod
+    def phone_claim_item(sale_id: str, phone: str, fan_id: str) -> dict[str, Any]:
+        """The record that ``phone`` (normalized) is messaged, in this sale, for ``fan_id`` only."""
+        return {
+            **phone_claim_key(sale_id, phone),
+            "entity": Entity.PHONE_CLAIM.value,
+            "saleId": sale_id,
+            "fanId": fan_id,
+        }
+
+    def phone_owners(self, sale_id: str, phones: list[str], pool: Executor | None = None) -> dict[str, str]:
+        """The fan each of these numbers was already given to in this sale (BatchGetItem)."""
+        keys = {phone_claim_key(sale_id, p)["pk"]: p for p in set(phones)}
+        found = self._table.get_items([phone_claim_key(sale_id, p) for p in keys.values()], ("pk", "fanId"), pool)
+        return {keys[i["pk"]]: str(i["fanId"]) for i in found if i.get("pk") in keys}
 
     def existing_fans(self, sale_id: str, fan_ids: list[str], pool: Executor | None = None) -> set[str]:
         """Which of these fans already have a notification (BatchGetItem, 100 keys a call)."""
@@ -200,21 +238,48 @@ class NotificationRecords:
         now: float,
         lease_token: str | None,
         traceparent: str | None = None,
+        parts: int = 1,
+        encoding: str = "GSM-7",
     ) -> bool:
-        """sending → sent, by the lease holder; keeps the sender's trace context for the receipt."""
+        """sending → sent, by the lease holder; keeps the sender's trace context for the receipt and
+        the SMS parts and encoding the message took."""
         return self._move(
             sale_id,
             fan_id,
             SENDING,
             SENT,
             "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
-            "traceparent = :tp REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
+            "traceparent = :tp, #parts = :parts, #enc = :enc REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
             {
                 ":mid": message_id,
                 ":now": iso(now),
                 ":msg": message_index(message_id),
                 ":n": MESSAGE_INDEX_SK,
                 ":tp": traceparent or "-",
+                ":parts": parts,
+                ":enc": encoding,
+            },
+            names={"#parts": "parts", "#enc": "encoding"},  # DynamoDB reserves some plain words
+            lease_token=lease_token,
+        )
+
+    def mark_waiting(
+        self, sale_id: str, fan_id: str, send_after: float, reason: str, *, lease_token: str | _Any | None
+    ) -> bool:
+        """sending → pending until ``send_after`` (the fan's quiet hours came first): the scheduler
+        takes it again when that time comes, and checks the window again. No attempt is spent."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SENDING,
+            PENDING,
+            "SET #s = :to, sendAfter = :after, lastError = :r, gsi1pk = :gpk, gsi1sk = :gsk "
+            "REMOVE leaseUntil, leaseToken, notBefore",
+            {
+                ":after": int(send_after),
+                ":r": reason[:500],
+                ":gpk": pending_index(sale_id, self.shard_of(fan_id)),
+                ":gsk": pending_sort(send_after, fan_id),
             },
             lease_token=lease_token,
         )

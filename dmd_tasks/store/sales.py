@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dmd_tasks.domain.entities import Entity, Sale, SaleStatus
-from dmd_tasks.store.codec import iso, new_lease
+from dmd_tasks.domain.entities import MAX_OFFSET_SECONDS, Entity, Sale, SaleStatus, parse_instant
+from dmd_tasks.store.codec import deserialize, iso, new_lease
 from dmd_tasks.store.keys import (
     ACTIVE_SALES,
     GSI1,
@@ -73,8 +73,53 @@ class SaleRecords:
         )
 
     def due(self, now: float) -> list[dict[str, Any]]:
-        """Sales whose notify time has come (sparse index: only waiting sales are in it)."""
-        return self._index_upto(SALES_WAITING, iso(now))
+        """Sales whose notify time has come (sparse index: only waiting sales are in it), and
+        sales whose notify time cannot be read: those carry ``notifyAtError`` (the reason).
+
+        The index sorts notify times as the product wrote them; one written with an offset sorts
+        up to 14 hours from its instant, so the query reaches that far ahead and each time is
+        parsed and compared as an instant.
+        """
+        found: list[dict[str, Any]] = []
+        for page in self._table.query_pages(
+            what="query due sales",
+            IndexName=GSI1,
+            KeyConditionExpression="gsi1pk = :pk AND gsi1sk <= :upto",
+            ExpressionAttributeValues={
+                ":pk": {"S": SALES_WAITING},
+                ":upto": {"S": iso(now + MAX_OFFSET_SECONDS)},
+            },
+            Limit=100,
+        ):
+            for item in (deserialize(i) for i in page.get("Items", [])):
+                try:
+                    if parse_instant(item.get("notifyAt")) <= now:
+                        found.append(item)
+                except ValueError as exc:
+                    found.append({**item, "notifyAtError": str(exc)})
+        return found
+
+    def refuse(self, sale_id: str, reason: str, now: float) -> bool:
+        """waiting → failed with ``reason`` (its notify time cannot be read): visibly, once, instead of
+        being looked at on every tick. A re-save with a readable time makes it waiting again."""
+        return self._to_failed(sale_id, SaleStatus.WAITING, reason, now)
+
+    def _to_failed(self, sale_id: str, source: SaleStatus, reason: str, now: float) -> bool:
+        """``source`` → failed with ``reason``, out of the sale indexes."""
+        done = self._table.update(
+            sale_key(sale_id),
+            what=f"fail sale {sale_id}",
+            update="SET #s = :failed, reason = :r, failedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
+            condition="#s = :from",
+            names=_STATUS,
+            values={
+                ":failed": SaleStatus.FAILED.value,
+                ":from": source.value,
+                ":r": reason[:500],
+                ":now": iso(now),
+            },
+        )
+        return done is not None
 
     def stalled(self, now: float) -> list[dict[str, Any]]:
         """Sales being generated whose generator lease expired (its worker died)."""
@@ -334,22 +379,7 @@ class SaleRecords:
     def fail(self, sale_id: str, reason: str, now: float) -> bool:
         """generating → failed (e.g. its campaign is missing or invalid). It stays active until the
         reconciler has seen every notification it already had reach a final status."""
-        failed = (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"fail sale {sale_id}",
-                update="SET #s = :failed, reason = :r, failedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
-                condition="#s = :gen",
-                names=_STATUS,
-                values={
-                    ":failed": SaleStatus.FAILED.value,
-                    ":gen": SaleStatus.GENERATING.value,
-                    ":r": reason[:500],
-                    ":now": iso(now),
-                },
-            )
-            is not None
-        )
+        failed = self._to_failed(sale_id, SaleStatus.GENERATING, reason, now)
         if failed:
             self._end_run(sale_id, SaleStatus.FAILED.value, reason)
         return failed

@@ -140,18 +140,36 @@ class DemandTable:
 
     def existing_keys(self, keys: list[Key], pool: Executor | None = None) -> list[Key]:
         """Which of these keys name an item (BatchGetItem, 100 keys a call; with ``pool``, concurrently)."""
+        return [{"pk": i["pk"], "sk": i["sk"]} for i in self.get_items(keys, ("pk", "sk"), pool)]
+
+    def get_items(
+        self, keys: list[Key], attributes: Iterable[str], pool: Executor | None = None
+    ) -> list[dict[str, Any]]:
+        """``attributes`` of the items these keys name, for those that exist (BatchGetItem, 100
+        keys a call; with ``pool``, concurrently)."""
+        names = {f"#a{n}": name for n, name in enumerate(attributes)}
         slices = [
             [serialize(k) for k in keys[start : start + BATCH_GET_MAX_KEYS]]
             for start in range(0, len(keys), BATCH_GET_MAX_KEYS)
         ]
-        found: list[Key] = []
-        for part in pool.map(self._batch_get, slices) if pool is not None else map(self._batch_get, slices):
-            found.extend(part)
+
+        def get(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return self._batch_get(part, names)
+
+        found: list[dict[str, Any]] = []
+        for items in pool.map(get, slices) if pool is not None else map(get, slices):
+            found.extend(items)
         return found
 
-    def _batch_get(self, keys: list[dict[str, Any]]) -> list[Key]:
-        pending: dict[str, Any] = {self.name: {"Keys": keys, "ProjectionExpression": "pk, sk", "ConsistentRead": True}}
-        found: list[Key] = []
+    def _batch_get(self, keys: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+        request = {
+            "Keys": keys,
+            "ProjectionExpression": ", ".join(names),
+            "ExpressionAttributeNames": names,
+            "ConsistentRead": True,
+        }
+        pending: dict[str, Any] = {self.name: request}
+        found: list[dict[str, Any]] = []
         delay = 0.05
         while pending:
             try:

@@ -13,7 +13,7 @@ from datetime import time as clock
 from typing import Any
 
 from dmd_tasks.domain.campaigns import Campaign, SendWindow
-from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.domain.entities import TERMINAL_STATUSES, Demand, Event, Sale
 from dmd_tasks.ops.progress import count_by_status
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.campaigns import open_campaign_store
@@ -23,7 +23,7 @@ from dmd_tasks.store.table import DemandTable
 
 FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
 KILLS = int(os.environ.get("DMD_CHAOS_KILLS", "5"))
-TERMINAL = ("delivered", "undelivered", "failed")
+TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 #: Short leases, sweeps and visibility so that damage heals within the test's patience.
 CHAOS_ENV = {
     "DMD_CLAIM_INTERVAL_SECONDS": "1",

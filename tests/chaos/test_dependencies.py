@@ -11,7 +11,8 @@ heals it, and then requires:
   (default 300) after the heal;
 - nobody messaged twice, per the SMS simulator; nothing lost; no notification over its attempts.
 
-With the provider failing every call, "failed" (attempts exhausted) is an allowed outcome, but final.
+With the provider failing or throttling every call, not one notification may fail: its circuit
+pauses sending instead of spending attempts.
 Each prints its figures, e.g.
 
     [chaos] redis-frozen {"final": 120, "duplicates": 0, "lost": 0, "died": {}, ...}
@@ -43,6 +44,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
 OUTAGE_SECONDS = float(os.environ.get("DMD_CHAOS_OUTAGE_SECONDS", "20"))
 FINAL_TIMEOUT_SECONDS = float(os.environ.get("DMD_CHAOS_FINAL_TIMEOUT_SECONDS", "300"))
+#: How long the provider answers 429 to everything in the throttling scenario (`make chaos`: 120).
+THROTTLE_SECONDS = float(os.environ.get("DMD_CHAOS_THROTTLE_SECONDS", str(OUTAGE_SECONDS)))
 #: Sending takes about 30 s at this rate, so the outage starts while the sale is under way.
 RATE = max(2.0, FANS / 30)
 #: Statuses that show the send stage has started on the sale.
@@ -128,8 +131,12 @@ def run_outage(
     sim: Any,
     damage: Callable[[], None],
     heal: Callable[[], None],
+    *,
+    outage_seconds: float = OUTAGE_SECONDS,
+    none_failed: bool = False,
 ) -> None:
-    """A sale; ``damage`` once sending has begun; ``heal`` after the outage; then the checks."""
+    """A sale; ``damage`` once sending has begun; ``heal`` after the outage; then the checks
+    (``none_failed``: not one notification may fail before the provider accepted it)."""
     sale_id, _ = start_sale(settings, FANS, rate=RATE)
     wait_until(
         lambda: sum(counts(settings, sale_id).get(s, 0) for s in SENDING_BEGUN) > 0,
@@ -139,7 +146,7 @@ def run_outage(
     status_at_fault = counts(settings, sale_id)
     proxied.fault_started = time.monotonic()
     damage()
-    time.sleep(OUTAGE_SECONDS)
+    time.sleep(outage_seconds)
     status_at_heal = counts(settings, sale_id)
     heal()
     healed = time.monotonic()
@@ -162,7 +169,7 @@ def run_outage(
         0,
         final=sum(counts(settings, sale_id).get(s, 0) for s in TERMINAL),
         final_seconds_after_heal=final_after,
-        outage_seconds=OUTAGE_SECONDS,
+        outage_seconds=outage_seconds,
         died=died,
         died_seconds_after_fault={n: t for n, (t, _) in proxied.died_at.items()},
         status_at_fault=status_at_fault,
@@ -178,6 +185,8 @@ def run_outage(
     assert final_after is not None, f"not every notification final {FINAL_TIMEOUT_SECONDS:.0f}s after the heal"
     assert result["lost"] == 0, result
     assert result["duplicates"] == 0, result
+    if none_failed:  # every fan's SMS reached the provider (a "failed" receipt after that is the carrier's)
+        assert result["provider_accepted"] == FANS, result
     assert result["terminal"] == result["notifications"] == FANS, result
     assert result["max_attempts"] <= settings.max_send_attempts, result
 
@@ -207,7 +216,8 @@ def test_aws_endpoint_unreachable_during_a_sale(proxied, settings, sim) -> None:
 
 @pytest.mark.timeout(TIMEOUT)
 def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    """Every send answered 500/503 for the outage: notifications may end "failed" (attempts spent), but final."""
+    """Every send answered 500/503 for the outage: the provider's circuit pauses sending instead of
+    spending attempts, so not one notification fails."""
     run_outage(
         "sms-provider-down",
         proxied,
@@ -215,4 +225,21 @@ def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -
         sim,
         lambda: sim.configure(sms={"error_rate": 1.0}),
         lambda: sim.configure(sms={"error_rate": 0}),
+        none_failed=True,
+    )
+
+
+@pytest.mark.timeout(int(THROTTLE_SECONDS + FINAL_TIMEOUT_SECONDS + 240))
+def test_sms_provider_throttling_every_call_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    """Every send answered 429 + Retry-After for DMD_CHAOS_THROTTLE_SECONDS (`make chaos`: two
+    minutes): a 429 spends no attempt, so not one notification fails."""
+    run_outage(
+        "sms-provider-throttling",
+        proxied,
+        settings,
+        sim,
+        lambda: sim.configure(sms={"throttle_rate": 1.0, "throttle_retry_after": 2}),
+        lambda: sim.configure(sms={"throttle_rate": 0}),
+        outage_seconds=THROTTLE_SECONDS,
+        none_failed=True,
     )

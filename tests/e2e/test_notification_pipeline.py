@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from datetime import time as clock
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-TERMINAL = {"delivered", "undelivered", "failed"}
+TERMINAL = {"delivered", "undelivered", "failed", "duplicate"}
 ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
 
 
@@ -72,12 +73,16 @@ def new_sale(
     rate: float = 50.0,
     template: str = "{{ event_name }} on sale now: {{ short_url }}",
     optouts: tuple[str, ...] = (),
+    raw_rows: Callable[[str], list[dict[str, Any]]] | None = None,
 ) -> tuple[str, Event]:  # type: ignore[no-untyped-def]
+    """A due sale of ``fans`` (and of ``raw_rows(event_id)``: demand items written as they are)."""
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
     event = Event(id=f"ev{run}", name=f"Show {run}", url=f"https://www.ticketmaster.com/e/{run}")
     table.put_items([item(event)])
     table.put_items(item(Demand(eventId=event.id, **fan)) for fan in fans)
+    if raw_rows is not None:
+        table.put_items(raw_rows(event.id))
     DemandRecords(table).add_optouts(optouts, time.time())
     sale_id = f"sale{run}"
     open_campaign_store(settings).put(
@@ -85,6 +90,51 @@ def new_sale(
     )
     table.put_items([item(Sale(id=sale_id, eventId=event.id, notifyAt=iso(time.time())))])
     return sale_id, event
+
+
+def test_real_world_rows_one_sms_per_phone_and_a_bad_row_stops_nobody(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    table, notifications, sales = records
+    # Given twelve fans: three share one number written three ways, and three rows are bad (a time
+    # zone stored as a number, a phone stored as a list, no fan id at all)
+    audience = fans(12)
+    shared = audience[0]["phone"]
+    audience[5]["phone"] = f"{shared[:2]} {shared[2:5]} {shared[5:8]} {shared[8:]}"
+    audience[9]["phone"] = f"{shared}\n"
+    bad = {"tznum": f"{shared[:-4]}9001", "phonelist": f"{shared[:-4]}9002", "nofan": f"{shared[:-4]}9003"}
+
+    def bad_rows(event_id: str) -> list[dict[str, Any]]:
+        return [
+            {**item(Demand(eventId=event_id, fanId="tznum", phone=bad["tznum"])), "timezone": Decimal(5)},
+            {**item(Demand(eventId=event_id, fanId="phonelist", phone=shared)), "phone": [bad["phonelist"]]},
+            {
+                "pk": f"EVENT#{event_id}",
+                "sk": "DEMAND#nofan",
+                "entity": "DEMAND",
+                "eventId": event_id,
+                "phone": bad["nofan"],
+            },
+        ]
+
+    sale_id, _ = new_sale(settings, audience, raw_rows=bad_rows)
+
+    # When the sale runs, every notification ends final and the sale is generated
+    counts = wait_until(
+        lambda: all_terminal(notifications, sales, sale_id, 14), timeout=120, what="every notification final"
+    )
+
+    # Then the shared number got one SMS (the first fan's); the other two are duplicates naming that fan
+    assert sim.sms_messages_to(shared) == 1
+    assert counts["duplicate"] == 2
+    for fan in ("fan5", "fan9"):
+        duplicate = table.get(notification_key(sale_id, fan), what="test") or {}
+        assert (duplicate["status"], duplicate["duplicateOf"]) == ("duplicate", "fan0")
+    # and every other good fan got theirs; the bad rows failed with their reasons, without a call
+    provider = sim.sms_sale(sale_id)
+    assert provider["accepted"] == provider["recipients"] == 10 and provider["duplicates"] == 0
+    for fan, words in (("tznum", "time zone"), ("phonelist", "phone number")):
+        failed = table.get(notification_key(sale_id, fan), what="test") or {}
+        assert failed["status"] == "failed" and words in failed["reason"], failed
+    assert all(sim.sms_messages_to(phone) == 0 for phone in bad.values())
 
 
 def fans(n: int, tz: str = "UTC", prefix: str | None = None) -> list[dict[str, Any]]:
@@ -135,7 +185,7 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
 
     # And the invalid number failed with its reason, without a call
     bad = table.get(notification_key(sale_id, "fan25"), what="test") or {}
-    assert bad["status"] == "failed" and "E.164" in bad["reason"]
+    assert bad["status"] == "failed" and "invalid phone number" in bad["reason"]
 
     # And the event got its short URL on the way, and the message carried it
     assert (EventRecords(table).get(event.id) or event).short_url

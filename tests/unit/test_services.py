@@ -23,7 +23,8 @@ CLIENTS = (
     "shortener",
     "sms",
     "redis",
-    "sms_rate_limiter",
+    "sms_throttle",
+    "sms_circuit",
 )
 
 
@@ -46,10 +47,11 @@ def test_the_clients_are_built_from_the_services_own_settings(stack) -> None:  #
 
 
 def test_the_send_rate_limit_is_shared_by_every_services(settings, stack) -> None:  # type: ignore[no-untyped-def]
-    # Given one process's sender took a slot of a 1-a-second limit
-    Services(settings).sms_rate_limiter.acquire(1, timeout_seconds=5)
+    # Given one process's sender took a slot of a sale's 1-a-second campaign rate
+    sale = f"s{uuid.uuid4().hex[:8]}"
+    Services(settings).sms_throttle.campaign(sale).acquire(1, timeout_seconds=5)
     # Then another's (another worker process) has to wait for the next second
-    assert Services(settings).sms_rate_limiter.try_acquire(1) > 0
+    assert Services(settings).sms_throttle.campaign(sale).try_acquire(1) > 0
 
 
 def test_a_process_has_one_services_built_from_its_settings(settings) -> None:  # type: ignore[no-untyped-def]

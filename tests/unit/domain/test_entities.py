@@ -1,4 +1,4 @@
-"""Entities: id validation where they are built, phone numbers in E.164, and the status sets (no network)."""
+"""Entities: id validation where they are built, notify times, and the status sets (no network)."""
 
 from __future__ import annotations
 
@@ -14,49 +14,7 @@ from dmd_tasks.domain.entities import (
     Sale,
     SaleStatus,
     ShortenRequest,
-    is_e164,
 )
-
-
-@pytest.mark.parametrize("phone", ["+15550001234", "+12345678", "+123456789012345", "+447700900123"])
-def test_e164_numbers_are_accepted(phone: str) -> None:
-    assert is_e164(phone)
-
-
-@pytest.mark.parametrize(
-    "phone",
-    [
-        "+15550001234\n",  # nothing after the number, not even a newline
-        " +15550001234",
-        "15550001234",  # no "+"
-        "+05550001234",  # a country code never starts with 0
-        "+1234567",  # 7 digits: too short
-        "+1234567890123456",  # 16 digits: too long
-        "+1 555 000 1234",
-        "+1-555-000-1234",
-        "",
-        "+",
-    ],
-)
-def test_anything_else_is_not_e164(phone: str) -> None:
-    assert not is_e164(phone)
-
-
-@pytest.mark.parametrize(
-    "phone",
-    [
-        "+1555\u0660\u0660\u06601234",  # Arabic-Indic zeros
-        "+1\uff15\uff15\uff15\uff10\uff10\uff10\uff11\uff12\uff13\uff14",  # full-width digits
-        "+1555000\u09e7234",  # a Bengali one
-    ],
-)
-def test_e164_digits_are_ascii_only(phone: str) -> None:
-    assert not is_e164(phone)
-
-
-@pytest.mark.parametrize("phone", [None, 15550001234, b"+15550001234"])
-def test_non_strings_are_not_e164(phone: object) -> None:
-    assert not is_e164(phone)
 
 
 def test_event_reads_its_stored_item_by_alias_and_ignores_the_keys() -> None:
@@ -121,11 +79,12 @@ def test_sale_refuses_malformed_sale_or_event_ids(sale_id: str, event_id: str) -
         Sale(id=sale_id, eventId=event_id, notifyAt="2026-11-25T10:00:00Z")
 
 
-def test_only_delivered_undelivered_and_failed_are_terminal() -> None:
+def test_only_delivered_undelivered_failed_and_duplicate_are_terminal() -> None:
     assert {
         NotificationStatus.DELIVERED,
         NotificationStatus.UNDELIVERED,
         NotificationStatus.FAILED,
+        NotificationStatus.DUPLICATE,
     } == TERMINAL_STATUSES
     for status in (NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING):
         assert status not in TERMINAL_STATUSES
@@ -141,7 +100,16 @@ def test_status_and_entity_values_are_the_strings_stored_in_the_table() -> None:
         "delivered",
         "undelivered",
         "failed",
+        "duplicate",
     ]
     assert [s.value for s in SaleStatus] == ["waiting", "generating", "generated", "failed"]
-    assert {e.value for e in Entity} == {"EVENT", "DEMAND", "SALE", "SALE_RUN", "NOTIFICATION", "OPTOUT"}
+    assert {e.value for e in Entity} == {
+        "EVENT",
+        "DEMAND",
+        "SALE",
+        "SALE_RUN",
+        "NOTIFICATION",
+        "OPTOUT",
+        "PHONE_CLAIM",
+    }
     assert NotificationStatus("sent") == "sent"  # StrEnum: compares equal to what DynamoDB returns

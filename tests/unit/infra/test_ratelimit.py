@@ -112,3 +112,18 @@ def test_a_rate_below_one_a_second_spaces_grants_by_one_over_the_rate(client: re
 
     # at 0.5 a second the next call may go two seconds after the first, not one
     assert wait >= 1.9
+
+
+def test_a_call_of_several_parts_takes_that_many_units_of_the_window(client: redis.Redis, key: str) -> None:
+    limiter = SharedRateLimiter(client, key, window_seconds=30)
+    assert limiter.try_acquire(10, weight=6) == 0
+    assert limiter.try_acquire(10, weight=5) > 0  # 6 + 5 > 10
+    assert limiter.try_acquire(10, weight=4) == 0  # 6 + 4 = 10
+    assert limiter.try_acquire(10, weight=1) > 0
+    assert client.zcard(key) == 10
+
+
+def test_a_call_heavier_than_the_whole_limit_goes_alone_into_an_empty_window(client: redis.Redis, key: str) -> None:
+    limiter = SharedRateLimiter(client, key, window_seconds=30)
+    assert limiter.try_acquire(3, weight=5) == 0  # would never fit otherwise
+    assert limiter.try_acquire(3, weight=1) > 0

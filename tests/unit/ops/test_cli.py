@@ -83,6 +83,7 @@ def test_status_prints_the_sales_notifications_by_status(settings, stack) -> Non
         "delivered": "3",
         "undelivered": "0",
         "failed": "0",
+        "duplicate": "0",
         "total": "6",
     }
 

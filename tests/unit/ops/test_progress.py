@@ -104,6 +104,7 @@ def test_sale_progress_reports_every_status_with_zeros_and_the_sales_status(own:
         "delivered",
         "undelivered",
         "failed",
+        "duplicate",
     ]
 
 
@@ -142,5 +143,6 @@ def test_the_status_table_has_a_row_per_status_and_the_total(own: Settings) -> N
         "delivered": "2",
         "undelivered": "0",
         "failed": "0",
+        "duplicate": "0",
         "total": "6",
     }

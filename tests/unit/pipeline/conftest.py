@@ -76,7 +76,14 @@ class Outbox:
     event_id: str
 
     def add(
-        self, fan_id: str, *, phone: str | None = None, attempts: int = 0, status: str = "scheduled"
+        self,
+        fan_id: str,
+        *,
+        phone: str | None = None,
+        attempts: int = 0,
+        status: str = "scheduled",
+        tz: str = "UTC",
+        expires_at: float | None = None,
     ) -> tuple[str, str]:
         """A notification of this sale (generated ``pending``, then moved as a stage would); returns
         (notification id, phone)."""
@@ -88,9 +95,10 @@ class Outbox:
             event_id=self.event_id,
             fan_id=fan_id,
             phone=phone,
-            tz="UTC",
+            tz=tz,
             send_after=now - 1,
             now=now,
+            expires_at=expires_at,
         )
         self.services.table.put_items([{**new, "attempts": attempts}])
         if status in ("scheduled", "sending"):
@@ -111,7 +119,11 @@ def outbox(services: Services) -> Callable[..., Outbox]:
     unless ``campaign=False``) to add notifications to."""
 
     def make(
-        *, rate: float = 50.0, template: str = "{{ event_name }}: {{ short_url }}", campaign: bool = True
+        *,
+        rate: float = 50.0,
+        template: str = "{{ event_name }}: {{ short_url }}",
+        campaign: bool = True,
+        window: SendWindow = ALWAYS_OPEN,
     ) -> Outbox:
         run = new_run()
         event = Event(
@@ -121,7 +133,7 @@ def outbox(services: Services) -> Callable[..., Outbox]:
         sale_id = f"sale{run}"
         if campaign:
             services.campaigns.put(
-                Campaign(saleId=sale_id, eventId=event.id, template=template, window=ALWAYS_OPEN, ratePerSecond=rate)
+                Campaign(saleId=sale_id, eventId=event.id, template=template, window=window, ratePerSecond=rate)
             )
         return Outbox(services, sale_id, event.id)
 

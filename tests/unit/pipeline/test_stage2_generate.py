@@ -180,7 +180,7 @@ def test_opted_out_fans_get_nothing_and_invalid_phones_fail_at_birth(
     assert fans[0]["fanId"] not in by_fan
     assert {by_fan[f["fanId"]]["status"] for f in fans[1:]} == {"pending"}
     assert by_fan["fan999"]["status"] == "failed"
-    assert "E.164" in by_fan["fan999"]["reason"]
+    assert "no country code" in by_fan["fan999"]["reason"]
     assert "gsi1pk" not in by_fan["fan999"]  # never found by the scheduler
 
 

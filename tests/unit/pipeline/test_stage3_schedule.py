@@ -37,7 +37,7 @@ def test_the_scheduler_releases_no_more_than_the_rate_budget_per_tick(
     services: Services, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:
     sale_id = generated(services, seed_sale, 30, rate=4)  # 4/s x 2 s interval = 8 a tick
-    run_tick(services)
+    run_tick(services, sale_ids=[sale_id])
     statuses = [i["status"] for i in sale_notifications(services, sale_id)]
     assert statuses.count("scheduled") == 8
     assert statuses.count("pending") == 22
@@ -70,3 +70,56 @@ def test_a_window_closed_since_generation_defers_to_its_next_opening(
         for shard in services.notifications.shards()
         for i in services.notifications.due_pending(sale_id, shard, now, 10)
     ] == []
+
+
+def capped(services: Services) -> Services:
+    """The same services with an account cap of 20 parts a second."""
+    return Services(services.settings.model_copy(update={"sms_account_parts_per_second": 20.0}))
+
+
+def test_sales_share_the_account_cap_a_slow_one_gets_its_rate_a_fast_one_the_rest(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given an account capped at 20 parts a second, a 4/s sale and a 50/s sale, one part a message
+    services = capped(services)
+    interval = services.settings.schedule_interval_seconds
+    slow = generated(services, seed_sale, 30, rate=4)
+    fast = generated(services, seed_sale, 80, rate=50)
+
+    # When one tick runs over both
+    result = run_tick(services, sale_ids=[fast, slow])
+
+    # Then the slow sale gets its own rate, the fast one what is left of the cap, and no more in all
+    def scheduled(sale_id: str) -> int:
+        return sum(1 for i in sale_notifications(services, sale_id) if i["status"] == "scheduled")
+
+    assert scheduled(slow) == 4 * interval
+    assert scheduled(fast) == (20 - 4) * interval
+    assert result.scheduled == 20 * interval
+
+
+def test_what_a_sale_leaves_unused_goes_to_the_others(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    services = capped(services)
+    interval = services.settings.schedule_interval_seconds
+    small = generated(services, seed_sale, 2, rate=50)  # asks for much, has two
+    big = generated(services, seed_sale, 80, rate=50)
+    run_tick(services, sale_ids=[small, big])
+    statuses = [i["status"] for i in sale_notifications(services, big)]
+    assert statuses.count("scheduled") == 20 * interval - 2
+
+
+def test_a_pending_notification_past_its_validity_ends_expired(services: Services, seed_sale: Seed) -> None:
+    sale_id = generated(services, seed_sale, 2)
+    now = time.time()
+    later = now + 4 * 3600 + 60  # the campaign's default validity is four hours
+    result = TickResult()
+    schedule_sale(services, sale_id, later, 2.0, result)
+    assert result.expired == 2 and result.scheduled == 0
+    items = [
+        i
+        for shard in services.notifications.shards()
+        for i in services.notifications.due_pending(sale_id, shard, later, 10)
+    ]
+    assert items == []

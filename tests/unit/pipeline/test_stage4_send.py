@@ -7,18 +7,32 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from datetime import time as clock
 from typing import Any
 
 import pytest
 import redis
 from botocore.exceptions import EndpointConnectionError
 
+from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.infra.ratelimit import SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
-from dmd_tasks.services import SMS_RATE_KEY, Services
+from dmd_tasks.services import Services, sms_account
 
 Outboxes = Callable[..., Any]
+
+
+def healthy(services: Services, calls: int = 10) -> None:
+    """Calls the provider answered well, in its circuit's window: a failure now is the message's own."""
+    for _ in range(calls):
+        services.sms_circuit.succeeded(services.sms_circuit.before_call())
+
+
+def provider_errors(sim) -> int:  # type: ignore[no-untyped-def]
+    """5xx answers the SMS simulator gave so far."""
+    return sum(v for k, v in sim.stats()["sms"].items() if k.startswith("responses_5"))
 
 
 def claim_one(services: Services, notification_id: str) -> dict[str, Any]:
@@ -120,6 +134,7 @@ def test_a_provider_error_schedules_a_retry_with_one_more_attempt(
 ) -> None:  # type: ignore[no-untyped-def]
     box = outbox()
     nid, phone = box.add("fan1")
+    healthy(services)  # the provider answers other calls well
     faults("sms", error_rate=1.0)
     before = time.time()
 
@@ -134,24 +149,126 @@ def test_a_provider_error_schedules_a_retry_with_one_more_attempt(
     assert sim.sms_messages_to(phone) == 0
 
 
-def test_a_rate_limited_send_waits_for_the_providers_retry_after(services: Services, outbox: Outboxes, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_throttled_send_spends_no_attempt_and_pauses_every_sender(
+    services: Services, outbox: Outboxes, faults, sim
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a provider that answers 429 with Retry-After: 7
     box = outbox()
     nid, _ = box.add("fan1")
+    other, other_phone = box.add("fan2")
     faults("sms", throttle_rate=1.0, throttle_retry_after=7)
     before = time.time()
 
-    assert send_claimed(services, nid, claim_one(services, nid), set()) == "retry"
+    # When one send meets it
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == "not-attempted"
 
+    # Then the notification waits the provider's time without spending an attempt
     retry = box.item("fan1")
-    assert (retry["status"], retry["attempts"]) == ("scheduled", 1)
+    assert (retry["status"], retry["attempts"]) == ("scheduled", 0)
     assert retry["notBefore"] >= before + 7
     assert "429" in retry["lastError"]
+    # and every sender (another process here) pauses: the next send does not call the provider
+    assert Services(services.settings).sms_circuit.state() == "open"
+    faults("sms", throttle_rate=0.0)
+    assert send_claimed(Services(services.settings), other, claim_one(services, other), set()) == "not-attempted"
+    assert "paused" in box.item("fan2")["lastError"]
+    assert box.item("fan2")["attempts"] == 0
+    assert sim.sms_messages_to(other_phone) == 0
+
+
+def test_a_provider_failing_most_calls_spends_no_attempt_and_a_probe_closes_its_circuit(
+    stack, outbox: Outboxes, faults, sim
+) -> None:  # type: ignore[no-untyped-def]
+    # Given senders whose circuit opens after 4 failures at half the calls or more, for one second,
+    # and a provider that answered the last four calls well
+    services = Services(load_settings(circuit_min_calls=4, circuit_open_seconds=1.0))
+    box = outbox()
+    ids = [box.add(f"fan{i}")[0] for i in range(8)]
+    healthy(services, calls=4)
+    faults("sms", error_rate=1.0)
+
+    # When the provider fails every call
+    errors_before = provider_errors(sim)
+    outcomes = [send_claimed(services, nid, claim_one(services, nid), set()) for nid in ids[:6]]
+
+    # Then the first three failures, while most calls still succeeded, are the messages' own (an
+    # attempt each); the fourth makes failures half the calls and four in all: the provider's (no
+    # attempt), and it opens the circuit; the fifth and sixth do not reach the provider at all
+    assert outcomes == ["retry", "retry", "retry", "not-attempted", "not-attempted", "not-attempted"]
+    assert [box.item(f"fan{i}")["attempts"] for i in range(6)] == [1, 1, 1, 0, 0, 0]
+    assert services.sms_circuit.state() == "open"
+    assert "paused" in box.item("fan5")["lastError"]
+    assert provider_errors(sim) - errors_before == 4
+
+    # And once it answers again, after the pause one probe goes through and closes the circuit
+    faults("sms", error_rate=0.0)
+    time.sleep(1.1)
+    assert services.sms_circuit.state() == "half-open"
+    assert send_claimed(services, ids[6], claim_one(services, ids[6]), set()) == "sent"
+    assert services.sms_circuit.state() == "closed"
+    assert send_claimed(services, ids[7], claim_one(services, ids[7]), set()) == "sent"
+
+
+def test_a_send_that_would_land_in_quiet_hours_waits_for_the_window(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a notification scheduled while its fan's window was open, sent after it closed
+    hour = datetime.now(UTC).hour
+    window = SendWindow(start=clock((hour + 2) % 24), end=clock((hour + 3) % 24))
+    box = outbox(window=window)
+    nid, phone = box.add("fan1", attempts=1)
+    before = time.time()
+
+    # Then it is not sent: it goes back to pending until the window opens, attempts unchanged
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == "quiet-hours"
+    back = box.item("fan1")
+    assert (back["status"], back["attempts"]) == ("pending", 1)
+    assert back["sendAfter"] == int(window.next_open_ts(before, "UTC"))
+    assert back["gsi1pk"].startswith("PENDING#")
+    assert not {"leaseUntil", "leaseToken"} & set(back)
+    assert sim.sms_messages_to(phone) == 0
+
+
+def test_a_notification_past_its_validity_ends_expired(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+    box = outbox()
+    nid, phone = box.add("fan1", expires_at=time.time() - 1)
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == "failed"
+    failed = box.item("fan1")
+    assert failed["status"] == "failed" and failed["reason"].startswith("expired")
+    assert sim.sms_messages_to(phone) == 0
+
+
+@pytest.mark.parametrize(
+    ("template", "encoding", "parts"),
+    [
+        ("{{ event_name }}: {{ short_url }}", "GSM-7", 1),
+        ("{{ event_name }} \u2764 {{ short_url }}", "UCS-2", 1),
+        ("{{ short_url }} " + "x" * 200, "GSM-7", 2),
+        ("{{ short_url }} \u2764" + "x" * 60, "UCS-2", 2),
+    ],
+)
+def test_a_sent_notification_records_its_parts_and_encoding(
+    services: Services, outbox: Outboxes, template: str, encoding: str, parts: int
+) -> None:
+    box = outbox(template=template.encode().decode("unicode_escape"))
+    nid, _ = box.add("fan1")
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == "sent"
+    sent = box.item("fan1")
+    assert (sent["encoding"], sent["parts"]) == (encoding, parts)
+
+
+def test_a_message_over_the_part_limit_fails_with_the_reason(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+    services = Services(load_settings(max_message_parts=1))
+    box = outbox(template="{{ short_url }} " + "x" * 200)
+    nid, phone = box.add("fan1")
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == "failed"
+    assert "2 SMS parts" in box.item("fan1")["reason"]
+    assert sim.sms_messages_to(phone) == 0
 
 
 def test_the_last_attempt_fails_for_good(services: Services, outbox: Outboxes, faults) -> None:  # type: ignore[no-untyped-def]
     box = outbox()
     nid, _ = box.add("fan1", attempts=services.settings.max_send_attempts - 1)
     faults("sms", error_rate=1.0)
+    healthy(services)
 
     assert send_claimed(services, nid, claim_one(services, nid), set()) == "failed"
 
@@ -224,7 +341,7 @@ def test_a_dependency_down_before_the_provider_call_spends_no_attempt(
         raise EndpointConnectionError(endpoint_url="http://dynamodb.invalid")
 
     if down == "redis":
-        monkeypatch.setattr(services.sms_rate_limiter, "acquire", fail)
+        monkeypatch.setattr(services.sms_throttle, "acquire", fail)
     else:
         monkeypatch.setattr(services.events, "get", fail)
     before = time.time()
@@ -248,11 +365,14 @@ def test_every_send_takes_a_slot_of_the_limit_all_senders_share(services: Servic
     box = outbox()
     ids = [box.add(f"fan{i}")[0] for i in range(3)]
     owned = claim_batch(services, ids)
-    slots_before = set(services.redis.zrange(SMS_RATE_KEY, 0, -1))
+    account = f"dmd:rate:sms:{sms_account(services.settings)}"
+    slots_before = set(services.redis.zrange(account, 0, -1))
 
     assert [send_claimed(services, nid, item, set()) for nid, item in owned] == ["sent"] * 3
 
-    assert len(set(services.redis.zrange(SMS_RATE_KEY, 0, -1)) - slots_before) == 3
+    # one part each in the account's window, one message each in the sale's
+    assert len(set(services.redis.zrange(account, 0, -1)) - slots_before) == 3
+    assert services.redis.zcard(f"dmd:rate:sale:{box.sale_id}") == 3
 
 
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
@@ -262,7 +382,7 @@ def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(sta
     nid, phone = box.add("fan1")
     item = claim_one(impatient, nid)
     # When another process (another Services) has just taken this second's slot
-    Services(impatient.settings).sms_rate_limiter.acquire(1, timeout_seconds=5)
+    Services(impatient.settings).sms_throttle.campaign(box.sale_id).acquire(1, timeout_seconds=5)
     before = time.time()
 
     # Then this send is not made now but scheduled again, without spending an attempt (nothing reached the provider)

@@ -96,3 +96,11 @@ def test_the_task_applies_a_batch_and_counts_what_it_could_not_parse(services: S
     ]
     assert record_sms_status.run(batch) == {"opted-out": 1, "intermediate-ignored": 1, "invalid": 2}
     assert services.demand.opted_out([stopping]) == {stopping}
+
+
+def test_a_stop_from_any_format_of_the_number_is_honoured(services: Services) -> None:
+    digits = new_phone()[2:]
+    written = f"+1 ({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+    event = InboundEvent(type="inbound", sender=written, body="STOP", timestamp=iso(time.time()))
+    assert apply_event(services, event) == "opted-out"
+    assert services.demand.opted_out([f"+1{digits}"]) == {f"+1{digits}"}

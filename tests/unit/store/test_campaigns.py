@@ -89,3 +89,23 @@ def test_the_mongodb_store_reads_back_what_it_was_given() -> None:
     store.put(campaign)
     assert store.get(campaign.sale_id) == campaign
     assert store.get("missing") is None
+
+
+@pytest.mark.parametrize(
+    ("template", "parts"),
+    [
+        ("{{ short_url }} " + "€" * 460, 7),  # GSM-7, two septets each: 944 > 6 × 153
+        ("{{ short_url }} \u2764 " + "x" * 380, 7),  # one non-GSM character: UCS-2, 67 units a part
+    ],
+)
+def test_a_campaign_whose_message_would_take_too_many_parts_is_refused(
+    store: CampaignStore, template: str, parts: int
+) -> None:
+    refused = campaign(template=template)
+    with pytest.raises(InvalidCampaign, match=f"{parts} SMS parts"):
+        store.put(refused)
+    assert store.get(refused.sale_id) is None
+    # six parts are allowed
+    fits = campaign(template="{{ short_url }} \u2764 " + "x" * 370)  # UCS-2: 395 units, 6 × 67 = 402
+    store.put(fits)
+    assert store.get(fits.sale_id) == fits
