@@ -9,9 +9,10 @@ everyone instead of each worker spending its notifications' attempts against it:
   connection errors) at a rate of ``circuit_error_ratio`` or more, or the provider answered
   429, no call goes out for ``circuit_open_seconds`` (a 429: its ``Retry-After``, at least a
   second). A send that finds it open goes back to ``scheduled`` without spending an attempt.
-- **half-open**: after that, one caller at a time (a Redis key with a TTL, so a probe that
-  dies frees it) makes a probe call; success closes the circuit and clears the window,
-  failure opens it again.
+- **half-open** (after a pause for failures): one caller at a time (a Redis key with a TTL,
+  so a probe that dies frees it) makes a probe call; success closes the circuit and clears
+  the window, failure opens it again. After a 429's pause sending resumes at once: the
+  provider answered, and the rate limits keep every sender under the cap.
 
 A failure is the message's (it spends one of its attempts) only while the window shows the
 provider answering most calls well; a failure while most calls fail (before there are enough
@@ -95,10 +96,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-#: KEYS: open, tripped, probe; ARGV: open ms, tripped ttl ms, token. A 429: pause everyone.
+#: KEYS: open, tripped, probe; ARGV: open ms, tripped ttl ms, token. A 429: pause everyone for its
+#: Retry-After, then resume at once (the provider answered: it is up, only asking for less).
 _THROTTLED = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 return 1
 """

@@ -60,17 +60,21 @@ def test_an_open_circuit_refuses_calls_then_lets_one_probe_at_a_time(circuit: Pr
     assert not circuit.before_call().probe
 
 
-def test_a_429_pauses_every_caller_for_its_retry_after(circuit: ProviderCircuit) -> None:
+def test_a_429_pauses_every_caller_for_its_retry_after_then_sending_resumes(circuit: ProviderCircuit) -> None:
     permit = circuit.before_call()
     assert circuit.throttled(permit, 0.2) == 1.0  # at least a second
     assert circuit.state() == "open"
     with pytest.raises(ProviderPaused):
         circuit.before_call()
+    time.sleep(1.1)
+    assert circuit.state() == "closed"  # the provider answered: no probing, the rate limits pace us
+    assert not circuit.before_call().probe
 
 
 def test_a_probe_that_made_no_call_gives_its_turn_back(circuit: ProviderCircuit) -> None:
-    circuit.throttled(circuit.before_call(), 0)
-    time.sleep(1.1)
+    for _ in range(4):
+        circuit.failed(circuit.before_call())
+    time.sleep(0.6)
     probe = circuit.before_call()
     assert probe.probe
     circuit.release(probe)  # e.g. no rate-limit slot in time
