@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.sms import SmsClient, SmsSender
@@ -68,7 +70,16 @@ class Services:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
+        # One retry, at once, and only for a dropped connection (Redis restarted: the pooled socket
+        # is stale). redis-py's default also retries timeouts with backoff, so one call to a frozen
+        # Redis held its caller for 20 s: past a task's soft time limit, into its hard one.
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
 
     @cached_property
     def sms_throttle(self) -> SmsThrottle:
@@ -88,6 +99,7 @@ class Services:
                 min_calls=s.circuit_min_calls,
                 error_ratio=s.circuit_error_ratio,
                 open_seconds=s.circuit_open_seconds,
+                streak_failures=s.circuit_streak_failures,
                 probe_timeout_seconds=s.sms_timeout_seconds + 5,
             ),
         )

@@ -82,6 +82,10 @@ class BatchPublisher:
             call.kwargs,
             argsrepr=None,
             kwargsrepr=None,
+            # None: the task's own setting decides (task_ignore_result). Celery's default here is
+            # False, which made every bridge-published task store its result in Redis, so a Redis
+            # stall held each finished task in the result backend until its time limit.
+            ignore_result=None,
         )
         headers = {**message.headers, **call.headers}
         properties = dict(message.properties)

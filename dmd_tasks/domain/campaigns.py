@@ -112,14 +112,14 @@ class Campaign(BaseModel):
     def _template(cls, value: str) -> str:
         return check_template(value)
 
-    def estimated_segments(self, event_name: str | None = None) -> Segments:
-        """The parts the message will take, estimated before any fan's is rendered: the event's
-        name (or one of ``SAMPLE_EVENT_NAME_CHARS`` characters), a short URL, ids of typical length."""
+    def estimated_segments(self) -> Segments:
+        """The parts the message will take, estimated before any fan's is rendered: an event name of
+        ``SAMPLE_EVENT_NAME_CHARS`` characters, a short URL, ids of typical length."""
         return measure(
             render(
                 self.template,
                 {
-                    "event_name": event_name if event_name is not None else "E" * SAMPLE_EVENT_NAME_CHARS,
+                    "event_name": "E" * SAMPLE_EVENT_NAME_CHARS,
                     "short_url": "https://bit.ly/" + "x" * 7,
                     "sale_id": self.sale_id,
                     "fan_id": "f" * 16,

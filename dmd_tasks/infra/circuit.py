@@ -14,10 +14,12 @@ everyone instead of each worker spending its notifications' attempts against it:
   the window, failure opens it again. After a 429's pause sending resumes at once: the
   provider answered, and the rate limits keep every sender under the cap.
 
-A failure is the message's (it spends one of its attempts) only while the window shows the
-provider answering most calls well; a failure while most calls fail (before there are enough
-of them to open the circuit too), while the circuit is open or half-open, or that opened it,
-is the provider's, not the message's, and spends none. So a provider that stops answering
+A failure is the message's (it spends one of its attempts) only while the provider answers
+most calls well; a failure while most calls in the window fail (before there are enough of them
+to open the circuit too), after ``streak_failures`` failed calls in a row (the first seconds of an
+outage, while the window still holds the successes from before: without this, a message retried
+quickly could spend every attempt then), while the circuit is open or half-open, or that opened
+it, is the provider's, not the message's, and spends none. So a provider that stops answering
 fails no notification, however long it stays down; a message the provider keeps refusing
 with 5xx while it answers others still uses up its attempts (and one retried alone, with
 nobody else sending, ends ``failed`` "expired" at the end of its validity instead).
@@ -50,20 +52,28 @@ if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[1]) then return {1, 0} e
 return {2, math.min(math.max(redis.call('PTTL', KEYS[3]), 100), 1000)}
 """
 
-#: KEYS: bucket, open, tripped, probe, then the window's bucket keys; ARGV: ok (1/0), bucket ttl s,
-#: min calls, error ratio, open ms, tripped ttl ms, is probe (1/0), token.
+#: KEYS: bucket, open, tripped, probe, streak, then the window's bucket keys; ARGV: ok (1/0), bucket
+#: ttl s, min calls, error ratio, open ms, tripped ttl ms, is probe (1/0), token, streak length.
 #: Returns 1 when this failure opened the circuit, 2 when it was already open/half-open, 4 when the
-#: window shows the provider failing most calls but too few to open it yet, 0 otherwise.
+#: provider is failing (most calls in the window, or the last few calls in a row) but too few calls
+#: failed to open it yet, 0 otherwise.
 _RECORD = """
 local field = ARGV[1] == '1' and 'ok' or 'err'
 redis.call('HINCRBY', KEYS[1], field, 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 local probing = ARGV[7] == '1'
 if probing and redis.call('GET', KEYS[4]) == ARGV[8] then redis.call('DEL', KEYS[4]) end
+local streak = 0
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[5])
+else
+  streak = redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
+end
 if ARGV[1] == '1' then
   if probing then
     redis.call('DEL', KEYS[3])
-    for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+    for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
     return 3
   end
   return 0
@@ -75,7 +85,7 @@ if probing or redis.call('EXISTS', KEYS[3]) == 1 then
   return 2
 end
 local ok, err = 0, 0
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   local counts = redis.call('HMGET', KEYS[i], 'ok', 'err')
   ok = ok + (tonumber(counts[1]) or 0)
   err = err + (tonumber(counts[2]) or 0)
@@ -86,7 +96,7 @@ if failing and err >= tonumber(ARGV[3]) then
   redis.call('SET', KEYS[3], '1', 'PX', ARGV[6])
   return 1
 end
-if failing then return 4 end
+if failing or streak >= tonumber(ARGV[9]) then return 4 end
 return 0
 """
 
@@ -113,6 +123,9 @@ class CircuitSettings:
     error_ratio: float = 0.5
     open_seconds: float = 15.0
     probe_timeout_seconds: float = 10.0
+    #: Failed calls in a row (across every sender) after which a failure is the provider's even
+    #: though the window still holds the successes from before it went down.
+    streak_failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ class ProviderCircuit:
         self._config = config
         base = f"dmd:circuit:{provider}"
         self._open, self._tripped, self._probe, self._bucket = f"{base}:open", f"{base}:tripped", f"{base}:probe", base
+        self._streak = f"{base}:streak"
         self._before = client.register_script(_BEFORE)
         self._record = client.register_script(_RECORD)
         self._throttled = client.register_script(_THROTTLED)
@@ -172,7 +186,7 @@ class ProviderCircuit:
     def _outcome(self, permit: Permit, ok: bool) -> int:
         buckets = self._buckets(time.time())
         result = self._record(
-            keys=[buckets[-1], self._open, self._tripped, self._probe, *buckets],
+            keys=[buckets[-1], self._open, self._tripped, self._probe, self._streak, *buckets],
             args=[
                 1 if ok else 0,
                 int(self._config.window_seconds + self._config.bucket_seconds) + 1,
@@ -182,13 +196,22 @@ class ProviderCircuit:
                 self._tripped_ms(),
                 1 if permit.probe else 0,
                 permit.token,
+                self._config.streak_failures,
             ],
         )
         return int(result)
 
     def succeeded(self, permit: Permit) -> None:
-        """The provider answered (a send accepted, or a message refused on its own merits)."""
-        if self._outcome(permit, ok=True) == 3:
+        """The provider answered (a send accepted, or a message refused on its own merits).
+
+        Best effort: the call is done and its outcome must be recorded whatever Redis does, so a
+        Redis error here is logged, not raised (a probe's turn then expires on its own)."""
+        try:
+            outcome = self._outcome(permit, ok=True)
+        except redis.RedisError as exc:
+            log.warning("sms provider %s: could not record a success in the circuit (%s)", self.provider, exc)
+            return
+        if outcome == 3:
             PROVIDER_CIRCUIT.labels(self.provider, "closed").inc()
             log.warning("sms provider %s answers again: circuit closed", self.provider)
 

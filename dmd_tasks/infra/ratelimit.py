@@ -9,10 +9,12 @@ grant and the provider's receipt does not push the provider over its limit.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
 import redis
+from cachetools import LRUCache
 
 from dmd_tasks.domain.errors import NotAttempted
 
@@ -80,13 +82,16 @@ class SmsThrottle:
         self._client = client
         self._account = SharedRateLimiter(client, f"dmd:rate:sms:{account}")
         self._cap = account_parts_per_second
-
-    @property
-    def account_parts_per_second(self) -> float:
-        return self._cap
+        # one limiter per sale being sent, kept: a send must not register its script again
+        self._campaigns: LRUCache[str, SharedRateLimiter] = LRUCache(maxsize=256)
+        self._lock = threading.Lock()
 
     def campaign(self, sale_id: str) -> SharedRateLimiter:
-        return SharedRateLimiter(self._client, f"dmd:rate:sale:{sale_id}")
+        with self._lock:  # a batch's sends run on several threads
+            limiter = self._campaigns.get(sale_id)
+            if limiter is None:
+                limiter = self._campaigns[sale_id] = SharedRateLimiter(self._client, f"dmd:rate:sale:{sale_id}")
+            return limiter
 
     def acquire(self, sale_id: str, campaign_rate: float, parts: int, timeout_seconds: float) -> None:
         """Wait for both slots (NotAttempted after ``timeout_seconds`` in all)."""

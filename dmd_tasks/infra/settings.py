@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     circuit_min_calls: int = Field(default=10, ge=1)
     circuit_error_ratio: float = Field(default=0.5, gt=0, le=1)
     circuit_open_seconds: float = Field(default=15.0, gt=0)
+    #: Failed calls in a row (every sender's) after which a failure spends no attempt although the
+    #: window still shows the successes from before the provider went down.
+    circuit_streak_failures: int = Field(default=3, ge=1)
     #: Statuses one ``record_sms_status`` message carries.
     status_batch_size: int = 25
     #: Retries of a delivery status whose notification is not (yet) marked sent.

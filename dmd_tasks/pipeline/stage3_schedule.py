@@ -109,7 +109,8 @@ def _schedule(
                 f"expired: not sent within its validity ({campaign.validity_seconds}s from its first chance)",
                 source=PENDING,
             )
-        live = [i for i in due if i not in expired]
+        gone = {i["fanId"] for i in expired}
+        live = [i for i in due if i["fanId"] not in gone]
         ready = [i["fanId"] for i in live if campaign.window.is_open_at(now, i.get("timezone"))]
         quiet = [i for i in live if not campaign.window.is_open_at(now, i.get("timezone"))]
         for item in quiet:  # the window closed since generation: wait for it to open again

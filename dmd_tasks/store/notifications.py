@@ -53,7 +53,6 @@ SCHEDULED = NotificationStatus.SCHEDULED.value
 SENDING = NotificationStatus.SENDING.value
 SENT = NotificationStatus.SENT.value
 FAILED = NotificationStatus.FAILED.value
-DUPLICATE = NotificationStatus.DUPLICATE.value
 
 
 class NotificationRecords:

@@ -36,7 +36,7 @@ import pytest
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup
 from tests.chaos.proxy import FaultProxy
-from tests.chaos.scenario import CHAOS_ENV, TERMINAL, all_terminal, counts, figures, report, start_sale
+from tests.chaos.scenario import CHAOS_ENV, TERMINAL, counts, figures, report, start_sale
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -150,9 +150,19 @@ def run_outage(
     status_at_heal = counts(settings, sale_id)
     heal()
     healed = time.monotonic()
+    #: (seconds after the heal, what was not final yet), every ~15 s: how recovery went
+    recovery: list[tuple[float, dict[str, int]]] = []
+
+    def final_yet() -> bool:
+        c = counts(settings, sale_id)
+        since = time.monotonic() - healed
+        if not recovery or since - recovery[-1][0] >= 15:
+            recovery.append((round(since), {s: n for s, n in c.items() if s not in TERMINAL}))
+        return sum(c.get(s, 0) for s in TERMINAL) == FANS == sum(c.values())
+
     try:
         wait_until(
-            lambda: all_terminal(settings, sale_id, FANS),
+            final_yet,
             timeout=FINAL_TIMEOUT_SECONDS,
             interval=1,
             what="every notification final",
@@ -174,6 +184,7 @@ def run_outage(
         died_seconds_after_fault={n: t for n, (t, _) in proxied.died_at.items()},
         status_at_fault=status_at_fault,
         status_at_heal=status_at_heal,
+        not_final_after_heal=recovery,
         proxy_connections={"redis": proxied.redis.accepted, "aws": proxied.aws.accepted},
         log_dir=str(proxied.group.log_dir),
     )

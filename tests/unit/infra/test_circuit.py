@@ -9,16 +9,28 @@ from typing import Any
 import pytest
 import redis
 
-from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit, ProviderPaused
+from dmd_tasks.infra.circuit import CircuitSettings, Permit, ProviderCircuit, ProviderPaused
+
+
+def new_circuit(settings: Any, streak_failures: int = 3) -> ProviderCircuit:
+    config = CircuitSettings(
+        window_seconds=30,
+        bucket_seconds=5,
+        min_calls=4,
+        error_ratio=0.5,
+        open_seconds=0.5,
+        streak_failures=streak_failures,
+    )
+    return ProviderCircuit(redis.Redis.from_url(settings.redis_url), f"test{uuid.uuid4().hex[:8]}", config)
 
 
 @pytest.fixture()
 def circuit(settings: Any, stack: Any) -> ProviderCircuit:
-    config = CircuitSettings(window_seconds=30, bucket_seconds=5, min_calls=4, error_ratio=0.5, open_seconds=0.5)
-    return ProviderCircuit(redis.Redis.from_url(settings.redis_url), f"test{uuid.uuid4().hex[:8]}", config)
+    return new_circuit(settings)
 
 
-def test_failures_below_the_ratio_keep_it_closed(circuit: ProviderCircuit) -> None:
+def test_failures_below_the_ratio_keep_it_closed(settings: Any, stack: Any) -> None:
+    circuit = new_circuit(settings, streak_failures=1000)  # the ratio alone
     for _ in range(10):
         circuit.succeeded(circuit.before_call())
     for _ in range(9):
@@ -34,6 +46,20 @@ def test_failures_while_most_calls_fail_are_the_providers_before_the_circuit_ope
         assert circuit.state() == "closed"  # but fewer than min_calls: not open yet
     assert circuit.failed(circuit.before_call()) is True
     assert circuit.state() == "open"
+
+
+def test_failures_in_a_row_are_the_providers_while_the_window_still_looks_healthy(circuit: ProviderCircuit) -> None:
+    """The first seconds of an outage: the window still holds the successes from before, but
+    calls now fail one after the other; a message retried quickly must not spend every attempt."""
+    for _ in range(20):
+        circuit.succeeded(circuit.before_call())
+    assert circuit.failed(circuit.before_call()) is False  # one failure: the message's
+    assert circuit.failed(circuit.before_call()) is False
+    assert circuit.failed(circuit.before_call()) is True  # the third in a row: the provider's
+    assert circuit.failed(circuit.before_call()) is True
+    assert circuit.state() == "closed"  # 4 of 24 failed: the ratio has not opened it
+    circuit.succeeded(circuit.before_call())  # a success ends the streak
+    assert circuit.failed(circuit.before_call()) is False
 
 
 def test_an_open_circuit_refuses_calls_then_lets_one_probe_at_a_time(circuit: ProviderCircuit) -> None:
@@ -79,3 +105,11 @@ def test_a_probe_that_made_no_call_gives_its_turn_back(circuit: ProviderCircuit)
     assert probe.probe
     circuit.release(probe)  # e.g. no rate-limit slot in time
     assert circuit.before_call().probe  # the next sender probes at once, not after the probe's timeout
+
+
+def test_a_success_is_recorded_best_effort_when_redis_is_unreachable() -> None:
+    """The provider accepted the message: a Redis failure while recording it must not turn the
+    send into an error (it would be retried, and sent again)."""
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    circuit = ProviderCircuit(unreachable, "test-unreachable", CircuitSettings())
+    circuit.succeeded(Permit(probe=False, token="t"))  # no exception

@@ -191,11 +191,13 @@ def test_a_provider_failing_most_calls_spends_no_attempt_and_a_probe_closes_its_
     errors_before = provider_errors(sim)
     outcomes = [send_claimed(services, nid, claim_one(services, nid), set()) for nid in ids[:6]]
 
-    # Then the first three failures, while most calls still succeeded, are the messages' own (an
-    # attempt each); the fourth makes failures half the calls and four in all: the provider's (no
-    # attempt), and it opens the circuit; the fifth and sixth do not reach the provider at all
-    assert outcomes == ["retry", "retry", "retry", "not-attempted", "not-attempted", "not-attempted"]
-    assert [box.item(f"fan{i}")["attempts"] for i in range(6)] == [1, 1, 1, 0, 0, 0]
+    # Then the first two failures, while most calls still succeeded, are the messages' own (an
+    # attempt each); the third in a row is the provider's (DMD_CIRCUIT_STREAK_FAILURES, default 3:
+    # no attempt); the fourth makes failures half the calls and four in all: the provider's too,
+    # and it opens the circuit; the fifth and sixth do not reach the provider at all
+    assert services.settings.circuit_streak_failures == 3
+    assert outcomes == ["retry", "retry", "not-attempted", "not-attempted", "not-attempted", "not-attempted"]
+    assert [box.item(f"fan{i}")["attempts"] for i in range(6)] == [1, 1, 0, 0, 0, 0]
     assert services.sms_circuit.state() == "open"
     assert "paused" in box.item("fan5")["lastError"]
     assert provider_errors(sim) - errors_before == 4
