@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Container, Sequence
+from dataclasses import replace
 from typing import Any
 
 from cachetools import TTLCache
@@ -17,7 +18,7 @@ from cachetools import TTLCache
 from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.metrics import BRIDGE_RECORDS
-from dmd_tasks.pipeline.routing import BatchPlan
+from dmd_tasks.pipeline.routing import BatchPlan, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +48,63 @@ class RecordHandler:
         )
 
     def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
-        plan = self._plan(records, self._recent if self._recent is not None else ())
+        plan = self._plan_page(records)
         for task_name, calls in plan.calls.items():
             self._publisher.publish(task_name, calls)
         if self._recent is not None:
             for key in plan.keys:
                 self._recent[key] = True
         if plan.dead_letters:
-            self._dead_letters.send_batch(self.name, plan.dead_letters)
+            letters = [replace(d, position={**(d.position or {}), "shard": shard_id}) for d in plan.dead_letters]
+            self._dead_letters.send_batch(self.name, letters)
             for letter in plan.dead_letters:
                 log.warning("shard %s: record dead-lettered: %s", shard_id, letter.reason)
         self._count(plan)
         log.info(
-            "shard %s: %d records -> %d tasks (%d duplicates, %d ignored, %d dead letters)",
+            "shard %s: %d records -> %d tasks (%d duplicates, %d ignored, %d removed, %d dead letters)",
             shard_id,
             len(records),
             plan.messages,
             plan.duplicates,
             plan.ignored,
+            plan.removed,
             len(plan.dead_letters),
         )
+
+    def _plan_page(self, records: Sequence[dict[str, Any]]) -> BatchPlan:
+        """The page's plan. The planner dead-letters a record that raises; should planning the page
+        raise all the same (a defect), each record is planned alone and the one that raises is
+        dead-lettered with the reason, so the page still goes through."""
+        recent = self._recent if self._recent is not None else ()
+        try:
+            return self._plan(records, recent)
+        except Exception:
+            log.exception("%s: planning a page of %d records failed; planning them one by one", self.name, len(records))
+        plan = BatchPlan()
+        for record in records:
+            try:
+                one = self._plan([record], recent)
+            except Exception as exc:
+                plan.dead_letters.append(dead_letter(record, exc, self.name))
+                continue
+            for task_name, calls in one.calls.items():
+                plan.calls.setdefault(task_name, []).extend(calls)
+            plan.dead_letters.extend(one.dead_letters)
+            plan.keys.extend(one.keys)
+            plan.routed += one.routed
+            plan.ignored += one.ignored
+            plan.duplicates += one.duplicates
+            plan.removed += one.removed
+            plan.ttl_expired += one.ttl_expired
+        return plan
 
     def _count(self, plan: BatchPlan) -> None:
         for outcome, count in (
             ("enqueued", plan.routed),
             ("duplicate", plan.duplicates),
             ("ignored", plan.ignored),
+            ("removed", plan.removed - plan.ttl_expired),
+            ("ttl-expired", plan.ttl_expired),
             ("dead-lettered", len(plan.dead_letters)),
         ):
             BRIDGE_RECORDS.labels(self.name, outcome).inc(count)  # zero too: every series exists

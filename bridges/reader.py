@@ -4,6 +4,14 @@
 (so changes of one item stay in order across a shard split), hands each page to a
 handler, and checkpoints the page's last sequence number only after the handler
 returned: a crash re-reads at most one page per shard (at-least-once, never a gap).
+
+Shards are isolated: one whose read or handling fails is retried on its own, with backoff,
+from its checkpoint, while the others go on. A shard with no checkpoint starts at the
+configured position, unless it is the child of a shard this bridge has read (a split) or
+appeared after the bridge started: those start at ``TRIM_HORIZON``, so no record is skipped.
+A checkpoint older than the stream's retention is reopened at ``TRIM_HORIZON`` with an error
+and ``dmd_bridge_shard_events_total{event="checkpoint-trimmed"}``: records lost upstream are
+counted, never hidden.
 """
 
 from __future__ import annotations
@@ -17,12 +25,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bridges.sources import IteratorExpired, Shard, ShardSource
+from bridges.leases import LeaseCoordinator, LeaseTable
+from bridges.sources import CheckpointTrimmed, IteratorExpired, Shard, ShardGone, ShardSource
 from dmd_tasks.infra import aws
-from dmd_tasks.infra.metrics import BRIDGE_LAG
+from dmd_tasks.infra.metrics import BRIDGE_LAG, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The longest a failing shard waits before it is read again.
+MAX_SHARD_BACKOFF_SECONDS = 30.0
 
 
 @dataclass
@@ -89,6 +101,12 @@ class ShardReader:
             start_position=settings.bridge_start_position,
             name=name,
             checkpoint_interval_seconds=settings.bridge_checkpoint_interval_seconds,
+            leases=LeaseCoordinator(
+                LeaseTable(settings, name, source.stream_id),
+                failover_seconds=settings.bridge_lease_failover_seconds,
+                max_leases=settings.bridge_max_leases,
+                bridge=name,
+            ),
         )
 
     def __init__(
@@ -103,6 +121,7 @@ class ShardReader:
         start_position: str = "TRIM_HORIZON",
         name: str = "bridge",
         checkpoint_interval_seconds: float = 0.0,
+        leases: LeaseCoordinator | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -112,7 +131,10 @@ class ShardReader:
         self._idle = idle_sleep_seconds
         self._refresh_every = shard_refresh_seconds
         self._start_position = start_position
-        self._state: dict[str, Checkpoint] = checkpoints.load(source.stream_id)
+        #: With leases, this process reads only the shards it holds and checkpoints through them
+        #: (conditional on still holding); without, it reads every shard (one process per stream).
+        self.leases = leases
+        self._state: dict[str, Checkpoint] = {} if leases is not None else checkpoints.load(source.stream_id)
         self._iterators: dict[str, str] = {}
         self._shards: list[Shard] = []
         self._refreshed_at = 0.0
@@ -123,17 +145,49 @@ class ShardReader:
         self._checkpoint_every = checkpoint_interval_seconds
         self._saved_at: dict[str, float] = {}
         self._unsaved: set[str] = set()
+        #: shards known at the first listing (None until then): only those start at start_position
+        self._first_listing: set[str] | None = None
+        #: a failing shard's current backoff and when it may be read again (monotonic)
+        self._backoff: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def _known(self, shard_id: str) -> Checkpoint:
+        """A shard's progress as far as this process knows: its own, or (with leases) the lease table's."""
+        if shard_id in self._state:
+            return self._state[shard_id]
+        if self.leases is not None and shard_id in self.leases.listing:
+            lease = self.leases.listing[shard_id]
+            return Checkpoint(lease.sequence, lease.finished)
+        return Checkpoint()
 
     def ready_shards(self) -> list[Shard]:
-        """Unfinished shards whose parents are finished (or gone from the stream, i.e. trimmed)."""
+        """Unfinished shards (with leases: held) whose parents are finished (or gone from the stream,
+        i.e. trimmed)."""
         present = {s.id for s in self._shards}
         ready = []
         for shard in self._shards:
-            if self._state.get(shard.id, Checkpoint()).finished:
+            if self.leases is not None and shard.id not in self._state:
+                continue  # not held
+            if self._known(shard.id).finished:
                 continue
-            if all(p not in present or self._state.get(p, Checkpoint()).finished for p in shard.parents):
+            if all(p not in present or self._known(p).finished for p in shard.parents):
                 ready.append(shard)
         return ready
+
+    def _follow_leases(self) -> None:
+        """Take up the shards newly held (from the checkpoint the lease carries) and drop those lost."""
+        if self.leases is None:
+            return
+        held = self.leases.held()
+        for shard_id in [s for s in self._state if s not in held]:
+            self._state.pop(shard_id, None)
+            self._iterators.pop(shard_id, None)
+            self._unsaved.discard(shard_id)
+            log.info("shard %s: no longer held; left to its new owner", shard_id)
+        for shard_id, lease in held.items():
+            if shard_id not in self._state:
+                self._state[shard_id] = Checkpoint(lease.sequence, lease.finished)
+                self._iterators.pop(shard_id, None)
 
     def poll_once(self) -> int:
         """Read one page from every ready shard; returns the number of records handled."""
@@ -141,23 +195,81 @@ class ShardReader:
         if not self._shards or now - self._refreshed_at >= self._refresh_every:
             self._shards = self.source.list_shards()
             self._refreshed_at = now
+            if self._first_listing is None:
+                self._first_listing = {s.id for s in self._shards}
+            if self.leases is not None:
+                self.leases.sync_shards((s.id, s.parents) for s in self._shards)
+        self._follow_leases()
         handled = 0
         for shard in self.ready_shards():
-            handled += self._read_shard(shard)
+            if self._retry_at.get(shard.id, 0.0) > now:
+                continue
+            try:
+                handled += self._read_shard(shard)
+            except Exception:
+                self._shard_failed(shard.id, now)
+            else:
+                self._backoff.pop(shard.id, None)
+                self._retry_at.pop(shard.id, None)
         return handled
+
+    def _shard_failed(self, shard_id: str, now: float) -> None:
+        """One shard's read or handling failed: it alone waits (doubling backoff) and is read
+        again from its checkpoint; the other shards go on."""
+        self._iterators.pop(shard_id, None)
+        backoff = min(self._backoff.get(shard_id, self._idle / 2) * 2, MAX_SHARD_BACKOFF_SECONDS)
+        self._backoff[shard_id] = backoff
+        self._retry_at[shard_id] = now + backoff
+        BRIDGE_SHARD_EVENTS.labels(self.name, "read-error").inc()
+        log.exception("shard %s: read failed; again in %.1fs from its checkpoint", shard_id, backoff)
+
+    def start_position_of(self, shard: Shard) -> str:
+        """Where a shard without a checkpoint starts: the configured position for the shards the
+        bridge found at its start, TRIM_HORIZON for a split's child of a shard it has read and for
+        any shard that appeared later (its first records must not be skipped)."""
+        if any(self._known(p).sequence for p in shard.parents):
+            return "TRIM_HORIZON"
+        if self._first_listing is not None and shard.id not in self._first_listing:
+            return "TRIM_HORIZON"
+        return self._start_position
+
+    def _open(self, shard: Shard, checkpoint: Checkpoint) -> str | None:
+        """An iterator after the checkpoint (or at the start position); None when the shard is gone."""
+        start = self.start_position_of(shard)
+        try:
+            iterator = self.source.open_iterator(shard.id, checkpoint.sequence, start)
+        except CheckpointTrimmed:
+            BRIDGE_SHARD_EVENTS.labels(self.name, "checkpoint-trimmed").inc()
+            log.error(
+                "shard %s: checkpoint %s is older than the stream's retention: reading from TRIM_HORIZON; "
+                "the records between were lost upstream",
+                shard.id,
+                checkpoint.sequence,
+            )
+            return self.source.open_iterator(shard.id, None, "TRIM_HORIZON")
+        except ShardGone:
+            BRIDGE_SHARD_EVENTS.labels(self.name, "shard-gone").inc()
+            log.error("shard %s is no longer in the stream (trimmed): marked finished", shard.id)
+            return None
+        if checkpoint.sequence:
+            log.info("shard %s: resuming after checkpoint %s", shard.id, checkpoint.sequence)
+        else:
+            log.info("shard %s: no checkpoint, starting at %s", shard.id, start)
+        return iterator
 
     def _read_shard(self, shard: Shard) -> int:
         checkpoint = self._state.setdefault(shard.id, Checkpoint())
         iterator = self._iterators.get(shard.id)
         if iterator is None:
-            iterator = self.source.open_iterator(shard.id, checkpoint.sequence, self._start_position)
-            if checkpoint.sequence:
-                log.info("shard %s: resuming after checkpoint %s", shard.id, checkpoint.sequence)
-            else:
-                log.info("shard %s: no checkpoint, starting at %s", shard.id, self._start_position)
+            iterator = self._open(shard, checkpoint)
+            if iterator is None:
+                checkpoint.finished = True
+                self._save(shard.id)
+                return 0
         try:
             page = self.source.read(iterator, self._limit)
         except IteratorExpired:
+            BRIDGE_SHARD_EVENTS.labels(self.name, "iterator-expired").inc()
             log.warning("shard %s: iterator expired; reopening from checkpoint", shard.id)
             self._iterators.pop(shard.id, None)
             return 0
@@ -186,17 +298,35 @@ class ShardReader:
         return len(page.records)
 
     def _save(self, shard_id: str) -> None:
-        self._checkpoints.save(self.source.stream_id, shard_id, self._state[shard_id])
+        checkpoint = self._state[shard_id]
+        if self.leases is None:
+            self._checkpoints.save(self.source.stream_id, shard_id, checkpoint)
+        elif not self.leases.checkpoint(shard_id, checkpoint.sequence, checkpoint.finished):
+            # the lease went to another process: it reads on from the last checkpoint it finds
+            self._state.pop(shard_id, None)
+            self._iterators.pop(shard_id, None)
         self._saved_at[shard_id] = time.monotonic()
         self._unsaved.discard(shard_id)
 
     def flush_checkpoints(self) -> None:
         """Write every checkpoint not yet written (the reader is stopping)."""
         for shard_id in sorted(self._unsaved):
-            self._save(shard_id)
+            if shard_id in self._state:
+                self._save(shard_id)
+        self._unsaved.clear()
 
     def run(self) -> None:
-        """Poll until ``stop_event`` is set; back off on errors, never skip a record."""
+        """Poll until ``stop_event`` is set; back off on errors, never skip a record. With leases:
+        renew and take them meanwhile, and release them when stopping."""
+        if self.leases is not None:
+            self.leases.start()
+        try:
+            self._poll_until_stopped()
+        finally:
+            if self.leases is not None:
+                self.leases.stop()
+
+    def _poll_until_stopped(self) -> None:
         backoff = self._idle
         while not self.stop_event.is_set():
             try:

@@ -49,6 +49,23 @@ class IteratorExpired(Exception):
     """The shard iterator is too old; open a new one from the checkpoint."""
 
 
+class CheckpointTrimmed(Exception):
+    """The checkpoint is older than the stream's retention: the records after it are gone."""
+
+
+class ShardGone(Exception):
+    """The shard is no longer in the stream (trimmed whole)."""
+
+
+def _open_error(exc: ClientError) -> Exception:
+    code = exc.response.get("Error", {}).get("Code")
+    if code == "TrimmedDataAccessException":
+        return CheckpointTrimmed(code)
+    if code == "ResourceNotFoundException":
+        return ShardGone(code)
+    return exc
+
+
 class DynamoDBStreamSource:
     """The DynamoDB Stream of a table (its current stream ARN)."""
 
@@ -84,7 +101,10 @@ class DynamoDBStreamSource:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after_sequence)
         else:
             kwargs["ShardIteratorType"] = start_position
-        return self._streams.get_shard_iterator(**kwargs)["ShardIterator"]
+        try:
+            return self._streams.get_shard_iterator(**kwargs)["ShardIterator"]
+        except ClientError as exc:
+            raise _open_error(exc) from exc
 
     def read(self, iterator: str, limit: int) -> Page:
         try:
@@ -134,7 +154,10 @@ class KinesisSource:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after_sequence)
         else:
             kwargs["ShardIteratorType"] = start_position
-        return self._kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+        try:
+            return self._kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+        except ClientError as exc:
+            raise _open_error(exc) from exc
 
     def read(self, iterator: str, limit: int) -> Page:
         try:

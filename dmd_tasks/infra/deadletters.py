@@ -21,6 +21,10 @@ from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, SQS_MAX_MESSAGE_BYTES, se
 
 #: The largest letter written: SQS's message limit less room for the request around it.
 MAX_LETTER_BYTES = SQS_MAX_MESSAGE_BYTES - 1024
+#: The fields that identify a stream record, kept when its copy is too large for a letter.
+KEY_FIELDS = ("eventID", "eventName", "eventSource", "SequenceNumber", "PartitionKey", "ApproximateArrivalTimestamp")
+#: The same inside a DynamoDB change record's ``dynamodb`` object.
+DYNAMODB_KEY_FIELDS = ("Keys", "SequenceNumber", "ApproximateCreationDateTime")
 
 
 @dataclass(frozen=True)
@@ -29,30 +33,55 @@ class DeadLetter:
     payload: Any
     correlation_id: str | None = None
     source: str | None = None
+    #: where a stream record was read: {"shard": ..., "sequence": ...}
+    position: dict[str, Any] | None = None
 
     def to_body(self) -> str:
-        """The letter as SQS message text, at most ``MAX_LETTER_BYTES`` encoded: an oversize
-        payload is replaced by the longest prefix of its JSON that still fits, escaping included."""
-        body = {
+        """The letter as SQS message text, at most ``MAX_LETTER_BYTES`` encoded: an oversize payload
+        is replaced by its key fields (``KEY_FIELDS``) and the longest prefix of its JSON that still
+        fits, escaping included."""
+        body: dict[str, Any] = {
             "reason": self.reason,
             "payload": self.payload,
             "correlation_id": self.correlation_id,
             "source": self.source,
             "failed_at": time.time(),
         }
-        text = json.dumps(body, default=str)
-        if len(text.encode()) <= MAX_LETTER_BYTES:
+        if self.position is not None:
+            body["position"] = self.position
+        text = _dumps(body)
+        if text is not None and len(text.encode()) <= MAX_LETTER_BYTES:
             return text
-        # Keep the reason and a truncated copy rather than lose the letter.
-        original = json.dumps(self.payload, default=str)
+        # Keep the reason, the record's key fields and a truncated copy rather than lose the letter.
+        original = _dumps(self.payload) or repr(self.payload)[:MAX_LETTER_BYTES]
         body["reason"] = f"{self.reason} (payload truncated)"
+        keys = _key_fields(self.payload)
         keep = MAX_LETTER_BYTES // 2
         while True:
-            body["payload"] = {"truncated": original[:keep]}
-            text = json.dumps(body, default=str)
-            if len(text.encode()) <= MAX_LETTER_BYTES:
+            body["payload"] = {**keys, "truncated": original[:keep]}
+            text = _dumps(body)
+            if text is not None and len(text.encode()) <= MAX_LETTER_BYTES:
                 return text
+            if keep == 0:  # even the key fields do not fit: the reason and position must
+                keys = {}
             keep //= 2  # escaping (quotes, backslashes, non-ASCII) made it longer than it looked
+
+
+def _dumps(value: Any) -> str | None:
+    try:
+        return json.dumps(value, default=str)
+    except (RecursionError, ValueError):
+        return None
+
+
+def _key_fields(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        return {}
+    keys = {k: payload[k] for k in KEY_FIELDS if k in payload}
+    change = payload.get("dynamodb")
+    if isinstance(change, dict):
+        keys["dynamodb"] = {k: change[k] for k in DYNAMODB_KEY_FIELDS if k in change}
+    return keys
 
 
 class DeadLetters:

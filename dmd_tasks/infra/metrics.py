@@ -53,6 +53,20 @@ BRIDGE_LAG = Gauge(
 BRIDGE_RECORDS = Counter(
     "dmd_bridge_records_total", "Stream records handled by a bridge, by outcome.", ["bridge", "outcome"]
 )
+BRIDGE_SHARD_EVENTS = Counter(
+    "dmd_bridge_shard_events_total",
+    "A bridge's trouble with a shard: read-error (retried with backoff), iterator-expired, "
+    "checkpoint-trimmed (records lost upstream: older than the stream's retention), shard-gone.",
+    ["bridge", "event"],
+)
+BRIDGE_LEASES = Gauge(
+    "dmd_bridge_leases", "Shard leases a bridge process holds.", ["bridge"], multiprocess_mode="liveall"
+)
+BRIDGE_LEASE_EVENTS = Counter(
+    "dmd_bridge_lease_events_total",
+    "Shard leases taken (free or expired), stolen (balancing), lost (taken by another), released (on stop).",
+    ["bridge", "event"],
+)
 CACHE_REQUESTS = Counter(
     "dmd_cache_requests_total", "Cache look-ups by result (hit, miss, stale).", ["cache", "result"]
 )

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     queue_name_prefix: str = "dmd-"
     #: Kinesis stream the SMS provider publishes delivery statuses to.
     sms_status_stream_name: str = "dmd-sms-status"
+    #: Shards ``dmd provision`` gives the status stream when it creates it (bridge processes
+    #: share them through leases).
+    sms_status_shards: int = Field(default=1, ge=1)
     #: Kinesis stream carrying the demand table's changes (the "DynamoDB Kinesis stream"
     #: form); None means the bridge reads the table's DynamoDB Stream directly.
     demand_kinesis_stream_name: str | None = None
@@ -220,6 +223,12 @@ class Settings(BaseSettings):
     bridge_dedupe_seconds: float = 600.0
     #: Where a bridge starts on a shard it has no checkpoint for.
     bridge_start_position: str = "TRIM_HORIZON"
+    #: Shard leases (bridges.leases): every process of a bridge shares the stream's shards. A lease
+    #: whose counter another process has not seen move for this long is taken over; its owner
+    #: renews it three times as often.
+    bridge_lease_failover_seconds: float = Field(default=10.0, ge=1)
+    #: The most shard leases one bridge process holds (more processes are needed past it).
+    bridge_max_leases: int = Field(default=1000, ge=1)
 
     # --- Local stack ---------------------------------------------------------------------------
     run_dir: Path = Path(".dmd")

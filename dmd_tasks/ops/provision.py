@@ -46,7 +46,12 @@ def provision(settings: Settings) -> dict[str, Any]:
     report["table"] = ensure_demand_table(settings)
     report["checkpoint_table"] = ensure_checkpoint_table(settings)
     report["queues"] = ensure_queues(settings)
-    report["streams"] = [ensure_kinesis_stream(settings, name) for name in topology.kinesis_streams(settings)]
+    report["streams"] = [
+        ensure_kinesis_stream(
+            settings, name, shard_count=settings.sms_status_shards if name == settings.sms_status_stream_name else 1
+        )
+        for name in topology.kinesis_streams(settings)
+    ]
     return report
 
 

@@ -27,6 +27,11 @@ from dmd_tasks.store.codec import deserialize
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 #: A provider event is a few hundred bytes; anything this large is not one.
 MAX_EVENT_BYTES = 16_384
+#: How deep a dead letter's copy of a record goes; deeper values are replaced by a note (a record
+#: nested thousands of levels deep must not break the letter that reports it).
+MAX_COPY_DEPTH = 32
+#: Who deletes an item whose time to live has passed (``userIdentity`` of the REMOVE record).
+TTL_PRINCIPAL = "dynamodb.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class ChangeRecord:
     new: Mapping[str, Any] | None
     old: Mapping[str, Any] | None
     created_at: datetime | None = None
+    #: a REMOVE made by DynamoDB's time to live, not by a writer
+    ttl_expired: bool = False
 
     @property
     def entity(self) -> str | None:
@@ -52,25 +59,75 @@ class ChangeRecord:
         return f"ddb-{self.event_id}"
 
 
+def _wire_binary(value: Any) -> Any:
+    """JSON's form of DynamoDB binary (base64 text in ``B`` / ``BS``) → bytes, as boto3 gives it;
+    anything else unchanged. (boto3's deserializer accepts only bytes for binary.)"""
+    if not isinstance(value, dict) or len(value) != 1:
+        return value
+    ((kind, inner),) = value.items()
+    if kind == "B" and isinstance(inner, str):
+        return {"B": _b64(inner)}
+    if kind == "BS" and isinstance(inner, list):
+        return {"BS": [_b64(v) if isinstance(v, str) else v for v in inner]}
+    if kind == "L" and isinstance(inner, list):
+        return {"L": [_wire_binary(v) for v in inner]}
+    if kind == "M" and isinstance(inner, dict):
+        return {"M": {k: _wire_binary(v) for k, v in inner.items()}}
+    return value
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRecord("a binary attribute is not base64") from exc
+
+
 def _image(raw: Any, name: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise InvalidRecord(f"{name} is not a DynamoDB item")
     try:
-        return deserialize(raw)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return deserialize({k: _wire_binary(v) for k, v in raw.items()})
+    except InvalidRecord:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         raise InvalidRecord(f"{name} is not valid DynamoDB JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRecord(f"{name} is nested too deeply") from None
 
 
-def _timestamp(value: Any) -> datetime | None:
+#: ApproximateCreationDateTimePrecision → the unit of ApproximateCreationDateTime (Kinesis form).
+_PRECISION = {"MILLISECOND": 1e3, "MICROSECOND": 1e6}
+
+
+def _timestamp(value: Any, precision: Any = None) -> datetime | None:
+    """When the change was made, from any of AWS's forms: a datetime (boto3 reading DynamoDB
+    Streams), epoch seconds (the stream's JSON), or, in the Kinesis form, milliseconds or
+    microseconds as ``ApproximateCreationDateTimePrecision`` says. Never raises: the time is
+    only for the lag metric."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, (int, float)):
-        # DynamoDB Streams gives seconds; the Kinesis form gives milliseconds.
-        seconds = value / 1000 if value > 1e11 else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if precision in _PRECISION:
+        seconds = value / _PRECISION[precision]
+    else:  # no precision given: judge by magnitude (seconds are ~1.7e9 in this century)
+        seconds = value / 1e6 if value > 1e14 else value / 1e3 if value > 1e11 else value
+    try:
         return datetime.fromtimestamp(seconds, tz=UTC)
-    return None
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _ttl_expired(raw: Mapping[str, Any]) -> bool:
+    identity = raw.get("userIdentity")
+    return (
+        isinstance(identity, Mapping)
+        and identity.get("type") == "Service"
+        and identity.get("principalId") == TTL_PRINCIPAL
+    )
 
 
 def parse_change(raw: Any, sequence_number: str | None = None) -> ChangeRecord:
@@ -83,26 +140,48 @@ def parse_change(raw: Any, sequence_number: str | None = None) -> ChangeRecord:
     ddb = raw.get("dynamodb")
     if not isinstance(ddb, Mapping):
         raise InvalidRecord("record has no 'dynamodb' object")
-    new = _image(ddb.get("NewImage"), "NewImage")
-    old = _image(ddb.get("OldImage"), "OldImage")
-    if new is None and old is None:
-        raise InvalidRecord(
-            "record carries neither NewImage nor OldImage (stream view type must be NEW_AND_OLD_IMAGES)"
-        )
-    if event_name == "INSERT" and new is None:
-        raise InvalidRecord("INSERT without NewImage")
     sequence = sequence_number or ddb.get("SequenceNumber")
     event_id = raw.get("eventID") or sequence
-    if not event_id or not sequence:
+    if not event_id or not sequence or not isinstance(event_id, (str, int)):
         raise InvalidRecord("record has no eventID/SequenceNumber")
+    created_at = _timestamp(ddb.get("ApproximateCreationDateTime"), ddb.get("ApproximateCreationDateTimePrecision"))
+    if event_name == "REMOVE":
+        # A deleted item needs nothing (a notification or demand row is never deleted by the
+        # pipeline; TTL removes old items): no image is required, whatever the stream view type.
+        return ChangeRecord(
+            event_id=str(event_id),
+            event_name=event_name,
+            sequence_number=str(sequence),
+            new=None,
+            old=_image_or_none(ddb.get("OldImage")),
+            created_at=created_at,
+            ttl_expired=_ttl_expired(raw),
+        )
+    new = _image(ddb.get("NewImage"), "NewImage")
+    old = _image(ddb.get("OldImage"), "OldImage")
+    if new is None:
+        if "Keys" in ddb and old is None:
+            raise InvalidRecord(
+                f"{event_name} carries only the item's keys (stream view type KEYS_ONLY); the bridge "
+                "needs NEW_AND_OLD_IMAGES"
+            )
+        raise InvalidRecord(f"{event_name} without NewImage (stream view type must be NEW_AND_OLD_IMAGES)")
     return ChangeRecord(
         event_id=str(event_id),
         event_name=event_name,
         sequence_number=str(sequence),
         new=new,
         old=old,
-        created_at=_timestamp(ddb.get("ApproximateCreationDateTime")),
+        created_at=created_at,
     )
+
+
+def _image_or_none(raw: Any) -> dict[str, Any] | None:
+    """An image the routing does not need: kept when readable, dropped when not."""
+    try:
+        return _image(raw, "OldImage")
+    except InvalidRecord:
+        return None
 
 
 def kinesis_data(record: Any) -> bytes:
@@ -123,10 +202,7 @@ def kinesis_data(record: Any) -> bytes:
 def decode_kinesis_change(record: Any) -> ChangeRecord:
     """Parse a Kinesis record whose ``Data`` is a DynamoDB change record as JSON."""
     data = kinesis_data(record)
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRecord("Kinesis Data is not JSON") from exc
+    payload = _json(data, "Kinesis Data")
     if not isinstance(payload, Mapping):
         raise InvalidRecord("Kinesis Data is not a JSON object")
     sequence = record.get("SequenceNumber")
@@ -138,15 +214,21 @@ def decode_status_record(record: Any) -> dict[str, Any]:
     data = kinesis_data(record)
     if len(data) > MAX_EVENT_BYTES:
         raise InvalidRecord(f"record is {len(data)} bytes; provider events are at most {MAX_EVENT_BYTES}")
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRecord("record is not JSON") from exc
+    raw = _json(data, "record")
     try:
         parse_event(raw)
     except ValueError as exc:
         raise InvalidRecord(str(exc)) from exc
     return raw
+
+
+def _json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRecord(f"{what} is not JSON") from exc
+    except RecursionError:
+        raise InvalidRecord(f"{what} is JSON nested too deeply") from None
 
 
 def record_correlation_id(raw: Any) -> str | None:
@@ -159,12 +241,15 @@ def record_correlation_id(raw: Any) -> str | None:
     return None
 
 
-def jsonable(raw: Any) -> Any:
-    """A copy of a raw record that survives json.dumps (bytes as base64, datetimes as ISO)."""
+def jsonable(raw: Any, depth: int = 0) -> Any:
+    """A copy of a raw record that survives json.dumps (bytes as base64, datetimes as ISO), at most
+    ``MAX_COPY_DEPTH`` levels deep (what lies deeper becomes a note)."""
+    if isinstance(raw, (Mapping, list, tuple)) and depth >= MAX_COPY_DEPTH:
+        return f"(nested deeper than {MAX_COPY_DEPTH} levels: not copied)"
     if isinstance(raw, Mapping):
-        return {str(k): jsonable(v) for k, v in raw.items()}
+        return {str(k): jsonable(v, depth + 1) for k, v in raw.items()}
     if isinstance(raw, (list, tuple)):
-        return [jsonable(v) for v in raw]
+        return [jsonable(v, depth + 1) for v in raw]
     if isinstance(raw, (bytes, bytearray)):
         return {"base64": base64.b64encode(bytes(raw)).decode()}
     if isinstance(raw, datetime):

@@ -114,6 +114,9 @@ class BatchPlan:
     routed: int = 0
     ignored: int = 0
     duplicates: int = 0
+    #: REMOVE records (items deleted: nothing to do), and those of them made by DynamoDB's TTL
+    removed: int = 0
+    ttl_expired: int = 0
 
     @property
     def messages(self) -> int:
@@ -191,18 +194,19 @@ def plan_changes(
     for raw in raws:
         try:
             change = decode(raw)
+            if change.event_name == "REMOVE":
+                plan.removed += 1
+                plan.ttl_expired += change.ttl_expired
+                continue
             target = route_change(change)
-        except InvalidRecord as exc:
-            plan.dead_letters.append(
-                DeadLetter(
-                    reason=str(exc), payload=jsonable(raw), source=source, correlation_id=record_correlation_id(raw)
-                )
-            )
+            if target is not None:
+                target = _traced(target, change, source)
+        except Exception as exc:  # whatever a record raises, it is that record's problem alone
+            plan.dead_letters.append(dead_letter(raw, exc, source))
             continue
         if target is None:
             plan.ignored += 1
             continue
-        target = _traced(target, change, source)
         if (target.task, target.key) in seen or (target.task, target.key) in recently_published:
             plan.duplicates += 1
             continue
@@ -250,17 +254,11 @@ def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "
     for record in records:
         try:
             event = decode_status_record(record)
-        except InvalidRecord as exc:
-            plan.dead_letters.append(
-                DeadLetter(
-                    reason=str(exc),
-                    payload=jsonable(record),
-                    source=source,
-                    correlation_id=record_correlation_id(record),
-                )
-            )
+            correlation_id = f"kin-{record.get('SequenceNumber', '')}"
+        except Exception as exc:  # whatever a record raises, it is that record's problem alone
+            plan.dead_letters.append(dead_letter(record, exc, source))
             continue
-        events.append((event, f"kin-{record.get('SequenceNumber', '')}"))
+        events.append((event, correlation_id))
     plan.routed = len(events)
     if events:
         plan.calls[RECORD_SMS_STATUS] = [
@@ -268,6 +266,37 @@ def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "
             for i in range(0, len(events), batch_size)
         ]
     return plan
+
+
+def dead_letter(raw: Any, exc: BaseException, source: str) -> DeadLetter:
+    """The dead letter of a record that could not be routed: the reason (an InvalidRecord's own
+    words, or the unexpected error's type and message) and a copy of the record."""
+    reason = str(exc) if isinstance(exc, InvalidRecord) else f"unexpected {type(exc).__name__}: {exc}"
+    return DeadLetter(
+        reason=reason[:1000],
+        payload=jsonable(raw),
+        source=source,
+        correlation_id=_safe_correlation_id(raw),
+        position={"sequence": sequence_of(raw)},
+    )
+
+
+def sequence_of(raw: Any) -> str | None:
+    """A stream record's sequence number, from whichever form it has (None when it has none)."""
+    if not isinstance(raw, Mapping):
+        return None
+    sequence = raw.get("SequenceNumber")
+    change = raw.get("dynamodb")
+    if sequence is None and isinstance(change, Mapping):
+        sequence = change.get("SequenceNumber")
+    return str(sequence)[:128] if isinstance(sequence, (str, int)) else None
+
+
+def _safe_correlation_id(raw: Any) -> str | None:
+    try:
+        return record_correlation_id(raw)
+    except Exception:
+        return None
 
 
 def _traced(target: Route, change: ChangeRecord, source: str) -> Route:

@@ -39,6 +39,8 @@ CHAOS_ENV = {
     "DMD_TASK_SOFT_TIME_LIMIT_SECONDS": "15",
     "DMD_TASK_TIME_LIMIT_SECONDS": "20",
     "DMD_VISIBILITY_TIMEOUT_SECONDS": "30",
+    # a killed bridge's shards are taken over within 5 s (+ 2.5 s for the next take)
+    "DMD_BRIDGE_LEASE_FAILOVER_SECONDS": "5",
 }
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from dmd_tasks.domain.campaigns import Campaign, SendWindow
 from dmd_tasks.domain.entities import Demand, Event, Sale
+from dmd_tasks.infra import aws
 from dmd_tasks.infra.settings import get_settings
 from dmd_tasks.ops import dlq as deadletter
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
@@ -189,6 +190,52 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
 
     # And the event got its short URL on the way, and the message carried it
     assert (EventRecords(table).get(event.id) or event).short_url
+
+
+def test_poison_on_the_status_stream_is_dead_lettered_and_every_receipt_after_it_is_applied(
+    pipeline,  # type: ignore[no-untyped-def]
+    records,
+    settings,
+    sim,
+) -> None:
+    """Records no provider would write, put on the status stream as a sale begins: each is in the
+    status bridge's DLQ with its reason and position, and every delivery receipt of the sale
+    (which follow them on the stream) is applied."""
+    _, notifications, sales = records
+    kinesis = aws.client("kinesis", settings)
+    poison = {
+        "nested 5,000 levels deep": b'{"type": "status", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "not JSON": b"\xff\xfe garbage",
+        "a JSON array": b"[1, 2, 3]",
+        "an event of no known type": b'{"type": "mystery", "message_id": "x"}',
+        "a number as the status": b'{"type": "status", "message_id": "SM1", "status": 7, "timestamp": "t"}',
+    }
+    sequences = {
+        kinesis.put_record(StreamName=settings.sms_status_stream_name, Data=data, PartitionKey="poison")[
+            "SequenceNumber"
+        ]: what
+        for what, data in poison.items()
+    }
+    sale_id, _ = new_sale(settings, fans(12))
+
+    counts = wait_until(
+        lambda: all_terminal(notifications, sales, sale_id, 12), timeout=120, what="every receipt applied"
+    )
+    assert counts.get("sent", 0) == 0 and sim.sms_sale(sale_id)["accepted"] == 12
+
+    def letters() -> dict[str, dict[str, Any]]:
+        found = deadletter.receive(settings, "bridge-sms-status", max_messages=200)
+        return {
+            letter["position"]["sequence"]: letter
+            for letter in found
+            if (letter.get("position") or {}).get("sequence") in sequences
+        }
+
+    mine = wait_until(lambda: (lambda f: f if len(f) == len(sequences) else None)(letters()), timeout=30)
+    for sequence, letter in mine.items():
+        assert letter["reason"], sequences[sequence]
+        assert letter["position"]["shard"].startswith("shardId-")
+    assert "nested too deeply" in mine[next(s for s, w in sequences.items() if w.startswith("nested"))]["reason"]
 
 
 def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]

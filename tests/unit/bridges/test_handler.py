@@ -30,6 +30,7 @@ from dmd_tasks.pipeline.records import parse_change
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL, BatchPlan, plan_changes
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
+from tests.events import load
 
 BRIDGE = "bridge-demand"
 _sequence = itertools.count(1000)
@@ -205,3 +206,41 @@ def test_a_page_that_cannot_be_published_is_handed_back_whole_and_succeeds_when_
     assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
     assert [letter["reason"] for letter in queues.dead_letters(BRIDGE)] == ["unknown entity type 'SPACESHIP'"]
     assert counted("enqueued") - before["enqueued"] == 1
+
+
+def test_a_letter_carries_its_stream_position_shard_and_sequence(queues) -> None:  # type: ignore[no-untyped-def]
+    bad = spaceship()
+    handler_for(queues.settings)([bad], "shardId-000000000007")
+    sqs = aws.client("sqs", queues.settings)
+    url = sqs.get_queue_url(QueueName=f"{queues.settings.queue_name_prefix}bridge-demand-dlq")["QueueUrl"]
+    (letter,) = [json.loads(body) for body in queues.drain(url)]
+    assert letter["position"] == {"shard": "shardId-000000000007", "sequence": bad["dynamodb"]["SequenceNumber"]}
+
+
+def test_a_page_whose_planning_raises_is_planned_record_by_record_and_only_the_culprit_is_dead_lettered(
+    queues,  # type: ignore[no-untyped-def]
+) -> None:
+    """A defect in planning (not a record's fault as the planner saw it) must not stop the stream."""
+    culprit = demand_insert("ev-culprit")
+
+    def planner(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
+        if any(r is culprit for r in records):
+            raise MemoryError("planning blew up")
+        return plan_page()(records, recent)
+
+    handler = RecordHandler(BRIDGE, planner, BatchPublisher(app, queues.settings), DeadLetters(queues.settings))
+    handler([demand_insert("ev1"), culprit, demand_insert("ev2")], "shard-1")
+
+    assert sorted(t.args[0] for t in queues.tasks("short-url")) == ["ev1", "ev2"]
+    sqs = aws.client("sqs", queues.settings)
+    url = sqs.get_queue_url(QueueName=f"{queues.settings.queue_name_prefix}bridge-demand-dlq")["QueueUrl"]
+    (letter,) = [json.loads(body) for body in queues.drain(url)]
+    assert letter["reason"] == "unexpected MemoryError: planning blew up"
+    assert letter["payload"]["eventID"] == culprit["eventID"]
+
+
+def test_removes_and_ttl_deletes_are_counted_apart(queues) -> None:  # type: ignore[no-untyped-def]
+    before = {o: counted(o) for o in ("removed", "ttl-expired")}
+    handler_for(queues.settings)([load("ddb_stream_ttl_remove.json"), load("ddb_stream_remove.json")], "shard-1")
+    assert counted("removed") - before["removed"] == 1
+    assert counted("ttl-expired") - before["ttl-expired"] == 1

@@ -6,12 +6,12 @@ Kinesis is the ShardSource protocol; the end-to-end tests run it against moto).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import pytest
-
 from bridges.reader import Checkpoint, ShardReader
-from bridges.sources import Page, Shard
+from bridges.sources import CheckpointTrimmed, Page, Shard, ShardGone
+from dmd_tasks.infra.metrics import BRIDGE_SHARD_EVENTS
 
 
 class MemoryStream:
@@ -20,15 +20,27 @@ class MemoryStream:
     def __init__(self, shards: dict[str, tuple[tuple[str, ...], list[int], bool]]) -> None:
         # shard id -> (parents, sequence numbers, closed)
         self.shards = shards
+        #: shard id -> the oldest sequence number the stream still holds (older ones were trimmed)
+        self.trimmed_before: dict[str, int] = {}
+        self.gone: set[str] = set()
+        #: every iterator opened: (shard, after_sequence, start_position)
+        self.opened: list[tuple[str, str | None, str]] = []
 
     def list_shards(self) -> list[Shard]:
         return [Shard(sid, parents) for sid, (parents, _, _) in self.shards.items()]
 
     def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
+        self.opened.append((shard_id, after_sequence, start_position))
+        if shard_id in self.gone:
+            raise ShardGone("ResourceNotFoundException")
         seqs = self.shards[shard_id][1]
-        start = (
-            0 if after_sequence is None else next((i for i, s in enumerate(seqs) if s > int(after_sequence)), len(seqs))
-        )
+        oldest = self.trimmed_before.get(shard_id)
+        if after_sequence is not None and oldest is not None and int(after_sequence) < oldest - 1:
+            raise CheckpointTrimmed("TrimmedDataAccessException")
+        if after_sequence is None:
+            start = len(seqs) if start_position == "LATEST" else 0
+        else:
+            start = next((i for i, s in enumerate(seqs) if s > int(after_sequence)), len(seqs))
         return f"{shard_id}:{start}"
 
     def read(self, iterator: str, limit: int) -> Page:
@@ -95,8 +107,7 @@ def test_restart_resumes_after_the_checkpoint_and_a_failed_page_is_read_again() 
 
     reader = ShardReader(stream, checkpoints, flaky, records_per_read=3)
     reader.poll_once()  # 1,2,3 handled and checkpointed
-    with pytest.raises(RuntimeError):
-        reader.poll_once()  # 4,5,6 fail: no checkpoint
+    assert reader.poll_once() == 0  # 4,5,6 fail: no checkpoint (the shard backs off; nothing raised)
     assert checkpoints.saved["s"].sequence == "3"
 
     # a new process (restart) starts from the durable checkpoint
@@ -136,3 +147,83 @@ def test_a_busy_reader_checkpoints_at_most_once_an_interval_and_everything_when_
     reader.stop_event.set()
     reader.run()  # stopping writes what was held back
     assert writes == ["2", "10"] and checkpoints.saved["s"].sequence == "10"
+
+
+def metric(bridge: str, event: str) -> float:
+    return BRIDGE_SHARD_EVENTS.labels(bridge, event)._value.get()
+
+
+def test_a_failing_shard_backs_off_alone_while_the_others_are_read_then_resumes_from_its_checkpoint() -> None:
+    stream = MemoryStream({"bad": ((), [1, 2, 3], False), "good": ((), [10, 11, 12, 13], False)})
+    seen: list[tuple[str, int]] = []
+    broken = {"bad": True}
+
+    def handler(records: list[dict[str, Any]], shard_id: str) -> None:
+        if broken.get(shard_id):
+            raise RecursionError("a page this bridge cannot handle")
+        seen.extend((shard_id, r["seq"]) for r in records)
+
+    before = metric("poison", "read-error")
+    reader = ShardReader(
+        stream, MemoryCheckpoints(), handler, records_per_read=2, idle_sleep_seconds=0.02, name="poison"
+    )
+    drain(reader, 6)
+    assert [s for sid, s in seen if sid == "good"] == [10, 11, 12, 13]  # never held up by "bad"
+    assert not [s for sid, s in seen if sid == "bad"]
+    assert 1 <= metric("poison", "read-error") - before < 6  # backing off: not retried every poll
+
+    broken["bad"] = False
+    for _ in range(50):
+        reader.poll_once()
+        if len([s for sid, s in seen if sid == "bad"]) == 3:
+            break
+        time.sleep(0.02)
+    assert [s for sid, s in seen if sid == "bad"] == [1, 2, 3]  # from its checkpoint: nothing skipped
+
+
+def test_a_split_after_the_start_is_read_from_trim_horizon_even_when_the_bridge_starts_at_latest() -> None:
+    stream = MemoryStream({"parent": ((), [1, 2], False)})
+    seen: list[int] = []
+    reader = ShardReader(
+        stream,
+        MemoryCheckpoints(),
+        lambda recs, sid: seen.extend(r["seq"] for r in recs),
+        start_position="LATEST",
+        shard_refresh_seconds=0,
+    )
+    drain(reader, 2)
+    assert seen == []  # LATEST: what was there before the start is skipped
+    stream.shards["parent"] = ((), [1, 2, 3], True)  # one more record, then the shard splits
+    stream.shards["child-a"] = (("parent",), [10, 11], False)
+    stream.shards["child-b"] = (("parent",), [20], False)
+    drain(reader, 4)
+    assert seen[0] == 3 and sorted(seen[1:]) == [10, 11, 20]  # the children's first records are not skipped
+    assert {(sid, start) for sid, _, start in stream.opened if sid.startswith("child")} == {
+        ("child-a", "TRIM_HORIZON"),
+        ("child-b", "TRIM_HORIZON"),
+    }
+
+
+def test_a_checkpoint_older_than_the_retention_reopens_at_trim_horizon_and_is_counted() -> None:
+    stream = MemoryStream({"s": ((), [7, 8, 9], False)})
+    stream.trimmed_before["s"] = 7  # records 3..6 are gone
+    checkpoints = MemoryCheckpoints()
+    checkpoints.saved["s"] = Checkpoint("2")
+    seen: list[int] = []
+    before = metric("trim", "checkpoint-trimmed")
+    reader = ShardReader(stream, checkpoints, lambda recs, sid: seen.extend(r["seq"] for r in recs), name="trim")
+    drain(reader, 3)
+    assert seen == [7, 8, 9]
+    assert metric("trim", "checkpoint-trimmed") - before == 1
+    assert ("s", None, "TRIM_HORIZON") in stream.opened
+
+
+def test_a_shard_gone_from_the_stream_is_finished_and_its_children_are_read() -> None:
+    stream = MemoryStream({"old": ((), [1], True), "new": (("old",), [5], False)})
+    stream.gone.add("old")
+    seen: list[int] = []
+    checkpoints = MemoryCheckpoints()
+    reader = ShardReader(stream, checkpoints, lambda recs, sid: seen.extend(r["seq"] for r in recs), name="gone")
+    drain(reader, 3)
+    assert checkpoints.saved["old"].finished
+    assert seen == [5]

@@ -95,6 +95,26 @@ def test_an_oversize_payload_of_quotes_and_backslashes_also_stays_under_the_sqs_
         assert len(text.encode()) < SQS_MAX_MESSAGE_BYTES
 
 
+def test_an_oversize_stream_record_keeps_its_key_fields_and_position() -> None:
+    record = {
+        "eventID": "e1",
+        "eventName": "MODIFY",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "SALE#s1"}, "sk": {"S": "NOTIFICATION#f1"}},
+            "SequenceNumber": "900",
+            "NewImage": {"note": {"S": '"quoted"' * 60_000}},
+        },
+    }
+    letter = DeadLetter("too big", record, position={"shard": "shardId-1", "sequence": "900"})
+    text = letter.to_body()
+    assert len(text.encode()) < SQS_MAX_MESSAGE_BYTES
+    body = json.loads(text)
+    assert body["position"] == {"shard": "shardId-1", "sequence": "900"}
+    assert body["payload"]["eventID"] == "e1" and body["payload"]["eventName"] == "MODIFY"
+    assert body["payload"]["dynamodb"] == {"Keys": record["dynamodb"]["Keys"], "SequenceNumber": "900"}
+    assert body["payload"]["truncated"].startswith('{"eventID": "e1"')
+
+
 # --- writing them --------------------------------------------------------------------------------------
 
 

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 from datetime import UTC
+from decimal import Decimal
 
 import pytest
 
 from dmd_tasks.domain.errors import InvalidRecord
-from dmd_tasks.pipeline.records import decode_kinesis_change, decode_status_record, jsonable, parse_change, restore
-from dmd_tasks.pipeline.routing import route_change
+from dmd_tasks.pipeline.records import (
+    ChangeRecord,
+    decode_kinesis_change,
+    decode_status_record,
+    jsonable,
+    parse_change,
+    restore,
+)
+from dmd_tasks.pipeline.routing import (
+    SEND_NOTIFICATIONS,
+    SHORTEN_EVENT_URL,
+    plan_changes,
+    plan_status_records,
+    route_change,
+)
 from tests.events import load
 
 
@@ -40,7 +54,11 @@ def test_kinesis_wrapped_record_parses_like_the_stream_record() -> None:
     [
         (lambda r: r.pop("dynamodb"), "no 'dynamodb'"),
         (lambda r: r.__setitem__("eventName", "UPSERT"), "eventName"),
-        (lambda r: r["dynamodb"].pop("NewImage"), "neither NewImage nor OldImage"),
+        (lambda r: r["dynamodb"].pop("NewImage"), "only the item's keys \\(stream view type KEYS_ONLY\\)"),
+        (
+            lambda r: r["dynamodb"].__setitem__("OldImage", r["dynamodb"].pop("NewImage")),
+            "without NewImage \\(stream view type must be NEW_AND_OLD_IMAGES\\)",
+        ),
         (lambda r: r["dynamodb"]["NewImage"].__setitem__("eventId", {"Q": "x"}), "not valid DynamoDB JSON"),
     ],
 )
@@ -92,3 +110,111 @@ def test_jsonable_and_restore_round_trip_bytes() -> None:
     assert json.loads(json.dumps(kept)) == kept
     assert kept["Data"] == {"base64": "AAE="}
     assert restore(kept) == raw
+
+
+# --- every form AWS documents (the samples in tests/events) ---------------------------------------
+
+
+def kinesis_wrapped(sample: str, sequence: str = "49590338271490256608559692538361571095921575989136588898") -> dict:  # type: ignore[type-arg]
+    """A Kinesis GetRecords record (as boto3 returns it) whose Data is the DynamoDB change record."""
+    return {"SequenceNumber": sequence, "PartitionKey": "pk", "Data": json.dumps(load(sample)).encode()}
+
+
+@pytest.mark.parametrize(
+    "sample",
+    ["kinesis_ddb_notification_scheduled_microsecond.json", "kinesis_ddb_notification_scheduled_millisecond.json"],
+)
+def test_the_kinesis_form_reads_its_creation_time_at_either_precision(sample: str) -> None:
+    change = decode_kinesis_change(kinesis_wrapped(sample))
+    assert change.created_at is not None
+    assert change.created_at.isoformat().startswith("2025-11-25T19:46:40.123")
+    target = route_change(change)
+    assert target is not None and target.task == SEND_NOTIFICATIONS
+
+
+def test_a_creation_time_of_any_magnitude_is_read_or_dropped_never_raised() -> None:
+    for value, precision in [(1764100000, None), (1764100000123, None), (1764100000123456, None), (10**30, None)]:
+        record = load("ddb_stream_demand_insert.json")
+        record["dynamodb"]["ApproximateCreationDateTime"] = value
+        if precision:
+            record["dynamodb"]["ApproximateCreationDateTimePrecision"] = precision
+        created = parse_change(record).created_at
+        assert created is None if value == 10**30 else created is not None and created.year == 2025
+
+
+def test_every_attribute_type_is_read_binary_from_its_base64_text() -> None:
+    change = parse_change(load("ddb_stream_demand_insert_all_types.json"))
+    new = change.new
+    assert new is not None
+    assert new["avatar"] == b"hello" and new["blobs"] == {b"\x01\x02", b"\x03\x04"}
+    assert new["tags"] == {"vip", "presale"} and new["seats"] == {Decimal(2), Decimal(4)}
+    assert new["score"] == Decimal("12.5") and new["optedIn"] is True and new["note"] is None
+    assert new["history"] == ["a", Decimal(1), b"\x00"] and new["prefs"] == {"lang": "en", "sig": b"\xff"}
+    target = route_change(change)
+    assert target is not None and target.task == SHORTEN_EVENT_URL and target.item == "ev5"
+
+
+def test_removes_are_counted_and_ignored_ttl_deletes_apart() -> None:
+    plan = plan_changes(
+        [load("ddb_stream_ttl_remove.json"), load("ddb_stream_remove.json"), load("ddb_stream_demand_insert.json")],
+        parse_change,
+    )
+    assert (plan.removed, plan.ttl_expired, plan.routed, plan.dead_letters) == (2, 1, 1, [])
+    keys_only_remove = load("ddb_stream_remove.json")
+    del keys_only_remove["dynamodb"]["OldImage"]  # a REMOVE needs no image, whatever the view type
+    assert plan_changes([keys_only_remove], parse_change).removed == 1
+
+
+def test_a_keys_only_record_is_dead_lettered_with_a_clear_reason() -> None:
+    plan = plan_changes([load("ddb_stream_keys_only_modify.json"), load("ddb_stream_demand_insert.json")], parse_change)
+    assert plan.routed == 1
+    (letter,) = plan.dead_letters
+    assert "KEYS_ONLY" in letter.reason and "NEW_AND_OLD_IMAGES" in letter.reason
+    assert letter.position == {"sequence": "666"}
+
+
+def test_the_status_sample_decodes_with_its_data_as_base64_text() -> None:
+    assert decode_status_record(load("kinesis_sms_status_record.json"))["message_id"] == "SM1"
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_a_status_record_nested_thousands_deep_is_dead_lettered_and_the_page_goes_on() -> None:
+    good = load("kinesis_sms_status_record.json")
+    poison = {"SequenceNumber": "2", "Data": b'{"type": "status", "x": ' + nested(5000) + b"}"}
+    plan = plan_status_records([poison, good], batch_size=10)
+    assert plan.routed == 1
+    (letter,) = plan.dead_letters
+    assert "nested too deeply" in letter.reason and letter.position == {"sequence": "2"}
+    assert len(letter.to_body()) < 300_000  # and its letter can be written
+
+
+def test_a_change_record_nested_thousands_deep_is_dead_lettered() -> None:
+    deep: dict = {"L": []}  # type: ignore[type-arg]
+    cursor = deep
+    for _ in range(3000):
+        inner: dict = {"L": []}  # type: ignore[type-arg]
+        cursor["L"].append(inner)
+        cursor = inner
+    record = load("ddb_stream_demand_insert.json")
+    record["dynamodb"]["NewImage"]["deep"] = deep
+    plan = plan_changes([record, load("ddb_stream_ttl_remove.json")], parse_change)
+    (letter,) = plan.dead_letters
+    assert "nested too deeply" in letter.reason
+    json.loads(letter.to_body())  # the copy stops at a depth: the letter is valid JSON
+    assert plan.removed == 1
+
+
+def test_whatever_a_record_raises_becomes_its_dead_letter_and_the_rest_proceed() -> None:
+    def decode(raw: dict) -> ChangeRecord:  # type: ignore[type-arg]
+        if raw.get("boom"):
+            raise ZeroDivisionError("a defect met by one record")
+        return parse_change(raw)
+
+    plan = plan_changes([{"boom": True, "eventID": "x1"}, load("ddb_stream_demand_insert.json")], decode)
+    assert plan.routed == 1
+    (letter,) = plan.dead_letters
+    assert letter.reason == "unexpected ZeroDivisionError: a defect met by one record"
+    assert letter.correlation_id == "ddb-x1"

@@ -1,0 +1,346 @@
+"""Shard leases: several processes of one bridge share a stream's shards (the Kinesis Client
+Library's lease semantics, on the bridges' checkpoint table).
+
+Each shard has one lease item (key: consumer|stream, shard) with its ``owner``, a ``counter``
+and the ``sequence`` checkpoint (``finished`` once the shard is read to its end):
+
+- **Renew.** The owner increments the counter of each lease it holds every
+  ``failover / 3`` with a write conditional on owner and counter; a failed condition means
+  another process took the lease: it is dropped at once.
+- **Expire, on the observer's clock.** A process judges another's lease expired when it has not
+  seen the counter change for ``failover`` seconds of its own monotonic clock (no clock sync
+  across machines); a lease with no owner (released) is free at once.
+- **Take.** Every ``failover / 2`` a process lists the leases and aims for its fair share
+  (``ceil(unfinished / processes)``, at most ``max_leases``): free and expired leases first,
+  then, when none is, one lease at a time from the busiest owner, when it holds at least two
+  more than this process. A take is conditional on the counter seen.
+- **Checkpoint** only while holding: conditional on owner (a process that lost a lease cannot
+  move its checkpoint; its last pages are read again by the new owner, and every task they
+  become is idempotent).
+- **Release** on stop: owner removed, so another process takes the shards without waiting.
+
+New shards get a lease (conditional create) from whichever process lists them first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from dmd_tasks.infra import aws
+from dmd_tasks.infra.metrics import BRIDGE_LEASE_EVENTS, BRIDGE_LEASES
+from dmd_tasks.infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    shard: str
+    owner: str | None = None
+    counter: int = 0
+    sequence: str | None = None
+    finished: bool = False
+    parents: tuple[str, ...] = ()
+
+
+def _conditional_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class LeaseTable:
+    """The lease items of one consumer's stream in the checkpoint table (one item per shard)."""
+
+    def __init__(self, settings: Settings, consumer: str, stream_id: str) -> None:
+        self._ddb = aws.client("dynamodb", settings)
+        self._table = settings.checkpoint_table_name
+        self._stream = f"{consumer}|{stream_id}"
+
+    def _key(self, shard: str) -> dict[str, Any]:
+        return {"stream": {"S": self._stream}, "shard": {"S": shard}}
+
+    def list(self) -> list[Lease]:
+        leases: list[Lease] = []
+        paginator = self._ddb.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._table,
+            KeyConditionExpression="#s = :s",
+            ExpressionAttributeNames={"#s": "stream"},
+            ExpressionAttributeValues={":s": {"S": self._stream}},
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                leases.append(
+                    Lease(
+                        shard=item["shard"]["S"],
+                        owner=item.get("owner", {}).get("S"),
+                        counter=int(item.get("counter", {}).get("N", "0")),
+                        sequence=item.get("sequence", {}).get("S"),
+                        finished=item.get("finished", {}).get("BOOL", False),
+                        parents=tuple(item.get("parents", {}).get("SS", [])),
+                    )
+                )
+        return leases
+
+    def _update(self, shard: str, **kwargs: Any) -> bool:
+        try:
+            self._ddb.update_item(TableName=self._table, Key=self._key(shard), **kwargs)
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def create(self, shard: str, parents: Iterable[str]) -> bool:
+        """A lease for a shard that has none (no owner, no checkpoint); False when one exists."""
+        item: dict[str, Any] = {**self._key(shard), "counter": {"N": "0"}, "finished": {"BOOL": False}}
+        parents = sorted(set(parents))
+        if parents:
+            item["parents"] = {"SS": parents}
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#k)",
+                ExpressionAttributeNames={"#k": "shard"},
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def renew(self, lease: Lease, owner: str) -> bool:
+        return self._update(
+            lease.shard,
+            UpdateExpression="SET #c = #c + :one",
+            ConditionExpression="#o = :me AND #c = :seen",
+            ExpressionAttributeNames={"#c": "counter", "#o": "owner"},
+            ExpressionAttributeValues={":one": {"N": "1"}, ":me": {"S": owner}, ":seen": {"N": str(lease.counter)}},
+        )
+
+    def take(self, lease: Lease, owner: str) -> bool:
+        """Become the owner, if the lease is still as seen (its counter unchanged)."""
+        return self._update(
+            lease.shard,
+            UpdateExpression="SET #o = :me, #c = if_not_exists(#c, :zero) + :one",
+            ConditionExpression="attribute_not_exists(#c) OR #c = :seen",
+            ExpressionAttributeNames={"#c": "counter", "#o": "owner"},
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":zero": {"N": "0"},
+                ":me": {"S": owner},
+                ":seen": {"N": str(lease.counter)},
+            },
+        )
+
+    def checkpoint(self, shard: str, owner: str, sequence: str | None, finished: bool) -> bool:
+        """Move the checkpoint, only while ``owner`` holds the lease."""
+        names = {"#o": "owner", "#f": "finished", "#u": "updatedAt"}
+        values: dict[str, Any] = {
+            ":me": {"S": owner},
+            ":f": {"BOOL": finished},
+            ":u": {"N": str(int(time.time()))},
+        }
+        expression = "SET #f = :f, #u = :u"
+        if sequence:
+            names["#q"] = "sequence"
+            values[":q"] = {"S": sequence}
+            expression += ", #q = :q"
+        return self._update(
+            shard,
+            UpdateExpression=expression,
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def release(self, shard: str, owner: str) -> bool:
+        return self._update(
+            shard,
+            UpdateExpression="REMOVE #o SET #c = #c + :one",
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames={"#o": "owner", "#c": "counter"},
+            ExpressionAttributeValues={":me": {"S": owner}, ":one": {"N": "1"}},
+        )
+
+
+@dataclass
+class _Seen:
+    counter: int
+    owner: str | None
+    since: float  # monotonic time the counter was first seen at this value
+
+
+@dataclass
+class LeaseCoordinator:
+    """This process's leases on one stream: renewed and taken on a thread of its own."""
+
+    table: LeaseTable
+    failover_seconds: float = 10.0
+    max_leases: int = 10_000
+    #: who holds a lease: host, process id and a random part (a restarted process is a new owner)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    bridge: str = "bridge"
+    clock: Any = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, Lease] = {}
+        self._seen: dict[str, _Seen] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_take = -math.inf
+        #: every lease of the stream as last listed (whoever holds it): the reader's view of
+        #: other shards' progress (a parent finished by another process)
+        self.listing: dict[str, Lease] = {}
+
+    # --- what the reader asks -------------------------------------------------------------------
+
+    def held(self) -> dict[str, Lease]:
+        """The leases held now (a copy: shard → lease as taken, with the checkpoint it had)."""
+        with self._lock:
+            return dict(self._held)
+
+    def checkpoint(self, shard: str, sequence: str | None, finished: bool) -> bool:
+        """Write a checkpoint; False (and the lease dropped) when this process no longer holds it."""
+        if self.table.checkpoint(shard, self.worker_id, sequence, finished):
+            with self._lock:
+                if shard in self._held:
+                    self._held[shard].sequence, self._held[shard].finished = sequence, finished
+            if shard in self.listing:
+                self.listing[shard].sequence, self.listing[shard].finished = sequence, finished
+            return True
+        self._lost(shard, "its checkpoint was refused")
+        return False
+
+    def sync_shards(self, shards: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """A lease for each listed shard that has none yet."""
+        known = {lease.shard for lease in self.table.list()}
+        for shard, parents in shards:
+            if shard not in known and self.table.create(shard, parents):
+                log.info("%s: lease created for shard %s", self.bridge, shard)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.tick()
+        self._thread = threading.Thread(target=self._run, name=f"{self.bridge}-leases", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.failover_seconds / 3):
+            try:
+                self.tick()
+            except Exception:
+                log.exception(
+                    "%s: lease renewal or taking failed; again in %.1fs", self.bridge, self.failover_seconds / 3
+                )
+
+    def tick(self) -> None:
+        """Renew what is held; every failover/2, take what is free, expired or due for balance."""
+        self.renew()
+        now = self.clock()
+        if now - self._last_take >= self.failover_seconds / 2:
+            self._last_take = now
+            self.take()
+        BRIDGE_LEASES.labels(self.bridge).set(len(self._held))
+
+    def renew(self) -> None:
+        for shard, lease in self.held().items():
+            if lease.finished:
+                continue
+            if self.table.renew(lease, self.worker_id):
+                with self._lock:
+                    if shard in self._held:
+                        self._held[shard].counter += 1
+            else:
+                self._lost(shard, "another process took it")
+
+    def _lost(self, shard: str, why: str) -> None:
+        with self._lock:
+            dropped = self._held.pop(shard, None)
+        if dropped is not None:
+            BRIDGE_LEASE_EVENTS.labels(self.bridge, "lost").inc()
+            log.warning("%s: lease of shard %s lost (%s)", self.bridge, shard, why)
+
+    def take(self) -> None:
+        now = self.clock()
+        leases = self.table.list()
+        self.listing = {lease.shard: Lease(**vars(lease)) for lease in leases}
+        live = [lease for lease in leases if not lease.finished]
+        for lease in leases:
+            seen = self._seen.get(lease.shard)
+            if seen is None or seen.counter != lease.counter or seen.owner != lease.owner:
+                self._seen[lease.shard] = _Seen(lease.counter, lease.owner, now)
+        with self._lock:
+            for lease in leases:
+                held = self._held.get(lease.shard)
+                if held is not None and (lease.finished or lease.owner != self.worker_id):
+                    self._held.pop(lease.shard)  # finished, or no longer ours
+                elif held is None and lease.owner == self.worker_id and not lease.finished:
+                    self._held[lease.shard] = Lease(**vars(lease))  # ours by the table (a lost reply)
+        mine = [lease for lease in live if lease.owner == self.worker_id]
+
+        def expired(lease: Lease) -> bool:
+            return lease.owner is None or now - self._seen[lease.shard].since >= self.failover_seconds
+
+        free = [lease for lease in live if lease.owner != self.worker_id and expired(lease)]
+        owners: dict[str, int] = {self.worker_id: len(mine)}
+        for lease in live:
+            if lease.owner is not None and lease.owner != self.worker_id and not expired(lease):
+                owners[lease.owner] = owners.get(lease.owner, 0) + 1
+        target = min(self.max_leases, math.ceil(len(live) / len(owners))) if live else 0
+        want = target - len(mine)
+        if want <= 0:
+            return
+        chosen = sorted(free, key=lambda lease: (lease.owner is not None, lease.shard))[:want]
+        if not chosen:
+            busiest, count = max(
+                ((o, n) for o, n in owners.items() if o != self.worker_id), key=lambda on: on[1], default=(None, 0)
+            )
+            if busiest is not None and count - len(mine) >= 2:
+                chosen = [
+                    sorted((lease for lease in live if lease.owner == busiest), key=lambda lease: lease.shard)[-1]
+                ]
+        for lease in chosen:
+            previous = lease.owner
+            event = "stolen" if previous is not None and not expired(lease) else "taken"
+            if self.table.take(lease, self.worker_id):
+                lease.owner, lease.counter = self.worker_id, lease.counter + 1
+                with self._lock:
+                    self._held[lease.shard] = lease
+                self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
+                BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
+                log.info(
+                    "%s: took the lease of shard %s (from %s: %s)",
+                    self.bridge,
+                    lease.shard,
+                    previous or "nobody",
+                    "balancing" if event == "stolen" else "free or expired",
+                )
+
+    def stop(self) -> None:
+        """Stop renewing and release every lease held (another process takes them at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.failover_seconds)
+        for shard in list(self.held()):
+            try:
+                if self.table.release(shard, self.worker_id):
+                    BRIDGE_LEASE_EVENTS.labels(self.bridge, "released").inc()
+            except Exception:
+                log.exception("%s: could not release the lease of shard %s", self.bridge, shard)
+        with self._lock:
+            self._held.clear()
+        BRIDGE_LEASES.labels(self.bridge).set(0)

@@ -1,0 +1,135 @@
+"""Two processes of each bridge on one stream: they share its shards through leases; one killed
+mid-sale is replaced by the other within the failover time, and a restarted one gets its share back.
+
+The status stream has DMD_SMS_STATUS_SHARDS shards (config/local.env: 4); the demand table's
+stream has one (DynamoDB's local emulation), so one demand bridge reads and the other stands by.
+Prints its figures:
+
+    [chaos] bridge-leases {"takeover_seconds": {"bridge-sms-status": 6.1, ...}, "duplicates": 0, ...}
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from bridges.leases import Lease, LeaseTable
+from bridges.sources import DynamoDBStreamSource, KinesisSource
+from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.stack import ProcessGroup
+from tests.chaos.scenario import CHAOS_ENV, FANS, all_terminal, assert_healthy, counts, figures, report, start_sale
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+BRIDGES = ("bridge-demand", "bridge-sms-status")
+FAILOVER = float(CHAOS_ENV["DMD_BRIDGE_LEASE_FAILOVER_SECONDS"])
+
+
+@pytest.fixture()
+def doubled(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+    """The pipeline with a second process of each bridge (``<bridge>-2``)."""
+    sim.configure(sms={"status_delay_ms": 100})
+    group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"leases-{uuid.uuid4().hex[:6]}", env=CHAOS_ENV)
+    group.start(PIPELINE_PROCESSES)
+    for bridge in BRIDGES:
+        group.start_one(bridge, instance=f"{bridge}-2")
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def lease_tables(settings) -> dict[str, LeaseTable]:  # type: ignore[no-untyped-def]
+    return {
+        "bridge-demand": LeaseTable(
+            settings, "bridge-demand", DynamoDBStreamSource(settings, settings.table_name).stream_id
+        ),
+        "bridge-sms-status": LeaseTable(
+            settings, "bridge-sms-status", KinesisSource(settings, settings.sms_status_stream_name).stream_id
+        ),
+    }
+
+
+def live(table: LeaseTable) -> list[Lease]:
+    return [lease for lease in table.list() if not lease.finished]
+
+
+def holders(table: LeaseTable, group: ProcessGroup, bridge: str) -> dict[str, int]:
+    """Live leases per process instance (a lease's owner names the process id)."""
+    by_pid = {str(p.pid): name for name, p in group.processes.items() if name.startswith(bridge)}
+    out: dict[str, int] = {}
+    for lease in live(table):
+        pid = (lease.owner or "").split(":")[1] if lease.owner and lease.owner.count(":") == 2 else ""
+        name = by_pid.get(pid, f"other:{lease.owner}")
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(doubled, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    tables = lease_tables(settings)
+
+    def balanced(bridge: str) -> dict[str, int] | None:
+        held = holders(tables[bridge], doubled, bridge)
+        total = len(live(tables[bridge]))
+        want = {bridge: (total + 1) // 2, f"{bridge}-2": total // 2}
+        return held if sorted(held.values()) == sorted(v for v in want.values() if v) and total else None
+
+    for bridge in BRIDGES:
+        wait_until(lambda b=bridge: balanced(b), timeout=FAILOVER * 6 + 30, interval=0.5, what=f"{bridge} balanced")
+    split_before = {b: holders(tables[b], doubled, b) for b in BRIDGES}
+    shards = {b: len(live(t)) for b, t in tables.items()}
+
+    sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
+    wait_until(lambda: counts(settings, sale_id).get("delivered", 0) > 0, timeout=90, what="receipts flowing")
+    # kill -9 the process holding the demand stream's lease, and one status bridge
+    victims = [
+        next(name for name, n in split_before["bridge-demand"].items() if n),
+        "bridge-sms-status",
+    ]
+    takeover: dict[str, float] = {}
+    killed_at = time.monotonic()
+    for victim in victims:
+        doubled.kill(victim, signal.SIGKILL)
+    survivors = {
+        "bridge-demand": next(n for n in ("bridge-demand", "bridge-demand-2") if n != victims[0]),
+        "bridge-sms-status": "bridge-sms-status-2",
+    }
+    deadline = killed_at + FAILOVER * 3 + 30
+    while len(takeover) < len(BRIDGES) and time.monotonic() < deadline:
+        for bridge in BRIDGES:
+            held = holders(tables[bridge], doubled, bridge)
+            if bridge not in takeover and held.get(survivors[bridge], 0) == len(live(tables[bridge])):
+                takeover[bridge] = round(time.monotonic() - killed_at, 1)
+        time.sleep(0.25)
+
+    wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification final")
+    # the killed ones come back: each bridge's shards are shared again
+    for victim in victims:
+        doubled.start_one(victim.removesuffix("-2"), instance=victim)
+    rebalanced_at = time.monotonic()
+    for bridge in BRIDGES:
+        wait_until(lambda b=bridge: balanced(b), timeout=FAILOVER * 6 + 30, interval=0.5, what=f"{bridge} rebalanced")
+    result = figures(
+        settings,
+        sim,
+        sale_id,
+        FANS,
+        len(victims),
+        shards=shards,
+        split_before=split_before,
+        takeover_seconds=takeover,
+        failover_seconds=FAILOVER,
+        rebalanced_seconds=round(time.monotonic() - rebalanced_at, 1),
+        split_after={b: holders(tables[b], doubled, b) for b in BRIDGES},
+    )
+    report("bridge-leases", result)
+    assert set(takeover) == set(BRIDGES), result
+    # a lease is judged expired after FAILOVER unseen, and taken at the next take (every FAILOVER / 2)
+    assert all(t <= FAILOVER * 1.5 + 5 for t in takeover.values()), result
+    assert_healthy(result, settings)
+    assert not doubled.dead(), doubled.dead()

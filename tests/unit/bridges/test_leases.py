@@ -1,0 +1,213 @@
+"""Shard leases on the session's moto server: several bridge processes share one stream's shards.
+
+Each test uses a consumer name of its own, so its leases are its alone. Clocks are the tests':
+a lease expires when its observer has not seen its counter move for the failover time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from bridges.leases import LeaseCoordinator, LeaseTable
+
+FAILOVER = 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def table(settings: Any, stack: Any) -> LeaseTable:
+    leases = LeaseTable(settings, f"test-{uuid.uuid4().hex[:8]}", "stream-1")
+    for n in range(4):
+        leases.create(f"shard-{n}", ())
+    return leases
+
+
+def coordinator(table: LeaseTable, clock: Clock, name: str, max_leases: int = 1000) -> LeaseCoordinator:
+    return LeaseCoordinator(table, failover_seconds=FAILOVER, max_leases=max_leases, worker_id=name, clock=clock)
+
+
+def owners(table: LeaseTable) -> dict[str, str | None]:
+    return {lease.shard: lease.owner for lease in table.list()}
+
+
+def test_a_lone_process_takes_every_lease(table: LeaseTable) -> None:
+    a = coordinator(table, Clock(), "a")
+    a.tick()
+    assert set(a.held()) == {f"shard-{n}" for n in range(4)}
+    assert set(owners(table).values()) == {"a"}
+
+
+def test_a_second_process_takes_one_lease_at_a_time_from_the_busiest_until_balanced(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    b.take()
+    assert len(b.held()) == 1  # one at a time
+    b.take()
+    assert len(b.held()) == 2
+    b.take()
+    assert len(b.held()) == 2  # balanced: 2 and 2
+    a.renew()  # a finds out, at its next renewal, which leases it lost
+    assert len(a.held()) == 2 and not set(a.held()) & set(b.held())
+    assert sorted(owners(table).values()) == ["a", "a", "b", "b"]
+
+
+def test_a_dead_processs_leases_are_taken_after_the_failover_time_on_the_observers_clock(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    b.take()
+    b.take()  # 2 and 2
+    # a dies (it renews no more); b keeps renewing its own
+    clock.now += FAILOVER - 1
+    b.renew()
+    b.take()
+    assert len(b.held()) == 2  # not expired yet: b has its fair share
+    clock.now += 1.5
+    b.renew()
+    b.take()
+    assert len(b.held()) == 4
+    assert set(owners(table).values()) == {"b"}
+
+
+def test_a_renewing_owner_keeps_its_leases_however_long_it_runs(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    for _ in range(10):
+        clock.now += FAILOVER / 3
+        a.renew()
+        b.take()
+    assert len(a.held()) + len(b.held()) == 4
+    assert len(b.held()) == 2  # balancing, not expiry: b took only its share
+
+
+def test_a_process_that_lost_a_lease_cannot_move_its_checkpoint(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    assert a.checkpoint("shard-0", "100", False)
+    b.take()  # b sees a's counters (and balances: one lease)
+    clock.now += FAILOVER + 1  # a renews no more: it looks dead to b (paused, say)
+    b.renew()
+    b.take()
+    assert "shard-0" in b.held()
+    assert b.held()["shard-0"].sequence == "100"  # b goes on from a's checkpoint
+    assert not a.checkpoint("shard-0", "150", False)  # a's stale write is refused
+    assert "shard-0" not in a.held()
+    assert {lease.shard: lease.sequence for lease in table.list()}["shard-0"] == "100"
+
+
+def test_a_stopped_process_releases_its_leases_and_another_takes_them_at_once(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    b.take()
+    b.take()
+    a.stop()
+    assert sorted(o or "" for o in owners(table).values()) == ["", "", "b", "b"]
+    b.take()  # no failover wait: released leases are free
+    assert len(b.held()) == 4
+
+
+def test_max_leases_caps_what_one_process_takes(table: LeaseTable) -> None:
+    a = coordinator(table, Clock(), "a", max_leases=3)
+    a.tick()
+    assert len(a.held()) == 3
+
+
+def test_finished_shards_are_not_taken_or_counted(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    assert a.checkpoint("shard-0", "9", True)
+    assert a.checkpoint("shard-1", "9", True)
+    a.tick()
+    b.take()
+    assert len(b.held()) == 1  # two live shards between two processes
+    assert {"shard-0", "shard-1"}.isdisjoint(b.held())
+
+
+def test_a_lease_is_created_once_whoever_lists_the_shard_first(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.sync_shards([("shard-9", ("shard-0",))])
+    b.sync_shards([("shard-9", ("shard-0",))])
+    (lease,) = [lease for lease in table.list() if lease.shard == "shard-9"]
+    assert lease.parents == ("shard-0",) and lease.owner is None and lease.sequence is None
+
+
+# --- readers sharing a real (moto) Kinesis stream of four shards ------------------------------------
+
+
+def test_two_readers_split_four_shards_and_one_takes_all_when_the_other_stops(settings: Any, stack: Any) -> None:
+    from bridges.reader import CheckpointStore, ShardReader
+    from bridges.sources import KinesisSource
+    from dmd_tasks.infra import aws
+
+    stream = f"test-leases-{uuid.uuid4().hex[:8]}"
+    kinesis = aws.client("kinesis", settings)
+    kinesis.create_stream(StreamName=stream, ShardCount=4)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream)
+    consumer = f"bridge-test-{uuid.uuid4().hex[:6]}"
+    clock = Clock()
+    seen: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+
+    def reader(name: str) -> ShardReader:
+        source = KinesisSource(settings, stream)
+        return ShardReader(
+            source,
+            CheckpointStore(settings, consumer),
+            lambda records, shard: seen[name].extend((shard, r["Data"].decode()) for r in records),
+            shard_refresh_seconds=0,
+            name=consumer,
+            leases=LeaseCoordinator(
+                LeaseTable(settings, consumer, source.stream_id), failover_seconds=FAILOVER, worker_id=name, clock=clock
+            ),
+        )
+
+    def put(first: int, count: int) -> set[str]:
+        sent = set()
+        for n in range(first, first + count):
+            kinesis.put_record(StreamName=stream, Data=f"r{n}".encode(), PartitionKey=f"key-{n}")
+            sent.add(f"r{n}")
+        return sent
+
+    a, b = reader("a"), reader("b")
+    a.poll_once()  # lists the shards: their leases are created
+    assert a.leases is not None and b.leases is not None
+    for r in (a, b, b, b):
+        assert r.leases is not None
+        r.leases.take()
+    a.leases.renew()  # a learns which leases b took
+    held_a, held_b = set(a.leases.held()), set(b.leases.held())
+    assert len(held_a) == len(held_b) == 2 and not held_a & held_b
+
+    sent = put(0, 40)
+    for _ in range(3):
+        a.poll_once()
+        b.poll_once()
+    assert {d for _, d in seen["a"]} | {d for _, d in seen["b"]} == sent
+    assert {s for s, _ in seen["a"]} <= held_a and {s for s, _ in seen["b"]} <= held_b  # each read only its own
+    assert not {d for _, d in seen["a"]} & {d for _, d in seen["b"]}
+
+    # a stops: its checkpoints are written and its leases released; b takes them at once and goes on
+    a.flush_checkpoints()
+    a.leases.stop()
+    b.leases.take()
+    assert set(b.leases.held()) == held_a | held_b
+    more = put(40, 20)
+    for _ in range(3):
+        b.poll_once()
+    assert {d for _, d in seen["b"]} >= more
+    assert not {d for _, d in seen["b"]} & {d for _, d in seen["a"]}  # nothing of a's read again
