@@ -181,4 +181,84 @@ def run(h: Harness, *, records: int, runs: int) -> dict[str, Any]:
             }
         if group.dead():
             raise RuntimeError(f"bridge exited: {group.dead()}")
+    out["status_bridges"] = status_bridges(h, events=records * 10, runs=runs)
+    return out
+
+
+STATUS_BRIDGE = "bridge-sms-status"
+
+
+def _status_events(count: int, run_no: int) -> list[dict[str, Any]]:
+    """Kinesis records of ``count`` delivery statuses, spread over the shards by message id."""
+    import json
+
+    stamp = datetime.now(UTC).isoformat()
+    return [
+        {
+            "Data": json.dumps(
+                {"type": "status", "message_id": f"SMb{run_no}x{n:07d}", "status": "delivered", "timestamp": stamp}
+            ).encode(),
+            "PartitionKey": f"SMb{run_no}x{n:07d}",
+        }
+        for n in range(count)
+    ]
+
+
+def status_bridges(h: Harness, *, events: int, runs: int) -> dict[str, Any]:
+    """Status records/s with one and with two ``bridge-sms-status`` processes sharing the status
+    stream's shards through leases (each run: both paused while the records go in, then timed until
+    their tasks are in SQS; the pause is shorter than the lease failover, so no lease moves)."""
+    from bridges.leases import LeaseTable
+    from bridges.sources import KinesisSource
+    from dmd_tasks.infra import aws, topology
+
+    settings = h.settings
+    sqs = aws.client("sqs", settings)
+    kinesis = aws.client("kinesis", settings)
+    stream = settings.sms_status_stream_name
+    url = topology.queue_url(settings, "sms-status")
+    tasks = -(-events // settings.status_batch_size)
+    leases = LeaseTable(settings, STATUS_BRIDGE, KinesisSource(settings, stream).stream_id)
+    shards = len(kinesis.list_shards(StreamName=stream)["Shards"])
+    out: dict[str, Any] = {"shards": shards, "events_per_run": events, "tasks_per_run": tasks}
+    env = {"DMD_BRIDGE_IDLE_SLEEP_SECONDS": "0.02", "DMD_BRIDGE_LEASE_FAILOVER_SECONDS": "10"}
+    for processes in (1, 2):
+        instances = [STATUS_BRIDGE] + [f"{STATUS_BRIDGE}-{n}" for n in range(2, processes + 1)]
+        specs = [(STATUS_BRIDGE, name, ()) for name in instances]
+        with h.processes(specs, env=env, label=f"status-bridges-{processes}") as group:
+
+            def balanced(group: Any = group, processes: int = processes) -> bool:
+                owners: dict[str, int] = {}
+                for lease in leases.list():
+                    if not lease.finished and lease.owner:
+                        owners[lease.owner] = owners.get(lease.owner, 0) + 1
+                pids = {str(p.pid) for p in group.processes.values()}
+                return (
+                    sum(owners.values()) == shards
+                    and len(owners) == processes
+                    and {o.split(":")[1] for o in owners} <= pids
+                    and max(owners.values()) - min(owners.values()) <= 1
+                )
+
+            wait_until(balanced, 90, 0.5, what=f"{processes} status bridge(s) sharing the shards")
+            rates: list[float] = []
+            for run_no in range(runs):
+                empty_queue(sqs, url)
+                for process in group.processes.values():
+                    os.kill(process.pid, signal.SIGSTOP)
+                try:
+                    records = _status_events(events, run_no + 10 * processes)
+                    for start in range(0, events, 500):
+                        kinesis.put_records(StreamName=stream, Records=records[start : start + 500])
+                finally:
+                    for process in group.processes.values():
+                        os.kill(process.pid, signal.SIGCONT)
+                started = time.perf_counter()
+                wait_until(lambda: queue_depth(sqs, url) >= tasks, 120 + events / 10, 0.02, what="status tasks")
+                rates.append(events / (time.perf_counter() - started))
+                h.say(f"status bridges x{processes} run {run_no + 1}/{runs}: {rates[-1]:,.0f} records/s")
+            if group.dead():
+                raise RuntimeError(f"status bridge exited: {group.dead()}")
+            out[f"records_per_second_{processes}"] = summary(rates, 1)
+    empty_queue(sqs, url)
     return out

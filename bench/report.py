@@ -221,6 +221,24 @@ def _bridge(b: dict[str, Any]) -> list[str]:
         "batched records it sends a twentieth of the messages and is bound by reading the stream (moto's",
         "DynamoDB Streams) instead: a low ratio there means SQS has room to spare.",
     ]
+    st = b.get("status_bridges")
+    if st:
+        one, two = st["records_per_second_1"], st["records_per_second_2"]
+        lines += [
+            "",
+            f"**One or two status bridges.** `bridge-sms-status` on the status stream ({st['shards']} shards),",
+            f"{st['events_per_run']:,} delivery statuses per run ({st['tasks_per_run']} tasks), with one process",
+            "and with two sharing the shards through leases:",
+            "",
+            "| processes | records/s | ratio to one |",
+            "|---|---|---|",
+            f"| 1 | {_m(one)} | 1.00 |",
+            f"| 2 | {_m(two)} | {two['median'] / one['median']:.2f} |",
+            "",
+            "Both processes read through one emulator on the same cores, which bounds them together: a second",
+            "process is there for failover (shown by `make chaos`, scenario `bridge-leases`); a",
+            "ratio near 1 says the emulator, not the reading, is the limit here.",
+        ]
     return lines
 
 

@@ -132,20 +132,43 @@ def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settin
     )
     group.start(["bridge-demand", "worker-short-url"])
     try:
-        events = make_events(2)
+        events = make_events(3)
         table.put_items(item(e) for e in events)
         marker = uuid.uuid4().hex
+        micro = _kinesis_change(events[2], "fanK3")
+        micro["dynamodb"]["ApproximateCreationDateTime"] = int(time.time() * 1_000_000)
+        micro["dynamodb"]["ApproximateCreationDateTimePrecision"] = "MICROSECOND"
+        keys_only = _kinesis_change(events[0], "fanK9")
+        del keys_only["dynamodb"]["NewImage"]
+        ttl_remove = {**_kinesis_change(events[0], "fanK8"), "eventName": "REMOVE"}
+        ttl_remove["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+        ttl_remove["dynamodb"]["OldImage"] = ttl_remove["dynamodb"].pop("NewImage")
+        deep = b'{"eventName": "INSERT", "dynamodb": {"NewImage": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
         records = [
             {"Data": json.dumps(_kinesis_change(events[0], "fanK1")).encode(), "PartitionKey": "a"},
-            {"Data": f"garbage {marker}".encode(), "PartitionKey": "b"},
+            {"Data": f"garbage {marker}".encode(), "PartitionKey": f"b-{marker}"},
+            {"Data": deep, "PartitionKey": f"deep-{marker}"},
+            {"Data": json.dumps(keys_only).encode(), "PartitionKey": f"keys-{marker}"},
+            {"Data": json.dumps(ttl_remove).encode(), "PartitionKey": f"ttl-{marker}"},
+            {"Data": json.dumps(micro).encode(), "PartitionKey": "d"},
             {"Data": json.dumps(_kinesis_change(events[1], "fanK2")).encode(), "PartitionKey": "c"},
         ]
         aws.client("kinesis", settings).put_records(StreamName=stream_name, Records=records)
 
+        # every good record (either precision) is bridged, whatever came between them
         wait_until(lambda: all_short(table, events), what="events from Kinesis-wrapped changes shortened")
         encoded = base64.b64encode(f"garbage {marker}".encode()).decode()
         letters = wait_until(lambda: dead_letters_mentioning(settings, encoded), what="garbage dead-lettered")
         assert letters[0]["reason"] == "Kinesis Data is not JSON"
+        # each poison form is dead-lettered with its reason and position; the TTL delete is not a letter
+        poison = wait_until(
+            lambda: (found := dead_letters_mentioning(settings, marker)) and len(found) >= 3 and found,
+            what="every poison record dead-lettered",
+        )
+        reasons = {letter["payload"]["PartitionKey"].split("-")[0]: letter["reason"] for letter in poison}
+        assert set(reasons) == {"b", "deep", "keys"}, reasons
+        assert "nested too deeply" in reasons["deep"] and "KEYS_ONLY" in reasons["keys"]
+        assert all(letter["position"]["sequence"] and letter["position"]["shard"] for letter in poison)
     finally:
         group.stop()
 
