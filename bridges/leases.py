@@ -165,6 +165,22 @@ class LeaseTable:
             ExpressionAttributeValues=values,
         )
 
+    def delete_finished(self, shard: str) -> bool:
+        """Forget the lease of a shard read to its end (only if it is finished)."""
+        try:
+            self._ddb.delete_item(
+                TableName=self._table,
+                Key=self._key(shard),
+                ConditionExpression="#f = :true",
+                ExpressionAttributeNames={"#f": "finished"},
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
     def release(self, shard: str, owner: str) -> bool:
         return self._update(
             shard,
@@ -225,11 +241,21 @@ class LeaseCoordinator:
         return False
 
     def sync_shards(self, shards: Iterable[tuple[str, tuple[str, ...]]]) -> None:
-        """A lease for each listed shard that has none yet."""
-        known = {lease.shard for lease in self.table.list()}
-        for shard, parents in shards:
+        """A lease for each listed shard that has none yet; the lease of a finished shard the stream
+        no longer lists (trimmed: no child waits for it) is deleted, so the table does not grow
+        with every shard a stream ever had (DynamoDB Streams rolls its shards every few hours)."""
+        listed = dict(shards)
+        leases = self.table.list()
+        known = {lease.shard for lease in leases}
+        for shard, parents in listed.items():
             if shard not in known and self.table.create(shard, parents):
                 log.info("%s: lease created for shard %s", self.bridge, shard)
+        for lease in leases:
+            if lease.finished and lease.shard not in listed and self.table.delete_finished(lease.shard):
+                self.listing.pop(lease.shard, None)
+                log.info(
+                    "%s: lease of shard %s deleted (finished, and trimmed from the stream)", self.bridge, lease.shard
+                )
 
     # --- the loop -------------------------------------------------------------------------------
 

@@ -211,3 +211,13 @@ def test_two_readers_split_four_shards_and_one_takes_all_when_the_other_stops(se
         b.poll_once()
     assert {d for _, d in seen["b"]} >= more
     assert not {d for _, d in seen["b"]} & {d for _, d in seen["a"]}  # nothing of a's read again
+
+
+def test_the_lease_of_a_finished_shard_trimmed_from_the_stream_is_deleted(table: LeaseTable) -> None:
+    a = coordinator(table, Clock(), "a")
+    a.tick()
+    assert a.checkpoint("shard-0", "9", True)
+    assert a.checkpoint("shard-1", "9", False)
+    # the stream lists shards 1-3 only: shard 0 was trimmed (finished: deleted), shard 1 is live (kept)
+    a.sync_shards([(f"shard-{n}", ()) for n in (2, 3)] + [("shard-1", ())])
+    assert sorted(lease.shard for lease in table.list()) == ["shard-1", "shard-2", "shard-3"]
