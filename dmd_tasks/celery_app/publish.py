@@ -22,7 +22,7 @@ from opentelemetry.propagate import extract
 from dmd_tasks.celery_app.monitoring import task_sent_batch
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, send_batch_all
+from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, SQS_MAX_MESSAGE_BYTES, send_batch_all
 from dmd_tasks.pipeline.routing import TaskCall, queue_of
 
 
@@ -47,17 +47,29 @@ class BatchPublisher:
             return self._publish(task_name, queue, url, calls)
 
     def _publish(self, task_name: str, queue: str, url: str, calls: Iterable[TaskCall]) -> int:
+        """SendMessageBatch calls of at most ten messages and at most 256 KiB in all (SQS limits the
+        whole request as well as each message)."""
         entries: list[dict[str, Any]] = []
+        size = 0
         sent = 0
         for call in calls:
-            entry: dict[str, Any] = {"Id": str(len(entries)), "MessageBody": self._encode(task_name, queue, call)}
+            body = self._encode(task_name, queue, call)
+            length = len(body.encode())
+            if length > SQS_MAX_MESSAGE_BYTES:
+                raise ValueError(f"a {task_name} message of {length} bytes exceeds SQS's {SQS_MAX_MESSAGE_BYTES}")
+            if entries and size + length > SQS_MAX_MESSAGE_BYTES:
+                send_batch_all(self._sqs, url, entries)
+                sent += len(entries)
+                entries, size = [], 0
+            entry: dict[str, Any] = {"Id": str(len(entries)), "MessageBody": body}
             if call.delay_seconds > 0:
                 entry["DelaySeconds"] = min(int(call.delay_seconds), 900)
             entries.append(entry)
+            size += length
             if len(entries) == SQS_BATCH_MAX_ENTRIES:
                 send_batch_all(self._sqs, url, entries)
                 sent += len(entries)
-                entries = []
+                entries, size = [], 0
         if entries:
             send_batch_all(self._sqs, url, entries)
             sent += len(entries)

@@ -16,6 +16,7 @@ and dead letters waiting for replay still find their task.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
@@ -262,10 +263,33 @@ def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "
     plan.routed = len(events)
     if events:
         plan.calls[RECORD_SMS_STATUS] = [
-            TaskCall(args=([e for e, _ in events[i : i + batch_size]],), headers={CORRELATION_HEADER: events[i][1]})
-            for i in range(0, len(events), batch_size)
+            TaskCall(args=([e for e, _ in chunk],), headers={CORRELATION_HEADER: chunk[0][1]})
+            for chunk in _status_chunks(events, batch_size)
         ]
     return plan
+
+
+#: The most event JSON one status message carries: its body is base64 in the SQS envelope (4/3),
+#: beside Celery's headers, and SQS takes 256 KiB a message.
+MAX_STATUS_MESSAGE_JSON_BYTES = 96 * 1024
+
+
+def _status_chunks(events: list[tuple[dict[str, Any], str]], batch_size: int) -> list[list[tuple[dict[str, Any], str]]]:
+    """Events in messages of at most ``batch_size`` and at most ``MAX_STATUS_MESSAGE_JSON_BYTES`` (a
+    provider event is a few hundred bytes, but a valid one may be up to 16 KB)."""
+    chunks: list[list[tuple[dict[str, Any], str]]] = []
+    chunk: list[tuple[dict[str, Any], str]] = []
+    size = 0
+    for event in events:
+        length = len(json.dumps(event[0], default=str))
+        if chunk and (len(chunk) == batch_size or size + length > MAX_STATUS_MESSAGE_JSON_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(event)
+        size += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def dead_letter(raw: Any, exc: BaseException, source: str) -> DeadLetter:

@@ -22,7 +22,7 @@ from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra import aws, logs, topology, tracing
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.settings import Settings, load_settings
-from dmd_tasks.infra.sqs import make_visible
+from dmd_tasks.infra.sqs import SQS_MAX_MESSAGE_BYTES, make_visible
 from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS, TaskCall
 from tests.helpers import wait_until, worker_on
@@ -282,3 +282,15 @@ def test_a_worker_runs_the_published_messages_and_consumes_them(settings: Settin
     # and the messages were acknowledged (deleted from SQS), not left for redelivery
     ids = {r["task_id"] for r in ran}
     assert take_where(settings, "query", lambda body: body["headers"]["id"] in ids) == []
+
+
+def test_a_batch_never_exceeds_sqs_request_limit_of_256_kib(own_queues: Settings, spy: RecordingSQS) -> None:
+    big = "x" * 60_000  # base64 in the envelope: about 80 KB a message
+    calls = [TaskCall(args=(f"ev{i}", big)) for i in range(7)]
+
+    assert BatchPublisher(app, own_queues).publish(WARM_EVENT_DETAILS, calls) == 7
+
+    assert len(spy.batches) > 1
+    for batch in spy.batches:
+        assert sum(len(e["MessageBody"].encode()) for e in batch) <= SQS_MAX_MESSAGE_BYTES
+    assert len(receive_all(own_queues, "query", expected=7)) == 7

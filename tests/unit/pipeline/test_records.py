@@ -18,6 +18,8 @@ from dmd_tasks.pipeline.records import (
     restore,
 )
 from dmd_tasks.pipeline.routing import (
+    MAX_STATUS_MESSAGE_JSON_BYTES,
+    RECORD_SMS_STATUS,
     SEND_NOTIFICATIONS,
     SHORTEN_EVENT_URL,
     plan_changes,
@@ -218,3 +220,23 @@ def test_whatever_a_record_raises_becomes_its_dead_letter_and_the_rest_proceed()
     (letter,) = plan.dead_letters
     assert letter.reason == "unexpected ZeroDivisionError: a defect met by one record"
     assert letter.correlation_id == "ddb-x1"
+
+
+def test_large_valid_status_events_are_split_into_messages_sqs_accepts() -> None:
+    """A provider event may be up to 16 KB: 25 of them in one message would exceed SQS's 256 KiB."""
+    records = [
+        {
+            "SequenceNumber": str(n),
+            "Data": json.dumps(
+                {"type": "status", "message_id": f"SM{n}", "status": "delivered", "timestamp": "t", "pad": "x" * 15_000}
+            ).encode(),
+        }
+        for n in range(25)
+    ]
+    plan = plan_status_records(records, batch_size=25)
+    calls = plan.calls[RECORD_SMS_STATUS]
+    assert len(calls) > 1 and plan.dead_letters == []
+    assert [e["message_id"] for c in calls for e in c.args[0]] == [f"SM{n}" for n in range(25)]
+    assert all(len(json.dumps(c.args[0])) <= MAX_STATUS_MESSAGE_JSON_BYTES for c in calls)
+    small = plan_status_records([load("kinesis_sms_status_record.json")] * 30, batch_size=25)
+    assert [len(c.args[0]) for c in small.calls[RECORD_SMS_STATUS]] == [25, 5]  # small ones: by count
