@@ -241,7 +241,14 @@ def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, s
     offset = log_path.stat().st_size
     pipeline.start_one("bridge-demand")
 
-    # Then it resumes after the checkpoint it had written, and nothing is skipped or shortened twice
+    # Then, once the killed process's shard lease has expired (it cannot release it), the new
+    # process resumes after the checkpoint the killed one had written, and nothing is skipped or
+    # shortened twice
+    wait_until(
+        lambda: "resuming after checkpoint" in log_path.read_text()[offset:],
+        timeout=settings.bridge_lease_failover_seconds * 2 + 30,
+        what="the restarted bridge to take over the lease",
+    )
     wait_until(lambda: all_short(table, events), timeout=120, what="every event shortened after the restart")
     restarted_log = log_path.read_text()[offset:]
     assert f"resuming after checkpoint {at_kill}" in restarted_log
