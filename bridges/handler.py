@@ -16,9 +16,11 @@ from typing import Any
 from cachetools import TTLCache
 
 from dmd_tasks.celery_app.publish import BatchPublisher
-from dmd_tasks.infra.deadletters import DeadLetters
+from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
+from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.metrics import BRIDGE_RECORDS
-from dmd_tasks.pipeline.routing import BatchPlan, dead_letter
+from dmd_tasks.pipeline.records import jsonable
+from dmd_tasks.pipeline.routing import BatchPlan, TaskCall, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,19 @@ class RecordHandler:
     def __call__(self, records: Sequence[dict[str, Any]], shard_id: str) -> None:
         plan = self._plan_page(records)
         for task_name, calls in plan.calls.items():
-            self._publisher.publish(task_name, calls)
+
+            def refused(call: TaskCall, reason: str, task_name: str = task_name) -> None:
+                """A task message SQS would not take: its records' letter, and the page goes on."""
+                plan.dead_letters.append(
+                    DeadLetter(
+                        reason=reason,
+                        payload={"task": task_name, "args": jsonable(call.args), "kwargs": jsonable(call.kwargs)},
+                        correlation_id=call.headers.get(CORRELATION_HEADER),
+                        source=self.name,
+                    )
+                )
+
+            self._publisher.publish(task_name, calls, on_refused=refused)
         if self._recent is not None:
             for key in plan.keys:
                 self._recent[key] = True

@@ -38,7 +38,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from dmd_tasks.infra import aws
-from dmd_tasks.infra.metrics import BRIDGE_LEASE_EVENTS, BRIDGE_LEASES
+from dmd_tasks.infra.metrics import BRIDGE_LEASE_EVENTS, BRIDGE_LEASES, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,16 @@ class LeaseTable:
             raise
         return True
 
+    def finish_gone(self, shard: str) -> bool:
+        """Mark finished the lease of a shard the stream no longer has (whoever holds it)."""
+        return self._update(
+            shard,
+            UpdateExpression="SET #f = :true, #c = if_not_exists(#c, :zero) + :one",
+            ConditionExpression="attribute_exists(#k)",
+            ExpressionAttributeNames={"#f": "finished", "#c": "counter", "#k": "shard"},
+            ExpressionAttributeValues={":true": {"BOOL": True}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
+        )
+
     def release(self, shard: str, owner: str) -> bool:
         return self._update(
             shard,
@@ -217,6 +227,8 @@ class LeaseCoordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_take = -math.inf
+        #: unfinished leases missing from the stream's listing: how many listings in a row
+        self._absent: dict[str, int] = {}
         #: every lease of the stream as last listed (whoever holds it): the reader's view of
         #: other shards' progress (a parent finished by another process)
         self.listing: dict[str, Lease] = {}
@@ -251,10 +263,29 @@ class LeaseCoordinator:
             if shard not in known and self.table.create(shard, parents):
                 log.info("%s: lease created for shard %s", self.bridge, shard)
         for lease in leases:
-            if lease.finished and lease.shard not in listed and self.table.delete_finished(lease.shard):
-                self.listing.pop(lease.shard, None)
-                log.info(
-                    "%s: lease of shard %s deleted (finished, and trimmed from the stream)", self.bridge, lease.shard
+            if lease.shard in listed:
+                self._absent.pop(lease.shard, None)
+                continue
+            if lease.finished:
+                if self.table.delete_finished(lease.shard):
+                    self.listing.pop(lease.shard, None)
+                    log.info(
+                        "%s: lease of shard %s deleted (finished, trimmed from the stream)", self.bridge, lease.shard
+                    )
+                continue
+            # Unfinished and not listed: trimmed before it was read to its end. Judged so only when
+            # two listings in a row miss it (a lease another process created a moment after this
+            # listing is not a trimmed shard); then finished, so it holds no process's share.
+            self._absent[lease.shard] = self._absent.get(lease.shard, 0) + 1
+            if self._absent[lease.shard] >= 2 and self.table.finish_gone(lease.shard):
+                self._absent.pop(lease.shard, None)
+                BRIDGE_SHARD_EVENTS.labels(self.bridge, "shard-gone").inc()
+                log.error(
+                    "%s: shard %s left the stream before it was read to its end (checkpoint %s): finished; "
+                    "the records after the checkpoint were lost upstream",
+                    self.bridge,
+                    lease.shard,
+                    lease.sequence,
                 )
 
     # --- the loop -------------------------------------------------------------------------------

@@ -214,9 +214,8 @@ class ShardReader:
         return handled
 
     def _shard_failed(self, shard_id: str, now: float) -> None:
-        """One shard's read or handling failed: it alone waits (doubling backoff) and is read
-        again from its checkpoint; the other shards go on."""
-        self._iterators.pop(shard_id, None)
+        """One shard's read or handling failed: it alone waits (doubling backoff) and reads the same
+        page again (from its checkpoint once the iterator has expired); the other shards go on."""
         backoff = min(self._backoff.get(shard_id, self._idle / 2) * 2, MAX_SHARD_BACKOFF_SECONDS)
         self._backoff[shard_id] = backoff
         self._retry_at[shard_id] = now + backoff
@@ -266,6 +265,9 @@ class ShardReader:
                 checkpoint.finished = True
                 self._save(shard.id)
                 return 0
+            # kept until a page is handled: a read or a page that fails is tried again from the same
+            # position (reopening at LATEST, before any checkpoint, would skip what came meanwhile)
+            self._iterators[shard.id] = iterator
         try:
             page = self.source.read(iterator, self._limit)
         except IteratorExpired:
@@ -274,12 +276,9 @@ class ShardReader:
             self._iterators.pop(shard.id, None)
             return 0
         if page.records:
-            try:
-                self._handler(page.records, shard.id)
-            except Exception:
-                # Nothing is checkpointed: the page is read again from the last checkpoint.
-                self._iterators.pop(shard.id, None)
-                raise
+            # Should the handler raise, nothing is checkpointed and the iterator that read this page
+            # stays: the same page is read again (after the shard's backoff).
+            self._handler(page.records, shard.id)
             checkpoint.sequence = self.source.sequence_of(page.records[-1])
             arrived = self.source.arrival_of(page.records[-1])
             if isinstance(arrived, datetime):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery, signals
 from kombu import serialization
 from kombu.asynchronous.aws.sqs.message import AsyncMessage
+from kombu.exceptions import EncodeError
 from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
 
@@ -38,25 +39,53 @@ class BatchPublisher:
         # one it leaves the span open and its context attached, one more per message published.
         app.loader.import_default_modules()
 
-    def publish(self, task_name: str, calls: Iterable[TaskCall], queue: str | None = None) -> int:
+    def publish(
+        self,
+        task_name: str,
+        calls: Iterable[TaskCall],
+        queue: str | None = None,
+        on_refused: Callable[[TaskCall, str], None] | None = None,
+    ) -> int:
         """Enqueue every call on the task's queue (``queue`` for a task outside the routing table);
-        returns how many were sent. Raises TransientError if SQS refuses some."""
+        returns how many were sent. Raises TransientError if SQS refuses some.
+
+        A call that cannot become a message SQS takes (it cannot be encoded, or it is larger than
+        256 KiB) goes to ``on_refused`` with the reason, and the rest are sent; without
+        ``on_refused`` it raises ValueError."""
         queue = queue or queue_of(task_name)
         url = topology.queue_url(self._settings, queue)
         with task_sent_batch(self._app):  # one task-sent message per batch, not one per task
-            return self._publish(task_name, queue, url, calls)
+            return self._publish(task_name, queue, url, calls, on_refused)
 
-    def _publish(self, task_name: str, queue: str, url: str, calls: Iterable[TaskCall]) -> int:
+    def _publish(
+        self,
+        task_name: str,
+        queue: str,
+        url: str,
+        calls: Iterable[TaskCall],
+        on_refused: Callable[[TaskCall, str], None] | None,
+    ) -> int:
         """SendMessageBatch calls of at most ten messages and at most 256 KiB in all (SQS limits the
         whole request as well as each message)."""
         entries: list[dict[str, Any]] = []
         size = 0
         sent = 0
         for call in calls:
-            body = self._encode(task_name, queue, call)
+            try:
+                body = self._encode(task_name, queue, call)
+            except (EncodeError, RecursionError, TypeError, ValueError) as exc:
+                reason = f"the {task_name} message cannot be encoded: {type(exc).__name__}: {exc}"
+                if on_refused is None:
+                    raise ValueError(reason) from exc
+                on_refused(call, reason)
+                continue
             length = len(body.encode())
             if length > SQS_MAX_MESSAGE_BYTES:
-                raise ValueError(f"a {task_name} message of {length} bytes exceeds SQS's {SQS_MAX_MESSAGE_BYTES}")
+                reason = f"the {task_name} message would be {length} bytes; SQS takes {SQS_MAX_MESSAGE_BYTES}"
+                if on_refused is None:
+                    raise ValueError(reason)
+                on_refused(call, reason)
+                continue
             if entries and size + length > SQS_MAX_MESSAGE_BYTES:
                 send_batch_all(self._sqs, url, entries)
                 sent += len(entries)

@@ -41,20 +41,20 @@ class DeadLetter:
         is replaced by its key fields (``KEY_FIELDS``) and the longest prefix of its JSON that still
         fits, escaping included."""
         body: dict[str, Any] = {
-            "reason": self.reason,
+            "reason": _clip(self.reason, MAX_REASON_CHARS),
             "payload": self.payload,
-            "correlation_id": self.correlation_id,
-            "source": self.source,
+            "correlation_id": _clip(self.correlation_id, MAX_FIELD_CHARS),
+            "source": _clip(self.source, MAX_FIELD_CHARS),
             "failed_at": time.time(),
         }
         if self.position is not None:
-            body["position"] = self.position
+            body["position"] = {str(k)[:64]: _clip(v, MAX_FIELD_CHARS) for k, v in list(self.position.items())[:8]}
         text = _dumps(body)
         if text is not None and len(text.encode()) <= MAX_LETTER_BYTES:
             return text
         # Keep the reason, the record's key fields and a truncated copy rather than lose the letter.
         original = _dumps(self.payload) or repr(self.payload)[:MAX_LETTER_BYTES]
-        body["reason"] = f"{self.reason} (payload truncated)"
+        body["reason"] = f"{body['reason']} (payload truncated)"
         keys = _key_fields(self.payload)
         keep = MAX_LETTER_BYTES // 2
         while True:
@@ -62,9 +62,25 @@ class DeadLetter:
             text = _dumps(body)
             if text is not None and len(text.encode()) <= MAX_LETTER_BYTES:
                 return text
-            if keep == 0:  # even the key fields do not fit: the reason and position must
-                keys = {}
+            if keep == 0:
+                if not keys:  # the fields are clipped, so this fits: the loop always ends
+                    body["payload"] = {"truncated": ""}
+                    return json.dumps(body, default=str)
+                keys = {}  # even the key fields do not fit: the reason and position must
             keep //= 2  # escaping (quotes, backslashes, non-ASCII) made it longer than it looked
+
+
+#: A letter's own fields are clipped (a hostile record's id or message must not crowd out the rest).
+MAX_REASON_CHARS = 2000
+MAX_FIELD_CHARS = 256
+
+
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    if value is None or isinstance(value, (int, float, bool, str)):
+        return value
+    return _clip(str(value), limit)
 
 
 def _dumps(value: Any) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class ChangeRecord:
     @property
     def correlation_id(self) -> str:
         """Deterministic per record, so a record read twice carries the same id."""
-        return f"ddb-{self.event_id}"
+        return f"ddb-{bounded_id(self.event_id)}"
 
 
 def _wire_binary(value: Any) -> Any:
@@ -81,6 +82,19 @@ def _b64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRecord("a binary attribute is not base64") from exc
+
+
+#: The longest record id carried as it is (AWS's are 32-36 characters; a longer one is hashed).
+MAX_ID_CHARS = 128
+
+
+def bounded_id(value: Any) -> str:
+    """A record's id for headers and logs: as it is when short, else a digest of it (a hostile
+    record's 200 KB id must not make its task message larger than SQS takes)."""
+    text = str(value)
+    if len(text) <= MAX_ID_CHARS:
+        return text
+    return "sha1-" + hashlib.sha1(text.encode(errors="replace")).hexdigest()
 
 
 def _image(raw: Any, name: str) -> dict[str, Any] | None:
@@ -111,7 +125,7 @@ def _timestamp(value: Any, precision: Any = None) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if precision in _PRECISION:
+    if isinstance(precision, str) and precision in _PRECISION:
         seconds = value / _PRECISION[precision]
     else:  # no precision given: judge by magnitude (seconds are ~1.7e9 in this century)
         seconds = value / 1e6 if value > 1e14 else value / 1e3 if value > 1e11 else value
@@ -216,10 +230,12 @@ def decode_status_record(record: Any) -> dict[str, Any]:
         raise InvalidRecord(f"record is {len(data)} bytes; provider events are at most {MAX_EVENT_BYTES}")
     raw = _json(data, "record")
     try:
-        parse_event(raw)
+        event = parse_event(raw)
     except ValueError as exc:
         raise InvalidRecord(str(exc)) from exc
-    return raw
+    # the event as validated, not as received: fields no provider event has (a nested structure
+    # the worker's decoder would refuse, losing every event of its message) do not travel on
+    return event.model_dump(exclude_none=True)
 
 
 def _json(data: bytes, what: str) -> Any:
@@ -235,9 +251,9 @@ def record_correlation_id(raw: Any) -> str | None:
     """The correlation id a record would have had, from whatever identifies it."""
     if isinstance(raw, Mapping):
         if raw.get("eventID"):
-            return f"ddb-{raw['eventID']}"
+            return f"ddb-{bounded_id(raw['eventID'])}"
         if raw.get("SequenceNumber"):
-            return f"kin-{raw['SequenceNumber']}"
+            return f"kin-{bounded_id(raw['SequenceNumber'])}"
     return None
 
 

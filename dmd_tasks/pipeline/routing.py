@@ -30,7 +30,13 @@ from dmd_tasks.domain.ids import is_valid_id, split_notification_id
 from dmd_tasks.infra import tracing
 from dmd_tasks.infra.deadletters import DeadLetter
 from dmd_tasks.infra.logs import CORRELATION_HEADER
-from dmd_tasks.pipeline.records import ChangeRecord, decode_status_record, jsonable, record_correlation_id
+from dmd_tasks.pipeline.records import (
+    ChangeRecord,
+    bounded_id,
+    decode_status_record,
+    jsonable,
+    record_correlation_id,
+)
 
 # --- task names, in pipeline order -------------------------------------------------------------
 SHORTEN_EVENT_URL = "dmd_tasks.shorten.shorten_event_url"
@@ -255,7 +261,7 @@ def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "
     for record in records:
         try:
             event = decode_status_record(record)
-            correlation_id = f"kin-{record.get('SequenceNumber', '')}"
+            correlation_id = f"kin-{bounded_id(record.get('SequenceNumber', ''))}"
         except Exception as exc:  # whatever a record raises, it is that record's problem alone
             plan.dead_letters.append(dead_letter(record, exc, source))
             continue

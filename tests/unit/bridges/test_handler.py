@@ -27,7 +27,7 @@ from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.pipeline.records import parse_change
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL, BatchPlan, plan_changes
+from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL, BatchPlan, TaskCall, plan_changes
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 from tests.events import load
@@ -244,3 +244,19 @@ def test_removes_and_ttl_deletes_are_counted_apart(queues) -> None:  # type: ign
     handler_for(queues.settings)([load("ddb_stream_ttl_remove.json"), load("ddb_stream_remove.json")], "shard-1")
     assert counted("removed") - before["removed"] == 1
     assert counted("ttl-expired") - before["ttl-expired"] == 1
+
+
+def test_a_task_message_sqs_would_refuse_is_dead_lettered_and_the_rest_of_the_page_published(queues) -> None:  # type: ignore[no-untyped-def]
+    def planner(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
+        plan = plan_page()(records, recent)
+        plan.calls[SHORTEN_EVENT_URL].append(TaskCall(args=("x" * 300_000,)))  # far over 256 KiB
+        return plan
+
+    handler = RecordHandler(BRIDGE, planner, BatchPublisher(app, queues.settings), DeadLetters(queues.settings))
+    handler([demand_insert("ev1")], "shard-1")
+
+    assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
+    sqs = aws.client("sqs", queues.settings)
+    url = sqs.get_queue_url(QueueName=f"{queues.settings.queue_name_prefix}bridge-demand-dlq")["QueueUrl"]
+    (letter,) = [json.loads(body) for body in queues.drain(url)]
+    assert "SQS takes 262144" in letter["reason"] and letter["payload"]["truncated"]

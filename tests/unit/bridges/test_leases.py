@@ -221,3 +221,15 @@ def test_the_lease_of_a_finished_shard_trimmed_from_the_stream_is_deleted(table:
     # the stream lists shards 1-3 only: shard 0 was trimmed (finished: deleted), shard 1 is live (kept)
     a.sync_shards([(f"shard-{n}", ()) for n in (2, 3)] + [("shard-1", ())])
     assert sorted(lease.shard for lease in table.list()) == ["shard-1", "shard-2", "shard-3"]
+
+
+def test_an_unfinished_lease_of_a_shard_gone_from_two_listings_is_finished(table: LeaseTable) -> None:
+    a = coordinator(table, Clock(), "a")
+    a.tick()
+    listing = [(f"shard-{n}", ()) for n in (1, 2, 3)]  # shard-0 trimmed before it was read to its end
+    a.sync_shards(listing)
+    assert not {lease.shard: lease.finished for lease in table.list()}["shard-0"]  # one listing: not yet
+    a.sync_shards(listing)
+    assert {lease.shard: lease.finished for lease in table.list()}["shard-0"]
+    a.tick()
+    assert "shard-0" not in a.held()

@@ -227,3 +227,26 @@ def test_a_shard_gone_from_the_stream_is_finished_and_its_children_are_read() ->
     drain(reader, 3)
     assert checkpoints.saved["old"].finished
     assert seen == [5]
+
+
+def test_a_failed_page_at_latest_before_any_checkpoint_is_read_again_not_skipped() -> None:
+    stream = MemoryStream({"s": ((), [], False)})
+    seen: list[int] = []
+    failures = {"left": 1}
+
+    def handler(records: list[dict[str, Any]], shard_id: str) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("SQS throttled")
+        seen.extend(r["seq"] for r in records)
+
+    reader = ShardReader(stream, MemoryCheckpoints(), handler, start_position="LATEST", idle_sleep_seconds=0.01)
+    reader.poll_once()  # opened at LATEST: nothing yet
+    stream.shards["s"] = ((), [1, 2, 3], False)  # records arrive; the first page fails
+    for _ in range(30):
+        reader.poll_once()
+        if seen:
+            break
+        time.sleep(0.01)
+    assert seen == [1, 2, 3]
+    assert [start for _, _, start in stream.opened] == ["LATEST"]  # the same iterator, not a new LATEST

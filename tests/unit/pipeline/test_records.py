@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC
 from decimal import Decimal
 
@@ -223,12 +224,13 @@ def test_whatever_a_record_raises_becomes_its_dead_letter_and_the_rest_proceed()
 
 
 def test_large_valid_status_events_are_split_into_messages_sqs_accepts() -> None:
-    """A provider event may be up to 16 KB: 25 of them in one message would exceed SQS's 256 KiB."""
+    """A provider event may be up to 16 KB (a long inbound reply): 25 of them in one message would
+    exceed SQS's 256 KiB."""
     records = [
         {
             "SequenceNumber": str(n),
             "Data": json.dumps(
-                {"type": "status", "message_id": f"SM{n}", "status": "delivered", "timestamp": "t", "pad": "x" * 15_000}
+                {"type": "inbound", "sender": f"+1212555{n:04d}", "body": "x" * 15_000, "timestamp": "t"}
             ).encode(),
         }
         for n in range(25)
@@ -236,7 +238,39 @@ def test_large_valid_status_events_are_split_into_messages_sqs_accepts() -> None
     plan = plan_status_records(records, batch_size=25)
     calls = plan.calls[RECORD_SMS_STATUS]
     assert len(calls) > 1 and plan.dead_letters == []
-    assert [e["message_id"] for c in calls for e in c.args[0]] == [f"SM{n}" for n in range(25)]
+    assert [e["sender"] for c in calls for e in c.args[0]] == [f"+1212555{n:04d}" for n in range(25)]
     assert all(len(json.dumps(c.args[0])) <= MAX_STATUS_MESSAGE_JSON_BYTES for c in calls)
     small = plan_status_records([load("kinesis_sms_status_record.json")] * 30, batch_size=25)
     assert [len(c.args[0]) for c in small.calls[RECORD_SMS_STATUS]] == [25, 5]  # small ones: by count
+
+
+def test_fields_no_provider_event_has_do_not_travel_on() -> None:
+    """Extra fields are not the provider's: a nested structure there, which the worker's decoder would
+    refuse (losing every event of its message), is dropped at the bridge."""
+    head = b'{"type":"status","message_id":"%s","status":"delivered","timestamp":"t",'
+    data = head % b"m99" + b'"meta":{"__type__":"nope","__value__":1}}'
+    deep = head % b"m98" + b'"x":' + nested(200) + b"}"
+    plan = plan_status_records([{"SequenceNumber": "1", "Data": data}, {"SequenceNumber": "2", "Data": deep}], 25)
+    (call,) = plan.calls[RECORD_SMS_STATUS]
+    assert call.args[0] == [
+        {"type": "status", "message_id": "m99", "status": "delivered", "timestamp": "t"},
+        {"type": "status", "message_id": "m98", "status": "delivered", "timestamp": "t"},
+    ]
+
+
+def test_hostile_ids_and_precisions_neither_grow_messages_nor_lose_the_change() -> None:
+    record = load("ddb_stream_demand_insert.json")
+    record["eventID"] = "A" * 200_000
+    record["dynamodb"]["ApproximateCreationDateTimePrecision"] = ["MILLISECOND"]
+    plan = plan_changes([record], parse_change)
+    (call,) = plan.calls[SHORTEN_EVENT_URL]
+    assert plan.dead_letters == [] and len(call.headers["dmd_correlation_id"]) < 64
+
+
+def test_a_letter_of_a_record_with_a_huge_id_and_no_route_is_written_at_once() -> None:
+    record = {"eventID": "B" * 300_000, "eventName": "BOGUS", "dynamodb": {"SequenceNumber": "100"}}
+    (letter,) = plan_changes([record], parse_change).dead_letters
+    started = time.monotonic()
+    text = letter.to_body()
+    assert time.monotonic() - started < 2 and len(text.encode()) < 262_144
+    assert json.loads(text)["position"] == {"sequence": "100"}
