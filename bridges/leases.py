@@ -291,7 +291,10 @@ class LeaseCoordinator:
     # --- the loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.tick()
+        try:
+            self.tick()
+        except Exception:  # AWS unreachable at start, say: the thread tries again
+            log.exception("%s: first lease round failed; again in %.1fs", self.bridge, self.failover_seconds / 3)
         self._thread = threading.Thread(target=self._run, name=f"{self.bridge}-leases", daemon=True)
         self._thread.start()
 
