@@ -6,7 +6,8 @@ handler, and checkpoints the page's last sequence number only after the handler
 returned: a crash re-reads at most one page per shard (at-least-once, never a gap).
 
 Shards are isolated: one whose read or handling fails is retried on its own, with backoff,
-from its checkpoint, while the others go on. A shard with no checkpoint starts at the
+from the same position (its checkpoint once the iterator has expired), while the others go on.
+With leases (``bridges.leases``) a process reads only the shards it holds. A shard with no checkpoint starts at the
 configured position, unless it is the child of a shard this bridge has read (a split) or
 appeared after the bridge started: those start at ``TRIM_HORIZON``, so no record is skipped.
 A checkpoint older than the stream's retention is reopened at ``TRIM_HORIZON`` with an error
