@@ -37,6 +37,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bridges.sources import Shard
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.metrics import BRIDGE_LEASE_EVENTS, BRIDGE_LEASES, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.settings import Settings
@@ -191,6 +192,22 @@ class LeaseTable:
             ExpressionAttributeValues={":true": {"BOOL": True}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
         )
 
+    def reopen(self, shard: str) -> bool:
+        """Unfinish a finished lease (its shard is still open); its checkpoint and owner stay, and
+        the counter moves so that every process sees the change."""
+        return self._update(
+            shard,
+            UpdateExpression="SET #f = :false, #c = if_not_exists(#c, :zero) + :one",
+            ConditionExpression="#f = :true",
+            ExpressionAttributeNames={"#f": "finished", "#c": "counter"},
+            ExpressionAttributeValues={
+                ":true": {"BOOL": True},
+                ":false": {"BOOL": False},
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+            },
+        )
+
     def release(self, shard: str, owner: str) -> bool:
         return self._update(
             shard,
@@ -252,19 +269,39 @@ class LeaseCoordinator:
         self._lost(shard, "its checkpoint was refused")
         return False
 
-    def sync_shards(self, shards: Iterable[tuple[str, tuple[str, ...]]]) -> None:
-        """A lease for each listed shard that has none yet; the lease of a finished shard the stream
-        no longer lists (trimmed: no child waits for it) is deleted, so the table does not grow
-        with every shard a stream ever had (DynamoDB Streams rolls its shards every few hours)."""
-        listed = dict(shards)
+    def sync_shards(self, shards: Iterable[Shard]) -> None:
+        """Bring the lease table in line with a listing of the stream.
+
+        - A lease for each listed shard that has none yet.
+        - A finished lease of a shard the listing shows open is reopened: only a closed or a gone
+          shard is ever finished; a lease finished on a garbled reply would otherwise stop every
+          bridge process on that shard for good.
+        - The lease of a finished shard the stream no longer lists (trimmed: no child waits for
+          it) is deleted, so the table does not grow with every shard a stream ever had (DynamoDB
+          Streams rolls its shards every few hours).
+        - An unfinished lease the stream no longer lists is finished (trimmed before it was read
+          to its end) once two listings in a row miss it; a listing without one open shard says
+          nothing of the kind (a live stream always has one) and counts for nothing.
+        """
+        listed = {shard.id: shard for shard in shards}
+        trusted = any(not shard.closed for shard in listed.values())
         leases = self.table.list()
         known = {lease.shard for lease in leases}
-        for shard, parents in listed.items():
-            if shard not in known and self.table.create(shard, parents):
-                log.info("%s: lease created for shard %s", self.bridge, shard)
+        for shard in listed.values():
+            if shard.id not in known and self.table.create(shard.id, shard.parents):
+                log.info("%s: lease created for shard %s", self.bridge, shard.id)
         for lease in leases:
             if lease.shard in listed:
                 self._absent.pop(lease.shard, None)
+                if lease.finished and not listed[lease.shard].closed and self.table.reopen(lease.shard):
+                    BRIDGE_SHARD_EVENTS.labels(self.bridge, "reopened").inc()
+                    log.error(
+                        "%s: lease of shard %s was finished but the stream lists the shard open: reopened at "
+                        "its checkpoint %s",
+                        self.bridge,
+                        lease.shard,
+                        lease.sequence,
+                    )
                 continue
             if lease.finished:
                 if self.table.delete_finished(lease.shard):
@@ -273,9 +310,10 @@ class LeaseCoordinator:
                         "%s: lease of shard %s deleted (finished, trimmed from the stream)", self.bridge, lease.shard
                     )
                 continue
-            # Unfinished and not listed: trimmed before it was read to its end. Judged so only when
-            # two listings in a row miss it (a lease another process created a moment after this
-            # listing is not a trimmed shard); then finished, so it holds no process's share.
+            if not trusted:
+                continue
+            # Judged trimmed only when two listings in a row miss it (a lease another process
+            # created a moment after this listing is not a trimmed shard).
             self._absent[lease.shard] = self._absent.get(lease.shard, 0) + 1
             if self._absent[lease.shard] >= 2 and self.table.finish_gone(lease.shard):
                 self._absent.pop(lease.shard, None)
@@ -348,6 +386,8 @@ class LeaseCoordinator:
                 held = self._held.get(lease.shard)
                 if held is not None and (lease.finished or lease.owner != self.worker_id):
                     self._held.pop(lease.shard)  # finished, or no longer ours
+                elif held is not None and held.finished:
+                    held.finished = False  # reopened (sync_shards): read on from its checkpoint
                 elif held is None and lease.owner == self.worker_id and not lease.finished:
                     self._held[lease.shard] = Lease(**vars(lease))  # ours by the table (a lost reply)
         mine = [lease for lease in live if lease.owner == self.worker_id]

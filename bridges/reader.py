@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from bridges.leases import LeaseCoordinator, LeaseTable
-from bridges.sources import CheckpointTrimmed, IteratorExpired, Shard, ShardGone, ShardSource
+from bridges.sources import CheckpointTrimmed, EndNotConfirmed, IteratorExpired, Shard, ShardGone, ShardSource
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.metrics import BRIDGE_LAG, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.settings import Settings
@@ -186,7 +186,8 @@ class ShardReader:
             self._unsaved.discard(shard_id)
             log.info("shard %s: no longer held; left to its new owner", shard_id)
         for shard_id, lease in held.items():
-            if shard_id not in self._state:
+            state = self._state.get(shard_id)
+            if state is None or (state.finished and not lease.finished):  # newly held, or reopened
                 self._state[shard_id] = Checkpoint(lease.sequence, lease.finished)
                 self._iterators.pop(shard_id, None)
 
@@ -199,7 +200,7 @@ class ShardReader:
             if self._first_listing is None:
                 self._first_listing = {s.id for s in self._shards}
             if self.leases is not None:
-                self.leases.sync_shards((s.id, s.parents) for s in self._shards)
+                self.leases.sync_shards(self._shards)
         self._follow_leases()
         handled = 0
         for shard in self.ready_shards():
@@ -248,6 +249,7 @@ class ShardReader:
             )
             return self.source.open_iterator(shard.id, None, "TRIM_HORIZON")
         except ShardGone:
+            self._confirm_end(shard.id, "not found")
             BRIDGE_SHARD_EVENTS.labels(self.name, "shard-gone").inc()
             log.error("shard %s is no longer in the stream (trimmed): marked finished", shard.id)
             return None
@@ -256,6 +258,16 @@ class ShardReader:
         else:
             log.info("shard %s: no checkpoint, starting at %s", shard.id, start)
         return iterator
+
+    def _confirm_end(self, shard_id: str, why: str) -> None:
+        """Raise EndNotConfirmed unless a fresh listing shows the shard closed or gone: a shard is
+        finished on the stream's word only (a lease finished by mistake stops its shard for good)."""
+        self._shards = self.source.list_shards()
+        self._refreshed_at = time.monotonic()
+        listed = next((s for s in self._shards if s.id == shard_id), None)
+        if listed is not None and not listed.closed:
+            BRIDGE_SHARD_EVENTS.labels(self.name, "end-not-confirmed").inc()
+            raise EndNotConfirmed(f"shard {shard_id}: {why}, but the stream lists it open")
 
     def _read_shard(self, shard: Shard) -> int:
         checkpoint = self._state.setdefault(shard.id, Checkpoint())
@@ -285,6 +297,13 @@ class ShardReader:
             if isinstance(arrived, datetime):
                 BRIDGE_LAG.labels(self.name).set(max(0.0, time.time() - arrived.timestamp()))
         if page.next_iterator is None:
+            try:
+                self._confirm_end(shard.id, "a page without a next iterator")
+            except EndNotConfirmed:
+                self._iterators.pop(shard.id, None)  # reopened from the checkpoint after the backoff
+                if page.records:  # handled: their progress is kept
+                    self._save(shard.id)
+                raise
             checkpoint.finished = True
             self._iterators.pop(shard.id, None)
             log.info("shard %s finished", shard.id)

@@ -19,6 +19,12 @@ from dmd_tasks.infra.settings import Settings
 class Shard:
     id: str
     parents: tuple[str, ...] = ()
+    #: the stream lists the shard with an ending sequence number: split, merged or rolled over
+    closed: bool = False
+
+
+def _closed(shard: dict[str, Any]) -> bool:
+    return "EndingSequenceNumber" in (shard.get("SequenceNumberRange") or {})
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,11 @@ class ShardGone(Exception):
     """The shard is no longer in the stream (trimmed whole)."""
 
 
+class EndNotConfirmed(Exception):
+    """A reply said a shard ended (no next iterator, or not found) while the stream still lists it
+    open: nothing is finished on its word; the shard is read again from its checkpoint."""
+
+
 def _open_error(exc: ClientError) -> Exception:
     code = exc.response.get("Error", {}).get("Code")
     if code == "TrimmedDataAccessException":
@@ -89,7 +100,7 @@ class DynamoDBStreamSource:
             description = self._streams.describe_stream(**kwargs)["StreamDescription"]
             for shard in description.get("Shards", []):
                 parent = shard.get("ParentShardId")
-                shards.append(Shard(shard["ShardId"], (parent,) if parent else ()))
+                shards.append(Shard(shard["ShardId"], (parent,) if parent else (), _closed(shard)))
             last = description.get("LastEvaluatedShardId")
             if not last:
                 return shards
@@ -142,7 +153,7 @@ class KinesisSource:
             response = self._kinesis.list_shards(**kwargs)
             for shard in response.get("Shards", []):
                 parents = tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
-                shards.append(Shard(shard["ShardId"], parents))
+                shards.append(Shard(shard["ShardId"], parents, _closed(shard)))
             token = response.get("NextToken")
             if not token:
                 return shards

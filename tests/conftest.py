@@ -127,3 +127,27 @@ def clear_circuits() -> None:
     keys = list(client.scan_iter("dmd:circuit:*"))
     if keys:
         client.delete(*keys)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """An end-to-end test that fails says where every bridge's shards stand (the lease table), so
+    that a failure seen only in a CI log can be told apart: no lease, a finished one, a stale owner."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed or item.get_closest_marker("e2e") is None:
+        return
+    from dmd_tasks.infra.settings import get_settings
+
+    try:
+        settings = get_settings()
+        items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
+    except Exception as exc:  # the stack may be what failed
+        report.sections.append(("bridge leases", f"could not read them: {exc!r}"))
+        return
+    lines = []
+    for lease in sorted(items, key=lambda i: (i["stream"]["S"], i["shard"]["S"])):
+        consumer, _, stream = lease["stream"]["S"].partition("|")
+        fields = {k: next(iter(v.values())) for k, v in lease.items() if k not in ("stream", "shard")}
+        lines.append(f"{consumer} {stream.rsplit(':', 1)[-1]} {lease['shard']['S']}: {fields}")
+    report.sections.append(("bridge leases", "\n".join(lines) or "none"))

@@ -70,6 +70,15 @@ def holders(table: LeaseTable, group: ProcessGroup, bridge: str) -> dict[str, in
     return out
 
 
+def errors_logged(group: ProcessGroup, bridge: str, last: int = 5) -> str:
+    """The last warnings and errors each process of ``bridge`` logged (one line each, clipped)."""
+    out = []
+    for path in sorted(group.log_dir.glob(f"{bridge}*.log")):
+        lines = [line[:400] for line in path.read_text(errors="replace").splitlines() if '"level": "INFO"' not in line]
+        out.append(f"{path.name}: " + ("\n  ".join(lines[-last:]) or "nothing above INFO"))
+    return "\n".join(out)
+
+
 def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(doubled, settings, sim) -> None:  # type: ignore[no-untyped-def]
     tables = lease_tables(settings)
 
@@ -79,8 +88,14 @@ def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(dou
         want = {bridge: (total + 1) // 2, f"{bridge}-2": total // 2}
         return held if sorted(held.values()) == sorted(v for v in want.values() if v) and total else None
 
+    def wait_balanced(bridge: str, what: str) -> None:
+        try:
+            wait_until(lambda: balanced(bridge), timeout=FAILOVER * 6 + 30, interval=0.5, what=f"{bridge} {what}")
+        except AssertionError as exc:  # say why: the leases as they stand, and what the bridges logged
+            raise AssertionError(f"{exc}\nleases: {tables[bridge].list()}\n{errors_logged(doubled, bridge)}") from None
+
     for bridge in BRIDGES:
-        wait_until(lambda b=bridge: balanced(b), timeout=FAILOVER * 6 + 30, interval=0.5, what=f"{bridge} balanced")
+        wait_balanced(bridge, "balanced")
     split_before = {b: holders(tables[b], doubled, b) for b in BRIDGES}
     shards = {b: len(live(t)) for b, t in tables.items()}
 
@@ -113,7 +128,7 @@ def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(dou
         doubled.start_one(victim.removesuffix("-2"), instance=victim)
     rebalanced_at = time.monotonic()
     for bridge in BRIDGES:
-        wait_until(lambda b=bridge: balanced(b), timeout=FAILOVER * 6 + 30, interval=0.5, what=f"{bridge} rebalanced")
+        wait_balanced(bridge, "rebalanced")
     result = figures(
         settings,
         sim,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bridges.leases import LeaseCoordinator, LeaseTable
+from bridges.sources import Shard
 
 FAILOVER = 10.0
 
@@ -141,8 +142,8 @@ def test_finished_shards_are_not_taken_or_counted(table: LeaseTable) -> None:
 def test_a_lease_is_created_once_whoever_lists_the_shard_first(table: LeaseTable) -> None:
     clock = Clock()
     a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
-    a.sync_shards([("shard-9", ("shard-0",))])
-    b.sync_shards([("shard-9", ("shard-0",))])
+    a.sync_shards([Shard("shard-9", ("shard-0",))])
+    b.sync_shards([Shard("shard-9", ("shard-0",))])
     (lease,) = [lease for lease in table.list() if lease.shard == "shard-9"]
     assert lease.parents == ("shard-0",) and lease.owner is None and lease.sequence is None
 
@@ -219,17 +220,44 @@ def test_the_lease_of_a_finished_shard_trimmed_from_the_stream_is_deleted(table:
     assert a.checkpoint("shard-0", "9", True)
     assert a.checkpoint("shard-1", "9", False)
     # the stream lists shards 1-3 only: shard 0 was trimmed (finished: deleted), shard 1 is live (kept)
-    a.sync_shards([(f"shard-{n}", ()) for n in (2, 3)] + [("shard-1", ())])
+    a.sync_shards([Shard(f"shard-{n}") for n in (2, 3)] + [Shard("shard-1")])
     assert sorted(lease.shard for lease in table.list()) == ["shard-1", "shard-2", "shard-3"]
 
 
 def test_an_unfinished_lease_of_a_shard_gone_from_two_listings_is_finished(table: LeaseTable) -> None:
     a = coordinator(table, Clock(), "a")
     a.tick()
-    listing = [(f"shard-{n}", ()) for n in (1, 2, 3)]  # shard-0 trimmed before it was read to its end
+    listing = [Shard(f"shard-{n}") for n in (1, 2, 3)]  # shard-0 trimmed before it was read to its end
     a.sync_shards(listing)
     assert not {lease.shard: lease.finished for lease in table.list()}["shard-0"]  # one listing: not yet
     a.sync_shards(listing)
     assert {lease.shard: lease.finished for lease in table.list()}["shard-0"]
     a.tick()
     assert "shard-0" not in a.held()
+
+
+def test_a_listing_without_an_open_shard_finishes_nothing(table: LeaseTable) -> None:
+    # a live stream always has an open shard: a listing without one (a garbled or empty reply) is
+    # no evidence that the shards it lacks were trimmed
+    a = coordinator(table, Clock(), "a")
+    a.tick()
+    for _ in range(3):
+        a.sync_shards([])
+        a.sync_shards([Shard("shard-1", closed=True)])
+    assert not any(lease.finished for lease in table.list())
+    assert set(a.held()) == {f"shard-{n}" for n in range(4)}
+
+
+def test_a_finished_lease_of_a_shard_the_stream_lists_open_is_reopened_at_its_checkpoint(table: LeaseTable) -> None:
+    a = coordinator(table, Clock(), "a")
+    a.tick()
+    assert a.checkpoint("shard-0", "41", True)  # finished by mistake: the shard is open
+    assert a.checkpoint("shard-1", "9", True)  # finished for real: the stream lists it closed
+    a.sync_shards([Shard("shard-0"), Shard("shard-1", closed=True), Shard("shard-2"), Shard("shard-3")])
+    leases = {lease.shard: lease for lease in table.list()}
+    assert not leases["shard-0"].finished and leases["shard-0"].sequence == "41"
+    assert leases["shard-1"].finished
+    b = coordinator(table, Clock(), "b")
+    b.tick()
+    a.tick()
+    assert "shard-0" in set(a.held()) | set(b.held())  # read again, from where it was

@@ -27,7 +27,7 @@ class MemoryStream:
         self.opened: list[tuple[str, str | None, str]] = []
 
     def list_shards(self) -> list[Shard]:
-        return [Shard(sid, parents) for sid, (parents, _, _) in self.shards.items()]
+        return [Shard(sid, parents, closed) for sid, (parents, _, closed) in self.shards.items()]
 
     def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
         self.opened.append((shard_id, after_sequence, start_position))
@@ -250,3 +250,54 @@ def test_a_failed_page_at_latest_before_any_checkpoint_is_read_again_not_skipped
         time.sleep(0.01)
     assert seen == [1, 2, 3]
     assert [start for _, _, start in stream.opened] == ["LATEST"]  # the same iterator, not a new LATEST
+
+
+class GarbledEnds(MemoryStream):
+    """A stream whose replies sometimes say an open shard ended: a page without a next iterator,
+    or the shard not found."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.garbled_pages = 0
+        self.garbled_opens = 0
+
+    def open_iterator(self, shard_id: str, after_sequence: str | None, start_position: str) -> str:
+        if self.garbled_opens:
+            self.garbled_opens -= 1
+            self.opened.append((shard_id, after_sequence, start_position))
+            raise ShardGone("ResourceNotFoundException")
+        return super().open_iterator(shard_id, after_sequence, start_position)
+
+    def read(self, iterator: str, limit: int) -> Page:
+        page = super().read(iterator, limit)
+        if self.garbled_pages:
+            self.garbled_pages -= 1
+            return Page(page.records, None)
+        return page
+
+
+def test_an_end_the_stream_does_not_confirm_finishes_nothing_and_the_shard_is_read_on() -> None:
+    stream = GarbledEnds({"s": ((), [1, 2], False)})
+    stream.garbled_pages = 1
+    checkpoints = MemoryCheckpoints()
+    seen: list[int] = []
+    before = metric("garbled", "end-not-confirmed")
+    reader = ShardReader(
+        stream,
+        checkpoints,
+        lambda recs, sid: seen.extend(r["seq"] for r in recs),
+        name="garbled",
+        idle_sleep_seconds=0.01,
+    )
+    reader.poll_once()
+    assert seen == [1, 2] and checkpoints.saved["s"] == Checkpoint("2", False)  # progress kept, not finished
+    stream.garbled_opens = 1  # and the reopen says "not found"
+    stream.shards["s"] = ((), [1, 2, 3], False)
+    for _ in range(100):
+        reader.poll_once()
+        if 3 in seen:
+            break
+        time.sleep(0.01)
+    assert seen == [1, 2, 3]
+    assert not checkpoints.saved["s"].finished
+    assert metric("garbled", "end-not-confirmed") - before == 2
