@@ -84,7 +84,12 @@ class Services:
     @cached_property
     def sms_throttle(self) -> SmsThrottle:
         """The campaign rate and the account's part cap every SMS send passes."""
-        return SmsThrottle(self.redis, sms_account(self.settings), self.settings.sms_account_parts_per_second)
+        return SmsThrottle(
+            self.redis,
+            sms_account(self.settings),
+            self.settings.sms_account_parts_per_second,
+            headroom=self.settings.sms_account_headroom,
+        )
 
     @cached_property
     def sms_circuit(self) -> ProviderCircuit:

@@ -41,7 +41,7 @@ def create_app(
 
     @app.get("/_sim/sms/sales/<sale_id>")
     def sms_sale(sale_id: str) -> Any:
-        return jsonify(sms.sale_stats(sale_id))
+        return jsonify(sms.sale_stats(sale_id, times=request.args.get("times") == "1"))
 
     @app.get("/_sim/sms/recipients/<phone>")
     def sms_recipient(phone: str) -> Any:

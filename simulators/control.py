@@ -25,8 +25,10 @@ class SimulatorControl:
     def bitly_calls(self, long_url: str) -> int:
         return int(self.stats()["bitly"]["calls_by_long_url"].get(long_url, 0))
 
-    def sms_sale(self, sale_id: str) -> dict[str, int]:
-        return requests.get(f"{self.base_url}/_sim/sms/sales/{sale_id}", timeout=5).json()
+    def sms_sale(self, sale_id: str, times: bool = False) -> dict[str, Any]:
+        """A sale's messages at the provider; with ``times``, when each was accepted."""
+        params = {"times": "1"} if times else {}
+        return requests.get(f"{self.base_url}/_sim/sms/sales/{sale_id}", params=params, timeout=5).json()
 
     def sms_messages_to(self, phone: str) -> int:
         return int(requests.get(f"{self.base_url}/_sim/sms/recipients/{phone}", timeout=5).json()["messages"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 import time
@@ -55,20 +56,28 @@ class Faults:
             "rate_limit_per_second": self.rate_limit_per_second,
         }
 
-    def arrived(self) -> None:
-        """Note one request's arrival (every request, replays included) for ``max_requests_per_second``."""
+    def arrived(self) -> float:
+        """Note one request's arrival (every request, replays included) for ``max_requests_per_second``;
+        returns its time, for ``apply`` (the rate limit counts a request when it arrives)."""
         now = time.monotonic()
         with self._lock:
-            self._arrivals.append(now)
+            bisect.insort(self._arrivals, now)  # threads may get here out of order
             while now - self._arrivals[0] >= 1.0:
                 self._arrivals.popleft()
-            self.max_requests_per_second = max(self.max_requests_per_second, len(self._arrivals))
+            # every one-second window this arrival falls in: those ending at it and at the later ones
+            for end in (t for t in self._arrivals if now <= t):
+                self.max_requests_per_second = max(
+                    self.max_requests_per_second, sum(1 for t in self._arrivals if end - 1.0 < t <= end)
+                )
+        return now
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
 
-    def apply(self, *, timeouts_accept: bool = False) -> tuple[int, dict[str, str]] | str | None:
+    def apply(
+        self, *, timeouts_accept: bool = False, arrived_at: float | None = None
+    ) -> tuple[int, dict[str, str]] | str | None:
         """Decide this call's fate: None to serve it, (status, headers) to fail it, or ``SLOW``.
 
         A timeout either hangs and answers 504 (nothing done), or, with ``timeouts_accept``,
@@ -79,16 +88,16 @@ class Faults:
         # The rate limit counts a request when it arrives, as a provider does; the latency is
         # the time it then takes to answer.
         if self.rate_limit_per_second:
-            now = time.monotonic()
+            now = time.monotonic() if arrived_at is None else arrived_at
             with self._lock:
                 while self._window and now - self._window[0] >= 1.0:
                     self._window.popleft()
-                if len(self._window) >= self.rate_limit_per_second:
+                if sum(1 for t in self._window if now - 1.0 < t <= now) >= self.rate_limit_per_second:
                     retry_after = max(1, int(1.0 - (now - self._window[0])) + 1)
                     self.counters["429"] += 1
                     refused = (429, {"Retry-After": str(retry_after)})
                 else:
-                    self._window.append(now)
+                    bisect.insort(self._window, now)  # threads may get here out of order
                     refused = None
             if refused is not None:
                 if self.latency_ms:

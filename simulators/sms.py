@@ -32,6 +32,9 @@ from flask import Blueprint, Response, jsonify, request
 from simulators.faults import SLOW, Faults
 
 log = logging.getLogger(__name__)
+
+#: acceptance times kept per sale (for the benchmarks' rates; a bigger sale keeps its first ones)
+SALE_TIMES_KEPT = 100_000
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 
 
@@ -61,6 +64,8 @@ class SmsSimulator:
         self._per_recipient: Counter[str] = Counter()
         self._per_sale: dict[str, Counter[str]] = defaultdict(Counter)
         self._sale_span: dict[str, list[float]] = {}  # sale → [first, last] acceptance (epoch seconds)
+        #: sale → when each message was accepted (the first SALE_TIMES_KEPT; the benchmarks' rates)
+        self._sale_times: dict[str, list[float]] = defaultdict(list)
         self._accepted_at: deque[float] = deque()
         self._max_per_second = 0
         self._counters: Counter[str] = Counter()
@@ -87,11 +92,14 @@ class SmsSimulator:
                 **{f"responses_{k}": v for k, v in self.faults.counters.items()},
             }
 
-    def sale_stats(self, sale_id: str) -> dict[str, Any]:
+    def sale_stats(self, sale_id: str, times: bool = False) -> dict[str, Any]:
+        """A sale's messages; with ``times``, when each was accepted (epoch seconds, the first
+        SALE_TIMES_KEPT)."""
         with self._lock:
             per_recipient = self._per_sale.get(sale_id, Counter())
             first, last = self._sale_span.get(sale_id, (None, None))
             return {
+                **({"accepted_times": list(self._sale_times.get(sale_id, []))} if times else {}),
                 "accepted": sum(per_recipient.values()),
                 "recipients": len(per_recipient),
                 "duplicates": sum(n - 1 for n in per_recipient.values() if n > 1),
@@ -110,6 +118,7 @@ class SmsSimulator:
             self._per_recipient.clear()
             self._per_sale.clear()
             self._sale_span.clear()
+            self._sale_times.clear()
             self._accepted_at.clear()
             self._max_per_second = 0
             self._counters.clear()
@@ -126,7 +135,7 @@ class SmsSimulator:
         def send() -> Any:
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return jsonify(error="unauthorized"), 401
-            self.faults.arrived()
+            arrived_at = self.faults.arrived()
             key = request.headers.get("Idempotency-Key", "")
             body = request.get_json(silent=True)
             if not key or len(key) > 200:
@@ -142,7 +151,7 @@ class SmsSimulator:
                 self._count("idempotent_replays")
                 return jsonify({**first, "idempotent_replay": True}), 200
             self._check_retry_after(key)
-            failure = self.faults.apply(timeouts_accept=True)
+            failure = self.faults.apply(timeouts_accept=True, arrived_at=arrived_at)
             if failure == SLOW:
                 response = self._accept(key, to)
                 time.sleep(self.faults.timeout_ms / 1000)  # accepted, but the client has given up by now
@@ -187,6 +196,8 @@ class SmsSimulator:
             self._per_sale[sale][to] += 1
             span = self._sale_span.setdefault(sale, [time.time(), 0.0])
             span[1] = time.time()
+            if len(self._sale_times[sale]) < SALE_TIMES_KEPT:
+                self._sale_times[sale].append(span[1])
             self._accepted_at.append(now)
             while self._accepted_at and now - self._accepted_at[0] >= 1.0:
                 self._accepted_at.popleft()

@@ -141,7 +141,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
     try:
         settings = get_settings()
-        items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
+        scan = aws.client("dynamodb", settings).get_paginator("scan")
+        items = [item for page in scan.paginate(TableName=settings.checkpoint_table_name) for item in page["Items"]]
     except Exception as exc:  # the stack may be what failed
         report.sections.append(("bridge leases", f"could not read them: {exc!r}"))
         return
@@ -149,5 +150,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for lease in sorted(items, key=lambda i: (i["stream"]["S"], i["shard"]["S"])):
         consumer, _, stream = lease["stream"]["S"].partition("|")
         fields = {k: next(iter(v.values())) for k, v in lease.items() if k not in ("stream", "shard")}
-        lines.append(f"{consumer} {stream.rsplit(':', 1)[-1]} {lease['shard']['S']}: {fields}")
+        lines.append(f"{consumer} {stream.split(':', 5)[-1]} {lease['shard']['S']}: {fields}")
     report.sections.append(("bridge leases", "\n".join(lines) or "none"))

@@ -47,6 +47,12 @@ PROVIDER_CIRCUIT = Counter(
     "Changes of a provider's circuit: opened, reopened, throttled (a 429 paused sending), probe, closed.",
     ["provider", "event"],
 )
+SEND_SLOTS_MISSED = Counter(
+    "dmd_send_slots_missed_total",
+    "Paced send slots a sender woke up too late for (it took the next free one instead of "
+    "bunching with the sends after it).",
+    ["limit"],
+)
 BRIDGE_LAG = Gauge(
     "dmd_bridge_lag_seconds", "Age of the newest stream record a bridge handled.", ["bridge"], multiprocess_mode="max"
 )

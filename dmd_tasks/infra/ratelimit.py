@@ -1,14 +1,20 @@
-"""Rate limits shared by every send worker, on every machine: sliding one-second windows in Redis.
+"""Rate limits shared by every worker, on every machine, in Redis (its clock: no skew between machines).
 
 Celery's ``rate_limit`` counts tasks per worker process; the SMS provider counts message
-parts per account. ``SharedRateLimiter.acquire`` admits at most ``rate`` calls in any window
-of ``window_seconds`` across all processes, using Redis' clock (no skew between machines).
-The window is a little longer than the provider's second, so network jitter between the
-grant and the provider's receipt does not push the provider over its limit.
+parts per account.
+
+- ``PacedLimiter`` (the SMS sends): calls evenly spaced, ``1 / rate`` apart. Each caller
+  reserves the next free slot and sleeps until it; nothing is admitted in bursts, so the
+  provider's sliding one-second window sees at most ``rate`` parts in any second, with room
+  for the jitter between the grant and the provider's receipt (``headroom``: the spacing is
+  that much longer than ``1 / rate``).
+- ``SharedRateLimiter`` (the Discovery API): at most ``rate`` calls in any window of
+  ``window_seconds``, admitted as they come.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -17,6 +23,7 @@ import redis
 from cachetools import LRUCache
 
 from dmd_tasks.domain.errors import NotAttempted
+from dmd_tasks.infra.metrics import SEND_SLOTS_MISSED
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -73,24 +80,89 @@ class SharedRateLimiter:
             time.sleep(wait)
 
 
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spacing = tonumber(ARGV[1])
+local weight = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local start = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if start - now > max_wait then
+  return -(start - now)
+end
+local after = start + spacing * weight
+redis.call('SET', KEYS[1], string.format('%d', after), 'PX', math.ceil((after - now) / 1000) + 1000)
+return start - now
+"""
+
+
+class PacedLimiter:
+    """Calls of one key at most ``rate`` a second, evenly spaced: a call of ``weight`` units (SMS
+    parts) takes ``weight`` slots of ``(1 + headroom) / rate`` seconds each (GCRA, with no burst).
+
+    ``acquire`` reserves the first free slot, if it comes within the timeout, and sleeps until
+    it. A reservation is kept: a caller that gives up after it wastes the slot (the limit errs
+    on the provider's side). With headroom, a caller that wakes up more than half of it late
+    (``headroom / 2`` seconds: a loaded machine) does not send then: it would come closer to
+    the sends after it than the provider's second allows. It takes the next free slot instead
+    (once: the second slot is kept, however late).
+    """
+
+    def __init__(self, client: redis.Redis, key: str, *, headroom: float = 0.0, name: str = "") -> None:
+        self._key = key
+        self._name = name or key
+        self._headroom = headroom
+        self._late_seconds = headroom / 2 if headroom > 0 else math.inf
+        self._script = client.register_script(_RESERVE)
+
+    def reserve(self, rate: float, timeout_seconds: float, weight: int = 1) -> float:
+        """Seconds until this call's slot (reserved); NotAttempted if it is further than the timeout."""
+        spacing_us = max(1, int((1.0 + self._headroom) * 1_000_000 / max(rate, 1e-6)))
+        args = [spacing_us, max(1, int(weight)), int(timeout_seconds * 1_000_000)]
+        wait_us = int(self._script(keys=[self._key], args=args))
+        if wait_us < 0:
+            raise NotAttempted(
+                f"rate limit {rate:g}/s: no slot within {timeout_seconds:.0f}s", retry_after_seconds=-wait_us / 1e6
+            )
+        return wait_us / 1_000_000
+
+    def acquire(self, rate: float, timeout_seconds: float, weight: int = 1) -> None:
+        """Block until this call's slot; NotAttempted (nothing reserved) if none comes within the timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        for attempt in range(2):  # a missed slot is taken again once: a loaded machine cannot spin here
+            wait = self.reserve(rate, max(0.0, deadline - time.monotonic()), weight)
+            slot = time.monotonic() + wait
+            if wait > 0:
+                time.sleep(wait)
+            if attempt or time.monotonic() - slot <= self._late_seconds:
+                return
+            SEND_SLOTS_MISSED.labels(self._name).inc()
+
+
 class SmsThrottle:
     """The two limits every SMS send passes, in Redis: its sale's campaign rate (messages per
     second, a ceiling) and then the account's cap (message parts per second, per provider and
     sender, shared by every sale)."""
 
-    def __init__(self, client: redis.Redis, account: str, account_parts_per_second: float) -> None:
+    def __init__(
+        self, client: redis.Redis, account: str, account_parts_per_second: float, headroom: float = 0.02
+    ) -> None:
         self._client = client
-        self._account = SharedRateLimiter(client, f"dmd:rate:sms:{account}")
+        # the provider's limit: spaced a little wider than 1/cap (jitter on the way to the provider)
+        self._account = PacedLimiter(client, f"dmd:rate:sms:{account}", headroom=headroom, name="account")
         self._cap = account_parts_per_second
         # one limiter per sale being sent, kept: a send must not register its script again
-        self._campaigns: LRUCache[str, SharedRateLimiter] = LRUCache(maxsize=256)
+        self._campaigns: LRUCache[str, PacedLimiter] = LRUCache(maxsize=256)
         self._lock = threading.Lock()
 
-    def campaign(self, sale_id: str) -> SharedRateLimiter:
+    def campaign(self, sale_id: str) -> PacedLimiter:
+        """The sale's own ceiling (ours, not the provider's: no headroom)."""
         with self._lock:  # a batch's sends run on several threads
             limiter = self._campaigns.get(sale_id)
             if limiter is None:
-                limiter = self._campaigns[sale_id] = SharedRateLimiter(self._client, f"dmd:rate:sale:{sale_id}")
+                limiter = self._campaigns[sale_id] = PacedLimiter(
+                    self._client, f"dmd:rate:sale:{sale_id}", name="campaign"
+                )
             return limiter
 
     def acquire(self, sale_id: str, campaign_rate: float, parts: int, timeout_seconds: float) -> None:

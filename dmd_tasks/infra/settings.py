@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     #: How often beat claims due sales and runs the scheduler.
     claim_interval_seconds: float = 2.0
     schedule_interval_seconds: float = 2.0
+    #: A sale's first tick also releases this many seconds of its share: its sends stay that far
+    #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
+    schedule_lead_seconds: float = Field(default=4.0, ge=0)
     #: Fans written per generator chunk (the original's 5,000), and chunks per task run before
     #: the task hands the rest of the sale to a fresh message (keeps each run under its time limit).
     generate_chunk_size: int = 5000
@@ -158,6 +161,9 @@ class Settings(BaseSettings):
     #: The provider account's throughput cap in message parts per second (per provider and sender):
     #: every sale and campaign shares it; a campaign's ratePerSecond is a ceiling within it.
     sms_account_parts_per_second: float = Field(default=20.0, gt=0)
+    #: Sends are spaced this share wider than 1/cap, so that jitter between the grant and the
+    #: provider's receipt never puts more than the cap in one of the provider's seconds.
+    sms_account_headroom: float = Field(default=0.02, ge=0, le=0.5)
     #: A message may take at most this many SMS parts: a campaign whose message would take more is
     #: refused when stored, and a send whose rendered message does ends ``failed``.
     max_message_parts: int = Field(default=6, ge=1, le=10)

@@ -37,6 +37,10 @@ PENDING = NotificationStatus.PENDING.value
 
 #: Redis key of the lock that lets one scheduling tick run at a time, everywhere.
 TICK_LOCK_KEY = "dmd:lock:schedule-tick"
+#: Redis key of when the last beat tick ran (epoch seconds): the next one releases the time since.
+LAST_TICK_KEY = "dmd:schedule:last-tick"
+#: Redis key that says a sale was given its lead (``schedule_lead_seconds``) already.
+LEAD_KEY = "dmd:schedule:lead:{sale_id}"
 
 
 @dataclass
@@ -145,8 +149,33 @@ def active_shares(services: Services, sale_ids: list[str]) -> list[SaleShare]:
     return shares
 
 
-def run_tick(services: Services, now: float | None = None, sale_ids: list[str] | None = None) -> TickResult:
-    """One tick over the active sales (or ``sale_ids``), sharing the account's cap between them.
+def tick_span(services: Services, now: float) -> float:
+    """Seconds of budget a beat tick releases: the time since the last tick (recorded here), within
+    half an interval and two. Beat's interval drifts (each run is timed from the last one's
+    actual start) and a tick can be late or lost; a budget of one fixed interval per tick would
+    leave that time unused, and the sends below the cap."""
+    interval = services.settings.schedule_interval_seconds
+    try:
+        previous = services.redis.set(LAST_TICK_KEY, repr(now), get=True, ex=max(60, int(interval * 10)))
+    except Exception:  # Redis is where the tick's lock lives too: without it, one interval
+        return interval
+    try:
+        elapsed = now - float(previous) if previous is not None else interval
+    except ValueError:
+        elapsed = interval
+    return min(max(elapsed, interval / 2), 2 * interval)
+
+
+def run_tick(
+    services: Services,
+    now: float | None = None,
+    sale_ids: list[str] | None = None,
+    span: float | None = None,
+    lead_seconds: float = 0.0,
+) -> TickResult:
+    """One tick over the active sales (or ``sale_ids``), sharing the account's cap between them,
+    for ``span`` seconds of budget (default: one interval); a sale's first tick also gets
+    ``lead_seconds`` of its share, once (beat: ``schedule_lead_seconds``).
 
     The cap (message parts per second) is shared max-min fairly: sales in order of what their
     campaigns ask, each given at most its campaign's rate and at most an equal split of what
@@ -156,6 +185,7 @@ def run_tick(services: Services, now: float | None = None, sale_ids: list[str] |
     """
     now = time.time() if now is None else now
     interval = services.settings.schedule_interval_seconds
+    span = interval if span is None else span
     result = TickResult()
     shares = sorted(
         active_shares(services, services.sales.active() if sale_ids is None else sale_ids), key=lambda s: s.wants
@@ -163,7 +193,8 @@ def run_tick(services: Services, now: float | None = None, sale_ids: list[str] |
     remaining = services.settings.sms_account_parts_per_second
     for n, share in enumerate(shares):
         give = min(share.wants, remaining / (len(shares) - n))
-        used = _tick_sale(services, share, give, now, interval, result)
+        lead = _lead_budget(services, share, give, lead_seconds)
+        used = _tick_sale(services, share, give, now, interval, span, result, lead)
         remaining = max(0.0, remaining - used)
     for share in shares:  # what others left: to the sales that used all of theirs
         if remaining <= 0:
@@ -172,27 +203,51 @@ def run_tick(services: Services, now: float | None = None, sale_ids: list[str] |
             remaining = max(
                 0.0,
                 remaining
-                - _tick_sale(services, share, min(share.wants - share.given, remaining), now, interval, result),
+                - _tick_sale(services, share, min(share.wants - share.given, remaining), now, interval, span, result),
             )
     return result
 
 
+def _lead_budget(services: Services, share: SaleShare, give: float, lead_seconds: float) -> int:
+    """Messages of the sale's lead, until a tick has used it all (0 after, or with Redis unreachable)."""
+    if lead_seconds <= 0 or give <= 0:
+        return 0
+    try:
+        given = services.redis.exists(LEAD_KEY.format(sale_id=share.sale_id))
+    except Exception:
+        return 0
+    return 0 if given else message_budget(give, share.parts, lead_seconds)
+
+
 def _tick_sale(
-    services: Services, share: SaleShare, give: float, now: float, interval: float, result: TickResult
+    services: Services,
+    share: SaleShare,
+    give: float,
+    now: float,
+    interval: float,
+    span: float,
+    result: TickResult,
+    lead: int = 0,
 ) -> float:
-    """Schedule up to ``give`` parts per second of one sale; returns the parts per second it used."""
-    budget = message_budget(give, share.parts, interval)
-    if budget <= 0:
+    """Schedule up to ``give`` parts per second of one sale over ``span`` seconds (and ``lead``
+    messages more); returns the parts per second it used (the lead not counted)."""
+    budget = message_budget(give, share.parts, span)
+    if budget + lead <= 0:
         share.full = True
         return 0.0
     try:
-        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget, result)
+        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget + lead, result)
     except Exception:
         log.exception("scheduling sale %s failed; the next tick tries again", share.sale_id)
         return 0.0
-    used = moved * share.parts / interval
+    used = min(moved, budget) * share.parts / span
     share.given += used
-    share.full = moved >= budget
+    share.full = moved >= budget + lead
+    if lead and share.full:  # the lead is out: the sends are that far ahead of the sender now
+        try:
+            services.redis.set(LEAD_KEY.format(sale_id=share.sale_id), "1", ex=86_400)
+        except Exception:
+            log.warning("sale %s: its lead could not be recorded; the next tick gives it again", share.sale_id)
     return used
 
 
@@ -204,7 +259,10 @@ def schedule_notifications(self: Task) -> dict[str, int]:
     if not lock.acquire():
         return {"skipped": 1}
     try:
-        result = run_tick(services)
+        now = time.time()
+        result = run_tick(
+            services, now=now, span=tick_span(services, now), lead_seconds=services.settings.schedule_lead_seconds
+        )
     finally:
         try:
             lock.release()

@@ -7,6 +7,7 @@ window pass between two calls; the one test that waits for a slot uses a short w
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import redis
 
 from dmd_tasks.domain.errors import TransientError
-from dmd_tasks.infra.ratelimit import SharedRateLimiter
+from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 
 
 @pytest.fixture()
@@ -127,3 +128,92 @@ def test_a_call_heavier_than_the_whole_limit_goes_alone_into_an_empty_window(cli
     limiter = SharedRateLimiter(client, key, window_seconds=30)
     assert limiter.try_acquire(3, weight=5) == 0  # would never fit otherwise
     assert limiter.try_acquire(3, weight=1) > 0
+
+
+# --- PacedLimiter: the SMS sends, evenly spaced ----------------------------------------------------
+
+
+def _now_us(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+def test_paced_calls_get_slots_one_spacing_apart_across_limiters_and_threads(
+    settings: Any, client: redis.Redis, key: str
+) -> None:
+    # Given two limiters on one key (two workers), at 10 a second with 50 % headroom: slots 0.15 s apart
+    limiters = [PacedLimiter(redis.Redis.from_url(settings.redis_url), key, headroom=0.5) for _ in range(2)]
+    start = _now_us(client)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def ask(limiter: PacedLimiter) -> None:
+        for _ in range(10):
+            wait = limiter.reserve(10, timeout_seconds=60)
+            with lock:
+                waits.append(wait)
+
+    # When four threads reserve ten slots each
+    threads = [threading.Thread(target=ask, args=(limiters[i % 2],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    # Then the forty slots follow one another 0.15 s apart: the next free one is 40 spacings on
+    elapsed = _now_us(client) - start
+    after = int(client.get(key) or 0)
+    assert len(waits) == 40
+    assert 40 * 150_000 <= after - start <= 40 * 150_000 + elapsed
+    assert max(waits) >= 39 * 0.15 - elapsed / 1e6  # the last caller was told to wait for its slot
+
+
+def test_a_call_of_several_parts_takes_that_many_slots(client: redis.Redis, key: str) -> None:
+    limiter = PacedLimiter(client, key)
+    assert limiter.reserve(1, timeout_seconds=60, weight=3) == 0  # the first slot is now
+    wait = limiter.reserve(1, timeout_seconds=60)
+    assert 2.9 <= wait <= 3.0  # after the three parts' slots, a second each
+
+
+def test_a_slot_beyond_the_timeout_is_refused_and_not_reserved(client: redis.Redis, key: str) -> None:
+    limiter = PacedLimiter(client, key)
+    limiter.reserve(0.5, timeout_seconds=1)  # the next slot is two seconds on
+    booked = client.get(key)
+
+    with pytest.raises(TransientError, match=r"rate limit 0\.5/s: no slot within 1s") as raised:
+        limiter.reserve(0.5, timeout_seconds=1)
+
+    assert raised.value.retry_after_seconds is not None and 1.5 < raised.value.retry_after_seconds <= 2
+    assert client.get(key) == booked  # nothing reserved by the refusal
+
+
+def test_acquire_sleeps_until_its_slot(client: redis.Redis, key: str) -> None:
+    limiter = PacedLimiter(client, key)
+    limiter.acquire(5, timeout_seconds=1)
+    before = _now_us(client)
+    limiter.acquire(5, timeout_seconds=1)  # 0.2 s after the first
+    assert _now_us(client) - before >= 150_000
+
+
+def test_the_paced_key_expires_once_its_last_slot_has_passed(client: redis.Redis, key: str) -> None:
+    PacedLimiter(client, key).reserve(2, timeout_seconds=1)
+    assert 0 < client.pttl(key) <= 500 + 1000
+
+
+def test_a_sender_that_wakes_too_late_takes_the_next_slot_once(
+    client: redis.Redis, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmd_tasks.infra import ratelimit
+    from dmd_tasks.infra.metrics import SEND_SLOTS_MISSED
+
+    # Given slots 0.12 s apart with 20 % headroom (late: more than 0.1 s), and a machine that oversleeps
+    limiter = PacedLimiter(client, key, headroom=0.2, name=f"late-{key}")
+    real_sleep = time.sleep
+    monkeypatch.setattr(ratelimit.time, "sleep", lambda seconds: real_sleep(seconds + 0.15))
+    limiter.acquire(10, timeout_seconds=5)  # the first slot is now: no sleep
+
+    # When the next call sleeps for its slot and wakes 0.15 s late
+    limiter.acquire(10, timeout_seconds=5)
+
+    # Then it did not go on the missed slot: it took another, once
+    assert SEND_SLOTS_MISSED.labels(f"late-{key}")._value.get() == 1

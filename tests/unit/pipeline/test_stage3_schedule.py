@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 from datetime import time as clock
 from typing import Any
 
+import pytest
+
 from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.pipeline.stage2_generate import generate_sale
-from dmd_tasks.pipeline.stage3_schedule import TickResult, run_tick, schedule_sale
+from dmd_tasks.pipeline.stage3_schedule import LAST_TICK_KEY, TickResult, run_tick, schedule_sale, tick_span
 from dmd_tasks.services import Services
 
 Seed = Callable[..., str]
@@ -123,3 +125,30 @@ def test_a_pending_notification_past_its_validity_ends_expired(services: Service
         for i in services.notifications.due_pending(sale_id, shard, later, 10)
     ]
     assert items == []
+
+
+def test_a_beat_tick_releases_the_time_since_the_last_one_within_half_and_two_intervals(services: Services) -> None:
+    interval = services.settings.schedule_interval_seconds
+    services.redis.delete(LAST_TICK_KEY)
+    now = time.time()
+    assert tick_span(services, now) == interval  # the first tick: one interval
+    assert tick_span(services, now + interval * 1.25) == pytest.approx(interval * 1.25)  # late: the time it missed
+    assert tick_span(services, now + interval * 1.3) == interval / 2  # early: at least half an interval
+    assert tick_span(services, now + interval * 20) == 2 * interval  # after a pause: at most two
+
+
+def test_a_sale_is_given_its_lead_once_on_top_of_its_share(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given a 4/s sale with plenty due, and a lead of three seconds
+    sale_id = generated(services, seed_sale, 60, rate=4)
+    interval = services.settings.schedule_interval_seconds
+
+    def scheduled() -> int:
+        return sum(1 for i in sale_notifications(services, sale_id) if i["status"] == "scheduled")
+
+    # When two ticks run: the first releases its share and the lead, the second its share only
+    run_tick(services, sale_ids=[sale_id], lead_seconds=3)
+    assert scheduled() == 4 * interval + 4 * 3
+    run_tick(services, sale_ids=[sale_id], lead_seconds=3)
+    assert scheduled() == 2 * 4 * interval + 4 * 3

@@ -16,7 +16,7 @@ import redis
 from botocore.exceptions import EndpointConnectionError
 
 from dmd_tasks.domain.campaigns import SendWindow
-from dmd_tasks.infra.ratelimit import SharedRateLimiter
+from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
 from dmd_tasks.services import Services, sms_account
@@ -363,18 +363,27 @@ def test_a_dependency_down_before_the_provider_call_spends_no_attempt(
 # --- the shared rate limit -----------------------------------------------------------------------
 
 
-def test_every_send_takes_a_slot_of_the_limit_all_senders_share(services: Services, outbox: Outboxes) -> None:
+def test_every_send_takes_a_slot_of_the_limit_all_senders_share(
+    services: Services, outbox: Outboxes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     box = outbox()
     ids = [box.add(f"fan{i}")[0] for i in range(3)]
     owned = claim_batch(services, ids)
-    account = f"dmd:rate:sms:{sms_account(services.settings)}"
-    slots_before = set(services.redis.zrange(account, 0, -1))
+    reserved: list[tuple[str, float, int]] = []
+    real_reserve = PacedLimiter.reserve
+
+    def spy(limiter: PacedLimiter, rate: float, timeout_seconds: float, weight: int = 1) -> float:
+        reserved.append((limiter._key, rate, weight))
+        return real_reserve(limiter, rate, timeout_seconds, weight)
+
+    monkeypatch.setattr(PacedLimiter, "reserve", spy)
 
     assert [send_claimed(services, nid, item, set()) for nid, item in owned] == ["sent"] * 3
 
-    # one part each in the account's window, one message each in the sale's
-    assert len(set(services.redis.zrange(account, 0, -1)) - slots_before) == 3
-    assert services.redis.zcard(f"dmd:rate:sale:{box.sale_id}") == 3
+    # each send: one message of the sale's rate, then one part of the account's cap
+    account = f"dmd:rate:sms:{sms_account(services.settings)}"
+    cap = services.settings.sms_account_parts_per_second
+    assert reserved == [(f"dmd:rate:sale:{box.sale_id}", 50, 1), (account, cap, 1)] * 3  # the outbox: 50/s
 
 
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
