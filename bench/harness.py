@@ -141,8 +141,10 @@ class Harness:
         self.sim = SimulatorControl(f"http://{self.settings.simulator_host}:{self.settings.simulator_port}")
         self._stack: Any = None
 
-    def fresh(self) -> None:
-        """Restart moto and the simulators, flush the bench's Redis database, provision everything."""
+    def fresh(self, simulator_nice: int = 0) -> None:
+        """Restart moto and the simulators, flush the bench's Redis database, provision everything.
+
+        ``simulator_nice`` below 0 runs the simulators at a higher CPU priority than the pipeline."""
         import redis
 
         from dmd_tasks.ops.provision import provision
@@ -153,7 +155,7 @@ class Harness:
         metrics = self.settings.metrics_dir.resolve()
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir(parents=True, exist_ok=True)
-        self._stack = Stack(self.settings)
+        self._stack = Stack(self.settings.model_copy(update={"simulator_nice": simulator_nice}))
         self._stack.up()
         provision(self.settings)
         redis.Redis.from_url(self.settings.redis_url).flushdb()

@@ -147,6 +147,21 @@ def _fanout(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _simulator_priority(nice: int | None) -> str:
+    """How the provider's clock was kept from waiting for the workers it measures (or was not)."""
+    if nice is None:
+        return "The simulator ran at the pipeline's CPU priority."
+    if nice < 0:
+        return (
+            f"The simulator plays a provider on a machine of its own: it ran at a higher CPU priority "
+            f"(nice {nice}), so the arrival times it stamps do not wait for the workers being measured."
+        )
+    return (
+        "The simulator ran at the pipeline's CPU priority (raising it was not permitted): the arrival "
+        "times it stamps wait for the workers being measured, by tens of milliseconds on a busy machine."
+    )
+
+
 def _send(s: dict[str, Any]) -> list[str]:
     slow = s.get("slow_sale_rate", 4)
     return [
@@ -164,7 +179,8 @@ def _send(s: dict[str, Any]) -> list[str]:
         "is a sale's steady rate at the provider: its acceptances in the middle three fifths of its span,",
         "over that time (the first tick's ramp-up and the last one's tail left out). Sends are",
         "spaced `DMD_SMS_ACCOUNT_HEADROOM` wider than 1/C (default 2 %: room for jitter on the way to the",
-        "provider), so the ceiling is C / 1.02.",
+        "provider), so the ceiling is C / 1.02; as they go, no more than C leave in any 1.02 s.",
+        _simulator_priority(s.get("simulator_nice")),
         "",
         "| figure | value |",
         "|---|---|",
@@ -175,7 +191,7 @@ def _send(s: dict[str, Any]) -> list[str]:
         f"| two sales: the slow sale's rate over the same time | {_m(s.get('slow_sale_rate_seen'), ' /s', 2)} |",
         f"| most requests arriving at the provider in any one-second window, both kinds of run (must be ≤ C) | "
         f"{s.get('max_requests_in_one_second', '–')} |",
-        f"| most acceptances in any one-second window | {s['max_accepted_in_one_second']} |",
+        f"| most of them accepted in any one-second window | {s['max_accepted_in_one_second']} |",
         f"| 429s the provider answered | {s['provider_429s']} |",
         f"| the chain's ceiling on this emulator (no cap, same latency) | {s['chain_ceiling_per_second']:.1f} /s |",
     ]

@@ -1,9 +1,11 @@
-"""Run the provider simulators:  python -m simulators [--host H] [--port P]"""
+"""Run the provider simulators:  python -m simulators [--host H] [--port P] [--nice N]"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from werkzeug.serving import make_server
 
@@ -18,7 +20,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="dmd provider simulators")
     parser.add_argument("--host", default=settings.simulator_host)
     parser.add_argument("--port", type=int, default=settings.simulator_port)
+    parser.add_argument(
+        "--nice", type=int, default=settings.simulator_nice, help="CPU priority increment (below 0: raised)"
+    )
     args = parser.parse_args(argv)
+    if args.nice:
+        # first, so that every thread started later (one per connection) has it too
+        try:
+            os.nice(args.nice)
+        except OSError as exc:
+            print(f"simulators: CPU priority left as it is (nice {args.nice}: {exc})", file=sys.stderr, flush=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     emitter = StatusEmitter(aws.client("kinesis", settings), settings.sms_status_stream_name)
     app = create_app(

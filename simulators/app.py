@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -49,7 +50,7 @@ def create_app(
 
     @app.get("/_sim/health")
     def health() -> Any:
-        return jsonify(ok=True, providers=sorted(providers))
+        return jsonify(ok=True, providers=sorted(providers), nice=os.nice(0))
 
     @app.get("/_sim/stats")
     def stats() -> Any:

@@ -11,6 +11,10 @@ class SimulatorControl:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
 
+    def health(self) -> dict[str, Any]:
+        """Providers served, and the simulators' CPU priority (``nice``)."""
+        return requests.get(f"{self.base_url}/_sim/health", timeout=5).json()
+
     def stats(self) -> dict[str, Any]:
         return requests.get(f"{self.base_url}/_sim/stats", timeout=5).json()
 

@@ -14,6 +14,31 @@ from typing import Any
 SLOW = "slow"
 
 
+class WindowPeak:
+    """The most events in any one-second window, by the times they happened (threads may report
+    them a little out of order). Keeps two seconds of times; thread-safe only under the caller's lock."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self.peak = 0
+
+    def add(self, at: float) -> None:
+        times = self._times
+        bisect.insort(times, at)
+        if times[0] < times[-1] - 2.0:
+            del times[: bisect.bisect_left(times, times[-1] - 2.0)]
+        # every window holding ``at`` ends at it or at a later time, less than a second on
+        first = bisect.bisect_left(times, at)
+        last = bisect.bisect_left(times, at + 1.0)
+        for end in range(first, last):
+            inside = end + 1 - bisect.bisect_right(times, times[end] - 1.0)
+            self.peak = max(self.peak, inside)
+
+    def clear(self) -> None:
+        self._times.clear()
+        self.peak = 0
+
+
 @dataclass
 class Faults:
     """Behaviour of one simulated provider, changeable at run time through ``POST /_sim/config``."""
@@ -27,9 +52,8 @@ class Faults:
     rate_limit_per_second: float = 0.0  # 0: unlimited; above it, 429 with Retry-After
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _window: deque[float] = field(default_factory=deque, repr=False)
-    _arrivals: deque[float] = field(default_factory=deque, repr=False)
     #: the most requests that arrived in any one-second window (admitted or not)
-    max_requests_per_second: int = field(default=0, repr=False)
+    _arrivals: WindowPeak = field(default_factory=WindowPeak, repr=False)
     counters: Counter[str] = field(default_factory=Counter, repr=False)
 
     def update(self, values: dict[str, Any]) -> None:
@@ -61,15 +85,12 @@ class Faults:
         returns its time, for ``apply`` (the rate limit counts a request when it arrives)."""
         now = time.monotonic()
         with self._lock:
-            bisect.insort(self._arrivals, now)  # threads may get here out of order
-            while now - self._arrivals[0] >= 1.0:
-                self._arrivals.popleft()
-            # every one-second window this arrival falls in: those ending at it and at the later ones
-            for end in (t for t in self._arrivals if now <= t):
-                self.max_requests_per_second = max(
-                    self.max_requests_per_second, sum(1 for t in self._arrivals if end - 1.0 < t <= end)
-                )
+            self._arrivals.add(now)
         return now
+
+    @property
+    def max_requests_per_second(self) -> int:
+        return self._arrivals.peak
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

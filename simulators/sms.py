@@ -22,14 +22,14 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from simulators.faults import SLOW, Faults
+from simulators.faults import SLOW, Faults, WindowPeak
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class SmsSimulator:
         self._sale_span: dict[str, list[float]] = {}  # sale → [first, last] acceptance (epoch seconds)
         #: sale → when each message was accepted (the first SALE_TIMES_KEPT; the benchmarks' rates)
         self._sale_times: dict[str, list[float]] = defaultdict(list)
-        self._accepted_at: deque[float] = deque()
-        self._max_per_second = 0
+        #: acceptances, by the time their request arrived (as the rate limit counts them)
+        self._accepted = WindowPeak()
         self._counters: Counter[str] = Counter()
         self._not_before: dict[str, float] = {}
 
@@ -86,7 +86,7 @@ class SmsSimulator:
                 "accepted": len(self._by_key),
                 "recipients": len(self._per_recipient),
                 "duplicates": sum(n - 1 for n in self._per_recipient.values() if n > 1),
-                "max_accepted_per_second": self._max_per_second,
+                "max_accepted_per_second": self._accepted.peak,
                 "max_requests_per_second": self.faults.max_requests_per_second,
                 **dict(self._counters),
                 **{f"responses_{k}": v for k, v in self.faults.counters.items()},
@@ -119,8 +119,7 @@ class SmsSimulator:
             self._per_sale.clear()
             self._sale_span.clear()
             self._sale_times.clear()
-            self._accepted_at.clear()
-            self._max_per_second = 0
+            self._accepted.clear()
             self._counters.clear()
             self._not_before.clear()
             self.faults = Faults()
@@ -153,7 +152,7 @@ class SmsSimulator:
             self._check_retry_after(key)
             failure = self.faults.apply(timeouts_accept=True, arrived_at=arrived_at)
             if failure == SLOW:
-                response = self._accept(key, to)
+                response = self._accept(key, to, arrived_at)
                 time.sleep(self.faults.timeout_ms / 1000)  # accepted, but the client has given up by now
                 return response
             if isinstance(failure, tuple):
@@ -167,7 +166,7 @@ class SmsSimulator:
                     headers=headers,
                     mimetype="application/json",
                 )
-            return self._accept(key, to)
+            return self._accept(key, to, arrived_at)
 
         return bp
 
@@ -182,8 +181,7 @@ class SmsSimulator:
         with self._lock:
             self._counters[name] += 1
 
-    def _accept(self, key: str, to: str) -> tuple[Response, int]:
-        now = time.monotonic()
+    def _accept(self, key: str, to: str, arrived_at: float) -> tuple[Response, int]:
         with self._lock:
             first = self._by_key.get(key)
             if first is not None:  # a concurrent request with the same key won
@@ -198,10 +196,7 @@ class SmsSimulator:
             span[1] = time.time()
             if len(self._sale_times[sale]) < SALE_TIMES_KEPT:
                 self._sale_times[sale].append(span[1])
-            self._accepted_at.append(now)
-            while self._accepted_at and now - self._accepted_at[0] >= 1.0:
-                self._accepted_at.popleft()
-            self._max_per_second = max(self._max_per_second, len(self._accepted_at))
+            self._accepted.add(arrived_at)
         if self.emitter is not None:
             self._plan_statuses(result["message_id"], to, key)
         return jsonify({**result, "idempotent_replay": False}), 202

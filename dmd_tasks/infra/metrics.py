@@ -47,6 +47,11 @@ PROVIDER_CIRCUIT = Counter(
     "Changes of a provider's circuit: opened, reopened, throttled (a 429 paused sending), probe, closed.",
     ["provider", "event"],
 )
+SEND_WINDOW_HELD = Counter(
+    "dmd_send_window_held_total",
+    "SMS sends held back after their paced slot: the account's last second (plus the headroom) "
+    "already had the cap's parts in it.",
+)
 SEND_SLOTS_MISSED = Counter(
     "dmd_send_slots_missed_total",
     "Paced send slots a sender woke up too late for (it took the next free one instead of "

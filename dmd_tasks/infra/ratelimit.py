@@ -4,10 +4,14 @@ Celery's ``rate_limit`` counts tasks per worker process; the SMS provider counts
 parts per account.
 
 - ``PacedLimiter`` (the SMS sends): calls evenly spaced, ``1 / rate`` apart. Each caller
-  reserves the next free slot and sleeps until it; nothing is admitted in bursts, so the
-  provider's sliding one-second window sees at most ``rate`` parts in any second, with room
-  for the jitter between the grant and the provider's receipt (``headroom``: the spacing is
-  that much longer than ``1 / rate``).
+  reserves the next free slot and sleeps until it; nothing is admitted in bursts. The
+  spacing is ``headroom`` longer than ``1 / rate``: room for the jitter between the grant and
+  the provider's receipt.
+- ``SmsThrottle`` adds a last check to the account's pacing, just before the provider call:
+  at most ``rate`` parts in any window of ``1 + headroom`` seconds, counted when the senders
+  actually go. Pacing alone lets a sender that woke a little late come close to the next
+  one; this window holds the next one back instead, so the provider's sliding second sees at
+  most ``rate`` parts as long as the way there varies by less than ``headroom`` seconds.
 - ``SharedRateLimiter`` (the Discovery API): at most ``rate`` calls in any window of
   ``window_seconds``, admitted as they come.
 """
@@ -23,7 +27,7 @@ import redis
 from cachetools import LRUCache
 
 from dmd_tasks.domain.errors import NotAttempted
-from dmd_tasks.infra.metrics import SEND_SLOTS_MISSED
+from dmd_tasks.infra.metrics import SEND_SLOTS_MISSED, SEND_WINDOW_HELD
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -151,6 +155,10 @@ class SmsThrottle:
         # the provider's limit: spaced a little wider than 1/cap (jitter on the way to the provider)
         self._account = PacedLimiter(client, f"dmd:rate:sms:{account}", headroom=headroom, name="account")
         self._cap = account_parts_per_second
+        # the provider's second (and the headroom), counted as the sends go: no bunching after a late wake
+        self._second = SharedRateLimiter(
+            client, f"dmd:rate:sms:{account}:second", window_seconds=1.0 + max(0.0, headroom)
+        )
         # one limiter per sale being sent, kept: a send must not register its script again
         self._campaigns: LRUCache[str, PacedLimiter] = LRUCache(maxsize=256)
         self._lock = threading.Lock()
@@ -166,7 +174,14 @@ class SmsThrottle:
             return limiter
 
     def acquire(self, sale_id: str, campaign_rate: float, parts: int, timeout_seconds: float) -> None:
-        """Wait for both slots (NotAttempted after ``timeout_seconds`` in all)."""
+        """Wait for both slots, then for the account's second to have room (NotAttempted after
+        ``timeout_seconds`` in all). Returns with the parts counted in that second: call the
+        provider at once."""
         deadline = time.monotonic() + timeout_seconds
         self.campaign(sale_id).acquire(campaign_rate, timeout_seconds)
         self._account.acquire(self._cap, max(0.0, deadline - time.monotonic()), weight=parts)
+        wait = self._second.try_acquire(self._cap, parts)
+        if wait == 0:
+            return
+        SEND_WINDOW_HELD.inc()
+        self._second.acquire(self._cap, max(0.0, deadline - time.monotonic()), weight=parts)

@@ -242,6 +242,10 @@ class Settings(BaseSettings):
     moto_port: int = 5000
     simulator_host: str = "127.0.0.1"
     simulator_port: int = 8090
+    #: The simulators' CPU priority (a nice increment; below 0 needs the right to raise it). The
+    #: send benchmark raises it: a provider runs on its own machine, and on a small one its clock would
+    #: otherwise wait for the very workers it measures.
+    simulator_nice: int = Field(default=0, ge=-20, le=19)
 
     # --- Monitoring ----------------------------------------------------------------------------------
     #: Where worker events and remote control travel (SQS cannot carry them); None: redis_url.

@@ -116,7 +116,10 @@ class Stack:
         lines.append(
             self._spawn(
                 "simulators",
-                [sys.executable, "-m", "simulators", "--host", s.simulator_host, "--port", str(s.simulator_port)],
+                [
+                    *(sys.executable, "-m", "simulators", "--host", s.simulator_host),
+                    *("--port", str(s.simulator_port), "--nice", str(s.simulator_nice)),
+                ],
                 s.simulator_host,
                 s.simulator_port,
             )

@@ -217,3 +217,45 @@ def test_a_sender_that_wakes_too_late_takes_the_next_slot_once(
 
     # Then it did not go on the missed slot: it took another, once
     assert SEND_SLOTS_MISSED.labels(f"late-{key}")._value.get() == 1
+
+
+# --- SmsThrottle: the account's second, counted as the sends go ------------------------------------
+
+
+def test_sends_that_bunch_after_their_slots_are_held_to_the_cap_in_any_second(
+    client: redis.Redis, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmd_tasks.infra.metrics import SEND_WINDOW_HELD
+    from dmd_tasks.infra.ratelimit import SmsThrottle
+
+    # Given an account capped at 3 parts a second with 20 % headroom, and senders whose paced
+    # slots all came at once (each woke late, say): pacing lets them through together
+    throttle = SmsThrottle(client, key, 3, headroom=0.2)
+    monkeypatch.setattr(PacedLimiter, "acquire", lambda *args, **kwargs: None)
+    held_before = SEND_WINDOW_HELD._value.get()
+    gone: list[int] = []
+
+    # When five single-part sends ask to go, one after another
+    for _ in range(5):
+        throttle.acquire("sale", 100, parts=1, timeout_seconds=10)
+        gone.append(_now_us(client))
+
+    # Then three went at once, and the others only as the first ones left the window of 1.2 s
+    # (the provider's second and the headroom): never four within it
+    assert gone[2] - gone[0] < 1_000_000
+    assert gone[3] - gone[0] >= 1_200_000
+    assert gone[4] - gone[1] >= 1_200_000
+    assert SEND_WINDOW_HELD._value.get() - held_before >= 1  # the fourth waited (the fifth may not have)
+
+
+def test_a_send_held_past_its_timeout_is_not_attempted(
+    client: redis.Redis, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmd_tasks.infra.ratelimit import SmsThrottle
+
+    throttle = SmsThrottle(client, key, 2, headroom=0.0)
+    monkeypatch.setattr(PacedLimiter, "acquire", lambda *args, **kwargs: None)
+    throttle.acquire("sale", 100, parts=2, timeout_seconds=1)  # the account's second is full
+
+    with pytest.raises(TransientError, match=r"rate limit 2/s: no slot within 0s"):
+        throttle.acquire("sale", 100, parts=1, timeout_seconds=0.2)
