@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from dmd_tasks.domain.entities import utc_iso
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -42,9 +43,9 @@ def deserialize(image: dict[str, Any]) -> dict[str, Any]:
     return {k: _value(v) for k, v in image.items()}
 
 
-def iso(ts: float) -> str:
-    """Epoch seconds → sortable ISO-8601 UTC (second precision), the form of every *At attribute."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+#: Epoch seconds → sortable ISO-8601 UTC (second precision), the form of every *At attribute:
+#: the domain's own form (one definition for both).
+iso = utc_iso
 
 
 def epoch_key(ts: float) -> str:
