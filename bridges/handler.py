@@ -97,19 +97,9 @@ class RecordHandler:
         plan = BatchPlan()
         for record in records:
             try:
-                one = self._plan([record], recent)
+                plan.merge(self._plan([record], recent))
             except Exception as exc:
                 plan.dead_letters.append(dead_letter(record, exc, self.name))
-                continue
-            for task_name, calls in one.calls.items():
-                plan.calls.setdefault(task_name, []).extend(calls)
-            plan.dead_letters.extend(one.dead_letters)
-            plan.keys.extend(one.keys)
-            plan.routed += one.routed
-            plan.ignored += one.ignored
-            plan.duplicates += one.duplicates
-            plan.removed += one.removed
-            plan.ttl_expired += one.ttl_expired
         return plan
 
     def _count(self, plan: BatchPlan) -> None:

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,14 +93,18 @@ class LeaseTable:
                 )
         return leases
 
-    def _update(self, shard: str, **kwargs: Any) -> bool:
+    def _applied(self, call: Callable[..., Any], **kwargs: Any) -> bool:
+        """One conditional write to the lease table: False if its condition did not hold."""
         try:
-            self._ddb.update_item(TableName=self._table, Key=self._key(shard), **kwargs)
+            call(TableName=self._table, **kwargs)
         except ClientError as exc:
             if _conditional_failed(exc):
                 return False
             raise
         return True
+
+    def _update(self, shard: str, **kwargs: Any) -> bool:
+        return self._applied(self._ddb.update_item, Key=self._key(shard), **kwargs)
 
     def create(self, shard: str, parents: Iterable[str]) -> bool:
         """A lease for a shard that has none (no owner, no checkpoint); False when one exists."""
@@ -108,18 +112,12 @@ class LeaseTable:
         parents = sorted(set(parents))
         if parents:
             item["parents"] = {"SS": parents}
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(#k)",
-                ExpressionAttributeNames={"#k": "shard"},
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._applied(
+            self._ddb.put_item,
+            Item=item,
+            ConditionExpression="attribute_not_exists(#k)",
+            ExpressionAttributeNames={"#k": "shard"},
+        )
 
     def renew(self, lease: Lease, owner: str) -> bool:
         return self._update(
@@ -168,19 +166,13 @@ class LeaseTable:
 
     def delete_finished(self, shard: str) -> bool:
         """Forget the lease of a shard read to its end (only if it is finished)."""
-        try:
-            self._ddb.delete_item(
-                TableName=self._table,
-                Key=self._key(shard),
-                ConditionExpression="#f = :true",
-                ExpressionAttributeNames={"#f": "finished"},
-                ExpressionAttributeValues={":true": {"BOOL": True}},
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._applied(
+            self._ddb.delete_item,
+            Key=self._key(shard),
+            ConditionExpression="#f = :true",
+            ExpressionAttributeNames={"#f": "finished"},
+            ExpressionAttributeValues={":true": {"BOOL": True}},
+        )
 
     def finish_gone(self, shard: str) -> bool:
         """Mark finished the lease of a shard the stream no longer has (whoever holds it)."""

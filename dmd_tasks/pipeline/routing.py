@@ -129,6 +129,18 @@ class BatchPlan:
     def messages(self) -> int:
         return sum(len(c) for c in self.calls.values())
 
+    def merge(self, other: BatchPlan) -> None:
+        """Add ``other``'s calls, letters and counts to this plan (a page planned record by record)."""
+        for task_name, calls in other.calls.items():
+            self.calls.setdefault(task_name, []).extend(calls)
+        self.dead_letters.extend(other.dead_letters)
+        self.keys.extend(other.keys)
+        self.routed += other.routed
+        self.ignored += other.ignored
+        self.duplicates += other.duplicates
+        self.removed += other.removed
+        self.ttl_expired += other.ttl_expired
+
 
 def route_change(change: ChangeRecord, now: float | None = None) -> Route | None:
     """The task a change of the demand table leads to, or None when the change needs nothing.
