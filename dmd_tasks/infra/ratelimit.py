@@ -29,6 +29,14 @@ from cachetools import LRUCache
 from dmd_tasks.domain.errors import NotAttempted
 from dmd_tasks.infra.metrics import SEND_SLOTS_MISSED, SEND_WINDOW_HELD
 
+
+def _no_slot(rate: float, timeout_seconds: float, wait_seconds: float) -> NotAttempted:
+    """Nothing was sent: the limit has no room within the caller's timeout (try again after the wait)."""
+    return NotAttempted(
+        f"rate limit {rate:g}/s: no slot within {timeout_seconds:.0f}s", retry_after_seconds=wait_seconds
+    )
+
+
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -78,9 +86,7 @@ class SharedRateLimiter:
             if wait == 0:
                 return
             if time.monotonic() + wait > deadline:
-                raise NotAttempted(
-                    f"rate limit {rate:g}/s: no slot within {timeout_seconds:.0f}s", retry_after_seconds=wait
-                )
+                raise _no_slot(rate, timeout_seconds, wait)
             time.sleep(wait)
 
 
@@ -125,9 +131,7 @@ class PacedLimiter:
         args = [spacing_us, max(1, int(weight)), int(timeout_seconds * 1_000_000)]
         wait_us = int(self._script(keys=[self._key], args=args))
         if wait_us < 0:
-            raise NotAttempted(
-                f"rate limit {rate:g}/s: no slot within {timeout_seconds:.0f}s", retry_after_seconds=-wait_us / 1e6
-            )
+            raise _no_slot(rate, timeout_seconds, -wait_us / 1e6)
         return wait_us / 1_000_000
 
     def acquire(self, rate: float, timeout_seconds: float, weight: int = 1) -> None:
