@@ -1,10 +1,12 @@
 """One HTTP app serving every simulated provider, plus ``/_sim/*`` control endpoints.
 
+- ``POST /`` (``X-Amz-Target: PinpointSMSVoiceV2.SendTextMessage``) → End User Messaging SMS
 - ``GET  /_sim/health``          → 200 when serving
 - ``GET  /_sim/stats``           → counters per provider (what tests and benchmarks read)
 - ``POST /_sim/config``          → ``{"bitly": {"latency_ms": 50, "error_rate": 0.2, ...}, "sms": {...}}``
 - ``GET  /_sim/sms/sales/<id>``  → SMS accepted, recipients and duplicates for one sale
 - ``GET  /_sim/sms/recipients/<phone>`` → distinct messages accepted for one number
+- ``GET  /_sim/eum/messages/<id>`` → what End User Messaging was asked to send (context, TTL...)
 - ``POST /_sim/reset``           → forget calls, links and faults
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 
 from simulators.bitly import BitlySimulator
+from simulators.eum import EumSimulator
 from simulators.sms import SmsSimulator, StatusEmitter
 from simulators.tm import AccountsSimulator, DiscoverySimulator
 
@@ -34,6 +37,7 @@ def create_app(
     providers: dict[str, Any] = {
         "bitly": BitlySimulator(bitly_token),
         "sms": sms,
+        "eum": EumSimulator(sms),
         "discovery": DiscoverySimulator(discovery_api_key),
         "accounts": AccountsSimulator(accounts_client_id, accounts_client_secret),
     }
@@ -43,6 +47,11 @@ def create_app(
     @app.get("/_sim/sms/sales/<sale_id>")
     def sms_sale(sale_id: str) -> Any:
         return jsonify(sms.sale_stats(sale_id, times=request.args.get("times") == "1"))
+
+    @app.get("/_sim/eum/messages/<message_id>")
+    def eum_message(message_id: str) -> Any:
+        found = providers["eum"].message(message_id)
+        return (jsonify(found), 200) if found is not None else (jsonify(error="no such message"), 404)
 
     @app.get("/_sim/sms/recipients/<phone>")
     def sms_recipient(phone: str) -> Any:

@@ -36,3 +36,8 @@ class SimulatorControl:
 
     def sms_messages_to(self, phone: str) -> int:
         return int(requests.get(f"{self.base_url}/_sim/sms/recipients/{phone}", timeout=5).json()["messages"])
+
+    def eum_message(self, message_id: str) -> dict[str, Any] | None:
+        """What End User Messaging was asked to send (destination, context, TTL...), or None."""
+        response = requests.get(f"{self.base_url}/_sim/eum/messages/{message_id}", timeout=5)
+        return None if response.status_code == 404 else response.json()

@@ -70,6 +70,7 @@ class SmsSimulator:
         self._accepted = WindowPeak()
         self._counters: Counter[str] = Counter()
         self._not_before: dict[str, float] = {}
+        self._unkeyed = 0  # messages accepted through End User Messaging (``record_unkeyed``)
 
     # ---- configuration and counters -----------------------------------------------------------
 
@@ -83,7 +84,7 @@ class SmsSimulator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "accepted": len(self._by_key),
+                "accepted": len(self._by_key) + self._unkeyed,
                 "recipients": len(self._per_recipient),
                 "duplicates": sum(n - 1 for n in self._per_recipient.values() if n > 1),
                 "max_accepted_per_second": self._accepted.peak,
@@ -115,6 +116,7 @@ class SmsSimulator:
     def reset(self) -> None:
         with self._lock:
             self._by_key.clear()
+            self._unkeyed = 0
             self._per_recipient.clear()
             self._per_sale.clear()
             self._sale_span.clear()
@@ -181,6 +183,25 @@ class SmsSimulator:
         with self._lock:
             self._counters[name] += 1
 
+    def _record(self, reference: str, to: str, arrived_at: float) -> None:
+        """Count one message handed on to the fan (the caller holds the lock). ``reference``
+        starts with the sale's id (``sale:fan``, the pipeline's notification id)."""
+        self._per_recipient[to] += 1
+        sale = reference.split(":", 1)[0]
+        self._per_sale[sale][to] += 1
+        span = self._sale_span.setdefault(sale, [time.time(), 0.0])
+        span[1] = time.time()
+        if len(self._sale_times[sale]) < SALE_TIMES_KEPT:
+            self._sale_times[sale].append(span[1])
+        self._accepted.add(arrived_at)
+
+    def record_unkeyed(self, reference: str, to: str, arrived_at: float) -> None:
+        """A message another face of the provider accepted with no idempotency key (End User
+        Messaging): counted with these, so that a fan messaged by both is a duplicate."""
+        with self._lock:
+            self._unkeyed += 1
+            self._record(reference, to, arrived_at)
+
     def _accept(self, key: str, to: str, arrived_at: float) -> tuple[Response, int]:
         with self._lock:
             first = self._by_key.get(key)
@@ -189,14 +210,7 @@ class SmsSimulator:
                 return jsonify({**first, "idempotent_replay": True}), 200
             result = {"message_id": f"SM{uuid.uuid4().hex}", "status": "accepted", "to": to}
             self._by_key[key] = result
-            self._per_recipient[to] += 1
-            sale = key.split(":", 1)[0]
-            self._per_sale[sale][to] += 1
-            span = self._sale_span.setdefault(sale, [time.time(), 0.0])
-            span[1] = time.time()
-            if len(self._sale_times[sale]) < SALE_TIMES_KEPT:
-                self._sale_times[sale].append(span[1])
-            self._accepted.add(arrived_at)
+            self._record(key, to, arrived_at)
         if self.emitter is not None:
             self._plan_statuses(result["message_id"], to, key)
         return jsonify({**result, "idempotent_replay": False}), 202

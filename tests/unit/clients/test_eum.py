@@ -1,0 +1,116 @@
+"""The End User Messaging SMS client: boto3's own ``pinpoint-sms-voice-v2`` client against the
+simulator's JSON 1.0 face of the service (and a canned upstream for an answer it never gives)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dmd_tasks.clients.eum import CONTEXT_KEY, EumSmsClient, OutcomeUnknown, client_config
+from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.infra.aws import session_for
+from dmd_tasks.ops.stack import free_port
+
+
+def _client(settings: Any, url: str, timeout: float = 5.0) -> EumSmsClient:
+    boto = session_for(settings).client("pinpoint-sms-voice-v2", endpoint_url=url, config=client_config(timeout))
+    return EumSmsClient(boto, origination_identity="pool-0123456789abcdef", configuration_set="dmd-events")
+
+
+@pytest.fixture()
+def eum(settings, stack, sim) -> Iterator[EumSmsClient]:  # type: ignore[no-untyped-def]
+    yield _client(settings, settings.sms_base_url)
+    sim.configure(eum={"throttle_rate": 0, "error_rate": 0, "timeout_rate": 0})
+
+
+def new_phone() -> str:
+    return f"+1334{int(uuid.uuid4().hex[:7], 16) % 10_000_000:07d}"
+
+
+def new_key() -> str:
+    return f"sale{uuid.uuid4().hex[:8]}:fan1"
+
+
+def test_a_message_carries_its_notification_id_in_context_and_its_validity_as_ttl(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    phone, key = new_phone(), new_key()
+
+    message_id = eum.send(phone, "Tickets: https://bit.ly/x", idempotency_key=key, validity_seconds=7200)
+
+    seen = sim.eum_message(message_id)
+    assert seen is not None
+    assert seen["context"] == {CONTEXT_KEY: key}
+    assert seen["timeToLive"] == 7200
+    assert seen["origination"] == "pool-0123456789abcdef"
+    assert seen["configurationSet"] == "dmd-events"
+    assert seen["messageType"] == "TRANSACTIONAL"
+    assert sim.sms_messages_to(phone) == 1
+
+
+def test_the_service_has_no_idempotency_a_second_call_is_a_second_sms(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    # This is why the send path must never repeat a call whose outcome it does not know.
+    phone, key = new_phone(), new_key()
+    first = eum.send(phone, "hi", idempotency_key=key)
+    second = eum.send(phone, "hi", idempotency_key=key)
+    assert first != second
+    assert sim.sms_messages_to(phone) == 2
+
+
+@pytest.mark.parametrize(("validity", "ttl"), [(1, 5), (10**9, 259_200), (90.7, 90)])
+def test_the_ttl_is_kept_within_what_the_service_takes(eum, sim, validity: float, ttl: int) -> None:  # type: ignore[no-untyped-def]
+    message_id = eum.send(new_phone(), "hi", idempotency_key=new_key(), validity_seconds=validity)
+    assert sim.eum_message(message_id)["timeToLive"] == ttl
+
+
+def test_a_number_the_service_refuses_is_this_messages_fault(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PermanentError, match="ValidationException"):
+        eum.send("+0123", "hi", idempotency_key=new_key())
+
+
+def test_throttling_sends_nothing_and_says_so(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    sim.configure(eum={"throttle_rate": 1.0})
+    before = sim.stats()["eum"].get("responses_429", 0)
+    phone = new_phone()
+    with pytest.raises(RateLimited, match="ThrottlingException"):
+        eum.send(phone, "hi", idempotency_key=new_key())
+    assert sim.sms_messages_to(phone) == 0
+    assert sim.stats()["eum"]["responses_429"] - before == 1  # one call: botocore retried nothing
+
+
+def test_a_service_error_is_transient_and_sent_nothing(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    sim.configure(eum={"error_rate": 1.0})
+    phone = new_phone()
+    with pytest.raises(TransientError) as raised:
+        eum.send(phone, "hi", idempotency_key=new_key())
+    assert not isinstance(raised.value, OutcomeUnknown)
+    assert sim.sms_messages_to(phone) == 0
+
+
+def test_no_answer_is_an_unknown_outcome_and_the_client_does_not_repeat_the_call(settings, stack, sim) -> None:  # type: ignore[no-untyped-def]
+    # Given a service that sends the SMS but answers only after the client has given up
+    sim.configure(eum={"timeout_rate": 1.0, "timeout_ms": 2500})
+    impatient = _client(settings, settings.sms_base_url, timeout=1.0)
+    phone = new_phone()
+    try:
+        with pytest.raises(OutcomeUnknown):
+            impatient.send(phone, "hi", idempotency_key=new_key())
+    finally:
+        sim.configure(eum={"timeout_rate": 0})
+
+    # Then the fan got it once: botocore did not retry the call on its own
+    assert sim.sms_messages_to(phone) == 1
+
+
+def test_an_endpoint_that_cannot_be_reached_sent_nothing(settings) -> None:  # type: ignore[no-untyped-def]
+    unreachable = _client(settings, f"http://127.0.0.1:{free_port()}", timeout=1.0)
+    with pytest.raises(TransientError) as raised:
+        unreachable.send(new_phone(), "hi", idempotency_key=new_key())
+    assert not isinstance(raised.value, OutcomeUnknown)
+
+
+def test_a_success_without_a_message_id_is_an_unknown_outcome(settings, canned) -> None:  # type: ignore[no-untyped-def]
+    canned.answer("POST", "/", 200, {})
+    with pytest.raises(OutcomeUnknown, match="no MessageId"):
+        _client(settings, canned.url).send(new_phone(), "hi", idempotency_key=new_key())
