@@ -30,16 +30,17 @@ BRIDGE_NAME = "bridge-demand"
 
 
 def planner(
-    decode: Callable[[Any], ChangeRecord], send_batch_size: int
+    decode: Callable[[Any], ChangeRecord], send_batch_size: int, source: str = BRIDGE_NAME
 ) -> Callable[[Sequence[dict[str, Any]], Container[tuple[str, str]]], BatchPlan]:
-    """How this bridge plans a page: change records, sends packed ``send_batch_size`` a message."""
+    """How this bridge plans a page: change records, sends packed ``send_batch_size`` a message
+    (``source``: the bridge named in dead letters; ``bridge-sqs`` plans its demand changes so too)."""
 
     def plan(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
         return plan_changes(
             records,
             decode,
             batch_sizes={SEND_NOTIFICATIONS: send_batch_size},
-            source=BRIDGE_NAME,
+            source=source,
             recently_published=recent,
         )
 

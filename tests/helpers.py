@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +13,7 @@ from celery.contrib.testing.worker import start_worker
 
 from dmd_tasks.celery_app import app
 from dmd_tasks.infra.settings import get_settings
+from dmd_tasks.store.codec import serialize
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:
@@ -39,3 +42,25 @@ def worker_on(queue: str, **options: Any) -> Iterator[Any]:
             yield worker
     finally:
         time.sleep(get_settings().sqs_wait_time_seconds + 1)
+
+
+def pipes_change(row: dict[str, Any]) -> dict[str, Any]:
+    """An item's INSERT as EventBridge Pipes sends it to an SQS target: the DynamoDB Streams
+    record's JSON form (times in epoch seconds, images in DynamoDB JSON)."""
+    image = serialize(row)
+    return {
+        "eventID": uuid.uuid4().hex,
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": int(time.time()),
+            "Keys": {"pk": image["pk"], "sk": image["sk"]},
+            "NewImage": image,
+            "SequenceNumber": str(uuid.uuid4().int % 10**20),
+            "SizeBytes": len(json.dumps(image)),
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/dmd-demand/stream/2026-12-01T00:00:00.000",
+    }

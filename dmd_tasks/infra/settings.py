@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     demand_kinesis_stream_name: str | None = None
     #: How many times SQS delivers a message before its redrive policy moves it to the DLQ.
     dlq_max_receive_count: int = 5
+    #: The SQS bridge (``bridge-sqs``): how long a receive waits for messages (long polling), and
+    #: how long a received message stays invisible before SQS delivers it again (it is deleted
+    #: once its tasks are published or its dead letter written).
+    intake_wait_seconds: int = Field(default=20, ge=0, le=20)
+    intake_visibility_timeout_seconds: int = Field(default=60, ge=5)
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"

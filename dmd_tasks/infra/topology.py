@@ -3,6 +3,7 @@
 - one SQS queue per Celery queue (``<prefix><queue>``), each with a dead-letter queue
   (``<prefix><queue>-dlq``) that SQS's redrive policy feeds;
 - one dead-letter queue per bridge (``<prefix><bridge>-dlq``) for records it cannot route;
+- the intake queues ``bridge-sqs`` reads (``<prefix>intake-<kind>``), each with a dead-letter queue;
 - the Kinesis stream of SMS statuses, and optionally the demand table's Kinesis stream.
 """
 
@@ -13,7 +14,11 @@ from dmd_tasks.infra.settings import Settings
 #: Every Celery queue of the pipeline, one worker process per queue.
 QUEUE_NAMES: tuple[str, ...] = ("short-url", "generate", "schedule", "send", "sms-status", "query")
 #: Processes that turn stream records into tasks; each has a dead-letter queue of its own.
-BRIDGE_NAMES: tuple[str, ...] = ("bridge-demand", "bridge-sms-status")
+BRIDGE_NAMES: tuple[str, ...] = ("bridge-demand", "bridge-sms-status", "bridge-sqs")
+#: Queues others write to and ``bridge-sqs`` reads: demand-table changes (EventBridge Pipes' SQS
+#: target) and SMS provider events (End User Messaging's SNS event destination). Each has a
+#: dead-letter queue its redrive policy feeds (``<prefix>intake-<kind>-dlq``).
+INTAKE_QUEUES: tuple[str, ...] = ("intake-demand", "intake-sms-events")
 #: Every name that has a dead-letter queue.
 DLQ_OWNERS: tuple[str, ...] = (*QUEUE_NAMES, *BRIDGE_NAMES)
 

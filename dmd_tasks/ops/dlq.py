@@ -20,7 +20,13 @@ from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.sqs import make_visible
-from dmd_tasks.pipeline.records import decode_kinesis_change, parse_change, restore
+from dmd_tasks.pipeline.records import (
+    decode_kinesis_change,
+    decode_sqs_change,
+    decode_sqs_status,
+    parse_change,
+    restore,
+)
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, BatchPlan, plan_changes, plan_status_records
 
 #: What re-driving one letter does; None keeps the letter where it is.
@@ -112,7 +118,7 @@ def plan_replay(settings: Settings, name: str, body: str, app: Celery, publisher
             lambda: app.send_task(task, args=args, kwargs=kwargs, headers=headers),
         )
     if name in topology.BRIDGE_NAMES:
-        plan = _plan_bridge_record(settings, name, restore(payload))
+        plan = _plan_bridge_record(settings, name, restore(payload), letter.get("position"))
         if plan.dead_letters:
             return f"record still invalid, kept: {plan.dead_letters[0].reason}", None
         if not plan.calls:
@@ -124,9 +130,16 @@ def plan_replay(settings: Settings, name: str, body: str, app: Celery, publisher
     return f"unrecognised dead letter, kept: {letter.get('reason')}", None
 
 
-def _plan_bridge_record(settings: Settings, name: str, record: Any) -> BatchPlan:
-    """What the bridge ``name`` would make of ``record`` now."""
+def _plan_bridge_record(settings: Settings, name: str, record: Any, position: Any = None) -> BatchPlan:
+    """What the bridge ``name`` would make of ``record`` now (``position``: where it was read)."""
     if name == "bridge-sms-status":
         return plan_status_records([record], settings.status_batch_size)
+    if name == "bridge-sqs":  # an intake queue's message: its queue says what it carries
+        intake = position.get("shard") if isinstance(position, dict) else None
+        if intake == "intake-sms-events":
+            return plan_status_records([record], settings.status_batch_size, source=name, decode=decode_sqs_status)
+        return plan_changes(
+            [record], decode_sqs_change, batch_sizes={SEND_NOTIFICATIONS: settings.send_batch_size}, source=name
+        )
     decode = decode_kinesis_change if isinstance(record, dict) and "Data" in record else parse_change
     return plan_changes([record], decode, batch_sizes={SEND_NOTIFICATIONS: settings.send_batch_size}, source=name)

@@ -4,6 +4,7 @@
 - the bridges' checkpoint table
 - one SQS queue per Celery queue, each with a dead-letter queue and a redrive policy,
   and a dead-letter queue per bridge
+- the intake queues the SQS bridge reads, each with a dead-letter queue and a redrive policy
 - the Kinesis stream of SMS delivery statuses (and the demand-changes stream when configured)
 """
 
@@ -18,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.infra.topology import DLQ_OWNERS, QUEUE_NAMES
+from dmd_tasks.infra.topology import DLQ_OWNERS, INTAKE_QUEUES, QUEUE_NAMES
 from dmd_tasks.store.keys import GSI1, GSI2
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def provision(settings: Settings) -> dict[str, Any]:
     report["table"] = ensure_demand_table(settings)
     report["checkpoint_table"] = ensure_checkpoint_table(settings)
     report["queues"] = ensure_queues(settings)
+    report["intake_queues"] = ensure_intake_queues(settings)
     report["streams"] = [
         ensure_kinesis_stream(
             settings, name, shard_count=settings.sms_status_shards if name == settings.sms_status_stream_name else 1
@@ -171,28 +173,44 @@ def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
     return url
 
 
+def _ensure_dlq(sqs: Any, settings: Settings, owner: str) -> tuple[str, str]:
+    """The dead-letter queue of ``owner``: (URL, ARN)."""
+    url = _ensure_queue(sqs, topology.dlq_name(settings, owner), {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
+    return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def _ensure_redriven(sqs: Any, settings: Settings, name: str, dlq_arn: str, visibility_seconds: int) -> str:
+    """The queue ``name``, whose redrive policy moves a message received too often to ``dlq_arn``."""
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.dlq_max_receive_count)})
+    return _ensure_queue(
+        sqs,
+        topology.queue_name(settings, name),
+        {"VisibilityTimeout": str(visibility_seconds), "RedrivePolicy": redrive},
+    )
+
+
 def ensure_queues(settings: Settings) -> dict[str, dict[str, str]]:
     sqs = aws.client("sqs", settings)
     out: dict[str, dict[str, str]] = {}
     for name in DLQ_OWNERS:
-        dlq_url = _ensure_queue(
-            sqs, topology.dlq_name(settings, name), {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
-        )
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        dlq_url, dlq_arn = _ensure_dlq(sqs, settings, name)
         entry = {"dlq_url": dlq_url}
         if name in QUEUE_NAMES:
-            redrive = json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.dlq_max_receive_count)}
-            )
-            entry["url"] = _ensure_queue(
-                sqs,
-                topology.queue_name(settings, name),
-                {
-                    "VisibilityTimeout": str(settings.visibility_timeout_seconds),
-                    "RedrivePolicy": redrive,
-                },
-            )
+            entry["url"] = _ensure_redriven(sqs, settings, name, dlq_arn, settings.visibility_timeout_seconds)
         out[name] = entry
+    return out
+
+
+def ensure_intake_queues(settings: Settings) -> dict[str, dict[str, str]]:
+    """The queues ``bridge-sqs`` reads, each with its dead-letter queue: a message the bridge
+    cannot hand on (publishing fails every time) is moved there after ``dlq_max_receive_count``
+    receives. (A message it cannot read is dead-lettered by the bridge itself, with the reason.)"""
+    sqs = aws.client("sqs", settings)
+    out: dict[str, dict[str, str]] = {}
+    for name in INTAKE_QUEUES:
+        dlq_url, dlq_arn = _ensure_dlq(sqs, settings, name)
+        url = _ensure_redriven(sqs, settings, name, dlq_arn, settings.intake_visibility_timeout_seconds)
+        out[name] = {"url": url, "dlq_url": dlq_url}
     return out
 
 

@@ -5,6 +5,8 @@
   destination, whose ``Data`` is the same record as JSON).
 - A status record is a Kinesis record of the SMS provider's stream whose ``Data`` is one
   provider event as JSON.
+- An SQS message of an intake queue (``bridges/sqs.py``) carries either kind as JSON, raw or
+  in an SNS envelope.
 
 Nothing here touches a network. A record that cannot be decoded raises InvalidRecord with
 the reason, which becomes the reason of its dead letter.
@@ -22,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dmd_tasks.domain.errors import InvalidRecord
-from dmd_tasks.domain.provider_events import parse_event
+from dmd_tasks.domain.provider_events import parse_eum_event, parse_event
 from dmd_tasks.store.codec import deserialize
 
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
@@ -254,6 +256,8 @@ def record_correlation_id(raw: Any) -> str | None:
             return f"ddb-{bounded_id(raw['eventID'])}"
         if raw.get("SequenceNumber"):
             return f"kin-{bounded_id(raw['SequenceNumber'])}"
+        if raw.get("MessageId"):
+            return f"sqs-{bounded_id(raw['MessageId'])}"
     return None
 
 
@@ -284,3 +288,57 @@ def restore(value: Any) -> Any:
     if isinstance(value, list):
         return [restore(v) for v in value]
     return value
+
+
+# ---- SQS intake (``bridges/sqs.py``) -------------------------------------------------------------
+# A message as ``ReceiveMessage`` gives it (``MessageId``, ``Body``); its body is the record as
+# JSON, raw or wrapped in an SNS envelope (a queue subscribed to a topic without raw delivery).
+
+#: SQS takes at most 256 KiB a message; a record is far smaller.
+MAX_SQS_BODY_BYTES = 262_144
+
+
+def sqs_payload(message: Any) -> tuple[Any, str | None]:
+    """The JSON a message carries, unwrapped from its SNS envelope if it has one, and the time
+    SNS stamped on it (None without an envelope). Raises InvalidRecord with the reason."""
+    if not isinstance(message, Mapping):
+        raise InvalidRecord("message is not an object")
+    body = message.get("Body")
+    if not isinstance(body, str):
+        raise InvalidRecord("message has no Body")
+    if len(body) > MAX_SQS_BODY_BYTES:
+        raise InvalidRecord(f"message body is {len(body)} characters; SQS takes at most {MAX_SQS_BODY_BYTES}")
+    payload = _json(body.encode("utf-8", "surrogatepass"), "message body")
+    if isinstance(payload, Mapping) and payload.get("Type") == "Notification" and "TopicArn" in payload:
+        inner = payload.get("Message")
+        if not isinstance(inner, str):
+            raise InvalidRecord("SNS notification without a Message")
+        stamp = payload.get("Timestamp")
+        return _json(inner.encode("utf-8", "surrogatepass"), "SNS Message"), stamp if isinstance(stamp, str) else None
+    return payload, None
+
+
+def decode_sqs_change(message: Any) -> ChangeRecord:
+    """A demand-table change delivered through SQS: the DynamoDB Streams record as EventBridge
+    Pipes puts it on an SQS target (the record's JSON, ``eventSource`` ``aws:dynamodb``)."""
+    payload, _stamp = sqs_payload(message)
+    if not isinstance(payload, Mapping):
+        raise InvalidRecord("message body is not a JSON object")
+    source = payload.get("eventSource")
+    if source is not None and source != "aws:dynamodb":
+        raise InvalidRecord(f"eventSource {source!r} is not aws:dynamodb")
+    return parse_change(payload)
+
+
+def decode_sqs_status(message: Any) -> dict[str, Any]:
+    """A provider event delivered through SQS: an End User Messaging SMS event or two-way SMS
+    reply (through SNS), or an event in the HTTP provider's own form; validated as on the stream."""
+    payload, stamp = sqs_payload(message)
+    try:
+        if isinstance(payload, Mapping) and "type" in payload:
+            event = parse_event(payload)
+        else:
+            event = parse_eum_event(payload, received_at=stamp)
+    except ValueError as exc:
+        raise InvalidRecord(str(exc)) from exc
+    return event.model_dump(exclude_none=True)

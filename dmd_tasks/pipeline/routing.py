@@ -32,7 +32,6 @@ from dmd_tasks.infra.deadletters import DeadLetter
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.pipeline.records import (
     ChangeRecord,
-    bounded_id,
     decode_status_record,
     jsonable,
     record_correlation_id,
@@ -266,14 +265,20 @@ def _batched_calls(group: list[Route], size: int, delay: int) -> list[TaskCall]:
     return calls
 
 
-def plan_status_records(records: Iterable[Any], batch_size: int, source: str = "bridge-sms-status") -> BatchPlan:
-    """Valid provider events in messages of ``batch_size``, and a dead letter per invalid record."""
+def plan_status_records(
+    records: Iterable[Any],
+    batch_size: int,
+    source: str = "bridge-sms-status",
+    decode: Callable[[Any], dict[str, Any]] = decode_status_record,
+) -> BatchPlan:
+    """Valid provider events in messages of ``batch_size``, and a dead letter per invalid record.
+    ``decode``: a Kinesis record of the status stream, or an SQS message (``decode_sqs_status``)."""
     plan = BatchPlan()
     events: list[tuple[dict[str, Any], str]] = []
     for record in records:
         try:
-            event = decode_status_record(record)
-            correlation_id = f"kin-{bounded_id(record.get('SequenceNumber', ''))}"
+            event = decode(record)
+            correlation_id = record_correlation_id(record) or "kin-"
         except Exception as exc:  # whatever a record raises, it is that record's problem alone
             plan.dead_letters.append(dead_letter(record, exc, source))
             continue

@@ -9,7 +9,7 @@ from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, QUEUE_NAMES
 
 def test_every_celery_queue_and_every_bridge_owns_a_dead_letter_queue() -> None:
     assert QUEUE_NAMES == ("short-url", "generate", "schedule", "send", "sms-status", "query")
-    assert BRIDGE_NAMES == ("bridge-demand", "bridge-sms-status")
+    assert BRIDGE_NAMES == ("bridge-demand", "bridge-sms-status", "bridge-sqs")
     assert DLQ_OWNERS == QUEUE_NAMES + BRIDGE_NAMES
     settings = load_settings(queue_name_prefix="acme-")
     dlqs = [topology.dlq_name(settings, owner) for owner in DLQ_OWNERS]

@@ -257,6 +257,41 @@ def test_a_status_record_is_rerouted_to_the_sms_status_queue_and_an_invalid_one_
     assert [d["reason"] for d in queues.dead_letters("bridge-sms-status")] == ["record is not JSON"]
 
 
+def test_an_intake_message_is_replayed_by_what_its_queue_carries(queues) -> None:  # type: ignore[no-untyped-def]
+    # Given the SQS bridge's letters: a provider event from the events queue, a demand change from
+    # the demand queue (EventBridge Pipes' form), each at the place it was read
+    mine = queues.settings
+    event = {"MessageId": "q-1", "Body": json.dumps(status_event("m7"))}
+    demand = change("INSERT", item(Demand(eventId="ev-sqs", fanId="f1", phone="+15550001111")))
+    demand["dynamodb"]["ApproximateCreationDateTime"] = 1764928800
+    pipes = {"MessageId": "q-2", "Body": json.dumps({**demand, "eventSource": "aws:dynamodb"})}
+    put_letters(
+        mine,
+        "bridge-sqs",
+        DeadLetter(
+            reason="SendMessageBatch failed",
+            payload=event,
+            source="bridge-sqs",
+            position={"shard": "intake-sms-events"},
+        ),
+        DeadLetter(
+            reason="SendMessageBatch failed", payload=pipes, source="bridge-sqs", position={"shard": "intake-demand"}
+        ),
+    )
+
+    lines = replay(mine, app, "bridge-sqs", dry_run=False)
+
+    assert sorted(lines) == sorted(
+        [
+            f"record -> {RECORD_SMS_STATUS} (was: SendMessageBatch failed)",
+            f"record -> {SHORTEN_EVENT_URL} (was: SendMessageBatch failed)",
+        ]
+    )
+    assert [(t.name, t.args) for t in queues.tasks("sms-status")] == [(RECORD_SMS_STATUS, [[status_event("m7")]])]
+    assert [(t.name, t.args) for t in queues.tasks("short-url")] == [(SHORTEN_EVENT_URL, ["ev-sqs"])]
+    assert queues.dead_letters("bridge-sqs") == []
+
+
 def test_an_unrecognised_dead_letter_is_kept(queues) -> None:  # type: ignore[no-untyped-def]
     mine = queues.settings
     put_letters(mine, "send", DeadLetter(reason="written by hand", payload={"what": "no task"}))

@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, QUEUE_NAMES
+from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, INTAKE_QUEUES, QUEUE_NAMES
 from dmd_tasks.ops.provision import DLQ_RETENTION_SECONDS, _ensure_stream, ensure_kinesis_stream, provision
 
 
@@ -69,8 +69,10 @@ def test_provisioning_twice_reports_the_same_resources_and_creates_nothing_more(
     # And there is one queue per Celery queue and one dead-letter queue per owner, no more
     sqs = aws.client("sqs", fresh)
     urls = sqs.list_queues(QueueNamePrefix=fresh.queue_name_prefix)["QueueUrls"]
+    assert set(first["intake_queues"]) == set(INTAKE_QUEUES)
     assert sorted(u.rsplit("/", 1)[1] for u in urls) == sorted(
-        [topology.queue_name(fresh, q) for q in QUEUE_NAMES] + [topology.dlq_name(fresh, o) for o in DLQ_OWNERS]
+        [topology.queue_name(fresh, q) for q in (*QUEUE_NAMES, *INTAKE_QUEUES)]
+        + [topology.dlq_name(fresh, o) for o in (*DLQ_OWNERS, *INTAKE_QUEUES)]
     )
 
 
