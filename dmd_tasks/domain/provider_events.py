@@ -10,18 +10,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 
 
 class StatusEvent(BaseModel):
     type: Literal["status"]
-    message_id: str
-    status: str
-    timestamp: str
+    #: bounded: it is looked up as an index key (DynamoDB keys are at most 2 KB)
+    message_id: str = Field(min_length=1, max_length=256)
+    status: str = Field(max_length=32)
+    timestamp: str = Field(max_length=64)
     #: Our own reference, echoed by the provider: the notification id (the idempotency key).
-    reference: str | None = None
+    reference: str | None = Field(default=None, max_length=512)
 
 
 class InboundEvent(BaseModel):
@@ -84,7 +85,10 @@ EUM_CONTEXT_KEY = "notificationId"
 def _iso_from_millis(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("eventTimestamp is not a number of milliseconds")
-    return datetime.fromtimestamp(value / 1000, tz=UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(value / 1000, tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("eventTimestamp is out of range") from None
 
 
 def parse_eum_event(raw: Any, received_at: str | None = None) -> ProviderEvent:
@@ -104,19 +108,26 @@ def parse_eum_event(raw: Any, received_at: str | None = None) -> ProviderEvent:
     message_id = raw.get("messageId")
     if not isinstance(message_id, str) or not message_id:
         raise ValueError(f"{kind} event has no messageId")
-    if kind in EUM_INTERMEDIATE or raw.get("isFinal") is False:
-        # on its way, or a temporary error the service retries (``isFinal`` false): not final here
-        status = kind.removeprefix("TEXT_").lower()
-    elif kind in EUM_FINAL_STATUSES:
-        status = EUM_FINAL_STATUSES[kind]
+    if kind not in EUM_FINAL_STATUSES and kind not in EUM_INTERMEDIATE:
+        raise ValueError(f"unknown End User Messaging event type {kind[:64]!r}")
+    if kind == "TEXT_QUEUED":
+        status = "queued"
+    elif kind in EUM_INTERMEDIATE or raw.get("isFinal") is False:
+        # on its way, or a temporary error the service still retries (``isFinal`` false): never
+        # one of the final statuses, whatever the type says
+        status = "pending"
     else:
-        raise ValueError(f"unknown End User Messaging event type {kind!r}")
+        status = EUM_FINAL_STATUSES[kind]
     context = raw.get("context")
     reference = context.get(EUM_CONTEXT_KEY) if isinstance(context, dict) else None
-    return StatusEvent(
-        type="status",
-        message_id=message_id,
-        status=status,
-        timestamp=_iso_from_millis(raw.get("eventTimestamp")),
-        reference=reference if isinstance(reference, str) else None,
-    )
+    try:
+        return StatusEvent(
+            type="status",
+            message_id=message_id,
+            status=status,
+            timestamp=_iso_from_millis(raw.get("eventTimestamp")),
+            reference=reference if isinstance(reference, str) else None,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"invalid {kind} event: {first['loc']} {first['msg']}") from exc

@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     dlq_max_receive_count: int = 5
     #: The SQS bridge (``bridge-sqs``): how long a receive waits for messages (long polling), and
     #: how long a received message stays invisible before SQS delivers it again (it is deleted
-    #: once its tasks are published or its dead letter written).
+    #: once its tasks are published or its dead letter written; longer than publishing's own
+    #: retries, so that no other process takes the same batch meanwhile).
     intake_wait_seconds: int = Field(default=20, ge=0, le=20)
-    intake_visibility_timeout_seconds: int = Field(default=60, ge=5)
+    intake_visibility_timeout_seconds: int = Field(default=300, ge=5)
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -334,6 +334,9 @@ def decode_sqs_status(message: Any) -> dict[str, Any]:
     """A provider event delivered through SQS: an End User Messaging SMS event or two-way SMS
     reply (through SNS), or an event in the HTTP provider's own form; validated as on the stream."""
     payload, stamp = sqs_payload(message)
+    size = len(json.dumps(payload, default=str))
+    if size > MAX_EVENT_BYTES:
+        raise InvalidRecord(f"event is {size} bytes as JSON; provider events are at most {MAX_EVENT_BYTES}")
     try:
         if isinstance(payload, Mapping) and "type" in payload:
             event = parse_event(payload)

@@ -8,6 +8,7 @@ subscribed to the configuration set's topic without raw delivery), a two-way SMS
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -123,9 +124,10 @@ def test_provider_events_through_sns_and_raw_become_status_tasks(intake) -> None
         sns_envelope(reply),
         own,
         sns_envelope({"eventType": "TEXT_SOMETHING_NEW", "messageId": "m-2", "eventTimestamp": 1}),
+        sns_envelope({**eum_event("m-3"), "messageBody": "x" * 20_000}),
     )
 
-    assert IntakeReader(settings, SMS_EVENTS).poll_once(wait_seconds=1) == 4
+    assert IntakeReader(settings, SMS_EVENTS).poll_once(wait_seconds=1) == 5
 
     tasks = intake.tasks("sms-status")
     assert [t.name for t in tasks] == [RECORD_SMS_STATUS]
@@ -140,9 +142,10 @@ def test_provider_events_through_sns_and_raw_become_status_tasks(intake) -> None
         "timestamp": "2026-12-05T10:00:00.000Z",
     }
     assert events[2] == own
-    assert [d["reason"] for d in intake.dead_letters(BRIDGE_NAME)] == [
-        "unknown End User Messaging event type 'TEXT_SOMETHING_NEW'"
-    ]
+    reasons = sorted(d["reason"] for d in intake.dead_letters(BRIDGE_NAME))
+    assert len(reasons) == 2
+    assert re.fullmatch(r"event is 2\d{4} bytes as JSON; provider events are at most 16384", reasons[0])
+    assert reasons[1] == "unknown End User Messaging event type 'TEXT_SOMETHING_NEW'"
     assert left_on(settings, SMS_EVENTS) == 0
 
 

@@ -88,7 +88,13 @@ def test_each_end_user_messaging_event_type_means_one_status(kind: str, status: 
 
 def test_a_temporary_error_the_service_still_retries_is_not_final() -> None:
     event = parse_eum_event({**EUM_EXAMPLE, "eventType": "TEXT_CARRIER_UNREACHABLE", "isFinal": False})
-    assert isinstance(event, StatusEvent) and event.status == "carrier_unreachable"
+    assert isinstance(event, StatusEvent) and event.status == "pending"
+
+
+@pytest.mark.parametrize("kind", ["TEXT_DELIVERED", "TEXT_BLOCKED", "TEXT_UNKNOWN"])
+def test_an_event_the_service_calls_not_final_is_never_a_final_status(kind: str) -> None:
+    event = parse_eum_event({**EUM_EXAMPLE, "eventType": kind, "isFinal": False})
+    assert isinstance(event, StatusEvent) and event.status == "pending"
 
 
 def test_an_event_without_our_context_still_names_its_message() -> None:
@@ -117,6 +123,9 @@ def test_a_reply_through_two_way_sms_is_an_inbound_event() -> None:
         ({**EUM_EXAMPLE, "messageId": ""}, "no messageId"),
         ({**EUM_EXAMPLE, "eventType": "TEXT_SOMETHING_NEW"}, "unknown End User Messaging event type"),
         ({**EUM_EXAMPLE, "eventTimestamp": "yesterday"}, "eventTimestamp"),
+        ({**EUM_EXAMPLE, "eventTimestamp": 1e300}, "eventTimestamp is out of range"),
+        ({**EUM_EXAMPLE, "eventType": "TEXT_FAILED", "isFinal": False}, "unknown End User Messaging event type"),
+        ({**EUM_EXAMPLE, "messageId": "m" * 300}, "message_id"),
         ({"originationNumber": "+14255550182"}, "messageBody"),
     ],
 )
