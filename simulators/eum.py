@@ -9,6 +9,8 @@ protocol, so that the project's client is boto3's own.
 - There is no idempotency token: every accepted call is a new message at the fan. The
   messages are counted with the HTTP provider's (``SmsSimulator``), per recipient and per
   sale, so a fan messaged twice, by either provider or by both, is a duplicate.
+- Numbers opted out at the provider (``{"eum": {"opted_out": [...]}}``) are refused with a
+  ``ConflictException`` (reason ``DESTINATION_PHONE_NUMBER_OPTED_OUT``), as the service does.
 - Faults from its own ``Faults`` (``POST /_sim/config {"eum": {...}}``): a rate limit or a
   throttle answered ``ThrottlingException`` (HTTP 400, no Retry-After: the service gives
   none), errors answered ``InternalServerException`` (HTTP 500), timeouts that accept the
@@ -44,11 +46,16 @@ class EumSimulator:
         self._counters: Counter[str] = Counter()
         #: the last requests accepted, by message id (what tests read: context, TTL, identity)
         self._messages: dict[str, dict[str, Any]] = {}
+        self._opted_out: set[str] = set()
 
     # ---- configuration and counters -----------------------------------------------------------
 
     def configure(self, values: dict[str, Any]) -> None:
+        """Faults, and ``opted_out``: numbers the service refuses (ConflictException, opted out)."""
         self.faults.update(values)
+        if isinstance(values.get("opted_out"), list):
+            with self._lock:
+                self._opted_out = {str(n) for n in values["opted_out"]}
 
     def public_config(self) -> dict[str, float]:
         return self.faults.public()
@@ -70,6 +77,7 @@ class EumSimulator:
         with self._lock:
             self._counters.clear()
             self._messages.clear()
+            self._opted_out.clear()
             self.faults = Faults()
 
     # ---- the API --------------------------------------------------------------------------------
@@ -89,6 +97,15 @@ class EumSimulator:
             if problem is not None or not isinstance(body, dict):
                 self._count("validation_errors")
                 return _error(400, "ValidationException", problem or "invalid", Reason="FIELD_VALIDATION_FAILED")
+            if body["DestinationPhoneNumber"] in self._opted_out:
+                return _error(
+                    400,
+                    "ConflictException",
+                    "the destination phone number is opted out",
+                    Reason="DESTINATION_PHONE_NUMBER_OPTED_OUT",
+                    ResourceType="opt-out-list",
+                    ResourceId="Default",
+                )
             failure = self.faults.apply(timeouts_accept=True, arrived_at=arrived_at)
             if isinstance(failure, tuple):
                 status, _headers = failure

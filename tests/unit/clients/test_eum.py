@@ -8,6 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    SSLError,
+)
 
 from dmd_tasks.clients.eum import CONTEXT_KEY, EumSmsClient, OutcomeUnknown, client_config
 from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
@@ -114,3 +122,56 @@ def test_a_success_without_a_message_id_is_an_unknown_outcome(settings, canned) 
     canned.answer("POST", "/", 200, {})
     with pytest.raises(OutcomeUnknown, match="no MessageId"):
         _client(settings, canned.url).send(new_phone(), "hi", idempotency_key=new_key())
+
+
+def test_a_number_opted_out_at_the_provider_is_this_messages_fault(eum, sim) -> None:  # type: ignore[no-untyped-def]
+    phone = new_phone()
+    sim.configure(eum={"opted_out": [phone]})
+    with pytest.raises(PermanentError, match="DESTINATION_PHONE_NUMBER_OPTED_OUT"):
+        eum.send(phone, "hi", idempotency_key=new_key())
+    assert sim.sms_messages_to(phone) == 0
+
+
+# ---- answers the simulator never gives: a client that raises what botocore raises ------------------
+
+
+class _Raising:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def send_text_message(self, **_request: Any) -> dict[str, Any]:
+        raise self.exc
+
+
+def _client_error(status: int, body: dict[str, Any]) -> ClientError:
+    return ClientError({**body, "ResponseMetadata": {"HTTPStatusCode": status}}, "SendTextMessage")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (SSLError(endpoint_url="https://sms-voice", error="EOF in violation of protocol"), OutcomeUnknown),
+        (ConnectionClosedError(endpoint_url="https://sms-voice"), OutcomeUnknown),
+        (HTTPClientError(error="RemoteDisconnected"), OutcomeUnknown),
+        (_client_error(502, {"Error": {"Code": "502", "Message": "Bad Gateway"}}), OutcomeUnknown),
+        (_client_error(504, {"Error": {"Code": "504", "Message": "Gateway Timeout"}}), OutcomeUnknown),
+        (NoCredentialsError(), TransientError),
+        (
+            _client_error(400, {"Error": {"Code": "ValidationException"}, "Reason": "SENDER_ID_NOT_REGISTERED"}),
+            TransientError,
+        ),
+        (_client_error(400, {"Error": {"Code": "AccessDeniedException"}}), TransientError),
+        (_client_error(500, {"Error": {"Code": "InternalServerException"}}), TransientError),
+        (
+            _client_error(400, {"Error": {"Code": "ValidationException"}, "Reason": "DESTINATION_COUNTRY_BLOCKED"}),
+            PermanentError,
+        ),
+        (ParamValidationError(report="Invalid type for parameter TimeToLive"), PermanentError),
+    ],
+)
+def test_each_failure_says_whether_the_sms_may_have_gone(exc: Exception, expected: type[Exception]) -> None:
+    client = EumSmsClient(_Raising(exc), origination_identity="pool-1")
+    with pytest.raises(expected) as raised:
+        client.send(new_phone(), "hi", idempotency_key=new_key())
+    if expected is TransientError:  # not the unknown kind: nothing was sent, a retry is safe
+        assert not isinstance(raised.value, OutcomeUnknown)
