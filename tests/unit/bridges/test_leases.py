@@ -225,13 +225,15 @@ def test_the_lease_of_a_finished_shard_trimmed_from_the_stream_is_deleted(table:
 
 
 def test_an_unfinished_lease_of_a_shard_gone_from_two_listings_is_finished(table: LeaseTable) -> None:
-    a = coordinator(table, Clock(), "a")
+    clock = Clock()
+    a = coordinator(table, clock, "a")
     a.tick()
     listing = [Shard(f"shard-{n}") for n in (1, 2, 3)]  # shard-0 trimmed before it was read to its end
     a.sync_shards(listing)
     assert not {lease.shard: lease.finished for lease in table.list()}["shard-0"]  # one listing: not yet
     a.sync_shards(listing)
     assert {lease.shard: lease.finished for lease in table.list()}["shard-0"]
+    clock.now += FAILOVER / 3  # the next renewal
     a.tick()
     assert "shard-0" not in a.held()
 
@@ -261,3 +263,44 @@ def test_a_finished_lease_of_a_shard_the_stream_lists_open_is_reopened_at_its_ch
     b.tick()
     a.tick()
     assert "shard-0" in set(a.held()) | set(b.held())  # read again, from where it was
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.4, 0.9])
+def test_a_dead_owner_is_replaced_within_one_and_a_half_failover_times_whatever_the_phase(
+    table: LeaseTable, phase: float
+) -> None:
+    # both loops wake every failover/6 (as the thread does); a dies at some phase of b's cycle.
+    # b first sees a's last counter at its next take (within failover/2 of a's last renewal), and
+    # that take starts the failover count; takes come every failover/2, so the take failover later
+    # finds it expired: at most failover/2 + failover after a's last renewal (+ one wake-up step).
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    step = FAILOVER / 6
+    a.tick()
+    clock.now += step * phase
+    for _ in range(12):  # a and b share the shards, both alive
+        clock.now += step
+        a.tick()
+        b.tick()
+    assert len(a.held()) == 2 and len(b.held()) == 2
+    died = clock.now
+    while len(b.held()) < 4 and clock.now - died < 3 * FAILOVER:
+        clock.now += step
+        b.tick()
+    assert len(b.held()) == 4
+    assert clock.now - died <= 1.5 * FAILOVER + step
+
+
+def test_the_loop_renews_every_third_and_takes_every_half_of_the_failover_time(table: LeaseTable) -> None:
+    clock = Clock()
+    a = coordinator(table, clock, "a")
+    renewals: list[float] = []
+    takes: list[float] = []
+    a.renew = lambda: renewals.append(clock.now)  # type: ignore[method-assign]
+    a.take = lambda: takes.append(clock.now)  # type: ignore[method-assign]
+    for _ in range(13):
+        a.tick()
+        clock.now += FAILOVER / 6
+    start = 1000.0
+    assert renewals == pytest.approx([start + n * FAILOVER / 3 for n in range(7)])
+    assert takes == pytest.approx([start + n * FAILOVER / 2 for n in range(5)])
