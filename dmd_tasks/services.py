@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
-from dmd_tasks.clients.sms import SmsClient, SmsSender
+from dmd_tasks.clients.providers import SmsProvider, build_provider
 from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
@@ -29,6 +29,8 @@ from dmd_tasks.store.table import DemandTable
 
 def sms_account(settings: Settings) -> str:
     """The provider account a cap and a circuit belong to: the provider and the sender id."""
+    if settings.sms_provider == "eum":
+        return f"eum:{settings.eum_origination_identity}"
     return f"sms:{settings.sms_sender_id}"
 
 
@@ -65,8 +67,8 @@ class Services:
         return BitlyClient.from_settings(self.settings)
 
     @cached_property
-    def sms(self) -> SmsSender:
-        return SmsClient.from_settings(self.settings)
+    def sms(self) -> SmsProvider:
+        return build_provider(self.settings)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.settings import get_settings
 from simulators.app import create_app
+from simulators.eum import SnsEmitter
 from simulators.sms import StatusEmitter
 
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         accounts_client_id=settings.accounts_client_id,
         accounts_client_secret=settings.accounts_client_secret.get_secret_value(),
         status_emitter=emitter,
+        eum_emitter=SnsEmitter(aws.client("sns", settings)),
     )
     server = make_server(args.host, args.port, app, threaded=True)
     print(f"simulators listening on http://{args.host}:{args.port}", flush=True)

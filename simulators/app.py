@@ -19,7 +19,7 @@ from flask import Flask, jsonify, request
 
 from simulators.bitly import BitlySimulator
 from simulators.eum import EumSimulator
-from simulators.sms import SmsSimulator, StatusEmitter
+from simulators.sms import EventEmitter, SmsSimulator, StatusEmitter
 from simulators.tm import AccountsSimulator, DiscoverySimulator
 
 
@@ -31,13 +31,14 @@ def create_app(
     accounts_client_id: str,
     accounts_client_secret: str,
     status_emitter: StatusEmitter | None = None,
+    eum_emitter: EventEmitter | None = None,
 ) -> Flask:
     app = Flask("dmd-simulators")
     sms = SmsSimulator(sms_api_key, status_emitter)
     providers: dict[str, Any] = {
         "bitly": BitlySimulator(bitly_token),
         "sms": sms,
-        "eum": EumSimulator(sms),
+        "eum": EumSimulator(sms, eum_emitter),
         "discovery": DiscoverySimulator(discovery_api_key),
         "accounts": AccountsSimulator(accounts_client_id, accounts_client_secret),
     }
@@ -66,6 +67,8 @@ def create_app(
         out = {name: p.stats() for name, p in providers.items()}
         if status_emitter is not None:
             out["sms"]["statuses_emitted"] = dict(status_emitter.emitted)
+        if eum_emitter is not None:
+            out["eum"]["events_emitted"] = dict(eum_emitter.emitted)
         return jsonify(out)
 
     @app.post("/_sim/config")

@@ -237,17 +237,19 @@ class SmsSimulator:
             self.emitter.schedule(due + 0.1, {"type": "inbound", "sender": to, "body": "STOP"})
 
 
-class StatusEmitter:
-    """Puts provider events into the Kinesis stream when they fall due, batched (PutRecords, 500)."""
+class EventEmitter:
+    """Delivers provider events when they fall due, in batches, on a thread of its own; what a
+    batch goes to (``_deliver``) is the subclass's."""
 
-    def __init__(self, kinesis: Any, stream_name: str) -> None:
-        self._kinesis = kinesis
-        self._stream = stream_name
+    batch_size = 500
+    name = "events"
+
+    def __init__(self) -> None:
         self._heap: list[tuple[float, int, dict[str, Any]]] = []
         self._seq = 0
         self._cond = threading.Condition()
         self.emitted: Counter[str] = Counter()
-        threading.Thread(target=self._run, name="status-emitter", daemon=True).start()
+        threading.Thread(target=self._run, name=f"{self.name}-emitter", daemon=True).start()
 
     def schedule(self, due: float, event: dict[str, Any]) -> None:
         with self._cond:
@@ -262,11 +264,49 @@ class StatusEmitter:
                     timeout = None if not self._heap else max(0.0, self._heap[0][0] - time.time())
                     self._cond.wait(timeout=timeout if timeout is not None else 1.0)
                 batch: list[Any] = []
-                while self._heap and self._heap[0][0] <= time.time() and len(batch) < 500:
+                while self._heap and self._heap[0][0] <= time.time() and len(batch) < self.batch_size:
                     batch.append(heapq.heappop(self._heap)[2])
             self._put(batch)
 
     def _put(self, events: list[dict[str, Any]]) -> None:
+        """Deliver ``events``, again and again until every one is taken (the emulator restarting)."""
+        delay = 0.1
+        while events:
+            try:
+                failed = self._deliver(events)
+            except Exception:  # the emulator restarting, say: keep the events, try again
+                log.exception("%s: delivery failed; retrying", self.name)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            left = {id(e) for e in failed}
+            for e in events:
+                if id(e) not in left:
+                    self.emitted[self._label(e)] += 1
+            events = failed
+            if events:
+                time.sleep(delay)
+
+    def _deliver(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Deliver a batch; returns the events that were not taken."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _label(event: dict[str, Any]) -> str:
+        return str(event.get("status") or event.get("type", "?"))
+
+
+class StatusEmitter(EventEmitter):
+    """Puts the HTTP provider's events into the Kinesis status stream (PutRecords, 500 a call)."""
+
+    name = "status"
+
+    def __init__(self, kinesis: Any, stream_name: str) -> None:
+        self._kinesis = kinesis
+        self._stream = stream_name
+        super().__init__()
+
+    def _deliver(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         stamp = datetime.now(UTC).isoformat()
         records = [
             {
@@ -275,18 +315,5 @@ class StatusEmitter:
             }
             for e in events
         ]
-        delay = 0.1
-        while records:
-            try:
-                response = self._kinesis.put_records(StreamName=self._stream, Records=records)
-            except Exception:  # the emulator restarting, say: keep the events, try again
-                log.exception("put_records failed; retrying")
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            failed = [r for r, res in zip(records, response["Records"], strict=True) if "ErrorCode" in res]
-            for e in events:
-                self.emitted[e.get("status") or e.get("type", "?")] += 1
-            records, events = failed, []
-            if records:
-                time.sleep(delay)
+        response = self._kinesis.put_records(StreamName=self._stream, Records=records)
+        return [e for e, res in zip(events, response["Records"], strict=True) if "ErrorCode" in res]

@@ -38,7 +38,7 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.domain.errors import OutcomeUnknown, PermanentError, RateLimited, TransientError
 from dmd_tasks.infra.metrics import PROVIDER_RESPONSES
 
 SERVICE = "pinpoint-sms-voice-v2"
@@ -72,11 +72,6 @@ NUMBER_REASONS = frozenset(
 _GATEWAY = {"502", "504", "BadGateway", "GatewayTimeout"}
 #: A quota (a spend limit, say) does not clear within a second: pause at least this long.
 QUOTA_PAUSE_SECONDS = 60.0
-
-
-class OutcomeUnknown(TransientError):
-    """The request left and no answer came back: the SMS may have been sent. Never resend it
-    without the provider's word (its delivery event, matched by ``Context``)."""
 
 
 def client_config(timeout_seconds: float, max_pool_connections: int = 20) -> Config:

@@ -6,18 +6,11 @@ nothing new, so a send retried after a crash never reaches the fan twice.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import requests
 
 from dmd_tasks.clients.http import pooled_session, request
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.infra.settings import Settings
-
-
-class SmsSender(Protocol):
-    def send(self, to: str, body: str, *, idempotency_key: str) -> str:
-        """Send one SMS; return the provider's message id."""
 
 
 class SmsClient:

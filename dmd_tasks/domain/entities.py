@@ -31,6 +31,10 @@ class NotificationStatus(StrEnum):
     PENDING = "pending"
     SCHEDULED = "scheduled"
     SENDING = "sending"
+    #: The call to a provider without idempotency left and no answer came (a timeout, a worker
+    #: killed during the call): the SMS may or may not be on its way. It is never sent again; it
+    #: waits for the provider's event (matched by ``Context``) until ``unconfirmed_window_seconds``.
+    UNCONFIRMED = "unconfirmed"
     SENT = "sent"
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"
@@ -38,10 +42,20 @@ class NotificationStatus(StrEnum):
     #: Another fan of the same sale has the same (normalized) phone number and was messaged
     #: instead (``duplicateOf``): one SMS per phone per sale.
     DUPLICATE = "duplicate"
+    #: ``unconfirmed`` and no event came within the window: whether the fan got the SMS is not
+    #: known (at most once: it was not sent again). A late event still records what happened.
+    UNKNOWN = "unknown"
 
 
 #: A notification in one of these statuses waits on dmd itself; the reconciler owns each of them.
-IN_FLIGHT_STATUSES = frozenset({NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING})
+IN_FLIGHT_STATUSES = frozenset(
+    {
+        NotificationStatus.PENDING,
+        NotificationStatus.SCHEDULED,
+        NotificationStatus.SENDING,
+        NotificationStatus.UNCONFIRMED,
+    }
+)
 
 #: A notification in one of these statuses is done: nothing moves it any more.
 TERMINAL_STATUSES = frozenset(
@@ -50,6 +64,7 @@ TERMINAL_STATUSES = frozenset(
         NotificationStatus.UNDELIVERED,
         NotificationStatus.FAILED,
         NotificationStatus.DUPLICATE,
+        NotificationStatus.UNKNOWN,
     }
 )
 

@@ -24,6 +24,12 @@ class RateLimited(TransientError):
     """The upstream said 429; retry after the time it gave."""
 
 
+class OutcomeUnknown(TransientError):
+    """The request left and no answer came back (a provider without idempotency): the SMS may have
+    been sent. Never resend it without the provider's word (its event, matched by the notification
+    id the request carried)."""
+
+
 class PermanentError(DmdError):
     """Retrying cannot help (bad input, refused credentials, missing entity); dead-letter it."""
 

@@ -23,6 +23,9 @@ class StatusEvent(BaseModel):
     timestamp: str = Field(max_length=64)
     #: Our own reference, echoed by the provider: the notification id (the idempotency key).
     reference: str | None = Field(default=None, max_length=512)
+    #: Which provider reported it (``dmd_tasks.clients.providers``); None: the HTTP provider (its
+    #: events on the status stream say nothing of it).
+    provider: Literal["http", "eum"] | None = None
 
 
 class InboundEvent(BaseModel):
@@ -127,6 +130,7 @@ def parse_eum_event(raw: Any, received_at: str | None = None) -> ProviderEvent:
             status=status,
             timestamp=_iso_from_millis(raw.get("eventTimestamp")),
             reference=reference if isinstance(reference, str) else None,
+            provider="eum",
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,10 +189,28 @@ class Settings(BaseSettings):
     status_max_retries: int = 8
 
     # --- SMS provider -------------------------------------------------------------------------------
+    #: Which provider sends (docs/operations.md, "SMS providers"): ``http`` (the HTTP API with an
+    #: idempotency key; receipts on the Kinesis status stream) or ``eum`` (AWS End User Messaging
+    #: SMS; no idempotency; events through SNS to the intake queue that bridge-sqs reads).
+    sms_provider: Literal["http", "eum"] = "http"
     sms_base_url: str = "https://sms.example.com"
     sms_api_key: SecretStr = SecretStr("")
     sms_timeout_seconds: float = 5.0
     sms_sender_id: str = "DMD"
+    #: End User Messaging: the origination identity (phone number, sender id, pool id or ARN) ...
+    eum_origination_identity: str = ""
+    #: ... the configuration set whose SNS event destination carries the delivery events (None: no
+    #: events: every send stays ``sent`` and every unconfirmed one ends ``unknown``) ...
+    eum_configuration_set: str | None = None
+    eum_message_type: Literal["TRANSACTIONAL", "PROMOTIONAL"] = "TRANSACTIONAL"
+    #: ... and its endpoint (None: AWS's, from the region; locally the simulator serves the API).
+    #: ``dmd provision`` creates the configuration set, the SNS topic ``<prefix>sms-events`` its
+    #: events go to, and the topic's subscription by the intake queue ``<prefix>intake-sms-events``.
+    eum_endpoint_url: str | None = None
+    #: How long an unconfirmed send (no answer from a provider without idempotency) waits for the
+    #: provider's event before it ends ``unknown``. Make it longer than the campaigns' validity:
+    #: the provider reports an expired message (TEXT_TTL_EXPIRED) only when its TimeToLive ends.
+    unconfirmed_window_seconds: float = Field(default=3_600.0, gt=0)
     #: Region (ISO 3166 alpha-2, e.g. ``US``) that reads phone numbers written without their country
     #: code, where a campaign does not set ``phoneRegion``. None: such numbers are invalid.
     phone_default_region: str | None = None
@@ -303,6 +321,10 @@ class Settings(BaseSettings):
                 f"({self.sms_timeout_seconds:g}) + task_time_limit_seconds ({self.task_time_limit_seconds}) = "
                 f"{send_worst_case:g}s; otherwise the reconciler takes back notifications a live worker still "
                 f"sends"
+            )
+        if self.sms_provider == "eum" and not self.eum_origination_identity:
+            raise UnsafeConfiguration(
+                "sms_provider=eum needs eum_origination_identity (a phone number, sender id, pool id or ARN)"
             )
         if self.phone_default_region is not None and not is_region(self.phone_default_region):
             raise UnsafeConfiguration(

@@ -4,6 +4,8 @@
   (``<prefix><queue>-dlq``) that SQS's redrive policy feeds;
 - one dead-letter queue per bridge (``<prefix><bridge>-dlq``) for records it cannot route;
 - the intake queues ``bridge-sqs`` reads (``<prefix>intake-<kind>``), each with a dead-letter queue;
+- the SNS topic End User Messaging publishes its SMS events to (``<prefix>sms-events``),
+  subscribed by the intake queue ``intake-sms-events``;
 - the Kinesis stream of SMS statuses, and optionally the demand table's Kinesis stream.
 """
 
@@ -26,6 +28,11 @@ DLQ_OWNERS: tuple[str, ...] = (*QUEUE_NAMES, *BRIDGE_NAMES)
 def queue_name(settings: Settings, queue: str) -> str:
     """SQS name of a Celery queue."""
     return f"{settings.queue_name_prefix}{queue}"
+
+
+def sms_events_topic(settings: Settings) -> str:
+    """Name of the SNS topic End User Messaging's configuration set publishes its events to."""
+    return f"{settings.queue_name_prefix}sms-events"
 
 
 def dlq_name(settings: Settings, owner: str) -> str:

@@ -58,6 +58,12 @@ PIPELINE_PROCESSES = (
 )
 
 
+def pipeline_processes(settings: Settings) -> tuple[str, ...]:
+    """The pipeline's processes for these settings: End User Messaging's events come back through
+    the intake queue, so with it ``bridge-sqs`` runs too."""
+    return (*PIPELINE_PROCESSES, "bridge-sqs") if settings.sms_provider == "eum" else PIPELINE_PROCESSES
+
+
 def seed_sale(settings: Settings, fans: int, rate_per_second: float, run_id: str) -> tuple[str, int]:
     """Write the event, demand, opt-outs, campaign and a sale due now. Returns (sale id, opted-out fans)."""
     table = DemandTable(settings)
@@ -110,7 +116,7 @@ def run_demo(
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "demo")
     run_id = uuid.uuid4().hex[:8]
     try:
-        group.start([p for p in PIPELINE_PROCESSES if p in available])
+        group.start([p for p in pipeline_processes(settings) if p in available])
         if "flower" in available and not port_open(settings.flower_host, settings.flower_port):
             group.start(["flower"])
             console.print(f"Flower: http://{settings.flower_host}:{settings.flower_port} (every worker, every task)")

@@ -5,6 +5,9 @@
 - one SQS queue per Celery queue, each with a dead-letter queue and a redrive policy,
   and a dead-letter queue per bridge
 - the intake queues the SQS bridge reads, each with a dead-letter queue and a redrive policy
+- the SNS topic End User Messaging publishes SMS events to, subscribed by the events intake
+  queue (whose policy lets the topic send), and, with ``sms_provider=eum``, the configuration
+  set whose event destination is that topic
 - the Kinesis stream of SMS delivery statuses (and the demand-changes stream when configured)
 """
 
@@ -48,6 +51,9 @@ def provision(settings: Settings) -> dict[str, Any]:
     report["checkpoint_table"] = ensure_checkpoint_table(settings)
     report["queues"] = ensure_queues(settings)
     report["intake_queues"] = ensure_intake_queues(settings)
+    report["sms_events"] = ensure_sms_events_topic(settings)
+    if settings.sms_provider == "eum" and settings.eum_configuration_set:
+        report["eum_configuration_set"] = ensure_eum_configuration_set(settings, report["sms_events"]["topic_arn"])
     report["streams"] = [
         ensure_kinesis_stream(
             settings, name, shard_count=settings.sms_status_shards if name == settings.sms_status_stream_name else 1
@@ -212,6 +218,59 @@ def ensure_intake_queues(settings: Settings) -> dict[str, dict[str, str]]:
         url = _ensure_redriven(sqs, settings, name, dlq_arn, settings.intake_visibility_timeout_seconds)
         out[name] = {"url": url, "dlq_url": dlq_url}
     return out
+
+
+def ensure_sms_events_topic(settings: Settings) -> dict[str, str]:
+    """The SNS topic of End User Messaging's SMS events, delivered to the intake queue
+    ``intake-sms-events`` (SNS envelopes: bridge-sqs reads them). Idempotent: SNS answers a
+    repeated CreateTopic and Subscribe with what exists."""
+    sns, sqs = aws.client("sns", settings), aws.client("sqs", settings)
+    topic_arn = sns.create_topic(Name=topology.sms_events_topic(settings))["TopicArn"]
+    queue_url = topology.queue_url(settings, "intake-sms-events")
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "sms-events-topic",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    subscription = sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True)
+    return {"topic_arn": topic_arn, "subscription_arn": subscription["SubscriptionArn"], "queue_url": queue_url}
+
+
+#: The event destination dmd gives its configuration set (every SMS event type, to the topic).
+EUM_EVENT_DESTINATION = "dmd-sms-events"
+
+
+def ensure_eum_configuration_set(settings: Settings, topic_arn: str) -> dict[str, Any]:
+    """End User Messaging's configuration set ``eum_configuration_set`` with an SNS event
+    destination to ``topic_arn`` for every SMS event type: what the delivery events need."""
+    eum = aws.session_for(settings).client("pinpoint-sms-voice-v2", endpoint_url=settings.eum_endpoint_url)
+    name = settings.eum_configuration_set
+    try:
+        found = eum.describe_configuration_sets(ConfigurationSetNames=[name])["ConfigurationSets"][0]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        eum.create_configuration_set(ConfigurationSetName=name)
+        found = {"EventDestinations": []}
+    topics = {d.get("SnsDestination", {}).get("TopicArn") for d in found.get("EventDestinations", [])}
+    if topic_arn not in topics:
+        eum.create_event_destination(
+            ConfigurationSetName=name,
+            EventDestinationName=EUM_EVENT_DESTINATION,
+            MatchingEventTypes=["TEXT_ALL"],
+            SnsDestination={"TopicArn": topic_arn},
+        )
+    return {"name": name, "topic_arn": topic_arn}
 
 
 def ensure_kinesis_stream(settings: Settings, name: str, shard_count: int = 1) -> dict[str, Any]:

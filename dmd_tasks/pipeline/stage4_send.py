@@ -11,7 +11,11 @@ Per notification:
 2. Render the campaign template with the safe renderer (no access to Python objects).
 3. Wait for a slot of the rate limit shared by every send worker (Redis), since Celery's
    ``rate_limit`` is per worker only.
-4. Call the SMS provider with the notification id as the idempotency key.
+4. Call the SMS provider (``dmd_tasks.clients.providers``) with the notification id: the
+   idempotency key of a provider that has one, ``Context`` of one that has none. Before a
+   call to a provider without idempotency, the lease holder records that the call started
+   (``callStartedAt``); a call whose outcome is unknown (no answer) moves the notification to
+   ``unconfirmed``: it waits for the provider's event and is never sent again.
 5. ``sending → sent`` with the provider's message id. Retryable failures (429, 5xx,
    timeouts) go back to ``scheduled`` with ``attempts + 1`` and a backoff (or the
    provider's ``Retry-After``); permanent failures and the last attempt end ``failed``
@@ -25,7 +29,8 @@ The claim's lease carries a token, and every later write of the send (``sent``, 
 ``failed``) is conditional on it: a worker that overran its lease writes nothing. A worker
 that dies between 4 and 5 leaves the notification in ``sending``; when the lease expires
 the reconciler (``stage6_reconcile``) takes it back and it is re-sent with the same
-idempotency key, so the provider does not send a second SMS. A send that never reached
+idempotency key, so the provider does not send a second SMS; with a provider without
+idempotency, a call that had started makes it ``unconfirmed`` instead (at most once). A send that never reached
 the provider (no rate-limit slot in time, Redis or AWS down) goes back to ``scheduled``
 without spending an attempt.
 """
@@ -46,7 +51,14 @@ from celery import Task
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import NotificationStatus
-from dmd_tasks.domain.errors import InvalidTemplate, NotAttempted, PermanentError, RateLimited, TransientError
+from dmd_tasks.domain.errors import (
+    InvalidTemplate,
+    NotAttempted,
+    OutcomeUnknown,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
 from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.domain.segments import measure
 from dmd_tasks.domain.templates import render
@@ -133,6 +145,7 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     token = item.get("leaseToken")
     lease_until = float(item.get("leaseUntil", 0))
     circuit = services.sms_circuit
+    provider = services.sms.capabilities
     try:
         campaign = _campaign(services, sale_id)
         if campaign is None:
@@ -167,10 +180,30 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
             if time.time() + settings.sms_timeout_seconds >= lease_until:
                 # The provider call could outlive our lease (this process was paused): give it back.
                 raise NotAttempted("send lease nearly over before the provider call")
+            if not provider.idempotent and not notifications.mark_calling(
+                sale_id, fan_id, provider.name, time.time(), token
+            ):
+                # Without idempotency, the record that the call started comes first: a send that
+                # dies after it is never repeated. Not written: the lease is lost; no call.
+                raise NotAttempted("send lease lost before the provider call")
         except BaseException:
             circuit.release(permit)  # no call made: a probe's turn goes to another sender
             raise
-        message_id = _call_provider(services, circuit, permit, phone, body, notification_id)
+        validity = float(expires) - time.time() if expires is not None else None
+        message_id = _call_provider(services, circuit, permit, phone, body, notification_id, validity)
+    except OutcomeUnknown as exc:
+        # The SMS may be on its way and the provider cannot deduplicate: never sent again. It
+        # waits for the provider's event (matched by the notification id in the request).
+        until = time.time() + settings.unconfirmed_window_seconds
+        notifications.mark_unconfirmed(sale_id, fan_id, until, str(exc), lease_token=token)
+        log.warning(
+            "notification %s to %s unconfirmed (%s): waiting up to %.0fs for the provider's event",
+            notification_id,
+            mask_phone(phone),
+            exc,
+            settings.unconfirmed_window_seconds,
+        )
+        return "unconfirmed"
     except (PermanentError, InvalidTemplate) as exc:
         spent = 0 if isinstance(exc, Expired) else 1  # an expired notification was not tried again
         notifications.mark_failed(
@@ -220,6 +253,9 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
         parts=segments.parts,
         encoding=segments.encoding,
     ):
+        if not provider.idempotent and notifications.confirm_sent(sale_id, fan_id, message_id, time.time()):
+            # The reconciler found our lease expired and made it unconfirmed: the answer settles it.
+            return "sent"
         # Our lease expired and the reconciler took it back: its re-send uses the same idempotency key.
         log.warning("notification %s was taken back before it was marked sent", notification_id)
         return "lease-lost"
@@ -227,14 +263,26 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
 
 
 def _call_provider(
-    services: Services, circuit: ProviderCircuit, permit: Permit, phone: str, body: str, notification_id: str
+    services: Services,
+    circuit: ProviderCircuit,
+    permit: Permit,
+    phone: str,
+    body: str,
+    notification_id: str,
+    validity_seconds: float | None,
 ) -> str:
     """One provider call, its outcome told to the circuit. A 429, or a failure during an outage,
     raises NotAttempted (no attempt spent); a failure while the provider answers most calls
-    well is this message's (TransientError: an attempt)."""
+    well is this message's (TransientError: an attempt). An unknown outcome is never turned into
+    a retry, whatever the circuit says."""
     try:
         with SEND_LATENCY.labels("sms").time():
-            message_id = services.sms.send(phone, body, idempotency_key=notification_id)
+            message_id = services.sms.send(
+                phone, body, notification_id=notification_id, validity_seconds=validity_seconds
+            )
+    except OutcomeUnknown:
+        circuit.failed(permit)
+        raise
     except RateLimited as exc:
         pause = circuit.throttled(permit, exc.retry_after_seconds)
         raise ProviderPaused(

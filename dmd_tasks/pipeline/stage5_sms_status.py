@@ -9,7 +9,11 @@ and enqueues batches of ``status_batch_size`` events.
   ``providerMessageId`` to match; without a reference the sparse index ``gsi2`` maps the
   message id to the notification. It moves ``sent → <status>``: a duplicate or a late,
   out-of-order receipt changes nothing.
-  Intermediate statuses (``queued``, ``sent``, ...) are ignored.
+  Intermediate statuses (``queued``, ``sent``, ...) are ignored, but for a provider without
+  idempotency: there an event for an ``unconfirmed`` send (matched by the notification id
+  the request carried) moves it to ``sent``: the SMS went after all.
+- A final status for an ``unconfirmed`` or ``unknown`` send (matched by that id: it has no
+  message id of ours) records it too: the provider's word, however late.
 - A receipt that arrives before our own ``sent`` write (the provider is fast, the index
   is eventually consistent) is not lost: it is retried with backoff, up to
   ``status_max_retries`` times, then dead-lettered with the reason.
@@ -26,6 +30,7 @@ from typing import Any
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
+from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.errors import TransientError
 from dmd_tasks.domain.ids import notification_id, split_notification_id
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The final statuses a provider reports (``duplicate`` is dmd's own and never comes from it).
 DELIVERY_STATUSES = frozenset({NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED, NotificationStatus.FAILED})
+#: A send whose answer never came: the provider's final event still says what happened.
+UNANSWERED = frozenset({NotificationStatus.UNCONFIRMED, NotificationStatus.UNKNOWN})
 
 
 def _by_reference(reference: str | None) -> tuple[str, str] | None:
@@ -62,12 +69,21 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
             return "opted-out"
         return "inbound-ignored"
     if event.status not in DELIVERY_STATUSES:
+        idempotent = event.provider is None or capabilities_of(event.provider).idempotent
+        unconfirmed = None if idempotent else _by_reference(event.reference)
+        if unconfirmed is not None and notifications.confirm_sent(*unconfirmed, event.message_id, time.time()):
+            # the provider has the message: an unconfirmed send went after all
+            return "confirmed"
         return "intermediate-ignored"
     found = _by_reference(event.reference) or notifications.find_by_message_id(event.message_id)
     if found is None:
         return "unresolved"
     sale_id, fan_id = found
     updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
+    if updated is None and event.reference and notifications.status_of(sale_id, fan_id) in UNANSWERED:
+        updated = notifications.record_unconfirmed_delivery(
+            sale_id, fan_id, event.message_id, event.status, event.timestamp
+        )
     if updated is not None:
         # continue the sender's trace: the receipt closes the notification's life
         with tracing.continued(

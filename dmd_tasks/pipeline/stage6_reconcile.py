@@ -7,6 +7,10 @@ queries only (never a scan), moves forward what sits too long in a state dmd own
 - ``sending`` past its lease (the worker died, or was paused past its lease): back to
   ``scheduled`` with one more attempt, conditional on the lease token it saw, so a live
   owner's write and this one cannot both win; on the last attempt ``failed``.
+  With a provider without idempotency (``callStartedAt`` recorded: the call may have sent
+  the SMS), ``unconfirmed`` instead: never sent again.
+- ``unconfirmed`` with no provider event within ``unconfirmed_window_seconds``: ``unknown``
+  (final; the operator's figures say how many fans may not have been reached).
 - ``scheduled`` and not claimed ``scheduled_stale_seconds`` after it was due (its send
   message was lost: dead-lettered, purged, refused by the bridge): the send is published
   again, at most ``max_republishes`` times, then ``failed``; a notification whose id can
@@ -30,6 +34,7 @@ from typing import Any
 from celery import Task
 
 from dmd_tasks.celery_app.base import task
+from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.domain.ids import is_valid_id, notification_id
 from dmd_tasks.infra.metrics import RECONCILER_ACTIONS
@@ -63,6 +68,7 @@ class Reconciler:
     def sale(self, sale_id: str) -> None:
         for shard in self.notifications.shards():
             self.expired_leases(sale_id, shard)
+            self.unconfirmed_over(sale_id, shard)
             self.stale_scheduled(sale_id, shard)
             self.late_pending(sale_id, shard)
         self.maybe_retire(sale_id)
@@ -71,7 +77,19 @@ class Reconciler:
         for item in self.notifications.expired_leases(sale_id, shard, self.now):
             fan_id, token = item["fanId"], item.get("leaseToken")
             attempts = int(item.get("attempts", 0)) + 1  # the call may have reached the provider
-            if attempts >= self.settings.max_send_attempts:
+            if "callStartedAt" in item and not capabilities_of(item.get("provider")).idempotent:
+                # the call to a provider that cannot deduplicate had started: never sent again
+                started = float(item["callStartedAt"])
+                done = self.notifications.mark_unconfirmed(
+                    sale_id,
+                    fan_id,
+                    started + self.settings.unconfirmed_window_seconds,
+                    f"send lease expired during the call to {item.get('provider')}: the SMS may have gone",
+                    lease_token=token,
+                    expired_by=self.now,
+                )
+                self._count("unconfirmed_lease_expired", done)
+            elif attempts >= self.settings.max_send_attempts:
                 done = self.notifications.mark_failed(
                     sale_id,
                     fan_id,
@@ -91,6 +109,20 @@ class Reconciler:
                     "send lease expired; sent again with the same idempotency key",
                 )
                 self._count("lease_taken_back", done)
+
+    def unconfirmed_over(self, sale_id: str, shard: int) -> None:
+        window = self.settings.unconfirmed_window_seconds
+        for item in self.notifications.unconfirmed_due(sale_id, shard, self.now):
+            done = self.notifications.mark_unknown(
+                sale_id,
+                item["fanId"],
+                f"no answer and no provider event within {window:.0f}s of the call: whether the SMS "
+                "reached the fan is unknown (it was not sent again)",
+                item["gsi1sk"],
+            )
+            self._count("unknown_no_event", done)
+            if done:
+                log.warning("notification %s ended unknown: no provider event", notification_id(sale_id, item["fanId"]))
 
     def stale_scheduled(self, sale_id: str, shard: int) -> None:
         before = self.now - self.settings.scheduled_stale_seconds

@@ -120,6 +120,11 @@ def sending_index(sale_id: str, shard: int) -> str:
     return f"SENDING#{sale_id}#{shard}"
 
 
+def unconfirmed_index(sale_id: str, shard: int) -> str:
+    """gsi1 partition of a sale's unconfirmed sends, sorted by when the wait for an event ends."""
+    return f"UNCONFIRMED#{sale_id}#{shard}"
+
+
 def message_index(message_id: str) -> str:
     """gsi2 partition mapping a provider message id to its notification."""
     return f"MSG#{message_id}"

@@ -31,6 +31,7 @@ from dmd_tasks.store.keys import (
     sale_of,
     scheduled_index,
     sending_index,
+    unconfirmed_index,
 )
 from dmd_tasks.store.table import DemandTable
 
@@ -53,6 +54,8 @@ SCHEDULED = NotificationStatus.SCHEDULED.value
 SENDING = NotificationStatus.SENDING.value
 SENT = NotificationStatus.SENT.value
 FAILED = NotificationStatus.FAILED.value
+UNCONFIRMED = NotificationStatus.UNCONFIRMED.value
+UNKNOWN = NotificationStatus.UNKNOWN.value
 
 
 class NotificationRecords:
@@ -163,12 +166,13 @@ class NotificationRecords:
         return bool(response.get("Count"))
 
     def any_in_flight(self, sale_id: str) -> bool:
-        """Whether any notification of the sale is still pending, scheduled or being sent (each of
-        those states keeps the notification in one of the sale's index partitions)."""
+        """Whether any notification of the sale is still pending, scheduled, being sent or
+        unconfirmed (each of those states keeps the notification in one of the sale's index
+        partitions)."""
         return any(
             self._any_in(index(sale_id, shard))
             for shard in self.shards()
-            for index in (pending_index, scheduled_index, sending_index)
+            for index in (pending_index, scheduled_index, sending_index, unconfirmed_index)
         )
 
     def schedule(self, sale_id: str, fan_id: str, now: float) -> bool:
@@ -209,8 +213,9 @@ class NotificationRecords:
         item = self._table.update(
             notification_key(sale_id, fan_id),
             what=f"claim {sale_id}:{fan_id}",
+            # a call recorded by an earlier round (that round's outcome is settled) says nothing of this one
             update="SET #s = :to, leaseUntil = :lease, leaseToken = :tok, sendingAt = :now, "
-            "gsi1pk = :gpk, gsi1sk = :gsk",
+            "gsi1pk = :gpk, gsi1sk = :gsk REMOVE callStartedAt",
             condition="#s = :from",
             names=_STATUS,
             values={
@@ -260,6 +265,78 @@ class NotificationRecords:
             },
             names={"#parts": "parts", "#enc": "encoding"},  # DynamoDB reserves some plain words
             lease_token=lease_token,
+        )
+
+    def mark_calling(self, sale_id: str, fan_id: str, provider: str, now: float, lease_token: str | None) -> bool:
+        """Record, by the lease holder, that the call to ``provider`` (one without idempotency) is
+        about to start: from here on the send is never repeated blindly. False: the lease is lost
+        (make no call)."""
+        return self._move(
+            sale_id,
+            fan_id,
+            SENDING,
+            SENDING,
+            "SET callStartedAt = :now, #pv = :p",
+            {":now": int(now), ":p": provider},
+            names={"#pv": "provider"},  # not reserved today; the names keep it safe if it becomes so
+            lease_token=lease_token,
+        )
+
+    def mark_unconfirmed(
+        self,
+        sale_id: str,
+        fan_id: str,
+        until: float,
+        reason: str,
+        *,
+        lease_token: str | _Any | None,
+        expired_by: float | None = None,
+    ) -> bool:
+        """sending → unconfirmed: the call may have sent the SMS and no answer says so. It waits in
+        the unconfirmed index until ``until`` for the provider's event; ``expired_by``: only if the
+        lease had expired by then (the reconciler's move)."""
+        values: dict[str, Any] = {
+            ":r": reason[:500],
+            ":gpk": unconfirmed_index(sale_id, self.shard_of(fan_id)),
+            ":gsk": epoch_key(until),
+        }
+        extra = None
+        if expired_by is not None:
+            values[":expired"] = int(expired_by)
+            extra = "leaseUntil <= :expired"
+        return self._move(
+            sale_id,
+            fan_id,
+            SENDING,
+            UNCONFIRMED,
+            "SET #s = :to, lastError = :r, gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
+            values,
+            lease_token=lease_token,
+            extra_condition=extra,
+        )
+
+    def confirm_sent(self, sale_id: str, fan_id: str, message_id: str, now: float) -> bool:
+        """unconfirmed → sent: the provider's answer or an event of its own says the SMS went (its
+        final event then moves it on as any sent notification's)."""
+        return self._move(
+            sale_id,
+            fan_id,
+            UNCONFIRMED,
+            SENT,
+            "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n REMOVE gsi1pk, gsi1sk",
+            {":mid": message_id, ":now": iso(now), ":msg": message_index(message_id), ":n": MESSAGE_INDEX_SK},
+        )
+
+    def mark_unknown(self, sale_id: str, fan_id: str, reason: str, seen_sort: str) -> bool:
+        """unconfirmed → unknown (final), if still as the caller saw it in the index."""
+        return self._move(
+            sale_id,
+            fan_id,
+            UNCONFIRMED,
+            UNKNOWN,
+            "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk",
+            {":r": reason[:500], ":seen": seen_sort},
+            extra_condition="gsi1sk = :seen",
         )
 
     def mark_waiting(
@@ -376,6 +453,10 @@ class NotificationRecords:
         """Notifications of one shard ``scheduled`` and due before ``before`` but never claimed."""
         return self._due_in(scheduled_index(sale_id, shard), before, limit)
 
+    def unconfirmed_due(self, sale_id: str, shard: int, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Notifications of one shard ``unconfirmed`` whose wait for the provider's event is over."""
+        return self._due_in(unconfirmed_index(sale_id, shard), now, limit)
+
     def stale_pending(self, sale_id: str, shard: int, before: float, limit: int = 100) -> list[dict[str, Any]]:
         """Notifications of one shard still ``pending`` although due before ``before``."""
         return self._due_in(pending_index(sale_id, shard), before, limit)
@@ -446,6 +527,27 @@ class NotificationRecords:
             return None
         NOTIFICATION_TRANSITIONS.labels(SENT, status).inc()
         return item
+
+    def record_unconfirmed_delivery(
+        self, sale_id: str, fan_id: str, message_id: str, status: str, at: str
+    ) -> dict[str, Any] | None:
+        """unconfirmed | unknown → delivered | undelivered | failed: the provider's final event for a
+        send whose answer never came (matched by the notification id it carried). ``unknown`` is
+        final, but the provider's word, however late, says what happened."""
+        for source in (UNCONFIRMED, UNKNOWN):
+            item = self._table.update(
+                notification_key(sale_id, fan_id),
+                what=f"{sale_id}:{fan_id} {source}->{status}",
+                update="SET #s = :to, deliveredAt = :at, providerMessageId = :mid REMOVE gsi1pk, gsi1sk",
+                condition="#s = :from",
+                names=_STATUS,
+                values={":to": status, ":from": source, ":at": at, ":mid": message_id},
+                return_new=True,
+            )
+            if item is not None:
+                NOTIFICATION_TRANSITIONS.labels(source, status).inc()
+                return item
+        return None
 
     def status_of(self, sale_id: str, fan_id: str) -> str | None:
         item = self._table.get(

@@ -17,8 +17,8 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from dmd_tasks.clients.eum import CONTEXT_KEY, EumSmsClient, OutcomeUnknown, client_config
-from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.clients.eum import CONTEXT_KEY, EumSmsClient, client_config
+from dmd_tasks.domain.errors import OutcomeUnknown, PermanentError, RateLimited, TransientError
 from dmd_tasks.infra.aws import session_for
 from dmd_tasks.ops.stack import free_port
 

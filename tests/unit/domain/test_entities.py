@@ -79,14 +79,20 @@ def test_sale_refuses_malformed_sale_or_event_ids(sale_id: str, event_id: str) -
         Sale(id=sale_id, eventId=event_id, notifyAt="2026-11-25T10:00:00Z")
 
 
-def test_only_delivered_undelivered_failed_and_duplicate_are_terminal() -> None:
+def test_only_delivered_undelivered_failed_duplicate_and_unknown_are_terminal() -> None:
     assert {
         NotificationStatus.DELIVERED,
         NotificationStatus.UNDELIVERED,
         NotificationStatus.FAILED,
         NotificationStatus.DUPLICATE,
+        NotificationStatus.UNKNOWN,
     } == TERMINAL_STATUSES
-    for status in (NotificationStatus.PENDING, NotificationStatus.SCHEDULED, NotificationStatus.SENDING):
+    for status in (
+        NotificationStatus.PENDING,
+        NotificationStatus.SCHEDULED,
+        NotificationStatus.SENDING,
+        NotificationStatus.UNCONFIRMED,
+    ):
         assert status not in TERMINAL_STATUSES
     assert NotificationStatus.SENT not in TERMINAL_STATUSES  # a receipt still moves it
 
@@ -96,11 +102,13 @@ def test_status_and_entity_values_are_the_strings_stored_in_the_table() -> None:
         "pending",
         "scheduled",
         "sending",
+        "unconfirmed",
         "sent",
         "delivered",
         "undelivered",
         "failed",
         "duplicate",
+        "unknown",
     ]
     assert [s.value for s in SaleStatus] == ["waiting", "generating", "generated", "failed"]
     assert {e.value for e in Entity} == {

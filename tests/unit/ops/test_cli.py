@@ -79,11 +79,13 @@ def test_status_prints_the_sales_notifications_by_status(settings, stack) -> Non
         "pending": "1",
         "scheduled": "0",
         "sending": "0",
+        "unconfirmed": "0",
         "sent": "2",
         "delivered": "3",
         "undelivered": "0",
         "failed": "0",
         "duplicate": "0",
+        "unknown": "0",
         "total": "6",
     }
 

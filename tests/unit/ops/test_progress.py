@@ -100,11 +100,13 @@ def test_sale_progress_reports_every_status_with_zeros_and_the_sales_status(own:
         "pending",
         "scheduled",
         "sending",
+        "unconfirmed",
         "sent",
         "delivered",
         "undelivered",
         "failed",
         "duplicate",
+        "unknown",
     ]
 
 
@@ -139,10 +141,12 @@ def test_the_status_table_has_a_row_per_status_and_the_total(own: Settings) -> N
         "pending": "1",
         "scheduled": "0",
         "sending": "0",
+        "unconfirmed": "0",
         "sent": "3",
         "delivered": "2",
         "undelivered": "0",
         "failed": "0",
         "duplicate": "0",
+        "unknown": "0",
         "total": "6",
     }

@@ -448,3 +448,87 @@ def test_the_task_sends_a_batch_where_each_id_has_its_own_outcome(services: Serv
     assert box.item("ready")["status"] == "sent" and sim.sms_messages_to(phone) == 1
     assert box.item("stopped")["status"] == "failed" and sim.sms_messages_to(stopped_phone) == 0
     assert box.item("early")["status"] == "pending"
+
+
+# --- a provider without idempotency (End User Messaging) ----------------------------------------
+
+
+@pytest.fixture()
+def eum(stack, settings) -> Services:  # type: ignore[no-untyped-def]
+    return Services(
+        load_settings(
+            sms_provider="eum",
+            eum_origination_identity="+18005550142",
+            eum_endpoint_url=f"http://{settings.simulator_host}:{settings.simulator_port}",
+            sms_timeout_seconds=1,
+        )
+    )
+
+
+def test_a_send_through_a_provider_without_idempotency_records_its_call_first(
+    eum: Services, outbox: Outboxes, sim
+) -> None:  # type: ignore[no-untyped-def]
+    box = outbox()
+    nid, phone = box.add("fan1")
+    assert send_claimed(eum, nid, claim_one(eum, nid), set()) == "sent"
+    item = box.item("fan1")
+    assert (item["status"], item["provider"]) == ("sent", "eum") and "callStartedAt" in item
+    assert sim.eum_message(item["providerMessageId"])["context"] == {"notificationId": nid}
+    assert sim.sms_messages_to(phone) == 1
+
+
+def test_a_send_without_an_answer_waits_unconfirmed_and_is_never_sent_again(
+    eum: Services, outbox: Outboxes, sim, faults
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a service that accepts the message but answers after the client gave up
+    faults("eum", timeout_rate=1.0, timeout_ms=1500)
+    box = outbox()
+    nid, phone = box.add("fan1")
+
+    # When it is sent
+    assert send_claimed(eum, nid, claim_one(eum, nid), set()) == "unconfirmed"
+
+    # Then it waits for the service's event, no attempt spent, and nothing can claim it again
+    item = box.item("fan1")
+    assert (item["status"], item["attempts"]) == ("unconfirmed", 0)
+    assert "no answer" in item["lastError"] and not {"leaseToken", "leaseUntil"} & set(item)
+    assert claim_batch(eum, [nid]) == []
+    assert sim.sms_messages_to(phone) == 1
+
+
+def test_a_worker_that_lost_its_lease_makes_no_call_to_a_provider_without_idempotency(
+    eum: Services, outbox: Outboxes, sim
+) -> None:  # type: ignore[no-untyped-def]
+    box = outbox()
+    nid, phone = box.add("fan1")
+    stale = claim_one(eum, nid)
+    expired = int(stale["leaseUntil"]) + 1
+    assert eum.notifications.take_back(box.sale_id, "fan1", stale["leaseToken"], 1, expired, "send lease expired")
+    fresh = claim_one(eum, nid)
+
+    assert send_claimed(eum, nid, stale, set()) == "not-attempted"
+    assert sim.sms_messages_to(phone) == 0
+    assert send_claimed(eum, nid, fresh, set()) == "sent"
+    assert sim.sms_messages_to(phone) == 1
+
+
+def test_an_answer_that_comes_after_the_reconciler_made_the_send_unconfirmed_settles_it(
+    eum: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    box = outbox()
+    nid, _ = box.add("fan1")
+    claim = claim_one(eum, nid)
+    real = eum.sms.send
+
+    def answered_late(*args: Any, **kwargs: Any) -> str:
+        message_id = real(*args, **kwargs)
+        # meanwhile the lease expired and the reconciler moved the send to unconfirmed
+        assert eum.notifications.mark_unconfirmed(
+            box.sale_id, "fan1", time.time() + 60, "lease expired during the call", lease_token=claim["leaseToken"]
+        )
+        return message_id
+
+    monkeypatch.setattr(eum.sms, "send", answered_late)
+    assert send_claimed(eum, nid, claim, set()) == "sent"
+    item = box.item("fan1")
+    assert item["status"] == "sent" and item["providerMessageId"] and "gsi1pk" not in item

@@ -74,6 +74,61 @@ def test_intermediate_statuses_change_nothing(services: Services, outbox: Callab
     assert box.item("fan1")["status"] == "sent"
 
 
+def unconfirmed(services: Services, box: Any, fan_id: str) -> None:
+    """``fan_id`` of ``box`` sent through a provider without idempotency, with no answer."""
+    box.add(fan_id, status="sending")
+    token = box.item(fan_id)["leaseToken"]
+    assert services.notifications.mark_calling(box.sale_id, fan_id, "eum", time.time(), token)
+    assert services.notifications.mark_unconfirmed(
+        box.sale_id, fan_id, time.time() + 3600, "eum send: no answer", lease_token=token
+    )
+
+
+def test_the_providers_final_event_settles_an_unconfirmed_send_by_the_id_it_carried(
+    services: Services, outbox: Callable[..., Any]
+) -> None:
+    # Given a send through End User Messaging that got no answer (so no message id of ours)
+    box = outbox()
+    unconfirmed(services, box, "fan1")
+    final = receipt("eum-msg-1", "delivered", f"{box.sale_id}:fan1").model_copy(update={"provider": "eum"})
+
+    # When the service's final event comes, matched by the notification id in its Context
+    assert apply_event(services, final) == "delivered"
+
+    # Then it is delivered, with the service's message id, out of the unconfirmed index; once only
+    item = box.item("fan1")
+    assert (item["status"], item["providerMessageId"]) == ("delivered", "eum-msg-1")
+    assert "gsi1pk" not in item
+    assert apply_event(services, final) == "duplicate"
+
+
+def test_an_intermediate_event_confirms_an_unconfirmed_send_and_a_late_final_one_settles_unknown(
+    services: Services, outbox: Callable[..., Any]
+) -> None:
+    box = outbox()
+    unconfirmed(services, box, "fan1")
+    unconfirmed(services, box, "fan2")
+    ref1, ref2 = f"{box.sale_id}:fan1", f"{box.sale_id}:fan2"
+
+    # an HTTP provider's intermediate status is ignored without a write, whatever it names
+    assert apply_event(services, receipt("m1", "queued", ref1)) == "intermediate-ignored"
+    assert box.item("fan1")["status"] == "unconfirmed"
+    # End User Messaging's TEXT_PENDING says the message is there: the send went
+    pending = receipt("m1", "pending", ref1).model_copy(update={"provider": "eum"})
+    assert apply_event(services, pending) == "confirmed"
+    assert (box.item("fan1")["status"], box.item("fan1")["providerMessageId"]) == ("sent", "m1")
+    assert apply_event(services, pending) == "intermediate-ignored"
+    # its final event then applies as to any sent notification
+    assert apply_event(services, receipt("m1", "delivered").model_copy(update={"provider": "eum"})) == "delivered"
+
+    # a send that ended unknown (no event in its window) still takes the provider's late word
+    item = box.item("fan2")
+    assert services.notifications.mark_unknown(box.sale_id, "fan2", "no event", item["gsi1sk"])
+    late = receipt("m2", "undelivered", ref2).model_copy(update={"provider": "eum"})
+    assert apply_event(services, late) == "undelivered"
+    assert box.item("fan2")["status"] == "undelivered"
+
+
 def test_a_stop_reply_opts_the_sender_out_and_other_replies_do_not(services: Services) -> None:
     stopping, chatty, malformed = new_phone(), new_phone(), "12345"
 

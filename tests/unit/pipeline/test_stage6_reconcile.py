@@ -130,6 +130,69 @@ def test_expired_send_leases_are_taken_back_or_failed_on_the_last_attempt(servic
     assert again.actions == {}
 
 
+def test_an_expired_lease_whose_call_to_a_provider_without_idempotency_started_is_never_sent_again(
+    services: Services, outbox: Outboxes
+) -> None:
+    # Given two notifications whose worker died a while ago: one had started its call to End User
+    # Messaging (which cannot deduplicate), the other died before its call
+    box = outbox()
+    long_ago = time.time() - 120
+    for fan_id in ("called", "uncalled"):
+        box.add(fan_id)
+        claim = services.notifications.claim_for_send(box.sale_id, fan_id, long_ago, 60)
+        assert claim is not None
+        if fan_id == "called":
+            assert services.notifications.mark_calling(box.sale_id, fan_id, "eum", long_ago + 1, claim["leaseToken"])
+
+    # When the reconciler visits the sale
+    now = time.time()
+    reconciler = Reconciler(services, now)
+    reconciler.sale(box.sale_id)
+
+    # Then the one whose call started waits unconfirmed for the provider's event (its window counted
+    # from the call), and the other is sent again
+    assert reconciler.actions == {"unconfirmed_lease_expired": 1, "lease_taken_back": 1}
+    waiting = box.item("called")
+    assert waiting["status"] == "unconfirmed" and waiting["attempts"] == 0
+    assert waiting["gsi1sk"] == epoch_key(long_ago + 1 + services.settings.unconfirmed_window_seconds)
+    assert "the SMS may have gone" in waiting["lastError"]
+    assert box.item("uncalled")["status"] == "scheduled"
+
+    # And once its window is over with no event, it ends unknown, once
+    later = long_ago + 2 + services.settings.unconfirmed_window_seconds
+    ended = Reconciler(services, later)
+    ended.sale(box.sale_id)
+    assert ended.actions["unknown_no_event"] == 1  # (the other, never claimed since, is republished)
+    unknown = box.item("called")
+    assert unknown["status"] == "unknown" and "is unknown" in unknown["reason"] and "gsi1pk" not in unknown
+    again = Reconciler(services, later)
+    again.sale(box.sale_id)
+    assert "unknown_no_event" not in again.actions
+
+
+def test_a_call_recorded_in_an_earlier_round_does_not_make_a_later_one_unconfirmed(
+    services: Services, outbox: Outboxes
+) -> None:
+    # Given a send whose call was refused (nothing sent: retried), claimed again by a worker that
+    # died before its own call
+    box = outbox()
+    box.add("fan1")
+    long_ago = time.time() - 120
+    first = services.notifications.claim_for_send(box.sale_id, "fan1", long_ago - 10, 60)
+    assert first is not None
+    assert services.notifications.mark_calling(box.sale_id, "fan1", "eum", long_ago - 9, first["leaseToken"])
+    assert services.notifications.mark_retry(
+        box.sale_id, "fan1", 1, long_ago - 8, "eum send: InternalServerException", lease_token=first["leaseToken"]
+    )
+    assert services.notifications.claim_for_send(box.sale_id, "fan1", long_ago, 60) is not None
+    assert "callStartedAt" not in box.item("fan1")
+
+    # When its lease has expired, the reconciler takes it back: this round made no call
+    reconciler = Reconciler(services, time.time())
+    reconciler.sale(box.sale_id)
+    assert reconciler.actions == {"lease_taken_back": 1}
+
+
 # --- scheduled and never claimed: the send message was lost -------------------------------------
 
 
@@ -293,16 +356,21 @@ def test_a_failed_sale_stays_active_until_what_it_wrote_is_final(
     assert sale_id not in services.sales.active()
 
 
-@pytest.mark.parametrize("state", ["pending", "scheduled", "sending"])
+@pytest.mark.parametrize("state", ["pending", "scheduled", "sending", "unconfirmed"])
 def test_a_sale_with_a_notification_in_flight_is_not_retired(services: Services, seed_sale: Seed, state: str) -> None:
     # Given a generated sale whose only unfinished notification is in one in-flight state
     sale_id = generated(services, seed_sale, 2)
     sent(services, sale_id, "fan000")
     now = time.time()
-    if state in ("scheduled", "sending"):
+    if state in ("scheduled", "sending", "unconfirmed"):
         assert services.notifications.schedule(sale_id, "fan001", now)
-    if state == "sending":
-        assert services.notifications.claim_for_send(sale_id, "fan001", now, 60) is not None
+    if state in ("sending", "unconfirmed"):
+        claim = services.notifications.claim_for_send(sale_id, "fan001", now, 60)
+        assert claim is not None
+    if state == "unconfirmed":
+        assert services.notifications.mark_unconfirmed(
+            sale_id, "fan001", now + 3600, "no answer", lease_token=claim["leaseToken"]
+        )
 
     # When the reconciler looks at it twice, half an interval apart (before any of its deadlines)
     for at in (now, now + INTERVAL / 2 + 1):
