@@ -17,6 +17,7 @@ from redis.retry import Retry
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.providers import SmsProvider, build_provider
 from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
+from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
 from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
@@ -27,9 +28,10 @@ from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
 
 
-def sms_account(settings: Settings) -> str:
-    """The provider account a cap and a circuit belong to: the provider and the sender id."""
-    if settings.sms_provider == "eum":
+def sms_account(settings: Settings, provider: str | None = None) -> str:
+    """The provider account a cap and a circuit belong to: the provider (default: the primary)
+    and its sender."""
+    if (provider or settings.sms_provider) == "eum":
         return f"eum:{settings.eum_origination_identity}"
     return f"sms:{settings.sms_sender_id}"
 
@@ -86,20 +88,49 @@ class Services:
     @cached_property
     def sms_throttle(self) -> SmsThrottle:
         """The campaign rate and the account's part cap every SMS send passes."""
+        return self._throttle(self.settings.sms_provider, self.settings.sms_account_parts_per_second)
+
+    def _throttle(self, provider: str, cap: float) -> SmsThrottle:
         return SmsThrottle(
-            self.redis,
-            sms_account(self.settings),
-            self.settings.sms_account_parts_per_second,
-            headroom=self.settings.sms_account_headroom,
+            self.redis, sms_account(self.settings, provider), cap, headroom=self.settings.sms_account_headroom
         )
 
     @cached_property
     def sms_circuit(self) -> ProviderCircuit:
         """The provider's circuit, shared by every send worker (a 429 or an outage pauses them all)."""
+        return self._circuit(self.settings.sms_provider)
+
+    @cached_property
+    def sms_router(self) -> ProviderRouter:
+        """The providers a send can go through (one, or two with failover: dmd_tasks.infra.failover)."""
+        s = self.settings
+        routes = [
+            ProviderRoute(
+                self.sms,
+                self.sms_throttle,
+                self.sms_circuit,
+                s.sms_account_parts_per_second,
+                1.0 - s.sms_failover_weight if s.sms_failover_provider else 1.0,
+            )
+        ]
+        if s.sms_failover_provider:
+            cap = s.sms_failover_parts_per_second or s.sms_account_parts_per_second
+            routes.append(
+                ProviderRoute(
+                    build_provider(s, s.sms_failover_provider),
+                    self._throttle(s.sms_failover_provider, cap),
+                    self._circuit(s.sms_failover_provider),
+                    cap,
+                    s.sms_failover_weight,
+                )
+            )
+        return ProviderRouter(routes, min_calls=s.circuit_min_calls, error_ratio=s.circuit_error_ratio)
+
+    def _circuit(self, provider: str) -> ProviderCircuit:
         s = self.settings
         return ProviderCircuit(
             self.redis,
-            sms_account(self.settings),
+            sms_account(s, provider),
             CircuitSettings(
                 window_seconds=s.circuit_window_seconds,
                 bucket_seconds=max(1.0, s.circuit_window_seconds / 6),

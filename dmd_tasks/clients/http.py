@@ -9,7 +9,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
+from dmd_tasks.domain.errors import OutcomeUnknown, PermanentError, RateLimited, TransientError
 from dmd_tasks.infra.metrics import PROVIDER_RESPONSES
 
 
@@ -57,9 +57,12 @@ def request(
     provider = what.split(" ", 1)[0]
     try:
         response = session.request(method, url, timeout=timeout, **kwargs)
-    except requests.Timeout as exc:
+    except requests.ConnectTimeout as exc:  # no connection: nothing was sent
+        PROVIDER_RESPONSES.labels(provider, "connection").inc()
+        raise TransientError(f"{what}: could not connect within {timeout}s") from exc
+    except requests.Timeout as exc:  # sent, and no answer in time: it may have been acted on
         PROVIDER_RESPONSES.labels(provider, "timeout").inc()
-        raise TransientError(f"{what}: timed out after {timeout}s") from exc
+        raise OutcomeUnknown(f"{what}: timed out after {timeout}s") from exc
     except requests.ConnectionError as exc:
         PROVIDER_RESPONSES.labels(provider, "connection").inc()
         raise TransientError(f"{what}: connection failed") from exc

@@ -88,9 +88,9 @@ class EumProvider:
         return self._client.send(to, body, idempotency_key=notification_id, validity_seconds=validity_seconds)
 
 
-def build_provider(settings: Settings) -> SmsProvider:
-    """The provider ``settings.sms_provider`` names."""
-    if settings.sms_provider == "eum":
+def build_provider(settings: Settings, name: str | None = None) -> SmsProvider:
+    """The provider ``name`` (default: ``settings.sms_provider``)."""
+    if (name or settings.sms_provider) == "eum":
         client = aws.session_for(settings).client(
             "pinpoint-sms-voice-v2",
             endpoint_url=settings.eum_endpoint_url,

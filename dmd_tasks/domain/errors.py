@@ -25,9 +25,13 @@ class RateLimited(TransientError):
 
 
 class OutcomeUnknown(TransientError):
-    """The request left and no answer came back (a provider without idempotency): the SMS may have
-    been sent. Never resend it without the provider's word (its event, matched by the notification
-    id the request carried)."""
+    """The request left and no answer came back (a read timeout): the SMS may have been sent. With
+    a provider without idempotency, never resend it without the provider's word (its event, matched
+    by the notification id the request carried); with one that has it, resend it there only."""
+
+    #: set by the send path: the provider's circuit counts this failure as the provider's (an
+    #: outage), not the message's
+    providers_fault: bool = False
 
 
 class PermanentError(DmdError):

@@ -240,6 +240,17 @@ class ProviderCircuit:
         PROVIDER_CIRCUIT.labels(self.provider, "throttled").inc()
         return pause
 
+    def window_counts(self) -> tuple[int, int]:
+        """(answered, failed) calls in the sliding window, as the circuit counts them (read only)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in self._buckets(time.time()):
+            pipe.hmget(bucket, "ok", "err")
+        ok = err = 0
+        for counts in pipe.execute():
+            ok += int(counts[0] or 0)
+            err += int(counts[1] or 0)
+        return ok, err
+
     def state(self) -> str:
         """closed, open or half-open (for ``dmd`` and the tests)."""
         if self._redis.pttl(self._open) > 0:

@@ -58,6 +58,18 @@ SEND_SLOTS_MISSED = Counter(
     "bunching with the sends after it).",
     ["limit"],
 )
+SMS_PROVIDER_WEIGHT = Gauge(
+    "dmd_sms_provider_weight",
+    "Share of the sends a provider gets now (resting weight times health; dmd_tasks.infra.failover).",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
+SMS_PROVIDER_ERROR_RATIO = Gauge(
+    "dmd_sms_provider_error_ratio",
+    "Failed share of a provider's calls in its circuit's sliding window.",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
 BRIDGE_LAG = Gauge(
     "dmd_bridge_lag_seconds", "Age of the newest stream record a bridge handled.", ["bridge"], multiprocess_mode="max"
 )

@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     #: idempotency key; receipts on the Kinesis status stream) or ``eum`` (AWS End User Messaging
     #: SMS; no idempotency; events through SNS to the intake queue that bridge-sqs reads).
     sms_provider: Literal["http", "eum"] = "http"
+    #: A second provider (dmd_tasks/infra/failover.py): it gets ``sms_failover_weight`` of the
+    #: sends while both are healthy (0: a standby) and the traffic the other loses when it fails.
+    #: Its cap: ``sms_failover_parts_per_second`` (None: the same as the primary's).
+    sms_failover_provider: Literal["http", "eum"] | None = None
+    sms_failover_weight: float = Field(default=0.5, ge=0, le=1)
+    sms_failover_parts_per_second: float | None = Field(default=None, gt=0)
     sms_base_url: str = "https://sms.example.com"
     sms_api_key: SecretStr = SecretStr("")
     sms_timeout_seconds: float = 5.0
@@ -322,9 +328,13 @@ class Settings(BaseSettings):
                 f"{send_worst_case:g}s; otherwise the reconciler takes back notifications a live worker still "
                 f"sends"
             )
-        if self.sms_provider == "eum" and not self.eum_origination_identity:
+        if "eum" in (self.sms_provider, self.sms_failover_provider) and not self.eum_origination_identity:
             raise UnsafeConfiguration(
-                "sms_provider=eum needs eum_origination_identity (a phone number, sender id, pool id or ARN)"
+                "the eum provider needs eum_origination_identity (a phone number, sender id, pool id or ARN)"
+            )
+        if self.sms_failover_provider == self.sms_provider:
+            raise UnsafeConfiguration(
+                f"sms_failover_provider={self.sms_failover_provider} is the primary provider: name the other one"
             )
         if self.phone_default_region is not None and not is_region(self.phone_default_region):
             raise UnsafeConfiguration(

@@ -61,7 +61,8 @@ PIPELINE_PROCESSES = (
 def pipeline_processes(settings: Settings) -> tuple[str, ...]:
     """The pipeline's processes for these settings: End User Messaging's events come back through
     the intake queue, so with it ``bridge-sqs`` runs too."""
-    return (*PIPELINE_PROCESSES, "bridge-sqs") if settings.sms_provider == "eum" else PIPELINE_PROCESSES
+    with_eum = "eum" in (settings.sms_provider, settings.sms_failover_provider)
+    return (*PIPELINE_PROCESSES, "bridge-sqs") if with_eum else PIPELINE_PROCESSES
 
 
 def seed_sale(settings: Settings, fans: int, rate_per_second: float, run_id: str) -> tuple[str, int]:

@@ -190,7 +190,8 @@ def run_tick(
     shares = sorted(
         active_shares(services, services.sales.active() if sale_ids is None else sale_ids), key=lambda s: s.wants
     )
-    remaining = services.settings.sms_account_parts_per_second
+    # the account's cap; with two providers, the caps of those taking traffic now
+    remaining = services.sms_router.capacity()
     for n, share in enumerate(shares):
         give = min(share.wants, remaining / (len(shares) - n))
         lead = _lead_budget(services, share, give, lead_seconds)

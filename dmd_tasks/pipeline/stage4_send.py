@@ -63,10 +63,12 @@ from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.domain.segments import measure
 from dmd_tasks.domain.templates import render
 from dmd_tasks.infra import aws, tracing
-from dmd_tasks.infra.circuit import Permit, ProviderCircuit, ProviderPaused
+from dmd_tasks.infra.circuit import Permit, ProviderPaused
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
+from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
 from dmd_tasks.infra.metrics import SEND_LATENCY
+from dmd_tasks.infra.settings import Settings
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 
@@ -144,8 +146,10 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     phone = item["phone"]
     token = item.get("leaseToken")
     lease_until = float(item.get("leaseUntil", 0))
-    circuit = services.sms_circuit
-    provider = services.sms.capabilities
+    router = services.sms_router
+    pinned = item.get("pinnedProvider")
+    route = router.choose(pinned)
+    circuit, provider = route.circuit, route.provider.capabilities
     try:
         campaign = _campaign(services, sale_id)
         if campaign is None:
@@ -172,26 +176,41 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
                 f"message takes {segments.parts} SMS parts ({segments.encoding}), more than the "
                 f"{settings.max_message_parts} allowed"
             )
-        permit = circuit.before_call()  # ProviderPaused while the provider throttles or is down
         try:
-            services.sms_throttle.acquire(
+            permit = circuit.before_call()  # ProviderPaused while the provider throttles or is down
+        except ProviderPaused:
+            other = None if pinned else next((r for r in router.routes.values() if r is not route), None)
+            if other is None:
+                raise
+            # this provider is paused and the weights have not caught up yet: the other one
+            route, circuit, provider = other, other.circuit, other.provider.capabilities
+            permit = circuit.before_call()
+        try:
+            route.throttle.acquire(
                 sale_id, campaign.rate_per_second, segments.parts, timeout_seconds=settings.send_rate_wait_seconds
             )
             if time.time() + settings.sms_timeout_seconds >= lease_until:
                 # The provider call could outlive our lease (this process was paused): give it back.
                 raise NotAttempted("send lease nearly over before the provider call")
-            if not provider.idempotent and not notifications.mark_calling(
+            if (not provider.idempotent or len(router.routes) > 1) and not notifications.mark_calling(
                 sale_id, fan_id, provider.name, time.time(), token
             ):
-                # Without idempotency, the record that the call started comes first: a send that
-                # dies after it is never repeated. Not written: the lease is lost; no call.
+                # The record that the call started (and where) comes first: without idempotency a
+                # send that dies after it is never repeated; with two providers it is repeated at
+                # this one only. Not written: the lease is lost; no call.
                 raise NotAttempted("send lease lost before the provider call")
         except BaseException:
             circuit.release(permit)  # no call made: a probe's turn goes to another sender
             raise
         validity = float(expires) - time.time() if expires is not None else None
-        message_id = _call_provider(services, circuit, permit, phone, body, notification_id, validity)
+        message_id = _call_provider(route, permit, phone, body, notification_id, validity, settings)
     except OutcomeUnknown as exc:
+        if provider.idempotent:
+            # Sent again, with the same key, through this provider only: elsewhere it could be a
+            # second SMS. Spends an attempt unless the provider is failing most calls.
+            return _retry(
+                services, notification_id, item, exc, spend=not exc.providers_fault, pin=route.name, phone=phone
+            )
         # The SMS may be on its way and the provider cannot deduplicate: never sent again. It
         # waits for the provider's event (matched by the notification id in the request).
         until = time.time() + settings.unconfirmed_window_seconds
@@ -225,24 +244,7 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
         log.info("notification %s not sent (%s); again in %.1fs", notification_id, reason, delay)
         return "not-attempted"
     except TransientError as exc:
-        attempts += 1
-        if attempts >= settings.max_send_attempts:
-            notifications.mark_failed(
-                sale_id,
-                fan_id,
-                f"gave up after {attempts} attempts: {exc}",
-                source=SENDING,
-                attempts=attempts,
-                lease_token=token,
-            )
-            log.warning("notification %s failed after %d attempts: %s", notification_id, attempts, exc)
-            return "failed"
-        delay = retry_delay(
-            attempts, settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
-        )
-        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc), lease_token=token)
-        log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
-        return "retry"
+        return _retry(services, notification_id, item, exc, spend=True, pin=None, phone=phone)
     if not notifications.mark_sent(
         sale_id,
         fan_id,
@@ -262,26 +264,64 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
     return "sent"
 
 
-def _call_provider(
+def _retry(
     services: Services,
-    circuit: ProviderCircuit,
+    notification_id: str,
+    item: dict[str, Any],
+    exc: TransientError,
+    *,
+    spend: bool,
+    pin: str | None,
+    phone: str,
+) -> str:
+    """A failed call: back to ``scheduled`` with a backoff (``pin``: through that provider only),
+    or ``failed`` when it was the last attempt."""
+    settings, notifications = services.settings, services.notifications
+    sale_id, fan_id = split_notification_id(notification_id)
+    token = item.get("leaseToken")
+    attempts = int(item.get("attempts", 0)) + (1 if spend else 0)
+    if attempts >= settings.max_send_attempts:
+        notifications.mark_failed(
+            sale_id,
+            fan_id,
+            f"gave up after {attempts} attempts: {exc}",
+            source=SENDING,
+            attempts=attempts,
+            lease_token=token,
+        )
+        log.warning(
+            "notification %s to %s failed after %d attempts: %s", notification_id, mask_phone(phone), attempts, exc
+        )
+        return "failed"
+    delay = retry_delay(
+        max(1, attempts), settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
+    )
+    notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc), lease_token=token, pin=pin)
+    log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
+    return "retry"
+
+
+def _call_provider(
+    route: ProviderRoute,
     permit: Permit,
     phone: str,
     body: str,
     notification_id: str,
     validity_seconds: float | None,
+    settings: Settings,
 ) -> str:
     """One provider call, its outcome told to the circuit. A 429, or a failure during an outage,
     raises NotAttempted (no attempt spent); a failure while the provider answers most calls
     well is this message's (TransientError: an attempt). An unknown outcome is never turned into
-    a retry, whatever the circuit says."""
+    a plain retry, whatever the circuit says (the caller pins it, or waits for an event)."""
+    circuit = route.circuit
     try:
         with SEND_LATENCY.labels("sms").time():
-            message_id = services.sms.send(
+            message_id = route.provider.send(
                 phone, body, notification_id=notification_id, validity_seconds=validity_seconds
             )
-    except OutcomeUnknown:
-        circuit.failed(permit)
+    except OutcomeUnknown as exc:
+        exc.providers_fault = circuit.failed(permit)
         raise
     except RateLimited as exc:
         pause = circuit.throttled(permit, exc.retry_after_seconds)
@@ -292,7 +332,7 @@ def _call_provider(
         if circuit.failed(permit):
             raise ProviderPaused(
                 f"{exc} (provider failing most calls: no attempt spent)",
-                retry_after_seconds=services.settings.circuit_open_seconds,
+                retry_after_seconds=settings.circuit_open_seconds,
             ) from exc
         raise
     except PermanentError:

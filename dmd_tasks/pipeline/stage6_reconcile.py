@@ -100,6 +100,9 @@ class Reconciler:
                 )
                 self._count("failed_lease_expired", done)
             else:
+                # a call that had started at one provider is repeated there (with two providers:
+                # the other could send a second SMS)
+                called = item.get("provider") if "callStartedAt" in item else None
                 done = self.notifications.take_back(
                     sale_id,
                     fan_id,
@@ -107,6 +110,7 @@ class Reconciler:
                     attempts,
                     self.now,
                     "send lease expired; sent again with the same idempotency key",
+                    pin=str(called) if called else None,
                 )
                 self._count("lease_taken_back", done)
 

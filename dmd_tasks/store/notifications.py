@@ -370,11 +370,13 @@ class NotificationRecords:
         *,
         lease_token: str | _Any | None = ANY_LEASE,
         now: float | None = None,
+        pin: str | None = None,
     ) -> bool:
         """sending → scheduled after ``not_before`` (the bridge re-sends it then), by the lease
-        holder (``lease_token``); ``attempts`` is the count of provider attempts so far."""
+        holder (``lease_token``); ``attempts`` is the count of provider attempts so far. ``pin``:
+        from now on it is sent through this provider only (its last call's outcome is unknown)."""
         now = time.time() if now is None else now
-        return self._reschedule(sale_id, fan_id, attempts, not_before, reason, now, lease_token)
+        return self._reschedule(sale_id, fan_id, attempts, not_before, reason, now, lease_token, pin=pin)
 
     def _reschedule(
         self,
@@ -387,9 +389,10 @@ class NotificationRecords:
         lease_token: str | _Any | None,
         *,
         expired_by: float | None = None,
+        pin: str | None = None,
     ) -> bool:
         """sending → scheduled, due at ``not_before``, with a new round; ``expired_by``: only if the
-        lease had expired by then (the reconciler's take-back)."""
+        lease had expired by then (the reconciler's take-back); ``pin``: see ``mark_retry``."""
         values: dict[str, Any] = {
             ":a": attempts,
             ":nb": math.ceil(not_before),
@@ -403,13 +406,17 @@ class NotificationRecords:
         if expired_by is not None:
             values[":expired"] = int(expired_by)
             extra = "leaseUntil <= :expired"
+        pinned = ""
+        if pin is not None:
+            values[":pin"] = pin
+            pinned = ", pinnedProvider = :pin"
         return self._move(
             sale_id,
             fan_id,
             SENDING,
             SCHEDULED,
             f"SET #s = :to, attempts = :a, notBefore = :nb, lastError = :r, scheduledAt = :now, {_NEXT_ROUND}, "
-            "gsi1pk = :gpk, gsi1sk = :gsk REMOVE leaseUntil, leaseToken",
+            f"gsi1pk = :gpk, gsi1sk = :gsk{pinned} REMOVE leaseUntil, leaseToken",
             values,
             names=_ROUND_NAMES,
             lease_token=lease_token,
@@ -488,10 +495,18 @@ class NotificationRecords:
         )
 
     def take_back(
-        self, sale_id: str, fan_id: str, lease_token: str | None, attempts: int, now: float, reason: str
+        self,
+        sale_id: str,
+        fan_id: str,
+        lease_token: str | None,
+        attempts: int,
+        now: float,
+        reason: str,
+        pin: str | None = None,
     ) -> bool:
-        """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it."""
-        return self._reschedule(sale_id, fan_id, attempts, now, reason, now, lease_token, expired_by=now)
+        """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it;
+        ``pin``: sent again through that provider only (its call had started there)."""
+        return self._reschedule(sale_id, fan_id, attempts, now, reason, now, lease_token, expired_by=now, pin=pin)
 
     # --- delivery receipts --------------------------------------------------------------------
 

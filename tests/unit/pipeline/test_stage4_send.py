@@ -16,10 +16,12 @@ import redis
 from botocore.exceptions import EndpointConnectionError
 
 from dmd_tasks.domain.campaigns import SendWindow
+from dmd_tasks.infra.circuit import Permit
 from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
 from dmd_tasks.services import Services, sms_account
+from tests.conftest import clear_circuits
 
 Outboxes = Callable[..., Any]
 
@@ -532,3 +534,60 @@ def test_an_answer_that_comes_after_the_reconciler_made_the_send_unconfirmed_set
     assert send_claimed(eum, nid, claim, set()) == "sent"
     item = box.item("fan1")
     assert item["status"] == "sent" and item["providerMessageId"] and "gsi1pk" not in item
+
+
+# --- two providers ------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def two(stack, settings) -> Services:  # type: ignore[no-untyped-def]
+    """The HTTP provider, with End User Messaging as its standby."""
+    return Services(
+        load_settings(
+            sms_failover_provider="eum",
+            sms_failover_weight=0.0,
+            eum_origination_identity="+18005550143",
+            eum_endpoint_url=f"http://{settings.simulator_host}:{settings.simulator_port}",
+            sms_timeout_seconds=1,
+        )
+    )
+
+
+def test_with_two_providers_a_call_without_an_answer_is_sent_again_through_the_same_one_only(
+    two: Services, outbox: Outboxes, sim, faults
+) -> None:  # type: ignore[no-untyped-def]
+    # Given an HTTP provider that takes the message but answers after the client gave up
+    faults("sms", timeout_rate=1.0, timeout_ms=1500)
+    box = outbox()
+    nid, phone = box.add("fan1")
+    assert send_claimed(two, nid, claim_one(two, nid), set()) == "retry"
+    item = box.item("fan1")
+    assert (item["pinnedProvider"], item["provider"]) == ("http", "http") and "callStartedAt" in item
+
+    # When the HTTP provider is paused (its circuit open), the pinned send waits: the healthy
+    # standby could send a second SMS
+    faults("sms", timeout_rate=0.0)
+    for _ in range(20):
+        two.sms_circuit.failed(Permit(probe=False, token=uuid.uuid4().hex))
+    assert two.sms_circuit.state() == "open"
+    assert send_claimed(two, nid, claim_one(two, nid), set()) == "not-attempted"
+
+    # Then once it is back, the send goes through it with the same key: one SMS, none through the other
+    clear_circuits()
+    assert send_claimed(two, nid, claim_one(two, nid), set()) == "sent"
+    assert sim.sms_messages_to(phone) == 1
+    assert box.item("fan1")["providerMessageId"].startswith("SM")  # the HTTP provider's id, not the service's
+
+
+def test_with_two_providers_a_send_that_meets_a_paused_circuit_takes_the_other(
+    two: Services, outbox: Outboxes, sim, faults
+) -> None:  # type: ignore[no-untyped-def]
+    faults("sms")  # (closes every circuit before and after)
+    for _ in range(20):
+        two.sms_circuit.failed(Permit(probe=False, token=uuid.uuid4().hex))
+    box = outbox()
+    nid, phone = box.add("fan1")
+    assert send_claimed(two, nid, claim_one(two, nid), set()) == "sent"
+    item = box.item("fan1")
+    assert item["provider"] == "eum" and sim.eum_message(item["providerMessageId"]) is not None
+    assert sim.sms_messages_to(phone) == 1
