@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     #: retries, so that no other process takes the same batch meanwhile).
     intake_wait_seconds: int = Field(default=20, ge=0, le=20)
     intake_visibility_timeout_seconds: int = Field(default=300, ge=5)
+    #: An IAM role EventBridge Pipes can assume to read the demand table's stream and send to the
+    #: intake queue: when set, ``dmd provision`` creates the pipe ``<prefix>demand-pipe`` (the
+    #: demand stream read by Pipes and bridge-sqs instead of bridge-demand; run one or the other).
+    demand_pipe_role_arn: str | None = None
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -5,6 +5,8 @@
 - one SQS queue per Celery queue, each with a dead-letter queue and a redrive policy,
   and a dead-letter queue per bridge
 - the intake queues the SQS bridge reads, each with a dead-letter queue and a redrive policy
+- with ``DMD_DEMAND_PIPE_ROLE_ARN``, the EventBridge pipe from the demand table's stream to
+  the demand intake queue, filtered to the changes the pipeline routes
 - the SNS topic End User Messaging publishes SMS events to, subscribed by the events intake
   queue (whose policy lets the topic send), and, with ``sms_provider=eum``, the configuration
   set whose event destination is that topic
@@ -52,6 +54,8 @@ def provision(settings: Settings) -> dict[str, Any]:
     report["queues"] = ensure_queues(settings)
     report["intake_queues"] = ensure_intake_queues(settings)
     report["sms_events"] = ensure_sms_events_topic(settings)
+    if settings.demand_pipe_role_arn:
+        report["demand_pipe"] = ensure_demand_pipe(settings, report["table"]["stream_arn"])
     if settings.sms_provider == "eum" and settings.eum_configuration_set:
         report["eum_configuration_set"] = ensure_eum_configuration_set(settings, report["sms_events"]["topic_arn"])
     report["streams"] = [
@@ -244,6 +248,58 @@ def ensure_sms_events_topic(settings: Settings) -> dict[str, str]:
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
     subscription = sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True)
     return {"topic_arn": topic_arn, "subscription_arn": subscription["SubscriptionArn"], "queue_url": queue_url}
+
+
+#: The changes of the demand table the pipeline routes (dmd_tasks.pipeline.routing.route_change):
+#: a new demand row, and a notification written as ``scheduled``. Everything else is filtered out
+#: by the pipe (not paid for, not sent to the queue); the bridge still checks each change it gets.
+DEMAND_PIPE_FILTERS = [
+    {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"entity": {"S": ["DEMAND"]}}}},
+    {
+        "eventName": ["INSERT", "MODIFY"],
+        "dynamodb": {"NewImage": {"entity": {"S": ["NOTIFICATION"]}, "status": {"S": ["scheduled"]}}},
+    },
+]
+
+
+def ensure_demand_pipe(settings: Settings, stream_arn: str | None) -> dict[str, Any]:
+    """The EventBridge pipe from the demand table's stream to the intake queue ``intake-demand``,
+    filtered to the changes the pipeline routes; records Pipes cannot deliver go to the queue's
+    dead-letter queue. Created once (an existing pipe of that name is left as it is)."""
+    if not stream_arn:
+        raise RuntimeError("the demand table has no stream: the pipe has nothing to read")
+    pipes, sqs = aws.client("pipes", settings), aws.client("sqs", settings)
+    name = f"{settings.queue_name_prefix}demand-pipe"
+    try:
+        found = pipes.describe_pipe(Name=name)
+        return {"name": name, "arn": found["Arn"], "created": False}
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("NotFoundException", "ResourceNotFoundException"):
+            raise
+
+    def arn(url: str) -> str:
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    target = arn(topology.queue_url(settings, "intake-demand"))
+    dlq = arn(topology.sqs_url(settings, topology.dlq_name(settings, "intake-demand")))
+    created = pipes.create_pipe(
+        Name=name,
+        RoleArn=settings.demand_pipe_role_arn,
+        Source=stream_arn,
+        SourceParameters={
+            "FilterCriteria": {"Filters": [{"Pattern": json.dumps(p)} for p in DEMAND_PIPE_FILTERS]},
+            "DynamoDBStreamParameters": {
+                "StartingPosition": "TRIM_HORIZON" if settings.bridge_start_position == "TRIM_HORIZON" else "LATEST",
+                "BatchSize": 10,
+                "MaximumRetryAttempts": 10,
+                "DeadLetterConfig": {"Arn": dlq},
+            },
+        },
+        Target=target,
+        DesiredState="RUNNING",
+    )
+    log.info("created pipe %s: %s -> %s", name, stream_arn, target)
+    return {"name": name, "arn": created["Arn"], "created": True}
 
 
 #: The event destination dmd gives its configuration set (every SMS event type, to the topic).

@@ -9,16 +9,28 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+from moto.events.models import EventPattern
 
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, INTAKE_QUEUES, QUEUE_NAMES
-from dmd_tasks.ops.provision import DLQ_RETENTION_SECONDS, _ensure_stream, ensure_kinesis_stream, provision
+from dmd_tasks.ops.provision import (
+    DEMAND_PIPE_FILTERS,
+    DLQ_RETENTION_SECONDS,
+    _ensure_stream,
+    ensure_kinesis_stream,
+    provision,
+)
+from dmd_tasks.pipeline.records import parse_change
+from dmd_tasks.pipeline.routing import route_change
+from dmd_tasks.store.codec import serialize
+from tests.helpers import pipes_change
 
 
 @pytest.fixture()
@@ -222,3 +234,60 @@ def test_a_table_whose_stream_has_another_view_type_gets_a_new_and_old_images_st
 def test_a_table_with_the_right_stream_is_left_alone() -> None:
     table = {"TableName": "tbl", "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}}
     assert _ensure_stream(object(), table) is table  # no call made: the client is not even a client
+
+
+# --- the demand pipe (EventBridge Pipes: the demand stream read without bridge-demand) ----------
+
+
+def change(event_name: str, new: dict[str, Any] | None, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A DynamoDB Streams record as Pipes filters it (and puts it on the intake queue)."""
+    record = pipes_change(new or old or {})
+    record["eventName"] = event_name
+    if new is None:
+        del record["dynamodb"]["NewImage"]
+    if old is not None:
+        record["dynamodb"]["OldImage"] = serialize(old)
+    return record
+
+
+def notification(status: str) -> dict[str, Any]:
+    return {"pk": "SALE#s1", "sk": "NOTIFICATION#f1", "entity": "NOTIFICATION", "id": "s1:f1", "status": status}
+
+
+def test_the_demand_pipe_passes_exactly_the_changes_the_pipeline_routes() -> None:
+    # the pipe's filters, read as EventBridge reads them (moto's implementation of its patterns)
+    patterns = [EventPattern.load(json.dumps(f)) for f in DEMAND_PIPE_FILTERS]
+    demand = {"pk": "EVENT#e1", "sk": "DEMAND#f1", "entity": "DEMAND", "eventId": "e1", "fanId": "f1"}
+    event = {"pk": "EVENT#e1", "sk": "EVENT", "entity": "EVENT", "url": "https://www.ticketmaster.com/e/1"}
+    cases = [
+        change("INSERT", demand),
+        change("MODIFY", demand, demand),
+        change("REMOVE", None, demand),
+        change("INSERT", event),
+        change("INSERT", notification("pending")),
+        change("MODIFY", notification("scheduled"), notification("pending")),
+        change("MODIFY", notification("sent"), notification("sending")),
+        change("MODIFY", notification("scheduled"), notification("sending")),  # a retry
+    ]
+    for record in cases:
+        passed = any(p.matches_event(record) for p in patterns)
+        routed = record["eventName"] != "REMOVE" and route_change(parse_change(record)) is not None
+        assert passed == routed, (record["eventName"], record["dynamodb"].get("NewImage"))
+    assert sum(any(p.matches_event(r) for p in patterns) for r in cases) == 3
+
+
+def test_provision_creates_the_demand_pipe_when_given_its_role(fresh: Settings) -> None:
+    piped = fresh.model_copy(update={"demand_pipe_role_arn": "arn:aws:iam::123456789012:role/dmd-pipe"})
+    first = provision(piped)["demand_pipe"]
+    assert first["created"] and first["name"] == f"{fresh.queue_name_prefix}demand-pipe"
+    again = provision(piped)["demand_pipe"]
+    assert again == {**first, "created": False}
+    pipe = aws.client("pipes", piped).describe_pipe(Name=first["name"])
+    assert pipe["Source"] == provision(piped)["table"]["stream_arn"]
+    assert pipe["Target"].endswith(f":{fresh.queue_name_prefix}intake-demand")
+    filters = pipe["SourceParameters"]["FilterCriteria"]["Filters"]
+    assert [json.loads(f["Pattern"]) for f in filters] == DEMAND_PIPE_FILTERS
+    params = pipe["SourceParameters"]["DynamoDBStreamParameters"]
+    assert params["DeadLetterConfig"]["Arn"].endswith(f":{fresh.queue_name_prefix}intake-demand-dlq")
+    aws.client("pipes", piped).delete_pipe(Name=first["name"])
+    assert "demand_pipe" not in provision(fresh)  # not asked for: none
