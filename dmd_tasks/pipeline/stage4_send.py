@@ -258,8 +258,9 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
         if not provider.idempotent and notifications.confirm_sent(sale_id, fan_id, message_id, time.time()):
             # The reconciler found our lease expired and made it unconfirmed: the answer settles it.
             return "sent"
-        # Our lease expired and the reconciler took it back: its re-send uses the same idempotency key.
-        log.warning("notification %s was taken back before it was marked sent", notification_id)
+        # Our lease expired and the reconciler took it back (its re-send uses the same idempotency
+        # key), or the provider's final event settled it first.
+        log.warning("notification %s changed before it was marked sent (lease taken back, or settled)", notification_id)
         return "lease-lost"
     return "sent"
 

@@ -13,7 +13,9 @@ and enqueues batches of ``status_batch_size`` events.
   idempotency: there an event for an ``unconfirmed`` send (matched by the notification id
   the request carried) moves it to ``sent``: the SMS went after all.
 - A final status for an ``unconfirmed`` or ``unknown`` send (matched by that id: it has no
-  message id of ours) records it too: the provider's word, however late.
+  message id of ours) records it too: the provider's word, however late; so does one for a
+  send still ``sending`` whose call to such a provider was recorded (its worker died after the
+  call), without waiting for the lease to expire.
 - A receipt that arrives before our own ``sent`` write (the provider is fast, the index
   is eventually consistent) is not lost: it is retried with backoff, up to
   ``status_max_retries`` times, then dead-lettered with the reason.
@@ -35,7 +37,7 @@ from dmd_tasks.domain.entities import TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.errors import TransientError
 from dmd_tasks.domain.ids import notification_id, split_notification_id
 from dmd_tasks.domain.phones import try_normalize
-from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, parse_event
+from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, StatusEvent, parse_event
 from dmd_tasks.infra import tracing
 from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
 from dmd_tasks.services import Services, get_services
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 DELIVERY_STATUSES = frozenset({NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED, NotificationStatus.FAILED})
 #: A send whose answer never came: the provider's final event still says what happened.
 UNANSWERED = frozenset({NotificationStatus.UNCONFIRMED, NotificationStatus.UNKNOWN})
+SENDING = NotificationStatus.SENDING.value
 
 
 def _by_reference(reference: str | None) -> tuple[str, str] | None:
@@ -56,6 +59,15 @@ def _by_reference(reference: str | None) -> tuple[str, str] | None:
         return split_notification_id(reference)
     except ValueError:
         return None
+
+
+def _unanswered(status: str | None, event: StatusEvent) -> bool:
+    """Whether a final event may settle a notification in ``status`` that has no message id of
+    ours: unconfirmed or unknown; or still sending at a provider without idempotency (its worker
+    died after the call: the event need not wait for the lease to expire)."""
+    if status in UNANSWERED:
+        return True
+    return status == SENDING and event.provider is not None and not capabilities_of(event.provider).idempotent
 
 
 def apply_event(services: Services, event: ProviderEvent) -> str:
@@ -80,7 +92,7 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
         return "unresolved"
     sale_id, fan_id = found
     updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
-    if updated is None and event.reference and notifications.status_of(sale_id, fan_id) in UNANSWERED:
+    if updated is None and event.reference and _unanswered(notifications.status_of(sale_id, fan_id), event):
         updated = notifications.record_unconfirmed_delivery(
             sale_id, fan_id, event.message_id, event.status, event.timestamp
         )

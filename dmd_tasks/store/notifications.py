@@ -546,15 +546,18 @@ class NotificationRecords:
     def record_unconfirmed_delivery(
         self, sale_id: str, fan_id: str, message_id: str, status: str, at: str
     ) -> dict[str, Any] | None:
-        """unconfirmed | unknown → delivered | undelivered | failed: the provider's final event for a
-        send whose answer never came (matched by the notification id it carried). ``unknown`` is
-        final, but the provider's word, however late, says what happened."""
-        for source in (UNCONFIRMED, UNKNOWN):
+        """unconfirmed | unknown | sending → delivered | undelivered | failed: the provider's final
+        event for a send whose answer never came (matched by the notification id it carried).
+        ``unknown`` is final, but the provider's word, however late, says what happened; from
+        ``sending`` only once its call was recorded (a worker killed after the call: its event
+        settles it before the lease expires)."""
+        for source, extra in ((UNCONFIRMED, ""), (UNKNOWN, ""), (SENDING, " AND attribute_exists(callStartedAt)")):
             item = self._table.update(
                 notification_key(sale_id, fan_id),
                 what=f"{sale_id}:{fan_id} {source}->{status}",
-                update="SET #s = :to, deliveredAt = :at, providerMessageId = :mid REMOVE gsi1pk, gsi1sk",
-                condition="#s = :from",
+                update="SET #s = :to, deliveredAt = :at, providerMessageId = :mid "
+                "REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
+                condition="#s = :from" + extra,
                 names=_STATUS,
                 values={":to": status, ":from": source, ":at": at, ":mid": message_id},
                 return_new=True,

@@ -129,6 +129,30 @@ def test_an_intermediate_event_confirms_an_unconfirmed_send_and_a_late_final_one
     assert box.item("fan2")["status"] == "undelivered"
 
 
+def test_a_final_event_settles_a_send_whose_worker_died_after_its_call_without_waiting_for_the_lease(
+    services: Services, outbox: Callable[..., Any]
+) -> None:
+    box = outbox()
+    for fan_id, called in (("called", True), ("uncalled", False)):
+        box.add(fan_id, status="sending")
+        if called:
+            token = box.item(fan_id)["leaseToken"]
+            assert services.notifications.mark_calling(box.sale_id, fan_id, "eum", time.time(), token)
+
+    def final(fan_id: str, provider: str | None) -> StatusEvent:
+        return receipt(f"m-{fan_id}", "delivered", f"{box.sale_id}:{fan_id}").model_copy(update={"provider": provider})
+
+    # the HTTP provider's receipt waits for our own sent write (it deduplicates: no hurry)
+    assert apply_event(services, final("called", None)) == "unresolved"
+    # End User Messaging's event for a recorded call settles it at once, lease and all
+    assert apply_event(services, final("called", "eum")) == "delivered"
+    item = box.item("called")
+    assert item["status"] == "delivered" and not {"leaseToken", "leaseUntil", "gsi1pk"} & set(item)
+    # a send whose call was never recorded cannot have been answered: the event waits
+    assert apply_event(services, final("uncalled", "eum")) == "unresolved"
+    assert box.item("uncalled")["status"] == "sending"
+
+
 def test_a_stop_reply_opts_the_sender_out_and_other_replies_do_not(services: Services) -> None:
     stopping, chatty, malformed = new_phone(), new_phone(), "12345"
 
