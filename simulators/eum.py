@@ -270,12 +270,7 @@ class EumSimulator:
         if self.emitter is None:
             return
         b = self.behaviour
-        roll = random.random()
-        final = (
-            "undelivered"
-            if roll < b.undelivered_rate
-            else ("failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
-        )
+        final = b.final_status()
         due = time.time() + b.status_delay_ms / 1000
         to = body["DestinationPhoneNumber"]
 

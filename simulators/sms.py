@@ -52,6 +52,13 @@ class StatusBehaviour:
             if key in values:
                 setattr(self, key, float(values[key]))
 
+    def final_status(self) -> str:
+        """A message's final status, drawn by the configured rates."""
+        roll = random.random()
+        if roll < self.undelivered_rate:
+            return "undelivered"
+        return "failed" if roll < self.undelivered_rate + self.failed_rate else "delivered"
+
 
 class SmsSimulator:
     def __init__(self, api_key: str, emitter: StatusEmitter | None) -> None:
@@ -217,12 +224,7 @@ class SmsSimulator:
 
     def _plan_statuses(self, message_id: str, to: str, reference: str) -> None:
         b = self.behaviour
-        roll = random.random()
-        final = (
-            "undelivered"
-            if roll < b.undelivered_rate
-            else ("failed" if roll < b.undelivered_rate + b.failed_rate else "delivered")
-        )
+        final = b.final_status()
         due = time.time() + b.status_delay_ms / 1000
         event = {"type": "status", "message_id": message_id, "status": final, "reference": reference}
         assert self.emitter is not None
