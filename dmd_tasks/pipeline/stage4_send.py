@@ -62,6 +62,7 @@ from dmd_tasks.domain.errors import (
 from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.domain.segments import measure
 from dmd_tasks.domain.templates import render
+from dmd_tasks.domain.urls import check_allowed_url
 from dmd_tasks.infra import aws, tracing
 from dmd_tasks.infra.circuit import Permit, ProviderPaused
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
@@ -93,13 +94,15 @@ def _campaign(services: Services, sale_id: str) -> Campaign | None:
 
 
 def _event_values(services: Services, event_id: str) -> tuple[str, str]:
-    """(event name, short URL) of an event; the short URL falls back to the long one."""
+    """(event name, short URL) of an event; without a short URL, the long one if it passes the
+    URL policy (``check_allowed_url``: DisallowedUrl, a PermanentError, otherwise)."""
     with _cache_lock:
         if event_id not in _events:
             event = services.events.get(event_id)
             if event is None:
                 raise PermanentError(f"event {event_id} not found")
-            _events[event_id] = (event.name, event.short_url or event.url)
+            link = event.short_url or check_allowed_url(event.url, services.settings.shorten_allowed_hosts)
+            _events[event_id] = (event.name, link)
         return _events[event_id]
 
 

@@ -16,11 +16,13 @@ import redis
 from botocore.exceptions import EndpointConnectionError
 
 from dmd_tasks.domain.campaigns import SendWindow
+from dmd_tasks.domain.entities import Event
 from dmd_tasks.infra.circuit import Permit
 from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
 from dmd_tasks.services import Services, sms_account
+from dmd_tasks.store.items import item as as_item
 from tests.conftest import clear_circuits
 
 Outboxes = Callable[..., Any]
@@ -591,3 +593,27 @@ def test_with_two_providers_a_send_that_meets_a_paused_circuit_takes_the_other(
     item = box.item("fan1")
     assert item["provider"] == "eum" and sim.eum_message(item["providerMessageId"]) is not None
     assert sim.sms_messages_to(phone) == 1
+
+
+# --- the link in the message ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "outcome"),
+    [
+        ("https://www.ticketmaster.com/e/unshortened", "sent"),
+        ("https://evil.com\\.ticketmaster.com/", "failed"),  # a browser would open evil.com
+    ],
+)
+def test_without_a_short_url_only_an_allowed_long_url_is_sent(
+    services: Services, outbox: Outboxes, sim, url: str, outcome: str
+) -> None:  # type: ignore[no-untyped-def]
+    box = outbox(template="{{ short_url }}")
+    services.table.put_items([as_item(Event(id=box.event_id, name="Show", url=url))])  # never shortened
+    nid, phone = box.add("fan1")
+    assert send_claimed(services, nid, claim_one(services, nid), set()) == outcome
+    if outcome == "failed":
+        assert "backslash" in box.item("fan1")["reason"]
+        assert sim.sms_messages_to(phone) == 0
+    else:
+        assert sim.sms_messages_to(phone) == 1
