@@ -6,16 +6,31 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, signals
+from celery.utils.saferepr import saferepr
 
 from dmd_tasks.infra import aws, logs, metrics, tracing
 from dmd_tasks.infra.metrics import TASKS
 from dmd_tasks.infra.settings import get_settings
+
+#: Celery's own bound on an arguments repr (``app.amqp.argsrepr_maxsize``).
+ARGSREPR_MAX = 1024
 
 
 @signals.before_task_publish.connect
 def _stamp_correlation_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None and not headers.get(logs.CORRELATION_HEADER):
         headers[logs.CORRELATION_HEADER] = logs.correlation_id.get() or logs.new_correlation_id()
+
+
+@signals.before_task_publish.connect
+def _mask_arguments(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """What Flower and the workers' events show of a task's arguments (``argsrepr``,
+    ``kwargsrepr``) with phone numbers and message bodies masked; the arguments themselves are
+    untouched. Connected before the monitoring hook that publishes ``task-sent``."""
+    if headers is None or not isinstance(body, tuple | list) or len(body) < 2:
+        return
+    headers["argsrepr"] = saferepr(logs.masked(body[0]), ARGSREPR_MAX)
+    headers["kwargsrepr"] = saferepr(logs.masked(body[1]), ARGSREPR_MAX)
 
 
 @signals.task_prerun.connect

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import uuid
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -45,6 +46,43 @@ def redact(text: str) -> str:
     text = _BEARER.sub(r"\1[redacted]", text)
     text = _KEY_PARAM.sub(r"\1[redacted]", text)
     return _PHONE.sub(lambda m: m.group(1) + "*****" + m.group(2), text)
+
+
+#: Keys whose values are a phone number, in dmd's own records and the providers' events.
+PHONE_KEYS = frozenset(
+    {
+        "phone",
+        "sender",
+        "to",
+        "originationNumber",
+        "destinationNumber",
+        "destinationPhoneNumber",
+        "DestinationPhoneNumber",
+        "originationPhoneNumber",
+    }
+)
+#: Keys whose values are what a fan wrote or was sent.
+BODY_KEYS = frozenset({"body", "messageBody", "MessageBody"})
+
+
+def masked(value: Any) -> Any:
+    """``value`` (task arguments, a dead letter, an event) with phone numbers and message bodies
+    masked as logs mask them, at any depth: for Flower's events and ``dmd dlq list``."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if key in PHONE_KEYS and isinstance(item, str):
+                out[key] = mask_phone(item)
+            elif key in BODY_KEYS and isinstance(item, str):
+                out[key] = f"[{len(item)} characters]"
+            else:
+                out[key] = masked(item)
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(masked(item) for item in value)
+    if isinstance(value, str):
+        return redact(value)
+    return value
 
 
 #: The correlation id of lines logged outside any record, task or request (start-up, idling):

@@ -157,10 +157,10 @@ def dlq() -> None:
 @click.option("--max", "max_messages", default=20, show_default=True)
 def dlq_list(queue: str, max_messages: int) -> None:
     """Show up to --max dead letters of QUEUE (a Celery queue or a bridge, e.g. bridge-demand)."""
-    from dmd_tasks.ops.dlq import receive  # Celery and kombu load only for the commands that use them
+    from dmd_tasks.ops.dlq import receive, shown  # Celery and kombu load only for the commands that use them
 
     for letter in receive(get_settings(), queue, max_messages=max_messages):
-        click.echo(json.dumps(letter))
+        click.echo(json.dumps(shown(letter)))  # phone numbers and message bodies masked, as in logs
 
 
 @dlq.command("replay")

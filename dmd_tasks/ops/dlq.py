@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from celery import Celery
 
 from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra import aws, topology
-from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.logs import CORRELATION_HEADER, masked
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.sqs import make_visible
 from dmd_tasks.pipeline.records import (
@@ -65,11 +67,30 @@ def receive(settings: Settings, name: str, *, max_messages: int = 10) -> list[di
                         "reason": "not a dmd dead letter (moved by the redrive policy)",
                         "raw": message["Body"],
                         "message_id": message["MessageId"],
+                        **_task_of(message["Body"]),
                     }
                 )
     finally:
         make_visible(sqs, url, handles)
     return out
+
+
+def _task_of(body: str) -> dict[str, Any]:
+    """The task a message moved by the redrive policy carries (Celery's envelope, as kombu's SQS
+    transport writes it: base64 JSON with a base64 body), or nothing when it is not one."""
+    try:
+        envelope = json.loads(base64.b64decode(body, validate=True))
+        task = envelope["headers"]["task"]
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        return {}
+    return {"task": task, "args": args, "kwargs": kwargs}
+
+
+def shown(letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as ``dmd dlq list`` prints it: phone numbers and message bodies masked, and
+    the raw copy of a redriven task left out (its arguments are shown decoded, masked)."""
+    return masked({k: v for k, v in letter.items() if not (k == "raw" and "task" in letter)})
 
 
 def replay(settings: Settings, app: Celery, name: str, *, dry_run: bool, max_messages: int = 100) -> list[str]:
@@ -114,7 +135,7 @@ def plan_replay(settings: Settings, name: str, body: str, app: Celery, publisher
         correlation = letter.get("correlation_id")
         headers = {CORRELATION_HEADER: correlation} if correlation else {}
         return (
-            f"{task}{tuple(args)!r} -> re-published (was: {letter['reason']})",
+            f"{task}{tuple(masked(args))!r} -> re-published (was: {letter['reason']})",
             lambda: app.send_task(task, args=args, kwargs=kwargs, headers=headers),
         )
     if name in topology.BRIDGE_NAMES:

@@ -294,3 +294,22 @@ def test_a_batch_never_exceeds_sqs_request_limit_of_256_kib(own_queues: Settings
     for batch in spy.batches:
         assert sum(len(e["MessageBody"].encode()) for e in batch) <= SQS_MAX_MESSAGE_BYTES
     assert len(receive_all(own_queues, "query", expected=7)) == 7
+
+
+def test_what_flower_shows_of_a_tasks_arguments_has_no_phone_number_or_message_body(
+    own_queues: Settings, settings: Settings
+) -> None:
+    # Given a fan's STOP reply, published by a bridge (in a batch) and the ordinary way
+    stop = {"type": "inbound", "sender": "+14155550123", "body": "STOP please", "timestamp": "t"}
+    BatchPublisher(app, own_queues).publish(WARM_EVENT_DETAILS, [TaskCall(args=([stop],))])
+    (batched,) = [envelope(m["Body"]) for m in receive_all(own_queues, "query", expected=1)]
+    ordinary_id = app.send_task(WARM_EVENT_DETAILS, args=([stop],), kwargs={"to": "+14155550123"}).id
+    (ordinary,) = take_where(settings, "query", lambda body: body["headers"]["id"] == ordinary_id)
+
+    for message in (batched, ordinary):
+        # Then the reprs that task events carry (what Flower shows) are masked ...
+        shown = message["headers"]["argsrepr"] + message["headers"]["kwargsrepr"]
+        assert "4155550123" not in shown and "STOP please" not in shown
+        assert "+1********23" in shown and "[11 characters]" in shown
+        # ... and the arguments the task runs with are not
+        assert message["decoded_body"][0] == [[stop]]

@@ -50,3 +50,21 @@ def test_celery_style_extra_data_and_tracebacks_are_redacted() -> None:
     first, second = (json.loads(line) for line in text.strip().splitlines()[-2:])
     assert first["data"]["args"] == "([{'sender': '+4*****23', 'body': 'STOP'}],)"
     assert "apikey=[redacted]" in second["exc_info"]
+
+
+def test_masked_hides_phone_numbers_and_message_bodies_at_any_depth() -> None:
+    letter = {
+        "reason": "failed for +14155550123",
+        "payload": {
+            "args": [[{"type": "inbound", "sender": "+14155550123", "body": "STOP"}]],
+            "event": {"destinationPhoneNumber": "+442071838750", "messageBody": "hi", "eventType": "TEXT_DELIVERED"},
+        },
+        "count": 3,
+    }
+    shown = logs.masked(letter)
+    text = json.dumps(shown)
+    assert "4155550123" not in text and "2071838750" not in text and "STOP" not in text
+    assert shown["payload"]["args"][0][0]["sender"] == "+1********23"
+    assert shown["payload"]["args"][0][0]["body"] == "[4 characters]"
+    assert shown["payload"]["event"]["eventType"] == "TEXT_DELIVERED" and shown["count"] == 3
+    assert letter["payload"]["args"][0][0]["sender"] == "+14155550123"  # the original is untouched

@@ -20,7 +20,7 @@ from dmd_tasks.domain.entities import Demand
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
-from dmd_tasks.ops.dlq import receive, replay
+from dmd_tasks.ops.dlq import receive, replay, shown
 from dmd_tasks.pipeline.records import jsonable
 from dmd_tasks.pipeline.routing import (
     GENERATE_NOTIFICATIONS,
@@ -310,3 +310,21 @@ def test_replay_stops_at_max_messages_and_leaves_the_rest(queues, settings) -> N
     assert len(lines) == 2
     assert len(queues.take_tasks(session_queue(settings, "short-url"), marker)) == 2
     assert len(queues.dead_letters("short-url")) == 1
+
+
+def test_a_listed_dead_letter_shows_no_phone_number_or_message_body(queues) -> None:  # type: ignore[no-untyped-def]
+    settings = queues.settings
+    stop = {"type": "inbound", "sender": "+14155550123", "body": "STOP", "timestamp": "t"}
+    # a letter dmd wrote, and a task message the redrive policy moved (kombu's envelope)
+    put_letters(settings, "sms-status", task_letter("dmd_tasks.sms_status.record_sms_status", [[stop]], queue="x"))
+    task_body = base64.b64encode(json.dumps([[[stop]], {}, {}]).encode()).decode()
+    envelope = {"body": task_body, "headers": {"task": "dmd_tasks.sms_status.record_sms_status"}}
+    put_raw(settings, "sms-status", base64.b64encode(json.dumps(envelope).encode()).decode())
+
+    listed = [shown(letter) for letter in receive(settings, "sms-status")]
+
+    text = json.dumps(listed)
+    assert "4155550123" not in text and "STOP" not in text
+    redriven = next(entry for entry in listed if "message_id" in entry)
+    assert redriven["task"] == "dmd_tasks.sms_status.record_sms_status" and "raw" not in redriven
+    assert redriven["args"] == [[{**stop, "sender": "+1********23", "body": "[4 characters]"}]]
