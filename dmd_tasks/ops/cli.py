@@ -9,7 +9,13 @@ dmd flower                 Flower, seeing every worker over the Redis monitoring
 dmd dlq list QUEUE         show the dead letters of a queue or bridge
 dmd dlq replay QUEUE       re-drive them (--dry-run to look first)
 dmd sales rerun SALE_ID    generate an ended sale again (only fans without a notification get one)
+dmd sales create ...       write a sale of an event, due at a time (any ISO-8601 offset)
+dmd campaign put FILE      store a sale's campaign from a JSON document (validated, parts counted)
+dmd campaign show SALE_ID  print a sale's campaign as JSON
 dmd reconcile [--repair]   one reconciler pass now (--repair: first a one-off scan for old data)
+
+Every failure is one line on stderr and exit status 1 (2 for a usage error); ``dmd --debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import click
 from rich.console import Console
@@ -30,9 +37,46 @@ from dmd_tasks.ops.provision import provision as run_provision
 from dmd_tasks.ops.stack import Stack
 
 
-@click.group()
-def main() -> None:
+class _Commands(click.Group):
+    """The command group: a failure is one line on stderr (redacted, as logs are) and exit 1,
+    unless ``--debug`` asked for the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if ctx.meta.get("dmd.debug"):
+                raise
+            click.echo(f"dmd: {failure(exc)}", err=True)
+            sys.exit(1)
+
+
+def failure(exc: BaseException) -> str:
+    """One line saying what failed: the settings, an unreachable endpoint, or the error itself."""
+    from pydantic import ValidationError
+
+    from dmd_tasks.infra.logs import redact
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        text = f"invalid {exc.title}: {where}: {first['msg']}"
+    elif type(exc).__name__ in ("EndpointConnectionError", "ConnectionError", "ConnectTimeoutError"):
+        text = f"cannot reach a service ({type(exc).__name__}: {exc})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))[:500]
+
+
+@click.group(cls=_Commands)
+@click.version_option(package_name="dmd", prog_name="dmd")
+@click.option("--debug", is_flag=True, help="show the traceback of a failure")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """dmd: the demand-capture notification pipeline."""
+    ctx.meta["dmd.debug"] = debug
 
 
 @main.group()
@@ -55,10 +99,15 @@ def stack_down() -> None:
 
 
 @main.command()
-def provision() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the whole report as one JSON document")
+def provision(as_json: bool) -> None:
     """Create or update every AWS resource (moto or AWS alike)."""
     report = run_provision(get_settings())
-    click.echo(json.dumps(report, indent=2))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for name, value in report.items():
+        click.echo(f"{name}: {len(value) if isinstance(value, list | dict) and name.endswith('s') else 'ok'}")
 
 
 @main.command()
@@ -89,12 +138,21 @@ def demo(fans: int, rate_per_second: float, timeout_seconds: float, keep_stack: 
 @main.command()
 @click.argument("sale_id")
 @click.option("--watch", is_flag=True, help="refresh every second until interrupted")
-def status(sale_id: str, watch: bool) -> None:
-    """Show one sale's notifications by status."""
+@click.option("--json", "as_json", is_flag=True, help="print the counts as one JSON document")
+def status(sale_id: str, watch: bool, as_json: bool) -> None:
+    """Show one sale's notifications by status (exit 1 when the sale does not exist)."""
     settings = get_settings()
     console = Console()
     progress = sale_progress(settings, sale_id)
     title = f"sale {sale_id} ({progress['sale_status']})"
+    if progress["sale_status"] == "missing" and not progress["notifications"]:
+        if as_json:
+            click.echo(json.dumps({"sale": sale_id, **progress}))
+        click.echo(f"dmd: sale {sale_id} does not exist", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"sale": sale_id, **progress}))
+        return
     if not watch:
         console.print(status_table(progress, title))
         return
@@ -155,23 +213,43 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("queue")
 @click.option("--max", "max_messages", default=20, show_default=True)
-def dlq_list(queue: str, max_messages: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON array instead of one letter a line")
+def dlq_list(queue: str, max_messages: int, as_json: bool) -> None:
     """Show up to --max dead letters of QUEUE (a Celery queue or a bridge, e.g. bridge-demand)."""
     from dmd_tasks.ops.dlq import receive, shown  # Celery and kombu load only for the commands that use them
 
-    for letter in receive(get_settings(), queue, max_messages=max_messages):
-        click.echo(json.dumps(shown(letter)))  # phone numbers and message bodies masked, as in logs
+    _known_dlq(queue)
+    letters = [shown(letter) for letter in receive(get_settings(), queue, max_messages=max_messages)]
+    if as_json:
+        click.echo(json.dumps(letters))  # phone numbers and message bodies masked, as in logs
+        return
+    for letter in letters:
+        click.echo(json.dumps(letter))
+
+
+def _known_dlq(queue: str) -> None:
+    from dmd_tasks.infra.topology import DLQ_OWNERS, INTAKE_QUEUES
+
+    if queue not in (*DLQ_OWNERS, *INTAKE_QUEUES):
+        raise click.BadParameter(
+            f"{queue!r} has no dead-letter queue; one of: {', '.join((*DLQ_OWNERS, *INTAKE_QUEUES))}",
+            param_hint="QUEUE",
+        )
 
 
 @dlq.command("replay")
 @click.argument("queue")
 @click.option("--dry-run", is_flag=True, help="show what would be re-driven; send and delete nothing")
 @click.option("--max", "max_messages", default=100, show_default=True)
-def dlq_replay(queue: str, dry_run: bool, max_messages: int) -> None:
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def dlq_replay(queue: str, dry_run: bool, max_messages: int, yes: bool) -> None:
     """Re-drive the dead letters of QUEUE (tasks re-published, bridge records re-routed)."""
     from dmd_tasks.celery_app import app  # Celery and kombu load only for the commands that use them
     from dmd_tasks.ops.dlq import replay
 
+    _known_dlq(queue)
+    if not dry_run and not yes:
+        click.confirm(f"re-drive up to {max_messages} dead letters of {queue}?", abort=True)
     lines = replay(get_settings(), app, queue, dry_run=dry_run, max_messages=max_messages)
     for line in lines:
         click.echo(line)
@@ -194,6 +272,82 @@ def sales_rerun(sale_id: str) -> None:
         click.echo(f"sale {sale_id}: not re-run (it does not exist, or it is still waiting or generating)", err=True)
         sys.exit(1)
     click.echo(f"sale {sale_id}: waiting; beat claims it at its next tick")
+
+
+@sales.command("create")
+@click.option("--sale", "sale_id", required=True, help="the sale's id")
+@click.option("--event", "event_id", required=True, help="the event's id (its EVENT item must exist)")
+@click.option("--at", "notify_at", required=True, help="when to notify: ISO-8601 with any offset")
+def sales_create(sale_id: str, event_id: str, notify_at: str) -> None:
+    """Write a sale (status waiting): beat claims it when its time comes. Its campaign must be
+    stored first (`dmd campaign put`)."""
+    from dmd_tasks.domain.entities import Sale
+    from dmd_tasks.services import Services
+    from dmd_tasks.store.items import item
+
+    services = Services(get_settings())
+    sale = _valid(Sale, {"id": sale_id, "eventId": event_id, "notifyAt": notify_at}, "sale")
+    if services.events.get(event_id) is None:
+        raise click.ClickException(f"event {event_id} does not exist (its EVENT item is the product's)")
+    if services.campaigns.get(sale_id) is None:
+        raise click.ClickException(f"sale {sale_id} has no campaign: store one first (dmd campaign put FILE)")
+    services.table.put_items([item(sale)])
+    click.echo(f"sale {sale_id}: waiting, due {sale.notify_at}")
+
+
+main.add_command(sales, name="sale")  # `dmd sale create` reads as well as `dmd sales rerun`
+
+
+@main.group()
+def campaign() -> None:
+    """Campaigns (the message, send window and rate of a sale), in the campaign store."""
+
+
+@campaign.command("put")
+@click.argument("file", type=click.File("r"))
+def campaign_put(file: Any) -> None:
+    """Store the campaign in FILE (JSON; `-` for stdin), fields as docs/data-model.md names them:
+    saleId, eventId, template, window {start, end}, ratePerSecond, validitySeconds, phoneRegion."""
+    from dmd_tasks.domain.campaigns import Campaign
+    from dmd_tasks.domain.errors import InvalidCampaign
+    from dmd_tasks.store.campaigns import open_campaign_store
+
+    try:
+        document = json.load(file)
+    except ValueError as exc:
+        raise click.ClickException(f"{file.name}: not JSON ({exc})") from None
+    found = _valid(Campaign, document, "campaign")
+    try:
+        open_campaign_store(get_settings()).put(found)
+    except InvalidCampaign as exc:
+        raise click.ClickException(str(exc)) from None
+    segments = found.estimated_segments()
+    click.echo(f"campaign of sale {found.sale_id} stored: about {segments.parts} SMS part(s), {segments.encoding}")
+
+
+@campaign.command("show")
+@click.argument("sale_id")
+def campaign_show(sale_id: str) -> None:
+    """Print SALE_ID's campaign as JSON (exit 1 when it has none)."""
+    from dmd_tasks.store.campaigns import open_campaign_store
+
+    found = open_campaign_store(get_settings()).get(sale_id)
+    if found is None:
+        click.echo(f"dmd: sale {sale_id} has no campaign", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(found.model_dump(mode="json", by_alias=True)))
+
+
+def _valid(model: Any, document: Any, what: str) -> Any:
+    """``document`` as ``model``, or a usage error naming the first field that is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or what
+        raise click.ClickException(f"invalid {what}: {where}: {first['msg']}") from None
 
 
 @main.command()

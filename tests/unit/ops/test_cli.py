@@ -11,20 +11,38 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from dmd_tasks.domain.entities import Sale
+from dmd_tasks.domain.entities import Event, Sale
 from dmd_tasks.infra import topology
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
+from dmd_tasks.infra.settings import get_settings
 from dmd_tasks.infra.topology import DLQ_OWNERS
 from dmd_tasks.ops.cli import main
+from dmd_tasks.ops.stack import free_port
 from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
+from dmd_tasks.store.items import item as as_item
 from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
 
-COMMANDS = {"stack", "provision", "demo", "status", "api", "metrics", "flower", "dlq", "sales", "reconcile"}
+COMMANDS = {
+    "stack",
+    "provision",
+    "demo",
+    "status",
+    "api",
+    "metrics",
+    "flower",
+    "dlq",
+    "sales",
+    "sale",
+    "campaign",
+    "reconcile",
+}
 
 
 def listed_commands(help_text: str) -> set[str]:
@@ -90,14 +108,125 @@ def test_status_prints_the_sales_notifications_by_status(settings, stack) -> Non
     }
 
 
-def test_status_of_a_sale_that_does_not_exist_says_missing(stack) -> None:  # type: ignore[no-untyped-def]
+def test_status_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None:  # type: ignore[no-untyped-def]
     sale_id = f"nosale{uuid.uuid4().hex[:10]}"
 
     result = CliRunner().invoke(main, ["status", sale_id])
 
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"dmd: sale {sale_id} does not exist\n"
+    assert result.stdout == ""
+
+
+def test_status_as_json(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    sale_id = f"sale{uuid.uuid4().hex[:10]}"
+    SaleRecords(DemandTable(settings)).put(Sale(id=sale_id, eventId="ev1", notifyAt="2026-11-25T10:00:00Z"))
+
+    result = CliRunner().invoke(main, ["status", sale_id, "--json"])
+
     assert result.exit_code == 0, result.output
-    assert f"sale {sale_id} (missing)" in result.output
-    assert re.search(r"│\s*total\s*│\s*0\s*│", result.output)
+    shown = json.loads(result.stdout)
+    assert (shown["sale"], shown["sale_status"], shown["notifications"]) == (sale_id, "waiting", 0)
+    assert shown["status"]["unknown"] == 0
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and re.fullmatch(r"dmd, version \S+\n", result.output), result.output
+
+
+def test_a_failure_is_one_line_on_stderr_and_exit_1_and_the_traceback_only_with_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given settings that cannot load (a value of the wrong type)
+    monkeypatch.setenv("DMD_SMS_ACCOUNT_PARTS_PER_SECOND", "lots")
+    get_settings.cache_clear()
+    try:
+        plain = CliRunner().invoke(main, ["status", "s1"])
+        debug = CliRunner().invoke(main, ["--debug", "status", "s1"])
+    finally:
+        monkeypatch.delenv("DMD_SMS_ACCOUNT_PARTS_PER_SECOND")
+        get_settings.cache_clear()
+
+    assert plain.exit_code == 1
+    assert plain.stderr.count("\n") == 1 and plain.stderr.startswith("dmd: invalid Settings: ")
+    assert "sms_account_parts_per_second" in plain.stderr and "Traceback" not in plain.output
+    assert debug.exit_code == 1 and debug.exception is not None  # raised, for the traceback
+
+
+def test_an_unreachable_endpoint_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DMD_AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("DMD_AWS_CONNECT_TIMEOUT_SECONDS", "1")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status", "s1"])
+    finally:
+        monkeypatch.delenv("DMD_AWS_ENDPOINT_URL")
+        monkeypatch.delenv("DMD_AWS_CONNECT_TIMEOUT_SECONDS")
+        get_settings.cache_clear()
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("dmd: cannot reach a service") and result.stderr.count("\n") == 1
+
+
+def test_a_campaign_is_put_from_a_json_file_shown_and_a_sale_created_for_it(settings, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = uuid.uuid4().hex[:8]
+    DemandTable(settings).put_items(
+        [as_item(Event(id=f"ev{run}", name="Show", url="https://www.ticketmaster.com/e/1"))]
+    )
+    document = {
+        "saleId": f"sale{run}",
+        "eventId": f"ev{run}",
+        "template": "{{ event_name }}: {{ short_url }}",
+        "window": {"start": "09:00", "end": "21:00"},
+        "ratePerSecond": 5,
+    }
+    path = tmp_path / "campaign.json"
+    path.write_text(json.dumps(document))
+
+    put = CliRunner().invoke(main, ["campaign", "put", str(path)])
+    shown = CliRunner().invoke(main, ["campaign", "show", f"sale{run}"])
+    created = CliRunner().invoke(
+        main, ["sale", "create", "--sale", f"sale{run}", "--event", f"ev{run}", "--at", "2030-01-01T10:00:00-05:00"]
+    )
+
+    assert put.exit_code == 0 and "SMS part" in put.stdout, put.output
+    assert json.loads(shown.stdout)["ratePerSecond"] == 5 and json.loads(shown.stdout)["eventId"] == f"ev{run}"
+    assert created.exit_code == 0, created.output
+    stored = SaleRecords(DemandTable(settings)).get(f"sale{run}")
+    assert stored is not None and stored["status"] == "waiting" and stored["notifyAt"] == "2030-01-01T15:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ("{not json", "not JSON"),
+        (json.dumps({"saleId": "s1", "eventId": "e1", "template": "{{ nope }}"}), "invalid campaign: template"),
+        (json.dumps({"saleId": "s1", "eventId": "e1", "template": "x", "ratePerSecond": -1}), "ratePerSecond"),
+        (json.dumps({"saleId": "s1", "eventId": "e1", "template": "€" * 500}), "SMS parts"),
+    ],
+)
+def test_a_bad_campaign_is_refused_with_a_precise_error(stack, tmp_path: Path, document: str, error: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "campaign.json"
+    path.write_text(document)
+    result = CliRunner().invoke(main, ["campaign", "put", str(path)])
+    assert result.exit_code == 1 and error in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_sale_for_an_event_or_campaign_that_does_not_exist_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
+    create = ["sale", "create", "--sale", "s1x", "--event", "nope"]
+    result = CliRunner().invoke(main, [*create, "--at", "2030-01-01T10:00Z"])
+    assert result.exit_code == 1 and "event nope does not exist" in result.stderr, result.output
+    bad_time = CliRunner().invoke(main, [*create, "--at", "soon"])
+    assert bad_time.exit_code == 1 and "invalid sale: notifyAt" in bad_time.stderr, bad_time.output
+
+
+def test_dlq_replay_asks_first_and_a_queue_without_a_dlq_is_a_usage_error(queues) -> None:  # type: ignore[no-untyped-def]
+    declined = CliRunner().invoke(main, ["dlq", "replay", "query"], input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.output
+    unknown = CliRunner().invoke(main, ["dlq", "list", "nope"])
+    assert unknown.exit_code == 2 and "has no dead-letter queue" in unknown.output
 
 
 def test_dlq_list_prints_one_json_object_per_dead_letter(settings, queues) -> None:  # type: ignore[no-untyped-def]
@@ -138,7 +267,7 @@ def test_dlq_replay_dry_run_prints_what_it_would_do_and_a_count(settings, queues
 
 
 def test_provision_prints_its_report_as_json(settings, stack) -> None:  # type: ignore[no-untyped-def]
-    result = CliRunner().invoke(main, ["provision"])
+    result = CliRunner().invoke(main, ["provision", "--json"])
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
