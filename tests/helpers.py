@@ -64,3 +64,13 @@ def pipes_change(row: dict[str, Any]) -> dict[str, Any]:
         },
         "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/dmd-demand/stream/2026-12-01T00:00:00.000",
     }
+
+
+#: What settings for real AWS need besides the shipped profile's placeholders (Settings.placeholders).
+PRODUCTION = {
+    "aws_account_id": "111122223333",
+    "redis_url": "rediss://:s3cret@redis.internal:6379/0",
+    "mongo_url": "mongodb://campaigns.internal:27017",
+    "accounts_base_url": "https://accounts.ticketmaster.com",
+    "sms_base_url": "https://sms.provider.net",
+}

@@ -12,9 +12,11 @@ environment on its first call, once per process.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -230,6 +232,9 @@ class Settings(BaseSettings):
     api_port: int = 8080
     #: Accepted values of the ``x-api-key`` header (AppSync API_KEY auth).
     api_keys: list[SecretStr] = Field(default_factory=list)
+    #: Which accounts each API key may read with ``accountProfile``: a JSON object, key → a list
+    #: of account ids or ``"*"`` (every account). A key not named here reads no account profile.
+    api_account_scopes: SecretStr = SecretStr("{}")
     api_max_query_bytes: int = 8192
     api_max_query_depth: int = 6
     api_max_fields: int = 60
@@ -305,6 +310,41 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    def placeholders(self) -> list[str]:
+        """What still holds a placeholder or an unsafe local default, one line each: checked when
+        the settings name real AWS (no ``aws_endpoint_url``), where every process refuses them."""
+        if self.aws_endpoint_url is not None:
+            return []
+        problems = []
+        if self.aws_account_id == "123456789012":
+            problems.append("aws_account_id is the example account 123456789012: set DMD_AWS_ACCOUNT_ID")
+        providers = {self.sms_provider, self.sms_failover_provider}
+        urls = {"accounts_base_url": self.accounts_base_url}
+        if "http" in providers:
+            urls["sms_base_url"] = self.sms_base_url
+        for name, url in urls.items():
+            host = (urlsplit(url).hostname or "").lower()
+            if host == "example.com" or host.endswith(".example.com"):
+                problems.append(f"{name} is a placeholder ({host}): set DMD_{name.upper()}")
+        redis_urls: dict[str, str | None] = {"redis_url": self.redis_url, "result_backend_url": self.result_backend_url}
+        for name, address in redis_urls.items():
+            if address is None:
+                continue
+            parts = urlsplit(address)
+            if parts.scheme != "rediss" or not parts.password:
+                problems.append(
+                    f"{name} must use TLS and a password (rediss://:PASSWORD@host:6379/0), not {parts.scheme}:// "
+                    f"{'with' if parts.password else 'without'} a password"
+                )
+        if self.mongo_url is None:
+            problems.append("mongo_url is not set: campaigns would live on one container's local disk")
+        return problems
+
+    def account_scopes(self) -> dict[str, frozenset[str] | None]:
+        """``api_account_scopes`` read: API key → the account ids it may read (None: every one)."""
+        raw = json.loads(self.api_account_scopes.get_secret_value() or "{}")
+        return {str(k): None if v == "*" else frozenset(str(a) for a in v) for k, v in raw.items()}
+
     @model_validator(mode="after")
     def _check_visibility_timeout(self) -> Settings:
         needed = self.max_countdown_seconds + self.task_time_limit_seconds
@@ -339,6 +379,19 @@ class Settings(BaseSettings):
         if self.sms_failover_provider == self.sms_provider:
             raise UnsafeConfiguration(
                 f"sms_failover_provider={self.sms_failover_provider} is the primary provider: name the other one"
+            )
+        try:
+            scopes = json.loads(self.api_account_scopes.get_secret_value() or "{}")
+        except ValueError:
+            scopes = None
+        if not isinstance(scopes, dict) or not all(v == "*" or isinstance(v, list) for v in scopes.values()):
+            raise UnsafeConfiguration(
+                'api_account_scopes must be a JSON object: API key -> a list of account ids, or "*"'
+            )
+        problems = self.placeholders()
+        if problems:
+            raise UnsafeConfiguration(
+                "settings for real AWS still hold placeholders:\n" + "\n".join(f"- {p}" for p in problems)
             )
         if self.phone_default_region is not None and not is_region(self.phone_default_region):
             raise UnsafeConfiguration(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from ariadne import load_schema_from_path, make_executable_schema
-from graphql import specified_rules
+import asyncio
+import time
 
-from dmd_tasks.api.graphql import SCHEMA_PATH, QueryCache, limits_rule
+from ariadne import load_schema_from_path, make_executable_schema
+from graphql import parse, specified_rules
+
+from dmd_tasks.api.graphql import ACCOUNTS_IN_SCOPE, SCHEMA_PATH, ApiKeyGate, QueryCache, query_cost
+from dmd_tasks.infra.settings import load_settings
 
 SCHEMA = make_executable_schema(load_schema_from_path(str(SCHEMA_PATH)))
-RULES = (*specified_rules, limits_rule(6, 60))
+RULES = tuple(specified_rules)
 GOOD = '{ eventDetails(eventId: "e1") { id name } }'
 BAD = '{ eventDetails(eventId: "e1") { id nosuchfield } }'
 
@@ -36,3 +40,88 @@ def test_the_cache_is_bounded_and_forgets_the_errors_of_what_it_evicts() -> None
     # a document the cache does not hold is validated, not remembered by id
     assert cache.validate(SCHEMA, documents[0], rules=RULES) == []
     assert id(documents[0]) not in cache._errors
+
+
+def fragment_chain(length: int) -> str:
+    """Fragments each spreading the next twice: under 1 KB of text, 2**length fields expanded."""
+    fragments = [f"fragment F{length} on EventDetails{{id name}}"]
+    fragments += [f"fragment F{i} on EventDetails{{...F{i + 1} ...F{i + 1}}}" for i in range(length - 1, -1, -1)]
+    return '{eventDetails(eventId:"1"){...F0}}' + "".join(fragments)
+
+
+def test_a_chain_of_fragments_is_measured_in_linear_time_and_refused() -> None:
+    text = fragment_chain(25)
+    assert len(text) < 1200  # about a kilobyte of text
+    started = time.perf_counter()
+    assert query_cost(parse(text)) == (1 + 2 * 2**25, 2)
+    errors = QueryCache().validate(SCHEMA, QueryCache().parse(None, {"query": text}), rules=RULES)
+    assert time.perf_counter() - started < 0.5
+    assert [e.message for e in errors] == [f"query selects {1 + 2 * 2**25} fields; at most 60 allowed"]
+
+
+def test_fields_in_fragments_count_and_depth_follows_them() -> None:
+    spread = (
+        '{ eventDetails(eventId: "1") { ...A } } '
+        "fragment A on EventDetails { venue { name city } sales { presales { name } } }"
+    )
+    assert query_cost(parse(spread)) == (7, 4)  # eventDetails venue name city sales presales name
+    cyclic = (
+        '{ eventDetails(eventId: "1") { ...A } } '
+        "fragment A on EventDetails { ...B } fragment B on EventDetails { ...A }"
+    )
+    errors = QueryCache().validate(SCHEMA, parse(cyclic), rules=RULES)
+    assert errors and "spreads itself" in errors[0].message
+
+
+def run_gate(gate: ApiKeyGate, scope: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+    """Call the gate as a server would; returns (what it sent, the scopes its app was called with)."""
+    sent: list[dict] = []  # type: ignore[type-arg]
+    incoming = iter(messages)
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return next(incoming, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    async def app(app_scope: dict, app_receive, app_send) -> None:  # type: ignore[no-untyped-def,type-arg]
+        seen.append({**app_scope, "body": (await app_receive()).get("body")})
+        await app_send({"type": "http.response.start", "status": 200, "headers": []})
+
+    seen: list[dict] = []  # type: ignore[type-arg]
+    gate._app = app
+    asyncio.run(gate(scope, receive, send))
+    return sent, seen
+
+
+def gate(**settings: object) -> ApiKeyGate:
+    return ApiKeyGate(None, load_settings(api_keys=["k1", "k2"], **settings))
+
+
+def http(key: str, headers: list | None = None) -> dict:  # type: ignore[type-arg]
+    return {"type": "http", "path": "/graphql", "headers": [(b"x-api-key", key.encode()), *(headers or [])]}
+
+
+def test_the_gate_refuses_websockets_and_bodies_over_the_limit_however_they_arrive() -> None:
+    sent, seen = run_gate(
+        gate(), {"type": "websocket", "path": "/graphql", "headers": []}, [{"type": "websocket.connect"}]
+    )
+    assert sent == [{"type": "websocket.close", "code": 1008}] and seen == []
+    chunks = [{"type": "http.request", "body": b"x" * 5000, "more_body": True}] * 2
+    sent, seen = run_gate(gate(api_max_query_bytes=8192), http("k1"), chunks)
+    assert sent[0]["status"] == 413 and seen == []
+    small = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"}]
+    sent, seen = run_gate(gate(), http("k1"), small)
+    assert seen[0]["body"] == b"abc"  # the app reads the body the gate already read
+
+
+def test_the_gate_tells_the_resolvers_which_accounts_the_key_may_read() -> None:
+    scoped = gate(api_account_scopes='{"k1": "*", "k2": ["a1", "a2"]}')
+    _, seen = run_gate(scoped, http("k1"), [{"type": "http.request", "body": b"{}"}])
+    assert seen[0][ACCOUNTS_IN_SCOPE] is None  # every account
+    _, seen = run_gate(scoped, http("k2"), [{"type": "http.request", "body": b"{}"}])
+    assert seen[0][ACCOUNTS_IN_SCOPE] == frozenset({"a1", "a2"})
+    _, seen = run_gate(gate(), http("k2"), [{"type": "http.request", "body": b"{}"}])
+    assert seen[0][ACCOUNTS_IN_SCOPE] == frozenset()  # not named: no account
+    sent, seen = run_gate(scoped, http("nope"), [])
+    assert sent[0]["status"] == 401 and seen == []

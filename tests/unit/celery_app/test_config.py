@@ -8,6 +8,7 @@ from dmd_tasks.celery_app.config import broker_url, build
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.infra.topology import QUEUE_NAMES
 from dmd_tasks.pipeline import routing
+from tests.helpers import PRODUCTION
 
 
 def test_celery_config_targets_every_queue_on_sqs() -> None:
@@ -25,13 +26,15 @@ def test_aws_profile_uses_default_credentials_and_https(monkeypatch: pytest.Monk
     for name in ("DMD_AWS_ENDPOINT_URL", "DMD_AWS_ACCESS_KEY_ID", "DMD_AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DMD_PROFILE", "aws")
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(f"DMD_{name.upper()}", value)
     settings = load_settings()
     assert broker_url(settings) == "sqs://"
     conf = build(settings)
     assert conf["broker_transport_options"]["is_secure"] is True
     assert (
         conf["broker_transport_options"]["predefined_queues"]["dmd-short-url"]["url"]
-        == "https://sqs.us-east-1.amazonaws.com/123456789012/dmd-short-url"
+        == "https://sqs.us-east-1.amazonaws.com/111122223333/dmd-short-url"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dmd_tasks.infra import topology
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.infra.topology import BRIDGE_NAMES, DLQ_OWNERS, QUEUE_NAMES
+from tests.helpers import PRODUCTION
 
 
 def test_every_celery_queue_and_every_bridge_owns_a_dead_letter_queue() -> None:
@@ -36,7 +37,7 @@ def test_urls_on_an_endpoint_are_built_without_a_round_trip_and_without_a_double
 
 
 def test_urls_on_real_aws_use_the_regional_sqs_endpoint() -> None:
-    settings = load_settings(aws_endpoint_url=None, aws_region="eu-west-1", aws_account_id="111122223333")
+    settings = load_settings(**{**PRODUCTION, "aws_endpoint_url": None, "aws_region": "eu-west-1"})
     assert topology.queue_url(settings, "query") == "https://sqs.eu-west-1.amazonaws.com/111122223333/dmd-query"
     assert topology.dlq_url(settings, "query") == "https://sqs.eu-west-1.amazonaws.com/111122223333/dmd-query-dlq"
 
