@@ -189,8 +189,13 @@ def flower() -> None:
     env = dict(os.environ)
     if settings.flower_basic_auth is not None:
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    elif settings.flower_host in ("127.0.0.1", "localhost", "::1"):
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"  # on loopback only: this machine's operator
     else:
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"  # bound to loopback by default
+        # Flower's API can shut workers down: reachable from a network, it needs a password
+        raise click.ClickException(
+            f"Flower on {settings.flower_host} needs DMD_FLOWER_BASIC_AUTH=user:password (or DMD_FLOWER_HOST=127.0.0.1)"
+        )
     argv = [
         sys.executable,
         "-m",

@@ -301,3 +301,15 @@ def test_reconcile_prints_what_one_pass_did_as_json(stack) -> None:  # type: ign
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["reconcile"]["sales"] >= 0
+
+
+def test_flower_on_a_network_address_needs_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DMD_FLOWER_HOST", "0.0.0.0")
+    monkeypatch.delenv("DMD_FLOWER_BASIC_AUTH", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["flower"])
+    finally:
+        monkeypatch.delenv("DMD_FLOWER_HOST")
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and "needs DMD_FLOWER_BASIC_AUTH" in result.stderr, result.output
