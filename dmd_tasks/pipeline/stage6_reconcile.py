@@ -10,7 +10,8 @@ queries only (never a scan), moves forward what sits too long in a state dmd own
   With a provider without idempotency (``callStartedAt`` recorded: the call may have sent
   the SMS), ``unconfirmed`` instead: never sent again.
 - ``unconfirmed`` with no provider event within ``unconfirmed_window_seconds``: ``unknown``
-  (final; the operator's figures say how many fans may not have been reached).
+  (final; the operator's figures say how many fans may not have been reached). Looked at every
+  minute (or a quarter of the window), not every pass: each look is an index query per shard.
 - ``scheduled`` and not claimed ``scheduled_stale_seconds`` after it was due (its send
   message was lost: dead-lettered, purged, refused by the bridge): the send is published
   again, at most ``max_republishes`` times, then ``failed``; a notification whose id can
@@ -27,6 +28,7 @@ hand-over) change each notification once. What it did is counted in
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -52,7 +54,9 @@ ENDED = (SaleStatus.GENERATED.value, SaleStatus.FAILED.value)
 class Reconciler:
     """One pass over one sale. ``republish`` collects the notification ids to send again."""
 
-    def __init__(self, services: Services, now: float) -> None:
+    def __init__(self, services: Services, now: float, *, unconfirmed: bool = True) -> None:
+        #: whether this pass looks at unconfirmed sends (``unconfirmed_due``: not every pass)
+        self.check_unconfirmed = unconfirmed
         self.services = services
         self.settings = services.settings
         self.notifications = services.notifications
@@ -68,7 +72,8 @@ class Reconciler:
     def sale(self, sale_id: str) -> None:
         for shard in self.notifications.shards():
             self.expired_leases(sale_id, shard)
-            self.unconfirmed_over(sale_id, shard)
+            if self.check_unconfirmed:
+                self.unconfirmed_over(sale_id, shard)
             self.stale_scheduled(sale_id, shard)
             self.late_pending(sale_id, shard)
         self.maybe_retire(sale_id)
@@ -173,9 +178,27 @@ class Reconciler:
             log.info("sale %s retired: every notification is final", sale_id)
 
 
+#: The longest gap between two looks at the unconfirmed sends (their wait is long: an hour by
+#: default); each look is an index query per sale and shard, which the other passes save.
+UNCONFIRMED_CHECK_SECONDS = 60.0
+_unconfirmed_checked_at = -math.inf
+
+
+def unconfirmed_due(settings: Any, now: float) -> bool:
+    """Whether this pass looks at the unconfirmed sends: every UNCONFIRMED_CHECK_SECONDS (or a
+    quarter of the window, if shorter), so a send waits at most that much past its window."""
+    global _unconfirmed_checked_at
+    gap = min(UNCONFIRMED_CHECK_SECONDS, settings.unconfirmed_window_seconds / 4)
+    if now - _unconfirmed_checked_at < gap and now >= _unconfirmed_checked_at:
+        return False
+    _unconfirmed_checked_at = now
+    return True
+
+
 def reconcile(services: Services, app: Any, now: float | None = None) -> dict[str, int]:
     """One pass over every active sale; returns what it did, by action."""
-    reconciler = Reconciler(services, time.time() if now is None else now)
+    now = time.time() if now is None else now
+    reconciler = Reconciler(services, now, unconfirmed=unconfirmed_due(services.settings, now))
     sales = 0
     for sale_id in services.sales.active():
         sales += 1

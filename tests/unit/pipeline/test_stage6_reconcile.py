@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from dmd_tasks.infra.settings import load_settings
+from dmd_tasks.pipeline import stage6_reconcile as stage6
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline.stage2_generate import generate_sale
 from dmd_tasks.pipeline.stage6_reconcile import Reconciler, reconcile
@@ -418,3 +419,19 @@ def test_every_action_of_a_pass_is_returned_and_counted(
         "late": "failed",
     }
     assert app.sent == [(SEND_NOTIFICATIONS, ([f"{box.sale_id}:lost"],))]
+
+
+def test_unconfirmed_sends_are_looked_at_every_minute_or_quarter_window_not_every_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stage6, "_unconfirmed_checked_at", float("-inf"))
+    hour = load_settings(unconfirmed_window_seconds=3600)
+    assert [stage6.unconfirmed_due(hour, t) for t in (1000, 1030, 1059, 1060, 1061)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    short = load_settings(unconfirmed_window_seconds=20)  # a quarter of it: 5 s
+    assert [stage6.unconfirmed_due(short, t) for t in (2000, 2004, 2005)] == [True, False, True]
