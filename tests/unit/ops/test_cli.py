@@ -313,3 +313,10 @@ def test_flower_on_a_network_address_needs_a_password(monkeypatch: pytest.Monkey
         monkeypatch.delenv("DMD_FLOWER_HOST")
         get_settings.cache_clear()
     assert result.exit_code == 1 and "needs DMD_FLOWER_BASIC_AUTH" in result.stderr, result.output
+
+
+def test_provision_says_one_line_per_kind_of_resource(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["provision"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "table: ok" in lines and f"queues: {len(DLQ_OWNERS)} ok" in lines and "streams: 1 ok" in lines
