@@ -74,3 +74,28 @@ PRODUCTION = {
     "accounts_base_url": "https://accounts.ticketmaster.com",
     "sms_base_url": "https://sms.provider.net",
 }
+
+
+def eum_account(settings: Any, identity: str, configuration_set: str) -> dict[str, str]:
+    """An End User Messaging account on the simulator, set up as ``dmd provision`` sets it up (the
+    configuration set, its SNS event destination, the topic's subscription by the intake queue);
+    returns the environment that points processes at it (as their second provider, the caller
+    may change ``DMD_SMS_PROVIDER`` into ``DMD_SMS_FAILOVER_PROVIDER``)."""
+    from dmd_tasks.ops.provision import ensure_eum_configuration_set, ensure_sms_events_topic
+
+    endpoint = f"http://{settings.simulator_host}:{settings.simulator_port}"
+    eum = settings.model_copy(
+        update={
+            "sms_provider": "eum",
+            "eum_origination_identity": identity,
+            "eum_configuration_set": configuration_set,
+            "eum_endpoint_url": endpoint,
+        }
+    )
+    ensure_eum_configuration_set(eum, ensure_sms_events_topic(eum)["topic_arn"])
+    return {
+        "DMD_SMS_PROVIDER": "eum",
+        "DMD_EUM_ORIGINATION_IDENTITY": identity,
+        "DMD_EUM_CONFIGURATION_SET": configuration_set,
+        "DMD_EUM_ENDPOINT_URL": endpoint,
+    }

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 import pytest
 
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
-from dmd_tasks.ops.provision import ensure_eum_configuration_set, ensure_sms_events_topic
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import CHAOS_ENV, FANS, KILLS, Killer, all_terminal, counts, figures, report, start_sale
-from tests.helpers import wait_until
+from tests.helpers import eum_account, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
@@ -32,26 +31,10 @@ WINDOW = 30
 
 @pytest.fixture()
 def eum_pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
-    endpoint = f"http://{settings.simulator_host}:{settings.simulator_port}"
-    eum = settings.model_copy(
-        update={
-            "sms_provider": "eum",
-            "eum_origination_identity": IDENTITY,
-            "eum_configuration_set": "dmd-chaos",
-            "eum_endpoint_url": endpoint,
-        }
-    )
-    ensure_eum_configuration_set(eum, ensure_sms_events_topic(eum)["topic_arn"])
+    account = eum_account(settings, IDENTITY, "dmd-chaos")
     # a slow service: a kill often lands during a call
     sim.configure(eum={"status_delay_ms": 100, "latency_ms": 150})
-    env = {
-        **CHAOS_ENV,
-        "DMD_SMS_PROVIDER": "eum",
-        "DMD_EUM_ORIGINATION_IDENTITY": IDENTITY,
-        "DMD_EUM_CONFIGURATION_SET": "dmd-chaos",
-        "DMD_EUM_ENDPOINT_URL": endpoint,
-        "DMD_UNCONFIRMED_WINDOW_SECONDS": str(WINDOW),
-    }
+    env = {**CHAOS_ENV, **account, "DMD_UNCONFIRMED_WINDOW_SECONDS": str(WINDOW)}
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"chaos-eum-{uuid.uuid4().hex[:6]}", env=env)
     group.start([*PIPELINE_PROCESSES, "bridge-sqs"])
     try:

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
-from dmd_tasks.ops.provision import ensure_eum_configuration_set, ensure_sms_events_topic
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
-from tests.helpers import wait_until
+from tests.helpers import eum_account, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,28 +31,14 @@ IDENTITY = "+18005550199"
 
 @pytest.fixture(scope="module")
 def eum_env(settings, stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = {
-        "DMD_SMS_PROVIDER": "eum",
-        "DMD_EUM_ORIGINATION_IDENTITY": IDENTITY,
-        "DMD_EUM_CONFIGURATION_SET": "dmd-e2e",
-        "DMD_EUM_ENDPOINT_URL": f"http://{settings.simulator_host}:{settings.simulator_port}",
+    return {
+        **eum_account(settings, IDENTITY, "dmd-e2e"),
         "DMD_SMS_TIMEOUT_SECONDS": "1",
         "DMD_UNCONFIRMED_WINDOW_SECONDS": str(WINDOW),
         "DMD_CLAIM_INTERVAL_SECONDS": "1",
         "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
         "DMD_RECONCILE_INTERVAL_SECONDS": "2",
     }
-    eum = settings.model_copy(
-        update={
-            "sms_provider": "eum",
-            "eum_origination_identity": IDENTITY,
-            "eum_configuration_set": "dmd-e2e",
-            "eum_endpoint_url": env["DMD_EUM_ENDPOINT_URL"],
-        }
-    )
-    # what `dmd provision` does with these settings: the configuration set and its SNS destination
-    ensure_eum_configuration_set(eum, ensure_sms_events_topic(eum)["topic_arn"])
-    return env
 
 
 @pytest.fixture(scope="module")

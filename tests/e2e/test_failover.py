@@ -11,11 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
-from dmd_tasks.ops.provision import ensure_eum_configuration_set, ensure_sms_events_topic
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
-from tests.helpers import wait_until
+from tests.helpers import eum_account, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +27,13 @@ SWITCH_SECONDS = 15
 
 @pytest.fixture(scope="module")
 def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
-    endpoint = f"http://{settings.simulator_host}:{settings.simulator_port}"
-    eum = settings.model_copy(
-        update={
-            "eum_origination_identity": IDENTITY,
-            "eum_configuration_set": "dmd-failover",
-            "eum_endpoint_url": endpoint,
-        }
-    )
-    ensure_eum_configuration_set(eum, ensure_sms_events_topic(eum)["topic_arn"])
+    account = eum_account(settings, IDENTITY, "dmd-failover")
+    del account["DMD_SMS_PROVIDER"]  # the HTTP provider stays the primary; End User Messaging is the second
     sim.configure(sms={"status_delay_ms": 100}, eum={"status_delay_ms": 100})
     env = {
+        **account,
         "DMD_SMS_FAILOVER_PROVIDER": "eum",
         "DMD_SMS_FAILOVER_WEIGHT": "0.3",
-        "DMD_EUM_ORIGINATION_IDENTITY": IDENTITY,
-        "DMD_EUM_CONFIGURATION_SET": "dmd-failover",
-        "DMD_EUM_ENDPOINT_URL": endpoint,
         "DMD_SMS_TIMEOUT_SECONDS": "1",
         "DMD_CLAIM_INTERVAL_SECONDS": "1",
         "DMD_SCHEDULE_INTERVAL_SECONDS": "1",
