@@ -1,4 +1,5 @@
-"""The fault suite's fixtures: short visibility timeouts, and the pipeline's processes."""
+"""The fault suite's fixtures: an empty moto per scenario, short visibility timeouts, and the
+pipeline's processes."""
 
 from __future__ import annotations
 
@@ -6,25 +7,30 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
+from dmd_tasks.ops.provision import provision
 from dmd_tasks.ops.stack import ProcessGroup
 from tests.chaos.scenario import CHAOS_ENV
 
 
-@pytest.fixture(scope="package", autouse=True)
-def short_visibility(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """A killed worker's unacknowledged messages come back after 30 s instead of minutes."""
+@pytest.fixture(autouse=True)
+def fresh_aws(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Every scenario on an empty moto, provisioned again, with short visibility timeouts.
+
+    moto answers a DynamoDB query or a Kinesis GetRecords by walking everything the table or the
+    shard ever held, so scenario after scenario the emulator (not the pipeline) slowed down:
+    recovery times grew with each scenario run before. On an empty moto each scenario's figures
+    are its own. A killed worker's unacknowledged messages come back after 30 s instead of minutes.
+    """
+    requests.post(f"{settings.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
+    provision(settings)
     sqs = aws.client("sqs", settings)
-    urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
-    for url in urls:
-        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "30"})
+    for queue in ("send", "sms-status", "generate", "schedule"):
+        sqs.set_queue_attributes(QueueUrl=topology.queue_url(settings, queue), Attributes={"VisibilityTimeout": "30"})
     yield
-    for url in urls:
-        sqs.set_queue_attributes(
-            QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)}
-        )
 
 
 @pytest.fixture()
