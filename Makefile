@@ -4,15 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint chaos bench profile stack-up stack-down clean
+.PHONY: setup lock run test lint chaos bench profile stack-up stack-down clean
 
-$(STAMP): pyproject.toml
+# The packages come from the lock (requirements/dev.txt: runtime, local stack, tests, benchmarks),
+# dmd itself is installed editable on top, without resolving anything again.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+## make lock: pin every package again from pyproject.toml (uv); runtime.txt is what the image installs,
+## local.txt adds the local stack (compose), dev.txt adds tests and benchmarks (the Makefile)
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --no-header --annotation-style line -q
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
+	$(UV_COMPILE) --upgrade --extra local --extra test --extra bench -o requirements/dev.txt
+	$(UV_COMPILE) --extra local -c requirements/dev.txt -o requirements/local.txt
+	$(UV_COMPILE) -c requirements/dev.txt -o requirements/runtime.txt
 
 ## make run: the whole pipeline on the embedded local stack, with progress and a summary
 run: setup

@@ -26,6 +26,7 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis.exceptions import LockError
 
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
+from dmd_tasks.infra.metrics import BEAT_LOCK_HELD
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ class DmdBeatScheduler(RedBeatScheduler):
     def tick(self, min: Any = min, **kwargs: Any) -> float:
         try:
             if self.lock_key and not self._hold_lock():
+                BEAT_LOCK_HELD.labels("beat").set(0)
                 return float(self.max_interval)  # standby
+            BEAT_LOCK_HELD.labels("beat").set(1)
             return float(super().tick(min=min, **kwargs))
         except LockError as exc:
             log.warning("beat: lost its lock (%s); standing by until it can take it again", exc)
+            BEAT_LOCK_HELD.labels("beat").set(0)
             self.lock = None
         except DEPENDENCY_ERRORS as exc:
             log.error("beat: tick failed, a dependency is unavailable (%s); retrying", describe(exc))

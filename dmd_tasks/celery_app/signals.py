@@ -62,10 +62,15 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_init.connect
-@signals.beat_init.connect
-def _start_metrics(**_: Any) -> None:
+def _start_worker_metrics(**_: Any) -> None:
     """Samples to the metrics directory and every AWS request counted (worker children inherit both)."""
-    metrics.use_directory(get_settings().metrics_dir.resolve())
+    metrics.use_directory(get_settings().metrics_dir.resolve(), "worker")
+    aws.count_requests()
+
+
+@signals.beat_init.connect
+def _start_beat_metrics(**_: Any) -> None:
+    metrics.use_directory(get_settings().metrics_dir.resolve(), "beat")
     aws.count_requests()
 
 

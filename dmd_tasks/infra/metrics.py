@@ -6,12 +6,20 @@ its start; ``dmd metrics`` (``dmd_tasks.ops.metrics_server``) serves them aggreg
 ``/metrics``. Names and labels: docs/operations.md.
 
 Every metric has labels, so no sample exists before its first ``labels()`` call: a process
-picks the directory at start-up, whatever imported prometheus_client before it.
+picks the directory at start-up, whatever imported prometheus_client before it (the
+``celery`` command loads Flower's plugin, which imports it first), under any process manager.
+
+Files are named by host and pid (``counter_<host>-<pid>.db``), not by pid alone: containers
+sharing one folder all run their command under the same pid. Stale files (gauges of a process
+that is gone) are removed when a process starts and at every scrape, for the processes of the
+host that looks; counters and histograms of a process that is gone keep counting in the totals.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, values
@@ -19,6 +27,20 @@ from prometheus_client.multiprocess import mark_process_dead
 
 #: prometheus_client reads its directory from this variable when a sample is created.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+PROCESS_UP = Gauge(
+    "dmd_process_up",
+    "1 for every running dmd process that reports to this exporter (worker main processes, beat, "
+    "bridges, api), by name; the pid label says which (host-pid).",
+    ["process"],
+    multiprocess_mode="liveall",
+)
+BEAT_LOCK_HELD = Gauge(
+    "dmd_beat_lock_held",
+    "1 for the beat that holds the schedule's lock and ticks, 0 for a standby (pid label: host-pid).",
+    ["process"],
+    multiprocess_mode="liveall",
+)
 
 NOTIFICATION_TRANSITIONS = Counter(
     "dmd_notification_transitions_total",
@@ -111,19 +133,61 @@ DYNAMODB_READ_UNITS = Counter(
 )
 
 
-def use_directory(directory: Path) -> None:
-    """Write this process's samples (and its children's) to files in ``directory``.
+#: This process's host, as its sample files name it (set by ``use_directory``).
+_host = ""
+
+
+def host_name() -> str:
+    """The host part of sample file names: the host name with ``_`` (the files' separator) replaced."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def use_directory(directory: Path, process: str | None = None) -> None:
+    """Write this process's samples (and its children's) to files in ``directory``, as ``process``.
 
     Call at process start, before the first sample. prometheus_client chooses between
     in-process and file-backed values when it is first imported; that choice is made again
-    here, so it holds even if a library imported prometheus_client earlier.
+    here, so it holds even if a library imported prometheus_client earlier. The files are named
+    ``<kind>_<host>-<pid>.db``; a forked child (a prefork worker) gets files of its own.
     """
+    global _host
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
-    values.ValueClass = values.get_value_class()
+    _host = host = host_name()
+    clear_stale(directory, starting=True)
+    values.ValueClass = values.MultiProcessValue(lambda: f"{host}-{os.getpid()}")
+    if process:
+        PROCESS_UP.labels(process).set(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_stale(directory: Path, *, starting: bool = False) -> list[str]:
+    """Remove the gauge files of this host's processes that are gone (and, when this process is
+    ``starting``, of an earlier one that had its pid: a restarted container). Counters and
+    histograms stay: they are totals. Files of other hosts are left alone (their processes
+    cannot be seen from here)."""
+    host, me = host_name(), (os.getpid() if starting else -1)
+    removed = []
+    for path in directory.glob("gauge_*.db"):
+        owner = path.stem.rsplit("_", 1)[-1]
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or (int(pid) != me and _alive(int(pid))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def process_exited(pid: int) -> None:
     """Forget a dead worker child's live gauges (its counters stay counted)."""
     if os.environ.get(MULTIPROC_ENV):
-        mark_process_dead(pid)
+        mark_process_dead(f"{_host or host_name()}-{pid}")

@@ -11,7 +11,7 @@ def start_process(settings: Settings, name: str, *, trace: bool = True) -> None:
     and (with ``trace``) OpenTelemetry. Celery processes do the same through signals
     (``dmd_tasks.celery_app.signals``)."""
     logs.configure(settings.log_level, json_lines=settings.log_json, process=name)
-    metrics.use_directory(settings.metrics_dir.resolve())
+    metrics.use_directory(settings.metrics_dir.resolve(), name)
     aws.count_requests()
     if trace:
         tracing.setup(settings, name)

@@ -4,6 +4,8 @@ depths read from SQS when scraped (names and labels: docs/operations.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import make_server
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -11,7 +13,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra import aws, metrics, topology
 from dmd_tasks.infra.runtime import start_process
 from dmd_tasks.infra.settings import Settings
 
@@ -36,10 +38,19 @@ class DeadLetterDepth:
         yield family
 
 
+class ProcessSamples(MultiProcessCollector):
+    """What every process wrote, read after removing the gauges of this host's processes that are
+    gone (a killed bridge's leases and lag must not be reported for ever)."""
+
+    def collect(self) -> Iterator[Any]:
+        metrics.clear_stale(Path(self._path))
+        return super().collect()
+
+
 def registry(settings: Settings) -> CollectorRegistry:
     """Everything every process wrote (in ``settings.metrics_dir``), plus the dead-letter depths."""
     reg = CollectorRegistry()
-    MultiProcessCollector(reg, path=str(settings.metrics_dir.resolve()))
+    ProcessSamples(reg, path=str(settings.metrics_dir.resolve()))
     reg.register(DeadLetterDepth(settings))
     return reg
 

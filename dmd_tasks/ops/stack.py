@@ -15,16 +15,26 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dmd_tasks.infra.extras import require
 from dmd_tasks.infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROCFILE = REPO_ROOT / "Procfile"
+
+
+def _procfile() -> Path:
+    """The Procfile: the checkout's, or (an installed package) the copy in ``<prefix>/share/dmd``."""
+    checkout = REPO_ROOT / "Procfile"
+    return checkout if checkout.exists() else Path(sysconfig.get_path("data")) / "share" / "dmd" / "Procfile"
+
+
+PROCFILE = _procfile()
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -103,6 +113,7 @@ class Stack:
         return f"{name}: started on {host}:{port} (pid {process.pid}, log {log_path.relative_to(self.run_dir.parent)})"
 
     def up(self) -> list[str]:
+        require("the local stack (moto server, provider simulators)", "moto", "flask")
         s = self.settings
         lines = [self.ensure_redis()]
         lines.append(

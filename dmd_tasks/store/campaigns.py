@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.errors import InvalidCampaign
+from dmd_tasks.infra.extras import require
 from dmd_tasks.infra.settings import Settings
 
 
@@ -51,6 +52,7 @@ def open_campaign_store(settings: Settings) -> CampaignStore:
 
         client = pymongo.MongoClient(settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=5000)
     else:
+        require("the embedded campaign store (no DMD_MONGO_URL)", "montydb")
         from montydb import MontyClient, set_storage  # only the embedded store loads montydb
 
         path = settings.run_dir.resolve() / "campaigns"

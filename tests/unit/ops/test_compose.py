@@ -51,7 +51,13 @@ def test_flower_never_runs_without_a_password() -> None:
 
 def test_the_image_caches_its_dependencies_and_leaves_the_local_state_out() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    assert dockerfile.index("pip install -r /tmp/requirements.txt") < dockerfile.index("COPY dmd_tasks")
+    # the pinned dependencies (the lock) in a layer before the code; dmd itself adds nothing to them
+    assert dockerfile.index("pip install -r requirements/${LOCK}.txt") < dockerfile.index("COPY dmd_tasks")
+    assert "ARG LOCK=runtime" in dockerfile
     assert "pip install --no-deps ." in dockerfile
+    # compose's image carries the local stack (the simulators run from it); production's does not
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            assert service["build"]["args"] == {"LOCK": "local"}, name
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".dmd", "tests"} <= set(ignored)
