@@ -28,9 +28,16 @@ def fresh_aws(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def
     requests.post(f"{settings.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
     provision(settings)
     sqs = aws.client("sqs", settings)
-    for queue in ("send", "sms-status", "generate", "schedule"):
-        sqs.set_queue_attributes(QueueUrl=topology.queue_url(settings, queue), Attributes={"VisibilityTimeout": "30"})
+    urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
+    for url in urls:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "30"})
     yield
+    # the tests after this one (end-to-end ones too) find the queues as provisioned: a worker
+    # refuses a queue whose visibility timeout is shorter than its countdowns and time limit
+    for url in urls:
+        sqs.set_queue_attributes(
+            QueueUrl=url, Attributes={"VisibilityTimeout": str(settings.visibility_timeout_seconds)}
+        )
 
 
 @pytest.fixture()
