@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from celery.contrib.testing.worker import start_worker
@@ -25,6 +27,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+def spawn(argv: Sequence[str | Path], log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a process in a session of its own (a group to signal), its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [str(a) for a in argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
 @contextmanager

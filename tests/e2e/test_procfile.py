@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dmd_tasks.ops.stack import PROCFILE, REPO_ROOT, free_port, read_procfile
 from dmd_tasks.pipeline import routing
 from tests.chaos.scenario import all_terminal, start_sale
-from tests.helpers import wait_until
+from tests.helpers import spawn, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,16 +46,9 @@ def honcho(settings, stack, tmp_path) -> Iterator[tuple[str, Path]]:  # type: ig
         }
     )
     output = tmp_path / "honcho.log"
-    with open(output, "wb") as log:
-        runner = subprocess.Popen(
-            [sys.executable, "-m", "honcho", "-f", str(PROCFILE), "-d", str(REPO_ROOT), "start"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
+    runner = spawn(
+        [sys.executable, "-m", "honcho", "-f", str(PROCFILE), "-d", str(REPO_ROOT), "start"], output, env, REPO_ROOT
+    )
     try:
         yield f"http://127.0.0.1:{metrics_port}/metrics", output
     finally:

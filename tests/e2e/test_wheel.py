@@ -18,7 +18,7 @@ from dmd_tasks.celery_app import app
 from dmd_tasks.ops.stack import ProcessGroup, free_port, wait_for_port
 from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
 from tests.e2e.test_api import DETAILS, discovery_calls, gql, new_id
-from tests.helpers import wait_until
+from tests.helpers import spawn, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -89,15 +89,7 @@ def from_wheel(installed: Path, settings, stack, sim) -> Iterator[tuple[str, Pro
         ],
     }
     for name, argv in commands.items():
-        with open(group.log_dir / f"{name}.log", "ab") as log:
-            group.processes[name] = subprocess.Popen(
-                [str(a) for a in argv],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=outside,
-                start_new_session=True,
-            )
+        group.processes[name] = spawn(argv, group.log_dir / f"{name}.log", env, outside)
     try:
         wait_for_port("127.0.0.1", port, timeout=60, what="api", process=group.processes["api"])
         yield f"http://127.0.0.1:{port}/graphql", group

@@ -22,7 +22,7 @@ from dmd_tasks.infra import aws
 from dmd_tasks.ops.metrics_server import registry
 from dmd_tasks.ops.provision import ensure_kinesis_stream
 from dmd_tasks.ops.stack import REPO_ROOT, stop_pid
-from tests.helpers import wait_until
+from tests.helpers import spawn, wait_until
 
 SHARD = "shardId-000000000000"
 
@@ -42,16 +42,7 @@ def start_bridge(queues, stream: dict[str, Any], run_dir: Path) -> subprocess.Po
         "DMD_SMS_STATUS_STREAM_NAME": stream["name"],
         "DMD_METRICS_DIR": str(run_dir / "metrics"),
     }
-    with open(run_dir / "bridge.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bridges.sms_status"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
+    return spawn([sys.executable, "-m", "bridges.sms_status"], run_dir / "bridge.log", env, REPO_ROOT)
 
 
 def put(settings, stream: dict[str, Any], payloads: list[bytes]) -> list[str]:  # type: ignore[no-untyped-def]
