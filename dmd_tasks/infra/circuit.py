@@ -6,9 +6,14 @@ everyone instead of each worker spending its notifications' attempts against it:
 - **closed**: calls go out; each outcome is counted in a sliding window
   (``circuit_window_seconds``, in buckets of a few seconds).
 - **open**: once at least ``circuit_min_calls`` calls in the window failed (5xx, timeouts,
-  connection errors) at a rate of ``circuit_error_ratio`` or more, or the provider answered
-  429, no call goes out for ``circuit_open_seconds`` (a 429: its ``Retry-After``, at least a
-  second). A send that finds it open goes back to ``scheduled`` without spending an attempt.
+  connection errors) at a rate of ``circuit_error_ratio`` or more, or as many calls failed in a
+  row (at least ``streak_failures``), or the provider answered 429, no call goes out for
+  ``circuit_open_seconds`` (a 429: its ``Retry-After``, at least a second). A send that finds it
+  open goes back to ``scheduled`` without spending an attempt. The run of failures matters when
+  a provider dies after a busy minute: its window still holds that minute's successes, and the
+  failover (``dmd_tasks.infra.failover``) takes its traffic away as its error ratio grows, so
+  without it the ratio would only be reached when those successes have aged out and traffic
+  comes back to fail again.
 - **half-open** (after a pause for failures): one caller at a time (a Redis key with a TTL,
   so a probe that dies frees it) makes a probe call; success closes the circuit and clears
   the window, failure opens it again. After a 429's pause sending resumes at once: the
@@ -54,9 +59,9 @@ return {2, math.min(math.max(redis.call('PTTL', KEYS[3]), 100), 1000)}
 
 #: KEYS: bucket, open, tripped, probe, streak, then the window's bucket keys; ARGV: ok (1/0), bucket
 #: ttl s, min calls, error ratio, open ms, tripped ttl ms, is probe (1/0), token, streak length.
-#: Returns 1 when this failure opened the circuit, 2 when it was already open/half-open, 4 when the
-#: provider is failing (most calls in the window, or the last few calls in a row) but too few calls
-#: failed to open it yet, 0 otherwise.
+#: Returns 1 when this failure opened the circuit (the window's ratio, or min calls failed in a
+#: row), 2 when it was already open/half-open, 4 when the provider is failing (most calls in the
+#: window, or the last few calls in a row) but too few calls failed to open it yet, 0 otherwise.
 _RECORD = """
 local field = ARGV[1] == '1' and 'ok' or 'err'
 redis.call('HINCRBY', KEYS[1], field, 1)
@@ -91,7 +96,7 @@ for i = 6, #KEYS do
   err = err + (tonumber(counts[2]) or 0)
 end
 local failing = err >= tonumber(ARGV[4]) * (ok + err)
-if failing and err >= tonumber(ARGV[3]) then
+if (failing and err >= tonumber(ARGV[3])) or streak >= math.max(tonumber(ARGV[3]), tonumber(ARGV[9])) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
   redis.call('SET', KEYS[3], '1', 'PX', ARGV[6])
   return 1

@@ -180,8 +180,9 @@ class Settings(BaseSettings):
     #: refused when stored, and a send whose rendered message does ends ``failed``.
     max_message_parts: int = Field(default=6, ge=1, le=10)
     #: The provider's circuit (dmd_tasks.infra.circuit): over this sliding window, at least
-    #: circuit_min_calls failed calls at a ratio of circuit_error_ratio or more pause every send
-    #: worker for circuit_open_seconds; then one probe call at a time decides.
+    #: circuit_min_calls failed calls at a ratio of circuit_error_ratio or more (or as many failed
+    #: calls in a row, whatever the window holds) pause every send worker for
+    #: circuit_open_seconds; then one probe call at a time decides.
     circuit_window_seconds: float = Field(default=30.0, gt=0)
     circuit_min_calls: int = Field(default=10, ge=1)
     circuit_error_ratio: float = Field(default=0.5, gt=0, le=1)

@@ -56,10 +56,23 @@ def test_failures_in_a_row_are_the_providers_while_the_window_still_looks_health
     assert circuit.failed(circuit.before_call()) is False  # one failure: the message's
     assert circuit.failed(circuit.before_call()) is False
     assert circuit.failed(circuit.before_call()) is True  # the third in a row: the provider's
-    assert circuit.failed(circuit.before_call()) is True
-    assert circuit.state() == "closed"  # 4 of 24 failed: the ratio has not opened it
+    assert circuit.state() == "closed"  # 3 of 23 failed, 3 in a row: not open yet
     circuit.succeeded(circuit.before_call())  # a success ends the streak
     assert circuit.failed(circuit.before_call()) is False
+
+
+def test_min_calls_failed_in_a_row_open_it_whatever_the_window_holds(circuit: ProviderCircuit) -> None:
+    """A provider that dies after a busy minute: its window is full of successes, and the failover
+    takes its traffic away as its error ratio grows, so the ratio alone would open the circuit only
+    once those successes aged out (and traffic came back to fail again)."""
+    for _ in range(40):
+        circuit.succeeded(circuit.before_call())
+    for _ in range(3):
+        circuit.failed(circuit.before_call())
+    assert circuit.state() == "closed"  # 3 of 43 failed, 3 in a row
+    assert circuit.failed(circuit.before_call()) is True  # the 4th (min_calls) in a row opens it
+    assert circuit.state() == "open"
+    assert circuit.window_counts() == (40, 4)  # the ratio (1 in 11) did not
 
 
 def test_an_open_circuit_refuses_calls_then_lets_one_probe_at_a_time(circuit: ProviderCircuit) -> None:

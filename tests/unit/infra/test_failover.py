@@ -50,11 +50,15 @@ def router(settings: Any, http_weight: float, eum_weight: float) -> ProviderRout
 
 
 def calls(r: ProviderRoute, ok: int, failed: int) -> None:
-    """Outcomes of calls made together (each with a permit taken before the circuit opened)."""
-    for _ in range(ok):
-        r.circuit.succeeded(Permit(probe=False, token=uuid.uuid4().hex))
-    for _ in range(failed):
-        r.circuit.failed(Permit(probe=False, token=uuid.uuid4().hex))
+    """Outcomes of calls made together (each with a permit taken before the circuit opened), the
+    failures spread among the successes as a provider failing some calls spreads them."""
+    total = ok + failed
+    for n in range(total):
+        permit = Permit(probe=False, token=uuid.uuid4().hex)
+        if (n + 1) * failed // total > n * failed // total:
+            r.circuit.failed(permit)
+        else:
+            r.circuit.succeeded(permit)
 
 
 def test_healthy_providers_split_by_their_resting_weights(settings: Any, stack: Any) -> None:
