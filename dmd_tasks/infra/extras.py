@@ -1,4 +1,4 @@
-"""The ``local`` extra (``pip install 'dmd[local]'``): moto, flask and montydb serve only the
+"""The ``local`` extra (``pip install 'dmd[local]'``): moto, flask, waitress and montydb serve only the
 local stack (the AWS emulator, the provider simulators, the embedded campaign store), so a
 production install does without them. What needs one says so in one line instead of an
 ImportError deep in a stack trace."""

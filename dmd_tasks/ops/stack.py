@@ -113,7 +113,7 @@ class Stack:
         return f"{name}: started on {host}:{port} (pid {process.pid}, log {log_path.relative_to(self.run_dir.parent)})"
 
     def up(self) -> list[str]:
-        require("the local stack (moto server, provider simulators)", "moto", "flask")
+        require("the local stack (moto server, provider simulators)", "moto", "flask", "waitress")
         s = self.settings
         lines = [self.ensure_redis()]
         lines.append(

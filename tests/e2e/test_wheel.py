@@ -1,5 +1,5 @@
-"""The package as an operator installs it: the wheel, with the runtime lock only (no moto, flask
-or montydb), in a clean virtualenv, run from a folder outside the checkout. ``dmd api`` and a
+"""The package as an operator installs it: the wheel, with the runtime lock only (no moto, flask,
+waitress or montydb), in a clean virtualenv, run from a folder outside the checkout. ``dmd api`` and a
 worker started from it serve the session's stack: the worker warms an event's details, the API
 then answers them from the cache."""
 
@@ -60,7 +60,7 @@ def test_the_wheel_holds_what_the_package_reads_and_no_local_stack(installed: Pa
         "-c",
         "import importlib.util, dmd_tasks.api.graphql as g, dmd_tasks.ops.stack as s; "
         "print(g.SCHEMA_PATH.is_file(), s.PROCFILE.is_file(), sorted(s.read_procfile())[0], "
-        "[m for m in ('moto', 'flask', 'montydb') if importlib.util.find_spec(m)])",
+        "[m for m in ('moto', 'flask', 'waitress', 'montydb') if importlib.util.find_spec(m)])",
         cwd=outside,
     )
     assert found.split(" ", 3) == ["True", "True", "api", "[]\n"], found

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: lock file -> the extras it holds besides the runtime dependencies
 LOCKS = {"runtime": (), "local": ("local",), "dev": ("local", "test", "bench")}
-LOCAL_ONLY = {"moto", "flask", "montydb"}
+LOCAL_ONLY = {"moto", "flask", "waitress", "montydb"}
 
 
 def pins(lock: str) -> dict[str, list[str]]:
