@@ -194,6 +194,23 @@ def _send(s: dict[str, Any]) -> list[str]:
         f"| most of them accepted in any one-second window | {s['max_accepted_in_one_second']} |",
         f"| 429s the provider answered | {s['provider_429s']} |",
         f"| the chain's ceiling on this emulator (no cap, same latency) | {s['chain_ceiling_per_second']:.1f} /s |",
+        *_wide_headroom(s.get("wide_headroom") or {}, slow),
+    ]
+
+
+def _wide_headroom(w: dict[str, Any], slow: float) -> list[str]:
+    if not w:
+        return []
+    return [
+        "",
+        f"The same two-sales runs with `DMD_SMS_ACCOUNT_HEADROOM={w['headroom']:g}` "
+        f"({w['headroom'] * 1000:.0f} ms of jitter allowed on the way to the provider, against 20 ms):",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| the busy sale's rate as a fraction of C − {slow:g} | {_m(w['busy_fraction_of_left'], digits=3)} |",
+        f"| most requests arriving at the provider in any one-second window | {w['max_requests_in_one_second']} |",
+        f"| 429s the provider answered | {w['provider_429s']} |",
     ]
 
 
