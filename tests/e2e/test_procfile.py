@@ -89,8 +89,8 @@ def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho,
     assert value("dmd_beat_lock_held", process="beat") == 1
     assert value("dmd_bridge_records_total", bridge="bridge-demand") > 0
     assert value("dmd_bridge_records_total", bridge="bridge-sms-status") >= FANS
-    assert (
-        value("dmd_notification_transitions_total", to_status="delivered")
-        + value("dmd_notification_transitions_total", to_status="undelivered")
-        >= FANS
+    # every fan's final status was counted (the simulator draws some undelivered or failed)
+    final = sum(
+        value("dmd_notification_transitions_total", to_status=s) for s in ("delivered", "undelivered", "failed")
     )
+    assert final >= FANS, samples
