@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     #: every sale and campaign shares it; a campaign's ratePerSecond is a ceiling within it.
     sms_account_parts_per_second: float = Field(default=20.0, gt=0)
     #: Sends are spaced this share wider than 1/cap, so that jitter between the grant and the
-    #: provider's receipt never puts more than the cap in one of the provider's seconds.
-    sms_account_headroom: float = Field(default=0.02, ge=0, le=0.5)
+    #: provider's receipt never puts more than the cap in one of the provider's seconds: the
+    #: jitter allowed is this many seconds per second (40 ms at 4 %). 2 % let 11 arrive in one
+    #: second at a cap of 10 on a loaded 2-core machine (docs/benchmarks.md); 4 % did not.
+    sms_account_headroom: float = Field(default=0.04, ge=0, le=0.5)
     #: A message may take at most this many SMS parts: a campaign whose message would take more is
     #: refused when stored, and a send whose rendered message does ends ``failed``.
     max_message_parts: int = Field(default=6, ge=1, le=10)
