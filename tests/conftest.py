@@ -152,3 +152,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         fields = {k: next(iter(v.values())) for k, v in lease.items() if k not in ("stream", "shard")}
         lines.append(f"{consumer} {stream.split(':', 5)[-1]} {lease['shard']['S']}: {fields}")
     report.sections.append(("bridge leases", "\n".join(lines) or "none"))
+    report.sections.append(("notifications not final", _not_final(settings)))
+
+
+def _not_final(settings: Any) -> str:
+    """Every notification of the table not in a final status, counted by sale and status, with a few
+    of them (no phone numbers): what a timed-out wait was waiting for."""
+    from dmd_tasks.domain.entities import TERMINAL_STATUSES
+
+    final = {s.value for s in TERMINAL_STATUSES}
+    shown = ("sk", "status", "attempts", "round", "reason", "providerMessageId", "leaseUntil", "callStartedAt")
+    try:
+        scan = aws.client("dynamodb", settings).get_paginator("scan")
+        pages = scan.paginate(
+            TableName=settings.table_name,
+            FilterExpression="begins_with(sk, :n)",
+            ExpressionAttributeValues={":n": {"S": "NOTIFICATION#"}},
+        )
+        items = [i for page in pages for i in page["Items"] if i.get("status", {}).get("S") not in final]
+    except Exception as exc:  # the stack may be what failed
+        return f"could not read them: {exc!r}"
+    counts: dict[tuple[str, str], int] = {}
+    for i in items:
+        key = (i["pk"]["S"], i.get("status", {}).get("S", "?"))
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"{pk} {status}: {n}" for (pk, status), n in sorted(counts.items())]
+    lines += [str({k: next(iter(v.values())) for k, v in i.items() if k in shown}) for i in items[:10]]
+    return "\n".join(lines) or "none"

@@ -16,9 +16,14 @@ and enqueues batches of ``status_batch_size`` events.
   message id of ours) records it too: the provider's word, however late; so does one for a
   send still ``sending`` whose call to such a provider was recorded (its worker died after the
   call), without waiting for the lease to expire.
-- A receipt that arrives before our own ``sent`` write (the provider is fast, the index
-  is eventually consistent) is not lost: it is retried with backoff, up to
-  ``status_max_retries`` times, then dead-lettered with the reason.
+- A receipt that arrives before our own ``sent`` write (the provider is fast; or its answer
+  to our call was lost, a timeout, and the send waits for its retry) is not lost: while its
+  notification is in flight (``pending``, ``scheduled``, ``sending``, ``unconfirmed``) it is
+  published again with a backoff (up to 30 s), however long that takes: the reconciler
+  bounds how long a notification stays in flight, and once it is final the receipt applies or
+  is a duplicate. A receipt that matches no notification in flight (none found, or one
+  ``sent`` with another message id: the index is eventually consistent) is tried
+  ``status_max_retries`` times, then dead-lettered with the reason; the batch's others go on.
 - An inbound ``STOP`` adds the sender's number to the opt-out list.
 """
 
@@ -33,13 +38,13 @@ from celery import Task
 
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.clients.providers import capabilities_of
-from dmd_tasks.domain.entities import TERMINAL_STATUSES, NotificationStatus
-from dmd_tasks.domain.errors import TransientError
+from dmd_tasks.domain.entities import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.ids import notification_id, split_notification_id
 from dmd_tasks.domain.phones import try_normalize
 from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, StatusEvent, parse_event
-from dmd_tasks.infra import tracing
-from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
+from dmd_tasks.infra import logs, tracing
+from dmd_tasks.infra.deadletters import DeadLetters
+from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS, TASK_QUEUES
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,8 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
         return "unresolved"
     sale_id, fan_id = found
     updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
-    if updated is None and event.reference and _unanswered(notifications.status_of(sale_id, fan_id), event):
+    current = None if updated is not None else notifications.status_of(sale_id, fan_id)
+    if updated is None and event.reference and _unanswered(current, event):
         updated = notifications.record_unconfirmed_delivery(
             sale_id, fan_id, event.message_id, event.status, event.timestamp
         )
@@ -105,17 +111,22 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
         ):
             pass
         return event.status
-    current = notifications.status_of(sale_id, fan_id)
     if current in TERMINAL_STATUSES:
         return "duplicate"
+    if current in IN_FLIGHT_STATUSES:
+        return "early"  # our own write has not happened yet
     return "unresolved"
 
 
 @task(RECORD_SMS_STATUS)
-def record_sms_status(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply a batch of provider events (see the module docstring); retries only the unresolved ones."""
+def record_sms_status(self: Task, events: list[dict[str, Any]], waits: int = 0, misses: int = 0) -> dict[str, int]:
+    """Apply a batch of provider events (see the module docstring); the ones that cannot apply yet
+    go again, in a task of their own (``waits``: how many times they went again; ``misses``: how
+    many of those times some matched no notification in flight)."""
     services = get_services()
+    settings = services.settings
     outcomes: Counter[str] = Counter()
+    early: list[dict[str, Any]] = []
     unresolved: list[dict[str, Any]] = []
     for raw in events if isinstance(events, list) else []:
         try:
@@ -126,12 +137,37 @@ def record_sms_status(self: Task, events: list[dict[str, Any]]) -> dict[str, int
             continue
         outcome = apply_event(services, event)
         outcomes[outcome] += 1
-        if outcome == "unresolved":
+        if outcome == "early":
+            early.append(raw)
+        elif outcome == "unresolved":
             unresolved.append(raw)
-    if unresolved:
-        raise self.retry(
-            args=(unresolved,),
-            countdown=min(2**self.request.retries, 30),
-            exc=TransientError(f"{len(unresolved)} receipts match no sent notification yet"),
+    if unresolved and misses >= settings.status_max_retries:
+        reason = (
+            f"{len(unresolved)} receipts matched no notification in flight or sent with their "
+            f"message id, {misses + 1} times"
+        )
+        DeadLetters(settings).send(
+            TASK_QUEUES[RECORD_SMS_STATUS],
+            reason=reason,
+            payload={"task": RECORD_SMS_STATUS, "task_id": self.request.id, "args": [unresolved], "kwargs": {}},
+            correlation_id=logs.correlation_id.get(),
+        )
+        log.warning("dead-lettered %s", reason)
+        outcomes["dead-lettered"] += len(unresolved)
+        unresolved = []
+    # Each goes again in a task of its own (not a retry): an early receipt's wait is bounded by its
+    # notification's life, not by this task's max_retries (they stay for the dependencies' failures).
+    countdown = min(2 ** min(waits, 5), 30, settings.max_countdown_seconds)
+    for again, tried in ((early, 0), (unresolved, misses + 1)):
+        if again:
+            record_sms_status.apply_async(
+                args=(again,), kwargs={"waits": waits + 1, "misses": tried}, countdown=countdown
+            )
+    if early or unresolved:
+        log.info(
+            "%d receipts wait for their notification's sent write, %d match none yet: again in %ds",
+            len(early),
+            len(unresolved),
+            countdown,
         )
     return dict(outcomes)

@@ -175,7 +175,7 @@ class Reconciler:
             return
         if self.services.sales.retire(sale_id, int(quiet_since)):
             self._count("sale_retired")
-            log.info("sale %s retired: every notification is final", sale_id)
+            log.info("sale %s retired: none of its notifications is in flight", sale_id)
 
 
 #: The longest gap between two looks at the unconfirmed sends (their wait is long: an hour by

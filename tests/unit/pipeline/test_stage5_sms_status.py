@@ -7,11 +7,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from dmd_tasks.domain.provider_events import InboundEvent, StatusEvent
+from dmd_tasks.infra import topology
 from dmd_tasks.pipeline.stage2_generate import generate_sale
 from dmd_tasks.pipeline.stage5_sms_status import apply_event, record_sms_status
-from dmd_tasks.services import Services
+from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.codec import iso
+from tests.queues import Queues
 
 
 def receipt(message_id: str, status: str = "delivered", reference: str | None = None) -> StatusEvent:
@@ -37,8 +41,8 @@ def test_a_receipt_before_our_sent_write_is_kept_until_it_applies(
     claim = services.notifications.claim_for_send(sale_id, fan, time.time(), 60)
     assert claim is not None
     delivered = receipt("SMabc", reference=f"{sale_id}:{fan}")
-    # the provider was faster than our write: the receipt cannot apply yet
-    assert apply_event(services, delivered) == "unresolved"
+    # the provider was faster than our write: the receipt cannot apply yet (its notification is in flight)
+    assert apply_event(services, delivered) == "early"
     assert services.notifications.mark_sent(sale_id, fan, "SMabc", time.time(), lease_token=claim["leaseToken"])
     # a receipt for another message id never applies to it
     other = delivered.model_copy(update={"message_id": "SMzzz"})
@@ -143,13 +147,13 @@ def test_a_final_event_settles_a_send_whose_worker_died_after_its_call_without_w
         return receipt(f"m-{fan_id}", "delivered", f"{box.sale_id}:{fan_id}").model_copy(update={"provider": provider})
 
     # the HTTP provider's receipt waits for our own sent write (it deduplicates: no hurry)
-    assert apply_event(services, final("called", None)) == "unresolved"
+    assert apply_event(services, final("called", None)) == "early"
     # End User Messaging's event for a recorded call settles it at once, lease and all
     assert apply_event(services, final("called", "eum")) == "delivered"
     item = box.item("called")
     assert item["status"] == "delivered" and not {"leaseToken", "leaseUntil", "gsi1pk"} & set(item)
     # a send whose call was never recorded cannot have been answered: the event waits
-    assert apply_event(services, final("uncalled", "eum")) == "unresolved"
+    assert apply_event(services, final("uncalled", "eum")) == "early"
     assert box.item("uncalled")["status"] == "sending"
 
 
@@ -183,3 +187,45 @@ def test_a_stop_from_any_format_of_the_number_is_honoured(services: Services) ->
     event = InboundEvent(type="inbound", sender=written, body="STOP", timestamp=iso(time.time()))
     assert apply_event(services, event) == "opted-out"
     assert services.demand.opted_out([f"+1{digits}"]) == {f"+1{digits}"}
+
+
+def test_a_receipt_waits_as_long_as_its_notification_is_in_flight_and_a_stray_one_becomes_a_dead_letter(
+    services: Services, outbox: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a notification still sending (its answer timed out: the provider's receipt came first)
+    box = outbox()
+    box.add("fan1", status="sending")
+    now = iso(time.time())
+    early = {"type": "status", "message_id": "SMearly", "status": "delivered", "timestamp": now}
+    early["reference"] = f"{box.sale_id}:fan1"
+    stray_id = f"SMstray{uuid.uuid4().hex}"  # no reference, and no notification has this message id
+    stray = {"type": "status", "message_id": stray_id, "status": "delivered", "timestamp": now}
+    published: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        record_sms_status, "apply_async", lambda args, kwargs, countdown: published.append((args, kwargs, countdown))
+    )
+    settings = get_services().settings
+
+    # When the batch arrives, each goes again in a task of its own, a second later (one missed)
+    assert record_sms_status.run([early, stray]) == {"early": 1, "unresolved": 1}
+    assert published == [(([early],), {"waits": 1, "misses": 0}, 1), (([stray],), {"waits": 1, "misses": 1}, 1)]
+
+    # When they have gone again more times than a task retries, the notification still in flight
+    published.clear()
+    outcome = record_sms_status.run([early, stray], waits=20, misses=settings.status_max_retries)
+    # Then the stray receipt is a dead letter with the reason, and the early one goes on waiting
+    assert outcome == {"early": 1, "unresolved": 1, "dead-lettered": 1}
+    waited = min(30, settings.max_countdown_seconds)
+    assert published == [(([early],), {"waits": 21, "misses": 0}, waited)]
+    letters = [
+        letter for letter in Queues(settings).drain(topology.dlq_url(settings, "sms-status")) if stray_id in letter
+    ]
+    assert len(letters) == 1 and "matched no notification in flight" in letters[0]
+    assert "SMearly" not in letters[0]
+
+    # When our sent write is done, the early receipt applies and nothing goes again
+    token = box.item("fan1")["leaseToken"]
+    assert services.notifications.mark_sent(box.sale_id, "fan1", "SMearly", time.time(), lease_token=token)
+    published.clear()
+    assert record_sms_status.run([early], waits=21) == {"delivered": 1}
+    assert published == [] and box.item("fan1")["status"] == "delivered"
