@@ -18,6 +18,7 @@ from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
+from tests.conftest import clear_circuits
 from tests.helpers import eum_account, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +97,10 @@ def test_sends_without_an_answer_are_never_repeated_and_settled_by_the_services_
 
 
 def test_an_ambiguous_send_with_no_event_in_its_window_ends_unknown(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    # Given a service that answers no call in time and whose events come long after the window
+    # Given a service that answers no call in time and whose events come long after the window,
+    # and its circuit closed (the test before may have left it open: then one probe call would go
+    # every DMD_CIRCUIT_OPEN_SECONDS, and five would take longer than this test waits)
+    clear_circuits()
     sim.configure(eum={"timeout_rate": 1.0, "timeout_ms": 1500, "status_delay_ms": 600_000})
     try:
         sale_id, _ = start_sale(settings, 5, rate=50)
