@@ -21,8 +21,10 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
     tasks = sum(per_notification.values())
     # without batching, sending and recording a status would each be a task per notification
     unbatched = tasks - per_notification.get("send_notifications", 0) - per_notification.get("record_sms_status", 0) + 2
+    runs = {json.dumps(results[k].get("run"), sort_keys=True) for k in ("broker", "send", "cost")}
     return {
         "broker_use": {
+            "from_separate_runs": len(runs) > 1,
             "pipeline_notifications_per_second": rate,
             "tasks_per_notification": round(tasks, 4),
             "pipeline_tasks_per_second": round(rate * tasks, 2),
@@ -33,6 +35,14 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
             "notifications_per_second_the_broker_allows_unbatched": round(ceiling / unbatched, 1),
         }
     }
+
+
+def _separate_run(run: dict[str, Any]) -> str:
+    m = run["machine"]
+    return (
+        f"*This section comes from a run of its own: `{run['command']}`, {run['date']}, {m['cpu']}, "
+        f"{m['cores']} cores, {run['suite_seconds']:.0f} s.*"
+    )
 
 
 def _m(figure: dict[str, Any] | None, unit: str = "", digits: int = 0) -> str:
@@ -59,7 +69,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m bench`); every figure below comes from the one run",
-        "described here, and `docs/benchmarks.json` beside this file holds every value. Each",
+        "described here (a section that names a run of its own comes from that one, and is compared",
+        "only within itself), and `docs/benchmarks.json` beside this file holds every value. Each",
         "benchmark ran on a fresh local stack (moto server, Redis, the provider simulators, the",
         "Procfile's processes) and is quoted next to the ceiling of the service under it, measured",
         "in the same run: the local emulator, not the project, sets the absolute numbers.",
@@ -76,7 +87,10 @@ def markdown(doc: dict[str, Any]) -> str:
         if name in r and "error" in r[name]:
             lines += [f"## {name}: FAILED", "", f"`{r[name]['error']}`", ""]
         elif name in r:
-            lines += render(r[name])
+            rendered = render(r[name])
+            if "run" in r[name]:  # merged from a run of its own (``--merge``)
+                rendered[1:1] = ["", _separate_run(r[name]["run"])]
+            lines += rendered
             lines.append("")
     lines += PROFILES
     return "\n".join(lines)
@@ -164,6 +178,7 @@ def _simulator_priority(nice: int | None) -> str:
 
 def _send(s: dict[str, Any]) -> list[str]:
     slow = s.get("slow_sale_rate", 4)
+    h = s["headroom"]
     return [
         "## 2. Send rate against the provider's cap",
         "",
@@ -178,38 +193,52 @@ def _send(s: dict[str, Any]) -> list[str]:
         "filled, the scheduler's ticks would measure that walk rather than how the cap is shared). A rate",
         "is a sale's steady rate at the provider: its acceptances in the middle three fifths of its span,",
         "over that time (the first tick's ramp-up and the last one's tail left out). Sends are",
-        "spaced `DMD_SMS_ACCOUNT_HEADROOM` wider than 1/C (default 2 %: room for jitter on the way to the",
-        "provider), so the ceiling is C / 1.02; as they go, no more than C leave in any 1.02 s.",
+        f"spaced `DMD_SMS_ACCOUNT_HEADROOM` wider than 1/C (default {h * 100:g} %: up to {h * 1000:.0f} ms of jitter a "
+        "second on the way to the",
+        f"provider), so the account's ceiling is C / {1 + h:g} = {s['cap_per_second'] / (1 + h):.2f}/s; as they go, "
+        f"no more than C leave in any {1 + h:g} s.",
+        "What is left to the busy sale is that ceiling less what the slow sale really took over the same time;",
+        "the busy sale's rate is also given against C less the slow sale's rate, which counts the headroom as lost.",
         _simulator_priority(s.get("simulator_nice")),
         "",
         "| figure | value |",
         "|---|---|",
         f"| sustained send rate | {_m(s['sustained_per_second'], ' /s', 1)} |",
         f"| as a fraction of C | {_m(s['fraction_of_cap'], digits=3)} |",
-        f"| two sales: the busy sale's rate as a fraction of what the slow one leaves (C − {slow:g}) | "
-        f"{_m(s.get('busy_fraction_of_left'), digits=3)} |",
-        f"| two sales: the slow sale's rate over the same time | {_m(s.get('slow_sale_rate_seen'), ' /s', 2)} |",
+        *_two_sales_rows(s, "two sales: "),
         f"| most requests arriving at the provider in any one-second window, both kinds of run (must be ≤ C) | "
         f"{s.get('max_requests_in_one_second', '–')} |",
         f"| most of them accepted in any one-second window | {s['max_accepted_in_one_second']} |",
         f"| 429s the provider answered | {s['provider_429s']} |",
         f"| the chain's ceiling on this emulator (no cap, same latency) | {s['chain_ceiling_per_second']:.1f} /s |",
-        *_wide_headroom(s.get("wide_headroom") or {}, slow),
+        *_compare_headroom(s.get("compare_headroom") or {}, h),
     ]
 
 
-def _wide_headroom(w: dict[str, Any], slow: float) -> list[str]:
+def _two_sales_rows(s: dict[str, Any], prefix: str = "") -> list[str]:
+    return [
+        f"| {prefix}the busy sale's rate as a fraction of what is left (the ceiling less the slow sale's rate) | "
+        f"{_m(s.get('busy_fraction_of_left'), digits=3)} |",
+        f"| {prefix}the busy sale's rate as a fraction of C less the slow sale's rate | "
+        f"{_m(s.get('busy_fraction_of_cap_left'), digits=3)} |",
+        f"| {prefix}the slow sale's rate over the same time | {_m(s.get('slow_sale_rate_seen'), ' /s', 2)} |",
+    ]
+
+
+def _compare_headroom(w: dict[str, Any], default: float) -> list[str]:
     if not w:
         return []
     return [
         "",
         f"The same two-sales runs with `DMD_SMS_ACCOUNT_HEADROOM={w['headroom']:g}` "
-        f"({w['headroom'] * 1000:.0f} ms of jitter allowed on the way to the provider, against 20 ms):",
+        f"({w['headroom'] * 1000:.0f} ms of jitter allowed a second, against {default * 1000:.0f} ms; "
+        "what is left is measured against its own ceiling):",
         "",
         "| figure | value |",
         "|---|---|",
-        f"| the busy sale's rate as a fraction of C − {slow:g} | {_m(w['busy_fraction_of_left'], digits=3)} |",
-        f"| most requests arriving at the provider in any one-second window | {w['max_requests_in_one_second']} |",
+        *_two_sales_rows(w),
+        f"| most requests arriving at the provider in any one-second window (must be ≤ C) | "
+        f"{w['max_requests_in_one_second']} |",
         f"| 429s the provider answered | {w['provider_429s']} |",
     ]
 
@@ -309,7 +338,8 @@ def _broker_use(u: dict[str, Any]) -> list[str]:
         f"ceiling. That ceiling allows {u['notifications_per_second_the_broker_allows']:,.0f} notifications/s "
         f"with the batches as they are; with one task per notification for sending and one for its status "
         f"({u['tasks_per_notification_unbatched']} tasks per notification), "
-        f"{u['notifications_per_second_the_broker_allows_unbatched']:,.0f}.",
+        f"{u['notifications_per_second_the_broker_allows_unbatched']:,.0f}."
+        + (" (Benchmarks 2, 5 and 7 did not all come from one run here.)" if u.get("from_separate_runs") else ""),
     ]
 
 

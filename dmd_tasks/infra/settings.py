@@ -175,8 +175,9 @@ class Settings(BaseSettings):
     sms_account_parts_per_second: float = Field(default=20.0, gt=0)
     #: Sends are spaced this share wider than 1/cap, so that jitter between the grant and the
     #: provider's receipt never puts more than the cap in one of the provider's seconds: the
-    #: jitter allowed is this many seconds per second (40 ms at 4 %). 2 % let 11 arrive in one
-    #: second at a cap of 10 on a loaded 2-core machine (docs/benchmarks.md); 4 % did not.
+    #: jitter allowed is this many seconds per second (40 ms at 4 %). In one `make bench` on a
+    #: loaded 2-core machine, 2 % let 11 arrive in one second at a cap of 10 (three 429s in six
+    #: runs); 4 % never did. The cost is 2 % of the cap; a 429 pauses every sender instead.
     sms_account_headroom: float = Field(default=0.04, ge=0, le=0.5)
     #: A message may take at most this many SMS parts: a campaign whose message would take more is
     #: refused when stored, and a send whose rendered message does ends ``failed``.
