@@ -13,6 +13,7 @@ import atexit
 import os
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -172,10 +173,7 @@ def _not_final(settings: Any) -> str:
         items = [i for page in pages for i in page["Items"] if i.get("status", {}).get("S") not in final]
     except Exception as exc:  # the stack may be what failed
         return f"could not read them: {exc!r}"
-    counts: dict[tuple[str, str], int] = {}
-    for i in items:
-        key = (i["pk"]["S"], i.get("status", {}).get("S", "?"))
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter((i["pk"]["S"], i.get("status", {}).get("S", "?")) for i in items)
     lines = [f"{pk} {status}: {n}" for (pk, status), n in sorted(counts.items())]
     lines += [str({k: next(iter(v.values())) for k, v in i.items() if k in shown}) for i in items[:10]]
     return "\n".join(lines) or "none"

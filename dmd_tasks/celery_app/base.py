@@ -102,22 +102,27 @@ class DmdTask(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if not self.dead_letters:
             return
-        queue = (self.request.delivery_info or {}).get("routing_key") or TASK_QUEUES.get(self.name, "query")
         try:
-            DeadLetters(get_settings()).send(
-                queue,
-                reason=f"{type(exc).__name__}: {exc}",
-                payload={
-                    "task": self.name,
-                    "task_id": task_id,
-                    "args": list(args or ()),
-                    "kwargs": kwargs or {},
-                    "retries": self.request.retries,
-                },
-                correlation_id=logs.correlation_id.get(),
-            )
+            self.dead_letter(f"{type(exc).__name__}: {exc}", args, kwargs, task_id=task_id)
         except Exception:  # the dead letter must never hide the original failure
             log.exception("could not write dead letter for task %s", task_id)
+
+    def dead_letter(self, reason: str, args: Any, kwargs: Any, *, task_id: str | None = None) -> None:
+        """Write ``args``/``kwargs`` of this task to its queue's dead-letter queue with ``reason``
+        (a task that fails for good, or the part of its work that never can succeed)."""
+        queue = (self.request.delivery_info or {}).get("routing_key") or TASK_QUEUES.get(self.name, "query")
+        DeadLetters(get_settings()).send(
+            queue,
+            reason=reason,
+            payload={
+                "task": self.name,
+                "task_id": task_id or self.request.id,
+                "args": list(args or ()),
+                "kwargs": kwargs or {},
+                "retries": self.request.retries,
+            },
+            correlation_id=logs.correlation_id.get(),
+        )
 
 
 def check_countdown(countdown: float | None, eta: datetime | None) -> None:

@@ -34,17 +34,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from celery import Task
-
-from dmd_tasks.celery_app.base import task
+from dmd_tasks.celery_app.base import DmdTask, task
 from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.ids import notification_id, split_notification_id
 from dmd_tasks.domain.phones import try_normalize
 from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, StatusEvent, parse_event
-from dmd_tasks.infra import logs, tracing
-from dmd_tasks.infra.deadletters import DeadLetters
-from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS, TASK_QUEUES
+from dmd_tasks.infra import tracing
+from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)
@@ -119,7 +116,7 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
 
 
 @task(RECORD_SMS_STATUS)
-def record_sms_status(self: Task, events: list[dict[str, Any]], waits: int = 0, misses: int = 0) -> dict[str, int]:
+def record_sms_status(self: DmdTask, events: list[dict[str, Any]], waits: int = 0, misses: int = 0) -> dict[str, int]:
     """Apply a batch of provider events (see the module docstring); the ones that cannot apply yet
     go again, in a task of their own (``waits``: how many times they went again; ``misses``: how
     many of those times some matched no notification in flight)."""
@@ -146,12 +143,7 @@ def record_sms_status(self: Task, events: list[dict[str, Any]], waits: int = 0, 
             f"{len(unresolved)} receipts matched no notification in flight or sent with their "
             f"message id, {misses + 1} times"
         )
-        DeadLetters(settings).send(
-            TASK_QUEUES[RECORD_SMS_STATUS],
-            reason=reason,
-            payload={"task": RECORD_SMS_STATUS, "task_id": self.request.id, "args": [unresolved], "kwargs": {}},
-            correlation_id=logs.correlation_id.get(),
-        )
+        self.dead_letter(reason, [unresolved], {})
         log.warning("dead-lettered %s", reason)
         outcomes["dead-lettered"] += len(unresolved)
         unresolved = []
