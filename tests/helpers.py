@@ -18,6 +18,17 @@ from dmd_tasks.infra.settings import get_settings
 from dmd_tasks.store.codec import serialize
 
 
+def unique_phones(n: int) -> list[str]:
+    """``n`` numbers no other sale of the session uses: a random area code and exchange. The
+    simulator counts SMS per number across every sale, and an opt-out (a STOP reply) outlives
+    its sale: a later sale drawing the same numbers would find its fans opted out."""
+    rnd = uuid.uuid4().int
+    prefix = f"{rnd % 700 + 200}{rnd // 700 % 1000:03d}"
+    if n > 10_000:
+        raise ValueError(f"{n} numbers do not fit one exchange")
+    return [f"+1{prefix}{i:04d}" for i in range(n)]
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from dmd_tasks.store.campaigns import open_campaign_store
 from dmd_tasks.store.codec import iso
 from dmd_tasks.store.items import item
 from dmd_tasks.store.table import DemandTable
+from tests.helpers import unique_phones
 
 FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
 KILLS = int(os.environ.get("DMD_CHAOS_KILLS", "5"))
@@ -48,8 +49,7 @@ def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # ty
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
     event = Event(id=f"chaos{run}", name="Chaos Tour", url=f"https://www.ticketmaster.com/e/{run}")
-    area = int(run[:4], 16) % 800 + 200
-    phones = [f"+1{area}{n:07d}" for n in range(fans)]
+    phones = unique_phones(fans)
     table.put_items([item(event)])
     table.put_items(item(Demand(eventId=event.id, fanId=f"f{n:06d}", phone=phones[n])) for n in range(fans))
     sale_id = f"chaos{run}"

@@ -21,7 +21,7 @@ from dmd_tasks.store.codec import iso
 from dmd_tasks.store.demand import DemandRecords
 from dmd_tasks.store.items import item
 from dmd_tasks.store.table import DemandTable
-from tests.helpers import wait_until
+from tests.helpers import unique_phones, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
     event = Event(id=f"dbg{run}", name="Debug", url=f"https://www.ticketmaster.com/e/{run}")
-    phones = [f"+1{int(run[:4], 16) % 800 + 200}{n:07d}" for n in range(8)]
+    phones = unique_phones(8)
     table.put_items([item(event)])
     table.put_items(item(Demand(eventId=event.id, fanId=f"f{n}", phone=p)) for n, p in enumerate(phones))
     open_campaign_store(settings).put(

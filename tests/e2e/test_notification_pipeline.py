@@ -33,7 +33,7 @@ from dmd_tasks.store.keys import notification_key
 from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
-from tests.helpers import wait_until
+from tests.helpers import unique_phones, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -141,10 +141,8 @@ def test_real_world_rows_one_sms_per_phone_and_a_bad_row_stops_nobody(pipeline, 
 def fans(n: int, tz: str = "UTC", prefix: str | None = None) -> list[dict[str, Any]]:
     """``n`` fans with numbers no other sale of the session uses (the simulator counts SMS per number
     across every sale): a random area code and exchange, unless ``prefix`` fixes them."""
-    if prefix is None:
-        rnd = uuid.uuid4().int
-        prefix = f"{rnd % 700 + 200}{rnd // 700 % 1000:03d}"
-    return [{"fanId": f"fan{i}", "phone": f"+1{prefix}{i:0{10 - len(prefix)}d}", "timezone": tz} for i in range(n)]
+    phones = unique_phones(n) if prefix is None else [f"+1{prefix}{i:0{10 - len(prefix)}d}" for i in range(n)]
+    return [{"fanId": f"fan{i}", "phone": phone, "timezone": tz} for i, phone in enumerate(phones)]
 
 
 def statuses(notifications: NotificationRecords, sale_id: str) -> dict[str, int]:
