@@ -4,7 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup lock run test lint chaos bench profile stack-up stack-down clean
+.PHONY: help setup lock run unit test lint chaos bench profile stack-up stack-down clean
+.DEFAULT_GOAL := help
+
+## make help: this list
+help:
+	@grep -hE '^## ' $(firstword $(MAKEFILE_LIST)) | sed 's/^## //'
 
 # The packages come from the lock (requirements/dev.txt: runtime, local stack, tests, benchmarks),
 # dmd itself is installed editable on top, without resolving anything again.
@@ -31,9 +36,21 @@ lock:
 run: setup
 	$(BIN)/dmd demo
 
-## make test: lint, format and type checks, then the unit and end-to-end tests (they start and stop their own stack)
-test: setup lint
-	$(BIN)/python -m pytest
+# The tests come in tiers (a marker each, given by tests/conftest.py): unit (no socket at all),
+# stack (a real service: the local stack or a server of the test's own), e2e (real processes of
+# the Procfile), chaos (fault scenarios). xdist workers each start a stack of their own.
+PYTEST       := $(BIN)/python -m pytest -p no:cacheprovider
+TEST_WORKERS ?= 3
+PYTEST_ARGS  ?=
+
+## make unit: the tests that need no stack at all (sockets refused while they run); seconds
+unit: setup
+	$(PYTEST) -m unit -q $(PYTEST_ARGS)
+
+## make test: lint, the unit tier, then the stack-backed and end-to-end tests on TEST_WORKERS xdist
+## workers (each starts and stops its own moto server and simulators, on a Redis database of its own)
+test: setup lint unit
+	$(PYTEST) -m "stack or e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS)
 
 ## make lint: ruff (lint + format) and mypy, configured in pyproject.toml
 lint: setup
@@ -41,16 +58,18 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## make chaos: the fault suite at size (kills, freezes, lost messages, a re-saved sale, Redis / AWS /
-## the provider down for a minute each, the provider throttling everything for two), figures printed
-CHAOS_FANS   ?= 600
-CHAOS_KILLS  ?= 8
-CHAOS_OUTAGE ?= 60
-CHAOS_THROTTLE ?= 120
+## make chaos: the fault suite (kills, freezes, lost messages, a re-saved sale, Redis / AWS / the
+## provider down, the provider throttling everything), figures printed at the end. Small by default;
+## at size: make chaos CHAOS_FANS=600 CHAOS_KILLS=8 CHAOS_OUTAGE=60 CHAOS_THROTTLE=120
+CHAOS_FANS     ?= 120
+CHAOS_KILLS    ?= 5
+CHAOS_OUTAGE   ?= 20
+CHAOS_THROTTLE ?= $(CHAOS_OUTAGE)
+CHAOS_WORKERS  ?= 2
 chaos: setup
 	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
 		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) \
-		$(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+		$(PYTEST) -m chaos -n $(CHAOS_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)
 ## sizes are parameters, e.g. make bench BENCH_ARGS="--fans 1000000 --only fanout"

@@ -130,13 +130,38 @@ def clear_circuits() -> None:
         client.delete(*keys)
 
 
+#: Fixtures that talk to a real service over a socket: the session's local stack, or a server the
+#: test starts itself (``canned``, a proxy). A test using any of them (directly or through another
+#: fixture) is in the ``stack`` tier; one using none is a ``unit`` test and runs with sockets off.
+SOCKET_FIXTURES = frozenset({"stack", "canned", "proxy", "lone_redis"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test gets exactly one tier marker (``make unit`` / ``make test`` / ``make chaos`` pick by
+    them): ``chaos`` and ``e2e`` by their folder, ``stack`` when it needs a socket, ``unit``
+    otherwise. A unit test runs with every socket but Unix ones refused (pytest-socket), so a test
+    that quietly needs moto or Redis fails loudly instead of passing only after a stack test."""
+    for item in items:
+        folder = item.path.relative_to(Path(__file__).parent).parts[0]
+        if folder in ("chaos", "e2e"):
+            tier = folder
+        elif item.get_closest_marker("stack") or SOCKET_FIXTURES & set(getattr(item, "fixturenames", ())):
+            tier = "stack"
+        else:
+            tier = "unit"
+            item.add_marker(pytest.mark.disable_socket)
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """An end-to-end test that fails says where every bridge's shards stand (the lease table), so
     that a failure seen only in a CI log can be told apart: no lease, a finished one, a stale owner."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.when != "call" or not report.failed or item.get_closest_marker("e2e") is None:
+    if report.when != "call" or not report.failed or not ({"e2e", "chaos"} & {m.name for m in item.iter_markers()}):
         return
     from dmd_tasks.infra.settings import get_settings
 
@@ -177,3 +202,17 @@ def _not_final(settings: Any) -> str:
     lines = [f"{pk} {status}: {n}" for (pk, status), n in sorted(counts.items())]
     lines += [str({k: next(iter(v.values())) for k, v in i.items() if k in shown}) for i in items[:10]]
     return "\n".join(lines) or "none"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault scenarios' figures (``[chaos] name {...}``), one line each, after the results."""
+    lines: dict[str, None] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "chaos":
+                    lines[f"{value}  ({report.nodeid.rsplit('::', 1)[-1]})"] = None
+    if lines:
+        terminalreporter.section("fault scenario figures")
+        for line in lines:
+            terminalreporter.line(line)

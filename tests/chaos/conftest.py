@@ -13,7 +13,16 @@ from dmd_tasks.infra import aws, topology
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.provision import provision
 from dmd_tasks.ops.stack import ProcessGroup
-from tests.chaos.scenario import CHAOS_ENV
+from tests.chaos.scenario import CHAOS_ENV, REPORTED
+
+
+@pytest.fixture(autouse=True)
+def figures_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The scenario's figure lines, kept on its report (``user_properties``): the run's summary
+    prints them (tests/conftest.py), also when the scenario ran on an xdist worker."""
+    start = len(REPORTED)
+    yield
+    request.node.user_properties.extend(("chaos", line) for line in REPORTED[start:])
 
 
 @pytest.fixture(autouse=True)

@@ -93,8 +93,15 @@ def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any
     }
 
 
+#: Every figure line this process printed, in order: ``tests/chaos/conftest.py`` attaches each
+#: scenario's lines to its test report, so that they reach the run's summary from any xdist worker.
+REPORTED: list[str] = []
+
+
 def report(name: str, result: dict[str, Any]) -> None:
-    print(f"[chaos] {name} {json.dumps(result, sort_keys=True)}", flush=True)
+    line = f"[chaos] {name} {json.dumps(result, sort_keys=True)}"
+    REPORTED.append(line)
+    print(line, flush=True)
 
 
 class Killer(threading.Thread):

@@ -22,7 +22,7 @@ from dmd_tasks.infra import aws
 from tests.chaos.scenario import FANS, KILLS, Killer, all_terminal, assert_healthy, counts, figures, report, start_sale
 from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 
 def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ from tests.chaos.proxy import FaultProxy
 from tests.chaos.scenario import CHAOS_ENV, TERMINAL, counts, figures, report, start_sale
 from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 FANS = int(os.environ.get("DMD_CHAOS_FANS", "120"))
 OUTAGE_SECONDS = float(os.environ.get("DMD_CHAOS_OUTAGE_SECONDS", "20"))

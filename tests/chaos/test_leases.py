@@ -24,7 +24,7 @@ from dmd_tasks.ops.stack import ProcessGroup
 from tests.chaos.scenario import CHAOS_ENV, FANS, all_terminal, assert_healthy, counts, figures, report, start_sale
 from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 BRIDGES = ("bridge-demand", "bridge-sms-status")
 FAILOVER = float(CHAOS_ENV["DMD_BRIDGE_LEASE_FAILOVER_SECONDS"])

@@ -31,7 +31,7 @@ from tests.chaos.scenario import (
 )
 from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 LEASE_SECONDS = int(CHAOS_ENV["DMD_SEND_LEASE_SECONDS"])
 STALE_SECONDS = float(CHAOS_ENV["DMD_SCHEDULED_STALE_SECONDS"])

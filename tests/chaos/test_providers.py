@@ -22,7 +22,7 @@ from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import CHAOS_ENV, FANS, KILLS, Killer, all_terminal, counts, figures, report, start_sale
 from tests.helpers import eum_account, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 IDENTITY = "+18005550177"
 #: the wait for an event, short so that a send whose event is lost ends within the test

@@ -111,6 +111,7 @@ def test_no_answer_is_an_unknown_outcome_and_the_client_does_not_repeat_the_call
     assert sim.sms_messages_to(phone) == 1
 
 
+@pytest.mark.stack  # a real socket: a connection refused on loopback
 def test_an_endpoint_that_cannot_be_reached_sent_nothing(settings) -> None:  # type: ignore[no-untyped-def]
     unreachable = _client(settings, f"http://127.0.0.1:{free_port()}", timeout=1.0)
     with pytest.raises(TransientError) as raised:

@@ -92,6 +92,7 @@ def test_a_timed_out_send_retried_with_its_key_reaches_the_fan_once(settings, fa
     assert sim.sms_messages_to(phone) == 1
 
 
+@pytest.mark.stack  # a real socket: a connection refused on loopback
 def test_a_provider_that_does_not_answer_the_connection_is_transient() -> None:
     client = SmsClient(f"http://127.0.0.1:{free_port()}", "k", timeout_seconds=1)
     with pytest.raises(TransientError, match="connection failed"):

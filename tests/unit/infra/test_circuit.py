@@ -120,6 +120,7 @@ def test_a_probe_that_made_no_call_gives_its_turn_back(circuit: ProviderCircuit)
     assert circuit.before_call().probe  # the next sender probes at once, not after the probe's timeout
 
 
+@pytest.mark.stack  # a real socket: a connection refused on loopback
 def test_a_success_is_recorded_best_effort_when_redis_is_unreachable() -> None:
     """The provider accepted the message: a Redis failure while recording it must not turn the
     send into an error (it would be retried, and sent again)."""

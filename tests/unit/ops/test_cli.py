@@ -154,6 +154,7 @@ def test_a_failure_is_one_line_on_stderr_and_exit_1_and_the_traceback_only_with_
     assert debug.exit_code == 1 and debug.exception is not None  # raised, for the traceback
 
 
+@pytest.mark.stack  # a real socket: a connection refused on loopback
 def test_an_unreachable_endpoint_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DMD_AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("DMD_AWS_CONNECT_TIMEOUT_SECONDS", "1")

@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dmd_tasks.ops.stack import ProcessGroup, free_port, port_open, read_procfile, stop_pid, wait_for_port
@@ -59,6 +60,7 @@ def test_read_procfile_skips_comments_and_blank_lines_and_keeps_colons_in_comman
     }
 
 
+@pytest.mark.stack  # a real socket: a connection refused on loopback
 def test_free_port_is_a_loopback_port_that_can_be_bound() -> None:
     port = free_port()
 
