@@ -14,6 +14,7 @@ from typing import Any
 
 from dmd_tasks.domain.campaigns import Campaign, SendWindow
 from dmd_tasks.domain.entities import TERMINAL_STATUSES, Demand, Event, Sale
+from dmd_tasks.infra import aws
 from dmd_tasks.ops.progress import count_by_status
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.campaigns import open_campaign_store
@@ -96,6 +97,42 @@ def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any
 #: Every figure line this process printed, in order: ``tests/chaos/conftest.py`` attaches each
 #: scenario's lines to its test report, so that they reach the run's summary from any xdist worker.
 REPORTED: list[str] = []
+
+
+def bridge_positions(settings, consumer: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """A bridge's checkpointed sequence number by shard (bridge-demand: the demand table's stream)."""
+    items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
+    return {
+        i["shard"]["S"]: int(i.get("sequence", {}).get("S", "0"))
+        for i in items
+        if i["stream"]["S"].startswith(f"{consumer}|")
+        and (consumer != "bridge-demand" or f":table/{settings.table_name}/" in i["stream"]["S"])
+    }
+
+
+def caught_up(settings, consumer: str, target: dict[str, int]) -> bool:  # type: ignore[no-untyped-def]
+    """The bridge's checkpoint is at or past ``target`` on every shard of it."""
+    now = bridge_positions(settings, consumer)
+    return all(now.get(shard, 0) >= sequence for shard, sequence in target.items())
+
+
+def demand_stream_end(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The sequence number of the last record on each shard of the demand table's stream so far
+    (read from its start: the chaos suite's moto is emptied before each scenario)."""
+    arn = aws.client("dynamodb", settings).describe_table(TableName=settings.table_name)["Table"]["LatestStreamArn"]
+    streams = aws.client("dynamodbstreams", settings)
+    ends: dict[str, int] = {}
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            if not page["Records"]:
+                break
+            ends[shard["ShardId"]] = int(page["Records"][-1]["dynamodb"]["SequenceNumber"])
+            iterator = page.get("NextShardIterator")
+    return ends
 
 
 def report(name: str, result: dict[str, Any]) -> None:

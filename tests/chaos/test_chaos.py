@@ -13,13 +13,24 @@ terminal, nobody messaged twice, nothing lost. Each prints its figures:
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 import pytest
 
-from dmd_tasks.infra import aws
-from tests.chaos.scenario import FANS, KILLS, Killer, all_terminal, assert_healthy, counts, figures, report, start_sale
+from dmd_tasks.infra import aws, topology
+from tests.chaos.scenario import (
+    FANS,
+    KILLS,
+    Killer,
+    all_terminal,
+    assert_healthy,
+    bridge_positions,
+    caught_up,
+    counts,
+    figures,
+    report,
+    start_sale,
+)
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -111,6 +122,21 @@ def _checkpoint(settings, consumer: str) -> dict[str, Any] | None:  # type: igno
     return max(mine, key=lambda i: int(i.get("sequence", {}).get("S", "0"))) if mine else None
 
 
+def _drained(settings, queues: tuple[str, ...]) -> bool:  # type: ignore[no-untyped-def]
+    """No message waiting or in flight on any of the Celery ``queues`` (every task they got has run)."""
+    sqs = aws.client("sqs", settings)
+    names = (
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    )
+    for queue in queues:
+        found = sqs.get_queue_attributes(QueueUrl=topology.queue_url(settings, queue), AttributeNames=names)
+        if any(int(found["Attributes"].get(n, 0)) for n in names):
+            return False
+    return True
+
+
 def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
     sim.configure(sms={"duplicate_status_rate": 0.5, "out_of_order_rate": 0.5})
     demand_before = _checkpoint(settings, "bridge-demand")
@@ -120,6 +146,8 @@ def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, set
         lambda: all_terminal(settings, sale_id, FANS), timeout=240, interval=1, what="every notification terminal"
     )
     first = figures(settings, sim, sale_id, FANS, 0)
+    #: where each bridge stands once the sale is over: the replay has to reach it again
+    ends = {name: bridge_positions(settings, name) for name in ("bridge-demand", "bridge-sms-status")}
 
     # Replay both streams over the whole sale: rewind the checkpoints and restart the bridges
     ddb = aws.client("dynamodb", settings)
@@ -138,7 +166,10 @@ def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, set
                 )
         pipeline.start_one(name)
     wait_until(lambda: "records ->" in replayed_log.read_text()[offset:], what="the demand bridge to replay")
-    time.sleep(8)  # the replayed records are routed and their tasks run
+    # the replayed records are routed (each bridge is back where the sale ended) and their tasks run
+    for name, end in ends.items():
+        wait_until(lambda n=name, e=end: caught_up(settings, n, e), timeout=120, what=f"{name} to replay the sale")
+    wait_until(lambda: _drained(settings, ("send", "sms-status")), timeout=120, what="the replayed tasks to run")
     second = figures(settings, sim, sale_id, FANS, 0)
     report("duplicates-and-replays", {**second, "status_before_replay": first["status"]})
     assert_healthy(second, settings)

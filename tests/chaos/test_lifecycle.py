@@ -4,6 +4,7 @@ sales are retired. Each prints its figures (final, duplicates, lost, healed by t
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -24,7 +25,9 @@ from tests.chaos.scenario import (
     Killer,
     all_terminal,
     assert_healthy,
+    caught_up,
     counts,
+    demand_stream_end,
     figures,
     report,
     start_sale,
@@ -35,6 +38,20 @@ pytestmark = pytest.mark.chaos
 
 LEASE_SECONDS = int(CHAOS_ENV["DMD_SEND_LEASE_SECONDS"])
 STALE_SECONDS = float(CHAOS_ENV["DMD_SCHEDULED_STALE_SECONDS"])
+
+
+class TaskRuns:
+    """Counts the runs of one task a pipeline worker has finished since this object was made (its log)."""
+
+    def __init__(self, group: ProcessGroup, worker: str, task: str) -> None:
+        self.log = group.log_dir / f"{worker}.log"
+        self.offset = self.log.stat().st_size
+        self.finished = re.compile(rf"Task {re.escape(task)}\[[0-9a-f-]+\] (succeeded|failed|retry)")
+
+    def since(self) -> int:
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            return len(self.finished.findall(f.read().decode(errors="replace")))
 
 
 def sale_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -74,19 +91,30 @@ def sending_begun(settings, sale_id: str) -> bool:  # type: ignore[no-untyped-de
     return c.get("sent", 0) + c.get("delivered", 0) > 0
 
 
-def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> None:  # type: ignore[no-untyped-def]
-    """SIGSTOP the send worker at a moment it holds a notification in ``sending`` (it is the only
-    send worker: whatever is ``sending`` once it is frozen is its own); thaw and try again if not."""
+def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """SIGSTOP the send worker at a moment it holds notifications in ``sending`` (it is the only
+    send worker: whatever is ``sending`` once it is frozen is its own); thaw and try again if not.
+    Returns those notifications as they were at the freeze, by sort key."""
     for _ in range(30):
         wait_until(
             lambda: counts(settings, sale_id).get("sending", 0) > 0, timeout=60, interval=0.05, what="a send in flight"
         )
         pipeline.signal("worker-send", signal.SIGSTOP)
-        time.sleep(0.5)
-        if counts(settings, sale_id).get("sending", 0) > 0:
-            return
+        time.sleep(0.5)  # a claim or a call the worker had begun reaches the table and the provider
+        held = {i["sk"]: i for i in notification_items(settings, sale_id) if i["status"] == "sending"}
+        if held:
+            return held
         pipeline.signal("worker-send", signal.SIGCONT)
     raise AssertionError("never caught the send worker with a send in flight")
+
+
+def leases_taken_back(settings, sale_id: str, held: dict[str, dict[str, Any]]) -> bool:  # type: ignore[no-untyped-def]
+    """Every lease the frozen worker held is gone: its notification moved on under another lease, or
+    out of ``sending`` (the reconciler's take-back, then the other worker's send)."""
+    now = {i["sk"]: i for i in notification_items(settings, sale_id)}
+    return all(
+        now[sk]["status"] != "sending" or now[sk].get("leaseToken") != item["leaseToken"] for sk, item in held.items()
+    )
 
 
 def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
@@ -100,9 +128,12 @@ def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, sett
     before = {i["fanId"]: (i["status"], int(i.get("attempts", 0))) for i in notification_items(settings, sale_id)}
 
     # When it is saved again once it has ended
+    claims = TaskRuns(pipeline, "worker-generate", "dmd_tasks.generate.claim_due_sales")
+    schedules = TaskRuns(pipeline, "worker-schedule", "dmd_tasks.schedule.schedule_notifications")
     rewrite_as_waiting(settings, sale_id)
     wait_until(lambda: sale_item(settings, sale_id).get("status") != "waiting", timeout=30, what="the re-save seen")
-    time.sleep(5)  # several claim and schedule ticks
+    # several claim and schedule ticks have run since
+    wait_until(lambda: claims.since() >= 3 and schedules.since() >= 3, timeout=60, what="three ticks of each")
 
     # Then it was restored, not run again: nothing changed, nobody was messaged twice
     second = figures(settings, sim, sale_id, FANS, 0)
@@ -122,6 +153,15 @@ def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, sett
     assert second["provider_accepted"] == first["provider_accepted"] == FANS
 
 
+#: What the sender logs when a write of its own is refused because its lease is gone: after the
+#: provider call (the fenced ``sent``), or before it (the lease nearly over, or lost).
+REFUSED = (
+    "changed before it was marked sent",
+    "send lease nearly over before the provider call",
+    "send lease lost before the provider call",
+)
+
+
 def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: ProcessGroup, settings, sim) -> None:  # type: ignore[no-untyped-def]
     # Given a sale being sent by one send worker, through a provider that answers in 300 ms
     sim.configure(sms={"latency_ms": 300})
@@ -130,22 +170,47 @@ def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: Pro
 
     # When that worker freezes mid-send (a paused VM) past its leases, another worker takes over
     # what the reconciler takes back, and the frozen one wakes up and finishes what it was doing
-    freeze_mid_send(pipeline, settings, sale_id)
+    sender_log = pipeline.log_dir / "worker-send.log"
+    held = freeze_mid_send(pipeline, settings, sale_id)
+    log_at_freeze = sender_log.stat().st_size
+    # a call in flight: the provider has the message of a notification still ``sending``
+    in_flight = sum(1 for item in held.values() if sim.sms_messages_to(item["phone"]) > 0)
     sim.configure(sms={"latency_ms": 0})
     pipeline.start_one("worker-send", instance="worker-send-2", extra_args=["-n", "send2@%h"])
-    time.sleep(LEASE_SECONDS + 10)
+    wait_until(
+        lambda: leases_taken_back(settings, sale_id, held),
+        timeout=LEASE_SECONDS * 3,
+        interval=0.5,
+        what="the frozen worker's leases taken back",
+    )
     pipeline.signal("worker-send", signal.SIGCONT)
     wait_all_final(settings, sale_id)
+    # the woken worker's writes are all in its log once it has finished its tasks: a warm shutdown
+    # (SIGTERM to the main process only; its pool's children finish what they hold first)
+    frozen = pipeline.processes["worker-send"]
+    frozen.send_signal(signal.SIGTERM)
+    frozen.wait(timeout=60)
 
     # Then every notification is final once, and the frozen worker's late writes changed nothing
     # (the sender's own words when its fenced write finds the lease gone, after or before its call)
-    sender_log = (pipeline.log_dir / "worker-send.log").read_text()
-    refused = ("changed before it was marked sent", "send lease lost before the provider call")
-    stale = sum(sender_log.count(words) for words in refused)
-    result = figures(settings, sim, sale_id, FANS, 0, stale_writes_refused=stale, **healed(settings, sale_id))
+    woke = sender_log.read_text()[log_at_freeze:]
+    stale = sum(woke.count(words) for words in REFUSED)
+    result = figures(
+        settings,
+        sim,
+        sale_id,
+        FANS,
+        0,
+        held_at_freeze=len(held),
+        calls_in_flight_at_freeze=in_flight,
+        stale_writes_refused=stale,
+        **healed(settings, sale_id),
+    )
     report("send-worker-frozen", result)
     assert_healthy(result, settings)
     assert result["taken_back"] > 0, "the freeze left no lease to take back: the scenario did not happen"
+    # a call the freeze caught in flight ends in a fenced write the woken worker finds refused
+    assert stale >= in_flight, result
 
 
 def test_the_reconciler_resends_scheduled_notifications_whose_message_was_lost(
@@ -157,7 +222,9 @@ def test_the_reconciler_resends_scheduled_notifications_whose_message_was_lost(
     pipeline.kill("worker-send", signal.SIGTERM)
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
     wait_until(lambda: counts(settings, sale_id).get("scheduled", 0) == FANS, timeout=120, what="all scheduled")
-    time.sleep(3)  # the bridge has routed the last changes
+    # the demand bridge has routed every change so far: each notification's send message is queued
+    end = demand_stream_end(settings)
+    wait_until(lambda: caught_up(settings, "bridge-demand", end), timeout=60, what="the bridge to route them all")
 
     # When every send message is lost (purged) and the send worker comes back
     sqs = aws.client("sqs", settings)
