@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -38,6 +39,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+class TaskRuns:
+    """Counts the runs of one task a Celery worker has finished (succeeded, failed or retried) since
+    this object was made, from the worker's log: how a test waits for ticks instead of sleeping."""
+
+    def __init__(self, log: Path, task: str) -> None:
+        self.log = log
+        self.offset = log.stat().st_size if log.exists() else 0
+        self.finished = re.compile(rf"Task {re.escape(task)}\[[0-9a-f-]+\] (succeeded|failed|retry)")
+
+    def since(self) -> int:
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            return len(self.finished.findall(f.read().decode(errors="replace")))
 
 
 def spawn(argv: Sequence[str | Path], log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:

@@ -36,6 +36,7 @@ from dmd_tasks.pipeline.records import (
     jsonable,
     record_correlation_id,
 )
+from dmd_tasks.store.keys import own_entity_of
 
 # --- task names, in pipeline order -------------------------------------------------------------
 SHORTEN_EVENT_URL = "dmd_tasks.shorten.shorten_event_url"
@@ -148,7 +149,11 @@ def route_change(change: ChangeRecord, now: float | None = None) -> Route | None
     """
     entity = change.entity
     if entity is None:
-        raise InvalidRecord("item has no 'entity' attribute")
+        image = change.new if change.new is not None else change.old or {}
+        own = own_entity_of(image.get("pk"), image.get("sk"))
+        if own is None:
+            raise InvalidRecord("item has no 'entity' attribute")
+        entity = own.value  # the pipeline's own item, created by an update: known by its key
     try:
         kind = Entity(entity)
     except ValueError:

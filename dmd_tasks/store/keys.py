@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 
+from dmd_tasks.domain.entities import Entity
 from dmd_tasks.store.codec import epoch_key
 
 GSI1 = "gsi1"
@@ -73,6 +74,25 @@ def phone_claim_key(sale_id: str, phone: str) -> Key:
 
 def optout_key(phone: str) -> Key:
     return {"pk": f"{OPTOUT_PREFIX}{phone}", "sk": "OPTOUT"}
+
+
+def own_entity_of(pk: object, sk: object) -> Entity | None:
+    """The kind of an item the pipeline itself writes, told by its key alone:
+    a change of one whose image carries no ``entity`` (an update that created the item, a
+    keys-only image) is still recognised. None for any other key: the product's items (events,
+    demand rows, sales) must say what they are."""
+    if not isinstance(pk, str) or not isinstance(sk, str):
+        return None
+    if pk.startswith(SALE_PREFIX):
+        if sk == "RUN":
+            return Entity.SALE_RUN
+        if sk.startswith(NOTIFICATION_PREFIX):
+            return Entity.NOTIFICATION
+    if pk.startswith(PHONE_CLAIM_PREFIX) and sk == "PHONE":
+        return Entity.PHONE_CLAIM
+    if pk.startswith(OPTOUT_PREFIX) and sk == "OPTOUT":
+        return Entity.OPTOUT
+    return None
 
 
 def fan_of(notification_sk: str) -> str:

@@ -172,8 +172,8 @@ class SaleRecords:
         self._table.update(  # the run holds its sale now: a re-save from here on is restored at once
             sale_run_key(sale_id),
             what=f"run of sale {sale_id} claimed",
-            update="SET claimedAt = :now",
-            values={":now": iso(now)},
+            update="SET claimedAt = :now, entity = :e, saleId = :id",
+            values={":now": iso(now), ":e": Entity.SALE_RUN.value, ":id": sale_id},
         )
         return "claimed"
 

@@ -4,7 +4,6 @@ sales are retired. Each prints its figures (final, duplicates, lost, healed by t
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from typing import Any
@@ -32,26 +31,12 @@ from tests.chaos.scenario import (
     report,
     start_sale,
 )
-from tests.helpers import wait_until
+from tests.helpers import TaskRuns, wait_until
 
 pytestmark = pytest.mark.chaos
 
 LEASE_SECONDS = int(CHAOS_ENV["DMD_SEND_LEASE_SECONDS"])
 STALE_SECONDS = float(CHAOS_ENV["DMD_SCHEDULED_STALE_SECONDS"])
-
-
-class TaskRuns:
-    """Counts the runs of one task a pipeline worker has finished since this object was made (its log)."""
-
-    def __init__(self, group: ProcessGroup, worker: str, task: str) -> None:
-        self.log = group.log_dir / f"{worker}.log"
-        self.offset = self.log.stat().st_size
-        self.finished = re.compile(rf"Task {re.escape(task)}\[[0-9a-f-]+\] (succeeded|failed|retry)")
-
-    def since(self) -> int:
-        with open(self.log, "rb") as f:
-            f.seek(self.offset)
-            return len(self.finished.findall(f.read().decode(errors="replace")))
 
 
 def sale_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -128,8 +113,8 @@ def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, sett
     before = {i["fanId"]: (i["status"], int(i.get("attempts", 0))) for i in notification_items(settings, sale_id)}
 
     # When it is saved again once it has ended
-    claims = TaskRuns(pipeline, "worker-generate", "dmd_tasks.generate.claim_due_sales")
-    schedules = TaskRuns(pipeline, "worker-schedule", "dmd_tasks.schedule.schedule_notifications")
+    claims = TaskRuns(pipeline.log_dir / "worker-generate.log", "dmd_tasks.generate.claim_due_sales")
+    schedules = TaskRuns(pipeline.log_dir / "worker-schedule.log", "dmd_tasks.schedule.schedule_notifications")
     rewrite_as_waiting(settings, sale_id)
     wait_until(lambda: sale_item(settings, sale_id).get("status") != "waiting", timeout=30, what="the re-save seen")
     # several claim and schedule ticks have run since

@@ -6,7 +6,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import time as clock
 
 import pytest
@@ -29,38 +28,33 @@ FULL_PHONE = re.compile(r"\+1\d{10}")
 
 
 @pytest.fixture(scope="module")
-def debug_pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def debug_run(settings, stack, sim) -> tuple[ProcessGroup, list[str]]:  # type: ignore[no-untyped-def]
+    """A sale run to its end by the pipeline with every process logging at DEBUG, including STOP
+    replies (phones in events); the processes are stopped, so their logs are whole. Returns the
+    process group (its logs) and the fans' phones."""
     group = ProcessGroup(
         settings.run_dir.resolve() / "logs" / f"e2e-debug-{uuid.uuid4().hex[:6]}",
         env={"DMD_LOG_LEVEL": "DEBUG", "DMD_CLAIM_INTERVAL_SECONDS": "1", "DMD_SCHEDULE_INTERVAL_SECONDS": "1"},
     )
     group.start([*PIPELINE_PROCESSES, "api"])
-    try:
-        yield group
-    finally:
-        group.stop()
-
-
-def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    # Given a sale run with every process logging at DEBUG, including STOP replies (phones in events)
     sim.configure(sms={"stop_reply_rate": 1.0})
-    run = uuid.uuid4().hex[:8]
-    table = DemandTable(settings)
-    event = Event(id=f"dbg{run}", name="Debug", url=f"https://www.ticketmaster.com/e/{run}")
-    phones = unique_phones(8)
-    table.put_items([item(event)])
-    table.put_items(item(Demand(eventId=event.id, fanId=f"f{n}", phone=p)) for n, p in enumerate(phones))
-    open_campaign_store(settings).put(
-        Campaign(
-            saleId=f"dbg{run}",
-            eventId=event.id,
-            template="{{ short_url }}",
-            window=SendWindow(start=clock(0), end=clock(0)),
-        )
-    )
-    table.put_items([item(Sale(id=f"dbg{run}", eventId=event.id, notifyAt=iso(time.time())))])
-    demand = DemandRecords(table)
     try:
+        run = uuid.uuid4().hex[:8]
+        table = DemandTable(settings)
+        event = Event(id=f"dbg{run}", name="Debug", url=f"https://www.ticketmaster.com/e/{run}")
+        phones = unique_phones(8)
+        table.put_items([item(event)])
+        table.put_items(item(Demand(eventId=event.id, fanId=f"f{n}", phone=p)) for n, p in enumerate(phones))
+        open_campaign_store(settings).put(
+            Campaign(
+                saleId=f"dbg{run}",
+                eventId=event.id,
+                template="{{ short_url }}",
+                window=SendWindow(start=clock(0), end=clock(0)),
+            )
+        )
+        table.put_items([item(Sale(id=f"dbg{run}", eventId=event.id, notifyAt=iso(time.time())))])
+        demand = DemandRecords(table)
         wait_until(
             lambda: (
                 sum(count_by_status(table, f"dbg{run}").get(s, 0) for s in ("delivered", "undelivered", "failed")) == 8
@@ -71,8 +65,13 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
         wait_until(lambda: demand.opted_out(phones), timeout=30, what="STOP replies processed")
     finally:
         sim.configure(sms={"stop_reply_rate": 0.0})
-    time.sleep(1)
+        group.stop()
+    return group, phones
 
+
+def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_run, settings) -> None:  # type: ignore[no-untyped-def]
+    # Given the sale of ``debug_run`` (every process at DEBUG, STOP replies carrying phones)
+    group, phones = debug_run
     # Then no log line of any process carries a secret or a full phone number
     secrets = [
         settings.bitly_token,
@@ -81,7 +80,7 @@ def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_pipeline, s
         settings.accounts_client_secret,
         *settings.api_keys,
     ]
-    text = "\n".join(p.read_text(errors="replace") for p in debug_pipeline.log_dir.glob("*.log"))
+    text = "\n".join(p.read_text(errors="replace") for p in group.log_dir.glob("*.log"))
     assert "DEBUG" in text  # the processes did log at DEBUG
     for secret in secrets:
         assert secret.get_secret_value() not in text
@@ -98,8 +97,9 @@ CELERY_PRINTS = re.compile(
 )
 
 
-def test_every_log_line_is_json_with_a_correlation_id(debug_pipeline) -> None:  # type: ignore[no-untyped-def]
-    lines = [line for path in debug_pipeline.log_dir.glob("*.log") for line in path.read_text().splitlines()]
+def test_every_log_line_is_json_with_a_correlation_id(debug_run) -> None:  # type: ignore[no-untyped-def]
+    group, _ = debug_run
+    lines = [line for path in group.log_dir.glob("*.log") for line in path.read_text().splitlines()]
     assert len(lines) > 100
     for line in lines:
         if CELERY_PRINTS.match(line):

@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.services import sms_account
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
 from tests.helpers import eum_account, wait_until
@@ -50,8 +52,8 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
 
 
 def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_other(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
-    # Given a sale split between the two providers (70/30), paced so that it lasts about a minute
-    sale_id, _ = start_sale(settings, FANS, rate=3)
+    # Given a sale split between the two providers (70/30), paced so that it lasts about half a minute
+    sale_id, _ = start_sale(settings, FANS, rate=5)
     wait_until(lambda: counts(settings, sale_id).get("delivered", 0) >= FANS // 5, timeout=120, what="a fifth sent")
     before = provider_counts(settings, sale_id)
     assert before.get("http", 0) > 0 and before.get("eum", 0) > 0, before  # both take a share
@@ -59,8 +61,8 @@ def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_oth
     # When the HTTP provider fails every call from now on
     sim.configure(sms={"error_rate": 1.0})
     failed_at = time.monotonic()
-    # (its circuit opens after a few failed calls; give it a few seconds under load)
-    time.sleep(SWITCH_SECONDS)
+    # its circuit opens after a few failed calls, within SWITCH_SECONDS under load
+    wait_until(lambda: http_circuit_tripped(settings), timeout=SWITCH_SECONDS, interval=0.1, what="the circuit open")
     http_calls_then, switched_at = http_errors(sim), time.monotonic()
     assert counts(settings, sale_id).get("delivered", 0) < FANS - 20, "the sale ended before the switch was measured"
 
@@ -78,6 +80,11 @@ def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_oth
     probes = http_errors(sim) - http_calls_then
     assert probes <= elapsed / OPEN_SECONDS + 3, (probes, elapsed, time.monotonic() - failed_at)
     assert provider_counts(settings, sale_id)["eum"] > before["eum"]
+
+
+def http_circuit_tripped(settings) -> bool:  # type: ignore[no-untyped-def]
+    """The HTTP provider's circuit (``dmd_tasks.infra.circuit``) has opened: open or half-open since."""
+    return bool(redis.Redis.from_url(settings.redis_url).exists(f"dmd:circuit:{sms_account(settings, 'http')}:tripped"))
 
 
 def http_errors(sim) -> int:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ into Kinesis), and the Procfile's processes: both bridges, beat, and a worker pe
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from dmd_tasks.store.keys import notification_key
 from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
-from tests.helpers import unique_phones, wait_until
+from tests.helpers import TaskRuns, unique_phones, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -189,6 +190,11 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
     # And the event got its short URL on the way, and the message carried it
     assert (EventRecords(table).get(event.id) or event).short_url
 
+    # And none of the sale's own items (its run, phone claims, notifications) was dead-lettered by
+    # the demand bridge: its dead-letter queue holds only what is really unusable
+    letters = deadletter.receive(settings, "bridge-demand", max_messages=500)
+    assert not [letter for letter in letters if sale_id in json.dumps(letter)]
+
 
 def test_poison_on_the_status_stream_is_dead_lettered_and_every_receipt_after_it_is_applied(
     pipeline,  # type: ignore[no-untyped-def]
@@ -255,7 +261,8 @@ def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, si
         return sum(v for k, v in counts.items() if k in TERMINAL) == 6 and counts.get("pending") == 6
 
     wait_until(day_done, timeout=90, what="daytime fans terminal, night fans pending")
-    time.sleep(3)  # a few more scheduler ticks
+    ticks = TaskRuns(pipeline.log_dir / "worker-schedule.log", "dmd_tasks.schedule.schedule_notifications")
+    wait_until(lambda: ticks.since() >= 3, timeout=30, what="three more scheduler ticks")
 
     # And the night fans are still pending, not messaged, waiting for 09:00 their time
     assert statuses(notifications, sale_id).get("pending") == 6

@@ -173,3 +173,34 @@ def test_oversize_status_records_are_dead_lettered_and_the_letter_fits_in_sqs() 
     body = plan.dead_letters[0].to_body()
     assert len(body.encode()) < SQS_MAX_MESSAGE_BYTES
     assert "(payload truncated)" in body
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"pk": "SALE#s1", "sk": "RUN"},
+        {"pk": "PHONE#s1#+15551230000", "sk": "PHONE"},
+        {"pk": "OPTOUT#+15551230000", "sk": "OPTOUT"},
+        {"pk": "SALE#s1", "sk": "NOTIFICATION#f1"},
+    ],
+)
+def test_the_pipelines_own_items_without_an_entity_are_known_by_their_key_and_ignored(keys: dict[str, str]) -> None:
+    # an update that creates an item (or a keys-only image) carries no 'entity': routed by key, not dead-lettered
+    assert route_change(change(1, dict(keys), None, "INSERT")) is None
+    plan = plan_changes([change(2, dict(keys), None, "INSERT")], decode=lambda c: c)
+    assert plan.dead_letters == [] and plan.ignored == 1
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"pk": "EVENT#e1", "sk": "DEMAND#f1"},
+        {"pk": "EVENT#e1", "sk": "EVENT"},
+        {"pk": "SALE#s1", "sk": "SALE"},
+        {"pk": "SALE#s1", "sk": "SOMETHING"},
+        {"pk": "X#1", "sk": "RUN"},
+    ],
+)
+def test_a_product_item_without_an_entity_is_still_a_dead_letter(keys: dict[str, str]) -> None:
+    with pytest.raises(InvalidRecord, match="no 'entity'"):
+        route_change(change(1, dict(keys), None, "INSERT"))
