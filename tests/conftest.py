@@ -25,6 +25,7 @@ from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.ops.stack import free_port
 from simulators.faults import Faults
 from tests import redis_db
+from tests.helpers import clear_circuits
 from tests.queues import Queues
 
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="dmd-test-"))
@@ -116,18 +117,6 @@ def faults(sim) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def
         for provider in changed:
             sim.configure(**{provider: Faults().public()})
         clear_circuits()
-
-
-def clear_circuits() -> None:
-    """Close every provider circuit of this session (``dmd_tasks.infra.circuit``)."""
-    import redis
-
-    from dmd_tasks.infra.settings import get_settings
-
-    client = redis.Redis.from_url(get_settings().redis_url)
-    keys = list(client.scan_iter("dmd:circuit:*"))
-    if keys:
-        client.delete(*keys)
 
 
 #: Fixtures that talk to a real service over a socket: the session's local stack, or a server the

@@ -142,3 +142,51 @@ def eum_account(settings: Any, identity: str, configuration_set: str) -> dict[st
         "DMD_EUM_CONFIGURATION_SET": configuration_set,
         "DMD_EUM_ENDPOINT_URL": endpoint,
     }
+
+
+def clear_circuits() -> None:
+    """Close every provider circuit of this session (``dmd_tasks.infra.circuit``): a circuit is
+    shared through Redis and stays tripped for a while, so a test that makes a provider fail
+    would otherwise leave it open, or about to be, for the next test of the session."""
+    import redis
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    keys = list(client.scan_iter("dmd:circuit:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def fresh_stack(settings: Any) -> None:
+    """The session's stack as new: moto emptied and provisioned again, the session's Redis database
+    flushed. A pipeline started after it sees no sale, queue message, lease or circuit an earlier
+    test left (a due sale without a campaign, a sale kept waiting for quiet hours), so what it
+    does and how fast is its test's own."""
+    import redis
+    import requests
+
+    from dmd_tasks.ops.provision import provision
+
+    requests.post(f"{settings.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
+    provision(settings)
+    redis.Redis.from_url(settings.redis_url).flushdb()
+
+
+def in_memory_spans() -> Any:
+    """An in-memory exporter on this process's tracer provider: the SDK provider a test installed
+    before (a process takes one provider only: OpenTelemetry refuses a second), or a new one. So a
+    tracing test records its spans whichever tracing test ran first in the process."""
+    import pytest
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    if not isinstance(provider, TracerProvider):
+        pytest.skip(f"another test installed a tracer provider no exporter can be added to: {provider!r}")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

@@ -7,13 +7,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
-from dmd_tasks.ops.provision import provision
 from dmd_tasks.ops.stack import ProcessGroup
 from tests.chaos.scenario import CHAOS_ENV, REPORTED
+from tests.helpers import fresh_stack
 
 
 @pytest.fixture(autouse=True)
@@ -27,15 +26,15 @@ def figures_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def fresh_aws(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """Every scenario on an empty moto, provisioned again, with short visibility timeouts.
+    """Every scenario on an empty moto, provisioned again, with short visibility timeouts, and an
+    empty Redis database (``fresh_stack``).
 
     moto answers a DynamoDB query or a Kinesis GetRecords by walking everything the table or the
     shard ever held, so scenario after scenario the emulator (not the pipeline) slowed down:
     recovery times grew with each scenario run before. On an empty moto each scenario's figures
     are its own. A killed worker's unacknowledged messages come back after 30 s instead of minutes.
     """
-    requests.post(f"{settings.aws_endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
-    provision(settings)
+    fresh_stack(settings)  # Redis too: an earlier outage's circuit would stay tripped for a while
     sqs = aws.client("sqs", settings)
     urls = [topology.queue_url(settings, q) for q in ("send", "sms-status", "generate", "schedule")]
     for url in urls:

@@ -18,8 +18,7 @@ from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
-from tests.conftest import clear_circuits
-from tests.helpers import eum_account, wait_until
+from tests.helpers import clear_circuits, eum_account, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from dmd_tasks.ops.stack import ProcessGroup
 from dmd_tasks.services import sms_account
 from dmd_tasks.store.table import DemandTable
 from tests.chaos.scenario import all_terminal, counts, figures, start_sale
-from tests.helpers import eum_account, wait_until
+from tests.helpers import clear_circuits, eum_account, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +43,14 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
         "DMD_CIRCUIT_OPEN_SECONDS": str(OPEN_SECONDS),
     }
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-failover", env=env)
+    clear_circuits()  # the test waits for the HTTP provider's circuit to trip: it starts closed
     group.start([*PIPELINE_PROCESSES, "bridge-sqs"])
     try:
         yield group
     finally:
         group.stop()
         sim.configure(sms={"error_rate": 0})
+        clear_circuits()
 
 
 def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_other(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]

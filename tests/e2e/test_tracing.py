@@ -12,17 +12,13 @@ import uuid
 from datetime import time as clock
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dmd_tasks.domain.campaigns import Campaign, SendWindow
 from dmd_tasks.domain.entities import Event
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 from dmd_tasks.store.keys import notification_key
-from tests.helpers import wait_until
+from tests.helpers import in_memory_spans, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +27,8 @@ pytestmark = pytest.mark.e2e
 def spans():  # type: ignore[no-untyped-def]
     from dmd_tasks.infra import tracing
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    tracing.instrument_celery(provider)
+    exporter = in_memory_spans()
+    tracing.instrument_celery()  # on the process's provider (once per process)
     return exporter
 
 

@@ -15,12 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dmd_tasks.infra import tracing
+from tests.helpers import in_memory_spans
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -31,15 +29,7 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    if not isinstance(provider, TracerProvider):
-        pytest.skip(f"another test installed a tracer provider this test cannot add to: {provider!r}")
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    return in_memory_spans()  # type: ignore[no-any-return]
 
 
 def finished(exporter: InMemorySpanExporter, name: str) -> list:  # type: ignore[type-arg]

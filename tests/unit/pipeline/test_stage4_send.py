@@ -23,7 +23,7 @@ from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
 from dmd_tasks.services import Services, sms_account
 from dmd_tasks.store.items import item as as_item
-from tests.conftest import clear_circuits
+from tests.helpers import clear_circuits
 
 Outboxes = Callable[..., Any]
 
