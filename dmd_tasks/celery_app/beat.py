@@ -14,6 +14,14 @@ process. ``DmdBeatScheduler`` never lets an error out of a tick:
 
 A standby beat (one that does not hold the lock) ticks nothing; it tries to take the lock
 every loop, so it takes over at most lock timeout + one loop after the active one died.
+
+Redis is a cache of the schedule, not its source: RedBeat writes the static schedule
+(``beat_schedule``) into Redis only when beat starts, so a Redis that restarts empty (a node
+replaced, no persistence) would leave the beat holding the lock with nothing to tick, silently.
+The beat that holds the lock checks every tick that each static entry is still there (one
+pipelined round trip) and writes back what is missing (``dmd_beat_schedule_restored_total``);
+each is due one interval later, as after a first start. Every tick sent is counted by entry
+(``dmd_beat_sent_total``): a lock holder that sends none for a few intervals is an alert.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis.exceptions import LockError
 
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
-from dmd_tasks.infra.metrics import BEAT_LOCK_HELD
+from dmd_tasks.infra.metrics import BEAT_LOCK_HELD, BEAT_SCHEDULE_RESTORED, BEAT_SENT
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class DmdBeatScheduler(RedBeatScheduler):
                 BEAT_LOCK_HELD.labels("beat").set(0)
                 return float(self.max_interval)  # standby
             BEAT_LOCK_HELD.labels("beat").set(1)
+            self._restore_schedule()
             return float(super().tick(min=min, **kwargs))
         except LockError as exc:
             log.warning("beat: lost its lock (%s); standing by until it can take it again", exc)
@@ -61,6 +70,33 @@ class DmdBeatScheduler(RedBeatScheduler):
         except Exception:
             log.exception("beat: tick failed; retrying")
         return RETRY_SECONDS
+
+    def _restore_schedule(self) -> None:
+        """Write back the static entries Redis no longer has (its definition or its place in the
+        schedule), keeping what it still has."""
+        static = self.app.redbeat_conf.schedule
+        if not static:
+            return
+        conf = self.app.redbeat_conf
+        names = list(static)
+        keys = [self.Entry.generate_key(self.app, name) for name in names]
+        with get_redis(self.app).pipeline() as pipe:
+            pipe.zmscore(conf.schedule_key, keys)
+            for key in keys:
+                pipe.hexists(key, "definition")
+            scores, *defined = pipe.execute()
+        missing = [n for n, score, ok in zip(names, scores, defined, strict=True) if score is None or not ok]
+        if not missing:
+            return
+        self.update_from_dict({name: static[name] for name in missing})
+        get_redis(self.app).sadd(conf.statics_key, *missing)
+        BEAT_SCHEDULE_RESTORED.inc()
+        log.warning("beat: %s missing from Redis (restarted empty?); written again", ", ".join(missing))
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        BEAT_SENT.labels(entry.name).inc()
+        return result
 
     def _hold_lock(self) -> bool:
         """Whether this beat holds the lock, taking it if it is free (never blocking)."""

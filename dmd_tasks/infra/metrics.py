@@ -35,6 +35,15 @@ PROCESS_UP = Gauge(
     ["process"],
     multiprocess_mode="liveall",
 )
+BEAT_SENT = Counter(
+    "dmd_beat_sent_total",
+    "Ticks beat sent, by schedule entry: none for a few intervals while a beat holds the lock is an alert.",
+    ["entry"],
+)
+BEAT_SCHEDULE_RESTORED = Counter(
+    "dmd_beat_schedule_restored_total",
+    "Times the beat holding the lock found its static schedule missing from Redis and wrote it again.",
+)
 BEAT_LOCK_HELD = Gauge(
     "dmd_beat_lock_held",
     "1 for the beat that holds the schedule's lock and ticks, 0 for a standby (pid label: host-pid).",

@@ -8,8 +8,8 @@
 - with ``DMD_DEMAND_PIPE_ROLE_ARN``, the EventBridge pipe from the demand table's stream to
   the demand intake queue, filtered to the changes the pipeline routes
 - the SNS topic End User Messaging publishes SMS events to, subscribed by the events intake
-  queue (whose policy lets the topic send), and, with ``sms_provider=eum``, the configuration
-  set whose event destination is that topic
+  queue (whose policy lets the topic send), and, when End User Messaging sends (the provider or
+  the failover provider), the configuration set whose event destination is that topic
 - the Kinesis stream of SMS delivery statuses (and the demand-changes stream when configured)
 """
 
@@ -56,7 +56,7 @@ def provision(settings: Settings) -> dict[str, Any]:
     report["sms_events"] = ensure_sms_events_topic(settings)
     if settings.demand_pipe_role_arn:
         report["demand_pipe"] = ensure_demand_pipe(settings, report["table"]["stream_arn"])
-    if settings.sms_provider == "eum" and settings.eum_configuration_set:
+    if "eum" in (settings.sms_provider, settings.sms_failover_provider) and settings.eum_configuration_set:
         report["eum_configuration_set"] = ensure_eum_configuration_set(settings, report["sms_events"]["topic_arn"])
     report["streams"] = [
         ensure_kinesis_stream(

@@ -3,6 +3,7 @@ Redis that does not answer is logged and ridden out, never raised out of a tick 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -88,3 +89,49 @@ def test_a_redis_that_does_not_answer_is_ridden_out(lock_key: str, monkeypatch: 
 
     assert beat.tick() == RETRY_SECONDS  # ConnectionError taking the lock: logged, not raised
     assert ticks == []
+
+
+def restored_count() -> float:
+    from dmd_tasks.infra.metrics import BEAT_SCHEDULE_RESTORED
+
+    return float(BEAT_SCHEDULE_RESTORED._value.get())
+
+
+def test_the_lock_holder_writes_back_a_schedule_redis_forgot(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+    # Given a beat that wrote its static schedule, and a Redis that then restarted empty
+    beat = scheduler(lock_key, [])
+    beat.setup_schedule()
+    conf = app.redbeat_conf
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = {name: beat.Entry.generate_key(app, name) for name in app.conf.beat_schedule}
+    assert len(keys) == 3 and all(client.zscore(conf.schedule_key, key) is not None for key in keys.values())
+    client.delete(conf.schedule_key, conf.statics_key, *keys.values())
+    before = restored_count()
+
+    # When it ticks (holding the lock), then every static entry is back, due within its interval
+    # (as after a first start), and the restoration is counted
+    assert beat.tick() == 1.0
+    for name, key in keys.items():
+        assert client.hexists(key, "definition")
+        interval = float(app.conf.beat_schedule[name]["schedule"])
+        assert float(client.zscore(conf.schedule_key, key)) <= time.time() + interval + 1
+    assert {m.decode() for m in client.smembers(conf.statics_key)} == set(keys)
+    assert restored_count() == before + 1
+
+    # And a tick that finds it whole writes nothing; one entry lost alone comes back alone
+    assert beat.tick() == 1.0
+    assert restored_count() == before + 1
+    client.zrem(conf.schedule_key, keys["reconcile-sales"])
+    assert beat.tick() == 1.0
+    assert client.zscore(conf.schedule_key, keys["reconcile-sales"]) is not None
+    assert restored_count() == before + 2
+
+
+def test_a_standby_beat_writes_no_schedule(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+    active, standby = scheduler(lock_key, []), scheduler(lock_key, [])
+    assert active.tick() == 1.0
+    conf = app.redbeat_conf
+    client = redis.Redis.from_url(settings.redis_url)
+    client.delete(conf.schedule_key)
+    assert standby.tick() == standby.max_interval
+    assert client.zcard(conf.schedule_key) == 0  # only the lock holder writes it

@@ -291,3 +291,25 @@ def test_provision_creates_the_demand_pipe_when_given_its_role(fresh: Settings) 
     assert params["DeadLetterConfig"]["Arn"].endswith(f":{fresh.queue_name_prefix}intake-demand-dlq")
     aws.client("pipes", piped).delete_pipe(Name=first["name"])
     assert "demand_pipe" not in provision(fresh)  # not asked for: none
+
+
+@pytest.mark.parametrize("role", ["sms_provider", "sms_failover_provider"])
+def test_the_end_user_messaging_configuration_set_is_made_when_it_sends_at_all(fresh: Settings, sim, role: str) -> None:  # type: ignore[no-untyped-def]
+    # Given End User Messaging as the provider, or only as the failover provider (the simulator plays it)
+    endpoint = f"http://{fresh.simulator_host}:{fresh.simulator_port}"
+    name = f"dmd-{role.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+    mine = fresh.model_copy(
+        update={
+            role: "eum",
+            "eum_configuration_set": name,
+            "eum_endpoint_url": endpoint,
+            "eum_origination_identity": "+18005550199",
+        }
+    )
+
+    # When provisioned, then the configuration set exists, its events going to the SMS events topic
+    report = provision(mine)
+    assert report["eum_configuration_set"] == {"name": name, "topic_arn": report["sms_events"]["topic_arn"]}
+    eum = aws.session_for(mine).client("pinpoint-sms-voice-v2", endpoint_url=endpoint)
+    (found,) = eum.describe_configuration_sets(ConfigurationSetNames=[name])["ConfigurationSets"]
+    assert [d["SnsDestination"]["TopicArn"] for d in found["EventDestinations"]] == [report["sms_events"]["topic_arn"]]
