@@ -17,6 +17,7 @@ from redis.retry import Retry
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.providers import SmsProvider, build_provider
 from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
+from dmd_tasks.infra.deadline import Pace
 from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
@@ -71,6 +72,12 @@ class Services:
     @cached_property
     def sms(self) -> SmsProvider:
         return build_provider(self.settings)
+
+    @cached_property
+    def write_pace(self) -> Pace:
+        """How long a round of parallel conditional writes to the table takes in this process now
+        (measured): the scheduler sizes its batches from it (``dmd_tasks.infra.deadline``)."""
+        return Pace(initial=0.02)
 
     @cached_property
     def redis(self) -> redis.Redis:

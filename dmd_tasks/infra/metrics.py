@@ -35,6 +35,11 @@ PROCESS_UP = Gauge(
     ["process"],
     multiprocess_mode="liveall",
 )
+WORK_CUT_SHORT = Counter(
+    "dmd_work_cut_short_total",
+    "Runs of a task that stopped at their time budget with work left for the next run (a slow dependency).",
+    ["task"],
+)
 BEAT_SENT = Counter(
     "dmd_beat_sent_total",
     "Ticks beat sent, by schedule entry: none for a few intervals while a beat holds the lock is an alert.",

@@ -413,6 +413,13 @@ class Settings(BaseSettings):
         return self.task_soft_time_limit_seconds / 3
 
     @property
+    def work_budget_seconds(self) -> float:
+        """How long a task run (a scheduling tick, a send batch, a reconcile pass) takes new work:
+        a third of the soft time limit, so that a run slowed by a dependency ends what it began
+        well before the limit and leaves the rest to the next run (``dmd_tasks.infra.deadline``)."""
+        return self.task_soft_time_limit_seconds / 3
+
+    @property
     def max_countdown_seconds(self) -> int:
         """The longest countdown/ETA any task may be given (retries are clamped to it)."""
         return self.retry_backoff_max_seconds

@@ -23,11 +23,14 @@ import time
 from dataclasses import dataclass
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import NotificationStatus
 from dmd_tasks.infra import aws
+from dmd_tasks.infra.deadline import Deadline
+from dmd_tasks.infra.metrics import WORK_CUT_SHORT
 from dmd_tasks.pipeline.routing import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 
@@ -49,6 +52,14 @@ class TickResult:
     deferred: int = 0
     lost_race: int = 0
     expired: int = 0
+    #: due notifications the tick found but did not move before its deadline (the next tick's)
+    left: int = 0
+    #: active sales the tick did not reach before its deadline
+    sales_not_reached: int = 0
+
+    @property
+    def cut_short(self) -> bool:
+        return bool(self.left or self.sales_not_reached)
 
 
 @dataclass
@@ -75,17 +86,24 @@ def message_budget(parts_per_second: float, parts: int, interval_seconds: float)
 
 
 def schedule_sale(
-    services: Services, sale_id: str, now: float, interval_seconds: float, result: TickResult, budget: int | None = None
+    services: Services,
+    sale_id: str,
+    now: float,
+    interval_seconds: float,
+    result: TickResult,
+    budget: int | None = None,
+    deadline: Deadline | None = None,
 ) -> int:
     """Schedule at most ``budget`` due notifications of the sale (default: its campaign's rate for
-    one interval); returns how many it moved."""
+    one interval) before ``deadline``; returns how many it moved."""
     campaign = services.campaigns.get(sale_id)
     if campaign is None:
         log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
         return 0
     if budget is None:
         budget = max(1, int(campaign.rate_per_second * interval_seconds))
-    return _schedule(services, sale_id, campaign, now, interval_seconds, budget, result)
+    deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
+    return _schedule(services, sale_id, campaign, now, interval_seconds, budget, result, deadline)
 
 
 def _schedule(
@@ -96,15 +114,23 @@ def _schedule(
     interval_seconds: float,
     budget: int,
     result: TickResult,
+    deadline: Deadline,
 ) -> int:
+    """Move up to ``budget`` due notifications, shard by shard, taking no more than fits before
+    ``deadline`` at the write latency measured so far (``Services.write_pace``)."""
     notifications = services.notifications
+    pool_size = services.settings.aws_io_threads
     shards = list(notifications.shards())
     start = int(now / max(interval_seconds, 0.001)) % len(shards)  # rotate which shard goes first
     moved_in_all = 0
     for shard in shards[start:] + shards[:start]:
         if budget <= 0:
             break
-        due = notifications.due_pending(sale_id, shard, now, budget)
+        fits = services.write_pace.fits(deadline, pool_size)
+        if fits <= 0:
+            result.left += 1  # at least this shard's due notifications: the next tick takes them
+            break
+        due = notifications.due_pending(sale_id, shard, now, min(budget, fits))
         expired = [i for i in due if i.get("expiresAt") is not None and now >= float(i["expiresAt"])]
         for item in expired:  # too late to be useful: final, with the reason
             result.expired += notifications.mark_failed(
@@ -120,13 +146,33 @@ def _schedule(
         for item in quiet:  # the window closed since generation: wait for it to open again
             opens = campaign.window.next_open_ts(now, item.get("timezone"))
             result.deferred += notifications.defer(sale_id, item["fanId"], opens)
-        # Conditional writes are independent: issue them in parallel (the client is thread-safe).
-        pool = aws.io_pool(services.settings)
-        moved = list(pool.map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), ready))
-        result.scheduled += sum(moved)
-        result.lost_race += len(moved) - sum(moved)
-        budget -= sum(moved)
-        moved_in_all += sum(moved)
+        moved = _move_scheduled(services, sale_id, ready, now, deadline, result)
+        budget -= moved
+        moved_in_all += moved
+    return moved_in_all
+
+
+def _move_scheduled(
+    services: Services, sale_id: str, fan_ids: list[str], now: float, deadline: Deadline, result: TickResult
+) -> int:
+    """``pending → scheduled`` for ``fan_ids``: conditional writes in parallel rounds of the pool's
+    size (the client is thread-safe), each round counted as it ends, none begun that would end
+    past ``deadline`` at the measured pace (what is left is counted in ``result.left``). Returns
+    how many moved."""
+    notifications = services.notifications
+    pool = aws.io_pool(services.settings)
+    size = services.settings.aws_io_threads
+    moved_in_all = 0
+    for start in range(0, len(fan_ids), size):
+        if deadline.remaining < services.write_pace.seconds:  # this round would end past the deadline
+            result.left += len(fan_ids) - start
+            break
+        began, chunk = time.monotonic(), fan_ids[start : start + size]
+        moved = sum(pool.map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), chunk))
+        services.write_pace.record(time.monotonic() - began)
+        result.scheduled += moved
+        result.lost_race += len(chunk) - moved
+        moved_in_all += moved
     return moved_in_all
 
 
@@ -151,9 +197,11 @@ def active_shares(services: Services, sale_ids: list[str]) -> list[SaleShare]:
 
 def tick_span(services: Services, now: float) -> float:
     """Seconds of budget a beat tick releases: the time since the last tick (recorded here), within
-    half an interval and two. Beat's interval drifts (each run is timed from the last one's
-    actual start) and a tick can be late or lost; a budget of one fixed interval per tick would
-    leave that time unused, and the sends below the cap."""
+    half an interval and two intervals, or the work budget of a tick if longer. Beat's interval
+    drifts (each run is timed from the last one's actual start) and a tick can be late, lost, or
+    skipped while a slow one held the lock; a budget of one fixed interval per tick would leave
+    that time unused, and the sends below the cap. The cap on the span keeps a beat that was down
+    for minutes from releasing minutes of sends at once."""
     interval = services.settings.schedule_interval_seconds
     try:
         previous = services.redis.set(LAST_TICK_KEY, repr(now), get=True, ex=max(60, int(interval * 10)))
@@ -163,7 +211,7 @@ def tick_span(services: Services, now: float) -> float:
         elapsed = now - float(previous) if previous is not None else interval
     except ValueError:
         elapsed = interval
-    return min(max(elapsed, interval / 2), 2 * interval)
+    return min(max(elapsed, interval / 2), max(2 * interval, services.settings.work_budget_seconds))
 
 
 def run_tick(
@@ -172,10 +220,12 @@ def run_tick(
     sale_ids: list[str] | None = None,
     span: float | None = None,
     lead_seconds: float = 0.0,
+    deadline: Deadline | None = None,
 ) -> TickResult:
     """One tick over the active sales (or ``sale_ids``), sharing the account's cap between them,
     for ``span`` seconds of budget (default: one interval); a sale's first tick also gets
-    ``lead_seconds`` of its share, once (beat: ``schedule_lead_seconds``).
+    ``lead_seconds`` of its share, once (beat: ``schedule_lead_seconds``). No work is begun after
+    ``deadline`` (default: the settings' work budget from now): what is left is the next tick's.
 
     The cap (message parts per second) is shared max-min fairly: sales in order of what their
     campaigns ask, each given at most its campaign's rate and at most an equal split of what
@@ -186,6 +236,7 @@ def run_tick(
     now = time.time() if now is None else now
     interval = services.settings.schedule_interval_seconds
     span = interval if span is None else span
+    deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
     result = TickResult()
     shares = sorted(
         active_shares(services, services.sales.active() if sale_ids is None else sale_ids), key=lambda s: s.wants
@@ -193,19 +244,19 @@ def run_tick(
     # the account's cap; with two providers, the caps of those taking traffic now
     remaining = services.sms_router.capacity()
     for n, share in enumerate(shares):
+        if deadline.passed:
+            result.sales_not_reached = len(shares) - n
+            return result
         give = min(share.wants, remaining / (len(shares) - n))
         lead = _lead_budget(services, share, give, lead_seconds)
-        used = _tick_sale(services, share, give, now, interval, span, result, lead)
+        used = _tick_sale(services, share, give, now, interval, span, result, deadline, lead)
         remaining = max(0.0, remaining - used)
     for share in shares:  # what others left: to the sales that used all of theirs
-        if remaining <= 0:
+        if remaining <= 0 or deadline.passed:
             break
         if share.full and share.wants > share.given:
-            remaining = max(
-                0.0,
-                remaining
-                - _tick_sale(services, share, min(share.wants - share.given, remaining), now, interval, span, result),
-            )
+            more = min(share.wants - share.given, remaining)
+            remaining = max(0.0, remaining - _tick_sale(services, share, more, now, interval, span, result, deadline))
     return result
 
 
@@ -228,6 +279,7 @@ def _tick_sale(
     interval: float,
     span: float,
     result: TickResult,
+    deadline: Deadline,
     lead: int = 0,
 ) -> float:
     """Schedule up to ``give`` parts per second of one sale over ``span`` seconds (and ``lead``
@@ -237,7 +289,9 @@ def _tick_sale(
         share.full = True
         return 0.0
     try:
-        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget + lead, result)
+        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget + lead, result, deadline)
+    except SoftTimeLimitExceeded:
+        raise  # the whole tick is out of time: nothing more to begin
     except Exception:
         log.exception("scheduling sale %s failed; the next tick tries again", share.sale_id)
         return 0.0
@@ -269,6 +323,14 @@ def schedule_notifications(self: Task) -> dict[str, int]:
             lock.release()
         except Exception:  # expired: the next tick simply takes it
             log.warning("schedule tick lock expired before release")
-    if result.scheduled or result.deferred:
+    if result.cut_short:
+        WORK_CUT_SHORT.labels(SCHEDULE_NOTIFICATIONS).inc()
+        log.warning(
+            "schedule tick stopped at its time budget (%.0fs; a write takes %.0f ms now): %s",
+            services.settings.work_budget_seconds,
+            services.write_pace.seconds * 1000,
+            result,
+        )
+    elif result.scheduled or result.deferred:
         log.info("schedule tick: %s", result)
     return vars(result)

@@ -65,6 +65,7 @@ from dmd_tasks.domain.templates import render
 from dmd_tasks.domain.urls import check_allowed_url
 from dmd_tasks.infra import aws, tracing
 from dmd_tasks.infra.circuit import Permit, ProviderPaused
+from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
 from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
@@ -128,11 +129,17 @@ def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[s
 
 
 def send_claimed(
-    services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str], traceparent: str | None = None
+    services: Services,
+    notification_id: str,
+    item: dict[str, Any],
+    opted_out: set[str],
+    traceparent: str | None = None,
+    deadline: Deadline | None = None,
 ) -> str:
-    """Send one notification this worker owns, in its own trace; returns what happened."""
+    """Send one notification this worker owns, in its own trace; returns what happened. Past
+    ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``."""
     with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
-        outcome = _send_claimed(services, notification_id, item, opted_out)
+        outcome = _send_claimed(services, notification_id, item, opted_out, deadline)
         span.set_attribute("dmd.outcome", outcome)
         return outcome
 
@@ -141,7 +148,9 @@ class Expired(PermanentError):
     """The notification's validity ended before it could be sent."""
 
 
-def _send_claimed(services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str]) -> str:
+def _send_claimed(
+    services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str], deadline: Deadline | None
+) -> str:
     settings = services.settings
     notifications = services.notifications
     sale_id, fan_id = split_notification_id(notification_id)
@@ -195,6 +204,9 @@ def _send_claimed(services: Services, notification_id: str, item: dict[str, Any]
             if time.time() + settings.sms_timeout_seconds >= lease_until:
                 # The provider call could outlive our lease (this process was paused): give it back.
                 raise NotAttempted("send lease nearly over before the provider call")
+            if deadline is not None and deadline.passed:
+                # A slow dependency held the batch up: the rest goes back, the next batch sends it.
+                raise NotAttempted("send batch out of time before the provider call")
             if (not provider.idempotent or len(router.routes) > 1) and not notifications.mark_calling(
                 sale_id, fan_id, provider.name, time.time(), token
             ):
@@ -358,6 +370,7 @@ def send_notifications(
     a single send (the store unreachable) are retried by Celery; every step is idempotent.
     """
     services = get_services()
+    deadline = Deadline.after(services.settings.work_budget_seconds)
     outcomes: Counter[str] = Counter()
     valid: list[str] = []
     for nid in notification_ids if isinstance(notification_ids, list) else []:
@@ -376,7 +389,9 @@ def send_notifications(
     # correlation id in the logs).
     pool = aws.io_pool(services.settings)
     futures = [
-        pool.submit(contextvars.copy_context().run, send_claimed, services, nid, item, opted_out, traces.get(nid))
+        pool.submit(
+            contextvars.copy_context().run, send_claimed, services, nid, item, opted_out, traces.get(nid), deadline
+        )
         for nid, item in owned
     ]
     first_error: BaseException | None = None

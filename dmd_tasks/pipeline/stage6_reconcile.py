@@ -29,17 +29,20 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.domain.ids import is_valid_id, notification_id
-from dmd_tasks.infra.metrics import RECONCILER_ACTIONS
+from dmd_tasks.infra.deadline import Deadline
+from dmd_tasks.infra.metrics import RECONCILER_ACTIONS, WORK_CUT_SHORT
 from dmd_tasks.pipeline.routing import RECONCILE, SEND_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 
@@ -195,15 +198,26 @@ def unconfirmed_due(settings: Any, now: float) -> bool:
     return True
 
 
-def reconcile(services: Services, app: Any, now: float | None = None) -> dict[str, int]:
-    """One pass over every active sale; returns what it did, by action."""
+def reconcile(
+    services: Services, app: Any, now: float | None = None, deadline: Deadline | None = None
+) -> dict[str, int]:
+    """One pass over every active sale, or those it reaches before ``deadline`` (default: the
+    settings' work budget from now; the sales are taken in a random order, so none waits for ever
+    behind the others); returns what it did, by action, and how many sales it left."""
     now = time.time() if now is None else now
+    deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
     reconciler = Reconciler(services, now, unconfirmed=unconfirmed_due(services.settings, now))
+    active = services.sales.active()
+    random.shuffle(active)
     sales = 0
-    for sale_id in services.sales.active():
+    for sale_id in active:
+        if deadline.passed:
+            break
         sales += 1
         try:
             reconciler.sale(sale_id)
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             log.exception("reconciling sale %s failed; the next pass tries again", sale_id)
     size = services.settings.send_batch_size
@@ -212,7 +226,13 @@ def reconcile(services: Services, app: Any, now: float | None = None) -> dict[st
         app.send_task(SEND_NOTIFICATIONS, args=(ids[start : start + size],))
     if reconciler.actions:
         log.warning("reconciler: %s", dict(reconciler.actions))
-    return {"sales": sales, **reconciler.actions}
+    left = len(active) - sales
+    if left:
+        WORK_CUT_SHORT.labels(RECONCILE).inc()
+        log.warning(
+            "reconciler pass stopped at its time budget: %d of %d sales left to the next pass", left, len(active)
+        )
+    return {"sales": sales, **reconciler.actions, **({"sales_left": left} if left else {})}
 
 
 @task(RECONCILE, max_retries=0, dead_letters=False)

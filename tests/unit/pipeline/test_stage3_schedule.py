@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dmd_tasks.domain.campaigns import SendWindow
+from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.pipeline.stage2_generate import generate_sale
 from dmd_tasks.pipeline.stage3_schedule import LAST_TICK_KEY, TickResult, run_tick, schedule_sale, tick_span
 from dmd_tasks.services import Services
@@ -127,14 +128,21 @@ def test_a_pending_notification_past_its_validity_ends_expired(services: Service
     assert items == []
 
 
-def test_a_beat_tick_releases_the_time_since_the_last_one_within_half_and_two_intervals(services: Services) -> None:
+def test_a_beat_tick_releases_the_time_since_the_last_one_within_half_an_interval_and_a_work_budget(
+    services: Services,
+) -> None:
     interval = services.settings.schedule_interval_seconds
+    budget = services.settings.work_budget_seconds
+    assert budget > 2 * interval  # the defaults this test reads: 2 s ticks, a 20 s work budget
     services.redis.delete(LAST_TICK_KEY)
     now = time.time()
     assert tick_span(services, now) == interval  # the first tick: one interval
     assert tick_span(services, now + interval * 1.25) == pytest.approx(interval * 1.25)  # late: the time it missed
     assert tick_span(services, now + interval * 1.3) == interval / 2  # early: at least half an interval
-    assert tick_span(services, now + interval * 20) == 2 * interval  # after a pause: at most two
+    # after a slow tick that held the lock for 12 s (the ticks in between were skipped): those 12 s
+    assert tick_span(services, now + interval * 1.3 + 12) == pytest.approx(12)
+    # after a pause (beat down, ticks lost): at most one work budget, not minutes of sends at once
+    assert tick_span(services, now + interval * 1.3 + 12 + 300) == budget
 
 
 def test_a_sale_is_given_its_lead_once_on_top_of_its_share(
@@ -152,3 +160,42 @@ def test_a_sale_is_given_its_lead_once_on_top_of_its_share(
     assert scheduled() == 4 * interval + 4 * 3
     run_tick(services, sale_ids=[sale_id], lead_seconds=3)
     assert scheduled() == 2 * 4 * interval + 4 * 3
+
+
+def test_a_tick_slowed_by_its_store_keeps_what_it_moved_and_stops_at_its_deadline(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a sale with 60 due at 100/s, and a table that now takes 300 ms a write
+    sale_id = generated(services, seed_sale, 60, rate=100)
+    real = services.notifications.schedule
+
+    def slow(*args: Any, **kwargs: Any) -> bool:
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services.notifications, "schedule", slow)
+
+    # When a tick with a one-second budget runs
+    began = time.monotonic()
+    result = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(1.0))
+    took = time.monotonic() - began
+
+    # Then it stopped at its deadline (no round begun that would end past it at the pace measured;
+    # the first, unmeasured one aside), counting what it left, and every write it made is kept
+    assert took < 1.0 + 0.3, took
+    assert result.cut_short and result.left > 0, result
+    statuses = [i["status"] for i in sale_notifications(services, sale_id)]
+    assert 0 < statuses.count("scheduled") == result.scheduled < 60
+    # and the next tick sizes its batch from the latency it measured: no more than fit its time
+    assert services.write_pace.seconds > 0.2
+    again = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(0.7))
+    assert again.scheduled <= services.settings.aws_io_threads * 3, again
+
+
+def test_a_tick_out_of_time_before_a_sale_leaves_it_to_the_next_tick(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    sale_id = generated(services, seed_sale, 5)
+    result = run_tick(services, sale_ids=[sale_id], deadline=Deadline.after(0))
+    assert result.sales_not_reached == 1 and result.scheduled == 0 and result.cut_short
+    assert {i["status"] for i in sale_notifications(services, sale_id)} == {"pending"}

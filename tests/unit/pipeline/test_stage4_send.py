@@ -18,6 +18,7 @@ from botocore.exceptions import EndpointConnectionError
 from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.domain.entities import Event
 from dmd_tasks.infra.circuit import Permit
+from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
@@ -150,6 +151,21 @@ def test_a_provider_error_schedules_a_retry_with_one_more_attempt(
     assert int(before) <= retry["notBefore"] <= time.time() + services.settings.send_retry_base_seconds + 1
     assert "upstream error 50" in retry["lastError"]
     assert "leaseUntil" not in retry
+    assert sim.sms_messages_to(phone) == 0
+
+
+def test_a_send_past_its_batchs_deadline_calls_nobody_and_goes_back_to_scheduled(
+    services: Services, outbox: Outboxes, sim
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch held up by a slow dependency until its work budget ran out
+    box = outbox()
+    nid, phone = box.add("fan1")
+
+    # When its next send comes up, then no call is begun: back to scheduled, no attempt spent
+    assert send_claimed(services, nid, claim_one(services, nid), set(), deadline=Deadline.after(0)) == "not-attempted"
+    back = box.item("fan1")
+    assert (back["status"], back["attempts"]) == ("scheduled", 0)
+    assert "out of time" in back["lastError"] and "leaseToken" not in back
     assert sim.sms_messages_to(phone) == 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline import stage6_reconcile as stage6
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
@@ -435,3 +436,33 @@ def test_unconfirmed_sends_are_looked_at_every_minute_or_quarter_window_not_ever
     ]
     short = load_settings(unconfirmed_window_seconds=20)  # a quarter of it: 5 s
     assert [stage6.unconfirmed_due(short, t) for t in (2000, 2004, 2005)] == [True, False, True]
+
+
+def test_a_pass_out_of_time_leaves_the_sales_it_did_not_reach_to_the_next_and_says_so(
+    services: Services, outbox: Outboxes, app: FakeApp, only_these_sales: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three sales, each with a send whose lease expired, and a store that takes 0.4 s a sale
+    boxes = [outbox() for _ in range(3)]
+    for box in boxes:
+        only_these_sales.append(box.sale_id)
+        box.add("dead", status="sending")
+    real = Reconciler.sale
+
+    def slow(self: Reconciler, sale_id: str) -> None:
+        time.sleep(0.4)
+        real(self, sale_id)
+
+    monkeypatch.setattr(Reconciler, "sale", slow)
+    now = time.time() + 2 * DEADLINE
+
+    # When a pass with half a second of budget runs, then it reaches two sales at most and says
+    # how many it left; what it did is done
+    done = reconcile(services, app, now, deadline=Deadline.after(0.5))
+    assert done["sales"] + done["sales_left"] == 3 and done["sales_left"] >= 1, done
+    assert done["lease_taken_back"] == done["sales"]
+    # and the next passes reach the others (in a random order: none waits behind the rest for ever)
+    for _ in range(20):
+        if all(box.item("dead")["status"] == "scheduled" for box in boxes):
+            break
+        reconcile(services, app, now, deadline=Deadline.after(0.5))
+    assert [box.item("dead")["status"] for box in boxes] == ["scheduled"] * 3
