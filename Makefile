@@ -59,16 +59,18 @@ lint: setup
 	$(BIN)/mypy
 
 ## make chaos: the fault suite (kills, freezes, lost messages, a re-saved sale, Redis / AWS / the
-## provider down, the provider throttling everything), figures printed at the end. Small by default;
-## at size: make chaos CHAOS_FANS=600 CHAOS_KILLS=8 CHAOS_OUTAGE=60 CHAOS_THROTTLE=120
+## provider down, Redis back empty, AWS slow, the provider throttling everything), figures printed
+## at the end. Small by default;
+## at size: make chaos CHAOS_FANS=600 CHAOS_KILLS=8 CHAOS_OUTAGE=60 CHAOS_THROTTLE=120 CHAOS_SLOW=120
 CHAOS_FANS     ?= 120
 CHAOS_KILLS    ?= 5
 CHAOS_OUTAGE   ?= 20
 CHAOS_THROTTLE ?= $(CHAOS_OUTAGE)
+CHAOS_SLOW     ?= $(CHAOS_OUTAGE)
 CHAOS_WORKERS  ?= 2
 chaos: setup
 	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
-		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) \
+		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) DMD_CHAOS_SLOW_SECONDS=$(CHAOS_SLOW) \
 		$(PYTEST) -m chaos -n $(CHAOS_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)

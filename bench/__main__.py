@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("fanout", "send", "latency", "bridge", "broker", "query", "cost")
+BENCHMARKS = ("fanout", "send", "latency", "bridge", "broker", "query", "cost", "scale")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,6 +65,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cold-samples", type=int, default=30, help="query: cold misses measured")
     p.add_argument("--discovery-latency-ms", type=float, default=100.0, help="query: Discovery latency (cold)")
     p.add_argument("--cost-fans", type=int, default=1000, help="cost: fans in the demo sale")
+    p.add_argument("--scale-small", type=int, default=300, help="scale: fans in the small sale")
+    p.add_argument("--scale-big", type=int, default=3000, help="scale: fans in the big sale (a third share numbers)")
+    p.add_argument("--scale-rate", type=float, default=50.0, help="scale: the campaigns' rate C (messages/s)")
+    p.add_argument("--scale-pollers", type=int, default=0, help="scale: clients reading the sale's progress every 2 s")
     p.add_argument("--redis-db", type=int, default=12, help="the bench's own Redis database (flushed)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="the Markdown report")
     p.add_argument(
@@ -150,6 +154,9 @@ def _runners(h: Any, args: argparse.Namespace) -> dict[str, Callable[[], dict[st
             discovery_latency_ms=args.discovery_latency_ms,
         ),
         "cost": lambda: _module("cost").run(h, fans=args.cost_fans),
+        "scale": lambda: _module("scale").run(
+            h, small=args.scale_small, big=args.scale_big, rate=args.scale_rate, pollers=args.scale_pollers
+        ),
     }
 
 

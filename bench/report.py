@@ -415,6 +415,30 @@ def _cost(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scale(s: dict[str, Any]) -> list[str]:
+    rate = s["campaign_rate"]
+    lines = [
+        "## 8. Sale size: the send rate of a small and a big sale on one stack",
+        "",
+        f"Two sales one after the other through every pipeline process, both at a campaign rate of C = {rate:g}/s",
+        "(the account's cap above it): the big one has a third of its fans sharing a number with another",
+        "(they end `duplicate`: one SMS per phone) and runs on the table the small one left. The rate is the",
+        "provider's accepted messages per second from the first to the last; N is the phones messaged.",
+        "",
+        "| sale | fans | N (phones) | send rate | of C | notifyAt → all final | N / C | of N / C |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("small", "big"):
+        x = s[name]
+        lines.append(
+            f"| {name} | {x['fans']:,} | {x['messaged']:,} | {x['send_rate']:.1f}/s "
+            f"| {_ratio(x['send_rate_of_campaign_rate'])} | {x['final_after_seconds']:.0f} s "
+            f"| {x['n_over_c_seconds']:.0f} s | {x['final_after_of_n_over_c']:.2f} |"
+        )
+    lines += ["", f"The big sale's rate is **{_ratio(s['rate_ratio_big_to_small'])}** of the small one's."]
+    return lines
+
+
 SECTIONS: list[tuple[str, Any]] = [
     ("fanout", _fanout),
     ("send", _send),
@@ -424,6 +448,7 @@ SECTIONS: list[tuple[str, Any]] = [
     ("broker_use", _broker_use),
     ("query", _query),
     ("cost", _cost),
+    ("scale", _scale),
 ]
 
 

@@ -7,8 +7,11 @@ to the real server until told otherwise:
   crosses in either direction (what was read before stays held). Connects still succeed.
 - ``cut()``: an unreachable dependency. Every connection is closed at once and new connects are
   refused (the listening socket is closed) until ``heal()``.
-- ``heal()``: forwarding as normal again. Connections held by a freeze carry on where they stopped,
-  unless a peer gave up on them meanwhile. After a cut, the proxy listens again on the same port.
+- ``slow(seconds)``: a slow dependency (a throttled table, a hot partition). Every chunk a client
+  sends (a request, for a request-response protocol) reaches the server ``seconds`` late.
+- ``heal()``: forwarding as normal again, at full speed. Connections held by a freeze carry on
+  where they stopped, unless a peer gave up on them meanwhile. After a cut, the proxy listens again
+  on the same port.
 - ``close()``: stop for good.
 
 The proxy listens on a free port of 127.0.0.1 (``.port``); damage goes through it, never to
@@ -21,6 +24,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -70,6 +74,8 @@ class FaultProxy:
         self.port: int = int(self._listener.getsockname()[1])
         #: connections accepted (and forwarded or held) since the start
         self.accepted = 0
+        #: how late each chunk from a client is forwarded (``slow``)
+        self.delay = 0.0
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"fault-proxy-{self.port}", daemon=True)
         self._acceptor.start()
 
@@ -105,12 +111,22 @@ class FaultProxy:
         for link in links:
             link.close()
 
+    def slow(self, seconds: float) -> None:
+        with self._cond:
+            self._require_running()
+            if self._state == "cut":
+                self._listener = self._listen(self.port)
+            self._state = "open"
+            self.delay = seconds
+            self._cond.notify_all()
+
     def heal(self) -> None:
         with self._cond:
             self._require_running()
             if self._state == "cut":
                 self._listener = self._listen(self.port)
             self._state = "open"
+            self.delay = 0.0
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -204,6 +220,8 @@ class FaultProxy:
         try:
             while self._flowing(link):
                 data = src.recv(_CHUNK)
+                if data and src is link.client and self.delay > 0:
+                    time.sleep(self.delay)
                 if not data or not self._flowing(link):
                     break
                 dst.sendall(data)

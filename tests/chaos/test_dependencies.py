@@ -1,15 +1,17 @@
-"""Dependency outages during a sale: Redis or the AWS endpoint hung or unreachable, the SMS provider down.
+"""Dependency outages during a sale: Redis or the AWS endpoint hung or unreachable, Redis back
+empty, every AWS call slow, the SMS provider down or throttling.
 
 Every pipeline process talks to Redis and to the AWS endpoint (moto) through a ``FaultProxy``
 (tests/chaos/proxy.py); the test itself reads and writes directly. Each scenario starts a sale,
-waits until sending has begun, damages one dependency for DMD_CHAOS_OUTAGE_SECONDS (20; `make chaos`: 60),
-heals it, and then requires:
+waits until sending has begun, damages one dependency for DMD_CHAOS_OUTAGE_SECONDS (20; at size:
+60), heals it, and then requires:
 
 - no pipeline process exited, during the outage or after it (an exit is a defect: nothing
   restarts it here);
 - every notification final (delivered, undelivered or failed) within DMD_CHAOS_FINAL_TIMEOUT_SECONDS
   (default 300) after the heal;
-- nobody messaged twice, per the SMS simulator; nothing lost; no notification over its attempts.
+- nobody messaged twice, per the SMS simulator; nothing lost; no notification over its attempts;
+- beat ticking again within a minute of the heal, and no task cut off by its soft time limit.
 
 With the provider failing or throttling every call, not one notification may fail: its circuit
 pauses sending instead of spending attempts.
@@ -22,16 +24,20 @@ Quick run: DMD_CHAOS_OUTAGE_SECONDS=20 DMD_CHAOS_FANS=60 pytest tests/chaos -s -
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup
@@ -46,6 +52,9 @@ OUTAGE_SECONDS = float(os.environ.get("DMD_CHAOS_OUTAGE_SECONDS", "20"))
 FINAL_TIMEOUT_SECONDS = float(os.environ.get("DMD_CHAOS_FINAL_TIMEOUT_SECONDS", "300"))
 #: How long the provider answers 429 to everything in the throttling scenario (`make chaos`: 120).
 THROTTLE_SECONDS = float(os.environ.get("DMD_CHAOS_THROTTLE_SECONDS", str(OUTAGE_SECONDS)))
+#: How long every AWS call is slowed in the slow-dependency scenario (`make chaos`: 120), and by how much.
+SLOW_SECONDS = float(os.environ.get("DMD_CHAOS_SLOW_SECONDS", str(OUTAGE_SECONDS)))
+AWS_SLOW_DELAY_SECONDS = 0.3
 #: Sending takes about 30 s at this rate, so the outage starts while the sale is under way.
 RATE = max(2.0, FANS / 30)
 #: Statuses that show the send stage has started on the sale.
@@ -75,6 +84,9 @@ class Proxied:
 
     def stop_watching(self) -> None:
         self._stop.set()
+
+    def all_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.group.log_dir.glob("*.log")))
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
         path = self.group.log_dir / f"{name}.log"
@@ -149,7 +161,7 @@ def run_outage(
     time.sleep(outage_seconds)
     status_at_heal = counts(settings, sale_id)
     heal()
-    healed = time.monotonic()
+    healed, healed_wall = time.monotonic(), time.time()
     #: (seconds after the heal, what was not final yet), every ~15 s: how recovery went
     recovery: list[tuple[float, dict[str, int]]] = []
 
@@ -171,6 +183,10 @@ def run_outage(
     except AssertionError:
         final_after = None
     died = proxied.group.dead()
+    beat = beat_ticks(proxied.group.log_dir / "beat.log")
+    before_heal = [t for t in beat if t <= healed_wall]
+    after_heal = [t for t in beat if t > healed_wall]
+    logs = proxied.all_logs()
     result = figures(
         settings,
         sim,
@@ -186,6 +202,10 @@ def run_outage(
         status_at_heal=status_at_heal,
         not_final_after_heal=recovery,
         proxy_connections={"redis": proxied.redis.accepted, "aws": proxied.aws.accepted},
+        beat_last_tick_before_heal=round(before_heal[-1] - healed_wall, 1) if before_heal else None,
+        beat_first_tick_after_heal=round(after_heal[0] - healed_wall, 1) if after_heal else None,
+        ticks_cut_short=logs.count("stopped at its time budget"),
+        soft_time_limits=logs.count("SoftTimeLimitExceeded"),
         log_dir=str(proxied.group.log_dir),
     )
     report(name, result)
@@ -200,6 +220,21 @@ def run_outage(
         assert result["provider_accepted"] == FANS, result
     assert result["terminal"] == result["notifications"] == FANS, result
     assert result["max_attempts"] <= settings.max_send_attempts, result
+    # beat ticks again within a minute of the heal, whatever the fault did to Redis
+    assert result["beat_first_tick_after_heal"] is not None and result["beat_first_tick_after_heal"] <= 60, result
+    # and no task was cut off by its soft time limit: a slow run stops at its budget instead
+    assert result["soft_time_limits"] == 0, result
+
+
+def beat_ticks(log: Path) -> list[float]:
+    """When beat sent each tick (epoch seconds), from its log (JSON lines, local time)."""
+    ticks = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if "Sending due task" not in line or not line.startswith("{"):
+            continue
+        stamp = json.loads(line)["time"]
+        ticks.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return ticks
 
 
 TIMEOUT = int(OUTAGE_SECONDS + FINAL_TIMEOUT_SECONDS + 240)
@@ -223,6 +258,35 @@ def test_aws_endpoint_frozen_during_a_sale(proxied, settings, sim) -> None:  # t
 @pytest.mark.timeout(TIMEOUT)
 def test_aws_endpoint_unreachable_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
     run_outage("aws-cut", proxied, settings, sim, proxied.aws.cut, proxied.aws.heal)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_redis_restarted_empty_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    """Redis killed, and back without its data (a node replaced, no persistence): beat's
+    schedule and lock, the send pacing, the circuits, the caches are gone. Beat must tick again
+    (it writes its schedule back) and the sale must end with nobody messaged twice."""
+
+    def restart_empty() -> None:
+        proxied.redis.cut()
+        redis.Redis.from_url(settings.redis_url).flushdb()
+
+    run_outage("redis-restarted-empty", proxied, settings, sim, restart_empty, proxied.redis.heal)
+
+
+@pytest.mark.timeout(int(SLOW_SECONDS + FINAL_TIMEOUT_SECONDS + 240))
+def test_aws_slowed_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+    """Every AWS call 300 ms late for DMD_CHAOS_SLOW_SECONDS (`make chaos`: two minutes): a
+    throttled table, a hot partition. The pipeline slows down and keeps moving; no run is cut off
+    by its soft time limit (the ticks stop at their budget), and the send rate comes back after."""
+    run_outage(
+        "aws-slowed",
+        proxied,
+        settings,
+        sim,
+        lambda: proxied.aws.slow(AWS_SLOW_DELAY_SECONDS),
+        proxied.aws.heal,
+        outage_seconds=SLOW_SECONDS,
+    )
 
 
 @pytest.mark.timeout(TIMEOUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -77,6 +78,19 @@ def test_forwards_both_ways(proxy: FaultProxy) -> None:
         assert roundtrip(sock, b"hello") == b"hello"
         assert roundtrip(sock, b"x" * 200_000) == b"x" * 200_000
     assert proxy.accepted == 1
+
+
+def test_slow_delays_each_request_and_heal_restores_full_speed(proxy: FaultProxy) -> None:
+    with connect(proxy) as sock:
+        proxy.slow(0.3)
+        began = time.monotonic()
+        assert roundtrip(sock, b"ping") == b"ping"
+        assert roundtrip(sock, b"ping") == b"ping"
+        assert time.monotonic() - began >= 0.6  # each request 300 ms late
+        proxy.heal()
+        began = time.monotonic()
+        assert roundtrip(sock, b"ping") == b"ping"
+        assert time.monotonic() - began < 0.2
 
 
 def test_freeze_holds_bytes_and_heal_delivers_them(proxy: FaultProxy) -> None:
