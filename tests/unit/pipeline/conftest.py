@@ -20,6 +20,7 @@ from dmd_tasks.services import Services
 from dmd_tasks.store.codec import iso
 from dmd_tasks.store.items import item
 from dmd_tasks.store.keys import notification_key
+from tests.helpers import unique_phones
 
 ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
 
@@ -39,10 +40,8 @@ def seed(services: Services, n: int, *, rate: float = 50.0, window: SendWindow =
     run = new_run()
     event = Event(id=f"ev{run}", name="Show", url=f"https://www.ticketmaster.com/e/{run}", shortUrl="https://bit.ly/x")
     services.table.put_items([item(event)])
-    area = int(run, 16) % 1000
-    services.table.put_items(
-        item(Demand(eventId=event.id, fanId=f"fan{i:03d}", phone=f"+1555{area:03d}{i:04d}")) for i in range(n)
-    )
+    phones = unique_phones(n)  # an opt-out or claim another test left never meets this sale's fans
+    services.table.put_items(item(Demand(eventId=event.id, fanId=f"fan{i:03d}", phone=phones[i])) for i in range(n))
     sale_id = f"sale{run}"
     services.campaigns.put(
         Campaign(saleId=sale_id, eventId=event.id, template="{{ short_url }}", window=window, ratePerSecond=rate)
@@ -88,7 +87,7 @@ class Outbox:
         """A notification of this sale (generated ``pending``, then moved as a stage would); returns
         (notification id, phone)."""
         notifications = self.services.notifications
-        phone = phone or f"+1555{int(uuid.uuid4().hex[:7], 16) % 10_000_000:07d}"
+        phone = phone or unique_phones(1)[0]
         now = time.time()
         new = notifications.new_item(
             sale_id=self.sale_id,
