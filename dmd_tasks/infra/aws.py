@@ -111,6 +111,8 @@ def _on_dynamodb_params(params: dict[str, Any], model: Any = None, **_: Any) -> 
     operation = getattr(model, "name", "")
     if operation == "BatchWriteItem":
         DYNAMODB_WRITE_ITEMS.labels(operation).inc(sum(len(v) for v in params.get("RequestItems", {}).values()))
+    elif operation == "TransactWriteItems":  # DynamoDB bills two write units per item of a transaction
+        DYNAMODB_WRITE_ITEMS.labels(operation).inc(2 * len(params.get("TransactItems", [])))
     elif operation in _WRITE_OPERATIONS:
         DYNAMODB_WRITE_ITEMS.labels(operation).inc()
     elif operation == "BatchGetItem":

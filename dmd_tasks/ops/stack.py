@@ -119,7 +119,8 @@ class Stack:
         lines.append(
             self._spawn(
                 "moto",
-                [sys.executable, "-m", "moto.server", "-H", s.moto_host, "-p", str(s.moto_port)],
+                # moto's server with DynamoDB transactions it can afford (dmd_tasks.ops.emulator)
+                [sys.executable, "-m", "dmd_tasks.ops.emulator", "-H", s.moto_host, "-p", str(s.moto_port)],
                 s.moto_host,
                 s.moto_port,
             )

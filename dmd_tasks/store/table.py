@@ -5,8 +5,10 @@ as plain dicts (``codec``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -17,9 +19,15 @@ from dmd_tasks.infra.settings import Settings
 from dmd_tasks.store.codec import deserialize, serialize
 from dmd_tasks.store.keys import Key
 
-#: DynamoDB's BatchWriteItem limit (items per call) and BatchGetItem limit (keys per call).
+#: DynamoDB's BatchWriteItem limit (items per call), BatchGetItem limit (keys per call) and
+#: TransactWriteItems limit (actions per call).
 BATCH_WRITE_MAX_ITEMS = 25
 BATCH_GET_MAX_KEYS = 100
+TRANSACT_MAX_ITEMS = 100
+#: What a cancelled transaction says of an item that would have been written.
+_NO_REASON = ("None", None)
+#: The reasons a cancelled transaction of ``update_many`` is sent again for (without the failed items).
+_EXPECTED_REASONS = {"ConditionalCheckFailed", "TransactionConflict"}
 _THROTTLING = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
@@ -27,6 +35,28 @@ _THROTTLING = {
     "InternalServerError",
     "ServiceUnavailable",
 }
+
+
+@dataclass(frozen=True)
+class Update:
+    """One conditional UpdateItem, to be written with others (``DemandTable.update_many``)."""
+
+    key: Key
+    update: str
+    condition: str | None
+    values: dict[str, Any]
+    names: dict[str, str] | None = None
+
+    def action(self, table: str) -> dict[str, Any]:
+        """Its ``Update`` action of a TransactWriteItems request."""
+        action: dict[str, Any] = {"TableName": table, "Key": serialize(self.key), "UpdateExpression": self.update}
+        if self.values:
+            action["ExpressionAttributeValues"] = serialize(self.values)
+        if self.condition is not None:
+            action["ConditionExpression"] = self.condition
+        if self.names:
+            action["ExpressionAttributeNames"] = self.names
+        return action
 
 
 def _wrap(exc: ClientError, what: str) -> Exception:
@@ -100,6 +130,53 @@ class DemandTable:
         return deserialize(response["Attributes"]) if return_new else {}
 
     # --- batches --------------------------------------------------------------------------
+
+    def update_many(self, updates: Sequence[Update], *, what: str) -> list[bool]:
+        """Apply each update whose condition holds, up to 100 in one TransactWriteItems request:
+        per item the guarantee of ``update`` (applied only if its own condition holds, atomically),
+        at one request per 100 items. A transaction is all or nothing, so when some conditions
+        fail DynamoDB cancels it and says which (``CancellationReasons``): the rest is sent again
+        without them, in a transaction of its own. Returns, per update, whether it was applied."""
+        applied = [False] * len(updates)
+        for start in range(0, len(updates), TRANSACT_MAX_ITEMS):
+            self._transact(updates, list(range(start, min(start + TRANSACT_MAX_ITEMS, len(updates)))), applied, what)
+        return applied
+
+    def _transact(self, updates: Sequence[Update], pending: list[int], applied: list[bool], what: str) -> None:
+        delay = 0.05
+        for _attempt in range(10):
+            if not pending:
+                return
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[{"Update": updates[i].action(self.name)} for i in pending],
+                    # botocore's own retries of this request stay idempotent (a write that landed
+                    # but whose answer was lost is not refused as a failed condition)
+                    ClientRequestToken=uuid.uuid4().hex,
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in ("TransactionCanceledException", "TransactionConflictException"):
+                    raise _wrap(exc, what) from exc
+                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+                if code == "TransactionCanceledException" and len(reasons) == len(pending):
+                    unknown = {r for r in reasons if r not in _NO_REASON} - {
+                        "ConditionalCheckFailed",
+                        "TransactionConflict",
+                    }
+                    if unknown:
+                        raise _wrap(exc, f"{what}: {sorted(unknown)}") from exc
+                    if "TransactionConflict" not in reasons:  # only failed conditions: the others go again at once
+                        pending = [i for i, r in zip(pending, reasons, strict=True) if r in _NO_REASON]
+                        continue
+                    pending = [i for i, r in zip(pending, reasons, strict=True) if r != "ConditionalCheckFailed"]
+                time.sleep(delay)  # another transaction holds some of these items: again after it
+                delay = min(delay * 2, 1.0)
+                continue
+            for i in pending:
+                applied[i] = True
+            return
+        raise TransientError(f"{what}: {len(pending)} updates still in conflict after retries")
 
     def put_items(self, items: Iterable[dict[str, Any]], pool: Executor | None = None) -> int:
         """Write items with BatchWriteItem, 25 a call, retrying ``UnprocessedItems``. Returns items written.

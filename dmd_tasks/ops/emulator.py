@@ -1,0 +1,144 @@
+"""The local AWS emulator: moto's server, with DynamoDB transactions it can afford.
+
+``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with one
+change. moto's ``TransactWriteItems`` (moto 5.x, ``DynamoDBBackend.transact_write_items``)
+deep-copies every table a transaction touches once per item of the transaction, to roll back
+on failure: 100 updates on a table of a few thousand items took ~18 s and grew the process to
+2.5 GB, so a design that writes its transitions 100 at a time, as DynamoDB intends, could not
+run on the local stack. ``transact_write_items`` below keeps moto's behaviour and errors (all
+or nothing, a cancellation reason per item, the same exceptions) and checks every condition
+before it writes anything, so a cancelled transaction has nothing to undo; an error while
+writing (an update expression that fails on the item) restores the items it had written.
+Requests and their results are the same as moto's, and as DynamoDB's.
+
+Only the local stack (``dmd stack up``, the tests, the benchmarks) runs this; it needs the
+``local`` extra (moto).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+
+def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+    """moto's ``DynamoDBBackend.transact_write_items``: every condition checked first, then the
+    writes, each item copied (not each table) so that a failed write can be undone."""
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models.dynamo_type import Item
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    seen: set[tuple[str, str]] = set()
+    planned: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = []
+    errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+    for entry in transact_items:
+        if len(entry) > 1:
+            raise TransactWriteSingleOpException
+        original: dict[str, Any] | None = None
+        try:
+            op_type, op = next(iter(entry.items()))
+            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+            table_name = op["TableName"]
+            if op_type == "Put":
+                table = self.get_table(table_name)
+                attrs = op["Item"]
+                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = attrs[table.range_key_attr]
+            else:
+                key = op["Key"]
+            unique = (str(table_name), str(dict(sorted(key.items()))))
+            if unique in seen:
+                raise MultipleTransactionsException()
+            seen.add(unique)
+            current = self.get_item(table_name, key)
+            condition = op.get("ConditionExpression")
+            if condition is not None:
+                check = get_filter_expression(
+                    condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                )
+                if not check.expr(current):
+                    if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                        original = current.to_json()["Attributes"]
+                    raise ConditionalCheckFailed(item=original)
+            planned.append((op_type, op, table_name, key))
+            errors.append((None, None, None))
+        except (MultipleTransactionsException, MockValidationException):
+            raise
+        except ConditionalCheckFailed as exc:
+            errors.append(("ConditionalCheckFailed", str(exc.message), original))
+        except Exception as exc:  # as moto does: any other problem is that item's cancellation reason
+            errors.append((type(exc).__name__, str(exc), original))
+    if any(code is not None for code, _, _ in errors):
+        raise TransactionCanceledException(errors)
+
+    written: list[tuple[Any, dict[str, Any], Item | None]] = []
+    marks = {name: _stream_length(self.get_table(name)) for name in {p[2] for p in planned}}
+    try:
+        for op_type, op, table_name, key in planned:
+            before = self.get_item(table_name, key)
+            written.append((self.get_table(table_name), key, copy.deepcopy(before)))
+            expressions = {
+                "expression_attribute_names": op.get("ExpressionAttributeNames"),
+                "expression_attribute_values": op.get("ExpressionAttributeValues"),
+            }
+            if op_type == "Put":
+                self.put_item(table_name, op["Item"], **expressions)
+            elif op_type == "Delete":
+                self.delete_item(table_name, key, **expressions)
+            elif op_type == "Update":
+                self.update_item(table_name, key, update_expression=op["UpdateExpression"], **expressions)
+    except Exception:
+        _undo(written, marks)
+        raise
+
+
+def _stream_length(table: Any) -> int | None:
+    return len(table.stream_shard.items) if table.stream_shard is not None else None
+
+
+def _undo(written: list[tuple[Any, dict[str, Any], Any]], marks: dict[str, int | None]) -> None:
+    """Put every written item back as it was (newest first), and drop the stream records written."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    for table, key, before in reversed(written):
+        hash_value = key[table.hash_key_attr]
+        range_value = key.get(table.range_key_attr) if table.range_key_attr else None
+        hash_key, range_key = DynamoType(hash_value), DynamoType(range_value) if range_value else None
+        if before is None:
+            table.delete_item(hash_key, range_key)
+        else:
+            table.put_item(before.to_json()["Attributes"])
+    for table, _, _ in written:
+        mark = marks.get(table.name)
+        if mark is not None and table.stream_shard is not None:
+            del table.stream_shard.items[mark:]
+
+
+def patch() -> None:
+    """Give moto's DynamoDB backend the transaction above (once per process)."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> None:
+    patch()
+    from moto.server import main as moto_main
+
+    moto_main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
