@@ -2,8 +2,9 @@
 
 Reads the table's DynamoDB Stream (or, with ``DMD_DEMAND_KINESIS_STREAM_NAME`` set, the
 same change records from the table's Kinesis streaming destination), routes each change
-by entity type and status transition (``dmd_tasks.pipeline.routing``), and enqueues the
-tasks with SendMessageBatch. A record that cannot be parsed or routed goes to the
+by entity type (``dmd_tasks.pipeline.routing``: a fan's demand row wakes the shortener; a
+notification's own changes are not routed, their stage publishes the next task), and enqueues
+the tasks with SendMessageBatch. A record that cannot be parsed or routed goes to the
 ``bridge-demand`` dead-letter queue with its reason; the rest of its page proceeds.
 
 Run:  python -m bridges.demand
@@ -24,25 +25,19 @@ from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.pipeline.records import ChangeRecord, decode_kinesis_change, parse_change
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, BatchPlan, plan_changes
+from dmd_tasks.pipeline.routing import BatchPlan, plan_changes
 
 BRIDGE_NAME = "bridge-demand"
 
 
 def planner(
-    decode: Callable[[Any], ChangeRecord], send_batch_size: int, source: str = BRIDGE_NAME
+    decode: Callable[[Any], ChangeRecord], source: str = BRIDGE_NAME
 ) -> Callable[[Sequence[dict[str, Any]], Container[tuple[str, str]]], BatchPlan]:
-    """How this bridge plans a page: change records, sends packed ``send_batch_size`` a message
-    (``source``: the bridge named in dead letters; ``bridge-sqs`` plans its demand changes so too)."""
+    """How this bridge plans a page of change records (``source``: the bridge named in dead
+    letters; ``bridge-sqs`` plans its demand changes so too)."""
 
     def plan(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
-        return plan_changes(
-            records,
-            decode,
-            batch_sizes={SEND_NOTIFICATIONS: send_batch_size},
-            source=source,
-            recently_published=recent,
-        )
+        return plan_changes(records, decode, source=source, recently_published=recent)
 
     return plan
 
@@ -50,7 +45,7 @@ def planner(
 def build_handler(settings: Settings, decode: Callable[[Any], ChangeRecord]) -> RecordHandler:
     return RecordHandler(
         BRIDGE_NAME,
-        planner(decode, settings.send_batch_size),
+        planner(decode),
         BatchPublisher(app, settings),
         DeadLetters(settings),
         dedupe_seconds=settings.bridge_dedupe_seconds,

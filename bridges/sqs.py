@@ -65,7 +65,7 @@ def build_handler(settings: Settings, intake: str) -> RecordHandler:
     """The record handler of one intake queue."""
     publisher, letters = BatchPublisher(app, settings), DeadLetters(settings)
     if intake == DEMAND:
-        plan = planner(decode_sqs_change, settings.send_batch_size, source=BRIDGE_NAME)
+        plan = planner(decode_sqs_change, source=BRIDGE_NAME)
         return RecordHandler(BRIDGE_NAME, plan, publisher, letters, settings.bridge_dedupe_seconds)
     if intake == SMS_EVENTS:
         return RecordHandler(BRIDGE_NAME, _events_plan(settings), publisher, letters)

@@ -362,13 +362,15 @@ def reconcile(repair: bool) -> None:
     """Run one reconciler pass now (beat runs one every DMD_RECONCILE_INTERVAL_SECONDS)."""
     from dmd_tasks.celery_app import app  # Celery and kombu load only for the commands that use them
     from dmd_tasks.ops.repair import repair as run_repair
+    from dmd_tasks.pipeline.chain import publish_sends
     from dmd_tasks.pipeline.stage6_reconcile import reconcile as run_reconcile
     from dmd_tasks.services import Services
 
     services = Services(get_settings())
     if repair:
         click.echo(json.dumps({"repair": run_repair(services)}))
-    click.echo(json.dumps({"reconcile": run_reconcile(services, app)}))
+    published = lambda ids: publish_sends(app, services.settings, ids)  # noqa: E731
+    click.echo(json.dumps({"reconcile": run_reconcile(services, published)}))
 
 
 if __name__ == "__main__":

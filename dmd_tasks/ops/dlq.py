@@ -29,7 +29,7 @@ from dmd_tasks.pipeline.records import (
     parse_change,
     restore,
 )
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, BatchPlan, plan_changes, plan_status_records
+from dmd_tasks.pipeline.routing import BatchPlan, plan_changes, plan_status_records
 
 #: What re-driving one letter does; None keeps the letter where it is.
 Action = Callable[[], object] | None
@@ -159,8 +159,6 @@ def _plan_bridge_record(settings: Settings, name: str, record: Any, position: An
         intake = position.get("shard") if isinstance(position, dict) else None
         if intake == "intake-sms-events":
             return plan_status_records([record], settings.status_batch_size, source=name, decode=decode_sqs_status)
-        return plan_changes(
-            [record], decode_sqs_change, batch_sizes={SEND_NOTIFICATIONS: settings.send_batch_size}, source=name
-        )
+        return plan_changes([record], decode_sqs_change, source=name)
     decode = decode_kinesis_change if isinstance(record, dict) and "Data" in record else parse_change
-    return plan_changes([record], decode, batch_sizes={SEND_NOTIFICATIONS: settings.send_batch_size}, source=name)
+    return plan_changes([record], decode, source=name)

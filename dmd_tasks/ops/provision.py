@@ -255,10 +255,6 @@ def ensure_sms_events_topic(settings: Settings) -> dict[str, str]:
 #: by the pipe (not paid for, not sent to the queue); the bridge still checks each change it gets.
 DEMAND_PIPE_FILTERS = [
     {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"entity": {"S": ["DEMAND"]}}}},
-    {
-        "eventName": ["INSERT", "MODIFY"],
-        "dynamodb": {"NewImage": {"entity": {"S": ["NOTIFICATION"]}, "status": {"S": ["scheduled"]}}},
-    },
 ]
 
 

@@ -1,12 +1,13 @@
 """The routing table: which record or status change wakes which task, on which queue.
 
-A stage never calls the next one: it writes a status, the demand table's stream carries
-the change, and a bridge turns it into the next task by the rules here:
+What comes from outside reaches the pipeline through a stream and a bridge, by the rules here:
 
 - a new DEMAND row → ``shorten_event_url(eventId)`` (stage 1)
-- a NOTIFICATION entering ``scheduled`` → ``send_notifications([id, ...])`` (stage 4),
-  held back by SQS until its ``notBefore`` (a retry's backoff)
 - a provider event on the status stream → ``record_sms_status([event, ...])`` (stage 5)
+
+A notification's own transitions do not echo through the stream: the stage that moves
+notifications into ``scheduled`` publishes their ``send_notifications([id, ...])`` itself (stage 4,
+held back by SQS until a retry's ``notBefore``; ``chain.py``). The demand bridge ignores them.
 
 Beat starts stages 2 and 3 (``claim_due_sales``, ``schedule_notifications``) and the
 reconciler (``reconcile_sales``, stage 6), which owns every notification still in flight. Task names
@@ -17,16 +18,13 @@ and dead letters waiting for replay still find their task.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any
 
-from dmd_tasks.domain.entities import Entity, NotificationStatus
+from dmd_tasks.domain.entities import Entity
 from dmd_tasks.domain.errors import InvalidRecord
-from dmd_tasks.domain.ids import is_valid_id, split_notification_id
+from dmd_tasks.domain.ids import is_valid_id
 from dmd_tasks.infra import tracing
 from dmd_tasks.infra.deadletters import DeadLetter
 from dmd_tasks.infra.logs import CORRELATION_HEADER
@@ -95,17 +93,12 @@ class TaskCall:
 
 @dataclass(frozen=True)
 class Route:
-    """A task a record leads to.
-
-    ``item`` is the task's argument, or one element of its list argument for a batched
-    task (see ``plan_changes``' ``batch_sizes``); ``key`` de-duplicates routes.
-    """
+    """A task a record leads to: ``item`` is the task's argument; ``key`` de-duplicates routes."""
 
     task: str
     key: str
     item: Any
     correlation_id: str
-    delay_seconds: int = 0
     traceparent: str | None = None
 
 
@@ -142,8 +135,9 @@ class BatchPlan:
         self.ttl_expired += other.ttl_expired
 
 
-def route_change(change: ChangeRecord, now: float | None = None) -> Route | None:
-    """The task a change of the demand table leads to, or None when the change needs nothing.
+def route_change(change: ChangeRecord) -> Route | None:
+    """The task a change of the demand table leads to, or None when the change needs nothing (a
+    notification's own transitions among them: their stage publishes the next task itself).
 
     Raises InvalidRecord for an entity type the pipeline does not know.
     """
@@ -163,43 +157,12 @@ def route_change(change: ChangeRecord, now: float | None = None) -> Route | None
         if not is_valid_id(event_id):
             raise InvalidRecord("demand item has no valid 'eventId'")
         return Route(task=SHORTEN_EVENT_URL, key=str(event_id), item=event_id, correlation_id=change.correlation_id)
-    if kind is Entity.NOTIFICATION and change.new is not None:
-        return _route_notification(change, now)
     return None
-
-
-def _route_notification(change: ChangeRecord, now: float | None) -> Route | None:
-    new = change.new or {}
-    if (
-        new.get("status") != NotificationStatus.SCHEDULED
-        or (change.old or {}).get("status") == NotificationStatus.SCHEDULED
-    ):
-        return None
-    nid = new.get("id")
-    try:
-        split_notification_id(nid)  # type: ignore[arg-type]
-    except ValueError:
-        raise InvalidRecord("notification item has no valid 'id'") from None
-    not_before = new.get("notBefore")
-    delay = 0
-    if isinstance(not_before, (int, float, Decimal)):
-        # rounded up: a retry must never come back before the time it was given (e.g. Retry-After)
-        wait = float(not_before) - (time.time() if now is None else now)
-        delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(wait)))
-    return Route(
-        task=SEND_NOTIFICATIONS,
-        # every move into scheduled starts a new round: a replayed record repeats its round and is dropped
-        key=f"{nid}#{new.get('round', new.get('attempts', 0))}",
-        item=nid,
-        correlation_id=change.correlation_id,
-        delay_seconds=delay,
-    )
 
 
 def plan_changes(
     raws: Iterable[Any],
     decode: Callable[[Any], ChangeRecord],
-    batch_sizes: Mapping[str, int] | None = None,
     source: str = "bridge-demand",
     recently_published: Container[tuple[str, str]] = (),
 ) -> BatchPlan:
@@ -207,13 +170,9 @@ def plan_changes(
 
     One bad record becomes a dead letter with its reason; the rest of the page proceeds.
     Routes already in ``recently_published`` (earlier pages) count as duplicates.
-    Routes to a task in ``batch_sizes`` are packed into messages of that many items
-    (one message per distinct delay).
     """
     plan = BatchPlan()
     seen: set[tuple[str, str]] = set()
-    batched: dict[tuple[str, int], list[Route]] = {}
-    sizes = batch_sizes or {}
     for raw in raws:
         try:
             change = decode(raw)
@@ -236,38 +195,14 @@ def plan_changes(
         seen.add((target.task, target.key))
         plan.keys.append((target.task, target.key))
         plan.routed += 1
-        if target.task in sizes:
-            batched.setdefault((target.task, target.delay_seconds), []).append(target)
-        else:
-            plan.calls.setdefault(target.task, []).append(
-                TaskCall(
-                    args=(target.item,),
-                    headers={CORRELATION_HEADER: target.correlation_id},
-                    delay_seconds=target.delay_seconds,
-                    traceparent=target.traceparent,
-                )
-            )
-    for (task_name, delay), group in batched.items():
-        plan.calls.setdefault(task_name, []).extend(_batched_calls(group, sizes[task_name], delay))
-    return plan
-
-
-def _batched_calls(group: list[Route], size: int, delay: int) -> list[TaskCall]:
-    calls = []
-    for start in range(0, len(group), size):
-        chunk = group[start : start + size]
-        # each item keeps its own trace: the task continues it per item (span per notification)
-        traces = {r.item: r.traceparent for r in chunk if r.traceparent}
-        calls.append(
+        plan.calls.setdefault(target.task, []).append(
             TaskCall(
-                args=([r.item for r in chunk],),
-                kwargs={"trace_context": traces} if traces else {},
-                headers={CORRELATION_HEADER: chunk[0].correlation_id},
-                delay_seconds=delay,
-                traceparent=chunk[0].traceparent,
+                args=(target.item,),
+                headers={CORRELATION_HEADER: target.correlation_id},
+                traceparent=target.traceparent,
             )
         )
-    return calls
+    return plan
 
 
 def plan_status_records(

@@ -7,9 +7,11 @@ The account's cap (``DMD_SMS_ACCOUNT_PARTS_PER_SECOND``, message parts per secon
 shared by every active sale, max-min fairly (``run_tick``): a campaign's rate is a ceiling
 within it, a slow campaign gets its own rate and a fast one the rest. Per active sale, the
 tick queries the sparse pending index (``gsi1``, never a scan) for notifications whose
-send-after time has come, at most its share of one interval, and moves each with a
-conditional write. A notification whose fan is in quiet hours now (the window may have
-closed since generation) gets its send-after moved to the next opening instead, and one
+send-after time has come, at most its share of the time since the last tick, and moves
+them in transactions of up to 100 conditional writes (each applied only if still pending),
+publishing the send tasks of what each moved (``chain.py``). A notification whose fan is in
+quiet hours now (the window may have closed since generation) gets its send-after moved to
+the next opening instead, and one
 past its validity (``expiresAt``) ends ``failed`` ("expired"). What is stuck after that
 (expired send leases, lost send messages, sales with nothing left in flight) is the
 reconciler's (``stage6_reconcile``).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Task
@@ -28,11 +31,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.entities import NotificationStatus
-from dmd_tasks.infra import aws
+from dmd_tasks.domain.ids import notification_id
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.metrics import WORK_CUT_SHORT
+from dmd_tasks.pipeline.chain import publish_sends
 from dmd_tasks.pipeline.routing import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
+from dmd_tasks.store.table import TRANSACT_MAX_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,10 @@ LAST_TICK_KEY = "dmd:schedule:last-tick"
 LEAD_KEY = "dmd:schedule:lead:{sale_id}"
 
 
+#: What a tick gives the ids of each batch of notifications it moved into ``scheduled``.
+Publish = Callable[[list[str]], object]
+
+
 @dataclass
 class TickResult:
     scheduled: int = 0
@@ -56,10 +65,8 @@ class TickResult:
     left: int = 0
     #: active sales the tick did not reach before its deadline
     sales_not_reached: int = 0
-
-    @property
-    def cut_short(self) -> bool:
-        return bool(self.left or self.sales_not_reached)
+    #: the deadline limited the tick: it left work it would otherwise have done to the next tick
+    cut_short: bool = False
 
 
 @dataclass
@@ -93,9 +100,11 @@ def schedule_sale(
     result: TickResult,
     budget: int | None = None,
     deadline: Deadline | None = None,
+    publish: Publish | None = None,
 ) -> int:
     """Schedule at most ``budget`` due notifications of the sale (default: its campaign's rate for
-    one interval) before ``deadline``; returns how many it moved."""
+    one interval) before ``deadline``, publishing their send tasks (``publish``); returns how many
+    it moved."""
     campaign = services.campaigns.get(sale_id)
     if campaign is None:
         log.error("sale %s is active but has no campaign; nothing scheduled", sale_id)
@@ -103,7 +112,7 @@ def schedule_sale(
     if budget is None:
         budget = max(1, int(campaign.rate_per_second * interval_seconds))
     deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
-    return _schedule(services, sale_id, campaign, now, interval_seconds, budget, result, deadline)
+    return _schedule(services, sale_id, campaign, now, interval_seconds, budget, result, deadline, publish)
 
 
 def _schedule(
@@ -115,22 +124,24 @@ def _schedule(
     budget: int,
     result: TickResult,
     deadline: Deadline,
+    publish: Publish | None = None,
 ) -> int:
     """Move up to ``budget`` due notifications, shard by shard, taking no more than fits before
     ``deadline`` at the write latency measured so far (``Services.write_pace``)."""
     notifications = services.notifications
-    pool_size = services.settings.aws_io_threads
     shards = list(notifications.shards())
     start = int(now / max(interval_seconds, 0.001)) % len(shards)  # rotate which shard goes first
     moved_in_all = 0
     for shard in shards[start:] + shards[:start]:
         if budget <= 0:
             break
-        fits = services.write_pace.fits(deadline, pool_size)
+        fits = services.write_pace.fits(deadline, TRANSACT_MAX_ITEMS)
         if fits <= 0:
-            result.left += 1  # at least this shard's due notifications: the next tick takes them
+            result.cut_short = True  # this shard's due notifications (if any) are the next tick's
             break
         due = notifications.due_pending(sale_id, shard, now, min(budget, fits))
+        if fits < budget and len(due) == fits:
+            result.cut_short = True  # there may be more due than the time left let the tick take
         expired = [i for i in due if i.get("expiresAt") is not None and now >= float(i["expiresAt"])]
         for item in expired:  # too late to be useful: final, with the reason
             result.expired += notifications.mark_failed(
@@ -146,33 +157,40 @@ def _schedule(
         for item in quiet:  # the window closed since generation: wait for it to open again
             opens = campaign.window.next_open_ts(now, item.get("timezone"))
             result.deferred += notifications.defer(sale_id, item["fanId"], opens)
-        moved = _move_scheduled(services, sale_id, ready, now, deadline, result)
+        moved = _move_scheduled(services, sale_id, ready, now, deadline, result, publish)
         budget -= moved
         moved_in_all += moved
     return moved_in_all
 
 
 def _move_scheduled(
-    services: Services, sale_id: str, fan_ids: list[str], now: float, deadline: Deadline, result: TickResult
+    services: Services,
+    sale_id: str,
+    fan_ids: list[str],
+    now: float,
+    deadline: Deadline,
+    result: TickResult,
+    publish: Publish | None,
 ) -> int:
-    """``pending → scheduled`` for ``fan_ids``: conditional writes in parallel rounds of the pool's
-    size (the client is thread-safe), each round counted as it ends, none begun that would end
-    past ``deadline`` at the measured pace (what is left is counted in ``result.left``). Returns
-    how many moved."""
+    """``pending → scheduled`` for ``fan_ids``, in rounds of one transaction of up to 100
+    conditional writes, each round counted and its send tasks published as it ends (``publish``),
+    none begun that would end past ``deadline`` at the measured pace (what is left is counted in
+    ``result.left``). Returns how many moved."""
     notifications = services.notifications
-    pool = aws.io_pool(services.settings)
-    size = services.settings.aws_io_threads
     moved_in_all = 0
-    for start in range(0, len(fan_ids), size):
+    for start in range(0, len(fan_ids), TRANSACT_MAX_ITEMS):
         if deadline.remaining < services.write_pace.seconds:  # this round would end past the deadline
             result.left += len(fan_ids) - start
+            result.cut_short = True
             break
-        began, chunk = time.monotonic(), fan_ids[start : start + size]
-        moved = sum(pool.map(lambda fan_id: notifications.schedule(sale_id, fan_id, now), chunk))
+        began, chunk = time.monotonic(), fan_ids[start : start + TRANSACT_MAX_ITEMS]
+        moved = notifications.schedule_many(sale_id, chunk, now)
         services.write_pace.record(time.monotonic() - began)
-        result.scheduled += moved
-        result.lost_race += len(chunk) - moved
-        moved_in_all += moved
+        result.scheduled += len(moved)
+        result.lost_race += len(chunk) - len(moved)
+        moved_in_all += len(moved)
+        if publish is not None and moved:
+            publish([notification_id(sale_id, fan_id) for fan_id in moved])
     return moved_in_all
 
 
@@ -221,11 +239,13 @@ def run_tick(
     span: float | None = None,
     lead_seconds: float = 0.0,
     deadline: Deadline | None = None,
+    publish: Publish | None = None,
 ) -> TickResult:
     """One tick over the active sales (or ``sale_ids``), sharing the account's cap between them,
     for ``span`` seconds of budget (default: one interval); a sale's first tick also gets
     ``lead_seconds`` of its share, once (beat: ``schedule_lead_seconds``). No work is begun after
     ``deadline`` (default: the settings' work budget from now): what is left is the next tick's.
+    ``publish`` is given the ids of each batch moved (their send tasks: ``chain.publish_sends``).
 
     The cap (message parts per second) is shared max-min fairly: sales in order of what their
     campaigns ask, each given at most its campaign's rate and at most an equal split of what
@@ -246,17 +266,19 @@ def run_tick(
     for n, share in enumerate(shares):
         if deadline.passed:
             result.sales_not_reached = len(shares) - n
+            result.cut_short = True
             return result
         give = min(share.wants, remaining / (len(shares) - n))
         lead = _lead_budget(services, share, give, lead_seconds)
-        used = _tick_sale(services, share, give, now, interval, span, result, deadline, lead)
+        used = _tick_sale(services, share, give, now, interval, span, result, deadline, publish, lead)
         remaining = max(0.0, remaining - used)
     for share in shares:  # what others left: to the sales that used all of theirs
         if remaining <= 0 or deadline.passed:
             break
         if share.full and share.wants > share.given:
             more = min(share.wants - share.given, remaining)
-            remaining = max(0.0, remaining - _tick_sale(services, share, more, now, interval, span, result, deadline))
+            used = _tick_sale(services, share, more, now, interval, span, result, deadline, publish)
+            remaining = max(0.0, remaining - used)
     return result
 
 
@@ -280,6 +302,7 @@ def _tick_sale(
     span: float,
     result: TickResult,
     deadline: Deadline,
+    publish: Publish | None,
     lead: int = 0,
 ) -> float:
     """Schedule up to ``give`` parts per second of one sale over ``span`` seconds (and ``lead``
@@ -289,7 +312,9 @@ def _tick_sale(
         share.full = True
         return 0.0
     try:
-        moved = _schedule(services, share.sale_id, share.campaign, now, interval, budget + lead, result, deadline)
+        moved = _schedule(
+            services, share.sale_id, share.campaign, now, interval, budget + lead, result, deadline, publish
+        )
     except SoftTimeLimitExceeded:
         raise  # the whole tick is out of time: nothing more to begin
     except Exception:
@@ -316,7 +341,11 @@ def schedule_notifications(self: Task) -> dict[str, int]:
     try:
         now = time.time()
         result = run_tick(
-            services, now=now, span=tick_span(services, now), lead_seconds=services.settings.schedule_lead_seconds
+            services,
+            now=now,
+            span=tick_span(services, now),
+            lead_seconds=services.settings.schedule_lead_seconds,
+            publish=lambda ids: publish_sends(self.app, services.settings, ids),
         )
     finally:
         try:

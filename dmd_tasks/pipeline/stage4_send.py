@@ -1,7 +1,8 @@
 """Stage 4: send each scheduled notification as one SMS, exactly once.
 
-Trigger: the demand-stream bridge routes every ``→ scheduled`` change here, in batches of
-``send_batch_size`` notification ids (a retry carries SQS DelaySeconds until its
+Trigger: the stage that moved notifications into ``scheduled`` (the scheduler's tick, a send
+going back for a retry, the reconciler) publishes their task here, in batches of
+``send_batch_size`` notification ids (``chain.py``; a retry carries SQS DelaySeconds until its
 ``notBefore``).
 
 Per notification:
@@ -71,6 +72,7 @@ from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
 from dmd_tasks.infra.metrics import SEND_LATENCY
 from dmd_tasks.infra.settings import Settings
+from dmd_tasks.pipeline.chain import publish_due
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 
@@ -135,11 +137,14 @@ def send_claimed(
     opted_out: set[str],
     traceparent: str | None = None,
     deadline: Deadline | None = None,
+    again: list[tuple[str, float]] | None = None,
 ) -> str:
     """Send one notification this worker owns, in its own trace; returns what happened. Past
-    ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``."""
+    ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``. One
+    that goes back to ``scheduled`` is added to ``again`` with when it is due (the caller
+    publishes its send task: ``chain.publish_due``)."""
     with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
-        outcome = _send_claimed(services, notification_id, item, opted_out, deadline)
+        outcome = _send_claimed(services, notification_id, item, opted_out, deadline, again)
         span.set_attribute("dmd.outcome", outcome)
         return outcome
 
@@ -149,7 +154,12 @@ class Expired(PermanentError):
 
 
 def _send_claimed(
-    services: Services, notification_id: str, item: dict[str, Any], opted_out: set[str], deadline: Deadline | None
+    services: Services,
+    notification_id: str,
+    item: dict[str, Any],
+    opted_out: set[str],
+    deadline: Deadline | None,
+    again: list[tuple[str, float]] | None,
 ) -> str:
     settings = services.settings
     notifications = services.notifications
@@ -224,7 +234,7 @@ def _send_claimed(
             # Sent again, with the same key, through this provider only: elsewhere it could be a
             # second SMS. Spends an attempt unless the provider is failing most calls.
             return _retry(
-                services, notification_id, item, exc, spend=not exc.providers_fault, pin=route.name, phone=phone
+                services, notification_id, item, exc, spend=not exc.providers_fault, pin=route.name, again=again
             )
         # The SMS may be on its way and the provider cannot deduplicate: never sent again. It
         # waits for the provider's event (matched by the notification id in the request).
@@ -255,11 +265,13 @@ def _send_claimed(
             getattr(exc, "retry_after_seconds", None),
         )
         reason = str(exc) if isinstance(exc, NotAttempted) else describe(exc)
-        notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, reason, lease_token=token)
+        due = time.time() + delay
+        if notifications.mark_retry(sale_id, fan_id, attempts, due, reason, lease_token=token) and again is not None:
+            again.append((notification_id, due))
         log.info("notification %s not sent (%s); again in %.1fs", notification_id, reason, delay)
         return "not-attempted"
     except TransientError as exc:
-        return _retry(services, notification_id, item, exc, spend=True, pin=None, phone=phone)
+        return _retry(services, notification_id, item, exc, spend=True, pin=None, again=again)
     if not notifications.mark_sent(
         sale_id,
         fan_id,
@@ -288,10 +300,10 @@ def _retry(
     *,
     spend: bool,
     pin: str | None,
-    phone: str,
+    again: list[tuple[str, float]] | None,
 ) -> str:
-    """A failed call: back to ``scheduled`` with a backoff (``pin``: through that provider only),
-    or ``failed`` when it was the last attempt."""
+    """A failed call: back to ``scheduled`` with a backoff (``pin``: through that provider only;
+    added to ``again``), or ``failed`` when it was the last attempt."""
     settings, notifications = services.settings, services.notifications
     sale_id, fan_id = split_notification_id(notification_id)
     token = item.get("leaseToken")
@@ -306,13 +318,21 @@ def _retry(
             lease_token=token,
         )
         log.warning(
-            "notification %s to %s failed after %d attempts: %s", notification_id, mask_phone(phone), attempts, exc
+            "notification %s to %s failed after %d attempts: %s",
+            notification_id,
+            mask_phone(item["phone"]),
+            attempts,
+            exc,
         )
         return "failed"
     delay = retry_delay(
         max(1, attempts), settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
     )
-    notifications.mark_retry(sale_id, fan_id, attempts, time.time() + delay, str(exc), lease_token=token, pin=pin)
+    due = time.time() + delay
+    if notifications.mark_retry(sale_id, fan_id, attempts, due, str(exc), lease_token=token, pin=pin) and (
+        again is not None
+    ):
+        again.append((notification_id, due))
     log.info("notification %s: attempt %d failed (%s); retry in %.1fs", notification_id, attempts, exc, delay)
     return "retry"
 
@@ -388,9 +408,18 @@ def send_notifications(
     # shared rate limit still spaces them), each in a copy of this task's context (its
     # correlation id in the logs).
     pool = aws.io_pool(services.settings)
+    again: list[tuple[str, float]] = []  # back to scheduled: their send tasks are published below
     futures = [
         pool.submit(
-            contextvars.copy_context().run, send_claimed, services, nid, item, opted_out, traces.get(nid), deadline
+            contextvars.copy_context().run,
+            send_claimed,
+            services,
+            nid,
+            item,
+            opted_out,
+            traces.get(nid),
+            deadline,
+            again,
         )
         for nid, item in owned
     ]
@@ -401,6 +430,9 @@ def send_notifications(
         except Exception as exc:  # a dependency failed after the claim: the lease expires, the reconciler resends
             outcomes["error"] += 1
             first_error = first_error or exc
+    # those that went back to scheduled (a not-attempted send, a retry): their tasks, each held
+    # back until it is due (a publish lost here is the reconciler's, as a stale scheduled one)
+    publish_due(self.app, services.settings, again)
     if first_error is not None:
         log.warning("send batch: %s", dict(outcomes))
         raise first_error

@@ -6,7 +6,8 @@ queries only (never a scan), moves forward what sits too long in a state dmd own
 
 - ``sending`` past its lease (the worker died, or was paused past its lease): back to
   ``scheduled`` with one more attempt, conditional on the lease token it saw, so a live
-  owner's write and this one cannot both win; on the last attempt ``failed``.
+  owner's write and this one cannot both win, and its send task published; on the last
+  attempt ``failed``.
   With a provider without idempotency (``callStartedAt`` recorded: the call may have sent
   the SMS), ``unconfirmed`` instead: never sent again.
 - ``unconfirmed`` with no provider event within ``unconfirmed_window_seconds``: ``unknown``
@@ -32,6 +33,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -43,7 +45,8 @@ from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.domain.ids import is_valid_id, notification_id
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.metrics import RECONCILER_ACTIONS, WORK_CUT_SHORT
-from dmd_tasks.pipeline.routing import RECONCILE, SEND_NOTIFICATIONS
+from dmd_tasks.pipeline.chain import publish_sends
+from dmd_tasks.pipeline.routing import RECONCILE
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,8 @@ class Reconciler:
                     pin=str(called) if called else None,
                 )
                 self._count("lease_taken_back", done)
+                if done:  # back in scheduled: its send task is this pass's to publish
+                    self.republish.append(notification_id(sale_id, fan_id))
 
     def unconfirmed_over(self, sale_id: str, shard: int) -> None:
         window = self.settings.unconfirmed_window_seconds
@@ -199,11 +204,15 @@ def unconfirmed_due(settings: Any, now: float) -> bool:
 
 
 def reconcile(
-    services: Services, app: Any, now: float | None = None, deadline: Deadline | None = None
+    services: Services,
+    publish: Callable[[list[str]], object],
+    now: float | None = None,
+    deadline: Deadline | None = None,
 ) -> dict[str, int]:
     """One pass over every active sale, or those it reaches before ``deadline`` (default: the
     settings' work budget from now; the sales are taken in a random order, so none waits for ever
-    behind the others); returns what it did, by action, and how many sales it left."""
+    behind the others); ``publish`` is given the ids back in ``scheduled`` (their send tasks:
+    ``chain.publish_sends``). Returns what it did, by action, and how many sales it left."""
     now = time.time() if now is None else now
     deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
     reconciler = Reconciler(services, now, unconfirmed=unconfirmed_due(services.settings, now))
@@ -220,10 +229,8 @@ def reconcile(
             raise
         except Exception:
             log.exception("reconciling sale %s failed; the next pass tries again", sale_id)
-    size = services.settings.send_batch_size
-    ids = reconciler.republish
-    for start in range(0, len(ids), size):
-        app.send_task(SEND_NOTIFICATIONS, args=(ids[start : start + size],))
+    if reconciler.republish:
+        publish(reconciler.republish)
     if reconciler.actions:
         log.warning("reconciler: %s", dict(reconciler.actions))
     left = len(active) - sales
@@ -238,4 +245,5 @@ def reconcile(
 @task(RECONCILE, max_retries=0, dead_letters=False)
 def reconcile_sales(self: Task) -> dict[str, int]:
     """Beat: one reconciler pass (see the module docstring)."""
-    return reconcile(get_services(), self.app)
+    services = get_services()
+    return reconcile(services, lambda ids: publish_sends(self.app, services.settings, ids))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -33,7 +34,7 @@ from dmd_tasks.store.keys import (
     sending_index,
     unconfirmed_index,
 )
-from dmd_tasks.store.table import DemandTable
+from dmd_tasks.store.table import DemandTable, Update
 
 _STATUS = {"#s": "status"}
 #: Every move into ``scheduled`` starts a new round: the bridge's dedupe key, so a replayed record
@@ -176,21 +177,34 @@ class NotificationRecords:
         )
 
     def schedule(self, sale_id: str, fan_id: str, now: float) -> bool:
-        """pending → scheduled (the bridge routes the change to the sender)."""
-        return self._move(
-            sale_id,
-            fan_id,
-            PENDING,
-            SCHEDULED,
-            f"SET #s = :to, scheduledAt = :now, {_NEXT_ROUND}, gsi1pk = :gpk, gsi1sk = :gsk",
-            {
-                ":now": iso(now),
-                ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
-                ":gsk": epoch_key(now),
-                **_ROUND_VALUES,
-            },
-            names=_ROUND_NAMES,
-        )
+        """pending → scheduled (whoever moves it publishes its send task: ``schedule_many``)."""
+        return bool(self.schedule_many(sale_id, [fan_id], now))
+
+    def schedule_many(self, sale_id: str, fan_ids: Sequence[str], now: float) -> list[str]:
+        """pending → scheduled for each of ``fan_ids`` still pending, up to 100 to a request;
+        returns the fans moved. The caller publishes their send tasks (a notification moved but
+        never published is the reconciler's: ``stale_scheduled``)."""
+        writes = [
+            (
+                fan_id,
+                self._update(
+                    sale_id,
+                    fan_id,
+                    PENDING,
+                    SCHEDULED,
+                    f"SET #s = :to, scheduledAt = :now, {_NEXT_ROUND}, gsi1pk = :gpk, gsi1sk = :gsk",
+                    {
+                        ":now": iso(now),
+                        ":gpk": scheduled_index(sale_id, self.shard_of(fan_id)),
+                        ":gsk": epoch_key(now),
+                        **_ROUND_VALUES,
+                    },
+                    names=_ROUND_NAMES,
+                ),
+            )
+            for fan_id in fan_ids
+        ]
+        return self._move_many(writes, PENDING, SCHEDULED, f"schedule {len(writes)} of {sale_id}")
 
     def defer(self, sale_id: str, fan_id: str, send_after: float) -> bool:
         """Keep pending but wait for the fan's send window to open."""
@@ -573,6 +587,34 @@ class NotificationRecords:
         )
         return str(item["status"]) if item else None
 
+    def _update(
+        self,
+        sale_id: str,
+        fan_id: str,
+        source: str,
+        target: str,
+        update: str,
+        values: dict[str, Any],
+        *,
+        names: dict[str, str] | None = None,
+        lease_token: str | _Any | None = ANY_LEASE,
+        extra_condition: str | None = None,
+    ) -> Update:
+        """The conditional write of one move: from ``source`` only, and (``lease_token``) only by
+        the holder of that lease."""
+        values = {**values, ":from": source}
+        if ":to" in update:  # DynamoDB refuses unused expression values
+            values[":to"] = target
+        condition = "#s = :from"
+        if lease_token is None:  # claimed before leases had tokens
+            condition += " AND attribute_not_exists(leaseToken)"
+        elif isinstance(lease_token, str):
+            condition += " AND leaseToken = :tok"
+            values[":tok"] = lease_token
+        if extra_condition:
+            condition += f" AND {extra_condition}"
+        return Update(notification_key(sale_id, fan_id), update, condition, values, {**_STATUS, **(names or {})})
+
     def _move(
         self,
         sale_id: str,
@@ -586,28 +628,37 @@ class NotificationRecords:
         lease_token: str | _Any | None = ANY_LEASE,
         extra_condition: str | None = None,
     ) -> bool:
-        values = {**values, ":from": source}
-        if ":to" in update:  # DynamoDB refuses unused expression values
-            values[":to"] = target
-        condition = "#s = :from"
-        if lease_token is None:  # claimed before leases had tokens
-            condition += " AND attribute_not_exists(leaseToken)"
-        elif isinstance(lease_token, str):
-            condition += " AND leaseToken = :tok"
-            values[":tok"] = lease_token
-        if extra_condition:
-            condition += f" AND {extra_condition}"
+        write = self._update(
+            sale_id,
+            fan_id,
+            source,
+            target,
+            update,
+            values,
+            names=names,
+            lease_token=lease_token,
+            extra_condition=extra_condition,
+        )
         moved = (
             self._table.update(
-                notification_key(sale_id, fan_id),
+                write.key,
                 what=f"{sale_id}:{fan_id} {source}->{target}",
-                update=update,
-                condition=condition,
-                names={**_STATUS, **(names or {})},
-                values=values,
+                update=write.update,
+                condition=write.condition,
+                names=write.names,
+                values=write.values,
             )
             is not None
         )
         if moved and source != target:
             NOTIFICATION_TRANSITIONS.labels(source, target).inc()
+        return moved
+
+    def _move_many(self, writes: list[tuple[str, Update]], source: str, target: str, what: str) -> list[str]:
+        """Several moves (fan id, its write), up to 100 to a request: each applied only if its own
+        condition holds (``DemandTable.update_many``). Returns the fans moved."""
+        applied = self._table.update_many([w for _, w in writes], what=what)
+        moved = [fan_id for (fan_id, _), ok in zip(writes, applied, strict=True) if ok]
+        if moved and source != target:
+            NOTIFICATION_TRANSITIONS.labels(source, target).inc(len(moved))
         return moved

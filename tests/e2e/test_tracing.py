@@ -1,8 +1,9 @@
-"""One trace follows a notification: bridge record → send → delivery receipt.
+"""One trace follows a notification: the scheduling tick that moved it → its send → its receipt.
 
-Spans go to an in-memory exporter, so the three parts run in this process: the bridge's
-handler on a real stream record shape, a real Celery worker (in a thread) consuming the
-``send`` queue on moto, the SMS simulator, and the receipt applied by the status logic.
+Spans go to an in-memory exporter, so the three parts run in this process: the scheduler's
+tick (publishing the send task of what it moved, as beat's tick does), a real Celery worker (in
+a thread) consuming the ``send`` queue on moto, the SMS simulator, and the receipt applied by
+the status logic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pytest
 
 from dmd_tasks.domain.campaigns import Campaign, SendWindow
 from dmd_tasks.domain.entities import Event
-from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 from dmd_tasks.store.keys import notification_key
 from tests.helpers import in_memory_spans, wait_until
@@ -32,14 +32,15 @@ def spans():  # type: ignore[no-untyped-def]
     return exporter
 
 
-def test_one_trace_from_the_stream_record_to_the_receipt(spans, settings, stack, sim) -> None:  # type: ignore[no-untyped-def]
+def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stack, sim) -> None:  # type: ignore[no-untyped-def]
     from celery.contrib.testing.worker import start_worker
 
-    from bridges.demand import build_handler
     from dmd_tasks.celery_app import app
     from dmd_tasks.domain.provider_events import StatusEvent
-    from dmd_tasks.pipeline.records import parse_change
+    from dmd_tasks.infra import tracing
+    from dmd_tasks.pipeline.chain import publish_sends
     from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS as SEND_TASK
+    from dmd_tasks.pipeline.stage3_schedule import run_tick
     from dmd_tasks.pipeline.stage5_sms_status import apply_event
     from dmd_tasks.services import Services
 
@@ -62,23 +63,19 @@ def test_one_trace_from_the_stream_record_to_the_receipt(spans, settings, stack,
         fan_id=fan_id,
         phone="+15557770001",
         tz="UTC",
-        send_after=time.time(),
+        send_after=time.time() - 1,
         now=time.time(),
     )
     services.table.put_items([pending])
-    assert services.notifications.schedule(sale_id, fan_id, time.time())
-    scheduled = {**pending, "status": "scheduled"}
-    record = {
-        "eventID": uuid.uuid4().hex,
-        "eventName": "MODIFY",
-        "dynamodb": {"SequenceNumber": "1", "NewImage": serialize(scheduled), "OldImage": serialize(pending)},
-    }
 
-    # Given the bridge routing the notification's change, and a worker on the send queue
-    handler = build_handler(settings, parse_change)
+    # Given a worker on the send queue, when a scheduling tick moves the notification (and
+    # publishes its send task, as the tick beat starts does)
     app.loader.import_default_modules()
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, queues=["send"], loglevel="WARNING"):
-        handler([record], "shard-1")
+        with tracing.continued("schedule tick", None) as tick_span:
+            tick = tick_span.get_span_context()
+            result = run_tick(services, sale_ids=[sale_id], publish=lambda ids: publish_sends(app, settings, ids))
+        assert result.scheduled == 1
         wait_until(
             lambda: services.notifications.status_of(sale_id, fan_id) == "sent",
             timeout=60,
@@ -95,28 +92,20 @@ def test_one_trace_from_the_stream_record_to_the_receipt(spans, settings, stack,
     )
     assert apply_event(services, receipt) == "delivered"
 
-    # Then one trace holds the bridge's record span, the send span under it, and the receipt under that
+    # Then one trace holds the tick, Celery's publish of the send task under it, the send task's
+    # run under that, the notification's send span, and the receipt under the send
     finished = spans.get_finished_spans()
-    by_name = {
-        s.name: s
-        for s in finished
-        if s.attributes.get("dmd.notification_id") == f"{sale_id}:{fan_id}"
-        or s.attributes.get("dmd.item") == f"{sale_id}:{fan_id}"
-    }
-    bridge = by_name["bridge-demand route send_notifications"]
-    send = by_name["send notification"]
-    receipt_span = by_name["delivery receipt"]
-    assert send.context.trace_id == bridge.context.trace_id == receipt_span.context.trace_id
-    assert send.parent.span_id == bridge.context.span_id
-    assert receipt_span.parent.span_id == send.context.span_id
-    # and Celery's own publish/run spans follow the message: the run is a child of the bridge's publish
-    publish = next(
-        s for s in finished if s.name == f"apply_async/{SEND_TASK}" and s.context.trace_id == bridge.context.trace_id
-    )
-    run_span = next(
+    mine = [s for s in finished if s.context.trace_id == tick.trace_id]
+    by_name = {s.name: s for s in mine}
+    publish = by_name[f"apply_async/{SEND_TASK}"]
+    run_span = by_name[f"run/{SEND_TASK}"]
+    send = next(
         s
-        for s in finished
-        if s.name == f"run/{SEND_TASK}" and s.parent is not None and s.parent.span_id == publish.context.span_id
+        for s in mine
+        if s.attributes.get("dmd.notification_id") == f"{sale_id}:{fan_id}" and s.name == "send notification"
     )
-    assert publish.parent.span_id == bridge.context.span_id
-    assert run_span.context.trace_id == bridge.context.trace_id
+    receipt_span = by_name["delivery receipt"]
+    assert publish.parent.span_id == tick.span_id
+    assert run_span.parent.span_id == publish.context.span_id
+    assert send.parent.span_id == run_span.context.span_id
+    assert receipt_span.parent.span_id == send.context.span_id

@@ -19,7 +19,7 @@ from dmd_tasks.infra import aws
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.ops.provision import ensure_kinesis_stream
 from dmd_tasks.pipeline.records import decode_kinesis_change, parse_change
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL
+from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 
@@ -46,12 +46,10 @@ def scheduled(nid: str) -> dict[str, Any]:
     return record("MODIFY", {**base, "status": "scheduled"}, {**base, "status": "pending"})
 
 
-def test_a_page_becomes_shorten_tasks_batched_send_tasks_and_one_dead_letter(queues) -> None:  # type: ignore[no-untyped-def]
-    # Given the bridge packs four notifications a send message
-    settings = queues.settings.model_copy(update={"send_batch_size": 4})
-    handler = build_handler(settings, parse_change)
+def test_a_page_becomes_shorten_tasks_and_one_dead_letter_and_leaves_notifications_alone(queues) -> None:  # type: ignore[no-untyped-def]
+    handler = build_handler(queues.settings, parse_change)
     sale = f"s{uuid.uuid4().hex[:8]}"
-    # And a page with demand for two events (three fans for one), six notifications moved to
+    # Given a page with demand for two events (three fans for one), six notifications moved to
     # scheduled, and a demand row without an event id
     bad = record("INSERT", {"pk": "EVENT#x", "sk": "DEMAND#f", "entity": "DEMAND", "fanId": "f"})
     page = [
@@ -66,17 +64,13 @@ def test_a_page_becomes_shorten_tasks_batched_send_tasks_and_one_dead_letter(que
     # When the demand bridge's handler takes it
     handler(page, "shard-1")
 
-    # Then each event is shortened once
+    # Then each event is shortened once, with its first record's correlation id
     shorten = queues.tasks("short-url")
     assert sorted((t.name, t.args[0]) for t in shorten) == [(SHORTEN_EVENT_URL, "ev1"), (SHORTEN_EVENT_URL, "ev2")]
-    # And the notifications go out four a message, each message a list of notification ids
-    send = queues.tasks("send")
-    assert all(t.name == SEND_NOTIFICATIONS for t in send)
-    assert [t.args for t in send] == [
-        [[f"{sale}:f0", f"{sale}:f1", f"{sale}:f2", f"{sale}:f3"]],
-        [[f"{sale}:f4", f"{sale}:f5"]],
-    ]
-    assert send[0].headers[CORRELATION_HEADER] == f"ddb-{page[2]['eventID']}"
+    assert {t.args[0]: t.headers[CORRELATION_HEADER] for t in shorten}["ev1"] == f"ddb-{page[0]['eventID']}"
+    # And no send: a notification moved to scheduled had its send task published by the stage that
+    # moved it (dmd_tasks.pipeline.chain); routing its echo too would send it twice
+    assert queues.tasks("send") == []
     # And the bad record is the one dead letter of the bridge, with its reason
     letters = queues.dead_letters(BRIDGE_NAME)
     assert [(d["reason"], d["source"], d["payload"]["eventID"]) for d in letters] == [
@@ -114,24 +108,12 @@ def test_with_the_kinesis_decoder_wrapped_changes_are_routed_and_garbage_dead_le
 
 
 def test_the_planner_counts_routes_published_on_earlier_pages_as_duplicates() -> None:
-    plan = planner(parse_change, send_batch_size=2)
+    plan = planner(parse_change)
 
     result = plan([demand_insert("ev1", "fan1"), demand_insert("ev2", "fan1")], {(SHORTEN_EVENT_URL, "ev1")})
 
     assert [c.args for c in result.calls[SHORTEN_EVENT_URL]] == [("ev2",)]
     assert result.duplicates == 1 and result.routed == 1
-
-
-def test_the_planner_packs_send_routes_by_its_batch_size() -> None:
-    plan = planner(parse_change, send_batch_size=2)
-
-    result = plan([scheduled(f"s1:f{i}") for i in range(5)], ())
-
-    assert [c.args for c in result.calls[SEND_NOTIFICATIONS]] == [
-        (["s1:f0", "s1:f1"],),
-        (["s1:f2", "s1:f3"],),
-        (["s1:f4"],),
-    ]
 
 
 def test_the_reader_reads_the_tables_stream_by_default(settings, stack) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,7 @@ from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.pipeline.records import parse_change
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS, SHORTEN_EVENT_URL, BatchPlan, TaskCall, plan_changes
+from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL, BatchPlan, TaskCall, plan_changes, plan_status_records
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 from tests.events import load
@@ -59,19 +59,17 @@ def spaceship() -> dict[str, Any]:
     return record("INSERT", {"pk": "X#1", "sk": "X", "entity": "SPACESHIP"})
 
 
-def plan_page(send_batch_size: int = 10):  # type: ignore[no-untyped-def]
+def plan_page():  # type: ignore[no-untyped-def]
     def plan(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
-        return plan_changes(
-            records, parse_change, batch_sizes={SEND_NOTIFICATIONS: send_batch_size}, recently_published=recent
-        )
+        return plan_changes(records, parse_change, recently_published=recent)
 
     return plan
 
 
-def handler_for(settings, send_batch_size: int = 10, dedupe_seconds: float = 0.0) -> RecordHandler:  # type: ignore[no-untyped-def]
+def handler_for(settings, dedupe_seconds: float = 0.0) -> RecordHandler:  # type: ignore[no-untyped-def]
     return RecordHandler(
         BRIDGE,
-        plan_page(send_batch_size),
+        plan_page(),
         BatchPublisher(app, settings),
         DeadLetters(settings),
         dedupe_seconds=dedupe_seconds,
@@ -105,9 +103,8 @@ def test_the_plans_calls_are_published_to_each_tasks_queue(queues) -> None:  # t
         f"ddb-{page[0]['eventID']}",
         f"ddb-{page[1]['eventID']}",
     }
-    # And both notifications travel in one send message, as a list of ids
-    send = queues.tasks("send")
-    assert [(t.name, t.args) for t in send] == [(SEND_NOTIFICATIONS, [[f"{sale}:f1", f"{sale}:f2"]])]
+    # And the notifications' own changes sent nothing: their stage published their sends itself
+    assert queues.tasks("send") == []
     # And nothing was dead-lettered
     assert queues.dead_letters(BRIDGE) == []
 
@@ -134,27 +131,33 @@ def test_bad_records_go_to_the_bridges_dead_letter_queue_with_their_reason(queue
 
 
 def test_outcomes_are_counted_per_record_not_per_message(queues) -> None:  # type: ignore[no-untyped-def]
-    sale = f"s{uuid.uuid4().hex[:8]}"
     before = {o: counted(o) for o in OUTCOMES}
-    # Given twelve notifications scheduled (three messages of five), one of them twice,
-    # one change that needs no task, and one bad record
-    scheduled = [notification_moved(f"{sale}:f{i}", "pending", "scheduled") for i in range(12)]
-    page = [
-        *scheduled,
-        notification_moved(f"{sale}:f0", "pending", "scheduled"),
-        notification_moved(f"{sale}:f99", "scheduled", "sending"),
-        spaceship(),
+    # Given twelve delivery statuses (three messages of five) and one record that is not JSON
+    good = [
+        {"SequenceNumber": str(n), "Data": json.dumps(status_event(f"SM{uuid.uuid4().hex}")).encode()}
+        for n in range(12)
     ]
+    page = [*good, {"SequenceNumber": "bad", "Data": b"\x00garbage"}]
 
-    handler_for(queues.settings, send_batch_size=5)(page, "shard-1")
+    handler = RecordHandler(
+        BRIDGE,
+        lambda records, _recent: plan_status_records(records, batch_size=5),
+        BatchPublisher(app, queues.settings),
+        DeadLetters(queues.settings),
+    )
+    handler(page, "shard-1")
 
-    assert [len(t.args[0]) for t in queues.tasks("send")] == [5, 5, 2]
+    assert [len(t.args[0]) for t in queues.tasks("sms-status")] == [5, 5, 2]
     assert {o: counted(o) - before[o] for o in OUTCOMES} == {
         "enqueued": 12,
-        "duplicate": 1,
-        "ignored": 1,
+        "duplicate": 0,
+        "ignored": 0,
         "dead-lettered": 1,
     }
+
+
+def status_event(message_id: str) -> dict[str, Any]:
+    return {"type": "status", "message_id": message_id, "status": "delivered", "timestamp": "2026-11-25T00:00:00Z"}
 
 
 def test_published_routes_are_remembered_for_dedupe_seconds_then_forgotten(queues) -> None:  # type: ignore[no-untyped-def]

@@ -170,10 +170,11 @@ def test_a_task_dead_letter_is_republished_to_its_tasks_queue_and_deleted(queues
     assert queues.dead_letters("short-url") == []
 
 
-def test_a_demand_record_of_a_notification_moved_to_scheduled_is_rerouted_to_send_as_a_list(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_notifications_change_dead_lettered_by_an_older_bridge_needs_no_task_now(queues) -> None:  # type: ignore[no-untyped-def]
     mine = queues.settings
     sale = f"s{uuid.uuid4().hex[:8]}"
-    # Given the bridge's dead letters: a valid record (dead-lettered when SQS was down, say) and an invalid one
+    # Given the bridge's dead letters: a notification moved to scheduled (a bridge of an older
+    # version routed those; dead-lettered when SQS was down, say) and an invalid record
     valid = notification_moved(f"{sale}:f1", "pending", "scheduled")
     invalid = change("INSERT", {"pk": "X#1", "sk": "X", "entity": "SPACESHIP"})
     put_letters(
@@ -185,12 +186,13 @@ def test_a_demand_record_of_a_notification_moved_to_scheduled_is_rerouted_to_sen
 
     lines = replay(mine, app, "bridge-demand", dry_run=False)
 
+    # Then the notification's letter is done with (its stage publishes its send, and a scheduled
+    # notification without one is the reconciler's), and nothing is sent twice
     assert sorted(lines) == [
-        f"record -> {SEND_NOTIFICATIONS} (was: SendMessageBatch failed)",
+        "record needs no task, deleted",
         "record still invalid, kept: unknown entity type 'SPACESHIP'",
     ]
-    # Then send_notifications got the notification in a list of ids, as the bridge sends it
-    assert [(t.name, t.args) for t in queues.tasks("send")] == [(SEND_NOTIFICATIONS, [[f"{sale}:f1"]])]
+    assert queues.tasks("send") == []
     # And only the invalid record stays, with its reason
     assert [(d["reason"], d["payload"]["eventID"]) for d in receive(mine, "bridge-demand")] == [
         ("unknown entity type 'SPACESHIP'", invalid["eventID"])

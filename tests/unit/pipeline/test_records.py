@@ -21,7 +21,6 @@ from dmd_tasks.pipeline.records import (
 from dmd_tasks.pipeline.routing import (
     MAX_STATUS_MESSAGE_JSON_BYTES,
     RECORD_SMS_STATUS,
-    SEND_NOTIFICATIONS,
     SHORTEN_EVENT_URL,
     plan_changes,
     plan_status_records,
@@ -131,8 +130,8 @@ def test_the_kinesis_form_reads_its_creation_time_at_either_precision(sample: st
     change = decode_kinesis_change(kinesis_wrapped(sample))
     assert change.created_at is not None
     assert change.created_at.isoformat().startswith("2025-11-25T19:46:40.123")
-    target = route_change(change)
-    assert target is not None and target.task == SEND_NOTIFICATIONS
+    assert change.new is not None and change.new["status"] == "scheduled"
+    assert route_change(change) is None  # a notification's own change: its stage published the send
 
 
 def test_a_creation_time_of_any_magnitude_is_read_or_dropped_never_raised() -> None:

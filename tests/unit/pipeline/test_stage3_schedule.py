@@ -16,6 +16,7 @@ from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.pipeline.stage2_generate import generate_sale
 from dmd_tasks.pipeline.stage3_schedule import LAST_TICK_KEY, TickResult, run_tick, schedule_sale, tick_span
 from dmd_tasks.services import Services
+from dmd_tasks.store.table import TRANSACT_MAX_ITEMS
 
 Seed = Callable[..., str]
 Notifications = Callable[[Services, str], list[dict[str, Any]]]
@@ -165,31 +166,38 @@ def test_a_sale_is_given_its_lead_once_on_top_of_its_share(
 def test_a_tick_slowed_by_its_store_keeps_what_it_moved_and_stops_at_its_deadline(
     services: Services, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a sale with 60 due at 100/s, and a table that now takes 300 ms a write
-    sale_id = generated(services, seed_sale, 60, rate=100)
-    real = services.notifications.schedule
+    # Given a sale with 250 due (four shards: a round of writes each) at 1000/s within the account's
+    # cap, and a table that now takes 400 ms a transaction
+    services = Services(services.settings.model_copy(update={"sms_account_parts_per_second": 5000.0}))
+    sale_id = generated(services, seed_sale, 250, rate=1000)
+    real = services.notifications.schedule_many
 
-    def slow(*args: Any, **kwargs: Any) -> bool:
-        time.sleep(0.3)
-        return real(*args, **kwargs)
+    def slow(sale: str, fan_ids: list[str], now: float) -> list[str]:
+        time.sleep(0.4)
+        return real(sale, fan_ids, now)
 
-    monkeypatch.setattr(services.notifications, "schedule", slow)
+    monkeypatch.setattr(services.notifications, "schedule_many", slow)
+    published: list[list[str]] = []
 
     # When a tick with a one-second budget runs
     began = time.monotonic()
-    result = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(1.0))
+    result = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(1.0), publish=published.append)
     took = time.monotonic() - began
 
-    # Then it stopped at its deadline (no round begun that would end past it at the pace measured;
-    # the first, unmeasured one aside), counting what it left, and every write it made is kept
-    assert took < 1.0 + 0.3, took
+    # Then it stopped at its deadline (no round begun that would end past it at the pace measured),
+    # counting what it left, every write it made kept and each moved batch published as it ended
+    assert took < 1.0 + 0.2, took
     assert result.cut_short and result.left > 0, result
-    statuses = [i["status"] for i in sale_notifications(services, sale_id)]
-    assert 0 < statuses.count("scheduled") == result.scheduled < 60
-    # and the next tick sizes its batch from the latency it measured: no more than fit its time
-    assert services.write_pace.seconds > 0.2
-    again = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(0.7))
-    assert again.scheduled <= services.settings.aws_io_threads * 3, again
+    statuses = {i["fanId"]: i["status"] for i in sale_notifications(services, sale_id)}
+    scheduled = sorted(f"{sale_id}:{fan}" for fan, status in statuses.items() if status == "scheduled")
+    assert 0 < len(scheduled) == result.scheduled < 250
+    assert sorted(nid for batch in published for nid in batch) == scheduled
+    # and the next tick sizes its batch from the latency it measured: with time for one round and a
+    # half, it takes one round's worth, not all that is due
+    pace = services.write_pace.seconds
+    assert pace >= 0.4
+    again = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(1.5 * pace))
+    assert 0 < again.scheduled <= TRANSACT_MAX_ITEMS and again.cut_short, again
 
 
 def test_a_tick_out_of_time_before_a_sale_leaves_it_to_the_next_tick(
