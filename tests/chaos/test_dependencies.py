@@ -11,7 +11,8 @@ waits until sending has begun, damages one dependency for DMD_CHAOS_OUTAGE_SECON
 - every notification final (delivered, undelivered or failed) within DMD_CHAOS_FINAL_TIMEOUT_SECONDS
   (default 300) after the heal;
 - nobody messaged twice, per the SMS simulator; nothing lost; no notification over its attempts;
-- beat ticking again within a minute of the heal, and no task cut off by its soft time limit.
+- beat ticking again within a minute of the heal; with AWS slow (not down), no task cut off by
+  its soft time limit.
 
 With the provider failing or throttling every call, not one notification may fail: its circuit
 pauses sending instead of spending attempts.
@@ -146,9 +147,12 @@ def run_outage(
     *,
     outage_seconds: float = OUTAGE_SECONDS,
     none_failed: bool = False,
+    within_budgets: bool = False,
 ) -> None:
     """A sale; ``damage`` once sending has begun; ``heal`` after the outage; then the checks
-    (``none_failed``: not one notification may fail before the provider accepted it)."""
+    (``none_failed``: not one notification may fail before the provider accepted it;
+    ``within_budgets``: no task hit its soft time limit: with a dependency slow, not frozen, each
+    run stops at its work budget instead; a frozen one holds a single call up to its timeout)."""
     sale_id, _ = start_sale(settings, FANS, rate=RATE)
     wait_until(
         lambda: sum(counts(settings, sale_id).get(s, 0) for s in SENDING_BEGUN) > 0,
@@ -222,8 +226,8 @@ def run_outage(
     assert result["max_attempts"] <= settings.max_send_attempts, result
     # beat ticks again within a minute of the heal, whatever the fault did to Redis
     assert result["beat_first_tick_after_heal"] is not None and result["beat_first_tick_after_heal"] <= 60, result
-    # and no task was cut off by its soft time limit: a slow run stops at its budget instead
-    assert result["soft_time_limits"] == 0, result
+    if within_budgets:  # a slow dependency: every run stops at its budget, none is cut off by its soft limit
+        assert result["soft_time_limits"] == 0, result
 
 
 def beat_ticks(log: Path) -> list[float]:
@@ -286,6 +290,7 @@ def test_aws_slowed_during_a_sale(proxied, settings, sim) -> None:  # type: igno
         lambda: proxied.aws.slow(AWS_SLOW_DELAY_SECONDS),
         proxied.aws.heal,
         outage_seconds=SLOW_SECONDS,
+        within_budgets=True,
     )
 
 
