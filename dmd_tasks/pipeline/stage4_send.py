@@ -44,6 +44,7 @@ import random
 import threading
 import time
 from collections import Counter
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from cachetools import TTLCache
@@ -74,7 +75,10 @@ from dmd_tasks.infra.metrics import SEND_LATENCY
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.pipeline.chain import publish_due
 from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
+from dmd_tasks.pipeline.sent_records import SentRecords
 from dmd_tasks.services import Services, get_services
+from dmd_tasks.store.keys import fan_of, sale_of
+from dmd_tasks.store.notifications import Sent
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +122,11 @@ def retry_delay(attempts: int, base_seconds: float, cap_seconds: float, retry_af
 
 
 def claim_batch(services: Services, notification_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """``scheduled → sending`` for each id (conditional writes, issued together); returns the ones
-    this worker now owns."""
-    now = time.time()
-
-    def claim(nid: str) -> dict[str, Any] | None:
-        sale_id, fan_id = split_notification_id(nid)
-        return services.notifications.claim_for_send(sale_id, fan_id, now, services.settings.send_lease_seconds)
-
-    items = aws.io_pool(services.settings).map(claim, notification_ids)
-    return [(nid, item) for nid, item in zip(notification_ids, items, strict=True) if item is not None]
+    """``scheduled → sending`` for each id, 100 claims to a request (each conditional on its own
+    status: only one worker wins a notification); returns the ones this worker now owns."""
+    ids = [split_notification_id(nid) for nid in dict.fromkeys(notification_ids)]
+    items = services.notifications.claim_many(ids, time.time(), services.settings.send_lease_seconds)
+    return [(f"{sale_of(i['pk'])}:{fan_of(i['sk'])}", i) for i in items]
 
 
 def send_claimed(
@@ -138,13 +137,15 @@ def send_claimed(
     traceparent: str | None = None,
     deadline: Deadline | None = None,
     again: list[tuple[str, float]] | None = None,
+    records: SentRecords | None = None,
 ) -> str:
     """Send one notification this worker owns, in its own trace; returns what happened. Past
     ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``. One
     that goes back to ``scheduled`` is added to ``again`` with when it is due (the caller
-    publishes its send task: ``chain.publish_due``)."""
+    publishes its send task: ``chain.publish_due``). A send the provider accepted is recorded
+    through ``records`` (written with the batch's others), or at once without it."""
     with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
-        outcome = _send_claimed(services, notification_id, item, opted_out, deadline, again)
+        outcome = _send_claimed(services, notification_id, item, opted_out, deadline, again, records)
         span.set_attribute("dmd.outcome", outcome)
         return outcome
 
@@ -160,6 +161,7 @@ def _send_claimed(
     opted_out: set[str],
     deadline: Deadline | None,
     again: list[tuple[str, float]] | None,
+    records: SentRecords | None,
 ) -> str:
     settings = services.settings
     notifications = services.notifications
@@ -272,23 +274,21 @@ def _send_claimed(
         return "not-attempted"
     except TransientError as exc:
         return _retry(services, notification_id, item, exc, spend=True, pin=None, again=again)
-    if not notifications.mark_sent(
+    sent = Sent(
         sale_id,
         fan_id,
         message_id,
         time.time(),
-        lease_token=token,
+        token,
         traceparent=tracing.current_traceparent(),
         parts=segments.parts,
         encoding=segments.encoding,
-    ):
-        if not provider.idempotent and notifications.confirm_sent(sale_id, fan_id, message_id, time.time()):
-            # The reconciler found our lease expired and made it unconfirmed: the answer settles it.
-            return "sent"
-        # Our lease expired and the reconciler took it back (its re-send uses the same idempotency
-        # key), or the provider's final event settled it first.
-        log.warning("notification %s changed before it was marked sent (lease taken back, or settled)", notification_id)
-        return "lease-lost"
+    )
+    own = records or SentRecords(notifications)
+    own.add(sent, provider.idempotent)
+    if records is None:  # on its own: written now
+        own.flush()
+        return "lease-lost" if own.lost else "sent"
     return "sent"
 
 
@@ -409,6 +409,7 @@ def send_notifications(
     # correlation id in the logs).
     pool = aws.io_pool(services.settings)
     again: list[tuple[str, float]] = []  # back to scheduled: their send tasks are published below
+    records = SentRecords(services.notifications)  # what the provider accepted: written together
     futures = [
         pool.submit(
             contextvars.copy_context().run,
@@ -420,9 +421,12 @@ def send_notifications(
             traces.get(nid),
             deadline,
             again,
+            records,
         )
         for nid, item in owned
     ]
+    while futures_wait(futures, timeout=0.1).not_done:
+        records.flush(due_only=True)  # no send finished for a while: what waits is written anyway
     first_error: BaseException | None = None
     for future in futures:
         try:
@@ -430,6 +434,10 @@ def send_notifications(
         except Exception as exc:  # a dependency failed after the claim: the lease expires, the reconciler resends
             outcomes["error"] += 1
             first_error = first_error or exc
+    records.flush()
+    if records.lost:  # their write found the lease gone: counted as sent above, lost in fact
+        outcomes["sent"] -= records.lost
+        outcomes["lease-lost"] += records.lost
     # those that went back to scheduled (a not-attempted send, a retry): their tasks, each held
     # back until it is due (a publish lost here is the reconciler's, as a stale scheduled one)
     publish_due(self.app, services.settings, again)

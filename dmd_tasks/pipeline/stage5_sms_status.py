@@ -72,8 +72,44 @@ def _unanswered(status: str | None, event: StatusEvent) -> bool:
     return status == SENDING and event.provider is not None and not capabilities_of(event.provider).idempotent
 
 
-def apply_event(services: Services, event: ProviderEvent) -> str:
-    """Apply one event; returns the outcome ("unresolved" means: try again later)."""
+def apply_events(services: Services, events: list[ProviderEvent]) -> list[str]:
+    """Apply a batch of events; returns each one's outcome, in order. The common case, a final
+    status for a ``sent`` notification named by its reference, goes 100 to a request
+    (``record_deliveries``); whatever that does not settle takes ``apply_event``'s way."""
+    outcomes: list[str | None] = [None] * len(events)
+    direct: list[tuple[int, tuple[str, str], StatusEvent]] = []
+    for n, event in enumerate(events):
+        found = _by_reference(event.reference) if isinstance(event, StatusEvent) else None
+        if isinstance(event, StatusEvent) and event.status in DELIVERY_STATUSES and found is not None:
+            direct.append((n, found, event))
+    applied = services.notifications.record_deliveries(
+        [(*found, e.message_id, e.status, e.timestamp) for _, found, e in direct]
+    )
+    moved = [(n, found, e) for (n, found, e), ok in zip(direct, applied, strict=True) if ok]
+    if moved and tracing.enabled():  # the sender's trace, continued by each receipt
+        traces = services.notifications.traceparents([found for _, found, _ in moved])
+        for _, found, e in moved:
+            _receipt_span(traces.get(found), found, e.status)
+    for n, _, e in moved:
+        outcomes[n] = e.status
+    tried = {n for n, _, _ in direct}
+    return [
+        outcome if outcome is not None else apply_event(services, events[n], sent_tried=n in tried)
+        for n, outcome in enumerate(outcomes)
+    ]
+
+
+def _receipt_span(traceparent: str | None, found: tuple[str, str], status: str) -> None:
+    """The receipt closes the notification's life: a span continuing the sender's trace."""
+    with tracing.continued(
+        "delivery receipt", traceparent, **{"dmd.notification_id": notification_id(*found), "dmd.status": status}
+    ):
+        pass
+
+
+def apply_event(services: Services, event: ProviderEvent, sent_tried: bool = False) -> str:
+    """Apply one event; returns the outcome ("unresolved" means: try again later). ``sent_tried``:
+    the move from ``sent`` was just tried for it (``apply_events``) and failed."""
     notifications = services.notifications
     if isinstance(event, InboundEvent):
         phone = try_normalize(event.sender, services.settings.phone_default_region)
@@ -93,20 +129,18 @@ def apply_event(services: Services, event: ProviderEvent) -> str:
     if found is None:
         return "unresolved"
     sale_id, fan_id = found
-    updated = notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
+    updated = (
+        None
+        if sent_tried
+        else notifications.record_delivery(sale_id, fan_id, event.message_id, event.status, event.timestamp)
+    )
     current = None if updated is not None else notifications.status_of(sale_id, fan_id)
     if updated is None and event.reference and _unanswered(current, event):
         updated = notifications.record_unconfirmed_delivery(
             sale_id, fan_id, event.message_id, event.status, event.timestamp
         )
     if updated is not None:
-        # continue the sender's trace: the receipt closes the notification's life
-        with tracing.continued(
-            "delivery receipt",
-            updated.get("traceparent"),
-            **{"dmd.notification_id": notification_id(sale_id, fan_id), "dmd.status": event.status},
-        ):
-            pass
+        _receipt_span(updated.get("traceparent"), found, event.status)
         return event.status
     if current in TERMINAL_STATUSES:
         return "duplicate"
@@ -125,14 +159,14 @@ def record_sms_status(self: DmdTask, events: list[dict[str, Any]], waits: int = 
     outcomes: Counter[str] = Counter()
     early: list[dict[str, Any]] = []
     unresolved: list[dict[str, Any]] = []
+    parsed: list[tuple[dict[str, Any], ProviderEvent]] = []
     for raw in events if isinstance(events, list) else []:
         try:
-            event = parse_event(raw)
+            parsed.append((raw, parse_event(raw)))
         except ValueError as exc:
             outcomes["invalid"] += 1
             log.warning("ignored an invalid provider event: %s", exc)
-            continue
-        outcome = apply_event(services, event)
+    for (raw, _), outcome in zip(parsed, apply_events(services, [e for _, e in parsed]), strict=True):
         outcomes[outcome] += 1
         if outcome == "early":
             early.append(raw)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from dmd_tasks.domain.entities import Entity, NotificationStatus
@@ -57,6 +58,20 @@ SENT = NotificationStatus.SENT.value
 FAILED = NotificationStatus.FAILED.value
 UNCONFIRMED = NotificationStatus.UNCONFIRMED.value
 UNKNOWN = NotificationStatus.UNKNOWN.value
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A send the provider accepted, to be recorded (``mark_sent_many``)."""
+
+    sale_id: str
+    fan_id: str
+    message_id: str
+    at: float
+    lease_token: str | None
+    traceparent: str | None = None
+    parts: int = 1
+    encoding: str = "GSM-7"
 
 
 class NotificationRecords:
@@ -248,6 +263,41 @@ class NotificationRecords:
         NOTIFICATION_TRANSITIONS.labels(SCHEDULED, SENDING).inc()
         return item
 
+    def claim_many(self, ids: Sequence[tuple[str, str]], now: float, lease_seconds: int) -> list[dict[str, Any]]:
+        """``claim_for_send`` for many notifications ((sale id, fan id) each): up to 100 conditional
+        claims to a request, then the claimed items read back (BatchGetItem, 100 to a request).
+        Returns the items this worker now holds, each with its own ``leaseToken``."""
+        lease = int(now + lease_seconds)
+        tokens = [uuid.uuid4().hex for _ in ids]
+        writes = [
+            Update(
+                notification_key(sale_id, fan_id),
+                "SET #s = :to, leaseUntil = :lease, leaseToken = :tok, sendingAt = :now, "
+                "gsi1pk = :gpk, gsi1sk = :gsk REMOVE callStartedAt",
+                "#s = :from",
+                {
+                    ":from": SCHEDULED,
+                    ":to": SENDING,
+                    ":lease": lease,
+                    ":tok": token,
+                    ":now": iso(now),
+                    ":gpk": sending_index(sale_id, self.shard_of(fan_id)),
+                    ":gsk": epoch_key(lease),
+                },
+                _STATUS,
+            )
+            for (sale_id, fan_id), token in zip(ids, tokens, strict=True)
+        ]
+        applied = self._table.update_many(writes, what=f"claim {len(writes)}")
+        mine = {ids[n]: tokens[n] for n, ok in enumerate(applied) if ok}
+        if not mine:
+            return []
+        NOTIFICATION_TRANSITIONS.labels(SCHEDULED, SENDING).inc(len(mine))
+        items = self._table.get_items([notification_key(*k) for k in mine], None)
+        held = {(sale_of(i["pk"]), fan_of(i["sk"])): i for i in items}
+        # read back strongly consistent: the token is ours unless a reconciler took it since
+        return [held[k] for k in mine if k in held and held[k].get("leaseToken") == mine[k]]
+
     def mark_sent(
         self,
         sale_id: str,
@@ -261,25 +311,39 @@ class NotificationRecords:
     ) -> bool:
         """sending → sent, by the lease holder; keeps the sender's trace context for the receipt and
         the SMS parts and encoding the message took."""
-        return self._move(
-            sale_id,
-            fan_id,
-            SENDING,
-            SENT,
-            "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
-            "traceparent = :tp, #parts = :parts, #enc = :enc REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
-            {
-                ":mid": message_id,
-                ":now": iso(now),
-                ":msg": message_index(message_id),
-                ":n": MESSAGE_INDEX_SK,
-                ":tp": traceparent or "-",
-                ":parts": parts,
-                ":enc": encoding,
-            },
-            names={"#parts": "parts", "#enc": "encoding"},  # DynamoDB reserves some plain words
-            lease_token=lease_token,
-        )
+        sent = Sent(sale_id, fan_id, message_id, now, lease_token, traceparent, parts, encoding)
+        return bool(self.mark_sent_many([sent]))
+
+    def mark_sent_many(self, sends: Sequence[Sent]) -> list[Sent]:
+        """``mark_sent`` for many sends, up to 100 to a request, each fenced by its own lease token.
+        Returns the ones written (the others lost their lease, or were settled, meanwhile)."""
+        writes = [
+            (
+                f"{n}",
+                self._update(
+                    sent.sale_id,
+                    sent.fan_id,
+                    SENDING,
+                    SENT,
+                    "SET #s = :to, providerMessageId = :mid, sentAt = :now, gsi2pk = :msg, gsi2sk = :n, "
+                    "traceparent = :tp, #parts = :parts, #enc = :enc REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken",
+                    {
+                        ":mid": sent.message_id,
+                        ":now": iso(sent.at),
+                        ":msg": message_index(sent.message_id),
+                        ":n": MESSAGE_INDEX_SK,
+                        ":tp": sent.traceparent or "-",
+                        ":parts": sent.parts,
+                        ":enc": sent.encoding,
+                    },
+                    names={"#parts": "parts", "#enc": "encoding"},  # DynamoDB reserves some plain words
+                    lease_token=sent.lease_token,
+                ),
+            )
+            for n, sent in enumerate(sends)
+        ]
+        written = self._move_many(writes, SENDING, SENT, f"{len(writes)} sent")
+        return [sends[int(n)] for n in written]
 
     def mark_calling(self, sale_id: str, fan_id: str, provider: str, now: float, lease_token: str | None) -> bool:
         """Record, by the lease holder, that the call to ``provider`` (one without idempotency) is
@@ -556,6 +620,33 @@ class NotificationRecords:
             return None
         NOTIFICATION_TRANSITIONS.labels(SENT, status).inc()
         return item
+
+    def record_deliveries(self, receipts: Sequence[tuple[str, str, str, str, str]]) -> list[bool]:
+        """``record_delivery`` for many receipts ((sale id, fan id, message id, status, at) each), up
+        to 100 to a request, each applied only if its own condition holds. Returns, per receipt,
+        whether it moved its notification."""
+        writes = [
+            Update(
+                notification_key(sale_id, fan_id),
+                "SET #s = :to, deliveredAt = :at REMOVE gsi2pk, gsi2sk",
+                "#s = :from AND providerMessageId = :mid",
+                {":to": status, ":from": SENT, ":at": at, ":mid": message_id},
+                _STATUS,
+            )
+            for sale_id, fan_id, message_id, status, at in receipts
+        ]
+        applied = self._table.update_many(writes, what=f"{len(writes)} receipts")
+        for (*_, status, _at), ok in zip(receipts, applied, strict=True):
+            if ok:
+                NOTIFICATION_TRANSITIONS.labels(SENT, status).inc()
+        return applied
+
+    def traceparents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The sender's trace context stored on each of these notifications (sale id, fan id)."""
+        found = self._table.get_items(
+            [notification_key(sale_id, fan_id) for sale_id, fan_id in keys], ("pk", "sk", "traceparent")
+        )
+        return {(sale_of(i["pk"]), fan_of(i["sk"])): str(i["traceparent"]) for i in found if "traceparent" in i}
 
     def record_unconfirmed_delivery(
         self, sale_id: str, fan_id: str, message_id: str, status: str, at: str

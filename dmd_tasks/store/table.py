@@ -132,20 +132,37 @@ class DemandTable:
     # --- batches --------------------------------------------------------------------------
 
     def update_many(self, updates: Sequence[Update], *, what: str) -> list[bool]:
-        """Apply each update whose condition holds, up to 100 in one TransactWriteItems request:
-        per item the guarantee of ``update`` (applied only if its own condition holds, atomically),
-        at one request per 100 items. A transaction is all or nothing, so when some conditions
-        fail DynamoDB cancels it and says which (``CancellationReasons``): the rest is sent again
-        without them, in a transaction of its own. Returns, per update, whether it was applied."""
+        """Apply each update whose condition holds, up to 100 in one TransactWriteItems request (one
+        alone: an UpdateItem): per item the guarantee of ``update`` (applied only if its own
+        condition holds, atomically), at one request per 100 items. A transaction is all or
+        nothing, so when some conditions fail DynamoDB cancels it and says which
+        (``CancellationReasons``): the rest is sent again without them, in a transaction of its
+        own. Returns, per update, whether it was applied."""
         applied = [False] * len(updates)
-        for start in range(0, len(updates), TRANSACT_MAX_ITEMS):
-            self._transact(updates, list(range(start, min(start + TRANSACT_MAX_ITEMS, len(updates)))), applied, what)
+        chunk: list[int] = []
+        keys: set[tuple[str, str]] = set()
+        for n, update in enumerate(updates):
+            key = (str(update.key["pk"]), str(update.key["sk"]))
+            if len(chunk) == TRANSACT_MAX_ITEMS or key in keys:  # one action per item in a transaction
+                self._transact(updates, chunk, applied, what)
+                chunk, keys = [], set()
+            chunk.append(n)
+            keys.add(key)
+        if chunk:
+            self._transact(updates, chunk, applied, what)
         return applied
 
     def _transact(self, updates: Sequence[Update], pending: list[int], applied: list[bool], what: str) -> None:
         delay = 0.05
         for _attempt in range(10):
             if not pending:
+                return
+            if len(pending) == 1:  # one item: a plain conditional UpdateItem (one write unit, not two)
+                u = updates[pending[0]]
+                done = self.update(
+                    u.key, what=what, update=u.update, condition=u.condition, values=u.values, names=u.names
+                )
+                applied[pending[0]] = done is not None
                 return
             try:
                 self._client.transact_write_items(
@@ -220,11 +237,11 @@ class DemandTable:
         return [{"pk": i["pk"], "sk": i["sk"]} for i in self.get_items(keys, ("pk", "sk"), pool)]
 
     def get_items(
-        self, keys: list[Key], attributes: Iterable[str], pool: Executor | None = None
+        self, keys: list[Key], attributes: Iterable[str] | None, pool: Executor | None = None
     ) -> list[dict[str, Any]]:
-        """``attributes`` of the items these keys name, for those that exist (BatchGetItem, 100
-        keys a call; with ``pool``, concurrently)."""
-        names = {f"#a{n}": name for n, name in enumerate(attributes)}
+        """``attributes`` (None: all) of the items these keys name, for those that exist
+        (BatchGetItem, strongly consistent, 100 keys a call; with ``pool``, concurrently)."""
+        names = {f"#a{n}": name for n, name in enumerate(attributes or ())}
         slices = [
             [serialize(k) for k in keys[start : start + BATCH_GET_MAX_KEYS]]
             for start in range(0, len(keys), BATCH_GET_MAX_KEYS)
@@ -239,12 +256,9 @@ class DemandTable:
         return found
 
     def _batch_get(self, keys: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
-        request = {
-            "Keys": keys,
-            "ProjectionExpression": ", ".join(names),
-            "ExpressionAttributeNames": names,
-            "ConsistentRead": True,
-        }
+        request: dict[str, Any] = {"Keys": keys, "ConsistentRead": True}
+        if names:
+            request.update(ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
         pending: dict[str, Any] = {self.name: request}
         found: list[dict[str, Any]] = []
         delay = 0.05

@@ -12,7 +12,7 @@ import pytest
 from dmd_tasks.domain.provider_events import InboundEvent, StatusEvent
 from dmd_tasks.infra import topology
 from dmd_tasks.pipeline.stage2_generate import generate_sale
-from dmd_tasks.pipeline.stage5_sms_status import apply_event, record_sms_status
+from dmd_tasks.pipeline.stage5_sms_status import apply_event, apply_events, record_sms_status
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.codec import iso
 from tests.queues import Queues
@@ -229,3 +229,47 @@ def test_a_receipt_waits_as_long_as_its_notification_is_in_flight_and_a_stray_on
     published.clear()
     assert record_sms_status.run([early], waits=21) == {"delivered": 1}
     assert published == [] and box.item("fan1")["status"] == "delivered"
+
+
+def test_a_batch_of_receipts_moves_its_sent_notifications_together_and_the_rest_as_one_by_one(
+    services: Services, outbox: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three sent notifications, one still sending, and a receipt of each (one twice, one
+    # without our reference)
+    box = outbox()
+    ids: dict[str, str] = {}
+    for fan in ("a", "b", "c", "d"):
+        box.add(fan, status="sending")
+    for fan in ("a", "b", "c"):
+        ids[fan] = f"SM{uuid.uuid4().hex}"
+        token = box.item(fan)["leaseToken"]
+        assert services.notifications.mark_sent(box.sale_id, fan, ids[fan], time.time(), lease_token=token)
+    events = [
+        receipt(ids["a"], reference=f"{box.sale_id}:a"),
+        receipt(ids["b"], "undelivered", reference=f"{box.sale_id}:b"),
+        receipt(ids["a"], reference=f"{box.sale_id}:a"),  # the provider's duplicate
+        receipt(ids["c"]),  # no reference: found by its message id
+        receipt(f"SM{uuid.uuid4().hex}", reference=f"{box.sale_id}:d"),  # before our sent write
+    ]
+    transactions: list[int] = []
+    real = services.table._client.transact_write_items
+
+    def counted(**kwargs: Any) -> Any:
+        transactions.append(len(kwargs["TransactItems"]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(services.table._client, "transact_write_items", counted)
+
+    # When they are applied as one batch
+    outcomes = apply_events(services, events)
+
+    # Then each gets its outcome, the referenced ones in one request (a duplicate of an item in
+    # a transaction of its own), and every notification is where its receipt put it
+    assert outcomes == ["delivered", "undelivered", "duplicate", "delivered", "early"]
+    assert transactions[0] == 2
+    assert {fan: box.item(fan)["status"] for fan in "abcd"} == {
+        "a": "delivered",
+        "b": "undelivered",
+        "c": "delivered",
+        "d": "sending",
+    }

@@ -278,3 +278,12 @@ def test_transactions_on_a_large_table_stay_fast_on_the_local_emulator(table: De
     began = time.monotonic()
     assert all(table.update_many(moves(keys, "pending", "scheduled"), what="test moves"))
     assert time.monotonic() - began < 5.0
+
+
+def test_update_many_writes_two_updates_of_one_item_in_separate_transactions(table: DemandTable) -> None:
+    # a transaction takes one action per item: the second move of the same item goes after the first
+    key = {"pk": partition(), "sk": "ONE"}
+    table.put({**key, "status": "pending"}, what="put")
+    twice = [*moves([key], "pending", "scheduled"), *moves([key], "scheduled", "sending")]
+    assert table.update_many(twice, what="test moves") == [True, True]
+    assert (table.get(key, what="get") or {})["status"] == "sending"
