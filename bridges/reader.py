@@ -98,6 +98,7 @@ class ShardReader:
             handler,
             records_per_read=settings.bridge_records_per_read,
             idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
+            idle_max_sleep_seconds=settings.bridge_idle_max_sleep_seconds,
             shard_refresh_seconds=settings.bridge_shard_refresh_seconds,
             start_position=settings.bridge_start_position,
             name=name,
@@ -118,6 +119,7 @@ class ShardReader:
         *,
         records_per_read: int = 1000,
         idle_sleep_seconds: float = 0.5,
+        idle_max_sleep_seconds: float = 0.5,
         shard_refresh_seconds: float = 30.0,
         start_position: str = "TRIM_HORIZON",
         name: str = "bridge",
@@ -130,6 +132,7 @@ class ShardReader:
         self._handler = handler
         self._limit = records_per_read
         self._idle = idle_sleep_seconds
+        self._idle_max = idle_max_sleep_seconds
         self._refresh_every = shard_refresh_seconds
         self._start_position = start_position
         #: With leases, this process reads only the shards it holds and checkpoints through them
@@ -347,6 +350,7 @@ class ShardReader:
 
     def _poll_until_stopped(self) -> None:
         backoff = self._idle
+        quiet = self._idle  # the wait after a poll that read nothing: doubles while nothing comes
         while not self.stop_event.is_set():
             try:
                 handled = self.poll_once()
@@ -358,6 +362,9 @@ class ShardReader:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            if handled == 0:
-                self.stop_event.wait(self._idle)
+            if handled:
+                quiet = self._idle
+            else:
+                self.stop_event.wait(quiet)
+                quiet = min(quiet * 2, max(self._idle, self._idle_max))
         self.flush_checkpoints()

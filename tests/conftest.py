@@ -46,7 +46,12 @@ TEST_ENV = {
     "DMD_RUN_DIR": str(_RUN_DIR),
     "DMD_LOG_LEVEL": "INFO",
     "DMD_BRIDGE_IDLE_SLEEP_SECONDS": "0.2",
+    "DMD_BRIDGE_IDLE_MAX_SLEEP_SECONDS": "0.2",
     "DMD_SQS_POLLING_INTERVAL_SECONDS": "0.1",
+    # a worker a test stops leaves its last long poll open on moto until it times out, and that poll
+    # takes the next message of its queue out of sight for the visibility timeout: short polls here
+    "DMD_SQS_WAIT_TIME_SECONDS": "1",
+    "DMD_INTAKE_WAIT_SECONDS": "1",
 }
 TEST_ENV["DMD_AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{TEST_ENV['DMD_MOTO_PORT']}"
 for _provider in ("BITLY", "SMS", "DISCOVERY", "ACCOUNTS"):

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     #: can get plus the hard time limit, or SQS redelivers a task that is still waiting or
     #: running (a duplicate execution).
     visibility_timeout_seconds: int = 600
-    sqs_wait_time_seconds: int = 10
+    #: The long poll of every SQS receive (SQS's maximum): an idle worker makes one request per
+    #: this many seconds, and a message that arrives meanwhile is answered at once.
+    sqs_wait_time_seconds: int = Field(default=20, ge=0, le=20)
     #: kombu's pause after an empty receive, and also whenever the worker's prefetch is full: then
     #: it makes no request and only waits, so a long pause caps a busy worker at prefetch/pause
     #: tasks a second (make bench measured 13/s at 0.3 s); an empty queue is long-polled anyway.
@@ -144,8 +146,10 @@ class Settings(BaseSettings):
     generate_lease_seconds: int = 120
     #: Shards of the pending index per sale (spreads a big sale's GSI writes over partitions).
     pending_shards: int = 4
-    #: Notifications one ``send_notifications`` message carries.
-    send_batch_size: int = 10
+    #: Notifications one ``send_notifications`` message carries (claimed and recorded together: a
+    #: request per batch; the scheduler releases only what the rate allows, so a slow campaign's
+    #: batches stay small).
+    send_batch_size: int = 50
     #: The original's maxSendAttempts.
     max_send_attempts: int = 3
     #: First retry delay of a failed send; doubles per attempt (plus jitter), capped by retry_backoff_max.
@@ -193,8 +197,8 @@ class Settings(BaseSettings):
     #: Failed calls in a row (every sender's) after which a failure spends no attempt although the
     #: window still shows the successes from before the provider went down.
     circuit_streak_failures: int = Field(default=3, ge=1)
-    #: Statuses one ``record_sms_status`` message carries.
-    status_batch_size: int = 25
+    #: Statuses one ``record_sms_status`` message carries (applied 100 to a request).
+    status_batch_size: int = 100
     #: Retries of a delivery status whose notification is not (yet) marked sent.
     status_max_retries: int = 8
 
@@ -263,7 +267,11 @@ class Settings(BaseSettings):
 
     # --- Stream bridges ----------------------------------------------------------------------
     bridge_records_per_read: int = 1000
+    #: A bridge that read nothing waits this long before it reads again, doubling while nothing
+    #: comes, up to ``bridge_idle_max_sleep_seconds`` (an idle stream costs few reads; a busy one
+    #: is read again at once).
     bridge_idle_sleep_seconds: float = 0.5
+    bridge_idle_max_sleep_seconds: float = 4.0
     bridge_shard_refresh_seconds: float = 30.0
     #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
     #: or stopping); a crash re-reads at most this much, and every task is idempotent.
