@@ -62,6 +62,7 @@ class SaleRun:
     elapsed: float
     cpu_seconds: float
     idle_cpu_per_second: float
+    idle_requests_per_second: float
 
 
 def run(h: Harness, *, fans: int) -> dict[str, Any]:
@@ -80,10 +81,11 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
         time.sleep(2)
         # start-up (imports, connections) is not the sale's; idle polling is measured on its own
-        idle_from = h.usage(group).cpu_seconds
+        idle_from, requests_from = h.usage(group).cpu_seconds, _requests(settings)
         time.sleep(IDLE_SECONDS)
         baseline = h.usage(group).cpu_seconds
         idle_cpu_per_second = (baseline - idle_from) / IDLE_SECONDS
+        idle_requests_per_second = (_requests(settings) - requests_from) / IDLE_SECONDS
         sale_id, opted_out = seed_sale(settings, fans, rate_per_second=1000.0, run_id=uuid.uuid4().hex[:8])
         expected = fans - opted_out
         started = time.monotonic()
@@ -99,7 +101,12 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
         elapsed = time.monotonic() - started
         time.sleep(3)  # late duplicate receipts still being recorded are part of the cost
         cpu_seconds = h.usage(group).cpu_seconds - baseline
-    return SaleRun(progress, elapsed, cpu_seconds, idle_cpu_per_second)
+    return SaleRun(progress, elapsed, cpu_seconds, idle_cpu_per_second, idle_requests_per_second)
+
+
+def _requests(settings: Settings) -> float:
+    """AWS requests the pipeline's processes signed so far."""
+    return sum(metric_samples(str(settings.metrics_dir.resolve()), "dmd_aws_requests", ("service",)).values())
 
 
 def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
@@ -119,6 +126,7 @@ def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
     )
     read_units = sum(reads.values())
     stream_reads = requests.get(("dynamodb-streams", "GetRecords"), 0)
+    records = metric_samples(metrics_dir, "dmd_bridge_records", ("bridge",))
     cost = _cost(per_service, write_units, read_units, stream_reads, n)
     cpu_seconds, elapsed = sale.cpu_seconds, sale.elapsed
     return {
@@ -136,6 +144,9 @@ def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
         "cpu_seconds_per_1000_notifications": round(1000 * cpu_seconds / n, 2),
         "cpu_seconds_total": round(cpu_seconds, 1),
         "idle_cpu_seconds_per_second": round(sale.idle_cpu_per_second, 3),
+        "idle_aws_requests_per_second": round(sale.idle_requests_per_second, 2),
+        # the demand table's stream records the demand bridge read (routed or not) per notification
+        "stream_records_per_notification": round(records.get(("bridge-demand",), 0) / n, 2),
         "cpu_seconds_per_1000_notifications_less_idle": round(
             1000 * max(0.0, cpu_seconds - sale.idle_cpu_per_second * elapsed) / n, 2
         ),

@@ -395,6 +395,16 @@ def _cost(c: dict[str, Any]) -> list[str]:
             if "idle_cpu_seconds_per_second" in c
             else ""
         ),
+        *(
+            [
+                f"- The idle pipeline (every process up, nothing to do): {c['idle_aws_requests_per_second']} AWS "
+                f"requests and {c['idle_cpu_seconds_per_second']} CPU s a second",
+                f"- Stream records the demand bridge read per notification: {c['stream_records_per_notification']} "
+                "(a notification's own writes come back through the table's stream; none is routed)",
+            ]
+            if "idle_aws_requests_per_second" in c
+            else []
+        ),
         "",
         "| service operation | requests | per notification |",
         "|---|---|---|",
