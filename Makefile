@@ -50,7 +50,7 @@ unit: setup
 ## make test: lint, the unit tier, then the stack-backed and end-to-end tests on TEST_WORKERS xdist
 ## workers (each starts and stops its own moto server and simulators, on a Redis database of its own)
 test: setup lint unit
-	$(PYTEST) -m "stack or e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS)
+	$(PYTEST) -m "stack or e2e" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 ## make lint: ruff (lint + format) and mypy, configured in pyproject.toml
 lint: setup
@@ -71,7 +71,7 @@ CHAOS_WORKERS  ?= 2
 chaos: setup
 	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
 		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) DMD_CHAOS_SLOW_SECONDS=$(CHAOS_SLOW) \
-		$(PYTEST) -m chaos -n $(CHAOS_WORKERS) --durations=20 $(PYTEST_ARGS)
+		$(PYTEST) -m chaos -n $(CHAOS_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)
 ## sizes are parameters, e.g. make bench BENCH_ARGS="--fans 1000000 --only fanout"

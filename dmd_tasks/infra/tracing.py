@@ -9,8 +9,9 @@
   marks it sent; the receipt, applied later by another process, continues that trace.
 - The API: a span per GraphQL request.
 
-Off by default: set ``DMD_OTLP_ENDPOINT`` (OTLP over HTTP, e.g. http://collector:4318)
-to export, with service name ``DMD_OTEL_SERVICE_NAME`` (default ``dmd``).
+Off by default, and then free: set ``DMD_OTLP_ENDPOINT`` (OTLP over HTTP, e.g.
+http://collector:4318) to export, with service name ``DMD_OTEL_SERVICE_NAME`` (default
+``dmd``). Without it Celery is not instrumented and every span is a non-recording one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _configured = False
 
 
 def setup(settings: Settings, process: str) -> None:
-    """Export spans over OTLP when configured, and instrument Celery. Safe to call twice."""
+    """Export spans over OTLP and instrument Celery, when configured. Safe to call twice."""
     global _configured
     if _configured:
         return
@@ -47,7 +48,9 @@ def setup(settings: Settings, process: str) -> None:
             BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{settings.otlp_endpoint.rstrip('/')}/v1/traces"))
         )
         trace.set_tracer_provider(provider)
-    instrument_celery()
+        # Celery's spans only when something receives them: without an exporter every task would
+        # still pay for creating, attaching and propagating spans nobody reads
+        instrument_celery()
 
 
 def instrument_celery(tracer_provider: Any = None) -> None:
