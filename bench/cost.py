@@ -35,8 +35,11 @@ PRICES: dict[str, Any] = {
 #: Index entries a sent notification writes or removes (docs/data-model.md): pending entry written at
 #: creation and removed when scheduled, sending entry written and removed, message-id entry written.
 INDEX_WRITES_PER_NOTIFICATION = 5
-#: how long the idle pipeline's own CPU use (polling) is measured before the sale
-IDLE_SECONDS = 10.0
+#: how long the idle pipeline's own CPU use and AWS requests (polling) are measured before the
+#: sale, after IDLE_SETTLE_SECONDS of start-up (first ticks, the bridges' backoff reaching its
+#: idle pace): long enough to hold a 20 s long poll and one idle tick of every beat entry
+IDLE_SECONDS = 30.0
+IDLE_SETTLE_SECONDS = 15.0
 
 
 def metric_samples(metrics_dir: str, name: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
@@ -79,7 +82,7 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
     h.sim.configure(sms={"status_delay_ms": 100})
     with h.processes(PIPELINE_PROCESSES, label="cost") as group:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
-        time.sleep(2)
+        time.sleep(IDLE_SETTLE_SECONDS)
         # start-up (imports, connections) is not the sale's; idle polling is measured on its own
         idle_from, requests_from = h.usage(group).cpu_seconds, _requests(settings)
         time.sleep(IDLE_SECONDS)

@@ -38,8 +38,12 @@ class RecordHandler:
         publisher: BatchPublisher,
         dead_letters: DeadLetters,
         dedupe_seconds: float = 0.0,
+        wake: Callable[[str], object] | None = None,
     ) -> None:
+        """``wake``: called when a page holds a sale written as waiting (beat's claim rests while
+        it finds nothing to claim: ``dmd_tasks.infra.wake``)."""
         self.name = name
+        self._wake = wake
         self._plan = plan
         self._publisher = publisher
         self._dead_letters = dead_letters
@@ -65,6 +69,8 @@ class RecordHandler:
                 )
 
             self._publisher.publish(task_name, calls, on_refused=refused)
+        if plan.sales_waiting and self._wake is not None:
+            self._wake("sale written")
         if self._recent is not None:
             for key in plan.keys:
                 self._recent[key] = True

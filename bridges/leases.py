@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ from dmd_tasks.infra.metrics import BRIDGE_LEASE_EVENTS, BRIDGE_LEASES, BRIDGE_S
 from dmd_tasks.infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: DynamoDB's limit of items in one TransactWriteItems request.
+TRANSACT_MAX_ITEMS = 100
 
 
 @dataclass
@@ -127,6 +130,60 @@ class LeaseTable:
             ExpressionAttributeNames={"#c": "counter", "#o": "owner"},
             ExpressionAttributeValues={":one": {"N": "1"}, ":me": {"S": owner}, ":seen": {"N": str(lease.counter)}},
         )
+
+    def renew_many(self, leases: Sequence[Lease], owner: str) -> dict[str, bool]:
+        """Renew every lease in ``leases`` still held by ``owner`` as seen: the same conditional
+        write as ``renew`` for each, up to 100 in one TransactWriteItems request (one lease alone:
+        an UpdateItem). A transaction is all or nothing: when some leases were taken, DynamoDB
+        cancels it and says which (``CancellationReasons``); the others go again without them.
+        Returns, per shard, whether it was renewed (False: another process holds it); a shard
+        missing from the answer is undecided (a transaction conflict: the next round tells)."""
+        out: dict[str, bool] = {}
+        pending = [*leases]
+        while pending:
+            if len(pending) == 1:
+                out[pending[0].shard] = self.renew(pending[0], owner)
+                break
+            chunk, pending = pending[:TRANSACT_MAX_ITEMS], pending[TRANSACT_MAX_ITEMS:]
+            while chunk:
+                try:
+                    self._ddb.transact_write_items(
+                        TransactItems=[{"Update": self._renewal(lease, owner)} for lease in chunk],
+                        ClientRequestToken=uuid.uuid4().hex,
+                    )
+                except ClientError as exc:
+                    reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+                    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException" or len(
+                        reasons
+                    ) != len(chunk):
+                        raise
+                    taken = [lease for lease, r in zip(chunk, reasons, strict=True) if r == "ConditionalCheckFailed"]
+                    if not taken:  # a conflict with another writer (a take under way): nothing was
+                        break  # written; neither renewed nor lost, the next round tells
+                    out.update((lease.shard, False) for lease in taken)
+                    chunk = [lease for lease in chunk if lease not in taken]
+                    if len(chunk) == 1:
+                        out[chunk[0].shard] = self.renew(chunk[0], owner)
+                        break
+                    continue
+                for lease in chunk:
+                    out[lease.shard] = True
+                break
+        return out
+
+    def _renewal(self, lease: Lease, owner: str) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Key": self._key(lease.shard),
+            "UpdateExpression": "SET #c = #c + :one",
+            "ConditionExpression": "#o = :me AND #c = :seen",
+            "ExpressionAttributeNames": {"#c": "counter", "#o": "owner"},
+            "ExpressionAttributeValues": {
+                ":one": {"N": "1"},
+                ":me": {"S": owner},
+                ":seen": {"N": str(lease.counter)},
+            },
+        }
 
     def take(self, lease: Lease, owner: str) -> bool:
         """Become the owner, if the lease is still as seen (its counter unchanged)."""
@@ -358,10 +415,10 @@ class LeaseCoordinator:
         BRIDGE_LEASES.labels(self.bridge).set(len(self._held))
 
     def renew(self) -> None:
-        for shard, lease in self.held().items():
-            if lease.finished:
-                continue
-            if self.table.renew(lease, self.worker_id):
+        """Renew every lease held, in one request (``LeaseTable.renew_many``)."""
+        held = [lease for lease in self.held().values() if not lease.finished]
+        for shard, renewed in self.table.renew_many(held, self.worker_id).items():
+            if renewed:
                 with self._lock:
                     if shard in self._held:
                         self._held[shard].counter += 1

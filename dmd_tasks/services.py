@@ -21,6 +21,7 @@ from dmd_tasks.infra.deadline import Pace
 from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
+from dmd_tasks.infra.wake import Wake
 from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
 from dmd_tasks.store.demand import DemandRecords
 from dmd_tasks.store.events import EventRecords
@@ -91,6 +92,11 @@ class Services:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
+
+    @cached_property
+    def wake(self) -> Wake:
+        """Beat's idle gate: tasks that found no work rest; new work wakes them."""
+        return Wake(self.redis)
 
     @cached_property
     def sms_throttle(self) -> SmsThrottle:

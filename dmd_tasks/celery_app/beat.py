@@ -22,6 +22,10 @@ The beat that holds the lock checks every tick that each static entry is still t
 pipelined round trip) and writes back what is missing (``dmd_beat_schedule_restored_total``);
 each is due one interval later, as after a first start. Every tick sent is counted by entry
 (``dmd_beat_sent_total``): a lock holder that sends none for a few intervals is an alert.
+
+Idle ticks cost nothing: a task that found no work rests (``dmd_tasks.infra.wake``) and beat
+does not send it while the rest holds; each tick skipped so is counted too
+(``dmd_beat_rested_total``), so the alert above is on ticks neither sent nor rested.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis.exceptions import LockError
 
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
-from dmd_tasks.infra.metrics import BEAT_LOCK_HELD, BEAT_SCHEDULE_RESTORED, BEAT_SENT
+from dmd_tasks.infra.metrics import BEAT_LOCK_HELD, BEAT_RESTED, BEAT_SCHEDULE_RESTORED, BEAT_SENT
+from dmd_tasks.infra.wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,24 @@ class DmdBeatScheduler(RedBeatScheduler):
         get_redis(self.app).sadd(conf.statics_key, *missing)
         BEAT_SCHEDULE_RESTORED.inc()
         log.warning("beat: %s missing from Redis (restarted empty?); written again", ", ".join(missing))
+
+    def maybe_due(self, entry: Any, **kwargs: Any) -> Any:
+        """RedBeat's: send a due entry's task; but a task that rests (it found no work, and
+        nothing woke it since) is not sent: its entry is advanced as if it had been. Whatever
+        goes wrong asking (Redis) means send."""
+        is_due, next_time_to_run = entry.is_due()
+        if not is_due or not self._resting(entry):
+            return super().maybe_due(entry, **kwargs)
+        self.reserve(entry)  # its next run is one interval from now, as after a send
+        BEAT_RESTED.labels(entry.name).inc()
+        return next_time_to_run
+
+    def _resting(self, entry: Any) -> bool:
+        try:
+            return entry.task in Wake(get_redis(self.app)).resting([entry.task], time.time())
+        except Exception as exc:
+            log.debug("beat: could not read the rest of %s (%s); sending it", entry.name, describe(exc))
+            return False
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)

@@ -45,6 +45,11 @@ BEAT_SENT = Counter(
     "Ticks beat sent, by schedule entry: none for a few intervals while a beat holds the lock is an alert.",
     ["entry"],
 )
+BEAT_RESTED = Counter(
+    "dmd_beat_rested_total",
+    "Ticks beat did not send, by schedule entry: the task had found no work and nothing woke it since.",
+    ["entry"],
+)
 BEAT_SCHEDULE_RESTORED = Counter(
     "dmd_beat_schedule_restored_total",
     "Times the beat holding the lock found its static schedule missing from Redis and wrote it again.",

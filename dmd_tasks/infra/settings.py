@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     #: How often beat claims due sales and runs the scheduler.
     claim_interval_seconds: float = 2.0
     schedule_interval_seconds: float = 2.0
+    #: A beat task that found no work rests up to this long (no tick sent: no SQS round trip, no
+    #: index read) unless new work wakes it first (a sale written or claimed): an idle pipeline
+    #: still looks around this often. 0: every tick is sent.
+    beat_idle_tick_seconds: float = Field(default=30.0, ge=0)
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
     #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
     schedule_lead_seconds: float = Field(default=4.0, ge=0)
@@ -268,10 +272,11 @@ class Settings(BaseSettings):
     # --- Stream bridges ----------------------------------------------------------------------
     bridge_records_per_read: int = 1000
     #: A bridge that read nothing waits this long before it reads again, doubling while nothing
-    #: comes, up to ``bridge_idle_max_sleep_seconds`` (an idle stream costs few reads; a busy one
-    #: is read again at once).
+    #: comes, up to ``bridge_idle_max_sleep_seconds``: an idle stream costs one read per shard
+    #: that often, and the first record after a quiet spell waits at most that long; a busy
+    #: stream is read again at once.
     bridge_idle_sleep_seconds: float = 0.5
-    bridge_idle_max_sleep_seconds: float = 4.0
+    bridge_idle_max_sleep_seconds: float = 10.0
     bridge_shard_refresh_seconds: float = 30.0
     #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
     #: or stopping); a crash re-reads at most this much, and every task is idempotent.

@@ -1,7 +1,9 @@
-"""The local AWS emulator: moto's server, with DynamoDB transactions it can afford.
+"""The local AWS emulator: moto's server, with DynamoDB transactions and queries it can afford.
 
-``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with one
-change. moto's ``TransactWriteItems`` (moto 5.x, ``DynamoDBBackend.transact_write_items``)
+``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with two
+changes.
+
+**Transactions.** moto's ``TransactWriteItems`` (moto 5.x, ``DynamoDBBackend.transact_write_items``)
 deep-copies every table a transaction touches once per item of the transaction, to roll back
 on failure: 100 updates on a table of a few thousand items took ~18 s and grew the process to
 2.5 GB, so a design that writes its transitions 100 at a time, as DynamoDB intends, could not
@@ -11,6 +13,13 @@ before it writes anything, so a cancelled transaction has nothing to undo; an er
 writing (an update expression that fails on the item) restores the items it had written.
 Requests and their results are the same as moto's, and as DynamoDB's.
 
+**Queries.** moto's ``Table.query`` takes ``Table.all_items()``, which sorts every item of the
+table, and then filters and sorts what matches: each query costs the whole table, sorted (on a
+table of 9,000 items a few queries a second kept the emulator's core busy, so a sale ran slower
+the bigger the table under it was, which DynamoDB does not do). Inside a query, ``all_items``
+below gives the items unsorted (the query sorts what it keeps, by the full key, so its result is
+the same), and for a query of the table itself only the items of the asked partition.
+
 Only the local stack (``dmd stack up``, the tests, the benchmarks) runs this; it needs the
 ``local`` extra (moto).
 """
@@ -18,8 +27,13 @@ Only the local stack (``dmd stack up``, the tests, the benchmarks) runs this; it
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
+import threading
 from typing import Any
+
+#: set while this thread runs a query: what ``all_items`` should give it
+_query = threading.local()
 
 
 def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
@@ -126,11 +140,63 @@ def _undo(written: list[tuple[Any, dict[str, Any], Any]], marks: dict[str, int |
             del table.stream_shard.items[mark:]
 
 
+def patch_query(table_class: Any) -> None:
+    """Give ``table_class`` (moto's ``Table``) the query above."""
+    sorted_items, query = table_class.all_items, table_class.query
+
+    def all_items(self: Any) -> list[Any]:
+        partition = getattr(_query, "partition", None)
+        if partition is None:
+            return sorted_items(self)
+        if isinstance(partition, list):  # an index: the items whose index key can match
+            every = (
+                self.items.values()
+                if not self.range_key_attr
+                else (item for hash_set in self.items.values() for item in hash_set.values())
+            )
+            return [item for item in every if _may_match(item, partition)]
+        found = self.items.get(partition)
+        if found is None:
+            return []
+        return list(found.values()) if self.range_key_attr else [found]
+
+    signature = inspect.signature(query)
+
+    def query_unsorted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        asked = signature.bind(self, *args, **kwargs).arguments
+        hash_key, index_name = asked.get("hash_key"), asked.get("index_name")
+        if index_name or hash_key is None:
+            _query.partition = list(asked.get("hash_key_conditions") or [])
+        else:
+            _query.partition = hash_key
+        try:
+            return query(self, *args, **kwargs)
+        finally:
+            _query.partition = None
+
+    table_class.all_items = all_items
+    table_class.query = query_unsorted
+
+
+def _may_match(item: Any, conditions: list[tuple[str, Any]]) -> bool:
+    """Whether ``item`` can match the index query's key conditions: a string key compared as
+    text (cheap); any other type is left to moto's own test, which every item given still meets."""
+    for name, want in conditions:
+        have = item.attrs.get(name)
+        if have is None:
+            return False
+        if want.type == "S" and (have.type != "S" or have.value != want.value):
+            return False
+    return True
+
+
 def patch() -> None:
-    """Give moto's DynamoDB backend the transaction above (once per process)."""
+    """Give moto's DynamoDB backend the transaction and the query above (once per process)."""
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    patch_query(Table)
 
 
 def main(argv: list[str] | None = None) -> None:

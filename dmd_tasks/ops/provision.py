@@ -250,11 +250,16 @@ def ensure_sms_events_topic(settings: Settings) -> dict[str, str]:
     return {"topic_arn": topic_arn, "subscription_arn": subscription["SubscriptionArn"], "queue_url": queue_url}
 
 
-#: The changes of the demand table the pipeline routes (dmd_tasks.pipeline.routing.route_change):
-#: a new demand row, and a notification written as ``scheduled``. Everything else is filtered out
-#: by the pipe (not paid for, not sent to the queue); the bridge still checks each change it gets.
+#: The changes of the demand table the pipeline acts on (dmd_tasks.pipeline.routing): a new demand
+#: row (routed to the shortener), and a sale written as ``waiting`` (it wakes beat's claim:
+#: dmd_tasks.infra.wake). Everything else is filtered out by the pipe (not paid for, not sent to
+#: the queue); the bridge still checks each change it gets.
 DEMAND_PIPE_FILTERS = [
     {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"entity": {"S": ["DEMAND"]}}}},
+    {
+        "eventName": ["INSERT", "MODIFY"],
+        "dynamodb": {"NewImage": {"entity": {"S": ["SALE"]}, "status": {"S": ["waiting"]}}},
+    },
 ]
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dmd_tasks.domain.entities import Entity
+from dmd_tasks.domain.entities import Entity, SaleStatus
 from dmd_tasks.domain.errors import InvalidRecord
 from dmd_tasks.domain.ids import is_valid_id
 from dmd_tasks.infra import tracing
@@ -117,6 +117,8 @@ class BatchPlan:
     #: REMOVE records (items deleted: nothing to do), and those of them made by DynamoDB's TTL
     removed: int = 0
     ttl_expired: int = 0
+    #: sales written as waiting (a new sale, a re-run): beat's claim has work (``Wake``)
+    sales_waiting: int = 0
 
     @property
     def messages(self) -> int:
@@ -133,6 +135,7 @@ class BatchPlan:
         self.duplicates += other.duplicates
         self.removed += other.removed
         self.ttl_expired += other.ttl_expired
+        self.sales_waiting += other.sales_waiting
 
 
 def route_change(change: ChangeRecord) -> Route | None:
@@ -160,6 +163,14 @@ def route_change(change: ChangeRecord) -> Route | None:
     return None
 
 
+def is_sale_waiting(change: ChangeRecord) -> bool:
+    """A sale written (or re-written) as waiting: one the claim should look at."""
+    new = change.new
+    if change.event_name == "REMOVE" or new is None or change.entity != Entity.SALE.value:
+        return False
+    return new.get("status", SaleStatus.WAITING.value) == SaleStatus.WAITING.value
+
+
 def plan_changes(
     raws: Iterable[Any],
     decode: Callable[[Any], ChangeRecord],
@@ -180,6 +191,7 @@ def plan_changes(
                 plan.removed += 1
                 plan.ttl_expired += change.ttl_expired
                 continue
+            plan.sales_waiting += is_sale_waiting(change)
             target = route_change(change)
             if target is not None:
                 target = _traced(target, change, source)

@@ -420,9 +420,13 @@ def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
 def claim_due_sales(self: Task) -> dict[str, Any]:
     """Beat: claim due sales once each and start their generation; restart stalled generations."""
     services = get_services()
+    epoch = services.wake.epoch()  # before looking: work made after this wakes the next tick
     now = time.time()
+    idle = services.settings.beat_idle_tick_seconds
     claimed = restarted = restored = 0
-    for sale in services.sales.due(now):
+    due, next_due = services.sales.due_ahead(now, idle)
+    stalled, next_stall = services.sales.stalled_ahead(now, idle)
+    for sale in due:
         if "notifyAtError" in sale:
             if services.sales.refuse(sale["id"], sale["notifyAtError"], now):
                 log.error("sale %s failed: %s", sale["id"], sale["notifyAtError"])
@@ -446,11 +450,15 @@ def claim_due_sales(self: Task) -> dict[str, Any]:
                 "again (an operator re-runs a sale with `dmd sales rerun`)",
                 sale["id"],
             )
-    for sale in services.sales.stalled(now):
+    for sale in stalled:
         # the run takes the expired lease with a conditional write; duplicates are no-ops
         generate_notifications.apply_async((sale["id"],))
         restarted += 1
         log.warning(
             "sale %s: generator lease expired at %s; resuming from its checkpoint", sale["id"], sale.get("leaseUntil")
         )
+    if claimed or restored:  # active sales now: the scheduler and the reconciler have work
+        services.wake.wake("sale claimed")
+    elif not due and not stalled:  # nothing to claim until the soonest notify time or lease end
+        services.wake.rest(CLAIM_DUE_SALES, min(t for t in (now + idle, next_due, next_stall) if t), epoch, now)
     return {"claimed": claimed, "restarted": restarted, "restored": restored, "at": iso(now)}

@@ -67,6 +67,8 @@ class TickResult:
     sales_not_reached: int = 0
     #: the deadline limited the tick: it left work it would otherwise have done to the next tick
     cut_short: bool = False
+    #: active sales the tick found
+    sales: int = 0
 
 
 @dataclass
@@ -258,9 +260,9 @@ def run_tick(
     span = interval if span is None else span
     deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
     result = TickResult()
-    shares = sorted(
-        active_shares(services, services.sales.active() if sale_ids is None else sale_ids), key=lambda s: s.wants
-    )
+    active = services.sales.active() if sale_ids is None else sale_ids
+    result.sales = len(active)
+    shares = sorted(active_shares(services, active), key=lambda s: s.wants)
     # the account's cap; with two providers, the caps of those taking traffic now
     remaining = services.sms_router.capacity()
     for n, share in enumerate(shares):
@@ -339,6 +341,7 @@ def schedule_notifications(self: Task) -> dict[str, int]:
     if not lock.acquire():
         return {"skipped": 1}
     try:
+        epoch = services.wake.epoch()  # before looking: a sale claimed after this wakes the next tick
         now = time.time()
         result = run_tick(
             services,
@@ -352,6 +355,8 @@ def schedule_notifications(self: Task) -> dict[str, int]:
             lock.release()
         except Exception:  # expired: the next tick simply takes it
             log.warning("schedule tick lock expired before release")
+    if not result.sales:  # no active sale: no tick needed until one is claimed
+        services.wake.rest(SCHEDULE_NOTIFICATIONS, now + services.settings.beat_idle_tick_seconds, epoch, now)
     if result.cut_short:
         WORK_CUT_SHORT.labels(SCHEDULE_NOTIFICATIONS).inc()
         log.warning(

@@ -246,4 +246,9 @@ def reconcile(
 def reconcile_sales(self: Task) -> dict[str, int]:
     """Beat: one reconciler pass (see the module docstring)."""
     services = get_services()
-    return reconcile(services, lambda ids: publish_sends(self.app, services.settings, ids))
+    epoch = services.wake.epoch()  # before looking: a sale claimed after this wakes the next pass
+    now = time.time()
+    done = reconcile(services, lambda ids: publish_sends(self.app, services.settings, ids), now)
+    if not done["sales"] and not done.get("sales_left"):  # no active sale: nothing to look after
+        services.wake.rest(RECONCILE, now + services.settings.beat_idle_tick_seconds, epoch, now)
+    return done

@@ -73,31 +73,40 @@ class SaleRecords:
         )
 
     def due(self, now: float) -> list[dict[str, Any]]:
+        return self.due_ahead(now, 0.0)[0]
+
+    def due_ahead(self, now: float, ahead: float) -> tuple[list[dict[str, Any]], float | None]:
         """Sales whose notify time has come (sparse index: only waiting sales are in it), and
-        sales whose notify time cannot be read: those carry ``notifyAtError`` (the reason).
+        sales whose notify time cannot be read: those carry ``notifyAtError`` (the reason); with
+        the earliest notify time of the others within ``ahead`` seconds (None: none that soon).
 
         The index sorts notify times as the product wrote them; one written with an offset sorts
         up to 14 hours from its instant, so the query reaches that far ahead and each time is
         parsed and compared as an instant.
         """
         found: list[dict[str, Any]] = []
+        soonest: float | None = None
         for page in self._table.query_pages(
             what="query due sales",
             IndexName=GSI1,
             KeyConditionExpression="gsi1pk = :pk AND gsi1sk <= :upto",
             ExpressionAttributeValues={
                 ":pk": {"S": SALES_WAITING},
-                ":upto": {"S": iso(now + MAX_OFFSET_SECONDS)},
+                ":upto": {"S": iso(now + MAX_OFFSET_SECONDS + ahead)},
             },
             Limit=100,
         ):
             for item in (deserialize(i) for i in page.get("Items", [])):
                 try:
-                    if parse_instant(item.get("notifyAt")) <= now:
-                        found.append(item)
+                    at = parse_instant(item.get("notifyAt"))
                 except ValueError as exc:
                     found.append({**item, "notifyAtError": str(exc)})
-        return found
+                    continue
+                if at <= now:
+                    found.append(item)
+                elif at <= now + ahead:
+                    soonest = at if soonest is None else min(soonest, at)
+        return found, soonest
 
     def refuse(self, sale_id: str, reason: str, now: float) -> bool:
         """waiting → failed with ``reason`` (its notify time cannot be read): visibly, once, instead of
@@ -122,8 +131,25 @@ class SaleRecords:
         return done is not None
 
     def stalled(self, now: float) -> list[dict[str, Any]]:
-        """Sales being generated whose generator lease expired (its worker died)."""
-        return self._index_upto(SALES_GENERATING, iso(now))
+        return self.stalled_ahead(now, 0.0)[0]
+
+    def stalled_ahead(self, now: float, ahead: float) -> tuple[list[dict[str, Any]], float | None]:
+        """Sales being generated whose generator lease expired (its worker died), with the
+        earliest lease of the others that ends within ``ahead`` seconds (None: none that soon)."""
+        stalled: list[dict[str, Any]] = []
+        soonest: float | None = None
+        upto = iso(now)
+        for item in self._index_upto(SALES_GENERATING, iso(now + ahead)):
+            lease = str(item.get("gsi1sk", ""))  # the lease: its expiry, then its owner's token
+            if lease <= upto:
+                stalled.append(item)
+                continue
+            try:
+                until = parse_instant(lease.partition("#")[0])
+            except ValueError:
+                until = now
+            soonest = until if soonest is None else min(soonest, until)
+        return stalled, soonest
 
     def claim(self, sale_id: str, now: float, lease_seconds: int) -> str | None:
         """waiting → generating, once per run the pipeline allows.

@@ -263,3 +263,17 @@ def test_a_task_message_sqs_would_refuse_is_dead_lettered_and_the_rest_of_the_pa
     url = sqs.get_queue_url(QueueName=f"{queues.settings.queue_name_prefix}bridge-demand-dlq")["QueueUrl"]
     (letter,) = [json.loads(body) for body in queues.drain(url)]
     assert "SQS takes 262144" in letter["reason"] and letter["payload"]["truncated"]
+
+
+def test_a_page_with_a_sale_written_as_waiting_wakes_beats_claim(queues) -> None:  # type: ignore[no-untyped-def]
+    woken: list[str] = []
+    handler = RecordHandler(
+        BRIDGE, plan_page(), BatchPublisher(app, queues.settings), DeadLetters(queues.settings), wake=woken.append
+    )
+    sale = {"pk": "SALE#w1", "sk": "SALE", "entity": "SALE", "id": "w1", "eventId": "ev1", "status": "waiting"}
+    handler([demand_insert("ev1"), notification_moved("w1:f1", "pending", "scheduled")], "shard-1")
+    assert woken == []  # no sale in the page
+    handler([record("MODIFY", {**sale, "status": "generating"}, sale)], "shard-1")
+    assert woken == []  # the pipeline's own claim of the sale
+    handler([record("INSERT", sale), record("MODIFY", sale, {**sale, "status": "generated"})], "shard-1")
+    assert woken == ["sale written"]  # once a page

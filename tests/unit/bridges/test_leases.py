@@ -304,3 +304,30 @@ def test_the_loop_renews_every_third_and_takes_every_half_of_the_failover_time(t
     start = 1000.0
     assert renewals == pytest.approx([start + n * FAILOVER / 3 for n in range(7)])
     assert takes == pytest.approx([start + n * FAILOVER / 2 for n in range(5)])
+
+
+def test_leases_are_renewed_in_one_request_and_a_taken_one_is_told_apart(table: LeaseTable) -> None:
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    counters = {lease.shard: lease.counter for lease in table.list()}
+    calls: list[str] = []
+    for name in ("transact_write_items", "update_item"):
+        real = getattr(table._ddb, name)
+        setattr(
+            table._ddb,
+            name,
+            lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs),
+        )
+    a.renew()
+    assert calls == ["transact_write_items"]  # four leases, one request
+    assert {lease.shard: lease.counter for lease in table.list()} == {s: c + 1 for s, c in counters.items()}
+    b.take()  # b takes one lease from a
+    (taken,) = b.held()
+    calls.clear()
+    a.renew()  # cancelled for that lease alone: the other three are renewed without it
+    assert set(a.held()) == {f"shard-{n}" for n in range(4)} - {taken}
+    assert calls == ["transact_write_items", "transact_write_items"]
+    a.renew()  # and they stay a's
+    assert set(a.held()) == {f"shard-{n}" for n in range(4)} - {taken}
+    assert sorted(owners(table).values()) == ["a", "a", "a", "b"]

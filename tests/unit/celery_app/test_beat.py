@@ -135,3 +135,40 @@ def test_a_standby_beat_writes_no_schedule(lock_key: str, settings) -> None:  # 
     client.delete(conf.schedule_key)
     assert standby.tick() == standby.max_interval
     assert client.zcard(conf.schedule_key) == 0  # only the lock holder writes it
+
+
+def test_a_resting_task_is_not_sent_until_its_rest_ends_or_work_wakes_it(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from dmd_tasks.infra.metrics import BEAT_RESTED
+    from dmd_tasks.infra.wake import REST_KEY, Wake
+
+    beat = scheduler(lock_key, [])
+    sent: list[str] = []
+    advanced: list[str] = []
+    beat.apply_async = lambda entry, producer=None, advance=True, **_: sent.append(entry.task)  # type: ignore[method-assign]
+    beat.reserve = lambda entry: advanced.append(entry.task)  # type: ignore[method-assign]
+    task = f"test.beat.idle.{uuid.uuid4().hex[:6]}"
+    entry = SimpleNamespace(name="idle-entry", task=task, is_due=lambda: (True, 2.0))
+    client = redis.Redis.from_url(settings.redis_url)
+    wake = Wake(client)
+    rested = BEAT_RESTED.labels("idle-entry")._value.get
+
+    assert beat.maybe_due(entry) == 2.0  # no rest: sent
+    now = time.time()
+    wake.rest(task, now + 30, wake.epoch(), now)  # the task found no work
+    before = rested()
+    assert beat.maybe_due(entry) == 2.0
+    beat.maybe_due(entry)
+    # resting: not sent, its entry advanced (next due one interval on), counted
+    assert (sent, advanced, rested()) == ([task], [task, task], before + 2)
+    wake.wake("a sale written")
+    beat.maybe_due(entry)
+    assert sent == [task, task]  # woken: sent
+    wake.rest(task, time.time() + 30, wake.epoch(), time.time())
+    client.delete(REST_KEY.format(task=task))  # Redis forgot the rest: sent
+    beat.maybe_due(entry)
+    assert sent == [task, task, task]
+    # an entry not due is neither sent nor advanced
+    beat.maybe_due(SimpleNamespace(name="idle-entry", task=task, is_due=lambda: (False, 1.5)))
+    assert (len(sent), len(advanced)) == (3, 2)

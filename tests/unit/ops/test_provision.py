@@ -28,7 +28,7 @@ from dmd_tasks.ops.provision import (
     provision,
 )
 from dmd_tasks.pipeline.records import parse_change
-from dmd_tasks.pipeline.routing import route_change
+from dmd_tasks.pipeline.routing import is_sale_waiting, route_change
 from dmd_tasks.store.codec import serialize
 from tests.helpers import pipes_change
 
@@ -254,6 +254,17 @@ def notification(status: str) -> dict[str, Any]:
     return {"pk": "SALE#s1", "sk": "NOTIFICATION#f1", "entity": "NOTIFICATION", "id": "s1:f1", "status": status}
 
 
+def sale(status: str) -> dict[str, Any]:
+    return {
+        "pk": "SALE#s1",
+        "sk": "SALE",
+        "entity": "SALE",
+        "id": "s1",
+        "status": status,
+        "notifyAt": "2026-12-07T10:00:00Z",
+    }
+
+
 def test_the_demand_pipe_passes_exactly_the_changes_the_pipeline_routes() -> None:
     # the pipe's filters, read as EventBridge reads them (moto's implementation of its patterns)
     patterns = [EventPattern.load(json.dumps(f)) for f in DEMAND_PIPE_FILTERS]
@@ -268,12 +279,18 @@ def test_the_demand_pipe_passes_exactly_the_changes_the_pipeline_routes() -> Non
         change("MODIFY", notification("scheduled"), notification("pending")),
         change("MODIFY", notification("sent"), notification("sending")),
         change("MODIFY", notification("scheduled"), notification("sending")),  # a retry
+        change("INSERT", sale("waiting")),
+        change("MODIFY", sale("generating"), sale("waiting")),
+        change("MODIFY", sale("waiting"), sale("generated")),  # re-written by the product: a re-run
+        change("REMOVE", None, sale("waiting")),
     ]
     for record in cases:
         passed = any(p.matches_event(record) for p in patterns)
         routed = record["eventName"] != "REMOVE" and route_change(parse_change(record)) is not None
-        assert passed == routed, (record["eventName"], record["dynamodb"].get("NewImage"))
-    assert sum(any(p.matches_event(r) for p in patterns) for r in cases) == 1  # the demand row's INSERT
+        wakes = is_sale_waiting(parse_change(record))
+        assert passed == (routed or wakes), (record["eventName"], record["dynamodb"].get("NewImage"))
+    # the demand row's INSERT, and the two writes of a waiting sale
+    assert sum(any(p.matches_event(r) for p in patterns) for r in cases) == 3
 
 
 def test_provision_creates_the_demand_pipe_when_given_its_role(fresh: Settings) -> None:

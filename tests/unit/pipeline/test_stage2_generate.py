@@ -259,8 +259,8 @@ def test_a_generated_sale_written_again_as_waiting_is_restored_and_not_generated
     enqueued: list[Any] = []
     monkeypatch.setattr(stage2_generate, "get_services", lambda: services)
     # (the tick sees this sale only: the session's table holds other tests' due and stalled sales)
-    monkeypatch.setattr(services.sales, "due", lambda now: [services.sales.get(sale_id)])
-    monkeypatch.setattr(services.sales, "stalled", lambda now: [])
+    monkeypatch.setattr(services.sales, "due_ahead", lambda now, ahead: ([services.sales.get(sale_id)], None))
+    monkeypatch.setattr(services.sales, "stalled_ahead", lambda now, ahead: ([], None))
     monkeypatch.setattr(stage2_generate.generate_notifications, "apply_async", lambda *a, **k: enqueued.append(a))
     restored_before = restored_count()
     outcome = claim_due_sales.run()
