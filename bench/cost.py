@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench.harness import Harness, wait_until
+from bench.harness import Harness, SendsSettled, wait_until
 
 if TYPE_CHECKING:
     from dmd_tasks.infra.settings import Settings
@@ -93,7 +93,11 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
         expected = fans - opted_out
         started = time.monotonic()
 
+        settled = SendsSettled(h.sim, sale_id, expected)
+
         def finished() -> dict[str, Any] | None:
+            if not settled():
+                return None
             progress = sale_progress(settings, sale_id)
             done = sum(progress["status"][s] for s in TERMINAL)
             if group.dead():

@@ -86,6 +86,23 @@ def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05,
         time.sleep(interval)
 
 
+class SendsSettled:
+    """Whether a sale's sends have settled, asked of the SMS simulator (cheap): most of the
+    ``messaged`` accepted, or none accepted for ``quiet_seconds``. A benchmark reads the sale's
+    notifications from the table only then: counting a sale of thousands every 2 s is a query
+    that returns every notification, load of its own on the store the sale runs on."""
+
+    def __init__(self, sim: Any, sale_id: str, messaged: int, quiet_seconds: float = 5.0) -> None:
+        self._sim, self._sale_id, self._messaged, self._quiet = sim, sale_id, messaged, quiet_seconds
+        self._accepted, self._since = -1, time.monotonic()
+
+    def __call__(self) -> bool:
+        accepted = int(self._sim.sms_sale(self._sale_id).get("accepted", 0))
+        if accepted != self._accepted:
+            self._accepted, self._since = accepted, time.monotonic()
+        return accepted >= 0.9 * self._messaged or time.monotonic() - self._since >= self._quiet
+
+
 # ---- processes ----------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import uuid
 from datetime import time as clock_time
 from typing import Any
 
-from bench.harness import Harness, wait_until
+from bench.harness import Harness, SendsSettled, wait_until
 
 #: fans in every third position share the previous fan's number
 SHARED_EVERY = 3
@@ -53,10 +53,13 @@ def _sale(h: Harness, group: Any, fans: int, rate: float, shared: bool, pollers:
     for watcher in watchers:
         watcher.start()
     try:
+        settled = SendsSettled(h.sim, sale_id, messaged)
 
         def finished() -> dict[str, Any] | None:
             if group.dead():
                 raise RuntimeError(f"processes exited: {group.dead()}")
+            if not settled():
+                return None
             progress = sale_progress(settings, sale_id)
             done = sum(progress["status"][s] for s in TERMINAL)
             return progress if progress["sale_status"] == "generated" and done == fans else None

@@ -159,7 +159,8 @@ class NotificationRecords:
     # --- scheduling ---------------------------------------------------------------------------
 
     def due_pending(self, sale_id: str, shard: int, now: float, limit: int) -> list[dict[str, Any]]:
-        """Pending notifications of one shard whose send-after time has come, oldest first."""
+        """Pending notifications of one shard whose send-after time has come, oldest first: the
+        attributes the scheduler decides on (fan, expiry, time zone), not the whole item."""
         if limit <= 0:
             return []
         return self._table.query_items(
@@ -167,6 +168,8 @@ class NotificationRecords:
             IndexName=GSI1,
             KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :upto",
             ExpressionAttributeValues={":pk": {"S": pending_index(sale_id, shard)}, ":upto": {"S": epoch_key(now + 1)}},
+            ProjectionExpression="fanId, expiresAt, #tz",
+            ExpressionAttributeNames={"#tz": "timezone"},
             Limit=limit,
         )
 

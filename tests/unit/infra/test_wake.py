@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dmd_tasks.infra.wake import EPOCH_KEY, REST_KEY, Wake
 
@@ -61,7 +63,7 @@ def test_a_rest_that_ends_at_once_or_in_the_past_is_not_written(settings: Any, s
 
 @pytest.mark.stack  # it opens a socket (to a port nobody listens on)
 def test_an_unreachable_redis_reads_as_no_epoch_and_wakes_nobody() -> None:
-    gone = Wake(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    gone = Wake(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)))
     assert gone.epoch() == "-"
     assert gone.wake("a sale written") is False
     gone.rest(TASK, time.time() + 30, "-", time.time())  # no error: the task simply gets its tick

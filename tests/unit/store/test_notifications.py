@@ -155,7 +155,9 @@ def test_defer_keeps_it_pending_under_a_later_time_and_is_not_a_transition(
     assert transitions("pending", "pending") == before == 0
     assert records.due_pending(sale_id, shard, NOW, limit=10) == []
     [due] = records.due_pending(sale_id, shard, NOW + 3601, limit=10)
-    assert due["sendAfter"] == int(NOW + 3600) and due["gsi1sk"] == pending_sort(NOW + 3600, "fan1")
+    stored = table.get(notification_key(sale_id, "fan1"), what="test read") or {}
+    assert due["fanId"] == "fan1"
+    assert stored["sendAfter"] == int(NOW + 3600) and stored["gsi1sk"] == pending_sort(NOW + 3600, "fan1")
     assert records.schedule(sale_id, "fan1", NOW)
     assert not records.defer(sale_id, "fan1", NOW + 7200)  # only a pending notification is deferred
 
