@@ -1,8 +1,8 @@
 """4. Bridge throughput: stream records → enqueued tasks by one bridge process, against bare SendMessageBatch.
 
-Two kinds of records: demand rows of distinct events (one record → one shortening task)
-and notifications moved to ``scheduled`` (their INSERT and MODIFY records; ten changes →
-one send task). Per run the bridge process (the Procfile's ``bridge-demand``) is paused
+The records: demand rows of distinct events (one record → one shortening task). (Notifications
+are not on the demand table's stream: they live in the notifications table, and the stage that
+moves one publishes its next task itself.) Per run the bridge process (the Procfile's ``bridge-demand``) is paused
 (SIGSTOP) while the records go into the table, then resumed and timed until their tasks
 are in SQS. Side by side, a bare boto3 loop sends as many messages of the same size to
 the same queue with SendMessageBatch, ten a call. Both start from an empty queue (moto's
@@ -96,35 +96,8 @@ def _write_demand(settings: Any, run_no: int, count: int) -> tuple[int, int, str
     return count, count, "short-url"
 
 
-def _write_scheduled(settings: Any, run_no: int, count: int) -> tuple[int, int, str]:
-    """``count`` notifications written pending, then moved to scheduled: 2 × count records, count / 10 tasks."""
-    from dmd_tasks.infra import aws
-    from dmd_tasks.store.notifications import NotificationRecords
-    from dmd_tasks.store.table import DemandTable
-
-    table = DemandTable(settings)
-    records = NotificationRecords(table, settings.pending_shards)
-    sale, now = f"salebridge{run_no}", time.time()
-    fans = [f"fan{n:07d}" for n in range(count)]
-    pool = aws.io_pool(settings)
-    table.put_items(
-        [
-            records.new_item(
-                sale_id=sale, event_id="evbridge", fan_id=f, phone=f"+1555{n:07d}", tz="UTC", send_after=now, now=now
-            )
-            for n, f in enumerate(fans)
-        ],
-        pool,
-    )
-    moved = sum(pool.map(lambda f: records.schedule(sale, f, now), fans))
-    if moved != count:
-        raise RuntimeError(f"only {moved} of {count} notifications moved to scheduled")
-    return 2 * count, -(-count // settings.send_batch_size), "send"
-
-
 SCENARIOS = {
     "demand_inserts": _write_demand,  # one record → one shortening task (distinct events)
-    "scheduled_notifications": _write_scheduled,  # ten `→ scheduled` changes → one send task
 }
 
 

@@ -273,10 +273,7 @@ def _bridge(b: dict[str, Any]) -> list[str]:
         "| records | records/run | records/s | tasks/s | bare SendMessageBatch messages/s | ratio (tasks/s to bare) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, label in (
-        ("demand_inserts", "demand rows, distinct events (1 record → 1 task)"),
-        ("scheduled_notifications", "notifications written and moved to `scheduled` (20 → 1 send task)"),
-    ):
+    for name, label in (("demand_inserts", "demand rows, distinct events (1 record → 1 task)"),):
         if name in b:
             f = b[name]
             lines.append(

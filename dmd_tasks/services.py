@@ -60,7 +60,12 @@ class Services:
 
     @cached_property
     def notifications(self) -> NotificationRecords:
-        return NotificationRecords(self.table, self.settings.pending_shards)
+        return NotificationRecords(self.notifications_table, self.settings.pending_shards)
+
+    @cached_property
+    def notifications_table(self) -> DemandTable:
+        """Notifications and phone claims: the pipeline's own table, with no stream."""
+        return self.table.for_notifications()
 
     @cached_property
     def campaigns(self) -> CampaignStore:

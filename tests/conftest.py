@@ -185,7 +185,7 @@ def _not_final(settings: Any) -> str:
     try:
         scan = aws.client("dynamodb", settings).get_paginator("scan")
         pages = scan.paginate(
-            TableName=settings.table_name,
+            TableName=settings.notifications_table_name,
             FilterExpression="begins_with(sk, :n)",
             ExpressionAttributeValues={":n": {"S": "NOTIFICATION#"}},
         )

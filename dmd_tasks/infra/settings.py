@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     aws_io_threads: int = 8
 
     table_name: str = "dmd-demand"
+    #: The pipeline's own table: notifications and phone claims (docs/data-model.md). No stream:
+    #: a notification's writes do not come back to any bridge.
+    notifications_table_name: str = "dmd-notifications"
     checkpoint_table_name: str = "dmd-checkpoints"
     queue_name_prefix: str = "dmd-"
     #: Kinesis stream the SMS provider publishes delivery statuses to.

@@ -1,7 +1,7 @@
 """The local AWS emulator: moto's server, with DynamoDB transactions and queries it can afford.
 
-``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with two
-changes.
+``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with three
+changes (the third, one write at a time, is ``serialize_writes``).
 
 **Transactions.** moto's ``TransactWriteItems`` (moto 5.x, ``DynamoDBBackend.transact_write_items``)
 deep-copies every table a transaction touches once per item of the transaction, to roll back
@@ -190,12 +190,48 @@ def _may_match(item: Any, conditions: list[tuple[str, Any]]) -> bool:
     return True
 
 
+#: Every DynamoDB write of the emulator holds this lock: see ``serialize_writes``.
+_WRITES = threading.RLock()
+
+#: moto's DynamoDB backend methods that write (PartiQL included).
+WRITE_METHODS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "execute_statement",
+    "execute_transaction",
+    "batch_execute_statement",
+)
+
+
+def serialize_writes(backend_class: Any) -> None:
+    """One DynamoDB write at a time in the emulator, as DynamoDB's own writes are atomic.
+
+    moto's server answers each request on a thread of its own and its writes take no lock: a
+    conditional write checks its condition, then writes, and another thread can write the item
+    in between (a transaction, which checks all its conditions before it writes anything, has a
+    wide window). A receipt settling a notification in that window was overwritten by the
+    transaction's older view: the notification stayed ``sent`` for ever. Here every write method
+    holds one lock (re-entrant: a transaction's writes go through ``update_item``)."""
+    for name in WRITE_METHODS:
+        original = getattr(backend_class, name)
+
+        def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _WRITES:
+                return _original(self, *args, **kwargs)
+
+        setattr(backend_class, name, locked)
+
+
 def patch() -> None:
-    """Give moto's DynamoDB backend the transaction and the query above (once per process)."""
+    """Give moto's DynamoDB backend the transaction, the query and the write lock above (once per
+    process)."""
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    serialize_writes(DynamoDBBackend)
     patch_query(Table)
 
 

@@ -19,7 +19,7 @@ TERMINAL = {s.value for s in TERMINAL_STATUSES}
 def count_by_status(table: DemandTable, sale_id: str) -> dict[str, int]:
     """Every notification of the sale, counted by status (a Query over the sale's partition)."""
     counts: dict[str, int] = {}
-    for page in table.query_pages(
+    for page in table.for_notifications().query_pages(
         what=f"count notifications of {sale_id}",
         KeyConditionExpression="pk = :pk AND begins_with(sk, :n)",
         ProjectionExpression="#s",

@@ -50,6 +50,7 @@ def provision(settings: Settings) -> dict[str, Any]:
     """Create what is missing; returns what exists afterwards (names, ARNs, URLs)."""
     report: dict[str, Any] = {}
     report["table"] = ensure_demand_table(settings)
+    report["notifications_table"] = ensure_notifications_table(settings)
     report["checkpoint_table"] = ensure_checkpoint_table(settings)
     report["queues"] = ensure_queues(settings)
     report["intake_queues"] = ensure_intake_queues(settings)
@@ -85,22 +86,35 @@ def _wait_active(ddb: Any, name: str) -> dict[str, Any]:
     raise TimeoutError(f"table {name} did not become ACTIVE")
 
 
+def _create_table(ddb: Any, name: str, stream: bool) -> dict[str, Any]:
+    """A table of the single-table shape (pk/sk, gsi1, gsi2), on demand, with or without a stream."""
+    attrs = ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"]
+    ddb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in attrs],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=GSIS,
+        **({"StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}} if stream else {}),
+    )
+    log.info("created table %s", name)
+    return _wait_active(ddb, name)
+
+
+def ensure_notifications_table(settings: Settings) -> dict[str, Any]:
+    """The pipeline's own table (notifications, phone claims): the demand table's shape, no stream."""
+    ddb = aws.client("dynamodb", settings)
+    name = settings.notifications_table_name
+    table = _table_exists(ddb, name) or _create_table(ddb, name, stream=False)
+    return {"name": name, "arn": table["TableArn"]}
+
+
 def ensure_demand_table(settings: Settings) -> dict[str, Any]:
     ddb = aws.client("dynamodb", settings)
     name = settings.table_name
     table = _table_exists(ddb, name)
     if table is None:
-        attrs = ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"]
-        ddb.create_table(
-            TableName=name,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in attrs],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=GSIS,
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )
-        log.info("created table %s", name)
-        table = _wait_active(ddb, name)
+        table = _create_table(ddb, name, stream=True)
     else:
         existing = {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])}
         for gsi in GSIS:

@@ -22,7 +22,7 @@ def repair(services: Services) -> dict[str, int]:
     active = set(services.sales.active())
     reactivated: set[str] = set()
     statuses = sorted(s.value for s in IN_FLIGHT_STATUSES)
-    items = services.table.scan_items(
+    items = services.notifications_table.scan_items(
         what="repair scan",
         FilterExpression="entity = :n AND #s IN (" + ", ".join(f":s{i}" for i in range(len(statuses))) + ")",
         ExpressionAttributeNames={"#s": "status"},

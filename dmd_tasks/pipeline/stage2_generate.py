@@ -308,7 +308,7 @@ class SaleRun:
         # One write for both, in any order: a run that died part-way resumes checking what exists,
         # finds a number claimed by the fan it was about to write (and writes that fan's
         # notification), or a fan written without its claim (and claims the number for it).
-        self.services.table.put_items([*claims, *items], self.pool)
+        self.services.notifications_table.put_items([*claims, *items], self.pool)
         for status in (NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DUPLICATE):
             created = sum(1 for i in items if i["status"] == status)
             if created:

@@ -76,7 +76,7 @@ class Sent:
 
 class NotificationRecords:
     def __init__(self, table: DemandTable, pending_shards: int) -> None:
-        self._table = table
+        self._table = table.for_notifications()
         self._shards = pending_shards
 
     def shard_of(self, fan_id: str) -> int:
@@ -160,7 +160,7 @@ class NotificationRecords:
 
     def due_pending(self, sale_id: str, shard: int, now: float, limit: int) -> list[dict[str, Any]]:
         """Pending notifications of one shard whose send-after time has come, oldest first: the
-        attributes the scheduler decides on (fan, expiry, time zone), not the whole item."""
+        attributes the scheduler decides on (fan, send time, expiry, time zone), not the whole item."""
         if limit <= 0:
             return []
         return self._table.query_items(
@@ -168,7 +168,7 @@ class NotificationRecords:
             IndexName=GSI1,
             KeyConditionExpression="gsi1pk = :pk AND gsi1sk < :upto",
             ExpressionAttributeValues={":pk": {"S": pending_index(sale_id, shard)}, ":upto": {"S": epoch_key(now + 1)}},
-            ProjectionExpression="fanId, expiresAt, #tz",
+            ProjectionExpression="fanId, sendAfter, expiresAt, #tz",
             ExpressionAttributeNames={"#tz": "timezone"},
             Limit=limit,
         )

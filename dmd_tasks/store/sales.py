@@ -227,7 +227,7 @@ class SaleRecords:
         )
 
     def _has_notifications(self, sale_id: str) -> bool:
-        response = self._table.query(
+        response = self._table.for_notifications().query(
             what=f"any notification of {sale_id}",
             KeyConditionExpression="pk = :pk AND begins_with(sk, :n)",
             ExpressionAttributeValues={":pk": {"S": sale_partition(sale_id)}, ":n": {"S": NOTIFICATION_PREFIX}},

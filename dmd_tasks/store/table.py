@@ -68,11 +68,22 @@ def _wrap(exc: ClientError, what: str) -> Exception:
 
 
 class DemandTable:
-    """The ``demand`` table: events, demand, sales, notifications, opt-outs (docs/data-model.md)."""
+    """The ``demand`` table: events, demand, sales, opt-outs; or, with ``name``, a table of the same
+    shape: ``for_notifications()`` is the notifications table (docs/data-model.md)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.name = settings.table_name
+    def __init__(self, settings: Settings, name: str | None = None) -> None:
+        self.settings = settings
+        self.name = name or settings.table_name
         self._client = aws.client("dynamodb", settings)
+
+    def for_notifications(self) -> DemandTable:
+        """The table notifications and phone claims live in (this one, if it is that table)."""
+        if self.name == self.settings.notifications_table_name:
+            return self
+        found: DemandTable | None = getattr(self, "_notifications", None)
+        if found is None:
+            found = self._notifications = DemandTable(self.settings, self.settings.notifications_table_name)
+        return found
 
     # --- single items ---------------------------------------------------------------------
 

@@ -80,7 +80,7 @@ def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any
     c = counts(settings, sale_id)
     terminal = sum(c.get(s, 0) for s in TERMINAL)
     provider = sim.sms_sale(sale_id)
-    items = list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    items = list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
     return {
         "notifications": sum(c.values()),
         "terminal": terminal,

@@ -53,7 +53,7 @@ def rewrite_as_waiting(settings, sale_id: str) -> None:  # type: ignore[no-untyp
 
 
 def notification_items(settings, sale_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    return list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
 def healed(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]

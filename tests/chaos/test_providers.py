@@ -58,7 +58,7 @@ def test_send_workers_killed_with_a_provider_that_cannot_deduplicate(eum_pipelin
         lambda: all_terminal(settings, sale_id, FANS), timeout=240 + WINDOW, interval=1, what="every notification final"
     )
     # the notifications that went through unconfirmed keep its reason (or ended unknown)
-    items = list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    items = list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
     ambiguous = [i for i in items if "may have" in str(i.get("lastError", "")) or i["status"] == "unknown"]
     result = figures(
         settings,

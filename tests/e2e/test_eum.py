@@ -55,7 +55,7 @@ def pipeline(settings, stack, sim, eum_env) -> Iterator[ProcessGroup]:  # type: 
 
 
 def notifications(settings, sale_id: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    return list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
 def test_a_sale_through_end_user_messaging_gets_its_receipts_back_through_sns_and_sqs(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]

@@ -101,7 +101,7 @@ def http_errors(sim) -> int:  # type: ignore[no-untyped-def]
 
 
 def items_of(settings, sale_id: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
-    return list(DemandTable(settings).query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
 def provider_counts(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]

@@ -64,7 +64,7 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
 @pytest.fixture()
 def records(settings):  # type: ignore[no-untyped-def]
     table = DemandTable(settings)
-    return table, NotificationRecords(table, settings.pending_shards), SaleRecords(table)
+    return table.for_notifications(), NotificationRecords(table, settings.pending_shards), SaleRecords(table)
 
 
 def new_sale(
@@ -188,7 +188,7 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
     assert bad["status"] == "failed" and "invalid phone number" in bad["reason"]
 
     # And the event got its short URL on the way, and the message carried it
-    assert (EventRecords(table).get(event.id) or event).short_url
+    assert (EventRecords(DemandTable(settings)).get(event.id) or event).short_url
 
     # And none of the sale's own items (its run, phone claims, notifications) was dead-lettered by
     # the demand bridge: its dead-letter queue holds only what is really unusable

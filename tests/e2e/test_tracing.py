@@ -66,7 +66,7 @@ def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stac
         send_after=time.time() - 1,
         now=time.time(),
     )
-    services.table.put_items([pending])
+    services.notifications_table.put_items([pending])
 
     # Given a worker on the send queue, when a scheduling tick moves the notification (and
     # publishes its send task, as the tick beat starts does)
@@ -81,7 +81,7 @@ def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stac
             timeout=60,
             what="the notification sent",
         )
-    stored = services.table.get(notification_key(sale_id, fan_id), what="test") or {}
+    stored = services.notifications_table.get(notification_key(sale_id, fan_id), what="test") or {}
     # When the provider's receipt comes back
     receipt = StatusEvent(
         type="status",

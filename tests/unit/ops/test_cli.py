@@ -77,7 +77,7 @@ def test_status_prints_the_sales_notifications_by_status(settings, stack) -> Non
     SaleRecords(table).put(Sale(id=sale_id, eventId="ev1", notifyAt="2026-11-25T10:00:00Z"))
     records = NotificationRecords(table, settings.pending_shards)
     now = time.time()
-    table.put_items(
+    table.for_notifications().put_items(
         {
             **records.new_item(
                 sale_id=sale_id, event_id="ev1", fan_id=f"f{n}", phone="+15550001111", tz="UTC", send_after=now, now=now

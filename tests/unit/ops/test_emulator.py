@@ -93,3 +93,69 @@ def test_patched_queries_page_and_sort_exactly_as_moto(client: Any, monkeypatch:
     assert sum(len(p) for pages in before for p in pages) > 300  # the queries found items to compare
     # a scan (not a query) still gets every item, sorted
     assert len(client.scan(TableName="t")["Items"]) == 200
+
+
+def test_a_write_during_a_transaction_waits_for_it_and_sees_its_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DynamoDB: a transaction and a conditional write of the same item never both win
+    import threading
+    import time
+
+    from botocore.exceptions import ClientError
+    from moto.dynamodb import comparisons
+    from moto.dynamodb.models import DynamoDBBackend
+
+    from dmd_tasks.ops import emulator
+
+    for name in emulator.WRITE_METHODS:
+        monkeypatch.setattr(DynamoDBBackend, name, getattr(DynamoDBBackend, name))
+    monkeypatch.setattr(DynamoDBBackend, "transact_write_items", emulator.transact_write_items)
+    emulator.serialize_writes(DynamoDBBackend)
+    checking = threading.Event()
+    real = comparisons.get_filter_expression
+
+    def slow_check(*args: Any, **kwargs: Any) -> Any:  # the transaction pauses between check and write
+        checking.set()
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="t",
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        key = {"pk": {"S": "SALE#s"}, "sk": {"S": "N#1"}}
+        other = {"pk": {"S": "SALE#s"}, "sk": {"S": "N#2"}}
+        for k in (key, other):
+            ddb.put_item(TableName="t", Item={**k, "status": {"S": "sending"}})
+
+        def move(k: dict[str, Any], to: str) -> dict[str, Any]:
+            return {
+                "TableName": "t",
+                "Key": k,
+                "UpdateExpression": "SET #s = :to",
+                "ConditionExpression": "#s = :from",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":to": {"S": to}, ":from": {"S": "sending"}},
+            }
+
+        won: list[str] = []
+
+        def transaction() -> None:
+            monkeypatch.setattr(comparisons, "get_filter_expression", slow_check)
+            ddb.transact_write_items(TransactItems=[{"Update": move(key, "sent")}, {"Update": move(other, "sent")}])
+            won.append("transaction")
+
+        thread = threading.Thread(target=transaction)
+        thread.start()
+        assert checking.wait(5)
+        try:
+            ddb.update_item(**move(key, "delivered"))
+            won.append("update")
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+        thread.join(10)
+        final = ddb.get_item(TableName="t", Key=key)["Item"]["status"]["S"]
+        assert won == ["transaction"] and final == "sent"

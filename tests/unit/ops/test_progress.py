@@ -39,7 +39,7 @@ def new_sale_id() -> str:
 
 def seed(settings: Settings, sale_id: str, statuses: dict[str, int], padding: int = 0) -> None:
     """``statuses[s]`` notifications of the sale in status ``s`` (each ``padding`` bytes larger)."""
-    table = DemandTable(settings)
+    table = DemandTable(settings).for_notifications()
     records = NotificationRecords(table, settings.pending_shards)
     now = time.time()
     items = []
@@ -74,10 +74,14 @@ def test_a_sale_whose_notifications_take_several_query_pages_is_counted_in_full(
     # Given notifications large enough that a Query returns them in more than one page (1 MB each)
     sale_id = new_sale_id()
     seed(own, sale_id, {"sent": 8, "delivered": 7}, padding=150_000)
-    first_page = DemandTable(own).query(
-        what="first page",
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :n)",
-        ExpressionAttributeValues={":pk": {"S": sale_partition(sale_id)}, ":n": {"S": NOTIFICATION_PREFIX}},
+    first_page = (
+        DemandTable(own)
+        .for_notifications()
+        .query(
+            what="first page",
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :n)",
+            ExpressionAttributeValues={":pk": {"S": sale_partition(sale_id)}, ":n": {"S": NOTIFICATION_PREFIX}},
+        )
     )
     assert "LastEvaluatedKey" in first_page
 

@@ -22,13 +22,13 @@ def test_repair_reactivates_sales_and_indexes_scheduled_notifications_once(setti
     )
     legacy = {k: v for k, v in old.items() if k not in ("gsi1pk", "gsi1sk")}
     legacy["status"] = "scheduled"  # as an older version wrote it: in no index
-    services.table.put_items([legacy])
+    services.notifications_table.put_items([legacy])
 
     first = repair(services)
 
     assert first["sales_reactivated"] >= 1 and first["scheduled_indexed"] >= 1
     assert sale_id in services.sales.active()
-    stored = services.table.get(notification_key(sale_id, "f1"), what="test")
+    stored = services.notifications_table.get(notification_key(sale_id, "f1"), what="test")
     assert stored is not None and stored["gsi1pk"].startswith(f"SCHEDULED#{sale_id}#")
     # the reconciler now finds it as long overdue
     shard = services.notifications.shard_of("f1")
@@ -37,4 +37,4 @@ def test_repair_reactivates_sales_and_indexes_scheduled_notifications_once(setti
     # A second repair changes nothing of it (other tests' data may still be repaired)
     repair(services)
     assert sale_id in services.sales.active()
-    assert services.table.get(notification_key(sale_id, "f1"), what="test") == stored
+    assert services.notifications_table.get(notification_key(sale_id, "f1"), what="test") == stored

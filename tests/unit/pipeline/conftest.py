@@ -51,7 +51,7 @@ def seed(services: Services, n: int, *, rate: float = 50.0, window: SendWindow =
 
 
 def notifications_of(services: Services, sale_id: str) -> list[dict[str, Any]]:
-    return list(services.table.query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
+    return list(services.notifications_table.query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
 @pytest.fixture()
@@ -99,7 +99,7 @@ class Outbox:
             now=now,
             expires_at=expires_at,
         )
-        self.services.table.put_items([{**new, "attempts": attempts}])
+        self.services.notifications_table.put_items([{**new, "attempts": attempts}])
         if status in ("scheduled", "sending"):
             assert notifications.schedule(self.sale_id, fan_id, now)
         if status == "sending":
@@ -107,7 +107,7 @@ class Outbox:
         return f"{self.sale_id}:{fan_id}", phone
 
     def item(self, fan_id: str) -> dict[str, Any]:
-        found = self.services.table.get(notification_key(self.sale_id, fan_id), what="test read")
+        found = self.services.notifications_table.get(notification_key(self.sale_id, fan_id), what="test read")
         assert found is not None
         return found
 

@@ -64,7 +64,7 @@ def test_generation_resumes_from_its_checkpoint_without_duplicates_or_resets(
         send_after=time.time(),
         now=time.time(),
     )
-    services.table.put_items([{**partial, "status": "scheduled"}])
+    services.notifications_table.put_items([{**partial, "status": "scheduled"}])
 
     # The next runs resume after the checkpoint, skip what exists, and finish
     second = generate_sale(sale_id, services)
@@ -306,7 +306,7 @@ def test_a_sale_written_again_during_generation_resumes_writing_only_missing_fan
         send_after=now,
         now=now,
     )
-    services.table.put_items([ahead])
+    services.notifications_table.put_items([ahead])
     assert services.notifications.schedule(sale_id, "fan017", time.time())
     before = {i["fanId"]: i for i in sale_notifications(services, sale_id)}
     assert len(before) == 11

@@ -285,7 +285,7 @@ def test_a_pending_notification_past_its_deadline_fails(services: Services, outb
         send_after=now + 3600,
         now=now,
     )
-    services.table.put_items([later])
+    services.notifications_table.put_items([later])
 
     # While its deadline has not passed, it stays pending
     early = Reconciler(services, send_after + DEADLINE)

@@ -26,7 +26,7 @@ LEASE = 60
 
 @pytest.fixture()
 def table(stack: object, settings: Settings) -> DemandTable:
-    return DemandTable(settings)
+    return DemandTable(settings).for_notifications()
 
 
 @pytest.fixture()

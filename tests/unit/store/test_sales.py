@@ -277,7 +277,9 @@ def test_a_first_claim_that_finds_notifications_checks_every_fan(
 ) -> None:
     # Given a sale that has notifications but no record of a run (it ran before runs were recorded)
     sale_id = new_sale(sales, t0)
-    table.put_items([{**notification_key(sale_id, "fan1"), "entity": "NOTIFICATION", "status": "sent"}])
+    table.for_notifications().put_items(
+        [{**notification_key(sale_id, "fan1"), "entity": "NOTIFICATION", "status": "sent"}]
+    )
     # When it is claimed
     assert sales.claim(sale_id, t0, LEASE) == "claimed"
     # Then its generator will check every fan it writes, with no clean lease to trust
