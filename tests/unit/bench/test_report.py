@@ -50,6 +50,9 @@ def test_what_is_left_to_the_busy_sale_is_the_ceiling_less_what_the_slow_one_too
 
 def test_a_section_from_a_run_of_its_own_says_which() -> None:
     document = json.loads((DOCS / "benchmarks.json").read_text())
+    for result in document["results"].values():  # as from one run, whatever the committed figures say
+        if isinstance(result, dict):
+            result.pop("run", None)
     run = {
         "command": "make bench BENCH_ARGS='--only send --merge'",
         "date": "2026-01-02 03:04 UTC",
