@@ -70,13 +70,19 @@ def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho,
     sale_id, _ = start_sale(settings, FANS, rate=5)
 
     wait_until(lambda: all_terminal(settings, sale_id, FANS), timeout=120, what="the sale to finish")
-    # a worker counts a transition just after writing it: the last one may reach the exporter a moment later
-    samples = wait_until(
-        lambda: (s := scrape(url)) and final_transitions(s) >= FANS and s, timeout=30, what="all counted"
-    )
+
+    # a worker counts a transition just after writing it: the last one may reach the exporter a moment
+    # later; and the sale can end before the demand bridge has read its fans' rows (the claim may find
+    # the sale before the bridge wakes it): the bridge counts them when it reads them
+    def counted() -> list[tuple[str, dict[str, str], float]] | None:
+        s = scrape(url)
+        done = final_transitions(s) >= FANS and value_in(s, "dmd_bridge_records_total", bridge="bridge-demand") >= FANS
+        return s if done else None
+
+    samples = wait_until(counted, timeout=30, what="all counted")
 
     def value(name: str, **labels: str) -> float:
-        return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+        return value_in(samples, name, **labels)
 
     up: dict[str, int] = {}
     for name, labels, v in samples:
@@ -90,10 +96,14 @@ def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho,
     assert value("dmd_tasks_total", task=routing.SEND_NOTIFICATIONS, state="success") >= 1, samples
     assert value("dmd_tasks_total", task=routing.RECORD_SMS_STATUS, state="success") >= 1, samples
     assert value("dmd_beat_lock_held", process="beat") == 1
-    assert value("dmd_bridge_records_total", bridge="bridge-demand") > 0
+    assert value("dmd_bridge_records_total", bridge="bridge-demand") >= FANS  # the fans' demand rows at least
     assert value("dmd_bridge_records_total", bridge="bridge-sms-status") >= FANS
     # every fan's final status was counted (the simulator draws some undelivered or failed)
     assert final_transitions(samples) >= FANS, samples
+
+
+def value_in(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
 
 
 def final_transitions(samples: list[tuple[str, dict[str, str], float]]) -> float:
