@@ -24,7 +24,6 @@ from dmd_tasks.celery_app import app
 from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.infra.wake import Wake
 from dmd_tasks.pipeline.records import ChangeRecord, decode_kinesis_change, parse_change
 from dmd_tasks.pipeline.routing import BatchPlan, plan_changes
 from dmd_tasks.services import Services
@@ -51,7 +50,7 @@ def build_handler(settings: Settings, decode: Callable[[Any], ChangeRecord]) -> 
         BatchPublisher(app, settings),
         DeadLetters(settings),
         dedupe_seconds=settings.bridge_dedupe_seconds,
-        wake=Wake(Services(settings).redis).wake,
+        wake=Services(settings).wake.wake,
     )
 
 

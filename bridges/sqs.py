@@ -40,7 +40,6 @@ from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.metrics import BRIDGE_LAG, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.runtime import start_process
 from dmd_tasks.infra.settings import Settings, get_settings
-from dmd_tasks.infra.wake import Wake
 from dmd_tasks.pipeline.records import decode_sqs_change, decode_sqs_status
 from dmd_tasks.pipeline.routing import BatchPlan, plan_status_records
 from dmd_tasks.services import Services
@@ -68,7 +67,7 @@ def build_handler(settings: Settings, intake: str) -> RecordHandler:
     publisher, letters = BatchPublisher(app, settings), DeadLetters(settings)
     if intake == DEMAND:
         plan = planner(decode_sqs_change, source=BRIDGE_NAME)
-        wake = Wake(Services(settings).redis).wake
+        wake = Services(settings).wake.wake
         return RecordHandler(BRIDGE_NAME, plan, publisher, letters, settings.bridge_dedupe_seconds, wake=wake)
     if intake == SMS_EVENTS:
         return RecordHandler(BRIDGE_NAME, _events_plan(settings), publisher, letters)

@@ -75,15 +75,15 @@ class DemandTable:
         self.settings = settings
         self.name = name or settings.table_name
         self._client = aws.client("dynamodb", settings)
+        self._notifications: DemandTable | None = None
 
     def for_notifications(self) -> DemandTable:
         """The table notifications and phone claims live in (this one, if it is that table)."""
         if self.name == self.settings.notifications_table_name:
             return self
-        found: DemandTable | None = getattr(self, "_notifications", None)
-        if found is None:
-            found = self._notifications = DemandTable(self.settings, self.settings.notifications_table_name)
-        return found
+        if self._notifications is None:
+            self._notifications = DemandTable(self.settings, self.settings.notifications_table_name)
+        return self._notifications
 
     # --- single items ---------------------------------------------------------------------
 
