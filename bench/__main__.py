@@ -61,7 +61,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bridge-records", type=int, default=400, help="bridge: stream records per run")
     p.add_argument("--broker-tasks", type=int, default=500, help="broker: no-op tasks per run")
     p.add_argument("--query-seconds", type=float, default=3.0, help="query: seconds per load level")
-    p.add_argument("--query-concurrency", default="1,8,64", help="query: concurrent clients per level")
+    p.add_argument("--query-concurrency", default="1,16,64", help="query: concurrent clients per level")
     p.add_argument("--cold-samples", type=int, default=30, help="query: cold misses measured")
     p.add_argument("--discovery-latency-ms", type=float, default=100.0, help="query: Discovery latency (cold)")
     p.add_argument("--cost-fans", type=int, default=1000, help="cost: fans in the demo sale")

@@ -341,12 +341,18 @@ def _broker_use(u: dict[str, Any]) -> list[str]:
 
 
 def _query(q: dict[str, Any]) -> list[str]:
+    generator = q.get("generator", "bench.loadgen")
+    by = (
+        f"`{generator}` (C, its own process, two threads)"
+        if generator.startswith("wrk")
+        else "`bench.loadgen` (Python threads, its own process: above ~1,500 requests/s it is the bottleneck)"
+    )
     lines = [
         "## 6. Query surface",
         "",
-        "`eventDetails` for one cached event, from a closed-loop load generator (`bench.loadgen`, its own process,",
-        f"one keep-alive connection per client) on loopback, {q['seconds_per_level']:g} s per level; the API is the "
-        "Procfile's `api` (one uvicorn process).",
+        f"`eventDetails` for one cached event, closed loop, one keep-alive connection per client, from {by}",
+        f"on loopback, {q['seconds_per_level']:g} s per level; the API is the Procfile's `api` (one uvicorn process",
+        "on uvloop and httptools; cache hits answered on the event loop, `dmd_tasks/api/cached.py`).",
         "The load generator shares the machine's cores with the API.",
         "",
         "| clients | requests/s | p50 | p99 |",
@@ -359,10 +365,22 @@ def _query(q: dict[str, Any]) -> list[str]:
         f"| bare Redis GET, one connection | {_m(r['rps'])} | {_m(r['p50_ms'], ' ms', 3)} | "
         f"{_m(r['p99_ms'], ' ms', 3)} |",
         "",
+    ]
+    health = q.get("health_under_load")
+    if health and health.get("clients"):
+        lines.append(
+            "`/health` asked every 100 ms while each level ran: "
+            + "; ".join(
+                f"{c} clients p50 {f['p50_ms']} ms, slowest {f['max_ms']} ms of {f['samples']}"
+                for c, f in health["clients"].items()
+            )
+            + f"; {health['failures']} failed."
+        )
+    lines.append(
         f"Cold misses (a new event each, Discovery simulator at {q['cold']['discovery_latency_ms']:g} ms, paced "
         f"under the shared Discovery rate limit): p50 {q['cold']['p50_ms']:,.1f} ms, p99 {q['cold']['p99_ms']:,.1f} ms "
-        f"over {q['cold']['samples']} requests. Errors under load: {q['errors']}.",
-    ]
+        f"over {q['cold']['samples']} requests. Errors under load: {q['errors']}."
+    )
     return lines
 
 

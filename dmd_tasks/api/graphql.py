@@ -39,6 +39,7 @@ from graphql.utilities.type_info import TypeInfo
 from graphql.validation.rules import ASTValidationRule
 
 from dmd_tasks.api.accounts import AccountService
+from dmd_tasks.api.cached import PREFETCHED, CachedEventDetails
 from dmd_tasks.api.errors import InvalidArgument, NotFound, Unavailable
 from dmd_tasks.api.event_details import EventDetailsService
 from dmd_tasks.clients.accounts import AccountsClient
@@ -140,6 +141,9 @@ def build_schema(events: EventDetailsService, accounts: AccountService, executor
 
     @query.field("eventDetails")
     async def resolve_event_details(_: Any, info: Any, eventId: str) -> dict[str, Any]:
+        prefetched = info.context.get(PREFETCHED) if isinstance(info.context, dict) else None
+        if prefetched is not None and eventId in prefetched:
+            return prefetched[eventId]  # the cache-hit path read the copy already (dmd_tasks.api.cached)
         return await call(events.get, eventId)
 
     @query.field("accountProfile")
@@ -213,8 +217,9 @@ class ApiKeyGate:
     """ASGI layer before GraphQL: API key, body size, request id. Nothing is resolved for a refused
     request. WebSocket connections (GraphQL subscriptions: the schema has none) are refused."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: Settings, cached: CachedEventDetails | None = None) -> None:
         self._app = app
+        self._cached = cached
         self._keys = [k.get_secret_value().encode() for k in settings.api_keys if k.get_secret_value()]
         scopes = settings.account_scopes()
         self._scopes = {key: scopes.get(key.decode(), frozenset()) for key in self._keys}
@@ -259,6 +264,11 @@ class ApiKeyGate:
             await _respond(send, 413, too_big)
             return
         logs.correlation_id.set(headers.get(b"x-request-id", b"").decode()[:64] or f"api-{uuid.uuid4().hex}")
+        if self._cached is not None and scope.get("method") == "POST" and _is_json(headers):
+            answer = await self._cached.answer(body)
+            if answer is not None:
+                await _respond_bytes(send, 200, answer)
+                return
         await self._app({**scope, ACCOUNTS_IN_SCOPE: self._scopes[matched]}, _replay(body, receive), send)
 
 
@@ -293,8 +303,15 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replayed
 
 
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    return headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json"
+
+
 async def _respond(send: Any, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
+    await _respond_bytes(send, status, json.dumps(body).encode())
+
+
+async def _respond_bytes(send: Any, status: int, payload: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -320,7 +337,8 @@ def create_app(settings: Settings | None = None) -> Any:
         query_parser=queries.parse,
         query_validator=queries.validate,
     )
-    return ApiKeyGate(graphql_app, settings)
+    cached = CachedEventDetails(schema, queries.parse, queries.validate, settings.redis_url)
+    return ApiKeyGate(graphql_app, settings, cached)
 
 
 def serve(settings: Settings) -> None:

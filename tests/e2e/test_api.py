@@ -104,6 +104,43 @@ def test_upstream_failure_serves_the_stale_copy_and_says_so(api: str, sim, setti
         sim.configure(discovery={"error_rate": 0.0})
 
 
+def test_a_cached_answer_is_always_the_copy_redis_holds_now(api: str, settings) -> None:  # type: ignore[no-untyped-def]
+    """The cache-hit path remembers the response it made from a copy's bytes: a new copy, a 404
+    remembered since, or no copy at all must each change the answer at once."""
+    event_id = new_id()
+    store = redis.Redis.from_url(settings.redis_url)
+    first = gql(api, DETAILS % event_id).json()["data"]["eventDetails"]
+    for _ in range(3):
+        assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"] == first
+    copy = json.loads(store.get(f"dmd:event:{event_id}"))
+    store.set(f"dmd:event:{event_id}", json.dumps({**copy, "name": "Renamed Tour"}))
+    assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"] == {**first, "name": "Renamed Tour"}
+    store.set(f"dmd:event-missing:{event_id}", 1, ex=30)
+    assert gql(api, DETAILS % event_id).json()["errors"][0]["extensions"]["errorType"] == "NotFound"
+    store.delete(f"dmd:event-missing:{event_id}")
+    assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"]["name"] == "Renamed Tour"
+
+
+def test_the_cached_path_answers_as_the_full_path_does(api: str) -> None:
+    """The same query with variables, an alias and a fragment (cache-hit path) and with an
+    ``@include`` (which the cache-hit path leaves to the full one) answer the same."""
+    event_id = new_id()
+    body = "{ id name venue { ...V } sales { presales { name } } stale fetchedAt }"
+    fast = f"query Q($e: ID!) {{ ev: eventDetails(eventId: $e) {body} }} fragment V on Venue {{ name city }}"
+    full = fast.replace("stale fetchedAt", "stale fetchedAt @include(if: true)")
+    headers = {"x-api-key": KEY}
+    answers = []
+    for text in (fast, full, fast, full):
+        response = requests.post(api, json={"query": text, "variables": {"e": event_id}}, headers=headers, timeout=30)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+        answers.append(response.json())
+    assert "errors" not in answers[0] and answers[0]["data"]["ev"]["id"] == event_id
+    assert answers[1:] == [answers[0]] * 3
+    # a variable of the wrong type gets graphql's error either way
+    wrong = requests.post(api, json={"query": fast, "variables": {"e": [1]}}, headers=headers, timeout=30).json()
+    assert wrong.get("data") is None and "ID cannot represent" in wrong["errors"][0]["message"]
+
+
 def test_not_found_is_cached_briefly(api: str, sim) -> None:  # type: ignore[no-untyped-def]
     event_id = f"missing{uuid.uuid4().hex[:8]}"
     for _ in range(3):

@@ -125,3 +125,23 @@ def test_the_gate_tells_the_resolvers_which_accounts_the_key_may_read() -> None:
     assert seen[0][ACCOUNTS_IN_SCOPE] == frozenset()  # not named: no account
     sent, seen = run_gate(scoped, http("nope"), [])
     assert sent[0]["status"] == 401 and seen == []
+
+
+def test_the_cached_path_takes_only_plain_event_details_queries() -> None:
+    from dmd_tasks.api.cached import plan_for
+
+    by_variable = plan_for(
+        parse("query Q($e: ID!) { ev: eventDetails(eventId: $e) { id venue { ...V } } } fragment V on Venue { name }")
+    )
+    assert by_variable is not None and (by_variable.variable, by_variable.operation_name) == ("e", "Q")
+    literal = plan_for(parse('{ eventDetails(eventId: "e1") { id } }'))
+    assert literal is not None and literal.literal_id == "e1" and literal.variable is None
+    for text in (
+        '{ eventDetails(eventId: "e1") { id name @include(if: false) } }',  # answer depends on more than the id
+        '{ eventDetails(eventId: "e1") { id } accountProfile(accountId: "a") { id } }',
+        '{ accountProfile(accountId: "a") { id } }',
+        '{ ...Q } fragment Q on Query { eventDetails(eventId: "e1") { id } }',
+        'query A { eventDetails(eventId: "e1") { id } } query B { eventDetails(eventId: "e2") { id } }',
+        "{ eventDetails(eventId: 12) { id } }",
+    ):
+        assert plan_for(parse(text)) is None, text
