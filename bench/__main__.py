@@ -68,6 +68,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-small", type=int, default=300, help="scale: fans in the small sale")
     p.add_argument("--scale-big", type=int, default=3000, help="scale: fans in the big sale (a third share numbers)")
     p.add_argument("--scale-rate", type=float, default=50.0, help="scale: the campaigns' rate C (messages/s)")
+    p.add_argument(
+        "--scale-distinct", action="store_true", help="scale: every fan of the big sale has a number of their own"
+    )
     p.add_argument("--scale-pollers", type=int, default=0, help="scale: clients reading the sale's progress every 2 s")
     p.add_argument("--redis-db", type=int, default=12, help="the bench's own Redis database (flushed)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="the Markdown report")
@@ -155,7 +158,12 @@ def _runners(h: Any, args: argparse.Namespace) -> dict[str, Callable[[], dict[st
         ),
         "cost": lambda: _module("cost").run(h, fans=args.cost_fans),
         "scale": lambda: _module("scale").run(
-            h, small=args.scale_small, big=args.scale_big, rate=args.scale_rate, pollers=args.scale_pollers
+            h,
+            small=args.scale_small,
+            big=args.scale_big,
+            rate=args.scale_rate,
+            pollers=args.scale_pollers,
+            share=not args.scale_distinct,
         ),
     }
 

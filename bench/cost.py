@@ -66,6 +66,8 @@ class SaleRun:
     cpu_seconds: float
     idle_cpu_per_second: float
     idle_requests_per_second: float
+    idle_requests_by_operation: dict[str, float]
+    cpu_seconds_by_process: dict[str, float]
 
 
 def run(h: Harness, *, fans: int) -> dict[str, Any]:
@@ -84,11 +86,18 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
         time.sleep(IDLE_SETTLE_SECONDS)
         # start-up (imports, connections) is not the sale's; idle polling is measured on its own
-        idle_from, requests_from = h.usage(group).cpu_seconds, _requests(settings)
+        idle_from, requests_from = h.usage(group).cpu_seconds, _requests_by_operation(settings)
         time.sleep(IDLE_SECONDS)
-        baseline = h.usage(group).cpu_seconds
+        baseline_usage = h.usage(group)
+        baseline = baseline_usage.cpu_seconds
+        requests_to = _requests_by_operation(settings)
         idle_cpu_per_second = (baseline - idle_from) / IDLE_SECONDS
-        idle_requests_per_second = (_requests(settings) - requests_from) / IDLE_SECONDS
+        idle_by_operation = {
+            op: round((n - requests_from.get(op, 0.0)) / IDLE_SECONDS, 3)
+            for op, n in sorted(requests_to.items(), key=lambda item: -item[1] + requests_from.get(item[0], 0.0))
+            if n > requests_from.get(op, 0.0)
+        }
+        idle_requests_per_second = sum(idle_by_operation.values())
         sale_id, opted_out = seed_sale(settings, fans, rate_per_second=1000.0, run_id=uuid.uuid4().hex[:8])
         expected = fans - opted_out
         started = time.monotonic()
@@ -107,13 +116,21 @@ def _run_sale(h: Harness, fans: int) -> SaleRun:
         progress = wait_until(finished, 120 + fans, 2.0, what=f"{expected} notifications terminal")
         elapsed = time.monotonic() - started
         time.sleep(3)  # late duplicate receipts still being recorded are part of the cost
-        cpu_seconds = h.usage(group).cpu_seconds - baseline
-    return SaleRun(progress, elapsed, cpu_seconds, idle_cpu_per_second, idle_requests_per_second)
+        after = h.usage(group)
+        cpu_seconds = after.cpu_seconds - baseline
+        by_process = {
+            name: round(used - baseline_usage.cpu_seconds_by_process.get(name, 0.0), 2)
+            for name, used in sorted(after.cpu_seconds_by_process.items(), key=lambda item: -item[1])
+        }
+    return SaleRun(
+        progress, elapsed, cpu_seconds, idle_cpu_per_second, idle_requests_per_second, idle_by_operation, by_process
+    )
 
 
-def _requests(settings: Settings) -> float:
-    """AWS requests the pipeline's processes signed so far."""
-    return sum(metric_samples(str(settings.metrics_dir.resolve()), "dmd_aws_requests", ("service",)).values())
+def _requests_by_operation(settings: Settings) -> dict[str, float]:
+    """AWS requests the pipeline's processes signed so far, by "service Operation"."""
+    samples = metric_samples(str(settings.metrics_dir.resolve()), "dmd_aws_requests", ("service", "operation"))
+    return {f"{service} {operation}": n for (service, operation), n in samples.items()}
 
 
 def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
@@ -152,6 +169,8 @@ def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
         "cpu_seconds_total": round(cpu_seconds, 1),
         "idle_cpu_seconds_per_second": round(sale.idle_cpu_per_second, 3),
         "idle_aws_requests_per_second": round(sale.idle_requests_per_second, 2),
+        "idle_aws_requests_per_second_by_operation": sale.idle_requests_by_operation,
+        "cpu_seconds_by_process": sale.cpu_seconds_by_process,
         # the demand table's stream records the demand bridge read (routed or not) per notification
         "stream_records_per_notification": round(records.get(("bridge-demand",), 0) / n, 2),
         "cpu_seconds_per_1000_notifications_less_idle": round(

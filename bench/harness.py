@@ -112,6 +112,7 @@ class ProcessUsage:
 
     cpu_seconds: float = 0.0
     peak_rss_bytes: dict[str, int] = field(default_factory=dict)
+    cpu_seconds_by_process: dict[str, float] = field(default_factory=dict)
 
 
 def tree_usage(pids: dict[str, int]) -> ProcessUsage:
@@ -127,7 +128,9 @@ def tree_usage(pids: dict[str, int]) -> ProcessUsage:
         for proc in members:
             try:
                 times = proc.cpu_times()
-                usage.cpu_seconds += times.user + times.system + times.children_user + times.children_system
+                used = times.user + times.system + times.children_user + times.children_system
+                usage.cpu_seconds += used
+                usage.cpu_seconds_by_process[name] = usage.cpu_seconds_by_process.get(name, 0.0) + used
                 peak = max(peak, _vm_hwm(proc.pid))
             except psutil.NoSuchProcess:
                 continue

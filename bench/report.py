@@ -446,8 +446,13 @@ def _scale(s: dict[str, Any]) -> list[str]:
         "## 8. Sale size: the send rate of a small and a big sale on one stack",
         "",
         f"Two sales one after the other through every pipeline process, both at a campaign rate of C = {rate:g}/s",
-        "(the account's cap above it): the big one has a third of its fans sharing a number with another",
-        "(they end `duplicate`: one SMS per phone) and runs on the table the small one left. The rate is the",
+        "(the account's cap above it): the big one "
+        + (
+            "has a third of its fans sharing a number with another (they end `duplicate`: one SMS per phone) and "
+            if s.get("big_shares_numbers", True)
+            else "has a number per fan and "
+        )
+        + "runs on the table the small one left. The rate is the",
         "provider's accepted messages per second from the first to the last; N is the phones messaged.",
         "",
         "| sale | fans | N (phones) | send rate | of C | notifyAt → all final | N / C | of N / C |",

@@ -26,16 +26,16 @@ from bench.harness import Harness, SendsSettled, wait_until
 SHARED_EVERY = 3
 
 
-def run(h: Harness, *, small: int, big: int, rate: float, pollers: int) -> dict[str, Any]:
+def run(h: Harness, *, small: int, big: int, rate: float, pollers: int, share: bool = True) -> dict[str, Any]:
     from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 
     h.fresh()
     h.sim.configure(sms={"status_delay_ms": 100})
     env = {"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": str(max(rate * 2, 100.0))}
-    results: dict[str, Any] = {"campaign_rate": rate}
+    results: dict[str, Any] = {"campaign_rate": rate, "big_shares_numbers": share}
     with h.processes(PIPELINE_PROCESSES, env=env, label="scale") as group:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
-        for name, fans, shared in (("small", small, False), ("big", big, True)):
+        for name, fans, shared in (("small", small, False), ("big", big, share)):
             results[name] = _sale(h, group, fans, rate, shared, pollers)
             h.say(f"scale: {name} {results[name]}")
     results["rate_ratio_big_to_small"] = round(results["big"]["send_rate"] / results["small"]["send_rate"], 3)

@@ -294,6 +294,9 @@ class LeaseCoordinator:
         self._thread: threading.Thread | None = None
         self._last_take = -math.inf
         self._last_renew = -math.inf
+        #: the last listing showed every unfinished lease held here: there is nothing to take
+        #: (another process that wants a share takes it, and the renewal that fails says so)
+        self._holds_all = False
         #: unfinished leases missing from the stream's listing: how many listings in a row
         self._absent: dict[str, int] = {}
         #: every lease of the stream as last listed (whoever holds it): the reader's view of
@@ -337,13 +340,17 @@ class LeaseCoordinator:
         trusted = any(not shard.closed for shard in listed.values())
         leases = self.table.list()
         known = {lease.shard for lease in leases}
+        if any(not lease.finished and lease.owner != self.worker_id for lease in leases):
+            self._holds_all = False
         for shard in listed.values():
             if shard.id not in known and self.table.create(shard.id, shard.parents):
+                self._holds_all = False
                 log.info("%s: lease created for shard %s", self.bridge, shard.id)
         for lease in leases:
             if lease.shard in listed:
                 self._absent.pop(lease.shard, None)
                 if lease.finished and not listed[lease.shard].closed and self.table.reopen(lease.shard):
+                    self._holds_all = False
                     BRIDGE_SHARD_EVENTS.labels(self.bridge, "reopened").inc()
                     log.error(
                         "%s: lease of shard %s was finished but the stream lists the shard open: reopened at "
@@ -402,14 +409,19 @@ class LeaseCoordinator:
 
     def tick(self) -> None:
         """Renew what is held every failover/3; every failover/2, take what is free, expired or due
-        for balance. Called more often, it does only what has fallen due."""
+        for balance. Called more often, it does only what has fallen due.
+
+        A process that held every unfinished lease at its last listing has nothing to take: it
+        lists again only every ``3 * failover`` (a safety net), or at once when a lease is lost,
+        created or reopened. An idle single-process bridge then costs its renewals alone."""
         now = self.clock()
         # a wake-up comes at least one step after the last; the slack absorbs clock rounding
         slack = self._step / 10
         if now - self._last_renew >= self.failover_seconds / 3 - slack:
             self._last_renew = now
             self.renew()
-        if now - self._last_take >= self.failover_seconds / 2 - slack:
+        take_every = self.failover_seconds * (3 if self._holds_all else 0.5)
+        if now - self._last_take >= take_every - slack:
             self._last_take = now
             self.take()
         BRIDGE_LEASES.labels(self.bridge).set(len(self._held))
@@ -426,6 +438,7 @@ class LeaseCoordinator:
                 self._lost(shard, "another process took it")
 
     def _lost(self, shard: str, why: str) -> None:
+        self._holds_all = False
         with self._lock:
             dropped = self._held.pop(shard, None)
         if dropped is not None:
@@ -463,6 +476,7 @@ class LeaseCoordinator:
         target = min(self.max_leases, math.ceil(len(live) / len(owners))) if live else 0
         want = target - len(mine)
         if want <= 0:
+            self._holds_all = len(mine) == len(live) > 0
             return
         chosen = sorted(free, key=lambda lease: (lease.owner is not None, lease.shard))[:want]
         if not chosen:
@@ -489,6 +503,8 @@ class LeaseCoordinator:
                     previous or "nobody",
                     "balancing" if event == "stolen" else "free or expired",
                 )
+        now_held = self.held()
+        self._holds_all = bool(live) and all(lease.shard in now_held for lease in live)
 
     def stop(self) -> None:
         """Stop renewing and release every lease held (another process takes them at once)."""

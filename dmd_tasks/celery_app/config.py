@@ -100,6 +100,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_seconds,
             "wait_time_seconds": settings.sqs_wait_time_seconds,
             "polling_interval": settings.sqs_polling_interval_seconds,
+            "ack_batch_seconds": settings.sqs_ack_batch_seconds,
             # botocore's defaults (60 s timeouts, retries) would block beat and the workers for
             # minutes on a frozen endpoint; a receive long-polls sqs_wait_time_seconds at most.
             "client-config": {

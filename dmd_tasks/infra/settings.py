@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: it makes no request and only waits, so a long pause caps a busy worker at prefetch/pause
     #: tasks a second (make bench measured 13/s at 0.3 s); an empty queue is long-polled anyway.
     sqs_polling_interval_seconds: float = 0.05
+    #: A worker deletes the messages of finished tasks ten to a DeleteMessageBatch, waiting at most
+    #: this long for a batch to fill (0: one DeleteMessage per task). A worker killed meanwhile
+    #: gets that window's messages again after their visibility timeout; the tasks are idempotent.
+    sqs_ack_batch_seconds: float = Field(default=0.5, ge=0, le=5)
     task_soft_time_limit_seconds: int = 60
     task_time_limit_seconds: int = 90
     retry_backoff_max_seconds: int = 120

@@ -331,3 +331,32 @@ def test_leases_are_renewed_in_one_request_and_a_taken_one_is_told_apart(table: 
     a.renew()  # and they stay a's
     assert set(a.held()) == {f"shard-{n}" for n in range(4)} - {taken}
     assert sorted(owners(table).values()) == ["a", "a", "a", "b"]
+
+
+def test_a_process_holding_every_lease_lists_rarely_until_it_loses_one(table: LeaseTable) -> None:
+    # listing is how a process finds leases to take; one that holds them all has none to find
+    # (a process that wants a share steals it, and the renewal that fails tells the holder)
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    listings: list[float] = []
+    real_list = table.list
+    table.list = lambda: listings.append(clock.now) or real_list()  # type: ignore[method-assign]
+    a.tick()
+    assert len(a.held()) == 4
+    listings.clear()
+    for _ in range(36):  # 60 s of the loop's wake-ups
+        clock.now += FAILOVER / 6
+        a.tick()
+    assert len(listings) == 2  # every 3 failover times (30 s), not every failover/2 (12 times)
+    b.take()  # b steals one
+    listings.clear()
+    for _ in range(6):  # one failover time: a's renewal fails, then a lists at its next wake-up
+        clock.now += FAILOVER / 6
+        a.tick()
+    assert len(a.held()) == 3 and listings
+    first = listings[0]
+    for _ in range(12):
+        clock.now += FAILOVER / 6
+        a.tick()
+    assert [t - first for t in listings] == pytest.approx([n * FAILOVER / 2 for n in range(len(listings))])
+    assert len(listings) >= 3

@@ -313,3 +313,40 @@ def test_what_flower_shows_of_a_tasks_arguments_has_no_phone_number_or_message_b
         assert "+1********23" in shown and "[11 characters]" in shown
         # ... and the arguments the task runs with are not
         assert message["decoded_body"][0] == [[stop]]
+
+
+def test_a_worker_deletes_what_it_ran_ten_messages_to_a_request(
+    settings: Settings, stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.transport import SQS
+
+    from dmd_tasks.celery_app import sqs_transport
+
+    batches: list[int] = []
+    single_acks: list[Any] = []
+    delete = sqs_transport.Channel._delete_acked
+    monkeypatch.setattr(
+        sqs_transport.Channel,
+        "_delete_acked",
+        lambda self, url, entries: (batches.append(len(entries)), delete(self, url, entries))[1],
+    )
+    monkeypatch.setattr(SQS.Channel, "basic_ack", lambda self, tag, multiple=False: single_acks.append(tag))
+    marker = uuid.uuid4().hex
+    calls = [TaskCall(args=(marker, n)) for n in range(25)]
+    app.loader.import_default_modules()
+    sqs = aws.client("sqs", settings)
+    url = topology.queue_url(settings, "query")
+
+    def in_flight() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
+
+    with worker_on("query"):
+        BatchPublisher(app, settings).publish(RECORD_TASK, calls, queue="query")
+        wait_until(lambda: len([r for r in RAN if r["marker"] == marker]) == 25, timeout=60, what="25 runs")
+        # deleted while the worker runs (a batch fills, or its wait ends), not only when it stops
+        wait_until(lambda: in_flight() == 0, timeout=10, what="the acked messages deleted")
+        assert single_acks == []
+        # every ack deleted once, in requests of up to ten that held two or more on average (a solo
+        # worker takes one message a receive, so a batch holds what half a second of runs acked)
+        assert sum(batches) >= 25 and max(batches) <= 10 and len(batches) <= sum(batches) // 2, batches
