@@ -71,6 +71,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--scale-distinct", action="store_true", help="scale: every fan of the big sale has a number of their own"
     )
+    p.add_argument(
+        "--scale-lead-seconds",
+        type=float,
+        default=0.0,
+        help="scale: each sale's notifyAt this long after it is written",
+    )
     p.add_argument("--scale-pollers", type=int, default=0, help="scale: clients reading the sale's progress every 2 s")
     p.add_argument("--redis-db", type=int, default=12, help="the bench's own Redis database (flushed)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="the Markdown report")
@@ -164,6 +170,7 @@ def _runners(h: Any, args: argparse.Namespace) -> dict[str, Callable[[], dict[st
             rate=args.scale_rate,
             pollers=args.scale_pollers,
             share=not args.scale_distinct,
+            lead=args.scale_lead_seconds,
         ),
     }
 

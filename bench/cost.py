@@ -38,7 +38,7 @@ INDEX_WRITES_PER_NOTIFICATION = 5
 #: how long the idle pipeline's own CPU use and AWS requests (polling) are measured before the
 #: sale, after IDLE_SETTLE_SECONDS of start-up (first ticks, the bridges' backoff reaching its
 #: idle pace): long enough to hold a 20 s long poll and one idle tick of every beat entry
-IDLE_SECONDS = 30.0
+IDLE_SECONDS = 60.0
 IDLE_SETTLE_SECONDS = 15.0
 
 

@@ -63,9 +63,11 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_init.connect
 def _start_worker_metrics(**_: Any) -> None:
-    """Samples to the metrics directory and every AWS request counted (worker children inherit both)."""
+    """Samples to the metrics directory and every AWS request counted, and the AWS service models
+    parsed once (worker children inherit all three)."""
     metrics.use_directory(get_settings().metrics_dir.resolve(), "worker")
     aws.count_requests()
+    aws.warm(get_settings())
 
 
 @signals.beat_init.connect

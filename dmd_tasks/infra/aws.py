@@ -20,6 +20,10 @@ from dmd_tasks.infra.settings import Settings
 
 _lock = threading.Lock()
 _clients: dict[tuple[Any, ...], Any] = {}
+#: one boto3 session per credentials, shared by this process's clients (and inherited by forked
+#: children): a session parses each service's model once (30-120 ms of CPU a service); a new
+#: session per client parsed it again in every worker child
+_sessions: dict[tuple[Any, ...], boto3.session.Session] = {}
 
 
 def session_for(settings: Settings) -> boto3.session.Session:
@@ -65,9 +69,28 @@ def client(service: str, settings: Settings) -> Any:
                 max_pool_connections=settings.aws_max_pool_connections,
                 retries={"mode": "standard", "max_attempts": 5},
             )
-            found = session_for(settings).client(service, endpoint_url=settings.aws_endpoint_url, config=config)
+            found = _shared_session(settings).client(service, endpoint_url=settings.aws_endpoint_url, config=config)
             _clients[key] = found
     return found
+
+
+def _shared_session(settings: Settings) -> boto3.session.Session:
+    """This process's session for these credentials (call with ``_lock`` held: a session is not
+    safe to build clients from on two threads at once)."""
+    key = _client_key(settings, "")[2:]  # region, endpoint, credentials, timeouts: not the process
+    found = _sessions.get(key)
+    if found is None:
+        found = _sessions[key] = session_for(settings)
+    return found
+
+
+def warm(settings: Settings, services: tuple[str, ...] = ("dynamodb", "sqs")) -> None:
+    """Parse these services' models into the shared session now: a prefork worker calls this before
+    it forks, so its children start with the models parsed (each child still makes its own clients)."""
+    with _lock:
+        session = _shared_session(settings)
+        for service in services:
+            session.client(service, endpoint_url=settings.aws_endpoint_url)
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}

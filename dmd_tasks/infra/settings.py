@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     #: A beat task that found no work rests up to this long (no tick sent: no SQS round trip, no
     #: index read) unless new work wakes it first (a sale written or claimed): an idle pipeline
     #: still looks around this often. 0: every tick is sent.
-    beat_idle_tick_seconds: float = Field(default=30.0, ge=0)
+    beat_idle_tick_seconds: float = Field(default=60.0, ge=0)
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
     #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
     schedule_lead_seconds: float = Field(default=4.0, ge=0)

@@ -162,3 +162,18 @@ def test_a_new_settings_object_never_gets_the_client_of_a_freed_one() -> None:
         for settings in newcomers:
             aws._clients.pop((os.getpid(), id(settings), "sqs"), None)
         aws._clients.pop(old_key, None)
+
+
+def test_clients_share_one_session_so_each_service_model_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(aws_endpoint_url="http://127.0.0.1:3", aws_region="eu-west-3")
+    aws.warm(settings, ("dynamodb",))
+    (session,) = [s for key, s in aws._sessions.items() if "http://127.0.0.1:3" in key]
+    loaded = session._loader  # botocore's loader keeps the models it parsed
+    dynamodb = aws.client("dynamodb", settings)
+    sqs = aws.client("sqs", settings)
+    assert dynamodb._loader is loaded and sqs._loader is loaded
+    # a forked child (another pid) gets clients of its own from the session it inherited
+    monkeypatch.setattr(aws.os, "getpid", lambda: -1)
+    child = aws.client("dynamodb", settings)
+    assert child is not dynamodb and child._loader is loaded
+    assert child.meta.endpoint_url == "http://127.0.0.1:3" and child.meta.region_name == "eu-west-3"
