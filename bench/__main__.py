@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("fanout", "send", "latency", "bridge", "broker", "query", "cost", "scale")
+BENCHMARKS = ("fanout", "send", "latency", "bridge", "broker", "query", "cost", "cost_eum", "scale")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -163,6 +163,7 @@ def _runners(h: Any, args: argparse.Namespace) -> dict[str, Callable[[], dict[st
             discovery_latency_ms=args.discovery_latency_ms,
         ),
         "cost": lambda: _module("cost").run(h, fans=args.cost_fans),
+        "cost_eum": lambda: _module("cost").run(h, fans=args.cost_fans, provider="eum"),
         "scale": lambda: _module("scale").run(
             h,
             small=args.scale_small,

@@ -70,19 +70,45 @@ class SaleRun:
     cpu_seconds_by_process: dict[str, float]
 
 
-def run(h: Harness, *, fans: int) -> dict[str, Any]:
-    sale = _run_sale(h, fans)
-    return _report(h.settings, fans, sale)
+def run(h: Harness, *, fans: int, provider: str = "sms") -> dict[str, Any]:
+    sale = _run_sale(h, fans, provider)
+    return {"provider": provider, **_report(h.settings, fans, sale)}
 
 
-def _run_sale(h: Harness, fans: int) -> SaleRun:
+def eum_environment(settings: Settings) -> dict[str, str]:
+    """The processes' settings for End User Messaging on the simulator, its configuration set and
+    event destination provisioned as ``dmd provision`` provisions them."""
+    from dmd_tasks.ops.provision import ensure_eum_configuration_set, ensure_sms_events_topic
+
+    env = {
+        "DMD_SMS_PROVIDER": "eum",
+        "DMD_EUM_ORIGINATION_IDENTITY": "+18005550100",
+        "DMD_EUM_CONFIGURATION_SET": "dmd-bench",
+        "DMD_EUM_ENDPOINT_URL": f"http://{settings.simulator_host}:{settings.simulator_port}",
+    }
+    eum = settings.model_copy(
+        update={
+            "sms_provider": "eum",
+            "eum_origination_identity": env["DMD_EUM_ORIGINATION_IDENTITY"],
+            "eum_configuration_set": env["DMD_EUM_CONFIGURATION_SET"],
+            "eum_endpoint_url": env["DMD_EUM_ENDPOINT_URL"],
+        }
+    )
+    ensure_eum_configuration_set(eum, ensure_sms_events_topic(eum)["topic_arn"])
+    return env
+
+
+def _run_sale(h: Harness, fans: int, provider: str) -> SaleRun:
     """A demo sale of ``fans`` through every pipeline process, until each notification is terminal."""
     from dmd_tasks.ops.demo import PIPELINE_PROCESSES, TERMINAL, sale_progress, seed_sale
 
     settings = h.settings
     h.fresh()
-    h.sim.configure(sms={"status_delay_ms": 100})
-    with h.processes(PIPELINE_PROCESSES, label="cost") as group:
+    h.sim.configure(sms={"status_delay_ms": 100}, eum={"status_delay_ms": 100})
+    env = eum_environment(settings) if provider == "eum" else None
+    # End User Messaging's events come back through SNS and the intake queue: bridge-sqs reads them
+    processes = (*PIPELINE_PROCESSES, "bridge-sqs") if provider == "eum" else PIPELINE_PROCESSES
+    with h.processes(processes, env=env, label="cost") as group:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
         time.sleep(IDLE_SETTLE_SECONDS)
         # start-up (imports, connections) is not the sale's; idle polling is measured on its own

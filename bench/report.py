@@ -384,11 +384,22 @@ def _query(q: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cost(c: dict[str, Any]) -> list[str]:
+def _cost(c: dict[str, Any], eum: bool = False) -> list[str]:
     p = c["prices"]
     lines = [
-        "## 7. Requests and CPU per notification",
+        "## 7b. The same through AWS End User Messaging SMS" if eum else "## 7. Requests and CPU per notification",
         "",
+        *(
+            [
+                "The same sale with `DMD_SMS_PROVIDER=eum` (the simulator behind boto3's `pinpoint-sms-voice-v2`",
+                "client; its events come back through SNS, the intake queue and `bridge-sqs`). The service cannot",
+                "deduplicate a send, so each call is preceded by an intent write (`calling`); the provider's calls",
+                "are AWS requests here and counted.",
+                "",
+            ]
+            if eum
+            else []
+        ),
         f"A demo sale of {c['fans']:,} fans ({c['notifications']:,} notifications: "
         + ", ".join(f"{k} {v}" for k, v in c["status"].items() if v)
         + f") in {c['elapsed_seconds']:.0f} s.",
@@ -478,6 +489,7 @@ SECTIONS: list[tuple[str, Any]] = [
     ("broker_use", _broker_use),
     ("query", _query),
     ("cost", _cost),
+    ("cost_eum", lambda c: _cost(c, eum=True)),
     ("scale", _scale),
 ]
 

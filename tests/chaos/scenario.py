@@ -34,6 +34,9 @@ CHAOS_ENV = {
     "DMD_SEND_LEASE_SECONDS": "25",
     "DMD_SEND_RATE_WAIT_SECONDS": "2",
     "DMD_RECONCILE_INTERVAL_SECONDS": "1",
+    # an idle beat entry looks again within 5 s (the default is a minute): the scenarios that wait
+    # for ticks after a sale has ended get them
+    "DMD_BEAT_IDLE_TICK_SECONDS": "5",
     "DMD_SCHEDULED_STALE_SECONDS": "20",
     "DMD_SMS_TIMEOUT_SECONDS": "1",
     "DMD_RETRY_BACKOFF_MAX_SECONDS": "5",

@@ -185,8 +185,10 @@ def test_a_tick_slowed_by_its_store_keeps_what_it_moved_and_stops_at_its_deadlin
     took = time.monotonic() - began
 
     # Then it stopped at its deadline (no round begun that would end past it at the pace measured),
-    # counting what it left, every write it made kept and each moved batch published as it ended
-    assert took < 1.0 + 0.2, took
+    # counting what it left, every write it made kept and each moved batch published as it ended.
+    # Bound: the deadline plus one round's worth of slack (two 0.4 s rounds fit; on a loaded machine
+    # each also waits for the emulator: 1.206 s was seen). Ignoring the deadline takes 1.6 s and more.
+    assert took < 1.0 + 0.4, took
     assert result.cut_short and result.left > 0, result
     statuses = {i["fanId"]: i["status"] for i in sale_notifications(services, sale_id)}
     scheduled = sorted(f"{sale_id}:{fan}" for fan, status in statuses.items() if status == "scheduled")
