@@ -246,8 +246,28 @@ class SaleRun:
         self.renewed = time.monotonic()
         # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
         # and every Query costs a round trip (moto's costs a pass over the whole table).
-        self.pages = Prefetcher(
-            services.demand.pages(self.event_id, sale.get("cursor"), self.settings.generate_chunk_size), self.pool
+        self.first_chunk = sale.get("cursor") is None  # the sale's first chunk: small (see _pages)
+        self.pages = Prefetcher(self._pages(sale.get("cursor")), self.pool)
+
+    def _pages(self, cursor: str | None) -> Iterator[list[dict[str, Any]]]:
+        """The demand pages to write: a sale's first page is ``generate_first_chunk_size`` rows (its
+        first SMS need not wait for a whole chunk to be written), every other one a whole chunk."""
+        size, first = self.settings.generate_chunk_size, self.settings.generate_first_chunk_size
+        if cursor is not None or first >= size:
+            yield from self.services.demand.pages(self.event_id, cursor, size)
+            return
+        head = next(self.services.demand.pages(self.event_id, None, first), None)
+        if head is None:
+            return
+        yield head
+        yield from self.services.demand.pages(self.event_id, demand_fan(head[-1]["sk"]), size)
+
+    def _chunk_size(self) -> int:
+        first = self.first_chunk and self.result.chunks == 0
+        return (
+            min(self.settings.generate_first_chunk_size, self.settings.generate_chunk_size)
+            if first
+            else (self.settings.generate_chunk_size)
         )
 
     def write(self) -> GenerateResult:
@@ -255,7 +275,7 @@ class SaleRun:
         while (page := self.pages.take()) is not None:
             for row in page:
                 chunk.append(row)
-                if len(chunk) >= self.settings.generate_chunk_size:
+                if len(chunk) >= self._chunk_size():
                     if not self.flush(chunk):
                         return self._outcome("owned-elsewhere")
                     if self.handing_over:

@@ -115,6 +115,26 @@ def test_a_run_reads_no_demand_page_it_will_not_write(
     assert len(demand_reads) == 2  # two chunks of five, two pages; not a third for the next run
 
 
+def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_written(
+    stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    ramp = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2))
+    sale_id = seed_sale(ramp, 12)
+    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
+    limits: list[int] = []
+    original = ramp.table.query
+    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))
+    first = generate_sale(sale_id, ramp)
+    # a chunk of two (one page of two), then a whole chunk: the first run hands over after two chunks
+    assert (first.outcome, first.written, first.chunks) == ("continue", 7, 2)
+    assert limits[:2] == [2, 5]
+    assert ramp.sales.get(sale_id)["cursor"] == "fan006"  # type: ignore[index]
+    # a later run of the same sale writes whole chunks from its cursor
+    assert generate_sale(sale_id, ramp).outcome == "done"
+    items = sale_notifications(ramp, sale_id)
+    assert len(items) == 12 == len({i["fanId"] for i in items})
+
+
 def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
     stack, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:  # type: ignore[no-untyped-def]
