@@ -99,6 +99,7 @@ class ShardReader:
             records_per_read=settings.bridge_records_per_read,
             idle_sleep_seconds=settings.bridge_idle_sleep_seconds,
             idle_max_sleep_seconds=settings.bridge_idle_max_sleep_seconds,
+            busy_sleep_seconds=settings.bridge_busy_sleep_seconds,
             shard_refresh_seconds=settings.bridge_shard_refresh_seconds,
             start_position=settings.bridge_start_position,
             name=name,
@@ -120,6 +121,7 @@ class ShardReader:
         records_per_read: int = 1000,
         idle_sleep_seconds: float = 0.5,
         idle_max_sleep_seconds: float = 0.5,
+        busy_sleep_seconds: float = 0.0,
         shard_refresh_seconds: float = 30.0,
         start_position: str = "TRIM_HORIZON",
         name: str = "bridge",
@@ -133,6 +135,9 @@ class ShardReader:
         self._limit = records_per_read
         self._idle = idle_sleep_seconds
         self._idle_max = idle_max_sleep_seconds
+        self._busy = busy_sleep_seconds
+        #: the last poll read a full page from some shard (a backlog): read again at once
+        self._backlog = False
         self._refresh_every = shard_refresh_seconds
         self._start_position = start_position
         #: With leases, this process reads only the shards it holds and checkpoints through them
@@ -206,6 +211,7 @@ class ShardReader:
                 self.leases.sync_shards(self._shards)
         self._follow_leases()
         handled = 0
+        self._backlog = False
         for shard in self.ready_shards():
             if self._retry_at.get(shard.id, 0.0) > now:
                 continue
@@ -299,6 +305,8 @@ class ShardReader:
             arrived = self.source.arrival_of(page.records[-1])
             if isinstance(arrived, datetime):
                 BRIDGE_LAG.labels(self.name).set(max(0.0, time.time() - arrived.timestamp()))
+        if len(page.records) >= self._limit:
+            self._backlog = True
         if page.next_iterator is None:
             try:
                 self._confirm_end(shard.id, "a page without a next iterator")
@@ -364,6 +372,10 @@ class ShardReader:
                 continue
             if handled:
                 quiet = self._idle
+                if self._busy > 0 and not self._backlog:
+                    # records are trickling in: let them gather into bigger pages (fewer reads and
+                    # tasks; Kinesis and DynamoDB Streams allow 5 reads a second a shard)
+                    self.stop_event.wait(self._busy)
             else:
                 self.stop_event.wait(quiet)
                 quiet = min(quiet * 2, max(self._idle, self._idle_max))

@@ -287,6 +287,11 @@ class Settings(BaseSettings):
     #: stream is read again at once.
     bridge_idle_sleep_seconds: float = 0.5
     bridge_idle_max_sleep_seconds: float = 10.0
+    #: After a poll that read records but no full page, a bridge waits this long before it reads
+    #: again, so that a trickle gathers into pages (a task per page: fewer reads and tasks) and no
+    #: shard is read more than the 5 times a second Kinesis and DynamoDB Streams allow (the Kinesis
+    #: Client Library waits 1 s). A full page is followed at once (a backlog).
+    bridge_busy_sleep_seconds: float = Field(default=0.5, ge=0)
     bridge_shard_refresh_seconds: float = 30.0
     #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
     #: or stopping); a crash re-reads at most this much, and every task is idempotent.

@@ -6,6 +6,7 @@ Kinesis is the ShardSource protocol; the end-to-end tests run it against moto).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -301,3 +302,54 @@ def test_an_end_the_stream_does_not_confirm_finishes_nothing_and_the_shard_is_re
     assert seen == [1, 2, 3]
     assert not checkpoints.saved["s"].finished
     assert metric("garbled", "end-not-confirmed") - before == 2
+
+
+def test_a_trickle_is_read_in_pages_after_the_busy_pause_and_a_backlog_at_once() -> None:
+    # Given a shard that gets one record every 20 ms, read with a 0.2 s pause after a poll that
+    # found records but no full page
+    stream = MemoryStream({"s": ((), [], False)})
+    pages: list[int] = []
+    reader = ShardReader(
+        stream,
+        MemoryCheckpoints(),
+        lambda recs, sid: pages.append(len(recs)),
+        records_per_read=100,
+        idle_sleep_seconds=0.01,
+        idle_max_sleep_seconds=0.01,
+        busy_sleep_seconds=0.2,
+    )
+
+    def trickle() -> None:
+        for n in range(50):
+            stream.shards["s"][1].append(n)
+            time.sleep(0.02)
+        time.sleep(0.3)
+        reader.stop_event.set()
+
+    began = time.monotonic()
+    writer = threading.Thread(target=trickle)
+    writer.start()
+    reader._poll_until_stopped()
+    writer.join()
+    took = time.monotonic() - began
+    # Then one read per pause gathered what came meanwhile: pages of several records, not one each
+    assert sum(pages) == 50 and len(pages) <= took / 0.2 + 2 and len(pages) <= 25, (pages, took)
+
+    # And a backlog (full pages) is read on without pausing
+    stream.shards["s"][1].extend(range(100, 1100))
+    before = sum(pages)
+
+    def stop_when_read() -> None:
+        deadline = time.monotonic() + 10
+        while sum(pages) < before + 1000 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        reader.stop_event.set()
+
+    reader.stop_event.clear()
+    stopper = threading.Thread(target=stop_when_read)
+    began = time.monotonic()
+    stopper.start()
+    reader._poll_until_stopped()
+    stopper.join()
+    assert sum(pages) == before + 1000
+    assert time.monotonic() - began < 1.0  # ten full pages; a pause after each would take 2 s
