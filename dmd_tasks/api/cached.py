@@ -38,6 +38,7 @@ from graphql import (
 from graphql.language import Visitor, visit
 
 from dmd_tasks.api.errors import InvalidArgument, check_argument_id
+from dmd_tasks.infra import tracing
 from dmd_tasks.infra.metrics import CACHE_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -128,20 +129,21 @@ class CachedEventDetails:
         raw = await self._copy(event_id)
         if raw is None:
             return None
-        key = (text, operation_name, json.dumps(variables, sort_keys=True) if variables else "")
-        known = self._answers.get(key)
-        if known is not None and known[0] == raw:
-            self._answers.move_to_end(key)
+        with tracing.tracer().start_as_current_span("graphql eventDetails", attributes={"dmd.cache": "hit"}):
+            key = (text, operation_name, json.dumps(variables, sort_keys=True) if variables else "")
+            known = self._answers.get(key)
+            if known is not None and known[0] == raw:
+                self._answers.move_to_end(key)
+                self._hits.inc()
+                return known[1]
+            response = await self._execute(plan, variables, operation_name, event_id, raw)
+            if response is None:
+                return None
+            self._answers[key] = (raw, response)
+            if len(self._answers) > self._size:
+                self._answers.popitem(last=False)
             self._hits.inc()
-            return known[1]
-        response = await self._execute(plan, variables, operation_name, event_id, raw)
-        if response is None:
-            return None
-        self._answers[key] = (raw, response)
-        if len(self._answers) > self._size:
-            self._answers.popitem(last=False)
-        self._hits.inc()
-        return response
+            return response
 
     def _plan(self, text: str) -> _Plan | None:
         if text in self._plans:
