@@ -263,12 +263,10 @@ class SaleRun:
         yield from self.services.demand.pages(self.event_id, demand_fan(head[-1]["sk"]), size)
 
     def _chunk_size(self) -> int:
-        first = self.first_chunk and self.result.chunks == 0
-        return (
-            min(self.settings.generate_first_chunk_size, self.settings.generate_chunk_size)
-            if first
-            else (self.settings.generate_chunk_size)
-        )
+        size = self.settings.generate_chunk_size
+        if self.first_chunk and self.result.chunks == 0:
+            return min(self.settings.generate_first_chunk_size, size)
+        return size
 
     def write(self) -> GenerateResult:
         chunk: list[dict[str, Any]] = []
