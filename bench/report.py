@@ -425,10 +425,26 @@ def _cost(c: dict[str, Any], eum: bool = False) -> list[str]:
             [
                 f"- The idle pipeline (every process up, nothing to do): {c['idle_aws_requests_per_second']} AWS "
                 f"requests and {c['idle_cpu_seconds_per_second']} CPU s a second",
-                f"- Stream records the demand bridge read per notification: {c['stream_records_per_notification']} "
-                "(a notification's own writes come back through the table's stream; none is routed)",
+                f"- Stream records the bridges read per notification: {c['stream_records_per_notification']} "
+                "(the demand row; notifications live in a table without a stream)",
             ]
             if "idle_aws_requests_per_second" in c
+            else []
+        ),
+        *(
+            [
+                "- Idle requests a second, by operation: "
+                + ", ".join(f"{op} {v}" for op, v in c["idle_aws_requests_per_second_by_operation"].items())
+            ]
+            if c.get("idle_aws_requests_per_second_by_operation")
+            else []
+        ),
+        *(
+            [
+                "- CPU seconds of the sale, by process: "
+                + ", ".join(f"{p} {v}" for p, v in c["cpu_seconds_by_process"].items())
+            ]
+            if c.get("cpu_seconds_by_process")
             else []
         ),
         "",
