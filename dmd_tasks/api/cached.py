@@ -19,11 +19,11 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from cachetools import LRUCache
 from graphql import (
     DirectiveNode,
     DocumentNode,
@@ -38,6 +38,7 @@ from graphql import (
 from graphql.language import Visitor, visit
 
 from dmd_tasks.api.errors import InvalidArgument, check_argument_id
+from dmd_tasks.api.event_details import cache_keys
 from dmd_tasks.infra import tracing
 from dmd_tasks.infra.metrics import CACHE_REQUESTS
 
@@ -106,9 +107,9 @@ class CachedEventDetails:
         self._parse, self._validate = parse, validate
         self._redis_url, self._timeout = redis_url, timeout_seconds
         self._redis: aioredis.Redis | None = None  # made on the serving loop, at first use
-        self._plans: OrderedDict[str, _Plan | None] = OrderedDict()
-        self._answers: OrderedDict[tuple[str, str | None, str], tuple[bytes, bytes]] = OrderedDict()
-        self._size = size
+        self._plans: LRUCache[str, _Plan | None] = LRUCache(maxsize=size)
+        #: (query, operation, variables) → (the copy's bytes, the response made from them)
+        self._answers: LRUCache[tuple[str, str | None, str], tuple[bytes, bytes]] = LRUCache(maxsize=size)
         self._hits = CACHE_REQUESTS.labels("event-details", "hit")
 
     async def answer(self, body: bytes) -> bytes | None:
@@ -133,21 +134,17 @@ class CachedEventDetails:
             key = (text, operation_name, json.dumps(variables, sort_keys=True) if variables else "")
             known = self._answers.get(key)
             if known is not None and known[0] == raw:
-                self._answers.move_to_end(key)
-                self._hits.inc()
-                return known[1]
-            response = await self._execute(plan, variables, operation_name, event_id, raw)
-            if response is None:
-                return None
-            self._answers[key] = (raw, response)
-            if len(self._answers) > self._size:
-                self._answers.popitem(last=False)
+                response: bytes | None = known[1]
+            else:
+                response = await self._execute(plan, variables, operation_name, event_id, raw)
+                if response is None:
+                    return None
+                self._answers[key] = (raw, response)
             self._hits.inc()
             return response
 
     def _plan(self, text: str) -> _Plan | None:
         if text in self._plans:
-            self._plans.move_to_end(text)
             return self._plans[text]
         try:
             document = self._parse(None, {"query": text})
@@ -155,8 +152,6 @@ class CachedEventDetails:
         except Exception:  # a syntax error: the full path reports it
             plan = None
         self._plans[text] = plan
-        if len(self._plans) > self._size:
-            self._plans.popitem(last=False)
         return plan
 
     async def _copy(self, event_id: str) -> bytes | None:
@@ -166,7 +161,8 @@ class CachedEventDetails:
                 self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=2
             )
         try:
-            raw, missing = await self._redis.mget(f"dmd:event:{event_id}", f"dmd:event-missing:{event_id}")
+            fresh, _stale, missing_key, _lock = cache_keys(event_id)
+            raw, missing = await self._redis.mget(fresh, missing_key)
         except aioredis.RedisError as exc:
             log.debug("cached eventDetails: redis %s; the full path answers", type(exc).__name__)
             return None

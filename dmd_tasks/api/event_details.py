@@ -27,6 +27,16 @@ from dmd_tasks.services import get_services
 log = logging.getLogger(__name__)
 
 
+def cache_keys(event_id: str) -> tuple[str, str, str, str]:
+    """Redis keys of an event's details: (fresh copy, stale copy, remembered 404, fetch lock)."""
+    return (
+        f"dmd:event:{event_id}",
+        f"dmd:event-stale:{event_id}",
+        f"dmd:event-missing:{event_id}",
+        f"dmd:event-lock:{event_id}",
+    )
+
+
 class EventDetailsService:
     """Cached, single-flight, stale-on-failure event details."""
 
@@ -37,12 +47,7 @@ class EventDetailsService:
         self._limiter = SharedRateLimiter(redis_client, "dmd:rate:discovery", window_seconds=1.0)
 
     def _keys(self, event_id: str) -> tuple[str, str, str, str]:
-        return (
-            f"dmd:event:{event_id}",
-            f"dmd:event-stale:{event_id}",
-            f"dmd:event-missing:{event_id}",
-            f"dmd:event-lock:{event_id}",
-        )
+        return cache_keys(event_id)
 
     def get(self, event_id: str) -> dict[str, Any]:
         check_argument_id(event_id, "eventId")
