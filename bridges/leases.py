@@ -288,6 +288,7 @@ class LeaseCoordinator:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._taking = threading.Lock()
         self._held: dict[str, Lease] = {}
         self._seen: dict[str, _Seen] = {}
         self._stop = threading.Event()
@@ -335,6 +336,9 @@ class LeaseCoordinator:
         - An unfinished lease the stream no longer lists is finished (trimmed before it was read
           to its end) once two listings in a row miss it; a listing without one open shard says
           nothing of the kind (a live stream always has one) and counts for nothing.
+
+        A lease created here is taken at once (a new stream, or a split's children, is read
+        without waiting for the loop's next take).
         """
         listed = {shard.id: shard for shard in shards}
         trusted = any(not shard.closed for shard in listed.values())
@@ -342,9 +346,10 @@ class LeaseCoordinator:
         known = {lease.shard for lease in leases}
         if any(not lease.finished and lease.owner != self.worker_id for lease in leases):
             self._holds_all = False
+        created = False
         for shard in listed.values():
             if shard.id not in known and self.table.create(shard.id, shard.parents):
-                self._holds_all = False
+                self._holds_all, created = False, True
                 log.info("%s: lease created for shard %s", self.bridge, shard.id)
         for lease in leases:
             if lease.shard in listed:
@@ -382,6 +387,8 @@ class LeaseCoordinator:
                     lease.shard,
                     lease.sequence,
                 )
+        if created:
+            self.take()
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -446,6 +453,12 @@ class LeaseCoordinator:
             log.warning("%s: lease of shard %s lost (%s)", self.bridge, shard, why)
 
     def take(self) -> None:
+        """Take what is free, expired or due for balance (the loop's every failover/2, and the
+        reader's at once after it created a lease: one at a time)."""
+        with self._taking:
+            self._take()
+
+    def _take(self) -> None:
         now = self.clock()
         leases = self.table.list()
         self.listing = {lease.shard: Lease(**vars(lease)) for lease in leases}

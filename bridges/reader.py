@@ -31,6 +31,7 @@ from bridges.sources import CheckpointTrimmed, EndNotConfirmed, IteratorExpired,
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.metrics import BRIDGE_LAG, BRIDGE_SHARD_EVENTS
 from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.wake import Doorbell
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,11 @@ class ShardReader:
     """Reads every shard of a source into a handler, checkpointing after each handled page."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str, source: ShardSource, handler: Handler) -> ShardReader:
-        """A bridge's reader, with its checkpoints under the bridge's name and the bridge settings."""
+    def from_settings(
+        cls, settings: Settings, name: str, source: ShardSource, handler: Handler, doorbell: Doorbell | None = None
+    ) -> ShardReader:
+        """A bridge's reader, with its checkpoints under the bridge's name and the bridge settings
+        (``doorbell``: rung by whatever writes the stream, see ``_quiet``)."""
         return cls(
             source,
             CheckpointStore(settings, name),
@@ -104,6 +108,9 @@ class ShardReader:
             start_position=settings.bridge_start_position,
             name=name,
             checkpoint_interval_seconds=settings.bridge_checkpoint_interval_seconds,
+            doorbell=doorbell,
+            doorbell_max_sleep_seconds=settings.bridge_doorbell_max_sleep_seconds,
+            doorbell_check_seconds=settings.bridge_doorbell_check_seconds,
             leases=LeaseCoordinator(
                 LeaseTable(settings, name, source.stream_id),
                 failover_seconds=settings.bridge_lease_failover_seconds,
@@ -126,6 +133,9 @@ class ShardReader:
         start_position: str = "TRIM_HORIZON",
         name: str = "bridge",
         checkpoint_interval_seconds: float = 0.0,
+        doorbell: Doorbell | None = None,
+        doorbell_max_sleep_seconds: float = 60.0,
+        doorbell_check_seconds: float = 0.5,
         leases: LeaseCoordinator | None = None,
     ) -> None:
         self.name = name
@@ -159,6 +169,11 @@ class ShardReader:
         #: a failing shard's current backoff and when it may be read again (monotonic)
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
+        self._doorbell = doorbell
+        self._doorbell_max = doorbell_max_sleep_seconds
+        self._doorbell_check = doorbell_check_seconds
+        #: Redis did not answer the doorbell: not asked again before this (monotonic)
+        self._doorbell_retry_at = -math.inf
 
     def _known(self, shard_id: str) -> Checkpoint:
         """A shard's progress as far as this process knows: its own, or (with leases) the lease table's."""
@@ -360,6 +375,7 @@ class ShardReader:
         backoff = self._idle
         quiet = self._idle  # the wait after a poll that read nothing: doubles while nothing comes
         while not self.stop_event.is_set():
+            rung = self._rung()  # before the poll: a ring after this is not missed
             try:
                 handled = self.poll_once()
                 if handled == 0 and self._unsaved:
@@ -376,7 +392,33 @@ class ShardReader:
                     # records are trickling in: let them gather into bigger pages (fewer reads and
                     # tasks; Kinesis and DynamoDB Streams allow 5 reads a second a shard)
                     self.stop_event.wait(self._busy)
+            elif self._quiet(quiet, rung):
+                quiet = self._idle  # rung: records are on their way, read at the busy pace again
             else:
-                self.stop_event.wait(quiet)
-                quiet = min(quiet * 2, max(self._idle, self._idle_max))
+                longest = self._doorbell_max if rung is not None else self._idle_max
+                quiet = min(quiet * 2, max(self._idle, longest))
         self.flush_checkpoints()
+
+    def _rung(self) -> str | None:
+        """The doorbell's count, or None without one (no doorbell, or Redis not answering: then
+        not asked again for ``idle_max_sleep_seconds``, and the plain idle backoff holds)."""
+        if self._doorbell is None or time.monotonic() < self._doorbell_retry_at:
+            return None
+        value = self._doorbell.read()
+        if value is None:
+            self._doorbell_retry_at = time.monotonic() + self._idle_max
+        return value
+
+    def _quiet(self, seconds: float, rung: str | None) -> bool:
+        """Wait ``seconds`` after a poll that read nothing; True when the doorbell rang meanwhile
+        (it is looked at every ``doorbell_check_seconds``: a Redis GET, not a read of the stream)."""
+        if rung is None:
+            self.stop_event.wait(seconds)
+            return False
+        end = time.monotonic() + seconds
+        while not self.stop_event.wait(max(0.0, min(self._doorbell_check, end - time.monotonic()))):
+            if time.monotonic() >= end:
+                return False
+            if self._rung() != rung:
+                return True
+        return False

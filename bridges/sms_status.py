@@ -2,7 +2,9 @@
 
 Reads every shard of ``DMD_SMS_STATUS_STREAM_NAME`` (parent before child, checkpointed
 per shard after each handled page), validates each record, and enqueues the events in
-batches of ``status_batch_size`` with SendMessageBatch. A record that is not a valid
+batches of ``status_batch_size`` with SendMessageBatch. The send worker rings the stream's
+doorbell after each batch (``dmd_tasks.infra.wake.Doorbell``): an idle stream is read once a
+minute a shard, and receipts within half a second of a send. A record that is not a valid
 provider event goes to the ``bridge-sms-status`` dead-letter queue with its reason.
 
 Run:  python -m bridges.sms_status
@@ -14,6 +16,10 @@ import argparse
 from collections.abc import Container, Sequence
 from typing import Any
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from bridges.handler import RecordHandler
 from bridges.reader import ShardReader
 from bridges.runner import run_bridge
@@ -22,6 +28,7 @@ from dmd_tasks.celery_app import app
 from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.wake import Doorbell
 from dmd_tasks.pipeline.routing import BatchPlan, plan_status_records
 
 BRIDGE_NAME = "bridge-sms-status"
@@ -38,7 +45,13 @@ def build_handler(settings: Settings) -> RecordHandler:
 
 def build_reader(settings: Settings) -> ShardReader:
     source = KinesisSource(settings, settings.sms_status_stream_name)
-    return ShardReader.from_settings(settings, BRIDGE_NAME, source, build_handler(settings))
+    # the send worker rings after each batch: an idle stream is read rarely, receipts at once
+    # (a client that gives up fast: a frozen Redis must not hold up the reading)
+    quick = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    doorbell = Doorbell(quick, settings.sms_status_stream_name)
+    return ShardReader.from_settings(settings, BRIDGE_NAME, source, build_handler(settings), doorbell)
 
 
 def main(argv: list[str] | None = None) -> None:

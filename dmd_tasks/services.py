@@ -21,7 +21,7 @@ from dmd_tasks.infra.deadline import Pace
 from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
-from dmd_tasks.infra.wake import Wake
+from dmd_tasks.infra.wake import Doorbell, Wake
 from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
 from dmd_tasks.store.demand import DemandRecords
 from dmd_tasks.store.events import EventRecords
@@ -97,6 +97,11 @@ class Services:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
+
+    @cached_property
+    def status_doorbell(self) -> Doorbell:
+        """Rung after a send batch: the status bridge reads the receipts' stream at once."""
+        return Doorbell(self.redis, self.settings.sms_status_stream_name)
 
     @cached_property
     def wake(self) -> Wake:

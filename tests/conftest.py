@@ -47,6 +47,9 @@ TEST_ENV = {
     "DMD_LOG_LEVEL": "INFO",
     "DMD_BRIDGE_IDLE_SLEEP_SECONDS": "0.2",
     "DMD_BRIDGE_IDLE_MAX_SLEEP_SECONDS": "0.2",
+    # tests put records on the status stream themselves, with no send to ring the status bridge's
+    # doorbell: it reads as often as the others (tests/e2e/test_doorbell.py sets its own)
+    "DMD_BRIDGE_DOORBELL_MAX_SLEEP_SECONDS": "0.2",
     "DMD_SQS_POLLING_INTERVAL_SECONDS": "0.1",
     # a worker a test stops leaves its last long poll open on moto until it times out, and that poll
     # takes the next message of its queue out of sight for the visibility timeout: short polls here

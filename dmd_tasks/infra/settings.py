@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     #: A beat task that found no work rests up to this long (no tick sent: no SQS round trip, no
     #: index read) unless new work wakes it first (a sale written or claimed): an idle pipeline
     #: still looks around this often. 0: every tick is sent.
-    beat_idle_tick_seconds: float = Field(default=60.0, ge=0)
+    beat_idle_tick_seconds: float = Field(default=120.0, ge=0)
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
     #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
     schedule_lead_seconds: float = Field(default=4.0, ge=0)
@@ -287,12 +287,20 @@ class Settings(BaseSettings):
     #: stream is read again at once.
     bridge_idle_sleep_seconds: float = 0.5
     bridge_idle_max_sleep_seconds: float = 10.0
+    #: A bridge with a doorbell (the status bridge: the send worker rings it after each batch,
+    #: ``dmd_tasks.infra.wake.Doorbell``) backs off up to this long instead, and reads again as
+    #: soon as it is rung; it looks at the doorbell (a Redis GET) every
+    #: ``bridge_doorbell_check_seconds``.
+    bridge_doorbell_max_sleep_seconds: float = Field(default=60.0, gt=0)
+    bridge_doorbell_check_seconds: float = Field(default=0.5, gt=0)
     #: After a poll that read records but no full page, a bridge waits this long before it reads
     #: again, so that a trickle gathers into pages (a task per page: fewer reads and tasks) and no
     #: shard is read more than the 5 times a second Kinesis and DynamoDB Streams allow (the Kinesis
     #: Client Library waits 1 s). A full page is followed at once (a backlog).
     bridge_busy_sleep_seconds: float = Field(default=0.5, ge=0)
-    bridge_shard_refresh_seconds: float = 30.0
+    #: How often a bridge lists the stream's shards (a split's children are found at once
+    #: anyway: a shard read to its end lists the stream again).
+    bridge_shard_refresh_seconds: float = 60.0
     #: A bridge writes a shard's checkpoint at most this often while busy (and at once when idle
     #: or stopping); a crash re-reads at most this much, and every task is idempotent.
     bridge_checkpoint_interval_seconds: float = 1.0
@@ -302,8 +310,11 @@ class Settings(BaseSettings):
     bridge_start_position: str = "TRIM_HORIZON"
     #: Shard leases (bridges.leases): every process of a bridge shares the stream's shards. A lease
     #: whose counter another process has not seen move for this long is taken over; its owner
-    #: renews it three times as often.
-    bridge_lease_failover_seconds: float = Field(default=10.0, ge=1)
+    #: renews it three times as often (one request a process, every lease in it). A crashed
+    #: process's shards wait up to 1.5 × this for a new reader (a process that stops releases
+    #: its leases at once); the Kinesis Client Library's guide raises the same setting to cut
+    #: the lease table's requests.
+    bridge_lease_failover_seconds: float = Field(default=30.0, ge=1)
     #: The most shard leases one bridge process holds (more processes are needed past it).
     bridge_max_leases: int = Field(default=1000, ge=1)
 

@@ -16,6 +16,13 @@ writer's bump comes after the task read the epoch, so the rest does not match it
 
 Keys (one deployment): ``dmd:wake:epoch`` (a counter) and ``dmd:wake:rest:{task}``
 (``until|epoch``, expiring with the rest).
+
+A stream's doorbell (``Doorbell``) does the same for a bridge: the status bridge reads an idle
+stream rarely (``bridge_doorbell_max_sleep_seconds``) and the send worker rings after each batch
+it sent, so the receipts are read as soon as they come; the bridge looks at the doorbell (a
+Redis GET, no AWS request) every ``bridge_doorbell_check_seconds``. Without Redis the bridge
+falls back to its plain idle backoff (``bridge_idle_max_sleep_seconds``): late, never lost.
+Key: ``dmd:wake:stream:{stream}`` (a counter).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS, describe
 log = logging.getLogger(__name__)
 
 EPOCH_KEY = "dmd:wake:epoch"
+DOORBELL_KEY = "dmd:wake:stream:{stream}"
 REST_KEY = "dmd:wake:rest:{task}"
 #: the epoch as read when its key is missing (never bumped, or Redis lost it)
 NO_EPOCH = "-"
@@ -91,3 +99,26 @@ class Wake:
             except ValueError:
                 continue
         return out
+
+
+class Doorbell:
+    """Rung by whatever makes records for ``stream``; read by its bridge while the stream is idle."""
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self._redis = client
+        self._key = DOORBELL_KEY.format(stream=stream)
+
+    def ring(self) -> None:
+        """New records are on their way (fails open: the bridge reads them at its next idle poll)."""
+        try:
+            self._redis.incr(self._key)
+        except DEPENDENCY_ERRORS as exc:
+            log.debug("doorbell %s not rung (%s): the bridge reads at its idle pace", self._key, describe(exc))
+
+    def read(self) -> str | None:
+        """The doorbell's count now (NO_EPOCH when never rung or forgotten); None when Redis is
+        unreachable (the reader then keeps to its plain idle backoff)."""
+        try:
+            return _text(self._redis.get(self._key)) or NO_EPOCH
+        except DEPENDENCY_ERRORS:
+            return None

@@ -435,6 +435,8 @@ def send_notifications(
             outcomes["error"] += 1
             first_error = first_error or exc
     records.flush()
+    if owned:  # provider calls were made: their receipts are on their way to the status stream
+        services.status_doorbell.ring()
     if records.lost:  # their write found the lease gone: counted as sent above, lost in fact
         outcomes["sent"] -= records.lost
         outcomes["lease-lost"] += records.lost

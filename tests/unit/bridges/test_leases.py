@@ -145,7 +145,9 @@ def test_a_lease_is_created_once_whoever_lists_the_shard_first(table: LeaseTable
     a.sync_shards([Shard("shard-9", ("shard-0",))])
     b.sync_shards([Shard("shard-9", ("shard-0",))])
     (lease,) = [lease for lease in table.list() if lease.shard == "shard-9"]
-    assert lease.parents == ("shard-0",) and lease.owner is None and lease.sequence is None
+    # created by a (and taken by it at once), not again by b
+    assert lease.parents == ("shard-0",) and lease.owner == "a" and lease.sequence is None
+    assert "shard-9" not in b.held()
 
 
 # --- readers sharing a real (moto) Kinesis stream of four shards ------------------------------------
@@ -360,3 +362,16 @@ def test_a_process_holding_every_lease_lists_rarely_until_it_loses_one(table: Le
         a.tick()
     assert [t - first for t in listings] == pytest.approx([n * FAILOVER / 2 for n in range(len(listings))])
     assert len(listings) >= 3
+
+
+def test_a_lease_created_by_a_listing_is_taken_at_once_not_at_the_next_take(settings: Any, stack: Any) -> None:
+    # Given a process on a stream no process has read yet (no lease at all)
+    table = LeaseTable(settings, f"test-{uuid.uuid4().hex[:8]}", "stream-new")
+    clock = Clock()
+    a = coordinator(table, clock, "a")
+    a.tick()
+    assert a.held() == {}
+    # When its reader lists the stream's shards (their leases created), with no time passing
+    a.sync_shards([Shard("shard-0", ()), Shard("shard-1", ())])
+    # Then it holds them already: its reading does not wait for the loop's next take
+    assert set(a.held()) == {"shard-0", "shard-1"}

@@ -353,3 +353,81 @@ def test_a_trickle_is_read_in_pages_after_the_busy_pause_and_a_backlog_at_once()
     stopper.join()
     assert sum(pages) == before + 1000
     assert time.monotonic() - began < 1.0  # ten full pages; a pause after each would take 2 s
+
+
+class CountingStream(MemoryStream):
+    def __init__(self, shards: dict[str, tuple[tuple[str, ...], list[int], bool]]) -> None:
+        super().__init__(shards)
+        self.reads = 0
+
+    def read(self, iterator: str, limit: int) -> Page:
+        self.reads += 1
+        return super().read(iterator, limit)
+
+
+class FakeDoorbell:
+    """``Doorbell``'s two calls: a count, or None while "Redis" does not answer."""
+
+    def __init__(self) -> None:
+        self.count, self.up, self.asked = 0, True, 0
+
+    def ring(self) -> None:
+        self.count += 1
+
+    def read(self) -> str | None:
+        self.asked += 1
+        return str(self.count) if self.up else None
+
+
+def idle_reads(doorbell: FakeDoorbell, seconds: float) -> int:
+    """Reads of an idle one-shard stream in ``seconds``: plain backoff capped at 0.01 s, with a
+    working doorbell capped at 0.32 s."""
+    stream = CountingStream({"s": ((), [], False)})
+    reader = ShardReader(
+        stream,
+        MemoryCheckpoints(),
+        lambda recs, sid: None,
+        idle_sleep_seconds=0.01,
+        idle_max_sleep_seconds=0.01,
+        doorbell=doorbell,  # type: ignore[arg-type]
+        doorbell_max_sleep_seconds=0.32,
+        doorbell_check_seconds=0.01,
+    )
+    threading.Timer(seconds, reader.stop_event.set).start()
+    reader._poll_until_stopped()
+    return stream.reads
+
+
+def test_with_a_doorbell_an_idle_stream_is_read_rarely_and_without_redis_at_the_plain_pace() -> None:
+    # Given an idle stream, read with a doorbell that nobody rings
+    rung = idle_reads(FakeDoorbell(), 1.5)
+    # Then the reads back off to the doorbell's longest wait (0.01 + … + 0.16, then every 0.32 s)
+    assert rung <= 12, rung
+    # And with the doorbell unanswered (Redis down) the plain backoff (0.01 s) holds: nothing is late
+    down = FakeDoorbell()
+    down.up = False
+    plain = idle_reads(down, 1.5)
+    assert plain >= 3 * rung, (plain, rung)
+    # And an unanswered doorbell is not asked again before the plain longest wait has passed
+    assert down.asked <= plain
+
+
+def test_a_ring_ends_the_quiet_wait_at_once() -> None:
+    doorbell = FakeDoorbell()
+    reader = ShardReader(
+        MemoryStream({"s": ((), [], False)}),
+        MemoryCheckpoints(),
+        lambda recs, sid: None,
+        doorbell=doorbell,  # type: ignore[arg-type]
+        doorbell_check_seconds=0.01,
+    )
+    # Given a reader in a 5 s quiet wait, having seen the doorbell at "0"
+    threading.Timer(0.1, doorbell.ring).start()
+    began = time.monotonic()
+    # When a sender rings it 0.1 s later, then the wait ends then, not at 5 s
+    assert reader._quiet(5.0, reader._rung() or "?") is True
+    assert time.monotonic() - began < 2.0
+    # And a wait nobody rings through lasts its length
+    began = time.monotonic()
+    assert reader._quiet(0.2, reader._rung() or "?") is False
+    assert time.monotonic() - began >= 0.2

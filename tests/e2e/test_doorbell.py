@@ -1,0 +1,70 @@
+"""The status bridge's doorbell, with the real bridge process on the local stack: an idle
+status stream is read rarely, and a send batch's ring has its receipts read at once."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from dmd_tasks.infra import aws, topology
+from dmd_tasks.infra.wake import Doorbell
+from dmd_tasks.ops.stack import ProcessGroup
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+#: the bridge's first quiet wait after a poll that read nothing (then 40 s, 80 s, …)
+QUIET = 20.0
+
+
+def receipt() -> bytes:
+    event = {"type": "status", "message_id": f"SM{uuid.uuid4().hex}", "status": "delivered"}
+    return json.dumps(event | {"timestamp": "2026-12-07T10:00:00Z"}).encode()
+
+
+def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, stack) -> None:  # type: ignore[no-untyped-def]
+    kinesis, sqs = aws.client("kinesis", settings), aws.client("sqs", settings)
+    url = topology.queue_url(settings, "sms-status")
+    sqs.purge_queue(QueueUrl=url)
+
+    def waiting() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    def put() -> None:
+        kinesis.put_record(StreamName=settings.sms_status_stream_name, Data=receipt(), PartitionKey=uuid.uuid4().hex)
+
+    group = ProcessGroup(
+        settings.run_dir.resolve() / "logs" / f"e2e-doorbell-{uuid.uuid4().hex[:6]}",
+        env={
+            "DMD_BRIDGE_IDLE_SLEEP_SECONDS": str(QUIET),
+            "DMD_BRIDGE_IDLE_MAX_SLEEP_SECONDS": str(QUIET),
+            "DMD_BRIDGE_DOORBELL_MAX_SLEEP_SECONDS": "600",
+            "DMD_BRIDGE_BUSY_SLEEP_SECONDS": "0",
+            "DMD_BRIDGE_START_POSITION": "LATEST",
+        },
+    )
+    group.start(["bridge-sms-status"])
+    try:
+        # Given the bridge reading: a first receipt's task is on the queue (time T)
+        wait_until(lambda: (put(), time.sleep(1.0), waiting())[2] >= 1, timeout=60, what="the bridge reading")
+        seen = time.monotonic()
+        before = waiting()
+        # When a second receipt comes with no ring, then it waits: the bridge read once more right
+        # after the first (nothing), and now waits QUIET seconds
+        time.sleep(1.0)
+        put()
+        while time.monotonic() < seen + QUIET / 2:
+            assert waiting() == before, "read without a ring before the bridge's quiet wait ended"
+            time.sleep(0.5)
+        # And when a send batch rings the doorbell, it is read at once
+        Doorbell(redis.Redis.from_url(settings.redis_url), settings.sms_status_stream_name).ring()
+        rung = time.monotonic()
+        wait_until(lambda: waiting() > before, timeout=QUIET / 2 - 2, interval=0.1, what="the receipt read when rung")
+        assert time.monotonic() - rung < QUIET / 2 - 2
+    finally:
+        group.stop()
