@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -116,6 +117,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def utc_time(record: logging.LogRecord) -> str:
+    """A log line's time: ISO-8601 in UTC, to the millisecond (``2026-12-07T12:00:00.123Z``),
+    the same on every machine whatever its time zone."""
+    return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _UtcJsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return utc_time(record)
+
+
+class _UtcFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return utc_time(record)
+
+
 def configure(level: str = "INFO", *, json_lines: bool = True, process: str | None = None) -> None:
     """Send every log line of this process to stderr, as JSON unless told otherwise."""
     global _process_correlation_id
@@ -125,7 +142,7 @@ def configure(level: str = "INFO", *, json_lines: bool = True, process: str | No
     if json_lines:
         static = {"process_name": process} if process else None
         handler.setFormatter(
-            JsonFormatter(
+            _UtcJsonFormatter(
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
@@ -133,7 +150,7 @@ def configure(level: str = "INFO", *, json_lines: bool = True, process: str | No
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"))
+        handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import config as _config_package
@@ -42,30 +42,45 @@ def _profile_file() -> Path:
 class Settings(BaseSettings):
     """All of dmd's configuration. Units are in the names."""
 
-    model_config = SettingsConfigDict(env_prefix="DMD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="DMD_", extra="ignore", frozen=True, populate_by_name=True)
 
+    #: The profile file of defaults in config/ (``local``: the embedded stack; ``aws``: real AWS).
+    #: Read from ``DMD_PROFILE`` before anything else.
     profile: str = "local"
 
     # --- AWS -----------------------------------------------------------------------------
-    aws_region: str = "us-east-1"
+    #: ``DMD_AWS_REGION``, else the region boto3 would take: ``AWS_REGION``, then
+    #: ``AWS_DEFAULT_REGION`` (the environment before the profile file).
+    aws_region: str = Field(
+        default="us-east-1", validation_alias=AliasChoices("DMD_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    #: The AWS account the queue URLs and ARNs are built in (the aws profile refuses the example
+    #: account).
     aws_account_id: str = "123456789012"
     #: One endpoint for every AWS service (moto server locally); None means real AWS.
     aws_endpoint_url: str | None = None
     #: Static credentials (moto locally); None means boto3's default chain (IAM role).
     aws_access_key_id: SecretStr | None = None
+    #: The secret half of the static credentials above.
     aws_secret_access_key: SecretStr | None = None
+    #: botocore's connect timeout for every AWS call.
     aws_connect_timeout_seconds: float = 5.0
+    #: botocore's read timeout for every AWS call (above the 20 s SQS long poll).
     aws_read_timeout_seconds: float = 30.0
+    #: HTTP connections each AWS client keeps open (botocore's pool).
     aws_max_pool_connections: int = 20
     #: Threads per process for AWS calls issued together (a chunk's batch writes, the scheduler's
     #: conditional writes); at most aws_max_pool_connections are useful.
     aws_io_threads: int = 8
 
+    #: The demand table (events, fans' demand, sales, short URLs), whose stream feeds bridge-demand.
     table_name: str = "dmd-demand"
     #: The pipeline's own table: notifications and phone claims (docs/data-model.md). No stream:
     #: a notification's writes do not come back to any bridge.
     notifications_table_name: str = "dmd-notifications"
+    #: The bridges' shard leases and checkpoints.
     checkpoint_table_name: str = "dmd-checkpoints"
+    #: Prefix of every SQS queue name (``<prefix><queue>`` and ``<prefix><queue>-dlq``).
     queue_name_prefix: str = "dmd-"
     #: Kinesis stream the SMS provider publishes delivery statuses to.
     sms_status_stream_name: str = "dmd-sms-status"
@@ -82,6 +97,7 @@ class Settings(BaseSettings):
     #: once its tasks are published or its dead letter written; longer than publishing's own
     #: retries, so that no other process takes the same batch meanwhile).
     intake_wait_seconds: int = Field(default=20, ge=0, le=20)
+    #: (see ``DMD_INTAKE_WAIT_SECONDS`` above: the invisibility of a received intake message)
     intake_visibility_timeout_seconds: int = Field(default=300, ge=5)
     #: An IAM role EventBridge Pipes can assume to read the demand table's stream and send to the
     #: intake queue: when set, ``dmd provision`` creates the pipe ``<prefix>demand-pipe`` (the
@@ -89,8 +105,12 @@ class Settings(BaseSettings):
     demand_pipe_role_arn: str | None = None
 
     # --- Redis ---------------------------------------------------------------------------
+    #: Redis for rate limits, circuits, beat's schedule and lock, caches and locks (``rediss://``
+    #: with a password on AWS).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Where Celery keeps task results; None: ``DMD_REDIS_URL``.
     result_backend_url: str | None = None  # defaults to redis_url
+    #: How long Celery keeps a task's result.
     result_expires_seconds: int = 86_400
 
     # --- Celery on SQS ---------------------------------------------------------------------
@@ -109,15 +129,25 @@ class Settings(BaseSettings):
     #: this long for a batch to fill (0: one DeleteMessage per task). A worker killed meanwhile
     #: gets that window's messages again after their visibility timeout; the tasks are idempotent.
     sqs_ack_batch_seconds: float = Field(default=0.5, ge=0, le=5)
+    #: Celery's soft time limit of every task: the task is told to stop (work budgets are a third of
+    #: it).
     task_soft_time_limit_seconds: int = 60
+    #: Celery's hard time limit: the child process running the task is killed.
     task_time_limit_seconds: int = 90
+    #: The longest countdown any retry gets (with jitter); the queues' visibility timeout must
+    #: exceed it plus the hard limit.
     retry_backoff_max_seconds: int = 120
+    #: Messages a worker process reserves ahead of the one it runs (1: none wait on a busy worker).
     worker_prefetch_multiplier: int = 1
 
     # --- URL shortening (Bitly v4) ----------------------------------------------------------
+    #: Bitly's API (v4); locally the simulator.
     bitly_base_url: str = "https://api-ssl.bitly.com"
+    #: Bitly's access token.
     bitly_token: SecretStr = SecretStr("")
+    #: The short-link domain Bitly shortens into.
     bitly_domain: str = "bit.ly"
+    #: Timeout of one Bitly call.
     bitly_timeout_seconds: float = 5.0
     #: Retries after the first attempt (the original's maxRetryCount).
     shorten_max_retries: int = 2
@@ -129,14 +159,17 @@ class Settings(BaseSettings):
     # --- Campaigns, sales, notifications ---------------------------------------------------------
     #: MongoDB URL of the campaign store; None means the embedded store (montydb on disk, in run_dir).
     mongo_url: SecretStr | None = None
+    #: The MongoDB database of the campaign store.
     mongo_database: str = "campaigns"
     #: A standby beat takes over at most this long (plus one loop) after the active one died.
     beat_lock_timeout_seconds: int = 25
+    #: The longest beat sleeps between looks at its schedule (and at its lock).
     beat_max_loop_interval_seconds: int = 5
     #: Redis key prefix of beat's schedule and lock (one per deployment).
     beat_key_prefix: str = "dmd:redbeat"
     #: How often beat claims due sales and runs the scheduler.
     claim_interval_seconds: float = 2.0
+    #: How often beat runs the scheduler (a tick moves due notifications pending to scheduled).
     schedule_interval_seconds: float = 2.0
     #: A beat task that found no work rests up to this long (no tick sent: no SQS round trip, no
     #: index read) unless new work wakes it first (a sale written or claimed): an idle pipeline
@@ -151,6 +184,7 @@ class Settings(BaseSettings):
     #: A sale's first chunk is this small (one demand page of this size), so its first SMS goes out
     #: while the rest is generated: at 50 messages/s, 500 fans are 10 s of sending.
     generate_first_chunk_size: int = Field(default=500, ge=1)
+    #: Chunks one generator task run writes before it hands the rest of the sale to a fresh message.
     generate_chunks_per_run: int = 4
     #: ... or after this long, whichever comes first (a slow table must not push a run into its
     #: time limit: make bench saw four chunks take over a minute on the emulator). None: a third
@@ -205,8 +239,11 @@ class Settings(BaseSettings):
     #: calls in a row, whatever the window holds) pause every send worker for
     #: circuit_open_seconds; then one probe call at a time decides.
     circuit_window_seconds: float = Field(default=30.0, gt=0)
+    #: (the circuit, above) failed calls needed in the window to open it.
     circuit_min_calls: int = Field(default=10, ge=1)
+    #: (the circuit, above) the failed share of the window's calls that opens it.
     circuit_error_ratio: float = Field(default=0.5, gt=0, le=1)
+    #: (the circuit, above) how long an open circuit pauses every sender.
     circuit_open_seconds: float = Field(default=15.0, gt=0)
     #: Failed calls in a row (every sender's) after which a failure spends no attempt although the
     #: window still shows the successes from before the provider went down.
@@ -225,17 +262,24 @@ class Settings(BaseSettings):
     #: sends while both are healthy (0: a standby) and the traffic the other loses when it fails.
     #: Its cap: ``sms_failover_parts_per_second`` (None: the same as the primary's).
     sms_failover_provider: Literal["http", "eum"] | None = None
+    #: (the second provider, above) the share of sends it gets while both are healthy.
     sms_failover_weight: float = Field(default=0.5, ge=0, le=1)
+    #: (the second provider, above) its cap in message parts a second; None: the primary's.
     sms_failover_parts_per_second: float | None = Field(default=None, gt=0)
+    #: The HTTP SMS provider's API; locally the simulator.
     sms_base_url: str = "https://sms.example.com"
+    #: The HTTP SMS provider's API key.
     sms_api_key: SecretStr = SecretStr("")
+    #: Timeout of one provider call; past it the outcome is unknown (never a plain retry).
     sms_timeout_seconds: float = 5.0
+    #: The sender id the HTTP provider shows.
     sms_sender_id: str = "DMD"
     #: End User Messaging: the origination identity (phone number, sender id, pool id or ARN) ...
     eum_origination_identity: str = ""
     #: ... the configuration set whose SNS event destination carries the delivery events (None: no
     #: events: every send stays ``sent`` and every unconfirmed one ends ``unknown``) ...
     eum_configuration_set: str | None = None
+    #: (End User Messaging) the message type of every send.
     eum_message_type: Literal["TRANSACTIONAL", "PROMOTIONAL"] = "TRANSACTIONAL"
     #: ... and its endpoint (None: AWS's, from the region; locally the simulator serves the API).
     #: ``dmd provision`` creates the configuration set, the SNS topic ``<prefix>sms-events`` its
@@ -250,48 +294,66 @@ class Settings(BaseSettings):
     phone_default_region: str | None = None
 
     # --- Query surface (GraphQL API) ---------------------------------------------------------------
+    #: Where ``dmd api`` listens.
     api_host: str = "127.0.0.1"
+    #: The port ``dmd api`` listens on.
     api_port: int = 8080
     #: Accepted values of the ``x-api-key`` header (AppSync API_KEY auth).
     api_keys: list[SecretStr] = Field(default_factory=list)
     #: Which accounts each API key may read with ``accountProfile``: a JSON object, key → a list
     #: of account ids or ``"*"`` (every account). A key not named here reads no account profile.
     api_account_scopes: SecretStr = SecretStr("{}")
+    #: The largest GraphQL query accepted (bytes); larger ones get a 413 with a reason.
     api_max_query_bytes: int = 8192
+    #: The deepest GraphQL query accepted.
     api_max_query_depth: int = 6
+    #: The most fields one GraphQL query may select.
     api_max_fields: int = 60
 
+    #: Ticketmaster's Discovery API, for event details; locally the simulator.
     discovery_base_url: str = "https://app.ticketmaster.com"
+    #: The Discovery API key (sent as ``apikey``; redacted from every log).
     discovery_api_key: SecretStr = SecretStr("")
+    #: Timeout of one Discovery call.
     discovery_timeout_seconds: float = 3.0
     #: TM Discovery allows about 5 requests per second per key (shared by every API process).
     discovery_rate_per_second: float = 5.0
+    #: How long event details are served from Redis before Discovery is asked again (24 h).
     event_cache_ttl_seconds: int = 86_400
     #: How long a copy is kept to serve, marked stale, when Discovery fails or rate-limits.
     event_stale_ttl_seconds: int = 604_800
+    #: How long Discovery's "no such event" is remembered.
     event_missing_ttl_seconds: int = 60
 
+    #: The account service the ``accountProfile`` query proxies; locally the simulator.
     accounts_base_url: str = "https://accounts.example.com"
+    #: The account service's OAuth client id (client credentials).
     accounts_client_id: str = ""
+    #: The account service's OAuth client secret.
     accounts_client_secret: SecretStr = SecretStr("")
+    #: Timeout of one account-service call.
     accounts_timeout_seconds: float = 3.0
+    #: How long an account profile is served from Redis.
     account_cache_ttl_seconds: int = 60
     #: A token is renewed this long before it expires.
     accounts_token_margin_seconds: int = 60
 
     # --- Stream bridges ----------------------------------------------------------------------
+    #: Records one stream read asks for (a full page is followed by the next read at once).
     bridge_records_per_read: int = 1000
     #: A bridge that read nothing waits this long before it reads again, doubling while nothing
     #: comes, up to ``bridge_idle_max_sleep_seconds``: an idle stream costs one read per shard
     #: that often, and the first record after a quiet spell waits at most that long; a busy
     #: stream is read again at once.
     bridge_idle_sleep_seconds: float = 0.5
+    #: (above) the longest wait between reads of an idle stream.
     bridge_idle_max_sleep_seconds: float = 10.0
     #: A bridge with a doorbell (the status bridge: the send worker rings it after each batch,
     #: ``dmd_tasks.infra.wake.Doorbell``) backs off up to this long instead, and reads again as
     #: soon as it is rung; it looks at the doorbell (a Redis GET) every
     #: ``bridge_doorbell_check_seconds``.
     bridge_doorbell_max_sleep_seconds: float = Field(default=60.0, gt=0)
+    #: (above) how often a quiet bridge looks at its doorbell.
     bridge_doorbell_check_seconds: float = Field(default=0.5, gt=0)
     #: After a poll that read records but no full page, a bridge waits this long before it reads
     #: again, so that a trickle gathers into pages (a task per page: fewer reads and tasks) and no
@@ -319,10 +381,16 @@ class Settings(BaseSettings):
     bridge_max_leases: int = Field(default=1000, ge=1)
 
     # --- Local stack ---------------------------------------------------------------------------
+    #: The local stack's working directory: logs, pids, metrics, the embedded campaign store.
     run_dir: Path = Path(".dmd")
+    #: Where the local stack runs the AWS emulator.
     moto_host: str = "127.0.0.1"
+    #: The AWS emulator's port.
     moto_port: int = 5000
+    #: Where the local stack runs the provider simulators (Bitly, SMS, Discovery, accounts, End User
+    #: Messaging).
     simulator_host: str = "127.0.0.1"
+    #: The provider simulators' port.
     simulator_port: int = 8090
     #: The simulators' CPU priority (a nice increment; below 0 needs the right to raise it). The
     #: send benchmark raises it: a provider runs on its own machine, and on a small one its clock would
@@ -332,25 +400,33 @@ class Settings(BaseSettings):
     # --- Monitoring ----------------------------------------------------------------------------------
     #: Where worker events and remote control travel (SQS cannot carry them); None: redis_url.
     monitor_redis_url: str | None = None
+    #: Workers send task events (started, succeeded, failed) for Flower.
     worker_send_task_events: bool = True
     #: Also publish task-sent events (one Redis publish per enqueued task).
     monitor_task_sent_events: bool = True
+    #: Where ``dmd flower`` listens.
     flower_host: str = "127.0.0.1"
+    #: The port ``dmd flower`` listens on.
     flower_port: int = 5555
     #: "user:password" for Flower's basic auth; unset, Flower's API answers without auth (loopback only).
     flower_basic_auth: SecretStr | None = None
 
     #: Where every process writes its Prometheus samples; None: run_dir/metrics.
     metrics_dir_override: Path | None = Field(default=None, alias="DMD_METRICS_DIR")
+    #: Where ``dmd metrics`` (the Prometheus exporter of every process's samples) listens.
     metrics_host: str = "127.0.0.1"
+    #: The port ``dmd metrics`` listens on.
     metrics_port: int = 9808
 
     #: OTLP/HTTP endpoint of a collector (e.g. http://collector:4318); None: no export.
     otlp_endpoint: str | None = None
+    #: The service name on every span.
     otel_service_name: str = "dmd"
 
     # --- Logging ---------------------------------------------------------------------------------
+    #: The level of every process's logs (DEBUG, INFO, WARNING, ...).
     log_level: str = "INFO"
+    #: One JSON object per log line (False: plain text lines).
     log_json: bool = True
 
     def placeholders(self) -> list[str]:
@@ -360,7 +436,7 @@ class Settings(BaseSettings):
             return []
         problems = []
         if self.aws_account_id == "123456789012":
-            problems.append("aws_account_id is the example account 123456789012: set DMD_AWS_ACCOUNT_ID")
+            problems.append("DMD_AWS_ACCOUNT_ID is the example account 123456789012: set it")
         providers = {self.sms_provider, self.sms_failover_provider}
         urls = {"accounts_base_url": self.accounts_base_url}
         if "http" in providers:
@@ -368,7 +444,7 @@ class Settings(BaseSettings):
         for name, url in urls.items():
             host = (urlsplit(url).hostname or "").lower()
             if host == "example.com" or host.endswith(".example.com"):
-                problems.append(f"{name} is a placeholder ({host}): set DMD_{name.upper()}")
+                problems.append(f"{variable(name)} is a placeholder ({host}): set it")
         redis_urls: dict[str, str | None] = {"redis_url": self.redis_url, "result_backend_url": self.result_backend_url}
         for name, address in redis_urls.items():
             if address is None:
@@ -376,11 +452,12 @@ class Settings(BaseSettings):
             parts = urlsplit(address)
             if parts.scheme != "rediss" or not parts.password:
                 problems.append(
-                    f"{name} must use TLS and a password (rediss://:PASSWORD@host:6379/0), not {parts.scheme}:// "
+                    f"{variable(name)} must use TLS and a password (rediss://:PASSWORD@host:6379/0), "
+                    f"not {parts.scheme}:// "
                     f"{'with' if parts.password else 'without'} a password"
                 )
         if self.mongo_url is None:
-            problems.append("mongo_url is not set: campaigns would live on one container's local disk")
+            problems.append("DMD_MONGO_URL is not set: campaigns would live on one container's local disk")
         return problems
 
     def account_scopes(self) -> dict[str, frozenset[str] | None]:
@@ -393,7 +470,7 @@ class Settings(BaseSettings):
         needed = self.max_countdown_seconds + self.task_time_limit_seconds
         if self.visibility_timeout_seconds <= needed:
             raise UnsafeConfiguration(
-                f"visibility_timeout_seconds={self.visibility_timeout_seconds} must exceed the longest "
+                f"DMD_VISIBILITY_TIMEOUT_SECONDS={self.visibility_timeout_seconds} must exceed the longest "
                 f"countdown a task can get ({self.max_countdown_seconds}s) plus the hard time limit "
                 f"({self.task_time_limit_seconds}s) = {needed}s; otherwise SQS redelivers waiting or "
                 f"running tasks and they execute twice"
@@ -401,27 +478,27 @@ class Settings(BaseSettings):
         run_seconds = self.generate_run_seconds
         if run_seconds is not None and run_seconds * 2 > self.task_soft_time_limit_seconds:
             raise UnsafeConfiguration(
-                "generate_run_seconds must be at most half of task_soft_time_limit_seconds: a run stops "
+                "DMD_GENERATE_RUN_SECONDS must be at most half of DMD_TASK_SOFT_TIME_LIMIT_SECONDS: a run stops "
                 "handing over only after its current chunk, which may take as long again"
             )
         if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
-            raise UnsafeConfiguration("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+            raise UnsafeConfiguration("DMD_TASK_SOFT_TIME_LIMIT_SECONDS must be below DMD_TASK_TIME_LIMIT_SECONDS")
         send_worst_case = self.send_rate_wait_seconds + self.sms_timeout_seconds + self.task_time_limit_seconds
         if self.send_lease_seconds <= send_worst_case:
             raise UnsafeConfiguration(
-                f"send_lease_seconds={self.send_lease_seconds} must exceed the worst case of one send: "
-                f"send_rate_wait_seconds ({self.send_rate_wait_seconds:g}) + sms_timeout_seconds "
-                f"({self.sms_timeout_seconds:g}) + task_time_limit_seconds ({self.task_time_limit_seconds}) = "
+                f"DMD_SEND_LEASE_SECONDS={self.send_lease_seconds} must exceed the worst case of one send: "
+                f"DMD_SEND_RATE_WAIT_SECONDS ({self.send_rate_wait_seconds:g}) + DMD_SMS_TIMEOUT_SECONDS "
+                f"({self.sms_timeout_seconds:g}) + DMD_TASK_TIME_LIMIT_SECONDS ({self.task_time_limit_seconds}) = "
                 f"{send_worst_case:g}s; otherwise the reconciler takes back notifications a live worker still "
                 f"sends"
             )
         if "eum" in (self.sms_provider, self.sms_failover_provider) and not self.eum_origination_identity:
             raise UnsafeConfiguration(
-                "the eum provider needs eum_origination_identity (a phone number, sender id, pool id or ARN)"
+                "the eum provider needs DMD_EUM_ORIGINATION_IDENTITY (a phone number, sender id, pool id or ARN)"
             )
         if self.sms_failover_provider == self.sms_provider:
             raise UnsafeConfiguration(
-                f"sms_failover_provider={self.sms_failover_provider} is the primary provider: name the other one"
+                f"DMD_SMS_FAILOVER_PROVIDER={self.sms_failover_provider} is the primary provider: name the other one"
             )
         try:
             scopes = json.loads(self.api_account_scopes.get_secret_value() or "{}")
@@ -429,7 +506,7 @@ class Settings(BaseSettings):
             scopes = None
         if not isinstance(scopes, dict) or not all(v == "*" or isinstance(v, list) for v in scopes.values()):
             raise UnsafeConfiguration(
-                'api_account_scopes must be a JSON object: API key -> a list of account ids, or "*"'
+                'DMD_API_ACCOUNT_SCOPES must be a JSON object: API key -> a list of account ids, or "*"'
             )
         problems = self.placeholders()
         if problems:
@@ -438,10 +515,11 @@ class Settings(BaseSettings):
             )
         if self.phone_default_region is not None and not is_region(self.phone_default_region):
             raise UnsafeConfiguration(
-                f"phone_default_region={self.phone_default_region!r} is not a region code (ISO 3166 alpha-2, e.g. US)"
+                f"DMD_PHONE_DEFAULT_REGION={self.phone_default_region!r} is not a region code "
+                "(ISO 3166 alpha-2, e.g. US)"
             )
         if self.bridge_start_position not in ("TRIM_HORIZON", "LATEST"):
-            raise UnsafeConfiguration("bridge_start_position must be TRIM_HORIZON or LATEST")
+            raise UnsafeConfiguration("DMD_BRIDGE_START_POSITION must be TRIM_HORIZON or LATEST")
         return self
 
     @property
@@ -468,9 +546,29 @@ class Settings(BaseSettings):
         return self.metrics_dir_override or self.run_dir / "metrics"
 
 
+class SettingsError(ValueError):
+    """A setting's value cannot be used: the message names its environment variable."""
+
+
+def variable(field: str) -> str:
+    """The environment variable a field is read from (``sqs_wait_time_seconds`` → ``DMD_SQS_WAIT_TIME_SECONDS``)."""
+    return field if field.isupper() else f"DMD_{field.upper()}"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the profile file and the environment (environment wins)."""
-    return Settings(_env_file=_profile_file(), **overrides)  # type: ignore[call-arg]  # pydantic-settings init option
+    """Read settings from the profile file and the environment (environment wins). A value that
+    does not parse raises SettingsError naming the variable(s) (never the value: it may be a secret)."""
+    try:
+        return Settings(_env_file=_profile_file(), **overrides)  # type: ignore[call-arg]  # pydantic-settings init option
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(
+                f"{variable(where.split('.')[0])}{where[len(where.split('.')[0]) :]}: {message}" if where else message
+            )
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 
 @functools.lru_cache(maxsize=1)

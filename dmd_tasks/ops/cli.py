@@ -58,8 +58,11 @@ def failure(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     from dmd_tasks.infra.logs import redact
+    from dmd_tasks.infra.settings import SettingsError
 
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, SettingsError):  # already names the variables
+        text = str(exc)
+    elif isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         text = f"invalid {exc.title}: {where}: {first['msg']}"

@@ -235,13 +235,13 @@ def run_outage(
 
 
 def beat_ticks(log: Path) -> list[float]:
-    """When beat sent each tick (epoch seconds), from its log (JSON lines, local time)."""
+    """When beat sent each tick (epoch seconds), from its log (JSON lines, UTC ISO-8601 times)."""
     ticks = []
     for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
         if "Sending due task" not in line or not line.startswith("{"):
             continue
         stamp = json.loads(line)["time"]
-        ticks.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        ticks.append(datetime.fromisoformat(stamp).timestamp())
     return ticks
 
 

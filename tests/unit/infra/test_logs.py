@@ -3,6 +3,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import datetime
+
+import pytest
 
 from dmd_tasks.infra import logs
 
@@ -68,3 +71,10 @@ def test_masked_hides_phone_numbers_and_message_bodies_at_any_depth() -> None:
     assert shown["payload"]["args"][0][0]["body"] == "[4 characters]"
     assert shown["payload"]["event"]["eventType"] == "TEXT_DELIVERED" and shown["count"] == 3
     assert letter["payload"]["args"][0][0]["sender"] == "+14155550123"  # the original is untouched
+
+
+def test_log_times_are_utc_iso_8601_to_the_millisecond() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = 1_765_108_800.123456  # 2025-12-07 12:00:00.123456 UTC
+    assert logs.utc_time(record) == "2025-12-07T12:00:00.123Z"
+    assert datetime.fromisoformat(logs.utc_time(record)).timestamp() == pytest.approx(record.created, abs=0.001)

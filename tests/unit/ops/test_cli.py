@@ -149,8 +149,9 @@ def test_a_failure_is_one_line_on_stderr_and_exit_1_and_the_traceback_only_with_
         get_settings.cache_clear()
 
     assert plain.exit_code == 1
-    assert plain.stderr.count("\n") == 1 and plain.stderr.startswith("dmd: invalid Settings: ")
-    assert "sms_account_parts_per_second" in plain.stderr and "Traceback" not in plain.output
+    assert plain.stderr.count("\n") == 1 and plain.stderr.startswith("dmd: invalid settings: ")
+    assert "DMD_SMS_ACCOUNT_PARTS_PER_SECOND: Input should be a valid number" in plain.stderr
+    assert "lots" not in plain.stderr and "Traceback" not in plain.output
     assert debug.exit_code == 1 and debug.exception is not None  # raised, for the traceback
 
 
