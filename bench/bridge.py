@@ -80,7 +80,7 @@ def sample_body(settings: Any) -> str:
     """A message body as the bridge builds it for one shortening task."""
     from dmd_tasks.celery_app import app
     from dmd_tasks.celery_app.publish import BatchPublisher
-    from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL, TaskCall
+    from dmd_tasks.infra.topology import SHORTEN_EVENT_URL, TaskCall
 
     return BatchPublisher(app, settings)._encode(
         SHORTEN_EVENT_URL, "short-url", TaskCall(args=("evb0000001",), headers={"dmd_correlation_id": uuid.uuid4().hex})

@@ -25,7 +25,7 @@ def run(h: Harness, *, tasks: int, runs: int, concurrency: int = 4, depth: int =
     from dmd_tasks.celery_app import app
     from dmd_tasks.celery_app.publish import BatchPublisher
     from dmd_tasks.infra import aws, topology
-    from dmd_tasks.pipeline.routing import TaskCall
+    from dmd_tasks.infra.topology import TaskCall
 
     settings = h.settings
     h.fresh()

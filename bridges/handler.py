@@ -19,8 +19,9 @@ from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.metrics import BRIDGE_RECORDS
+from dmd_tasks.infra.topology import TaskCall
 from dmd_tasks.pipeline.records import jsonable
-from dmd_tasks.pipeline.routing import BatchPlan, TaskCall, dead_letter
+from dmd_tasks.pipeline.routing import BatchPlan, dead_letter
 
 log = logging.getLogger(__name__)
 

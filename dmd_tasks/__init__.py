@@ -1,6 +1,7 @@
 """dmd: the demand-capture notification pipeline, as Celery tasks on an SQS broker.
 
-The package is layered; imports run one way, from the top of this list to the bottom:
+The package is layered; imports run one way, from the top of this list to the bottom
+(``make lint`` checks it: ``dmd_tasks/ops/layers.py``):
 
 - ``ops/``        the operator's side: the ``dmd`` command, provisioning, dead-letter replay,
                   the metrics server, the local stack and the demo
@@ -11,9 +12,10 @@ The package is layered; imports run one way, from the top of this list to the bo
 - ``celery_app/`` the Celery app (``celery -A dmd_tasks.celery_app``), base task, signals,
                   boot checks, batched publishing, monitoring over Redis
 - ``store/``, ``clients/``  DynamoDB and the campaign store; the external HTTP APIs
-- ``infra/``      settings, topology, AWS clients, SQS, dead letters, metrics, logs, tracing,
-                  the shared rate limit
-- ``domain/``     entities, ids, campaigns, provider events, templates, URL policy, errors
+- ``infra/``      settings, topology (queues, streams, task names), AWS clients, SQS, dead
+                  letters, metrics, logs, tracing, the shared rate limit
+- ``domain/``     entities, ids, campaigns, provider events and capabilities, templates, URL
+                  policy, errors
 
 ``bridges/`` (beside this package) depends on it; nothing here imports ``bridges``.
 """

@@ -15,7 +15,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dmd_tasks.clients.bitly import BitlyClient, Shortener
-from dmd_tasks.clients.providers import SmsProvider, build_provider
+from dmd_tasks.clients.providers import build_provider
+from dmd_tasks.domain.providers import SmsProvider
 from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
 from dmd_tasks.infra.deadline import Pace
 from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter

@@ -10,7 +10,7 @@ from dmd_tasks.api.errors import InvalidArgument, NotFound, Unavailable
 from dmd_tasks.api.event_details import event_details_service
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.errors import TransientError
-from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
+from dmd_tasks.infra.topology import WARM_EVENT_DETAILS
 
 
 @task(WARM_EVENT_DETAILS, max_retries=3)

@@ -23,8 +23,7 @@ from dmd_tasks.infra import logs
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.settings import UnsafeConfiguration, get_settings
-from dmd_tasks.infra.topology import QUEUE_NAMES
-from dmd_tasks.pipeline.routing import TASK_QUEUES
+from dmd_tasks.infra.topology import QUEUE_NAMES, TASK_QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def check_countdown(countdown: float | None, eta: datetime | None) -> None:
 
 
 def task(name: str, *, queue: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]:
-    """Register a dmd task under its wire ``name`` on the queue ``pipeline.routing`` gives it.
+    """Register a dmd task under its wire ``name`` on the queue ``infra.topology`` gives it.
 
     Transient errors are retried with exponential backoff and jitter (at most
     ``max_retries`` times, default from the task); permanent errors are not retried. A task
@@ -145,7 +144,7 @@ def task(name: str, *, queue: str | None = None, **options: Any) -> Callable[[Ca
     """
     queue = queue or TASK_QUEUES.get(name)
     if queue is None or queue not in QUEUE_NAMES:
-        raise ValueError(f"task {name!r}: no queue (pipeline.routing.TASK_QUEUES) or an unknown one ({queue!r})")
+        raise ValueError(f"task {name!r}: no queue (pipeline.topology.TASK_QUEUES) or an unknown one ({queue!r})")
     defaults: dict[str, Any] = {
         "name": name,
         "base": DmdTask,

@@ -17,7 +17,6 @@ from kombu import Exchange, Queue
 from dmd_tasks.infra import topology
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.topology import QUEUE_NAMES
-from dmd_tasks.pipeline import routing
 
 
 def broker_url(settings: Settings) -> str:
@@ -43,26 +42,26 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     were down come back to one tick, not a pile of them."""
     return {
         "claim-due-sales": {
-            "task": routing.CLAIM_DUE_SALES,
+            "task": topology.CLAIM_DUE_SALES,
             "schedule": settings.claim_interval_seconds,
             "options": {
-                "queue": routing.queue_of(routing.CLAIM_DUE_SALES),
+                "queue": topology.queue_of(topology.CLAIM_DUE_SALES),
                 "expires": settings.claim_interval_seconds * 5,
             },
         },
         "schedule-notifications": {
-            "task": routing.SCHEDULE_NOTIFICATIONS,
+            "task": topology.SCHEDULE_NOTIFICATIONS,
             "schedule": settings.schedule_interval_seconds,
             "options": {
-                "queue": routing.queue_of(routing.SCHEDULE_NOTIFICATIONS),
+                "queue": topology.queue_of(topology.SCHEDULE_NOTIFICATIONS),
                 "expires": settings.schedule_interval_seconds * 5,
             },
         },
         "reconcile-sales": {
-            "task": routing.RECONCILE,
+            "task": topology.RECONCILE,
             "schedule": settings.reconcile_interval_seconds,
             "options": {
-                "queue": routing.queue_of(routing.RECONCILE),
+                "queue": topology.queue_of(topology.RECONCILE),
                 "expires": settings.reconcile_interval_seconds * 3,
             },
         },
@@ -73,14 +72,14 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
     """Task options that come from settings (Celery applies them when it registers each task)."""
     return {
         "*": {"retry_backoff_max": settings.retry_backoff_max_seconds},
-        routing.SHORTEN_EVENT_URL: {"max_retries": settings.shorten_max_retries},
-        routing.SEND_NOTIFICATIONS: {"rate_limit": settings.send_task_rate_limit},
+        topology.SHORTEN_EVENT_URL: {"max_retries": settings.shorten_max_retries},
+        topology.SEND_NOTIFICATIONS: {"rate_limit": settings.send_task_rate_limit},
         # A receipt batch killed by its hard time limit (a dependency hung) would be acknowledged
         # and lost, and nothing else ever moves its notifications out of `sent`: give it back to
         # SQS instead (every receipt applies once: its writes are conditional). `acks_on_timeout`,
         # not `acks_on_failure_or_timeout`: Celery derives the former from the latter when it binds
         # the task, before annotations apply, so annotating the latter changed nothing.
-        routing.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries, "acks_on_timeout": False},
+        topology.RECORD_SMS_STATUS: {"max_retries": settings.status_max_retries, "acks_on_timeout": False},
     }
 
 
@@ -123,9 +122,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_queues": task_queues(),
-        "task_routes": {name: {"queue": queue} for name, queue in routing.TASK_QUEUES.items()},
+        "task_routes": {name: {"queue": queue} for name, queue in topology.TASK_QUEUES.items()},
         "task_annotations": task_annotations(settings),
-        "imports": list(routing.TASK_MODULES),
+        "imports": list(topology.TASK_MODULES),
         "task_default_queue": "query",
         "task_create_missing_queues": False,
         # At-least-once: ack after the task ran, give the message back if the worker dies.

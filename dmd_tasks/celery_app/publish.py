@@ -24,7 +24,7 @@ from dmd_tasks.celery_app.monitoring import task_sent_batch
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, SQS_MAX_MESSAGE_BYTES, send_batch_all
-from dmd_tasks.pipeline.routing import TaskCall, queue_of
+from dmd_tasks.infra.topology import TaskCall, queue_of
 
 
 class BatchPublisher:

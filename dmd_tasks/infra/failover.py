@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import redis
 
-from dmd_tasks.clients.providers import SmsProvider
+from dmd_tasks.domain.providers import SmsProvider
 from dmd_tasks.infra.circuit import ProviderCircuit
 from dmd_tasks.infra.metrics import SMS_PROVIDER_ERROR_RATIO, SMS_PROVIDER_WEIGHT
 from dmd_tasks.infra.ratelimit import SmsThrottle

@@ -6,10 +6,16 @@
 - the intake queues ``bridge-sqs`` reads (``<prefix>intake-<kind>``), each with a dead-letter queue;
 - the SNS topic End User Messaging publishes its SMS events to (``<prefix>sms-events``),
   subscribed by the intake queue ``intake-sms-events``;
-- the Kinesis stream of SMS statuses, and optionally the demand table's Kinesis stream.
+- the Kinesis stream of SMS statuses, and optionally the demand table's Kinesis stream;
+- every task's name and queue, and ``TaskCall`` (one message to enqueue). Task names are the
+  names on the wire: they stay the same when code moves, so messages already queued and dead
+  letters waiting for replay still find their task.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 from dmd_tasks.infra.settings import Settings
 
@@ -62,3 +68,58 @@ def kinesis_streams(settings: Settings) -> list[str]:
     if settings.demand_kinesis_stream_name:
         streams.append(settings.demand_kinesis_stream_name)
     return streams
+
+
+# --- task names, in pipeline order -------------------------------------------------------------
+SHORTEN_EVENT_URL = "dmd_tasks.shorten.shorten_event_url"
+CLAIM_DUE_SALES = "dmd_tasks.generate.claim_due_sales"
+GENERATE_NOTIFICATIONS = "dmd_tasks.generate.generate_notifications"
+SCHEDULE_NOTIFICATIONS = "dmd_tasks.schedule.schedule_notifications"
+SEND_NOTIFICATIONS = "dmd_tasks.send.send_notifications"
+RECORD_SMS_STATUS = "dmd_tasks.sms_status.record_sms_status"
+RECONCILE = "dmd_tasks.reconcile.reconcile_sales"
+WARM_EVENT_DETAILS = "dmd_tasks.query.warm_event_details"
+
+#: The queue (and so the worker process) of every task.
+TASK_QUEUES: dict[str, str] = {
+    SHORTEN_EVENT_URL: "short-url",
+    CLAIM_DUE_SALES: "generate",
+    GENERATE_NOTIFICATIONS: "generate",
+    SCHEDULE_NOTIFICATIONS: "schedule",
+    SEND_NOTIFICATIONS: "send",
+    RECORD_SMS_STATUS: "sms-status",
+    RECONCILE: "schedule",
+    WARM_EVENT_DETAILS: "query",
+}
+
+#: The modules that define the tasks (workers import them; nothing else needs to).
+TASK_MODULES: tuple[str, ...] = (
+    "dmd_tasks.pipeline.stage1_shorten",
+    "dmd_tasks.pipeline.stage2_generate",
+    "dmd_tasks.pipeline.stage3_schedule",
+    "dmd_tasks.pipeline.stage4_send",
+    "dmd_tasks.pipeline.stage5_sms_status",
+    "dmd_tasks.pipeline.stage6_reconcile",
+    "dmd_tasks.api.tasks",
+)
+
+#: SQS holds a message back at most 15 minutes (DelaySeconds).
+MAX_DELAY_SECONDS = 900
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task is routed to."""
+    return TASK_QUEUES[task_name]
+
+
+@dataclass
+class TaskCall:
+    """One task message to enqueue: its arguments and extra message headers (e.g. correlation id)."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    #: SQS holds the message back this long (0-900 s): the broker waits, not a worker.
+    delay_seconds: int = 0
+    #: The trace this message continues (the stream record's span).
+    traceparent: str | None = None

@@ -22,7 +22,7 @@ from typing import Any
 from dmd_tasks.infra import logs
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.pipeline.routing import MAX_DELAY_SECONDS, SEND_NOTIFICATIONS, TaskCall
+from dmd_tasks.infra.topology import MAX_DELAY_SECONDS, SEND_NOTIFICATIONS, TaskCall
 
 _publishers: dict[int, Any] = {}
 

@@ -10,9 +10,9 @@ notifications into ``scheduled`` publishes their ``send_notifications([id, ...])
 held back by SQS until a retry's ``notBefore``; ``chain.py``). The demand bridge ignores them.
 
 Beat starts stages 2 and 3 (``claim_due_sales``, ``schedule_notifications``) and the
-reconciler (``reconcile_sales``, stage 6), which owns every notification still in flight. Task names
-are the names on the wire: they stay the same when code moves, so messages already queued
-and dead letters waiting for replay still find their task.
+reconciler (``reconcile_sales``, stage 6), which owns every notification still in flight. The
+task names and their queues are in ``dmd_tasks.infra.topology`` (the Celery app, a layer below,
+routes by them).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dmd_tasks.domain.ids import is_valid_id
 from dmd_tasks.infra import tracing
 from dmd_tasks.infra.deadletters import DeadLetter
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import RECORD_SMS_STATUS, SHORTEN_EVENT_URL, TaskCall
 from dmd_tasks.pipeline.records import (
     ChangeRecord,
     decode_status_record,
@@ -35,60 +36,6 @@ from dmd_tasks.pipeline.records import (
     record_correlation_id,
 )
 from dmd_tasks.store.keys import own_entity_of
-
-# --- task names, in pipeline order -------------------------------------------------------------
-SHORTEN_EVENT_URL = "dmd_tasks.shorten.shorten_event_url"
-CLAIM_DUE_SALES = "dmd_tasks.generate.claim_due_sales"
-GENERATE_NOTIFICATIONS = "dmd_tasks.generate.generate_notifications"
-SCHEDULE_NOTIFICATIONS = "dmd_tasks.schedule.schedule_notifications"
-SEND_NOTIFICATIONS = "dmd_tasks.send.send_notifications"
-RECORD_SMS_STATUS = "dmd_tasks.sms_status.record_sms_status"
-RECONCILE = "dmd_tasks.reconcile.reconcile_sales"
-WARM_EVENT_DETAILS = "dmd_tasks.query.warm_event_details"
-
-#: The queue (and so the worker process) of every task.
-TASK_QUEUES: dict[str, str] = {
-    SHORTEN_EVENT_URL: "short-url",
-    CLAIM_DUE_SALES: "generate",
-    GENERATE_NOTIFICATIONS: "generate",
-    SCHEDULE_NOTIFICATIONS: "schedule",
-    SEND_NOTIFICATIONS: "send",
-    RECORD_SMS_STATUS: "sms-status",
-    RECONCILE: "schedule",
-    WARM_EVENT_DETAILS: "query",
-}
-
-#: The modules that define the tasks (workers import them; nothing else needs to).
-TASK_MODULES: tuple[str, ...] = (
-    "dmd_tasks.pipeline.stage1_shorten",
-    "dmd_tasks.pipeline.stage2_generate",
-    "dmd_tasks.pipeline.stage3_schedule",
-    "dmd_tasks.pipeline.stage4_send",
-    "dmd_tasks.pipeline.stage5_sms_status",
-    "dmd_tasks.pipeline.stage6_reconcile",
-    "dmd_tasks.api.tasks",
-)
-
-#: SQS holds a message back at most 15 minutes (DelaySeconds).
-MAX_DELAY_SECONDS = 900
-
-
-def queue_of(task_name: str) -> str:
-    """The queue a task is routed to."""
-    return TASK_QUEUES[task_name]
-
-
-@dataclass
-class TaskCall:
-    """One task message to enqueue: its arguments and extra message headers (e.g. correlation id)."""
-
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, Any] = field(default_factory=dict)
-    #: SQS holds the message back this long (0-900 s): the broker waits, not a worker.
-    delay_seconds: int = 0
-    #: The trace this message continues (the stream record's span).
-    traceparent: str | None = None
 
 
 @dataclass(frozen=True)

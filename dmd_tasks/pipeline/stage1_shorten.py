@@ -27,7 +27,7 @@ from dmd_tasks.clients.bitly import Shortener
 from dmd_tasks.domain.entities import ShortenRequest
 from dmd_tasks.domain.errors import PermanentError, TransientError
 from dmd_tasks.domain.urls import check_allowed_url
-from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL
+from dmd_tasks.infra.topology import SHORTEN_EVENT_URL
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.events import EventRecords
 

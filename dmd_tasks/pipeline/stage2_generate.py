@@ -46,7 +46,7 @@ from dmd_tasks.domain.phones import InvalidPhone, normalize_phone
 from dmd_tasks.infra import aws, logs
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, RECONCILER_ACTIONS
-from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, TASK_QUEUES, WARM_EVENT_DETAILS
+from dmd_tasks.infra.topology import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, TASK_QUEUES, WARM_EVENT_DETAILS
 from dmd_tasks.pipeline.stage1_shorten import shorten_with
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.codec import iso

@@ -34,8 +34,8 @@ from dmd_tasks.domain.entities import NotificationStatus
 from dmd_tasks.domain.ids import notification_id
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.metrics import WORK_CUT_SHORT
+from dmd_tasks.infra.topology import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.pipeline.chain import publish_sends
-from dmd_tasks.pipeline.routing import SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.table import TRANSACT_MAX_ITEMS
 

@@ -73,8 +73,8 @@ from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
 from dmd_tasks.infra.metrics import SEND_LATENCY
 from dmd_tasks.infra.settings import Settings
+from dmd_tasks.infra.topology import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline.chain import publish_due
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline.sent_records import SentRecords
 from dmd_tasks.services import Services, get_services
 from dmd_tasks.store.keys import fan_of, sale_of

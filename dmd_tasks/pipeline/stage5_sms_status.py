@@ -35,13 +35,13 @@ from collections import Counter
 from typing import Any
 
 from dmd_tasks.celery_app.base import DmdTask, task
-from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, NotificationStatus
 from dmd_tasks.domain.ids import notification_id, split_notification_id
 from dmd_tasks.domain.phones import try_normalize
 from dmd_tasks.domain.provider_events import InboundEvent, ProviderEvent, StatusEvent, parse_event
+from dmd_tasks.domain.providers import capabilities_of
 from dmd_tasks.infra import tracing
-from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
+from dmd_tasks.infra.topology import RECORD_SMS_STATUS
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)

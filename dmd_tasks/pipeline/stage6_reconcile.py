@@ -40,13 +40,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from dmd_tasks.celery_app.base import task
-from dmd_tasks.clients.providers import capabilities_of
 from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.domain.ids import is_valid_id, notification_id
+from dmd_tasks.domain.providers import capabilities_of
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.metrics import RECONCILER_ACTIONS, WORK_CUT_SHORT
+from dmd_tasks.infra.topology import RECONCILE
 from dmd_tasks.pipeline.chain import publish_sends
-from dmd_tasks.pipeline.routing import RECONCILE
 from dmd_tasks.services import Services, get_services
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from dmd_tasks.infra import topology
 from dmd_tasks.ops.stack import PROCFILE, REPO_ROOT, free_port, read_procfile
-from dmd_tasks.pipeline import routing
 from tests.chaos.scenario import all_terminal, start_sale
 from tests.helpers import spawn, wait_until
 
@@ -93,8 +93,8 @@ def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho,
     for process in ("beat", "bridge-demand", "bridge-sms-status", "bridge-sqs", "api", "metrics"):
         assert up.get(process) == 1, (process, up)
     # worker children count their tasks; beat holds its lock; the bridges count their records
-    assert value("dmd_tasks_total", task=routing.SEND_NOTIFICATIONS, state="success") >= 1, samples
-    assert value("dmd_tasks_total", task=routing.RECORD_SMS_STATUS, state="success") >= 1, samples
+    assert value("dmd_tasks_total", task=topology.SEND_NOTIFICATIONS, state="success") >= 1, samples
+    assert value("dmd_tasks_total", task=topology.RECORD_SMS_STATUS, state="success") >= 1, samples
     assert value("dmd_beat_lock_held", process="beat") == 1
     assert value("dmd_bridge_records_total", bridge="bridge-demand") >= FANS  # the fans' demand rows at least
     assert value("dmd_bridge_records_total", bridge="bridge-sms-status") >= FANS

@@ -38,8 +38,8 @@ def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stac
     from dmd_tasks.celery_app import app
     from dmd_tasks.domain.provider_events import StatusEvent
     from dmd_tasks.infra import tracing
+    from dmd_tasks.infra.topology import SEND_NOTIFICATIONS as SEND_TASK
     from dmd_tasks.pipeline.chain import publish_sends
-    from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS as SEND_TASK
     from dmd_tasks.pipeline.stage3_schedule import run_tick
     from dmd_tasks.pipeline.stage5_sms_status import apply_event
     from dmd_tasks.services import Services

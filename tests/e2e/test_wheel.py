@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from dmd_tasks.celery_app import app
+from dmd_tasks.infra.topology import WARM_EVENT_DETAILS
 from dmd_tasks.ops.stack import ProcessGroup, free_port, wait_for_port
-from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
 from tests.e2e.test_api import DETAILS, discovery_calls, gql, new_id
 from tests.helpers import spawn, wait_until
 

@@ -17,9 +17,9 @@ from bridges.sources import DynamoDBStreamSource, KinesisSource
 from dmd_tasks.domain.entities import Demand
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import SHORTEN_EVENT_URL
 from dmd_tasks.ops.provision import ensure_kinesis_stream
 from dmd_tasks.pipeline.records import decode_kinesis_change, parse_change
-from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 

@@ -25,9 +25,10 @@ from dmd_tasks.domain.entities import Demand
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.deadletters import DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import SHORTEN_EVENT_URL, TaskCall
 from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.pipeline.records import parse_change
-from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL, BatchPlan, TaskCall, plan_changes, plan_status_records
+from dmd_tasks.pipeline.routing import BatchPlan, plan_changes, plan_status_records
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 from tests.events import load

@@ -10,7 +10,7 @@ from bridges.sms_status import BRIDGE_NAME, build_handler, build_reader
 from bridges.sources import KinesisSource
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.logs import CORRELATION_HEADER
-from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS
+from dmd_tasks.infra.topology import RECORD_SMS_STATUS
 
 
 def kinesis_record(sequence: str, data: bytes) -> dict[str, Any]:

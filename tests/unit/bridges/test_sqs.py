@@ -21,8 +21,8 @@ from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.domain.entities import Demand
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import RECORD_SMS_STATUS, SHORTEN_EVENT_URL
 from dmd_tasks.ops.provision import ensure_intake_queues
-from dmd_tasks.pipeline.routing import RECORD_SMS_STATUS, SHORTEN_EVENT_URL
 from dmd_tasks.store.items import item
 from tests.helpers import pipes_change
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from dmd_tasks.celery_app import app
+from dmd_tasks.infra import topology
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.infra.topology import QUEUE_NAMES
-from dmd_tasks.pipeline import routing
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -45,7 +45,7 @@ def test_importing_the_app_and_its_task_modules_reads_no_setting_even_without_a_
 
         import dmd_tasks.celery_app as package
         from dmd_tasks.infra import settings
-        from dmd_tasks.pipeline.routing import TASK_MODULES
+        from dmd_tasks.infra.topology import TASK_MODULES
 
         for name in TASK_MODULES:
             importlib.import_module(name)
@@ -75,7 +75,7 @@ def test_the_configuration_is_built_from_settings_on_first_access_of_app_conf() 
 
         import dmd_tasks.celery_app as package
         from dmd_tasks.infra.settings import get_settings
-        from dmd_tasks.pipeline.routing import SHORTEN_EVENT_URL
+        from dmd_tasks.infra.topology import SHORTEN_EVENT_URL
 
         app = package.app
         before = (get_settings.cache_info().currsize, app.configured)
@@ -109,8 +109,8 @@ def test_the_configuration_is_built_from_settings_on_first_access_of_app_conf() 
 
 def test_the_app_routes_every_task_of_the_routing_table_to_its_queue() -> None:
     routes: dict[str, Any] = app.conf.task_routes
-    assert routes == {name: {"queue": queue} for name, queue in routing.TASK_QUEUES.items()}
-    for name, queue in routing.TASK_QUEUES.items():
+    assert routes == {name: {"queue": queue} for name, queue in topology.TASK_QUEUES.items()}
+    for name, queue in topology.TASK_QUEUES.items():
         assert app.amqp.router.route({}, name)["queue"].name == queue, name
 
 
@@ -118,15 +118,15 @@ def test_the_app_declares_one_direct_queue_per_pipeline_queue_and_creates_none()
     queues = app.conf.task_queues
     assert [q.name for q in queues] == list(QUEUE_NAMES)
     assert all(q.exchange.type == "direct" and q.routing_key == q.name for q in queues)
-    assert set(routing.TASK_QUEUES.values()) <= set(QUEUE_NAMES)
+    assert set(topology.TASK_QUEUES.values()) <= set(QUEUE_NAMES)
     assert app.conf.task_default_queue in QUEUE_NAMES
     assert app.conf.task_create_missing_queues is False
 
 
 def test_every_routed_task_is_registered_under_its_wire_name_by_the_task_modules() -> None:
     app.loader.import_default_modules()
-    assert list(app.conf.imports) == list(routing.TASK_MODULES)
-    for name in routing.TASK_QUEUES:
+    assert list(app.conf.imports) == list(topology.TASK_MODULES)
+    for name in topology.TASK_QUEUES:
         assert name in app.tasks, name
         assert app.tasks[name].name == name
 

@@ -27,7 +27,6 @@ from dmd_tasks.infra import aws, logs, topology
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.settings import Settings, UnsafeConfiguration
 from dmd_tasks.infra.sqs import make_visible
-from dmd_tasks.pipeline import routing
 from tests.helpers import wait_until, worker_on
 
 CALLS: dict[str, int] = {}
@@ -115,7 +114,7 @@ def test_an_unknown_queue_is_refused() -> None:
 
 
 def test_a_task_outside_the_routing_table_has_the_dmd_defaults() -> None:
-    assert "tests.celery_app.base.echo" not in routing.TASK_QUEUES
+    assert "tests.celery_app.base.echo" not in topology.TASK_QUEUES
     registered = app.tasks["tests.celery_app.base.echo"]
     assert isinstance(registered, DmdTask)
     assert registered.autoretry_for == (TransientError, SoftTimeLimitExceeded, *DEPENDENCY_ERRORS)
@@ -142,7 +141,7 @@ def test_a_task_outside_the_routing_table_is_published_to_the_queue_it_names(
 
 def test_routed_tasks_take_their_queue_from_the_routing_table_not_an_option() -> None:
     app.loader.import_default_modules()
-    for name in routing.TASK_QUEUES:
+    for name in topology.TASK_QUEUES:
         assert isinstance(app.tasks[name], DmdTask), name
         assert getattr(app.tasks[name], "queue", None) is None, name
 
@@ -153,14 +152,14 @@ def test_settings_derived_options_arrive_through_task_annotations_once_the_app_i
     app.loader.import_default_modules()
     app.finalize()
     # Celery's own default is three retries; these come from settings
-    assert app.tasks[routing.SHORTEN_EVENT_URL].max_retries == settings.shorten_max_retries
-    assert app.tasks[routing.RECORD_SMS_STATUS].max_retries == settings.status_max_retries
-    assert app.tasks[routing.SEND_NOTIFICATIONS].rate_limit == settings.send_task_rate_limit
+    assert app.tasks[topology.SHORTEN_EVENT_URL].max_retries == settings.shorten_max_retries
+    assert app.tasks[topology.RECORD_SMS_STATUS].max_retries == settings.status_max_retries
+    assert app.tasks[topology.SEND_NOTIFICATIONS].rate_limit == settings.send_task_rate_limit
     # and the backoff bound of every task, ours included
-    for name in [*routing.TASK_QUEUES, "tests.celery_app.base.echo"]:
+    for name in [*topology.TASK_QUEUES, "tests.celery_app.base.echo"]:
         assert app.tasks[name].retry_backoff_max == settings.retry_backoff_max_seconds, name
     # a task's own option stays where settings say nothing
-    assert app.tasks[routing.SEND_NOTIFICATIONS].max_retries == 3
+    assert app.tasks[topology.SEND_NOTIFICATIONS].max_retries == 3
 
 
 # --- retries and countdowns ----------------------------------------------------------------------------

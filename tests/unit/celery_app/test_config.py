@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dmd_tasks.celery_app.config import broker_url, build
+from dmd_tasks.infra import topology
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.infra.topology import QUEUE_NAMES
-from dmd_tasks.pipeline import routing
 from tests.helpers import PRODUCTION
 
 
@@ -43,17 +43,17 @@ def test_routes_beat_and_task_options_come_from_routing_and_settings() -> None:
         shorten_max_retries=7, status_max_retries=3, send_task_rate_limit="5/s", retry_backoff_max_seconds=60
     )
     conf = build(settings)
-    assert conf["task_routes"][routing.SEND_NOTIFICATIONS] == {"queue": "send"}
-    assert set(conf["task_routes"]) == set(routing.TASK_QUEUES)
-    assert conf["imports"] == list(routing.TASK_MODULES)
+    assert conf["task_routes"][topology.SEND_NOTIFICATIONS] == {"queue": "send"}
+    assert set(conf["task_routes"]) == set(topology.TASK_QUEUES)
+    assert conf["imports"] == list(topology.TASK_MODULES)
     beat = {entry["task"]: entry for entry in conf["beat_schedule"].values()}
-    assert beat[routing.CLAIM_DUE_SALES]["options"]["queue"] == "generate"
-    assert beat[routing.SCHEDULE_NOTIFICATIONS]["schedule"] == settings.schedule_interval_seconds
+    assert beat[topology.CLAIM_DUE_SALES]["options"]["queue"] == "generate"
+    assert beat[topology.SCHEDULE_NOTIFICATIONS]["schedule"] == settings.schedule_interval_seconds
     annotations = conf["task_annotations"]
     assert annotations["*"]["retry_backoff_max"] == 60
-    assert annotations[routing.SHORTEN_EVENT_URL]["max_retries"] == 7
-    assert annotations[routing.RECORD_SMS_STATUS]["max_retries"] == 3
-    assert annotations[routing.SEND_NOTIFICATIONS]["rate_limit"] == "5/s"
+    assert annotations[topology.SHORTEN_EVENT_URL]["max_retries"] == 7
+    assert annotations[topology.RECORD_SMS_STATUS]["max_retries"] == 3
+    assert annotations[topology.SEND_NOTIFICATIONS]["rate_limit"] == "5/s"
     assert conf["monitor_broker_url"] == settings.redis_url
 
 
@@ -61,6 +61,6 @@ def test_a_receipt_batch_killed_by_its_hard_time_limit_goes_back_to_sqs() -> Non
     from dmd_tasks.celery_app import app
     from dmd_tasks.pipeline import stage5_sms_status  # noqa: F401  (registers the task)
 
-    task = app.tasks[routing.RECORD_SMS_STATUS]
+    task = app.tasks[topology.RECORD_SMS_STATUS]
     assert task.acks_late and task.acks_on_timeout is False  # requeued, not acknowledged
     assert task.acks_on_failure is True  # a batch that failed for good is a dead letter, once

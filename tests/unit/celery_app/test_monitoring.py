@@ -38,9 +38,9 @@ from dmd_tasks.celery_app.publish import BatchPublisher
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.settings import Settings, load_settings
 from dmd_tasks.infra.sqs import make_visible
+from dmd_tasks.infra.topology import WARM_EVENT_DETAILS, TaskCall
 from dmd_tasks.ops.provision import ensure_queues
 from dmd_tasks.ops.stack import free_port, wait_for_port
-from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS, TaskCall
 from tests.helpers import wait_until, worker_on
 
 

@@ -23,8 +23,8 @@ from dmd_tasks.infra import aws, logs, topology, tracing
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.settings import Settings, load_settings
 from dmd_tasks.infra.sqs import SQS_MAX_MESSAGE_BYTES, make_visible
+from dmd_tasks.infra.topology import WARM_EVENT_DETAILS, TaskCall
 from dmd_tasks.ops.provision import ensure_queues
-from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS, TaskCall
 from tests.helpers import wait_until, worker_on
 
 RECORD_TASK = "tests.celery_app.publish.record"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from dmd_tasks.clients.providers import EUM, HTTP, Capabilities
+from dmd_tasks.domain.providers import EUM, HTTP, Capabilities
 from dmd_tasks.infra import failover
 from dmd_tasks.infra.circuit import CircuitSettings, Permit, ProviderCircuit
 from dmd_tasks.infra.failover import PROBE_SHARE, ProviderRoute, ProviderRouter

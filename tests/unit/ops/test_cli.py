@@ -20,10 +20,9 @@ from dmd_tasks.domain.entities import Event, Sale
 from dmd_tasks.infra import topology
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.settings import get_settings
-from dmd_tasks.infra.topology import DLQ_OWNERS
+from dmd_tasks.infra.topology import DLQ_OWNERS, WARM_EVENT_DETAILS
 from dmd_tasks.ops.cli import main
 from dmd_tasks.ops.stack import free_port
-from dmd_tasks.pipeline.routing import WARM_EVENT_DETAILS
 from dmd_tasks.store.items import item as as_item
 from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords

@@ -20,14 +20,9 @@ from dmd_tasks.domain.entities import Demand
 from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import GENERATE_NOTIFICATIONS, RECORD_SMS_STATUS, SEND_NOTIFICATIONS, SHORTEN_EVENT_URL
 from dmd_tasks.ops.dlq import receive, replay, shown
 from dmd_tasks.pipeline.records import jsonable
-from dmd_tasks.pipeline.routing import (
-    GENERATE_NOTIFICATIONS,
-    RECORD_SMS_STATUS,
-    SEND_NOTIFICATIONS,
-    SHORTEN_EVENT_URL,
-)
 from dmd_tasks.store.codec import serialize
 from dmd_tasks.store.items import item
 

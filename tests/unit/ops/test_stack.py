@@ -30,7 +30,7 @@ def test_every_procfile_process_has_a_compose_service_with_the_same_command() ->
 
 def test_one_worker_per_queue() -> None:
     from dmd_tasks.celery_app import app
-    from dmd_tasks.pipeline.routing import TASK_QUEUES
+    from dmd_tasks.infra.topology import TASK_QUEUES
 
     app.loader.import_default_modules()
     procfile = read_procfile(ROOT / "Procfile")

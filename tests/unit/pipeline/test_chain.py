@@ -11,9 +11,9 @@ import pytest
 from dmd_tasks.celery_app import app
 from dmd_tasks.infra import logs, topology
 from dmd_tasks.infra.logs import CORRELATION_HEADER
+from dmd_tasks.infra.topology import MAX_DELAY_SECONDS, SEND_NOTIFICATIONS
 from dmd_tasks.pipeline import chain
 from dmd_tasks.pipeline.chain import publish_due, publish_sends, send_calls
-from dmd_tasks.pipeline.routing import MAX_DELAY_SECONDS, SEND_NOTIFICATIONS
 from tests.queues import Queues
 
 

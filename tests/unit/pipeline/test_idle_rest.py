@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from dmd_tasks.infra.topology import CLAIM_DUE_SALES, RECONCILE, SCHEDULE_NOTIFICATIONS
 from dmd_tasks.infra.wake import REST_KEY
 from dmd_tasks.pipeline import stage2_generate, stage3_schedule, stage6_reconcile
-from dmd_tasks.pipeline.routing import CLAIM_DUE_SALES, RECONCILE, SCHEDULE_NOTIFICATIONS
 from dmd_tasks.services import Services
 
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from dmd_tasks.domain.errors import InvalidRecord
+from dmd_tasks.infra.topology import RECORD_SMS_STATUS, SHORTEN_EVENT_URL
 from dmd_tasks.pipeline.records import (
     ChangeRecord,
     decode_kinesis_change,
@@ -18,14 +19,7 @@ from dmd_tasks.pipeline.records import (
     parse_change,
     restore,
 )
-from dmd_tasks.pipeline.routing import (
-    MAX_STATUS_MESSAGE_JSON_BYTES,
-    RECORD_SMS_STATUS,
-    SHORTEN_EVENT_URL,
-    plan_changes,
-    plan_status_records,
-    route_change,
-)
+from dmd_tasks.pipeline.routing import MAX_STATUS_MESSAGE_JSON_BYTES, plan_changes, plan_status_records, route_change
 from tests.events import load
 
 

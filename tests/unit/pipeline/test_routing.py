@@ -10,19 +10,17 @@ import pytest
 from dmd_tasks.domain.errors import InvalidRecord
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.sqs import SQS_MAX_MESSAGE_BYTES
-from dmd_tasks.infra.topology import QUEUE_NAMES
-from dmd_tasks.pipeline.records import ChangeRecord, decode_kinesis_change, parse_change
-from dmd_tasks.pipeline.routing import (
+from dmd_tasks.infra.topology import (
+    QUEUE_NAMES,
     RECORD_SMS_STATUS,
     SEND_NOTIFICATIONS,
     SHORTEN_EVENT_URL,
     TASK_MODULES,
     TASK_QUEUES,
-    plan_changes,
-    plan_status_records,
     queue_of,
-    route_change,
 )
+from dmd_tasks.pipeline.records import ChangeRecord, decode_kinesis_change, parse_change
+from dmd_tasks.pipeline.routing import plan_changes, plan_status_records, route_change
 from tests.events import demand_insert, load
 
 

@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY
 
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.settings import load_settings
+from dmd_tasks.infra.topology import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline import stage6_reconcile as stage6
 from dmd_tasks.pipeline.chain import send_calls
-from dmd_tasks.pipeline.routing import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline.stage2_generate import generate_sale
 from dmd_tasks.pipeline.stage6_reconcile import Reconciler, reconcile
 from dmd_tasks.services import Services
