@@ -216,7 +216,7 @@ class Harness:
             crashed = group.dead()
             if crashed:
                 raise RuntimeError(f"processes exited: {crashed}; logs in {group.log_dir}")
-            replies = app.control.ping(timeout=0.5)
+            replies = app.control.ping(timeout=0.5) or []
             seen = {name.split("@", 1)[0] for reply in replies for name in reply}
             return all(node in seen for node in nodes)
 

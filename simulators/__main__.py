@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from waitress import create_server
+from waitress.server import create_server
 
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.settings import get_settings

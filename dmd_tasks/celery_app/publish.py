@@ -8,6 +8,7 @@ tracing context are stamped as usual) and sends them in batches of ten.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -140,12 +141,11 @@ class BatchPublisher:
             properties=properties,
             retry_policy=None,
         )
-        content_type, content_encoding, body = serialization.dumps(message.body, serializer="json")
-        if isinstance(body, str):
-            body = body.encode(content_encoding)
+        content_type, content_encoding, dumped = serialization.dumps(message.body, serializer="json")
+        body: bytes = dumped.encode(content_encoding) if isinstance(dumped, str) else dumped
         # The same envelope kombu's virtual channel builds in basic_publish (body base64, SQS-encoded).
         envelope = {
-            "body": AsyncMessage().encode(body),
+            "body": base64.b64encode(body).decode(),
             "content-encoding": content_encoding,
             "content-type": content_type,
             "headers": headers,

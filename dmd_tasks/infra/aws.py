@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore import handlers
@@ -69,7 +69,9 @@ def client(service: str, settings: Settings) -> Any:
                 max_pool_connections=settings.aws_max_pool_connections,
                 retries={"mode": "standard", "max_attempts": 5},
             )
-            found = _shared_session(settings).client(service, endpoint_url=settings.aws_endpoint_url, config=config)
+            found = cast(Any, _shared_session(settings)).client(
+                service, endpoint_url=settings.aws_endpoint_url, config=config
+            )
             _clients[key] = found
     return found
 
@@ -88,7 +90,7 @@ def warm(settings: Settings, services: tuple[str, ...] = ("dynamodb", "sqs")) ->
     """Parse these services' models into the shared session now: a prefork worker calls this before
     it forks, so its children start with the models parsed (each child still makes its own clients)."""
     with _lock:
-        session = _shared_session(settings)
+        session = cast(Any, _shared_session(settings))  # a service by name: the stubs type each literal
         for service in services:
             session.client(service, endpoint_url=settings.aws_endpoint_url)
 
@@ -114,7 +116,7 @@ def io_pool(settings: Settings) -> ThreadPoolExecutor:
 
 def resource(service: str, settings: Settings) -> Any:
     """A boto3 resource (used only by provisioning and tools, never on a hot path)."""
-    return session_for(settings).resource(service, endpoint_url=settings.aws_endpoint_url)
+    return cast(Any, session_for(settings)).resource(service, endpoint_url=settings.aws_endpoint_url)
 
 
 # ---- request accounting --------------------------------------------------------------------------

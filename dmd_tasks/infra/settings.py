@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sysconfig
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -21,10 +22,16 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-import config as _config_package
 from dmd_tasks.domain.phones import is_region
 
-CONFIG_DIR = Path(_config_package.__file__).resolve().parent
+
+def _config_dir() -> Path:
+    """config/: the checkout's, or (an installed package) the copy in ``<prefix>/share/dmd``."""
+    checkout = Path(__file__).resolve().parents[2] / "config"
+    return checkout if checkout.is_dir() else Path(sysconfig.get_path("data")) / "share" / "dmd" / "config"
+
+
+CONFIG_DIR = _config_dir()
 
 
 class UnsafeConfiguration(ValueError):

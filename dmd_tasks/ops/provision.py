@@ -326,14 +326,18 @@ def ensure_eum_configuration_set(settings: Settings, topic_arn: str) -> dict[str
     destination to ``topic_arn`` for every SMS event type: what the delivery events need."""
     eum = aws.session_for(settings).client("pinpoint-sms-voice-v2", endpoint_url=settings.eum_endpoint_url)
     name = settings.eum_configuration_set
+    if not name:
+        raise ValueError("DMD_EUM_CONFIGURATION_SET is not set: there is no configuration set to provision")
+    destinations: list[Any]
     try:
         found = eum.describe_configuration_sets(ConfigurationSetNames=[name])["ConfigurationSets"][0]
+        destinations = list(found.get("EventDestinations", []))
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise
         eum.create_configuration_set(ConfigurationSetName=name)
-        found = {"EventDestinations": []}
-    topics = {d.get("SnsDestination", {}).get("TopicArn") for d in found.get("EventDestinations", [])}
+        destinations = []
+    topics = {d.get("SnsDestination", {}).get("TopicArn") for d in destinations}
     if topic_arn not in topics:
         eum.create_event_destination(
             ConfigurationSetName=name,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dmd_tasks.infra.extras import require
+from dmd_tasks.infra.extras import MissingExtra, require
 from dmd_tasks.infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +114,11 @@ class Stack:
 
     def up(self) -> list[str]:
         require("the local stack (moto server, provider simulators)", "moto", "flask", "waitress")
+        if not (REPO_ROOT / "simulators").is_dir():
+            raise MissingExtra(
+                "the local stack's provider simulators run from a checkout of the repository (or the image): "
+                "run `dmd stack up` there"
+            )
         s = self.settings
         lines = [self.ensure_redis()]
         lines.append(

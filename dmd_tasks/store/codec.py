@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
@@ -22,7 +22,7 @@ def _attribute(value: Any) -> dict[str, Any]:
         return {"S": value}
     if kind is int:
         return {"N": str(value)}
-    return _serializer.serialize(value)
+    return cast(dict[str, Any], _serializer.serialize(value))
 
 
 def serialize(item: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def _value(attribute: dict[str, Any]) -> Any:
         return attribute["S"]
     if "N" in attribute:
         return Decimal(attribute["N"])  # what boto3's deserializer gives
-    return _deserializer.deserialize(attribute)
+    return _deserializer.deserialize(cast(Any, attribute))
 
 
 def deserialize(image: dict[str, Any]) -> dict[str, Any]:

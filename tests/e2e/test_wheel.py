@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 #: what the wheel is built from (a copy: building writes build/ and *.egg-info next to the sources)
 SOURCES = ["pyproject.toml", "README.md", "Procfile", "dmd_tasks", "bridges", "config", "simulators", "bench"]
+#: the only top-level names the wheel may put in site-packages
+PACKAGES = {"dmd_tasks", "bridges"}
 
 
 def run(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -44,6 +47,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         copy(ROOT / name, source / name)  # type: ignore[operator]
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", base / "dist", source, cwd=base)
     (wheel,) = (base / "dist").glob("dmd-*.whl")
+    with zipfile.ZipFile(wheel) as contents:
+        top = {name.split("/", 1)[0] for name in contents.namelist()}
+    assert {name for name in top if not name.startswith("dmd-0")} == PACKAGES, top  # no config, bench, simulators
     run(sys.executable, "-m", "venv", base / "venv", cwd=base)
     pip = base / "venv" / "bin" / "pip"
     run(pip, "install", "--quiet", "-r", ROOT / "requirements" / "runtime.txt", cwd=base)
@@ -60,9 +66,11 @@ def test_the_wheel_holds_what_the_package_reads_and_no_local_stack(installed: Pa
         "-c",
         "import importlib.util, dmd_tasks.api.graphql as g, dmd_tasks.ops.stack as s; "
         "print(g.SCHEMA_PATH.is_file(), s.PROCFILE.is_file(), sorted(s.read_procfile())[0], "
-        "[m for m in ('moto', 'flask', 'waitress', 'montydb') if importlib.util.find_spec(m)])",
+        "[m for m in ('moto', 'flask', 'waitress', 'montydb', 'config', 'bench', 'simulators') "
+        "if importlib.util.find_spec(m)])",
         cwd=outside,
     )
+    # the schema and the Procfile from <prefix>/share/dmd; no local-stack package, nothing generic
     assert found.split(" ", 3) == ["True", "True", "api", "[]\n"], found
     # the local stack says what it needs instead of an ImportError
     refused = subprocess.run(

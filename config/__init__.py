@@ -1,1 +1,0 @@
-"""Configuration of dmd: the profiles (``local.env``, ``aws.env``) and the Celery configuration."""
