@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bridges.leases import LeaseCoordinator, LeaseTable
 from bridges.sources import CheckpointTrimmed, EndNotConfirmed, IteratorExpired, Shard, ShardGone, ShardSource
@@ -43,6 +43,14 @@ MAX_SHARD_BACKOFF_SECONDS = 30.0
 class Checkpoint:
     sequence: str | None = None
     finished: bool = False
+
+
+class Checkpoints(Protocol):
+    """Where a reader without leases keeps its shards' progress (``CheckpointStore``, or a test's)."""
+
+    def load(self, stream_id: str) -> dict[str, Checkpoint]: ...
+
+    def save(self, stream_id: str, shard_id: str, checkpoint: Checkpoint) -> None: ...
 
 
 class CheckpointStore:
@@ -122,7 +130,7 @@ class ShardReader:
     def __init__(
         self,
         source: ShardSource,
-        checkpoints: CheckpointStore,
+        checkpoints: Checkpoints,
         handler: Handler,
         *,
         records_per_read: int = 1000,

@@ -63,14 +63,14 @@ os.environ.update(TEST_ENV)
 
 
 @pytest.fixture(scope="session")
-def settings():  # type: ignore[no-untyped-def]
+def settings():
     from dmd_tasks.infra.settings import get_settings
 
     return get_settings()
 
 
 @pytest.fixture(scope="session")
-def stack(settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def stack(settings) -> Iterator[object]:
     """moto server, Redis and the simulators, provisioned; stopped at the end of the session."""
     import redis
 
@@ -88,7 +88,7 @@ def stack(settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def sim(settings, stack):  # type: ignore[no-untyped-def]
+def sim(settings, stack):
     """A small client of the simulators' control API."""
     from simulators.control import SimulatorControl
 
@@ -98,7 +98,7 @@ def sim(settings, stack):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def queues(settings, stack) -> Iterator[Queues]:  # type: ignore[no-untyped-def]
+def queues(settings, stack) -> Iterator[Queues]:
     """SQS queues of this test's own (``tests/queues.py``), deleted afterwards."""
     mine = settings.model_copy(update={"queue_name_prefix": f"t{uuid.uuid4().hex[:10]}-"})
     created = ensure_queues(mine)
@@ -110,7 +110,7 @@ def queues(settings, stack) -> Iterator[Queues]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def faults(sim) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def]
+def faults(sim) -> Iterator[Callable[..., None]]:
     """``faults("sms", error_rate=1.0)``: simulator faults for this test, back to the defaults after it."""
     changed: set[str] = set()
 

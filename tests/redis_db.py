@@ -63,8 +63,8 @@ def claim(base_url: str) -> tuple[str, int]:
         if client.set(key, me, nx=True, ex=CLAIM_SECONDS):
             return _with_db(base_url, db), db
         holder = client.get(key)
-        dead = holder is not None and not _alive(holder.decode())
-        if dead and client.eval(_TAKE_OVER, 1, key, holder, me, CLAIM_SECONDS):
+        dead = holder is not None and not _alive(holder.decode())  # type: ignore[union-attr]
+        if dead and client.eval(_TAKE_OVER, 1, key, holder, me, CLAIM_SECONDS):  # type: ignore[arg-type]
             return _with_db(base_url, db), db
     raise RuntimeError(f"every Redis database {CANDIDATES} is held by a running test session")
 

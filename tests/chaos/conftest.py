@@ -25,7 +25,7 @@ def figures_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def fresh_aws(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def fresh_aws(settings, stack) -> Iterator[None]:
     """Every scenario on an empty moto, provisioned again, with short visibility timeouts, and an
     empty Redis database (``fresh_stack``).
 
@@ -49,7 +49,7 @@ def fresh_aws(settings, stack) -> Iterator[None]:  # type: ignore[no-untyped-def
 
 
 @pytest.fixture()
-def pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, sim) -> Iterator[ProcessGroup]:
     sim.configure(sms={"status_delay_ms": 100})
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"chaos-{uuid.uuid4().hex[:6]}", env=CHAOS_ENV)
     group.start(PIPELINE_PROCESSES)

@@ -49,7 +49,7 @@ CHAOS_ENV = {
 }
 
 
-def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
+def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
     event = Event(id=f"chaos{run}", name="Chaos Tour", url=f"https://www.ticketmaster.com/e/{run}")
@@ -70,16 +70,16 @@ def start_sale(settings, fans: int, rate: float) -> tuple[str, list[str]]:  # ty
     return sale_id, phones
 
 
-def counts(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def counts(settings, sale_id: str) -> dict[str, int]:
     return count_by_status(DemandTable(settings), sale_id)
 
 
-def all_terminal(settings, sale_id: str, expected: int) -> dict[str, int] | None:  # type: ignore[no-untyped-def]
+def all_terminal(settings, sale_id: str, expected: int) -> dict[str, int] | None:
     c = counts(settings, sale_id)
     return c if sum(c.get(s, 0) for s in TERMINAL) == expected == sum(c.values()) else None
 
 
-def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any) -> dict[str, Any]:
     c = counts(settings, sale_id)
     terminal = sum(c.get(s, 0) for s in TERMINAL)
     provider = sim.sms_sale(sale_id)
@@ -102,7 +102,7 @@ def figures(settings, sim, sale_id: str, expected: int, kills: int, **extra: Any
 REPORTED: list[str] = []
 
 
-def bridge_positions(settings, consumer: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def bridge_positions(settings, consumer: str) -> dict[str, int]:
     """A bridge's checkpointed sequence number by shard (bridge-demand: the demand table's stream)."""
     items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
     return {
@@ -113,13 +113,13 @@ def bridge_positions(settings, consumer: str) -> dict[str, int]:  # type: ignore
     }
 
 
-def caught_up(settings, consumer: str, target: dict[str, int]) -> bool:  # type: ignore[no-untyped-def]
+def caught_up(settings, consumer: str, target: dict[str, int]) -> bool:
     """The bridge's checkpoint is at or past ``target`` on every shard of it."""
     now = bridge_positions(settings, consumer)
     return all(now.get(shard, 0) >= sequence for shard, sequence in target.items())
 
 
-def demand_stream_end(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def demand_stream_end(settings) -> dict[str, int]:
     """The sequence number of the last record on each shard of the demand table's stream so far
     (read from its start: the chaos suite's moto is emptied before each scenario)."""
     arn = aws.client("dynamodb", settings).describe_table(TableName=settings.table_name)["Table"]["LatestStreamArn"]
@@ -161,7 +161,7 @@ class Killer(threading.Thread):
             self.kills += 1
 
 
-def assert_healthy(result: dict[str, Any], settings) -> None:  # type: ignore[no-untyped-def]
+def assert_healthy(result: dict[str, Any], settings) -> None:
     assert result["lost"] == 0, result
     assert result["duplicates"] == 0, result
     assert result["terminal"] == result["notifications"], result

@@ -36,7 +36,7 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.chaos
 
 
-def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_send_workers_killed_during_a_sale(pipeline, settings, sim) -> None:
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
     wait_until(
         lambda: counts(settings, sale_id).get("sent", 0) + counts(settings, sale_id).get("delivered", 0) > 0,
@@ -61,7 +61,7 @@ THROTTLE_PAUSES_SECONDS = FANS * 0.07 * 2
 
 
 @pytest.mark.timeout(int(300 + THROTTLE_PAUSES_SECONDS * 1.5))
-def test_provider_failing_a_fifth_of_calls(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_provider_failing_a_fifth_of_calls(pipeline, settings, sim) -> None:
     before = sim.stats()["sms"].get("retry_after_violations", 0)
     # 20% of calls fail: 500/503, 429 with Retry-After: 2, and timeouts after the provider accepted
     sim.configure(
@@ -97,7 +97,7 @@ def test_provider_failing_a_fifth_of_calls(pipeline, settings, sim) -> None:  # 
     assert result["responses_429"] > 0 and result["timeouts"] > 0
 
 
-def test_bridges_killed_mid_stream(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_bridges_killed_mid_stream(pipeline, settings, sim) -> None:
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
     killer = Killer(pipeline, ["bridge-demand", "bridge-sms-status"], every=1.0, kills=max(KILLS, 6))
     killer.start()
@@ -111,7 +111,7 @@ def test_bridges_killed_mid_stream(pipeline, settings, sim) -> None:  # type: ig
     assert_healthy(result, settings)
 
 
-def _checkpoint(settings, consumer: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+def _checkpoint(settings, consumer: str) -> dict[str, Any] | None:
     items = aws.client("dynamodb", settings).scan(TableName=settings.checkpoint_table_name)["Items"]
     mine = [
         i
@@ -122,7 +122,7 @@ def _checkpoint(settings, consumer: str) -> dict[str, Any] | None:  # type: igno
     return max(mine, key=lambda i: int(i.get("sequence", {}).get("S", "0"))) if mine else None
 
 
-def _drained(settings, queues: tuple[str, ...]) -> bool:  # type: ignore[no-untyped-def]
+def _drained(settings, queues: tuple[str, ...]) -> bool:
     """No message waiting or in flight on any of the Celery ``queues`` (every task they got has run)."""
     sqs = aws.client("sqs", settings)
     names = (
@@ -137,7 +137,7 @@ def _drained(settings, queues: tuple[str, ...]) -> bool:  # type: ignore[no-unty
     return True
 
 
-def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, settings, sim) -> None:
     sim.configure(sms={"duplicate_status_rate": 0.5, "out_of_order_rate": 0.5})
     demand_before = _checkpoint(settings, "bridge-demand")
     status_before = _checkpoint(settings, "bridge-sms-status")
@@ -168,7 +168,7 @@ def test_duplicated_and_out_of_order_records_have_no_second_effect(pipeline, set
     wait_until(lambda: "records ->" in replayed_log.read_text()[offset:], what="the demand bridge to replay")
     # the replayed records are routed (each bridge is back where the sale ended) and their tasks run
     for name, end in ends.items():
-        wait_until(lambda n=name, e=end: caught_up(settings, n, e), timeout=120, what=f"{name} to replay the sale")
+        wait_until(lambda n=name, e=end: caught_up(settings, n, e), timeout=120, what=f"{name} to replay the sale")  # type: ignore[misc]
     wait_until(lambda: _drained(settings, ("send", "sms-status")), timeout=120, what="the replayed tasks to run")
     second = figures(settings, sim, sale_id, FANS, 0)
     report("duplicates-and-replays", {**second, "status_before_replay": first["status"]})

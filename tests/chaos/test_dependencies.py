@@ -101,7 +101,7 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 
 @pytest.fixture()
-def proxied(settings, sim) -> Iterator[Proxied]:  # type: ignore[no-untyped-def]
+def proxied(settings, sim) -> Iterator[Proxied]:
     """The pipeline processes (as test_chaos's ``pipeline``), with Redis and AWS behind fault proxies."""
     assert settings.aws_endpoint_url, "the chaos suite runs on the local stack (moto)"
     sim.configure(sms={"status_delay_ms": 100})
@@ -249,27 +249,27 @@ TIMEOUT = int(OUTAGE_SECONDS + FINAL_TIMEOUT_SECONDS + 240)
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_redis_frozen_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_redis_frozen_during_a_sale(proxied, settings, sim) -> None:
     run_outage("redis-frozen", proxied, settings, sim, proxied.redis.freeze, proxied.redis.heal)
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_redis_unreachable_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_redis_unreachable_during_a_sale(proxied, settings, sim) -> None:
     run_outage("redis-cut", proxied, settings, sim, proxied.redis.cut, proxied.redis.heal)
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_aws_endpoint_frozen_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_aws_endpoint_frozen_during_a_sale(proxied, settings, sim) -> None:
     run_outage("aws-frozen", proxied, settings, sim, proxied.aws.freeze, proxied.aws.heal)
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_aws_endpoint_unreachable_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_aws_endpoint_unreachable_during_a_sale(proxied, settings, sim) -> None:
     run_outage("aws-cut", proxied, settings, sim, proxied.aws.cut, proxied.aws.heal)
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_redis_restarted_empty_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_redis_restarted_empty_during_a_sale(proxied, settings, sim) -> None:
     """Redis killed, and back without its data (a node replaced, no persistence): beat's
     schedule and lock, the send pacing, the circuits, the caches are gone. Beat must tick again
     (it writes its schedule back) and the sale must end with nobody messaged twice."""
@@ -282,7 +282,7 @@ def test_redis_restarted_empty_during_a_sale(proxied, settings, sim) -> None:  #
 
 
 @pytest.mark.timeout(int(SLOW_SECONDS + FINAL_TIMEOUT_SECONDS + 240))
-def test_aws_slowed_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_aws_slowed_during_a_sale(proxied, settings, sim) -> None:
     """Every AWS call 300 ms late for DMD_CHAOS_SLOW_SECONDS (`make chaos`: two minutes): a
     throttled table, a hot partition. The pipeline slows down and keeps moving; no run is cut off
     by its soft time limit (the ticks stop at their budget), and the send rate comes back after."""
@@ -299,7 +299,7 @@ def test_aws_slowed_during_a_sale(proxied, settings, sim) -> None:  # type: igno
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -> None:
     """Every send answered 500/503 for the outage: the provider's circuit pauses sending instead of
     spending attempts, so not one notification fails."""
     run_outage(
@@ -314,7 +314,7 @@ def test_sms_provider_failing_every_call_during_a_sale(proxied, settings, sim) -
 
 
 @pytest.mark.timeout(int(THROTTLE_SECONDS + FINAL_TIMEOUT_SECONDS + 240))
-def test_sms_provider_throttling_every_call_during_a_sale(proxied, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_sms_provider_throttling_every_call_during_a_sale(proxied, settings, sim) -> None:
     """Every send answered 429 + Retry-After for DMD_CHAOS_THROTTLE_SECONDS (`make chaos`: two
     minutes): a 429 spends no attempt, so not one notification fails."""
     run_outage(

@@ -31,7 +31,7 @@ FAILOVER = float(CHAOS_ENV["DMD_BRIDGE_LEASE_FAILOVER_SECONDS"])
 
 
 @pytest.fixture()
-def doubled(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def doubled(settings, sim) -> Iterator[ProcessGroup]:
     """The pipeline with a second process of each bridge (``<bridge>-2``)."""
     sim.configure(sms={"status_delay_ms": 100})
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / f"leases-{uuid.uuid4().hex[:6]}", env=CHAOS_ENV)
@@ -44,7 +44,7 @@ def doubled(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped
         group.stop()
 
 
-def lease_tables(settings) -> dict[str, LeaseTable]:  # type: ignore[no-untyped-def]
+def lease_tables(settings) -> dict[str, LeaseTable]:
     return {
         "bridge-demand": LeaseTable(
             settings, "bridge-demand", DynamoDBStreamSource(settings, settings.table_name).stream_id
@@ -79,7 +79,7 @@ def errors_logged(group: ProcessGroup, bridge: str, last: int = 5) -> str:
     return "\n".join(out)
 
 
-def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(doubled, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_two_bridges_per_stream_share_shards_and_take_over_from_a_killed_one(doubled, settings, sim) -> None:
     tables = lease_tables(settings)
 
     def balanced(bridge: str) -> dict[str, int] | None:

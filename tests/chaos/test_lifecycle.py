@@ -39,24 +39,24 @@ LEASE_SECONDS = int(CHAOS_ENV["DMD_SEND_LEASE_SECONDS"])
 STALE_SECONDS = float(CHAOS_ENV["DMD_SCHEDULED_STALE_SECONDS"])
 
 
-def sale_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def sale_item(settings, sale_id: str) -> dict[str, Any]:
     return DemandTable(settings).get(sale_key(sale_id), what="test: sale") or {}
 
 
-def run_item(settings, sale_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def run_item(settings, sale_id: str) -> dict[str, Any]:
     return DemandTable(settings).get(sale_run_key(sale_id), what="test: run") or {}
 
 
-def rewrite_as_waiting(settings, sale_id: str) -> None:  # type: ignore[no-untyped-def]
+def rewrite_as_waiting(settings, sale_id: str) -> None:
     """What a product does when it saves the sale again: the whole SALE item replaced, ``waiting``."""
     DemandTable(settings).put_items([item(Sale(id=sale_id, eventId=sale_id, notifyAt=iso(time.time())))])
 
 
-def notification_items(settings, sale_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def notification_items(settings, sale_id: str) -> list[dict[str, Any]]:
     return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
-def healed(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def healed(settings, sale_id: str) -> dict[str, int]:
     """What the reconciler did to this sale's notifications, read from the notifications."""
     items = notification_items(settings, sale_id)
     return {
@@ -65,18 +65,18 @@ def healed(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped
     }
 
 
-def wait_all_final(settings, sale_id: str, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+def wait_all_final(settings, sale_id: str, timeout: float = 300) -> None:
     wait_until(
         lambda: all_terminal(settings, sale_id, FANS), timeout=timeout, interval=1, what="every notification final"
     )
 
 
-def sending_begun(settings, sale_id: str) -> bool:  # type: ignore[no-untyped-def]
+def sending_begun(settings, sale_id: str) -> bool:
     c = counts(settings, sale_id)
     return c.get("sent", 0) + c.get("delivered", 0) > 0
 
 
-def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> dict[str, dict[str, Any]]:
     """SIGSTOP the send worker at a moment it holds notifications in ``sending`` (it is the only
     send worker: whatever is ``sending`` once it is frozen is its own); thaw and try again if not.
     Returns those notifications as they were at the freeze, by sort key."""
@@ -93,7 +93,7 @@ def freeze_mid_send(pipeline: ProcessGroup, settings, sale_id: str) -> dict[str,
     raise AssertionError("never caught the send worker with a send in flight")
 
 
-def leases_taken_back(settings, sale_id: str, held: dict[str, dict[str, Any]]) -> bool:  # type: ignore[no-untyped-def]
+def leases_taken_back(settings, sale_id: str, held: dict[str, dict[str, Any]]) -> bool:
     """Every lease the frozen worker held is gone: its notification moved on under another lease, or
     out of ``sending`` (the reconciler's take-back, then the other worker's send)."""
     now = {i["sk"]: i for i in notification_items(settings, sale_id)}
@@ -102,7 +102,7 @@ def leases_taken_back(settings, sale_id: str, held: dict[str, dict[str, Any]]) -
     )
 
 
-def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_sale_written_again_as_waiting_is_never_generated_again(pipeline, settings, sim) -> None:
     # Given a sale being sent, re-saved by the product in the middle of it
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
     wait_until(lambda: sending_begun(settings, sale_id), timeout=60, what="sending to begin")
@@ -147,7 +147,7 @@ REFUSED = (
 )
 
 
-def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: ProcessGroup, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: ProcessGroup, settings, sim) -> None:
     # Given a sale being sent by one send worker, through a provider that answers in 300 ms
     sim.configure(sms={"latency_ms": 300})
     sale_id, _ = start_sale(settings, FANS, rate=max(5.0, FANS / 20))
@@ -200,7 +200,7 @@ def test_a_send_worker_frozen_past_its_leases_writes_nothing_stale(pipeline: Pro
 
 def test_the_reconciler_resends_scheduled_notifications_whose_message_was_lost(
     pipeline: ProcessGroup,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
     sim,
 ) -> None:
     # Given a sale whose send messages pile up while no send worker runs
@@ -227,7 +227,7 @@ def test_the_reconciler_resends_scheduled_notifications_whose_message_was_lost(
 
 def test_the_reconciler_killed_while_sales_are_retired_retires_each_once_final(
     pipeline: ProcessGroup,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
     sim,
 ) -> None:
     # Given sales coming to their end while the worker that runs the reconciler is killed again and again
@@ -236,7 +236,7 @@ def test_the_reconciler_killed_while_sales_are_retired_retires_each_once_final(
     killer = Killer(pipeline, ["worker-schedule"], every=1.5, kills=12)
     killer.start()
     for sale_id in sales:
-        wait_until(lambda s=sale_id: all_terminal(settings, s, FANS // 2), timeout=300, interval=1, what="final")
+        wait_until(lambda s=sale_id: all_terminal(settings, s, FANS // 2), timeout=300, interval=1, what="final")  # type: ignore[misc]
     killer.join(timeout=60)
 
     # Then each sale leaves the active list, and only once all its notifications are final

@@ -30,7 +30,7 @@ WINDOW = 30
 
 
 @pytest.fixture()
-def eum_pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def eum_pipeline(settings, sim) -> Iterator[ProcessGroup]:
     account = eum_account(settings, IDENTITY, "dmd-chaos")
     # a slow service: a kill often lands during a call
     sim.configure(eum={"status_delay_ms": 100, "latency_ms": 150})
@@ -44,7 +44,7 @@ def eum_pipeline(settings, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-un
         sim.configure(eum={"latency_ms": 0})
 
 
-def test_send_workers_killed_with_a_provider_that_cannot_deduplicate(eum_pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_send_workers_killed_with_a_provider_that_cannot_deduplicate(eum_pipeline, settings, sim) -> None:
     sale_id, _ = start_sale(settings, FANS, rate=max(10.0, FANS / 10))
     wait_until(
         lambda: sum(counts(settings, sale_id).get(s, 0) for s in ("sent", "delivered")) > 0,

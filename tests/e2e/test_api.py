@@ -29,7 +29,7 @@ DETAILS = (
 
 
 @pytest.fixture(scope="module")
-def api(settings, stack, sim) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def api(settings, stack, sim) -> Iterator[str]:
     port = free_port()
     group = ProcessGroup(
         settings.run_dir.resolve() / "logs" / "e2e-api",
@@ -53,7 +53,7 @@ def gql(url: str, query: str, key: str | None = KEY) -> requests.Response:
     return requests.post(url, json={"query": query}, headers=headers, timeout=30)
 
 
-def discovery_calls(sim, event_id: str) -> int:  # type: ignore[no-untyped-def]
+def discovery_calls(sim, event_id: str) -> int:
     return int(sim.stats()["discovery"]["calls_by_event"].get(event_id, 0))
 
 
@@ -61,7 +61,7 @@ def new_id() -> str:
     return f"vv{uuid.uuid4().hex[:10]}"
 
 
-def test_cold_then_warm_event_details(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+def test_cold_then_warm_event_details(api: str, sim) -> None:
     event_id = new_id()
     cold = gql(api, DETAILS % event_id).json()
     assert cold["data"]["eventDetails"]["id"] == event_id
@@ -74,7 +74,7 @@ def test_cold_then_warm_event_details(api: str, sim) -> None:  # type: ignore[no
     assert discovery_calls(sim, event_id) == 1  # served from Redis
 
 
-def test_fifty_concurrent_misses_make_one_upstream_call(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+def test_fifty_concurrent_misses_make_one_upstream_call(api: str, sim) -> None:
     sim.configure(discovery={"latency_ms": 300})
     try:
         event_id = new_id()
@@ -86,7 +86,7 @@ def test_fifty_concurrent_misses_make_one_upstream_call(api: str, sim) -> None: 
     assert discovery_calls(sim, event_id) == 1
 
 
-def test_upstream_failure_serves_the_stale_copy_and_says_so(api: str, sim, settings) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_failure_serves_the_stale_copy_and_says_so(api: str, sim, settings) -> None:
     event_id, never_seen = new_id(), new_id()
     assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"]["stale"] is False
     # the 24 h copy expires, and Discovery is down
@@ -104,7 +104,7 @@ def test_upstream_failure_serves_the_stale_copy_and_says_so(api: str, sim, setti
         sim.configure(discovery={"error_rate": 0.0})
 
 
-def test_a_cached_answer_is_always_the_copy_redis_holds_now(api: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_cached_answer_is_always_the_copy_redis_holds_now(api: str, settings) -> None:
     """The cache-hit path remembers the response it made from a copy's bytes: a new copy, a 404
     remembered since, or no copy at all must each change the answer at once."""
     event_id = new_id()
@@ -112,7 +112,7 @@ def test_a_cached_answer_is_always_the_copy_redis_holds_now(api: str, settings) 
     first = gql(api, DETAILS % event_id).json()["data"]["eventDetails"]
     for _ in range(3):
         assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"] == first
-    copy = json.loads(store.get(f"dmd:event:{event_id}"))
+    copy = json.loads(store.get(f"dmd:event:{event_id}"))  # type: ignore[arg-type]
     store.set(f"dmd:event:{event_id}", json.dumps({**copy, "name": "Renamed Tour"}))
     assert gql(api, DETAILS % event_id).json()["data"]["eventDetails"] == {**first, "name": "Renamed Tour"}
     store.set(f"dmd:event-missing:{event_id}", 1, ex=30)
@@ -141,7 +141,7 @@ def test_the_cached_path_answers_as_the_full_path_does(api: str) -> None:
     assert wrong.get("data") is None and "ID cannot represent" in wrong["errors"][0]["message"]
 
 
-def test_not_found_is_cached_briefly(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+def test_not_found_is_cached_briefly(api: str, sim) -> None:
     event_id = f"missing{uuid.uuid4().hex[:8]}"
     for _ in range(3):
         answer = gql(api, DETAILS % event_id).json()
@@ -150,7 +150,7 @@ def test_not_found_is_cached_briefly(api: str, sim) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("key", [None, "", "wrong-key"])
-def test_requests_without_a_valid_api_key_are_refused_before_anything_resolves(api: str, sim, key) -> None:  # type: ignore[no-untyped-def]
+def test_requests_without_a_valid_api_key_are_refused_before_anything_resolves(api: str, sim, key) -> None:
     event_id = new_id()
     response = gql(api, DETAILS % event_id, key=key)
     assert response.status_code == 401
@@ -159,7 +159,7 @@ def test_requests_without_a_valid_api_key_are_refused_before_anything_resolves(a
 
 
 @pytest.mark.parametrize("bad_id", ["../etc/passwd", "a b", "x" * 65, "ev%2F1", ""])
-def test_malformed_ids_get_a_graphql_error_and_no_upstream_call(api: str, sim, bad_id: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_ids_get_a_graphql_error_and_no_upstream_call(api: str, sim, bad_id: str) -> None:
     before = sim.stats()["discovery"]["calls"]
     answer = gql(api, DETAILS % bad_id).json()
     assert answer["data"]["eventDetails"] is None
@@ -177,7 +177,7 @@ def test_query_depth_and_size_are_bounded(api: str) -> None:
     assert "fields" in gql(api, many).json()["errors"][0]["message"]
 
 
-def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim, settings) -> None:  # type: ignore[no-untyped-def]
+def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim, settings) -> None:
     redis.Redis.from_url(settings.redis_url).delete("dmd:accounts:token")
     sim.configure(accounts={"token_ttl_seconds": 3})
     try:
@@ -198,7 +198,7 @@ def test_account_token_is_fetched_once_and_refreshed_after_expiry(api: str, sim,
     assert missing["errors"][0]["extensions"]["errorType"] == "NotFound"
 
 
-def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: ignore[no-untyped-def]
+def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:
     from dmd_tasks.api.tasks import warm_event_details
 
     event_id = new_id()
@@ -208,7 +208,7 @@ def test_the_query_worker_warms_the_same_cache(api: str, sim) -> None:  # type: 
     assert discovery_calls(sim, event_id) == 1
 
 
-def test_no_secret_reaches_the_api_log(api: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_reaches_the_api_log(api: str, settings) -> None:
     gql(api, DETAILS % new_id())
     gql(api, '{ accountProfile(accountId: "acct9") { id } }')
     log_text = wait_until(
@@ -219,7 +219,7 @@ def test_no_secret_reaches_the_api_log(api: str, settings) -> None:  # type: ign
         settings.discovery_api_key.get_secret_value(),
         settings.accounts_client_secret.get_secret_value(),
         KEY,
-        (token or b"never-issued").decode(),
+        (token or b"never-issued").decode(),  # type: ignore[union-attr]
     ):
         assert secret not in log_text
 
@@ -252,10 +252,10 @@ def test_a_chain_of_fragments_is_refused_at_once_and_health_keeps_answering(api:
     assert slowest and max(slowest) < 1.0
 
 
-def test_a_chunked_body_over_the_limit_is_refused(api: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_chunked_body_over_the_limit_is_refused(api: str, settings) -> None:
     big = json.dumps({"query": "{ " + "x" * (settings.api_max_query_bytes + 100) + " }"}).encode()
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks():
         for start in range(0, len(big), 1000):
             yield big[start : start + 1000]
 

@@ -28,7 +28,7 @@ FULL_PHONE = re.compile(r"\+1\d{10}")
 
 
 @pytest.fixture(scope="module")
-def debug_run(settings, stack, sim) -> tuple[ProcessGroup, list[str]]:  # type: ignore[no-untyped-def]
+def debug_run(settings, stack, sim) -> tuple[ProcessGroup, list[str]]:
     """A sale run to its end by the pipeline with every process logging at DEBUG, including STOP
     replies (phones in events); the processes are stopped, so their logs are whole. Returns the
     process group (its logs) and the fans' phones."""
@@ -69,7 +69,7 @@ def debug_run(settings, stack, sim) -> tuple[ProcessGroup, list[str]]:  # type: 
     return group, phones
 
 
-def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_run, settings) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_token_or_full_phone_number_in_any_debug_log(debug_run, settings) -> None:
     # Given the sale of ``debug_run`` (every process at DEBUG, STOP replies carrying phones)
     group, phones = debug_run
     # Then no log line of any process carries a secret or a full phone number
@@ -98,7 +98,7 @@ CELERY_PRINTS = re.compile(
 )
 
 
-def test_every_log_line_is_json_with_a_correlation_id(debug_run) -> None:  # type: ignore[no-untyped-def]
+def test_every_log_line_is_json_with_a_correlation_id(debug_run) -> None:
     group, _ = debug_run
     lines = [line for path in group.log_dir.glob("*.log") for line in path.read_text().splitlines()]
     assert len(lines) > 100

@@ -27,7 +27,7 @@ def holds_lock(group: ProcessGroup, name: str) -> bool:
     return path.exists() and "beat: Acquired lock" in path.read_text()
 
 
-def test_two_beats_send_each_tick_once_and_the_standby_takes_over(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_two_beats_send_each_tick_once_and_the_standby_takes_over(settings, stack) -> None:
     group = ProcessGroup(
         settings.run_dir.resolve() / "logs" / f"e2e-beat-{uuid.uuid4().hex[:6]}",
         env={

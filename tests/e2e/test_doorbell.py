@@ -26,7 +26,7 @@ def receipt() -> bytes:
     return json.dumps(event | {"timestamp": "2026-12-07T10:00:00Z"}).encode()
 
 
-def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, stack) -> None:
     kinesis, sqs = aws.client("kinesis", settings), aws.client("sqs", settings)
     url = topology.queue_url(settings, "sms-status")
     sqs.purge_queue(QueueUrl=url)
@@ -51,7 +51,7 @@ def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, 
     group.start(["bridge-sms-status"])
     try:
         # Given the bridge reading: a first receipt's task is on the queue (time T)
-        wait_until(lambda: (put(), time.sleep(1.0), waiting())[2] >= 1, timeout=60, what="the bridge reading")
+        wait_until(lambda: (put(), time.sleep(1.0), waiting())[2] >= 1, timeout=60, what="the bridge reading")  # type: ignore[func-returns-value]
         seen = time.monotonic()
         before = waiting()
         # When a second receipt comes with no ring, then it waits: the bridge read once more right

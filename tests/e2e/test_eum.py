@@ -31,7 +31,7 @@ IDENTITY = "+18005550199"
 
 
 @pytest.fixture(scope="module")
-def eum_env(settings, stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def eum_env(settings, stack) -> dict[str, str]:
     return {
         **eum_account(settings, IDENTITY, "dmd-e2e"),
         "DMD_SMS_TIMEOUT_SECONDS": "1",
@@ -43,7 +43,7 @@ def eum_env(settings, stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings, stack, sim, eum_env) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, stack, sim, eum_env) -> Iterator[ProcessGroup]:
     sim.configure(eum={"status_delay_ms": 100})
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-eum", env=eum_env)
     group.start([*PIPELINE_PROCESSES, "bridge-sqs"])
@@ -54,11 +54,11 @@ def pipeline(settings, stack, sim, eum_env) -> Iterator[ProcessGroup]:  # type: 
         sim.configure(eum={"status_delay_ms": 200, "timeout_rate": 0, "timeout_ms": 0})
 
 
-def notifications(settings, sale_id: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+def notifications(settings, sale_id: str) -> list[dict]:
     return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
-def test_a_sale_through_end_user_messaging_gets_its_receipts_back_through_sns_and_sqs(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_sale_through_end_user_messaging_gets_its_receipts_back_through_sns_and_sqs(pipeline, settings, sim) -> None:
     # Given a sale sent through End User Messaging
     sale_id, _ = start_sale(settings, FANS, rate=50)
 
@@ -79,7 +79,7 @@ def test_a_sale_through_end_user_messaging_gets_its_receipts_back_through_sns_an
     assert not pipeline.dead(), pipeline.dead()
 
 
-def test_sends_without_an_answer_are_never_repeated_and_settled_by_the_services_events(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_sends_without_an_answer_are_never_repeated_and_settled_by_the_services_events(pipeline, settings, sim) -> None:
     # Given a service that accepts a third of the messages but answers only after the client gave up
     sim.configure(eum={"timeout_rate": 0.35, "timeout_ms": 1500})
     try:
@@ -104,7 +104,7 @@ def test_sends_without_an_answer_are_never_repeated_and_settled_by_the_services_
     assert not resent, f"{len(resent)} of {len(settled)} sends without an answer spent an attempt: {resent[:5]}"
 
 
-def test_an_ambiguous_send_with_no_event_in_its_window_ends_unknown(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_ambiguous_send_with_no_event_in_its_window_ends_unknown(pipeline, settings, sim) -> None:
     # Given a service that answers no call in time and whose events come long after the window,
     # and its circuit closed (the test before may have left it open: then one probe call would go
     # every DMD_CIRCUIT_OPEN_SECONDS, and five would take longer than this test waits)

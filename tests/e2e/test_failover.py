@@ -30,7 +30,7 @@ SWITCH_SECONDS = 15
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:
     account = eum_account(settings, IDENTITY, "dmd-failover")
     del account["DMD_SMS_PROVIDER"]  # the HTTP provider stays the primary; End User Messaging is the second
     sim.configure(sms={"status_delay_ms": 100}, eum={"status_delay_ms": 100})
@@ -56,7 +56,7 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
         clear_circuits()
 
 
-def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_other(pipeline, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_other(pipeline, settings, sim) -> None:
     # Given a sale split between the two providers (70/30), paced so that it lasts about half a minute
     sale_id, _ = start_sale(settings, FANS, rate=5)
     wait_until(lambda: counts(settings, sale_id).get("delivered", 0) >= FANS // 5, timeout=120, what="a fifth sent")
@@ -90,21 +90,21 @@ def test_a_provider_failing_half_way_through_a_sale_loses_its_traffic_to_the_oth
     assert provider_counts(settings, sale_id)["eum"] > before["eum"]
 
 
-def http_circuit_tripped(settings) -> bool:  # type: ignore[no-untyped-def]
+def http_circuit_tripped(settings) -> bool:
     """The HTTP provider's circuit (``dmd_tasks.infra.circuit``) has opened: open or half-open since."""
     return bool(redis.Redis.from_url(settings.redis_url).exists(f"dmd:circuit:{sms_account(settings, 'http')}:tripped"))
 
 
-def http_errors(sim) -> int:  # type: ignore[no-untyped-def]
+def http_errors(sim) -> int:
     """Calls the HTTP provider answered with a 5xx so far."""
     return sum(v for k, v in sim.stats()["sms"].items() if k.startswith("responses_5"))
 
 
-def items_of(settings, sale_id: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+def items_of(settings, sale_id: str) -> list[dict]:
     return list(DemandTable(settings).for_notifications().query_all(f"SALE#{sale_id}", "NOTIFICATION#"))
 
 
-def provider_counts(settings, sale_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def provider_counts(settings, sale_id: str) -> dict[str, int]:
     """Notifications by the provider their (last) call went to."""
     out: dict[str, int] = {}
     for item in items_of(settings, sale_id):

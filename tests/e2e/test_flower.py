@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def flower(settings, stack, sim) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def flower(settings, stack, sim) -> Iterator[str]:
     port = free_port()
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-flower", env={"DMD_FLOWER_PORT": str(port)})
     group.start(["worker-short-url", "bridge-demand", "flower"])
@@ -32,7 +32,7 @@ def flower(settings, stack, sim) -> Iterator[str]:  # type: ignore[no-untyped-de
         group.stop()
 
 
-def test_flower_sees_the_worker_and_a_task_lifecycle(flower: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_flower_sees_the_worker_and_a_task_lifecycle(flower: str, settings) -> None:
     # Given a worker on the SQS queue short-url, which Flower lists
     workers = wait_until(
         lambda: requests.get(f"{flower}/api/workers?refresh=1", timeout=30).json(),
@@ -50,7 +50,7 @@ def test_flower_sees_the_worker_and_a_task_lifecycle(flower: str, settings) -> N
     table.put_items([item(Demand(eventId=event.id, fanId="f1", phone="+15550001234"))])
 
     # Then Flower shows the task's whole life: sent, received, started, succeeded, with its runtime
-    def task_seen() -> dict | None:  # type: ignore[type-arg]
+    def task_seen() -> dict | None:
         tasks = requests.get(
             f"{flower}/api/tasks", params={"taskname": "dmd_tasks.shorten.shorten_event_url"}, timeout=10
         ).json()

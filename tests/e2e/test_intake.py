@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e-intake")
     group.start(["bridge-sqs", "worker-short-url"])
     try:
@@ -38,7 +38,7 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
 
 def test_demand_from_pipes_is_shortened_once_and_an_unreadable_message_is_dead_lettered(
     pipeline, settings, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     run = uuid.uuid4().hex[:8]
     event = Event(id=f"pipes-{run}", name="Pipes", url=f"https://www.ticketmaster.com/e/{run}")
     table = DemandTable(settings)

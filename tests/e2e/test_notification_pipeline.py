@@ -43,7 +43,7 @@ ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:
     sim.configure(sms={"status_delay_ms": 100})
     group = ProcessGroup(
         settings.run_dir.resolve() / "logs" / "e2e-pipeline",
@@ -62,7 +62,7 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
 
 
 @pytest.fixture()
-def records(settings):  # type: ignore[no-untyped-def]
+def records(settings):
     table = DemandTable(settings)
     return table.for_notifications(), NotificationRecords(table, settings.pending_shards), SaleRecords(table)
 
@@ -76,7 +76,7 @@ def new_sale(
     template: str = "{{ event_name }} on sale now: {{ short_url }}",
     optouts: tuple[str, ...] = (),
     raw_rows: Callable[[str], list[dict[str, Any]]] | None = None,
-) -> tuple[str, Event]:  # type: ignore[no-untyped-def]
+) -> tuple[str, Event]:
     """A due sale of ``fans`` (and of ``raw_rows(event_id)``: demand items written as they are)."""
     run = uuid.uuid4().hex[:8]
     table = DemandTable(settings)
@@ -94,7 +94,7 @@ def new_sale(
     return sale_id, event
 
 
-def test_real_world_rows_one_sms_per_phone_and_a_bad_row_stops_nobody(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_real_world_rows_one_sms_per_phone_and_a_bad_row_stops_nobody(pipeline, records, settings, sim) -> None:
     table, notifications, sales = records
     # Given twelve fans: three share one number written three ways, and three rows are bad (a time
     # zone stored as a number, a phone stored as a list, no fan id at all)
@@ -159,7 +159,7 @@ def all_terminal(
     return counts if sale.get("status") == "generated" and done == sum(counts.values()) == expected else None
 
 
-def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, records, settings, sim) -> None:
     table, notifications, sales = records
     # Given 40 fans, two of them opted out before the sale and one with a number that is not E.164
     audience = fans(40)
@@ -197,7 +197,7 @@ def test_every_fan_gets_one_sms_and_every_notification_ends_terminal(pipeline, r
 
 
 def test_poison_on_the_status_stream_is_dead_lettered_and_every_receipt_after_it_is_applied(
-    pipeline,  # type: ignore[no-untyped-def]
+    pipeline,
     records,
     settings,
     sim,
@@ -242,7 +242,7 @@ def test_poison_on_the_status_stream_is_dead_lettered_and_every_receipt_after_it
     assert "nested too deeply" in mine[next(s for s, w in sequences.items() if w.startswith("nested"))]["reason"]
 
 
-def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, sim) -> None:
     _, notifications, _sales = records
     # Given a 09:00-21:00 window, fans in a zone where it is daytime now and fans where it is night
     hour = datetime.now(UTC).hour
@@ -275,7 +275,7 @@ def test_quiet_hours_hold_in_each_fans_time_zone(pipeline, records, settings, si
     assert wake == {(9 - night_offset) % 24}
 
 
-def test_a_template_that_reaches_for_python_internals_never_sends(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_template_that_reaches_for_python_internals_never_sends(pipeline, records, settings, sim) -> None:
     _, notifications, sales = records
     # Given a campaign whose template was written around the API (the model refuses it)
     with pytest.raises(ValueError, match="outside a"):
@@ -303,7 +303,7 @@ def test_a_template_that_reaches_for_python_internals_never_sends(pipeline, reco
     assert "template" in letters[0]["reason"]
 
 
-def test_stop_replies_opt_fans_out(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_stop_replies_opt_fans_out(pipeline, records, settings, sim) -> None:
     _table, notifications, sales = records
     # Given a provider whose recipients all reply STOP after delivery
     sim.configure(sms={"stop_reply_rate": 1.0})
@@ -335,7 +335,7 @@ def test_stop_replies_opt_fans_out(pipeline, records, settings, sim) -> None:  #
     assert sim.sms_sale(second)["accepted"] == 3 - len(opted)
 
 
-def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, records, settings, sim) -> None:
     table, notifications, sales = records
     # Given a provider failing a third of the calls with 500/503 and rate-limiting above 20/s
     sim.configure(sms={"error_rate": 0.33, "rate_limit_per_second": 20})
@@ -359,7 +359,7 @@ def test_provider_failures_are_retried_within_the_attempt_limit(pipeline, record
     assert counts.get("delivered", 0) + counts.get("undelivered", 0) + len(failed) == 30
 
 
-def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings, sim) -> None:
     from dmd_tasks.pipeline.stage4_send import send_notifications
 
     _, notifications, sales = records
@@ -376,7 +376,7 @@ def test_a_repeated_send_message_sends_nothing_twice(pipeline, records, settings
     assert (provider["accepted"], provider["recipients"], provider["duplicates"]) == (5, 5, 0)
 
 
-def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, settings) -> None:
     import requests
 
     from dmd_tasks.ops.stack import free_port, wait_for_port

@@ -30,7 +30,7 @@ FANS = 5
 
 
 @pytest.fixture()
-def honcho(settings, stack, tmp_path) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+def honcho(settings, stack, tmp_path) -> Iterator[tuple[str, Path]]:
     """Every Procfile process under ``honcho start``; the metrics URL and honcho's output file."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
@@ -65,7 +65,7 @@ def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho, settings) -> None:  # type: ignore[no-untyped-def]
+def test_under_honcho_the_exporter_serves_worker_beat_and_bridge_metrics(honcho, settings) -> None:
     url, output = honcho
     sale_id, _ = start_sale(settings, FANS, rate=5)
 

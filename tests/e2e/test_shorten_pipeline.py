@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no-untyped-def]
+def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:
     group = ProcessGroup(settings.run_dir.resolve() / "logs" / "e2e", env={"DMD_BRIDGE_RECORDS_PER_READ": "50"})
     group.start(["bridge-demand", "worker-short-url"])
     try:
@@ -42,7 +42,7 @@ def pipeline(settings, stack, sim) -> Iterator[ProcessGroup]:  # type: ignore[no
 
 
 @pytest.fixture()
-def table(settings) -> DemandTable:  # type: ignore[no-untyped-def]
+def table(settings) -> DemandTable:
     return DemandTable(settings)
 
 
@@ -65,12 +65,12 @@ def all_short(table: DemandTable, events: list[Event]) -> dict[str, str] | None:
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
-def dead_letters_mentioning(settings, marker: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def dead_letters_mentioning(settings, marker: str) -> list[dict[str, Any]]:
     letters = deadletter.receive(settings, "bridge-demand", max_messages=200)
     return [d for d in letters if marker in json.dumps(d)]
 
 
-def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
+def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, table, sim) -> None:
     # Given six events and demand for them, with many fans per event
     events = make_events(6)
     table.put_items(item(e) for e in events)
@@ -97,7 +97,7 @@ def test_each_event_gets_exactly_one_short_url_and_one_bitly_call(pipeline, tabl
         assert (EventRecords(table).get(event.id) or event).short_url == links[event.id]
 
 
-def test_malformed_records_are_dead_lettered_while_batch_mates_proceed(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_records_are_dead_lettered_while_batch_mates_proceed(pipeline, table, settings, sim) -> None:
     events = make_events(2)
     table.put_items(item(e) for e in events)
     marker = uuid.uuid4().hex[:10]
@@ -122,7 +122,7 @@ def test_malformed_records_are_dead_lettered_while_batch_mates_proceed(pipeline,
     assert all(letter["source"] == "bridge-demand" and letter["payload"]["dynamodb"] for letter in letters)
 
 
-def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settings, stack, sim, table) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_wrapped_changes_are_bridged_and_garbage_is_dead_lettered(settings, stack, sim, table) -> None:
     from dmd_tasks.ops.provision import ensure_kinesis_stream
 
     stream_name = f"dmd-demand-changes-{uuid.uuid4().hex[:6]}"
@@ -191,7 +191,7 @@ def _kinesis_change(event: Event, fan: str) -> dict[str, Any]:
     }
 
 
-def _checkpoint(settings) -> str | None:  # type: ignore[no-untyped-def]
+def _checkpoint(settings) -> str | None:
     ddb = aws.client("dynamodb", settings)
     items = ddb.scan(TableName=settings.checkpoint_table_name)["Items"]
     mine = [
@@ -202,7 +202,7 @@ def _checkpoint(settings) -> str | None:  # type: ignore[no-untyped-def]
     return mine[0]["sequence"]["S"] if mine and "sequence" in mine[0] else None
 
 
-def _last_stream_sequence(settings) -> str:  # type: ignore[no-untyped-def]
+def _last_stream_sequence(settings) -> str:
     ddb = aws.client("dynamodb", settings)
     streams = aws.client("dynamodbstreams", settings)
     arn = ddb.describe_table(TableName=settings.table_name)["Table"]["LatestStreamArn"]
@@ -219,7 +219,7 @@ def _last_stream_sequence(settings) -> str:  # type: ignore[no-untyped-def]
         iterator = page["NextShardIterator"]
 
 
-def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, settings, sim) -> None:
     # Given a backlog of changes built up while the bridge was down (it reads 50 a page)
     pipeline.kill("bridge-demand", signal.SIGKILL)
     before = _checkpoint(settings)
@@ -258,11 +258,11 @@ def test_bridge_killed_mid_stream_resumes_from_its_checkpoint(pipeline, table, s
     wait_until(lambda: int(_checkpoint(settings) or 0) >= int(last), what="the checkpoint to pass the backlog")
 
 
-def _short_url_dead_letters(settings, marker: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def _short_url_dead_letters(settings, marker: str) -> list[dict[str, Any]]:
     return [d for d in deadletter.receive(settings, "short-url", max_messages=200) if marker in json.dumps(d)]
 
 
-def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(pipeline, table, settings, sim) -> None:  # type: ignore[no-untyped-def]
+def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(pipeline, table, settings, sim) -> None:
     # Given Bitly answering 500 to every call
     sim.configure(bitly={"error_rate": 1.0})
     try:
@@ -286,7 +286,7 @@ def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(
 
         # And URLs that are not http(s) on an allowed host are dead-lettered without any call
         for event in bad:
-            found = wait_until(lambda e=event: _short_url_dead_letters(settings, e.id), what="bad URL dead letter")
+            found = wait_until(lambda e=event: _short_url_dead_letters(settings, e.id), what="bad URL dead letter")  # type: ignore[misc]
             assert found[0]["reason"].startswith("DisallowedUrl")
             assert sim.bitly_calls(event.url) == 0
     finally:
@@ -304,7 +304,7 @@ def test_bitly_failures_are_retried_then_dead_lettered_and_bad_urls_never_leave(
     assert not _short_url_dead_letters(settings, doomed[0].id)
 
 
-def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> None:  # type: ignore[no-untyped-def]
+def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> None:
     # Given Bitly rate-limiting hard (one call a second, 429 with Retry-After above it)
     sim.configure(bitly={"rate_limit_per_second": 1})
     try:
@@ -319,7 +319,7 @@ def test_transient_bitly_failures_recover_with_retries(pipeline, table, sim) -> 
         sim.configure(bitly={"rate_limit_per_second": 0})
 
 
-def test_replaying_the_bridge_dead_letters_keeps_what_is_still_invalid(pipeline, settings) -> None:  # type: ignore[no-untyped-def]
+def test_replaying_the_bridge_dead_letters_keeps_what_is_still_invalid(pipeline, settings) -> None:
     from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
     from dmd_tasks.ops.dlq import replay
 

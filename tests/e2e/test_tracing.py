@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def spans():  # type: ignore[no-untyped-def]
+def spans():
     from dmd_tasks.infra import tracing
 
     exporter = in_memory_spans()
@@ -32,7 +32,7 @@ def spans():  # type: ignore[no-untyped-def]
     return exporter
 
 
-def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stack, sim) -> None:  # type: ignore[no-untyped-def]
+def test_one_trace_from_the_scheduling_tick_to_the_receipt(spans, settings, stack, sim) -> None:
     from celery.contrib.testing.worker import start_worker
 
     from dmd_tasks.celery_app import app

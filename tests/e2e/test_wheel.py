@@ -44,7 +44,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.mkdir()
     for name in SOURCES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name)  # type: ignore[operator]
+        copy(ROOT / name, source / name)
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", base / "dist", source, cwd=base)
     (wheel,) = (base / "dist").glob("dmd-*.whl")
     with zipfile.ZipFile(wheel) as contents:
@@ -81,7 +81,7 @@ def test_the_wheel_holds_what_the_package_reads_and_no_local_stack(installed: Pa
 
 
 @pytest.fixture()
-def from_wheel(installed: Path, settings, stack, sim) -> Iterator[tuple[str, ProcessGroup]]:  # type: ignore[no-untyped-def]
+def from_wheel(installed: Path, settings, stack, sim) -> Iterator[tuple[str, ProcessGroup]]:
     """``dmd api`` and the query worker, from the installed wheel, outside the checkout."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
@@ -97,7 +97,7 @@ def from_wheel(installed: Path, settings, stack, sim) -> Iterator[tuple[str, Pro
         ],
     }
     for name, argv in commands.items():
-        group.processes[name] = spawn(argv, group.log_dir / f"{name}.log", env, outside)
+        group.processes[name] = spawn(argv, group.log_dir / f"{name}.log", env, outside)  # type: ignore[arg-type]
     try:
         wait_for_port("127.0.0.1", port, timeout=60, what="api", process=group.processes["api"])
         yield f"http://127.0.0.1:{port}/graphql", group
@@ -105,7 +105,7 @@ def from_wheel(installed: Path, settings, stack, sim) -> Iterator[tuple[str, Pro
         group.stop()
 
 
-def test_dmd_api_and_a_worker_run_from_the_installed_wheel(from_wheel, sim) -> None:  # type: ignore[no-untyped-def]
+def test_dmd_api_and_a_worker_run_from_the_installed_wheel(from_wheel, sim) -> None:
     url, group = from_wheel
     event_id = new_id()
 

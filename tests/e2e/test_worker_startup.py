@@ -13,7 +13,7 @@ from dmd_tasks.infra import aws
 pytestmark = pytest.mark.e2e
 
 
-def test_worker_refuses_a_queue_that_would_redeliver_running_tasks(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_worker_refuses_a_queue_that_would_redeliver_running_tasks(settings, stack) -> None:
     # Given a queue whose visibility timeout (10 s) is shorter than a retry countdown
     aws.client("sqs", settings).create_queue(QueueName="unsafe-short-url", Attributes={"VisibilityTimeout": "10"})
     # When a worker is started on it

@@ -29,13 +29,13 @@ CLIENTS = (
 
 
 @pytest.mark.parametrize("name", CLIENTS)
-def test_each_client_is_built_once_per_services_and_not_shared_between_them(settings, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_client_is_built_once_per_services_and_not_shared_between_them(settings, name: str) -> None:
     services = Services(settings)
     assert getattr(services, name) is getattr(services, name)
     assert getattr(Services(settings), name) is not getattr(services, name)
 
 
-def test_the_clients_are_built_from_the_services_own_settings(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_clients_are_built_from_the_services_own_settings(stack) -> None:
     sharded = Services(load_settings(pending_shards=3))
     assert list(sharded.notifications.shards()) == [0, 1, 2]
 
@@ -46,7 +46,7 @@ def test_the_clients_are_built_from_the_services_own_settings(stack) -> None:  #
     assert raised.value.status_code == 403
 
 
-def test_the_send_rate_limit_is_shared_by_every_services(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_send_rate_limit_is_shared_by_every_services(settings, stack) -> None:
     # Given one process's sender took a slot of a sale's 1-a-second campaign rate
     sale = f"s{uuid.uuid4().hex[:8]}"
     Services(settings).sms_throttle.campaign(sale).acquire(1, timeout_seconds=5)
@@ -54,7 +54,7 @@ def test_the_send_rate_limit_is_shared_by_every_services(settings, stack) -> Non
     assert Services(settings).sms_throttle.campaign(sale).reserve(1, timeout_seconds=5) > 0.5
 
 
-def test_a_process_has_one_services_built_from_its_settings(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_process_has_one_services_built_from_its_settings(settings) -> None:
     services = get_services()
     assert get_services() is services
     assert services.settings == settings
@@ -66,7 +66,7 @@ def _child(parent: Services, answers: Connection) -> None:
     answers.close()
 
 
-def test_a_forked_child_builds_services_of_its_own(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_forked_child_builds_services_of_its_own(settings) -> None:
     parent = get_services()
     fork = multiprocessing.get_context("fork")
     receive, send = fork.Pipe(duplex=False)

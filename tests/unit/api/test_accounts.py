@@ -16,16 +16,16 @@ from simulators.faults import Faults
 
 
 @pytest.fixture()
-def cache(settings, stack) -> redis.Redis:  # type: ignore[no-untyped-def]
+def cache(settings, stack) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 
 @pytest.fixture()
-def service(settings, cache: redis.Redis) -> AccountService:  # type: ignore[no-untyped-def]
+def service(settings, cache: redis.Redis) -> AccountService:
     return AccountService(settings, cache, AccountsClient.from_settings(settings, cache))
 
 
-def account_calls(sim) -> int:  # type: ignore[no-untyped-def]
+def account_calls(sim) -> int:
     return int(sim.stats()["accounts"].get("account_calls", 0))
 
 
@@ -35,7 +35,7 @@ def new_id() -> str:
 
 def test_a_profile_is_fetched_then_served_from_the_cache_for_a_minute(
     settings, service: AccountService, cache: redis.Redis, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     account_id = new_id()
     before = account_calls(sim)
 
@@ -62,7 +62,7 @@ def test_an_unknown_account_is_not_found_and_not_cached(service: AccountService,
     assert cache.get(f"dmd:account:{account_id}") is None
 
 
-def test_a_failing_accounts_api_is_unavailable(service: AccountService, cache: redis.Redis, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_accounts_api_is_unavailable(service: AccountService, cache: redis.Redis, sim) -> None:
     account_id = new_id()
     sim.configure(accounts={"error_rate": 1.0})
     try:
@@ -75,7 +75,7 @@ def test_a_failing_accounts_api_is_unavailable(service: AccountService, cache: r
     assert service.get(account_id)["id"] == account_id
 
 
-def test_refused_credentials_are_unavailable_and_the_secret_stays_out(settings, cache: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_refused_credentials_are_unavailable_and_the_secret_stays_out(settings, cache: redis.Redis) -> None:
     cache.delete(TOKEN_KEY)
     wrong = AccountsClient(settings.accounts_base_url, settings.accounts_client_id, "leaked-secret", cache)
     with pytest.raises(Unavailable) as raised:
@@ -85,7 +85,7 @@ def test_refused_credentials_are_unavailable_and_the_secret_stays_out(settings, 
 
 
 @pytest.mark.parametrize("bad_id", ["a b", "", "x" * 65, "acct1\n", "../admin"])
-def test_a_malformed_id_is_refused_before_any_call(service: AccountService, sim, bad_id: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_id_is_refused_before_any_call(service: AccountService, sim, bad_id: str) -> None:
     before = account_calls(sim)
     with pytest.raises(InvalidArgument, match="accountId"):
         service.get(bad_id)

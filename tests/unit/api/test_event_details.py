@@ -25,7 +25,7 @@ FRESH, STALE, MISSING = "dmd:event:{}", "dmd:event-stale:{}", "dmd:event-missing
 
 
 @pytest.fixture()
-def tuned(stack) -> Settings:  # type: ignore[no-untyped-def]
+def tuned(stack) -> Settings:
     """The session's settings, but with room in Discovery's shared rate budget (5 a second) for these
     tests' calls in quick succession: a spent budget would serve stale copies where a test expects a fetch."""
     return load_settings(discovery_rate_per_second=1000)
@@ -46,7 +46,7 @@ def details(tuned: Settings, cache: redis.Redis) -> EventDetailsService:
 
 
 @pytest.fixture()
-def discovery_faults(sim) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def discovery_faults(sim) -> Iterator[Any]:
     """``discovery_faults(error_rate=1.0)`` for this test; Discovery is healthy again after it."""
     try:
         yield lambda **values: sim.configure(discovery=values)
@@ -58,13 +58,13 @@ def new_id() -> str:
     return f"ed{uuid.uuid4().hex[:10]}"
 
 
-def calls(sim, event_id: str) -> int:  # type: ignore[no-untyped-def]
+def calls(sim, event_id: str) -> int:
     return int(sim.stats()["discovery"]["calls_by_event"].get(event_id, 0))
 
 
 def test_a_miss_is_fetched_once_then_served_from_the_cache(
     tuned, details: EventDetailsService, cache: redis.Redis, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     event_id = new_id()
 
     cold = details.get(event_id)
@@ -83,7 +83,7 @@ def test_a_miss_is_fetched_once_then_served_from_the_cache(
 @pytest.mark.parametrize("fault", ["error_rate", "throttle_rate"])
 def test_when_discovery_fails_the_last_good_copy_is_served_marked_stale(
     details: EventDetailsService, cache: redis.Redis, discovery_faults, fault: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a copy fetched earlier whose 24 h have passed
     event_id = new_id()
     fetched = details.get(event_id)
@@ -99,7 +99,7 @@ def test_when_discovery_fails_the_last_good_copy_is_served_marked_stale(
         details.get(new_id())
 
 
-def test_a_404_is_remembered_briefly(tuned, details: EventDetailsService, cache: redis.Redis, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_404_is_remembered_briefly(tuned, details: EventDetailsService, cache: redis.Redis, sim) -> None:
     event_id = f"missing{uuid.uuid4().hex[:8]}"
     for _ in range(3):
         with pytest.raises(NotFound):
@@ -115,14 +115,14 @@ def test_a_404_is_remembered_briefly(tuned, details: EventDetailsService, cache:
 
 
 @pytest.mark.parametrize("bad_id", ["a b", "", "x" * 65, "ev1\n", "../etc/passwd"])
-def test_a_malformed_id_is_refused_before_any_call(details: EventDetailsService, sim, bad_id: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_id_is_refused_before_any_call(details: EventDetailsService, sim, bad_id: str) -> None:
     before = sim.stats()["discovery"]["calls"]
     with pytest.raises(InvalidArgument, match="eventId"):
         details.get(bad_id)
     assert sim.stats()["discovery"]["calls"] == before
 
 
-def test_concurrent_misses_make_one_upstream_call(details: EventDetailsService, discovery_faults, sim) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_misses_make_one_upstream_call(details: EventDetailsService, discovery_faults, sim) -> None:
     discovery_faults(latency_ms=300)
     event_id = new_id()
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -147,7 +147,7 @@ def fetch_in_background(service: EventDetailsService, event_id: str) -> tuple[th
 
 def test_a_caller_waiting_on_a_fetch_that_failed_serves_the_stale_copy_without_calling(
     tuned, details: EventDetailsService, cache: redis.Redis, discovery_faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a stale copy, and a first caller whose fetch is under way and will fail
     event_id = new_id()
     details.get(event_id)
@@ -167,7 +167,7 @@ def test_a_caller_waiting_on_a_fetch_that_failed_serves_the_stale_copy_without_c
 
 def test_a_caller_waiting_on_a_fetch_that_failed_with_no_copy_is_unavailable(
     tuned, details: EventDetailsService, cache: redis.Redis, discovery_faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     event_id = new_id()
     discovery_faults(latency_ms=500, error_rate=1.0)
     first, first_outcome = fetch_in_background(service_over(tuned, cache), event_id)
@@ -182,7 +182,7 @@ def test_a_caller_waiting_on_a_fetch_that_failed_with_no_copy_is_unavailable(
 
 def test_a_miss_that_takes_the_lock_after_another_caller_filled_the_cache_does_not_call_again(
     tuned, details: EventDetailsService, monkeypatch: pytest.MonkeyPatch, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a caller that found no copy, and another caller whose whole fetch completes before this
     # one takes the lock
     event_id = new_id()
@@ -205,7 +205,7 @@ def test_a_miss_that_takes_the_lock_after_another_caller_filled_the_cache_does_n
 
 def test_a_waiting_caller_whose_fetcher_finished_between_two_looks_serves_the_fresh_copy(
     tuned, details: EventDetailsService, monkeypatch: pytest.MonkeyPatch, discovery_faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a first caller's fetch under way
     event_id = new_id()
     discovery_faults(latency_ms=300)

@@ -73,22 +73,22 @@ def test_fields_in_fragments_count_and_depth_follows_them() -> None:
     assert errors and "spreads itself" in errors[0].message
 
 
-def run_gate(gate: ApiKeyGate, scope: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+def run_gate(gate: ApiKeyGate, scope: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:
     """Call the gate as a server would; returns (what it sent, the scopes its app was called with)."""
-    sent: list[dict] = []  # type: ignore[type-arg]
+    sent: list[dict] = []
     incoming = iter(messages)
 
-    async def receive() -> dict:  # type: ignore[type-arg]
+    async def receive() -> dict:
         return next(incoming, {"type": "http.disconnect"})
 
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
+    async def send(message: dict) -> None:
         sent.append(message)
 
-    async def app(app_scope: dict, app_receive, app_send) -> None:  # type: ignore[no-untyped-def,type-arg]
+    async def app(app_scope: dict, app_receive, app_send) -> None:
         seen.append({**app_scope, "body": (await app_receive()).get("body")})
         await app_send({"type": "http.response.start", "status": 200, "headers": []})
 
-    seen: list[dict] = []  # type: ignore[type-arg]
+    seen: list[dict] = []
     gate._app = app
     asyncio.run(gate(scope, receive, send))
     return sent, seen
@@ -98,7 +98,7 @@ def gate(**settings: object) -> ApiKeyGate:
     return ApiKeyGate(None, load_settings(api_keys=["k1", "k2"], **settings))
 
 
-def http(key: str, headers: list | None = None) -> dict:  # type: ignore[type-arg]
+def http(key: str, headers: list | None = None) -> dict:
     return {"type": "http", "path": "/graphql", "headers": [(b"x-api-key", key.encode()), *(headers or [])]}
 
 
@@ -111,7 +111,7 @@ def test_the_gate_refuses_websockets_and_bodies_over_the_limit_however_they_arri
     sent, seen = run_gate(gate(api_max_query_bytes=8192), http("k1"), chunks)
     assert sent[0]["status"] == 413 and seen == []
     small = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"}]
-    sent, seen = run_gate(gate(), http("k1"), small)
+    sent, seen = run_gate(gate(), http("k1"), small)  # type: ignore[arg-type]
     assert seen[0]["body"] == b"abc"  # the app reads the body the gate already read
 
 

@@ -46,7 +46,7 @@ def scheduled(nid: str) -> dict[str, Any]:
     return record("MODIFY", {**base, "status": "scheduled"}, {**base, "status": "pending"})
 
 
-def test_a_page_becomes_shorten_tasks_and_one_dead_letter_and_leaves_notifications_alone(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_page_becomes_shorten_tasks_and_one_dead_letter_and_leaves_notifications_alone(queues) -> None:
     handler = build_handler(queues.settings, parse_change)
     sale = f"s{uuid.uuid4().hex[:8]}"
     # Given a page with demand for two events (three fans for one), six notifications moved to
@@ -78,7 +78,7 @@ def test_a_page_becomes_shorten_tasks_and_one_dead_letter_and_leaves_notificatio
     ]
 
 
-def test_an_event_shortened_on_an_earlier_page_is_not_shortened_again(queues) -> None:  # type: ignore[no-untyped-def]
+def test_an_event_shortened_on_an_earlier_page_is_not_shortened_again(queues) -> None:
     handler = build_handler(queues.settings, parse_change)
 
     handler([demand_insert("ev1", "fan1")], "shard-1")
@@ -94,7 +94,7 @@ def kinesis_wrapped(change: dict[str, Any], sequence: str) -> dict[str, Any]:
     return {"SequenceNumber": sequence, "Data": json.dumps(change).encode(), "PartitionKey": "p"}
 
 
-def test_with_the_kinesis_decoder_wrapped_changes_are_routed_and_garbage_dead_lettered(queues) -> None:  # type: ignore[no-untyped-def]
+def test_with_the_kinesis_decoder_wrapped_changes_are_routed_and_garbage_dead_lettered(queues) -> None:
     handler = build_handler(queues.settings, decode_kinesis_change)
     garbage = {"SequenceNumber": "77", "Data": b"not json", "PartitionKey": "p"}
 
@@ -116,7 +116,7 @@ def test_the_planner_counts_routes_published_on_earlier_pages_as_duplicates() ->
     assert result.duplicates == 1 and result.routed == 1
 
 
-def test_the_reader_reads_the_tables_stream_by_default(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_reader_reads_the_tables_stream_by_default(settings, stack) -> None:
     reader = build_reader(settings)
 
     assert reader.name == BRIDGE_NAME
@@ -125,7 +125,7 @@ def test_the_reader_reads_the_tables_stream_by_default(settings, stack) -> None:
     assert reader.source.stream_id == table["LatestStreamArn"]
 
 
-def test_the_reader_reads_the_kinesis_stream_when_one_is_configured(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_reader_reads_the_kinesis_stream_when_one_is_configured(settings, stack) -> None:
     name = f"test-demand-{uuid.uuid4().hex[:8]}"
     arn = ensure_kinesis_stream(settings, name)["arn"]
     try:

@@ -60,14 +60,14 @@ def spaceship() -> dict[str, Any]:
     return record("INSERT", {"pk": "X#1", "sk": "X", "entity": "SPACESHIP"})
 
 
-def plan_page():  # type: ignore[no-untyped-def]
+def plan_page():
     def plan(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
         return plan_changes(records, parse_change, recently_published=recent)
 
     return plan
 
 
-def handler_for(settings, dedupe_seconds: float = 0.0) -> RecordHandler:  # type: ignore[no-untyped-def]
+def handler_for(settings, dedupe_seconds: float = 0.0) -> RecordHandler:
     return RecordHandler(
         BRIDGE,
         plan_page(),
@@ -84,7 +84,7 @@ def counted(outcome: str) -> float:
 OUTCOMES = ("enqueued", "duplicate", "ignored", "dead-lettered")
 
 
-def test_the_plans_calls_are_published_to_each_tasks_queue(queues) -> None:  # type: ignore[no-untyped-def]
+def test_the_plans_calls_are_published_to_each_tasks_queue(queues) -> None:
     # Given a page with demand for two events and two notifications moved to scheduled
     sale = f"s{uuid.uuid4().hex[:8]}"
     page = [
@@ -110,7 +110,7 @@ def test_the_plans_calls_are_published_to_each_tasks_queue(queues) -> None:  # t
     assert queues.dead_letters(BRIDGE) == []
 
 
-def test_bad_records_go_to_the_bridges_dead_letter_queue_with_their_reason(queues) -> None:  # type: ignore[no-untyped-def]
+def test_bad_records_go_to_the_bridges_dead_letter_queue_with_their_reason(queues) -> None:
     bad = spaceship()
     no_event = record("INSERT", {"pk": "EVENT#x", "sk": "DEMAND#f", "entity": "DEMAND", "fanId": "f"})
 
@@ -131,7 +131,7 @@ def test_bad_records_go_to_the_bridges_dead_letter_queue_with_their_reason(queue
     assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
 
 
-def test_outcomes_are_counted_per_record_not_per_message(queues) -> None:  # type: ignore[no-untyped-def]
+def test_outcomes_are_counted_per_record_not_per_message(queues) -> None:
     before = {o: counted(o) for o in OUTCOMES}
     # Given twelve delivery statuses (three messages of five) and one record that is not JSON
     good = [
@@ -161,7 +161,7 @@ def status_event(message_id: str) -> dict[str, Any]:
     return {"type": "status", "message_id": message_id, "status": "delivered", "timestamp": "2026-11-25T00:00:00Z"}
 
 
-def test_published_routes_are_remembered_for_dedupe_seconds_then_forgotten(queues) -> None:  # type: ignore[no-untyped-def]
+def test_published_routes_are_remembered_for_dedupe_seconds_then_forgotten(queues) -> None:
     handler = handler_for(queues.settings, dedupe_seconds=2.0)
     duplicates = counted("duplicate")
 
@@ -179,7 +179,7 @@ def test_published_routes_are_remembered_for_dedupe_seconds_then_forgotten(queue
     assert [t.args for t in queues.tasks("short-url")] == [["ev1"]]
 
 
-def test_without_dedupe_seconds_every_page_publishes_its_routes(queues) -> None:  # type: ignore[no-untyped-def]
+def test_without_dedupe_seconds_every_page_publishes_its_routes(queues) -> None:
     handler = handler_for(queues.settings, dedupe_seconds=0.0)
 
     handler([demand_insert("ev1", "fan1")], "shard-1")
@@ -188,7 +188,7 @@ def test_without_dedupe_seconds_every_page_publishes_its_routes(queues) -> None:
     assert [t.args for t in queues.tasks("short-url")] == [["ev1"], ["ev1"]]
 
 
-def test_a_page_that_cannot_be_published_is_handed_back_whole_and_succeeds_when_read_again(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_page_that_cannot_be_published_is_handed_back_whole_and_succeeds_when_read_again(queues) -> None:
     settings = queues.settings
     handler = handler_for(settings, dedupe_seconds=600.0)
     before = {o: counted(o) for o in OUTCOMES}
@@ -212,7 +212,7 @@ def test_a_page_that_cannot_be_published_is_handed_back_whole_and_succeeds_when_
     assert counted("enqueued") - before["enqueued"] == 1
 
 
-def test_a_letter_carries_its_stream_position_shard_and_sequence(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_letter_carries_its_stream_position_shard_and_sequence(queues) -> None:
     bad = spaceship()
     handler_for(queues.settings)([bad], "shardId-000000000007")
     sqs = aws.client("sqs", queues.settings)
@@ -222,7 +222,7 @@ def test_a_letter_carries_its_stream_position_shard_and_sequence(queues) -> None
 
 
 def test_a_page_whose_planning_raises_is_planned_record_by_record_and_only_the_culprit_is_dead_lettered(
-    queues,  # type: ignore[no-untyped-def]
+    queues,
 ) -> None:
     """A defect in planning (not a record's fault as the planner saw it) must not stop the stream."""
     culprit = demand_insert("ev-culprit")
@@ -243,14 +243,14 @@ def test_a_page_whose_planning_raises_is_planned_record_by_record_and_only_the_c
     assert letter["payload"]["eventID"] == culprit["eventID"]
 
 
-def test_removes_and_ttl_deletes_are_counted_apart(queues) -> None:  # type: ignore[no-untyped-def]
+def test_removes_and_ttl_deletes_are_counted_apart(queues) -> None:
     before = {o: counted(o) for o in ("removed", "ttl-expired")}
     handler_for(queues.settings)([load("ddb_stream_ttl_remove.json"), load("ddb_stream_remove.json")], "shard-1")
     assert counted("removed") - before["removed"] == 1
     assert counted("ttl-expired") - before["ttl-expired"] == 1
 
 
-def test_a_task_message_sqs_would_refuse_is_dead_lettered_and_the_rest_of_the_page_published(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_message_sqs_would_refuse_is_dead_lettered_and_the_rest_of_the_page_published(queues) -> None:
     def planner(records: Sequence[dict[str, Any]], recent: Container[tuple[str, str]]) -> BatchPlan:
         plan = plan_page()(records, recent)
         plan.calls[SHORTEN_EVENT_URL].append(TaskCall(args=("x" * 300_000,)))  # far over 256 KiB
@@ -266,7 +266,7 @@ def test_a_task_message_sqs_would_refuse_is_dead_lettered_and_the_rest_of_the_pa
     assert "SQS takes 262144" in letter["reason"] and letter["payload"]["truncated"]
 
 
-def test_a_page_with_a_sale_written_as_waiting_wakes_beats_claim(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_page_with_a_sale_written_as_waiting_wakes_beats_claim(queues) -> None:
     woken: list[str] = []
     handler = RecordHandler(
         BRIDGE, plan_page(), BatchPublisher(app, queues.settings), DeadLetters(queues.settings), wake=woken.append

@@ -60,7 +60,7 @@ def test_a_second_process_takes_one_lease_at_a_time_from_the_busiest_until_balan
     assert len(b.held()) == 2  # balanced: 2 and 2
     a.renew()  # a finds out, at its next renewal, which leases it lost
     assert len(a.held()) == 2 and not set(a.held()) & set(b.held())
-    assert sorted(owners(table).values()) == ["a", "a", "b", "b"]
+    assert sorted(owners(table).values()) == ["a", "a", "b", "b"]  # type: ignore[type-var]
 
 
 def test_a_dead_processs_leases_are_taken_after_the_failover_time_on_the_observers_clock(table: LeaseTable) -> None:
@@ -319,7 +319,7 @@ def test_leases_are_renewed_in_one_request_and_a_taken_one_is_told_apart(table: 
         setattr(
             table._ddb,
             name,
-            lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs),
+            lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs),  # type: ignore[func-returns-value]
         )
     a.renew()
     assert calls == ["transact_write_items"]  # four leases, one request
@@ -332,7 +332,7 @@ def test_leases_are_renewed_in_one_request_and_a_taken_one_is_told_apart(table: 
     assert calls == ["transact_write_items", "transact_write_items"]
     a.renew()  # and they stay a's
     assert set(a.held()) == {f"shard-{n}" for n in range(4)} - {taken}
-    assert sorted(owners(table).values()) == ["a", "a", "a", "b"]
+    assert sorted(owners(table).values()) == ["a", "a", "a", "b"]  # type: ignore[type-var]
 
 
 def test_a_process_holding_every_lease_lists_rarely_until_it_loses_one(table: LeaseTable) -> None:
@@ -342,7 +342,7 @@ def test_a_process_holding_every_lease_lists_rarely_until_it_loses_one(table: Le
     a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
     listings: list[float] = []
     real_list = table.list
-    table.list = lambda: listings.append(clock.now) or real_list()  # type: ignore[method-assign]
+    table.list = lambda: listings.append(clock.now) or real_list()  # type: ignore[func-returns-value, method-assign]
     a.tick()
     assert len(a.held()) == 4
     listings.clear()

@@ -106,7 +106,7 @@ def test_restart_resumes_after_the_checkpoint_and_a_failed_page_is_read_again() 
             raise RuntimeError("SQS unavailable")
         seen.extend(r["seq"] for r in records)
 
-    reader = ShardReader(stream, checkpoints, flaky, records_per_read=3)
+    reader = ShardReader(stream, checkpoints, flaky, records_per_read=3)  # type: ignore[arg-type]
     reader.poll_once()  # 1,2,3 handled and checkpointed
     assert reader.poll_once() == 0  # 4,5,6 fail: no checkpoint (the shard backs off; nothing raised)
     assert checkpoints.saved["s"].sequence == "3"
@@ -166,7 +166,12 @@ def test_a_failing_shard_backs_off_alone_while_the_others_are_read_then_resumes_
 
     before = metric("poison", "read-error")
     reader = ShardReader(
-        stream, MemoryCheckpoints(), handler, records_per_read=2, idle_sleep_seconds=0.02, name="poison"
+        stream,
+        MemoryCheckpoints(),
+        handler,  # type: ignore[arg-type]
+        records_per_read=2,
+        idle_sleep_seconds=0.02,
+        name="poison",
     )
     drain(reader, 6)
     assert [s for sid, s in seen if sid == "good"] == [10, 11, 12, 13]  # never held up by "bad"
@@ -241,7 +246,7 @@ def test_a_failed_page_at_latest_before_any_checkpoint_is_read_again_not_skipped
             raise RuntimeError("SQS throttled")
         seen.extend(r["seq"] for r in records)
 
-    reader = ShardReader(stream, MemoryCheckpoints(), handler, start_position="LATEST", idle_sleep_seconds=0.01)
+    reader = ShardReader(stream, MemoryCheckpoints(), handler, start_position="LATEST", idle_sleep_seconds=0.01)  # type: ignore[arg-type]
     reader.poll_once()  # opened at LATEST: nothing yet
     stream.shards["s"] = ((), [1, 2, 3], False)  # records arrive; the first page fails
     for _ in range(30):

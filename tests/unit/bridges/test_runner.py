@@ -28,14 +28,14 @@ SHARD = "shardId-000000000000"
 
 
 @pytest.fixture()
-def stream(settings, stack) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def stream(settings, stack) -> Iterator[dict[str, Any]]:
     name = f"test-runner-{uuid.uuid4().hex[:8]}"
     created = ensure_kinesis_stream(settings, name)
     yield created
     aws.client("kinesis", settings).delete_stream(StreamName=name)
 
 
-def start_bridge(queues, stream: dict[str, Any], run_dir: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+def start_bridge(queues, stream: dict[str, Any], run_dir: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DMD_QUEUE_NAME_PREFIX": queues.settings.queue_name_prefix,
@@ -45,12 +45,12 @@ def start_bridge(queues, stream: dict[str, Any], run_dir: Path) -> subprocess.Po
     return spawn([sys.executable, "-m", "bridges.sms_status"], run_dir / "bridge.log", env, REPO_ROOT)
 
 
-def put(settings, stream: dict[str, Any], payloads: list[bytes]) -> list[str]:  # type: ignore[no-untyped-def]
+def put(settings, stream: dict[str, Any], payloads: list[bytes]) -> list[str]:
     kinesis = aws.client("kinesis", settings)
     return [kinesis.put_record(StreamName=stream["name"], Data=p, PartitionKey="p")["SequenceNumber"] for p in payloads]
 
 
-def checkpoint(settings, stream: dict[str, Any]) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+def checkpoint(settings, stream: dict[str, Any]) -> dict[str, Any] | None:
     found = aws.client("dynamodb", settings).get_item(
         TableName=settings.checkpoint_table_name,
         Key={"stream": {"S": f"bridge-sms-status|{stream['arn']}"}, "shard": {"S": SHARD}},
@@ -75,7 +75,7 @@ def event(message_id: str) -> bytes:
     ).encode()
 
 
-def test_the_bridge_process_publishes_checkpoints_and_exits_cleanly_on_sigterm(  # type: ignore[no-untyped-def]
+def test_the_bridge_process_publishes_checkpoints_and_exits_cleanly_on_sigterm(
     settings, queues, stream, tmp_path
 ) -> None:
     # Given two provider events and a record that is not one on the bridge's stream
@@ -112,7 +112,7 @@ def test_the_bridge_process_publishes_checkpoints_and_exits_cleanly_on_sigterm( 
     assert samples[(records, (("bridge", "bridge-sms-status"), ("outcome", "dead-lettered")))] == 1
 
 
-def test_a_restarted_bridge_resumes_after_its_checkpoint(settings, queues, stream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_restarted_bridge_resumes_after_its_checkpoint(settings, queues, stream, tmp_path) -> None:
     # Given a bridge that handled one event, checkpointed it and was stopped
     first = put(settings, stream, [event("m1")])
     process = start_bridge(queues, stream, tmp_path)

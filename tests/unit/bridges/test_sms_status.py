@@ -24,7 +24,7 @@ def status(message_id: str, state: str = "delivered") -> dict[str, Any]:
 STOP = {"type": "inbound", "sender": "+15550001111", "body": "STOP", "timestamp": "2026-11-25T10:00:01Z"}
 
 
-def test_valid_events_become_batched_status_tasks_and_invalid_records_dead_letters(queues) -> None:  # type: ignore[no-untyped-def]
+def test_valid_events_become_batched_status_tasks_and_invalid_records_dead_letters(queues) -> None:
     # Given the bridge packs two events a message
     handler = build_handler(queues.settings.model_copy(update={"status_batch_size": 2}))
     # And a page of three provider events and two records that are not one
@@ -53,7 +53,7 @@ def test_valid_events_become_batched_status_tasks_and_invalid_records_dead_lette
     assert all(d["source"] == BRIDGE_NAME for d in letters.values())
 
 
-def test_a_status_event_missing_a_field_is_dead_lettered_with_the_field(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_status_event_missing_a_field_is_dead_lettered_with_the_field(queues) -> None:
     incomplete = {k: v for k, v in status("m1").items() if k != "message_id"}
 
     build_handler(queues.settings)([kinesis_record("9", json.dumps(incomplete).encode())], "shardId-000000000000")
@@ -63,7 +63,7 @@ def test_a_status_event_missing_a_field_is_dead_lettered_with_the_field(queues) 
     assert letter["reason"].startswith("invalid status event: ('message_id',)")
 
 
-def test_the_reader_reads_the_sms_status_stream(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_reader_reads_the_sms_status_stream(settings, stack) -> None:
     reader = build_reader(settings)
 
     assert reader.name == BRIDGE_NAME

@@ -27,7 +27,7 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture()
-def kinesis_stream(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def kinesis_stream(settings, stack) -> Iterator[str]:
     name = unique("test-src")
     ensure_kinesis_stream(settings, name)
     yield name
@@ -35,7 +35,7 @@ def kinesis_stream(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped
 
 
 @pytest.fixture()
-def streamed_table(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def streamed_table(settings, stack) -> Iterator[str]:
     """A table of the test's own with a NEW_AND_OLD_IMAGES stream."""
     ddb = aws.client("dynamodb", settings)
     name = unique("test-src")
@@ -50,12 +50,12 @@ def streamed_table(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped
     ddb.delete_table(TableName=name)
 
 
-def put_kinesis(settings, stream: str, payloads: list[bytes]) -> list[str]:  # type: ignore[no-untyped-def]
+def put_kinesis(settings, stream: str, payloads: list[bytes]) -> list[str]:
     kinesis = aws.client("kinesis", settings)
     return [kinesis.put_record(StreamName=stream, Data=p, PartitionKey="k")["SequenceNumber"] for p in payloads]
 
 
-def put_items(settings, table: str, values: list[str]) -> None:  # type: ignore[no-untyped-def]
+def put_items(settings, table: str, values: list[str]) -> None:
     ddb = aws.client("dynamodb", settings)
     for value in values:
         ddb.put_item(TableName=table, Item={"pk": {"S": value}, "v": {"S": value}})
@@ -64,14 +64,14 @@ def put_items(settings, table: str, values: list[str]) -> None:  # type: ignore[
 # --- Kinesis ----------------------------------------------------------------------------------
 
 
-def test_kinesis_source_names_the_stream_by_its_arn_and_lists_its_one_shard(settings, kinesis_stream) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_source_names_the_stream_by_its_arn_and_lists_its_one_shard(settings, kinesis_stream) -> None:
     source = KinesisSource(settings, kinesis_stream)
 
     assert source.stream_id.startswith("arn:aws:kinesis:") and source.stream_id.endswith(f"/{kinesis_stream}")
     assert source.list_shards() == [Shard("shardId-000000000000", ())]
 
 
-def test_kinesis_shards_carry_their_parents_after_a_split_and_a_merge(settings, kinesis_stream) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_shards_carry_their_parents_after_a_split_and_a_merge(settings, kinesis_stream) -> None:
     # Given a stream whose shard was split in two, and the two halves merged again
     kinesis = aws.client("kinesis", settings)
     kinesis.split_shard(StreamName=kinesis_stream, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**127))
@@ -91,7 +91,7 @@ def test_kinesis_shards_carry_their_parents_after_a_split_and_a_merge(settings, 
     }
 
 
-def test_kinesis_source_reads_from_trim_horizon_page_by_page(settings, kinesis_stream) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_source_reads_from_trim_horizon_page_by_page(settings, kinesis_stream) -> None:
     # Given five records on the stream
     sequences = put_kinesis(settings, kinesis_stream, [f"r{i}".encode() for i in range(5)])
     source = KinesisSource(settings, kinesis_stream)
@@ -114,7 +114,7 @@ def test_kinesis_source_reads_from_trim_horizon_page_by_page(settings, kinesis_s
     assert isinstance(first.behind_ms, int)
 
 
-def test_kinesis_source_resumes_after_a_sequence_number(settings, kinesis_stream) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_source_resumes_after_a_sequence_number(settings, kinesis_stream) -> None:
     sequences = put_kinesis(settings, kinesis_stream, [b"a", b"b", b"c", b"d"])
     source = KinesisSource(settings, kinesis_stream)
 
@@ -125,7 +125,7 @@ def test_kinesis_source_resumes_after_a_sequence_number(settings, kinesis_stream
     assert [r["Data"] for r in source.read(iterator, 100).records] == [b"c", b"d"]
 
 
-def test_kinesis_source_at_latest_reads_only_what_arrives_afterwards(settings, kinesis_stream) -> None:  # type: ignore[no-untyped-def]
+def test_kinesis_source_at_latest_reads_only_what_arrives_afterwards(settings, kinesis_stream) -> None:
     put_kinesis(settings, kinesis_stream, [b"old"])
     source = KinesisSource(settings, kinesis_stream)
 
@@ -138,7 +138,7 @@ def test_kinesis_source_at_latest_reads_only_what_arrives_afterwards(settings, k
 # --- DynamoDB Streams --------------------------------------------------------------------------
 
 
-def test_dynamodb_stream_source_reads_the_tables_changes_page_by_page(settings, streamed_table) -> None:  # type: ignore[no-untyped-def]
+def test_dynamodb_stream_source_reads_the_tables_changes_page_by_page(settings, streamed_table) -> None:
     # Given three new items and one changed item in a table with a stream
     put_items(settings, streamed_table, ["a", "b", "c"])
     put_items(settings, streamed_table, ["a"])
@@ -170,7 +170,7 @@ def test_dynamodb_stream_source_reads_the_tables_changes_page_by_page(settings, 
     assert first.behind_ms is None
 
 
-def test_dynamodb_stream_source_resumes_after_a_sequence_number(settings, streamed_table) -> None:  # type: ignore[no-untyped-def]
+def test_dynamodb_stream_source_resumes_after_a_sequence_number(settings, streamed_table) -> None:
     put_items(settings, streamed_table, ["a", "b", "c"])
     source = DynamoDBStreamSource(settings, streamed_table)
     shard = source.list_shards()[0].id
@@ -183,14 +183,14 @@ def test_dynamodb_stream_source_resumes_after_a_sequence_number(settings, stream
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in source.read(iterator, 100).records] == ["b", "c"]
 
 
-def test_arrival_of_a_record_without_a_creation_time_is_none(settings, streamed_table) -> None:  # type: ignore[no-untyped-def]
+def test_arrival_of_a_record_without_a_creation_time_is_none(settings, streamed_table) -> None:
     source = DynamoDBStreamSource(settings, streamed_table)
 
     assert source.arrival_of({"dynamodb": {"SequenceNumber": "1"}}) is None
     assert source.arrival_of({}) is None
 
 
-def test_a_table_without_a_stream_is_refused_with_the_fix(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_without_a_stream_is_refused_with_the_fix(settings, stack) -> None:
     ddb = aws.client("dynamodb", settings)
     name = unique("test-nostream")
     ddb.create_table(
@@ -209,13 +209,13 @@ def test_a_table_without_a_stream_is_refused_with_the_fix(settings, stack) -> No
 # --- expired iterators (stubbed: moto has no such answer) ------------------------------------------
 
 
-def own_settings(settings):  # type: ignore[no-untyped-def]
+def own_settings(settings):
     """A copy of the settings: ``aws.client`` builds clients per settings object, so this test's are its own."""
     return settings.model_copy()
 
 
 @pytest.mark.parametrize("code", ["ExpiredIteratorException", "TrimmedDataAccessException"])
-def test_dynamodb_stream_iterator_too_old_raises_iterator_expired(settings, streamed_table, code: str) -> None:  # type: ignore[no-untyped-def]
+def test_dynamodb_stream_iterator_too_old_raises_iterator_expired(settings, streamed_table, code: str) -> None:
     mine = own_settings(settings)
     source = DynamoDBStreamSource(mine, streamed_table)
     iterator = source.open_iterator(source.list_shards()[0].id, None, "TRIM_HORIZON")
@@ -226,7 +226,7 @@ def test_dynamodb_stream_iterator_too_old_raises_iterator_expired(settings, stre
             source.read(iterator, 10)
 
 
-def test_dynamodb_stream_other_errors_are_not_taken_for_expiry(settings, streamed_table) -> None:  # type: ignore[no-untyped-def]
+def test_dynamodb_stream_other_errors_are_not_taken_for_expiry(settings, streamed_table) -> None:
     mine = own_settings(settings)
     source = DynamoDBStreamSource(mine, streamed_table)
     iterator = source.open_iterator(source.list_shards()[0].id, None, "TRIM_HORIZON")
@@ -245,7 +245,7 @@ def test_dynamodb_stream_other_errors_are_not_taken_for_expiry(settings, streame
 )
 def test_kinesis_only_an_expired_iterator_raises_iterator_expired(
     settings, kinesis_stream, code: str, expired: bool
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     mine = own_settings(settings)
     source = KinesisSource(mine, kinesis_stream)
     iterator = source.open_iterator("shardId-000000000000", None, "TRIM_HORIZON")

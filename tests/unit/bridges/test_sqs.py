@@ -28,7 +28,7 @@ from tests.helpers import pipes_change
 
 
 @pytest.fixture()
-def intake(queues) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def intake(queues) -> Iterator[Any]:
     created = ensure_intake_queues(queues.settings)
     yield queues
     sqs = aws.client("sqs", queues.settings)
@@ -86,7 +86,7 @@ def left_on(settings: Any, intake: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_demand_changes_from_pipes_are_routed_like_the_streams_and_a_bad_one_is_dead_lettered(intake) -> None:  # type: ignore[no-untyped-def]
+def test_demand_changes_from_pipes_are_routed_like_the_streams_and_a_bad_one_is_dead_lettered(intake) -> None:
     settings = intake.settings
     first, second = pipes_record("ev1", "fan1"), pipes_record("ev2", "fan1")
     put(settings, DEMAND, first, "not json at all", second)
@@ -105,7 +105,7 @@ def test_demand_changes_from_pipes_are_routed_like_the_streams_and_a_bad_one_is_
     assert left_on(settings, DEMAND) == 0  # every message deleted: published or dead-lettered
 
 
-def test_a_record_of_another_source_is_refused_with_the_reason(intake) -> None:  # type: ignore[no-untyped-def]
+def test_a_record_of_another_source_is_refused_with_the_reason(intake) -> None:
     other = {**pipes_record("ev1", "fan1"), "eventSource": "aws:kinesis"}
     put(intake.settings, DEMAND, other)
     IntakeReader(intake.settings, DEMAND).poll_once(wait_seconds=1)
@@ -113,7 +113,7 @@ def test_a_record_of_another_source_is_refused_with_the_reason(intake) -> None: 
     assert intake.tasks("short-url") == []
 
 
-def test_provider_events_through_sns_and_raw_become_status_tasks(intake) -> None:  # type: ignore[no-untyped-def]
+def test_provider_events_through_sns_and_raw_become_status_tasks(intake) -> None:
     settings = intake.settings.model_copy(update={"status_batch_size": 10})
     reply = {"originationNumber": "+14255550182", "destinationNumber": "+12125550101", "messageBody": "STOP"}
     own = {"type": "status", "message_id": "SM1", "status": "undelivered", "timestamp": "2026-12-05T10:00:00Z"}
@@ -151,7 +151,7 @@ def test_provider_events_through_sns_and_raw_become_status_tasks(intake) -> None
 
 def test_when_publishing_fails_nothing_is_deleted_and_sqs_delivers_the_batch_again(
     intake, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = intake.settings.model_copy(update={"intake_visibility_timeout_seconds": 5})
     ensure_intake_queues(settings)  # the shorter visibility timeout
     put(settings, DEMAND, pipes_record("ev9", "fan1"))
@@ -177,7 +177,7 @@ def test_when_publishing_fails_nothing_is_deleted_and_sqs_delivers_the_batch_aga
     assert left_on(settings, DEMAND) == 0
 
 
-def test_intake_queues_have_a_redrive_policy_to_their_own_dead_letter_queue(intake) -> None:  # type: ignore[no-untyped-def]
+def test_intake_queues_have_a_redrive_policy_to_their_own_dead_letter_queue(intake) -> None:
     settings = intake.settings
     sqs = aws.client("sqs", settings)
     for name in topology.INTAKE_QUEUES:

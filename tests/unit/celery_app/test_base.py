@@ -117,9 +117,9 @@ def test_a_task_outside_the_routing_table_has_the_dmd_defaults() -> None:
     assert "tests.celery_app.base.echo" not in topology.TASK_QUEUES
     registered = app.tasks["tests.celery_app.base.echo"]
     assert isinstance(registered, DmdTask)
-    assert registered.autoretry_for == (TransientError, SoftTimeLimitExceeded, *DEPENDENCY_ERRORS)
-    assert registered.dont_autoretry_for == (PermanentError,)
-    assert registered.retry_backoff is True and registered.retry_jitter is True
+    assert registered.autoretry_for == (TransientError, SoftTimeLimitExceeded, *DEPENDENCY_ERRORS)  # type: ignore[attr-defined]
+    assert registered.dont_autoretry_for == (PermanentError,)  # type: ignore[attr-defined]
+    assert registered.retry_backoff is True and registered.retry_jitter is True  # type: ignore[attr-defined]
     # bound: the task gets itself as first argument
     assert echo.apply(args=("x",)).get() == "x"
 
@@ -157,7 +157,7 @@ def test_settings_derived_options_arrive_through_task_annotations_once_the_app_i
     assert app.tasks[topology.SEND_NOTIFICATIONS].rate_limit == settings.send_task_rate_limit
     # and the backoff bound of every task, ours included
     for name in [*topology.TASK_QUEUES, "tests.celery_app.base.echo"]:
-        assert app.tasks[name].retry_backoff_max == settings.retry_backoff_max_seconds, name
+        assert app.tasks[name].retry_backoff_max == settings.retry_backoff_max_seconds, name  # type: ignore[attr-defined]
     # a task's own option stays where settings say nothing
     assert app.tasks[topology.SEND_NOTIFICATIONS].max_retries == 3
 
@@ -170,7 +170,7 @@ def retry_in_eager_request(exc: BaseException | None = None, **options: Any) -> 
     echo.push_request(id=str(uuid.uuid4()), is_eager=True, called_directly=False, retries=0, args=["x"], kwargs={})
     try:
         with pytest.raises(Retry) as raised:
-            echo.retry(exc=exc, **options)
+            echo.retry(exc=exc, **options)  # type: ignore[arg-type]
     finally:
         echo.pop_request()
     return raised.value
@@ -182,7 +182,7 @@ def test_a_retry_countdown_is_clamped_to_the_longest_safe_countdown(settings: Se
     retried = retry_in_eager_request(countdown=limit * 100)
 
     assert retried.when == limit
-    assert retried.sig.options["countdown"] == limit
+    assert retried.sig.options["countdown"] == limit  # type: ignore[attr-defined]
 
 
 def test_a_short_retry_countdown_is_kept() -> None:
@@ -207,7 +207,7 @@ def test_a_retry_with_an_eta_ignores_the_retry_after() -> None:
     eta = datetime.now(UTC) + timedelta(seconds=5)
     retried = retry_in_eager_request(TransientError("x", retry_after_seconds=20), eta=eta)
     assert retried.when == eta
-    assert retried.sig.options.get("countdown") is None
+    assert retried.sig.options.get("countdown") is None  # type: ignore[attr-defined]
 
 
 def test_a_retry_published_to_sqs_carries_an_eta_no_later_than_the_bound(
@@ -286,7 +286,7 @@ def test_a_permanent_error_is_not_retried_and_a_transient_one_is_until_max_retri
     assert fail_transiently.apply(args=(transient,)).state == "FAILURE"
 
     assert CALLS[permanent] == 1
-    assert CALLS[transient] == 1 + fail_transiently.max_retries
+    assert CALLS[transient] == 1 + fail_transiently.max_retries  # type: ignore[operator]
 
 
 def test_a_dead_letter_that_cannot_be_written_does_not_hide_the_failure(
@@ -296,7 +296,7 @@ def test_a_dead_letter_that_cannot_be_written_does_not_hide_the_failure(
     fail_permanently.push_request(id="t-no-dlq", retries=0, delivery_info={"routing_key": "no-such-queue"})
     try:
         # When it fails, Then on_failure returns (the worker goes on to record the failure) and says why
-        fail_permanently.on_failure(PermanentError("boom"), "t-no-dlq", ("x",), {}, None)
+        fail_permanently.on_failure(PermanentError("boom"), "t-no-dlq", ("x",), {}, None)  # type: ignore[arg-type]
     finally:
         fail_permanently.pop_request()
     assert any("could not write dead letter for task t-no-dlq" in r.getMessage() for r in caplog.records)

@@ -18,7 +18,7 @@ from dmd_tasks.ops.stack import free_port
 
 
 @pytest.fixture()
-def lock_key(settings, stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def lock_key(settings, stack) -> Iterator[str]:
     key = f"test:beat-lock:{uuid.uuid4().hex[:8]}"
     yield key
     redis.Redis.from_url(settings.redis_url).delete(key)
@@ -29,23 +29,24 @@ def scheduler(lock_key: str, ticks: list[str]) -> DmdBeatScheduler:
     instance = DmdBeatScheduler(app=app, lazy=True, lock_key=lock_key, lock_timeout=30)
 
     def recorded_tick(*_: Any, **__: Any) -> float:
-        instance.lock.extend(int(instance.lock_timeout))  # what RedBeat's tick does first
+        # what RedBeat's tick does first
+        instance.lock.extend(int(instance.lock_timeout))  # type: ignore[attr-defined]
         ticks.append(lock_key)
         return 1.0
 
-    instance._redbeat_tick = recorded_tick  # type: ignore[attr-defined]
+    instance._redbeat_tick = recorded_tick
     return instance
 
 
 @pytest.fixture(autouse=True)
 def _record_redbeat_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
     def tick(self: DmdBeatScheduler, *args: Any, **kwargs: Any) -> float:
-        return float(self._redbeat_tick())  # type: ignore[attr-defined]
+        return float(self._redbeat_tick())
 
     monkeypatch.setattr(beat_module.RedBeatScheduler, "tick", tick)
 
 
-def test_one_beat_ticks_and_the_standby_waits_until_the_lock_is_free(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_one_beat_ticks_and_the_standby_waits_until_the_lock_is_free(lock_key: str, settings) -> None:
     active_ticks: list[str] = []
     standby_ticks: list[str] = []
     active, standby = scheduler(lock_key, active_ticks), scheduler(lock_key, standby_ticks)
@@ -60,7 +61,7 @@ def test_one_beat_ticks_and_the_standby_waits_until_the_lock_is_free(lock_key: s
     assert len(standby_ticks) == 1
 
 
-def test_a_beat_that_lost_its_lock_stands_by_instead_of_exiting(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_beat_that_lost_its_lock_stands_by_instead_of_exiting(lock_key: str, settings) -> None:
     ticks: list[str] = []
     blocked = scheduler(lock_key, ticks)
     assert blocked.tick() == 1.0
@@ -97,11 +98,11 @@ def restored_count() -> float:
     return float(BEAT_SCHEDULE_RESTORED._value.get())
 
 
-def test_the_lock_holder_writes_back_a_schedule_redis_forgot(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_lock_holder_writes_back_a_schedule_redis_forgot(lock_key: str, settings) -> None:
     # Given a beat that wrote its static schedule, and a Redis that then restarted empty
     beat = scheduler(lock_key, [])
     beat.setup_schedule()
-    conf = app.redbeat_conf
+    conf = app.redbeat_conf  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.redis_url)
     keys = {name: beat.Entry.generate_key(app, name) for name in app.conf.beat_schedule}
     assert len(keys) == 3 and all(client.zscore(conf.schedule_key, key) is not None for key in keys.values())
@@ -114,8 +115,8 @@ def test_the_lock_holder_writes_back_a_schedule_redis_forgot(lock_key: str, sett
     for name, key in keys.items():
         assert client.hexists(key, "definition")
         interval = float(app.conf.beat_schedule[name]["schedule"])
-        assert float(client.zscore(conf.schedule_key, key)) <= time.time() + interval + 1
-    assert {m.decode() for m in client.smembers(conf.statics_key)} == set(keys)
+        assert float(client.zscore(conf.schedule_key, key)) <= time.time() + interval + 1  # type: ignore[arg-type]
+    assert {m.decode() for m in client.smembers(conf.statics_key)} == set(keys)  # type: ignore[union-attr]
     assert restored_count() == before + 1
 
     # And a tick that finds it whole writes nothing; one entry lost alone comes back alone
@@ -127,17 +128,17 @@ def test_the_lock_holder_writes_back_a_schedule_redis_forgot(lock_key: str, sett
     assert restored_count() == before + 2
 
 
-def test_a_standby_beat_writes_no_schedule(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_standby_beat_writes_no_schedule(lock_key: str, settings) -> None:
     active, standby = scheduler(lock_key, []), scheduler(lock_key, [])
     assert active.tick() == 1.0
-    conf = app.redbeat_conf
+    conf = app.redbeat_conf  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(conf.schedule_key)
     assert standby.tick() == standby.max_interval
     assert client.zcard(conf.schedule_key) == 0  # only the lock holder writes it
 
 
-def test_a_resting_task_is_not_sent_until_its_rest_ends_or_work_wakes_it(lock_key: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_resting_task_is_not_sent_until_its_rest_ends_or_work_wakes_it(lock_key: str, settings) -> None:
     from types import SimpleNamespace
 
     from dmd_tasks.infra.metrics import BEAT_RESTED
@@ -147,7 +148,7 @@ def test_a_resting_task_is_not_sent_until_its_rest_ends_or_work_wakes_it(lock_ke
     sent: list[str] = []
     advanced: list[str] = []
     beat.apply_async = lambda entry, producer=None, advance=True, **_: sent.append(entry.task)  # type: ignore[method-assign]
-    beat.reserve = lambda entry: advanced.append(entry.task)  # type: ignore[method-assign]
+    beat.reserve = lambda entry: advanced.append(entry.task)
     task = f"test.beat.idle.{uuid.uuid4().hex[:6]}"
     entry = SimpleNamespace(name="idle-entry", task=task, is_due=lambda: (True, 2.0))
     client = redis.Redis.from_url(settings.redis_url)

@@ -62,5 +62,6 @@ def test_a_receipt_batch_killed_by_its_hard_time_limit_goes_back_to_sqs() -> Non
     from dmd_tasks.pipeline import stage5_sms_status  # noqa: F401  (registers the task)
 
     task = app.tasks[topology.RECORD_SMS_STATUS]
-    assert task.acks_late and task.acks_on_timeout is False  # requeued, not acknowledged
-    assert task.acks_on_failure is True  # a batch that failed for good is a dead letter, once
+    # requeued, not acknowledged; a batch that failed for good is a dead letter, once
+    assert task.acks_late and task.acks_on_timeout is False  # type: ignore[attr-defined]
+    assert task.acks_on_failure is True  # type: ignore[attr-defined]

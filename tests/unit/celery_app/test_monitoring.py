@@ -158,7 +158,7 @@ def copy_of_app(settings: Settings, monitor_url: str) -> Celery:
 
 def uninstall(copy: Celery) -> None:
     """Its task-sent handler hears every publish in the process: it must not outlive the test."""
-    signals.before_task_publish.disconnect(copy._monitor_task_sent)
+    signals.before_task_publish.disconnect(copy._monitor_task_sent)  # type: ignore[attr-defined]
 
 
 # --- the connection -----------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ def test_the_dispatcher_buffers_instead_of_retrying_while_redis_is_down_and_flus
 
         # Then the event waits in a bounded buffer
         assert [entry[0]["n"] for entry in dispatcher._outbound_buffer] == [1]
-        within(60, lambda: [dispatcher.send("worker-heartbeat", retry=True, n=i) for i in range(2, 1502)])
+        within(60, lambda: [dispatcher.send("worker-heartbeat", retry=True, n=i) for i in range(2, 1502)])  # type: ignore[func-returns-value]
         assert len(dispatcher._outbound_buffer) == 1000
         assert dispatcher._outbound_buffer[-1][0]["n"] == 1501
 
@@ -343,7 +343,7 @@ def published_with_redis_unreachable(stack: Any, settings: Settings) -> dict[str
     copy = copy_of_app(settings, f"redis://127.0.0.1:{free_port()}/0")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[assignment, method-assign]
     logger = logging.getLogger(monitoring.__name__)
     logger.addHandler(handler)
     try:
@@ -382,5 +382,5 @@ def test_remote_control_answers_over_redis_while_tasks_stay_on_sqs(stack: Any) -
         stats = app.control.inspect(destination=[hostname], timeout=5).stats()
 
     assert pong == [{hostname: {"ok": "pong"}}]
-    assert [q["name"] for q in active[hostname]] == ["query"]
-    assert stats[hostname]["broker"]["transport"] == "sqs"
+    assert [q["name"] for q in active[hostname]] == ["query"]  # type: ignore[index]
+    assert stats[hostname]["broker"]["transport"] == "sqs"  # type: ignore[index]

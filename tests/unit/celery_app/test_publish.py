@@ -328,7 +328,7 @@ def test_a_worker_deletes_what_it_ran_ten_messages_to_a_request(
     monkeypatch.setattr(
         sqs_transport.Channel,
         "_delete_acked",
-        lambda self, url, entries: (batches.append(len(entries)), delete(self, url, entries))[1],
+        lambda self, url, entries: (batches.append(len(entries)), delete(self, url, entries))[1],  # type: ignore[func-returns-value]
     )
     monkeypatch.setattr(SQS.Channel, "basic_ack", lambda self, tag, multiple=False: single_acks.append(tag))
     marker = uuid.uuid4().hex

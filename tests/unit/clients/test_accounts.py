@@ -16,7 +16,7 @@ from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
 
 
 @pytest.fixture()
-def client_redis(settings, stack) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
+def client_redis(settings, stack) -> Iterator[redis.Redis]:
     """The session's Redis, with no cached token before or after the test."""
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(TOKEN_KEY)
@@ -27,7 +27,7 @@ def client_redis(settings, stack) -> Iterator[redis.Redis]:  # type: ignore[no-u
 
 
 @pytest.fixture()
-def accounts(settings, client_redis: redis.Redis) -> AccountsClient:  # type: ignore[no-untyped-def]
+def accounts(settings, client_redis: redis.Redis) -> AccountsClient:
     return AccountsClient.from_settings(settings, client_redis)
 
 
@@ -35,7 +35,7 @@ def new_id() -> str:
     return f"acct{uuid.uuid4().hex[:10]}"
 
 
-def tokens_issued(sim) -> int:  # type: ignore[no-untyped-def]
+def tokens_issued(sim) -> int:
     return int(sim.stats()["accounts"].get("tokens_issued", 0))
 
 
@@ -50,7 +50,7 @@ def test_a_profile_is_normalized_from_the_accounts_document(accounts: AccountsCl
 
 def test_one_token_serves_every_call_of_every_process_until_shortly_before_it_expires(
     settings, accounts: AccountsClient, client_redis: redis.Redis, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     before = tokens_issued(sim)
     accounts.account(new_id())
     accounts.account(new_id())
@@ -67,7 +67,7 @@ def test_one_token_serves_every_call_of_every_process_until_shortly_before_it_ex
 
 def test_a_token_the_provider_no_longer_accepts_is_renewed_once(
     accounts: AccountsClient, client_redis: redis.Redis, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a cached token the provider revoked
     client_redis.set(TOKEN_KEY, "revoked-token", ex=600)
     before = tokens_issued(sim)
@@ -86,7 +86,7 @@ def test_an_unknown_account_is_account_not_found(accounts: AccountsClient) -> No
     assert isinstance(raised.value, PermanentError)
 
 
-def test_refused_client_credentials_are_permanent_and_the_secret_stays_out(settings, client_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_refused_client_credentials_are_permanent_and_the_secret_stays_out(settings, client_redis: redis.Redis) -> None:
     client = AccountsClient(settings.accounts_base_url, settings.accounts_client_id, "leaked-secret", client_redis)
     with pytest.raises(UpstreamRefused) as raised:
         client.account(new_id())
@@ -96,14 +96,14 @@ def test_refused_client_credentials_are_permanent_and_the_secret_stays_out(setti
     assert client_redis.get(TOKEN_KEY) is None
 
 
-def test_a_server_error_is_transient(accounts: AccountsClient, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_error_is_transient(accounts: AccountsClient, faults) -> None:
     faults("accounts", error_rate=1.0)
     with pytest.raises(TransientError, match="upstream error 50") as raised:
         accounts.account(new_id())
     assert not isinstance(raised.value, RateLimited)
 
 
-def test_a_quota_violation_is_rate_limited_with_its_retry_after(accounts: AccountsClient, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_quota_violation_is_rate_limited_with_its_retry_after(accounts: AccountsClient, faults) -> None:
     faults("accounts", throttle_rate=1.0, throttle_retry_after=6)
     with pytest.raises(RateLimited) as raised:
         accounts.account(new_id())
@@ -113,7 +113,7 @@ def test_a_quota_violation_is_rate_limited_with_its_retry_after(accounts: Accoun
 # --- answers the simulator never gives -----------------------------------------------------------
 
 
-def test_a_token_refused_again_after_renewal_is_refused_for_good(canned, client_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_refused_again_after_renewal_is_refused_for_good(canned, client_redis: redis.Redis) -> None:
     canned.answer("POST", "/oauth/token", 200, {"access_token": "t", "expires_in": 3600})
     canned.answer("GET", "/accounts/v1/accounts/a1", 401, {"error": "invalid_token"})
     client = AccountsClient(canned.url, "id", "secret", client_redis)
@@ -129,7 +129,7 @@ def test_a_token_refused_again_after_renewal_is_refused_for_good(canned, client_
 @pytest.mark.parametrize(
     "body", [{"token_type": "Bearer"}, b"<html/>", [], {"access_token": "t", "expires_in": "soon"}]
 )
-def test_a_token_answer_without_a_token_is_transient(canned, client_redis: redis.Redis, body: Any) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_answer_without_a_token_is_transient(canned, client_redis: redis.Redis, body: Any) -> None:
     canned.answer("POST", "/oauth/token", 200, body)
     with pytest.raises(TransientError, match="accounts token: unexpected response"):
         AccountsClient(canned.url, "id", "secret", client_redis).account("a1")
@@ -137,7 +137,7 @@ def test_a_token_answer_without_a_token_is_transient(canned, client_redis: redis
 
 
 @pytest.mark.parametrize("body", [{"email": "no id"}, b"<html/>", {"id": "a1", "email": ["x"]}])
-def test_a_profile_answer_that_is_not_an_account_is_permanent(canned, client_redis: redis.Redis, body: Any) -> None:  # type: ignore[no-untyped-def]
+def test_a_profile_answer_that_is_not_an_account_is_permanent(canned, client_redis: redis.Redis, body: Any) -> None:
     canned.answer("POST", "/oauth/token", 200, {"access_token": "t", "expires_in": 3600})
     canned.answer("GET", "/accounts/v1/accounts/a1", 200, body)
     with pytest.raises(PermanentError, match="accounts profile: unexpected response"):
@@ -149,7 +149,7 @@ def test_a_profile_answer_that_is_not_an_account_is_permanent(canned, client_red
     [[{"accountId": "a1"}], {"accountId": "a1", "name": "Sam Fan"}, {"accountId": "a1", "address": "US"}],
     ids=["array-body", "name-not-an-object", "address-not-an-object"],
 )
-def test_a_profile_answer_with_the_wrong_shape_is_permanent(canned, client_redis: redis.Redis, body: Any) -> None:  # type: ignore[no-untyped-def]
+def test_a_profile_answer_with_the_wrong_shape_is_permanent(canned, client_redis: redis.Redis, body: Any) -> None:
     canned.answer("POST", "/oauth/token", 200, {"access_token": "t", "expires_in": 3600})
     canned.answer("GET", "/accounts/v1/accounts/a1", 200, body)
     with pytest.raises(PermanentError, match="accounts profile: unexpected response"):
@@ -158,7 +158,7 @@ def test_a_profile_answer_with_the_wrong_shape_is_permanent(canned, client_redis
 
 def test_waiting_in_vain_for_another_process_fetching_the_token_is_transient(
     settings, client_redis: redis.Redis
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given no cached token, and another process holding the token lock (it died mid-fetch, say)
     holder = client_redis.lock(f"{TOKEN_KEY}:lock", timeout=30)
     assert holder.acquire(blocking=False)

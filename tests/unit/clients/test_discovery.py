@@ -13,7 +13,7 @@ from dmd_tasks.domain.errors import PermanentError, RateLimited, TransientError
 
 
 @pytest.fixture()
-def discovery(settings, stack) -> DiscoveryClient:  # type: ignore[no-untyped-def]
+def discovery(settings, stack) -> DiscoveryClient:
     return DiscoveryClient.from_settings(settings)
 
 
@@ -21,7 +21,7 @@ def new_id() -> str:
     return f"ev{uuid.uuid4().hex[:10]}"
 
 
-def test_an_event_is_normalized_from_discoverys_document(discovery: DiscoveryClient, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_event_is_normalized_from_discoverys_document(discovery: DiscoveryClient, sim) -> None:
     event_id = new_id()
     details = discovery.event(event_id)
 
@@ -48,7 +48,7 @@ def test_an_unknown_event_is_event_not_found(discovery: DiscoveryClient) -> None
     assert isinstance(raised.value, PermanentError)
 
 
-def test_a_refused_api_key_is_permanent_and_not_in_the_message(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_api_key_is_permanent_and_not_in_the_message(settings, stack) -> None:
     client = DiscoveryClient(settings.discovery_base_url, "leaked-discovery-key")
     with pytest.raises(UpstreamRefused) as raised:
         client.event(new_id())
@@ -57,21 +57,21 @@ def test_a_refused_api_key_is_permanent_and_not_in_the_message(settings, stack) 
     assert "leaked-discovery-key" not in str(raised.value)
 
 
-def test_a_server_error_is_transient(discovery: DiscoveryClient, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_error_is_transient(discovery: DiscoveryClient, faults) -> None:
     faults("discovery", error_rate=1.0)
     with pytest.raises(TransientError, match="upstream error 50") as raised:
         discovery.event(new_id())
     assert not isinstance(raised.value, RateLimited)
 
 
-def test_a_quota_violation_is_rate_limited_with_its_retry_after(discovery: DiscoveryClient, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_quota_violation_is_rate_limited_with_its_retry_after(discovery: DiscoveryClient, faults) -> None:
     faults("discovery", throttle_rate=1.0, throttle_retry_after=5)
     with pytest.raises(RateLimited) as raised:
         discovery.event(new_id())
     assert raised.value.retry_after_seconds == 5.0
 
 
-def test_a_call_that_outlasts_the_timeout_is_transient(settings, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_call_that_outlasts_the_timeout_is_transient(settings, faults) -> None:
     client = DiscoveryClient(
         settings.discovery_base_url, settings.discovery_api_key.get_secret_value(), timeout_seconds=0.2
     )
@@ -81,7 +81,7 @@ def test_a_call_that_outlasts_the_timeout_is_transient(settings, faults) -> None
     assert settings.discovery_api_key.get_secret_value() not in str(raised.value)
 
 
-def test_a_sparse_event_is_normalized_with_what_it_has(canned) -> None:  # type: ignore[no-untyped-def]
+def test_a_sparse_event_is_normalized_with_what_it_has(canned) -> None:
     canned.answer("GET", "/discovery/v2/events/e1.json", 200, {"id": "e1"})
     details = DiscoveryClient(canned.url, "k").event("e1")
     assert (details.id, details.name, details.venue, details.startDateTime) == ("e1", "", None, None)
@@ -89,7 +89,7 @@ def test_a_sparse_event_is_normalized_with_what_it_has(canned) -> None:  # type:
 
 
 @pytest.mark.parametrize("body", [{"name": "no id"}, b"<html>maintenance</html>", {"id": "e1", "url": 5}])
-def test_an_answer_that_is_not_an_event_is_permanent(canned, body: Any) -> None:  # type: ignore[no-untyped-def]
+def test_an_answer_that_is_not_an_event_is_permanent(canned, body: Any) -> None:
     canned.answer("GET", "/discovery/v2/events/e1.json", 200, body)
     with pytest.raises(PermanentError, match="discovery event: unexpected response"):
         DiscoveryClient(canned.url, "k").event("e1")
@@ -104,7 +104,7 @@ def test_an_answer_that_is_not_an_event_is_permanent(canned, body: Any) -> None:
     ],
     ids=["array-body", "dates-not-an-object", "venue-not-an-object"],
 )
-def test_an_answer_with_the_wrong_shape_is_permanent(canned, body: Any) -> None:  # type: ignore[no-untyped-def]
+def test_an_answer_with_the_wrong_shape_is_permanent(canned, body: Any) -> None:
     canned.answer("GET", "/discovery/v2/events/e1.json", 200, body)
     with pytest.raises(PermanentError, match="discovery event: unexpected response"):
         DiscoveryClient(canned.url, "k").event("e1")

@@ -29,7 +29,7 @@ def _client(settings: Any, url: str, timeout: float = 5.0) -> EumSmsClient:
 
 
 @pytest.fixture()
-def eum(settings, stack, sim) -> Iterator[EumSmsClient]:  # type: ignore[no-untyped-def]
+def eum(settings, stack, sim) -> Iterator[EumSmsClient]:
     yield _client(settings, settings.sms_base_url)
     sim.configure(eum={"throttle_rate": 0, "error_rate": 0, "timeout_rate": 0})
 
@@ -42,7 +42,7 @@ def new_key() -> str:
     return f"sale{uuid.uuid4().hex[:8]}:fan1"
 
 
-def test_a_message_carries_its_notification_id_in_context_and_its_validity_as_ttl(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_carries_its_notification_id_in_context_and_its_validity_as_ttl(eum, sim) -> None:
     phone, key = new_phone(), new_key()
 
     message_id = eum.send(phone, "Tickets: https://bit.ly/x", idempotency_key=key, validity_seconds=7200)
@@ -57,7 +57,7 @@ def test_a_message_carries_its_notification_id_in_context_and_its_validity_as_tt
     assert sim.sms_messages_to(phone) == 1
 
 
-def test_the_service_has_no_idempotency_a_second_call_is_a_second_sms(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_the_service_has_no_idempotency_a_second_call_is_a_second_sms(eum, sim) -> None:
     # This is why the send path must never repeat a call whose outcome it does not know.
     phone, key = new_phone(), new_key()
     first = eum.send(phone, "hi", idempotency_key=key)
@@ -67,17 +67,17 @@ def test_the_service_has_no_idempotency_a_second_call_is_a_second_sms(eum, sim) 
 
 
 @pytest.mark.parametrize(("validity", "ttl"), [(1, 5), (10**9, 259_200), (90.7, 90)])
-def test_the_ttl_is_kept_within_what_the_service_takes(eum, sim, validity: float, ttl: int) -> None:  # type: ignore[no-untyped-def]
+def test_the_ttl_is_kept_within_what_the_service_takes(eum, sim, validity: float, ttl: int) -> None:
     message_id = eum.send(new_phone(), "hi", idempotency_key=new_key(), validity_seconds=validity)
     assert sim.eum_message(message_id)["timeToLive"] == ttl
 
 
-def test_a_number_the_service_refuses_is_this_messages_fault(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_number_the_service_refuses_is_this_messages_fault(eum, sim) -> None:
     with pytest.raises(PermanentError, match="ValidationException"):
         eum.send("+0123", "hi", idempotency_key=new_key())
 
 
-def test_throttling_sends_nothing_and_says_so(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_throttling_sends_nothing_and_says_so(eum, sim) -> None:
     sim.configure(eum={"throttle_rate": 1.0})
     before = sim.stats()["eum"].get("responses_429", 0)
     phone = new_phone()
@@ -87,7 +87,7 @@ def test_throttling_sends_nothing_and_says_so(eum, sim) -> None:  # type: ignore
     assert sim.stats()["eum"]["responses_429"] - before == 1  # one call: botocore retried nothing
 
 
-def test_a_service_error_is_transient_and_sent_nothing(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_service_error_is_transient_and_sent_nothing(eum, sim) -> None:
     sim.configure(eum={"error_rate": 1.0})
     phone = new_phone()
     with pytest.raises(TransientError) as raised:
@@ -96,7 +96,7 @@ def test_a_service_error_is_transient_and_sent_nothing(eum, sim) -> None:  # typ
     assert sim.sms_messages_to(phone) == 0
 
 
-def test_no_answer_is_an_unknown_outcome_and_the_client_does_not_repeat_the_call(settings, stack, sim) -> None:  # type: ignore[no-untyped-def]
+def test_no_answer_is_an_unknown_outcome_and_the_client_does_not_repeat_the_call(settings, stack, sim) -> None:
     # Given a service that sends the SMS but answers only after the client has given up
     sim.configure(eum={"timeout_rate": 1.0, "timeout_ms": 2500})
     impatient = _client(settings, settings.sms_base_url, timeout=1.0)
@@ -112,20 +112,20 @@ def test_no_answer_is_an_unknown_outcome_and_the_client_does_not_repeat_the_call
 
 
 @pytest.mark.stack  # a real socket: a connection refused on loopback
-def test_an_endpoint_that_cannot_be_reached_sent_nothing(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_endpoint_that_cannot_be_reached_sent_nothing(settings) -> None:
     unreachable = _client(settings, f"http://127.0.0.1:{free_port()}", timeout=1.0)
     with pytest.raises(TransientError) as raised:
         unreachable.send(new_phone(), "hi", idempotency_key=new_key())
     assert not isinstance(raised.value, OutcomeUnknown)
 
 
-def test_a_success_without_a_message_id_is_an_unknown_outcome(settings, canned) -> None:  # type: ignore[no-untyped-def]
+def test_a_success_without_a_message_id_is_an_unknown_outcome(settings, canned) -> None:
     canned.answer("POST", "/", 200, {})
     with pytest.raises(OutcomeUnknown, match="no MessageId"):
         _client(settings, canned.url).send(new_phone(), "hi", idempotency_key=new_key())
 
 
-def test_a_number_opted_out_at_the_provider_is_this_messages_fault(eum, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_number_opted_out_at_the_provider_is_this_messages_fault(eum, sim) -> None:
     phone = new_phone()
     sim.configure(eum={"opted_out": [phone]})
     with pytest.raises(PermanentError, match="DESTINATION_PHONE_NUMBER_OPTED_OUT"):
@@ -145,13 +145,13 @@ class _Raising:
 
 
 def _client_error(status: int, body: dict[str, Any]) -> ClientError:
-    return ClientError({**body, "ResponseMetadata": {"HTTPStatusCode": status}}, "SendTextMessage")
+    return ClientError({**body, "ResponseMetadata": {"HTTPStatusCode": status}}, "SendTextMessage")  # type: ignore[typeddict-item]
 
 
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (SSLError(endpoint_url="https://sms-voice", error="EOF in violation of protocol"), OutcomeUnknown),
+        (SSLError(endpoint_url="https://sms-voice", error="EOF in violation of protocol"), OutcomeUnknown),  # type: ignore[arg-type]
         (ConnectionClosedError(endpoint_url="https://sms-voice"), OutcomeUnknown),
         (HTTPClientError(error="RemoteDisconnected"), OutcomeUnknown),
         (_client_error(502, {"Error": {"Code": "502", "Message": "Bad Gateway"}}), OutcomeUnknown),

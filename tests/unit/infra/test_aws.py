@@ -59,7 +59,7 @@ def test_requests_and_dynamodb_units_are_counted_in_every_new_client(settings: S
         {"PutRequest": {"Item": serialize({"pk": "COUNT#x", "sk": f"n{i}", "blob": "y" * 300})}} for i in range(20)
     ]
 
-    dynamodb.batch_write_item(RequestItems={settings.table_name: items})
+    dynamodb.batch_write_item(RequestItems={settings.table_name: items})  # type: ignore[dict-item]
     dynamodb.query(
         TableName=settings.table_name,
         KeyConditionExpression="pk = :p",

@@ -25,7 +25,7 @@ from dmd_tasks.ops.provision import ensure_queues
 
 
 @pytest.fixture()
-def own_queues(stack) -> Settings:  # type: ignore[no-untyped-def]
+def own_queues(stack) -> Settings:
     """Settings whose queues (and DLQs) exist under a prefix no other test uses."""
     settings = load_settings(queue_name_prefix=f"t{uuid.uuid4().hex[:10]}-")
     ensure_queues(settings)
@@ -111,7 +111,7 @@ def test_an_oversize_stream_record_keeps_its_key_fields_and_position() -> None:
     body = json.loads(text)
     assert body["position"] == {"shard": "shardId-1", "sequence": "900"}
     assert body["payload"]["eventID"] == "e1" and body["payload"]["eventName"] == "MODIFY"
-    assert body["payload"]["dynamodb"] == {"Keys": record["dynamodb"]["Keys"], "SequenceNumber": "900"}
+    assert body["payload"]["dynamodb"] == {"Keys": record["dynamodb"]["Keys"], "SequenceNumber": "900"}  # type: ignore[index]
     assert body["payload"]["truncated"].startswith('{"eventID": "e1"')
 
 

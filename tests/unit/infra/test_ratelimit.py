@@ -19,7 +19,7 @@ from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 
 
 @pytest.fixture()
-def client(settings, stack) -> redis.Redis:  # type: ignore[no-untyped-def]
+def client(settings, stack) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 

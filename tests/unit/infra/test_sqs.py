@@ -19,7 +19,7 @@ from dmd_tasks.infra.sqs import SQS_BATCH_MAX_ENTRIES, make_visible, send_batch_
 
 
 @pytest.fixture()
-def sqs(settings, stack) -> Any:  # type: ignore[no-untyped-def]
+def sqs(settings, stack) -> Any:
     return aws.client("sqs", settings)
 
 
@@ -117,7 +117,7 @@ def test_an_entry_moto_refuses_for_good_raises_while_the_others_land(
 
     # When it is sent, Then the refused entry is reported after the attempts
     with pytest.raises(TransientError, match="1 entries failed"):
-        send_batch_all(sqs, queue_url, entries, attempts=2)
+        send_batch_all(sqs, queue_url, entries, attempts=2)  # type: ignore[arg-type]
     # and the good entries were delivered once each
     assert sorted(m["Body"] for m in receive_all(sqs, queue_url, expected=2)) == ["a", "c"]
 

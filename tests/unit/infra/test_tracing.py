@@ -29,10 +29,10 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
-    return in_memory_spans()  # type: ignore[no-any-return]
+    return in_memory_spans()
 
 
-def finished(exporter: InMemorySpanExporter, name: str) -> list:  # type: ignore[type-arg]
+def finished(exporter: InMemorySpanExporter, name: str) -> list:
     return [s for s in exporter.get_finished_spans() if s.name == name]
 
 

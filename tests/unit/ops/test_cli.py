@@ -69,7 +69,7 @@ def test_an_unknown_command_fails_with_usage() -> None:
     assert "No such command 'frobnicate'" in result.output
 
 
-def test_status_prints_the_sales_notifications_by_status(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_status_prints_the_sales_notifications_by_status(settings, stack) -> None:
     # Given a sale with six notifications (statuses no bridge acts on)
     sale_id = f"sale{uuid.uuid4().hex[:10]}"
     table = DemandTable(settings)
@@ -107,7 +107,7 @@ def test_status_prints_the_sales_notifications_by_status(settings, stack) -> Non
     }
 
 
-def test_status_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None:  # type: ignore[no-untyped-def]
+def test_status_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None:
     sale_id = f"nosale{uuid.uuid4().hex[:10]}"
 
     result = CliRunner().invoke(main, ["status", sale_id])
@@ -117,7 +117,7 @@ def test_status_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None
     assert result.stdout == ""
 
 
-def test_status_as_json(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_status_as_json(settings, stack) -> None:
     sale_id = f"sale{uuid.uuid4().hex[:10]}"
     SaleRecords(DemandTable(settings)).put(Sale(id=sale_id, eventId="ev1", notifyAt="2026-11-25T10:00:00Z"))
 
@@ -170,7 +170,7 @@ def test_an_unreachable_endpoint_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
     assert result.stderr.startswith("dmd: cannot reach a service") and result.stderr.count("\n") == 1
 
 
-def test_a_campaign_is_put_from_a_json_file_shown_and_a_sale_created_for_it(settings, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_campaign_is_put_from_a_json_file_shown_and_a_sale_created_for_it(settings, stack, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     DemandTable(settings).put_items(
         [as_item(Event(id=f"ev{run}", name="Show", url="https://www.ticketmaster.com/e/1"))]
@@ -207,7 +207,7 @@ def test_a_campaign_is_put_from_a_json_file_shown_and_a_sale_created_for_it(sett
         (json.dumps({"saleId": "s1", "eventId": "e1", "template": "€" * 500}), "SMS parts"),
     ],
 )
-def test_a_bad_campaign_is_refused_with_a_precise_error(stack, tmp_path: Path, document: str, error: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_campaign_is_refused_with_a_precise_error(stack, tmp_path: Path, document: str, error: str) -> None:
     path = tmp_path / "campaign.json"
     path.write_text(document)
     result = CliRunner().invoke(main, ["campaign", "put", str(path)])
@@ -215,7 +215,7 @@ def test_a_bad_campaign_is_refused_with_a_precise_error(stack, tmp_path: Path, d
     assert "Traceback" not in result.output
 
 
-def test_a_sale_for_an_event_or_campaign_that_does_not_exist_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_sale_for_an_event_or_campaign_that_does_not_exist_is_refused(stack) -> None:
     create = ["sale", "create", "--sale", "s1x", "--event", "nope"]
     result = CliRunner().invoke(main, [*create, "--at", "2030-01-01T10:00Z"])
     assert result.exit_code == 1 and "event nope does not exist" in result.stderr, result.output
@@ -223,14 +223,14 @@ def test_a_sale_for_an_event_or_campaign_that_does_not_exist_is_refused(stack) -
     assert bad_time.exit_code == 1 and "invalid sale: notifyAt" in bad_time.stderr, bad_time.output
 
 
-def test_dlq_replay_asks_first_and_a_queue_without_a_dlq_is_a_usage_error(queues) -> None:  # type: ignore[no-untyped-def]
+def test_dlq_replay_asks_first_and_a_queue_without_a_dlq_is_a_usage_error(queues) -> None:
     declined = CliRunner().invoke(main, ["dlq", "replay", "query"], input="n\n")
     assert declined.exit_code == 1 and "Aborted" in declined.output
     unknown = CliRunner().invoke(main, ["dlq", "list", "nope"])
     assert unknown.exit_code == 2 and "has no dead-letter queue" in unknown.output
 
 
-def test_dlq_list_prints_one_json_object_per_dead_letter(settings, queues) -> None:  # type: ignore[no-untyped-def]
+def test_dlq_list_prints_one_json_object_per_dead_letter(settings, queues) -> None:
     # Given two dead letters of the query queue
     marker = uuid.uuid4().hex
     DeadLetters(settings).send_batch(
@@ -250,7 +250,7 @@ def test_dlq_list_prints_one_json_object_per_dead_letter(settings, queues) -> No
     assert len(taken) == 2
 
 
-def test_dlq_replay_dry_run_prints_what_it_would_do_and_a_count(settings, queues) -> None:  # type: ignore[no-untyped-def]
+def test_dlq_replay_dry_run_prints_what_it_would_do_and_a_count(settings, queues) -> None:
     event_id = f"ev{uuid.uuid4().hex[:10]}"
     letter = DeadLetter("TransientError: boom", {"task": WARM_EVENT_DETAILS, "args": [event_id], "kwargs": {}})
     DeadLetters(settings).send_batch("query", [letter])
@@ -267,7 +267,7 @@ def test_dlq_replay_dry_run_prints_what_it_would_do_and_a_count(settings, queues
     assert len(taken) == 1  # a dry run leaves the letter where it was
 
 
-def test_provision_prints_its_report_as_json(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_provision_prints_its_report_as_json(settings, stack) -> None:
     result = CliRunner().invoke(main, ["provision", "--json"])
 
     assert result.exit_code == 0, result.output
@@ -278,7 +278,7 @@ def test_provision_prints_its_report_as_json(settings, stack) -> None:  # type: 
     assert [s["name"] for s in report["streams"]] == [settings.sms_status_stream_name]
 
 
-def test_sales_rerun_reruns_an_ended_sale_and_refuses_anything_else(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_sales_rerun_reruns_an_ended_sale_and_refuses_anything_else(settings, stack) -> None:
     sales = SaleRecords(DemandTable(settings))
     ended, waiting = f"cli{uuid.uuid4().hex[:8]}", f"cli{uuid.uuid4().hex[:8]}"
     sales.put(Sale(id=ended, eventId="e1", notifyAt="1971-01-01T00:00:00Z"))
@@ -297,7 +297,7 @@ def test_sales_rerun_reruns_an_ended_sale_and_refuses_anything_else(settings, st
     assert CliRunner().invoke(main, ["sales", "rerun", "no-such-sale"]).exit_code == 1
 
 
-def test_reconcile_prints_what_one_pass_did_as_json(stack) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_prints_what_one_pass_did_as_json(stack) -> None:
     result = CliRunner().invoke(main, ["reconcile"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
@@ -316,7 +316,7 @@ def test_flower_on_a_network_address_needs_a_password(monkeypatch: pytest.Monkey
     assert result.exit_code == 1 and "needs DMD_FLOWER_BASIC_AUTH" in result.stderr, result.output
 
 
-def test_provision_says_one_line_per_kind_of_resource(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_provision_says_one_line_per_kind_of_resource(settings, stack) -> None:
     result = CliRunner().invoke(main, ["provision"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()

@@ -32,11 +32,11 @@ _sequence = itertools.count(7000)
 # --- what the dead-letter queues hold ------------------------------------------------------------
 
 
-def put_letters(settings, owner: str, *letters: DeadLetter) -> None:  # type: ignore[no-untyped-def]
+def put_letters(settings, owner: str, *letters: DeadLetter) -> None:
     DeadLetters(settings).send_batch(owner, list(letters))
 
 
-def put_raw(settings, owner: str, body: str) -> None:  # type: ignore[no-untyped-def]
+def put_raw(settings, owner: str, body: str) -> None:
     aws.client("sqs", settings).send_message(QueueUrl=topology.dlq_url(settings, owner), MessageBody=body)
 
 
@@ -78,7 +78,7 @@ def status_event(message_id: str) -> dict[str, Any]:
     return {"type": "status", "message_id": message_id, "status": "delivered", "timestamp": "2026-11-25T10:00:00Z"}
 
 
-def session_queue(settings, queue: str) -> str:  # type: ignore[no-untyped-def]
+def session_queue(settings, queue: str) -> str:
     """The Celery app's queue (the session's settings name it)."""
     return topology.queue_url(settings, queue)
 
@@ -86,7 +86,7 @@ def session_queue(settings, queue: str) -> str:  # type: ignore[no-untyped-def]
 # --- receive ------------------------------------------------------------------------------------
 
 
-def test_receive_lists_dead_letters_without_consuming_them(queues) -> None:  # type: ignore[no-untyped-def]
+def test_receive_lists_dead_letters_without_consuming_them(queues) -> None:
     settings = queues.settings
     # Given two dead letters and one message moved there by the redrive policy (not JSON)
     first = task_letter(SEND_NOTIFICATIONS, [["s1:f1"]], reason="ProviderRejected: invalid number", queue="send")
@@ -114,7 +114,7 @@ def test_receive_lists_dead_letters_without_consuming_them(queues) -> None:  # t
     assert len(queues.drain(topology.dlq_url(settings, "send"))) == 3
 
 
-def test_receive_returns_at_most_max_messages(queues) -> None:  # type: ignore[no-untyped-def]
+def test_receive_returns_at_most_max_messages(queues) -> None:
     letters = [task_letter(GENERATE_NOTIFICATIONS, [f"sale{i}"], queue="generate") for i in range(12)]
     put_letters(queues.settings, "generate", *letters)
 
@@ -126,7 +126,7 @@ def test_receive_returns_at_most_max_messages(queues) -> None:  # type: ignore[n
 # --- replay -------------------------------------------------------------------------------------
 
 
-def test_a_dry_run_sends_and_deletes_nothing(queues, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_dry_run_sends_and_deletes_nothing(queues, settings) -> None:
     mine = queues.settings
     marker = f"ev{uuid.uuid4().hex[:10]}"
     put_letters(mine, "short-url", task_letter(SHORTEN_EVENT_URL, [marker], reason="TransientError: boom"))
@@ -146,7 +146,7 @@ def test_a_dry_run_sends_and_deletes_nothing(queues, settings) -> None:  # type:
     assert len(queues.drain(topology.dlq_url(mine, "short-url"))) == 2
 
 
-def test_a_task_dead_letter_is_republished_to_its_tasks_queue_and_deleted(queues, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_dead_letter_is_republished_to_its_tasks_queue_and_deleted(queues, settings) -> None:
     mine = queues.settings
     marker = f"ev{uuid.uuid4().hex[:10]}"
     letter = task_letter(SHORTEN_EVENT_URL, [marker], reason="TransientError: bitly shorten: upstream error 503")
@@ -165,7 +165,7 @@ def test_a_task_dead_letter_is_republished_to_its_tasks_queue_and_deleted(queues
     assert queues.dead_letters("short-url") == []
 
 
-def test_a_notifications_change_dead_lettered_by_an_older_bridge_needs_no_task_now(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_notifications_change_dead_lettered_by_an_older_bridge_needs_no_task_now(queues) -> None:
     mine = queues.settings
     sale = f"s{uuid.uuid4().hex[:8]}"
     # Given the bridge's dead letters: a notification moved to scheduled (a bridge of an older
@@ -194,7 +194,7 @@ def test_a_notifications_change_dead_lettered_by_an_older_bridge_needs_no_task_n
     ]
 
 
-def test_a_kinesis_wrapped_demand_record_is_decoded_as_such_and_rerouted(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_kinesis_wrapped_demand_record_is_decoded_as_such_and_rerouted(queues) -> None:
     mine = queues.settings
     event_id = f"ev{uuid.uuid4().hex[:10]}"
     demand = change("INSERT", item(Demand(eventId=event_id, fanId="fan1", phone="+15550001111")))
@@ -209,7 +209,7 @@ def test_a_kinesis_wrapped_demand_record_is_decoded_as_such_and_rerouted(queues)
     assert queues.dead_letters("bridge-demand") == []
 
 
-def test_a_record_that_needs_no_task_any_more_is_deleted(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_record_that_needs_no_task_any_more_is_deleted(queues) -> None:
     mine = queues.settings
     sending = notification_moved("s1:f1", "scheduled", "sending")
     put_letters(mine, "bridge-demand", bridge_letter("bridge-demand", sending, "SendMessageBatch failed"))
@@ -219,7 +219,7 @@ def test_a_record_that_needs_no_task_any_more_is_deleted(queues) -> None:  # typ
     assert queues.dead_letters("bridge-demand") == []
 
 
-def test_a_redriven_message_goes_back_to_its_queue(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_redriven_message_goes_back_to_its_queue(queues) -> None:
     mine = queues.settings
     # Given a message SQS moved after too many receives (kombu's base64 body, not a dmd letter)
     body = base64.b64encode(json.dumps({"body": "e30=", "headers": {"task": "x"}}).encode()).decode()
@@ -232,7 +232,7 @@ def test_a_redriven_message_goes_back_to_its_queue(queues) -> None:  # type: ign
     assert queues.dead_letters("generate") == []
 
 
-def test_a_status_record_is_rerouted_to_the_sms_status_queue_and_an_invalid_one_kept(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_status_record_is_rerouted_to_the_sms_status_queue_and_an_invalid_one_kept(queues) -> None:
     mine = queues.settings
     valid = {"SequenceNumber": "101", "Data": json.dumps(status_event("m1")).encode(), "PartitionKey": "p"}
     invalid = {"SequenceNumber": "102", "Data": b"garbage", "PartitionKey": "p"}
@@ -241,7 +241,7 @@ def test_a_status_record_is_rerouted_to_the_sms_status_queue_and_an_invalid_one_
         bridge_letter("bridge-sms-status", invalid, "record is not JSON"),
     ]
     # the bridge keeps a record's bytes as {"base64": ...}
-    assert letters[0].payload["Data"] == {"base64": base64.b64encode(valid["Data"]).decode()}
+    assert letters[0].payload["Data"] == {"base64": base64.b64encode(valid["Data"]).decode()}  # type: ignore[arg-type]
     put_letters(mine, "bridge-sms-status", *letters)
 
     lines = replay(mine, app, "bridge-sms-status", dry_run=False)
@@ -254,7 +254,7 @@ def test_a_status_record_is_rerouted_to_the_sms_status_queue_and_an_invalid_one_
     assert [d["reason"] for d in queues.dead_letters("bridge-sms-status")] == ["record is not JSON"]
 
 
-def test_an_intake_message_is_replayed_by_what_its_queue_carries(queues) -> None:  # type: ignore[no-untyped-def]
+def test_an_intake_message_is_replayed_by_what_its_queue_carries(queues) -> None:
     # Given the SQS bridge's letters: a provider event from the events queue, a demand change from
     # the demand queue (EventBridge Pipes' form), each at the place it was read
     mine = queues.settings
@@ -289,7 +289,7 @@ def test_an_intake_message_is_replayed_by_what_its_queue_carries(queues) -> None
     assert queues.dead_letters("bridge-sqs") == []
 
 
-def test_an_unrecognised_dead_letter_is_kept(queues) -> None:  # type: ignore[no-untyped-def]
+def test_an_unrecognised_dead_letter_is_kept(queues) -> None:
     mine = queues.settings
     put_letters(mine, "send", DeadLetter(reason="written by hand", payload={"what": "no task"}))
 
@@ -297,7 +297,7 @@ def test_an_unrecognised_dead_letter_is_kept(queues) -> None:  # type: ignore[no
     assert [d["reason"] for d in queues.dead_letters("send")] == ["written by hand"]
 
 
-def test_replay_stops_at_max_messages_and_leaves_the_rest(queues, settings) -> None:  # type: ignore[no-untyped-def]
+def test_replay_stops_at_max_messages_and_leaves_the_rest(queues, settings) -> None:
     mine = queues.settings
     marker = f"ev{uuid.uuid4().hex[:10]}"
     put_letters(mine, "short-url", *[task_letter(SHORTEN_EVENT_URL, [f"{marker}-{i}"]) for i in range(3)])
@@ -309,7 +309,7 @@ def test_replay_stops_at_max_messages_and_leaves_the_rest(queues, settings) -> N
     assert len(queues.dead_letters("short-url")) == 1
 
 
-def test_a_listed_dead_letter_shows_no_phone_number_or_message_body(queues) -> None:  # type: ignore[no-untyped-def]
+def test_a_listed_dead_letter_shows_no_phone_number_or_message_body(queues) -> None:
     settings = queues.settings
     stop = {"type": "inbound", "sender": "+14155550123", "body": "STOP", "timestamp": "t"}
     # a letter dmd wrote, and a task message the redrive policy moved (kombu's envelope)

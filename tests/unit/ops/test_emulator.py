@@ -27,7 +27,7 @@ def client() -> Iterator[Any]:
                 {"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk")
             ],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=GSIS,
+            GlobalSecondaryIndexes=GSIS,  # type: ignore[arg-type]
             BillingMode="PAY_PER_REQUEST",
         )
         for p in range(5):
@@ -145,7 +145,7 @@ def test_a_write_during_a_transaction_waits_for_it_and_sees_its_result(monkeypat
 
         def transaction() -> None:
             monkeypatch.setattr(comparisons, "get_filter_expression", slow_check)
-            ddb.transact_write_items(TransactItems=[{"Update": move(key, "sent")}, {"Update": move(other, "sent")}])
+            ddb.transact_write_items(TransactItems=[{"Update": move(key, "sent")}, {"Update": move(other, "sent")}])  # type: ignore[typeddict-item]
             won.append("transaction")
 
         thread = threading.Thread(target=transaction)

@@ -39,7 +39,7 @@ def samples(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry(settings).collect() for s in m.samples}
 
 
-def test_samples_written_by_other_processes_are_added_up(settings, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_samples_written_by_other_processes_are_added_up(settings, stack, tmp_path: Path) -> None:
     mine = settings.model_copy(update={"metrics_dir_override": tmp_path / "metrics"})
     # Given two processes that counted records of the same bridge
     write_samples(mine.metrics_dir, "bridge-x", 3)
@@ -54,7 +54,7 @@ def test_samples_written_by_other_processes_are_added_up(settings, stack, tmp_pa
     assert found[key] == 2
 
 
-def test_dead_letter_depths_are_read_per_queue_and_a_missing_queue_is_left_out(settings, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letter_depths_are_read_per_queue_and_a_missing_queue_is_left_out(settings, stack, tmp_path) -> None:
     # Given the dead-letter queues of some prefix exist, but of two owners only
     prefix = f"t{uuid.uuid4().hex[:10]}-"
     mine = settings.model_copy(update={"queue_name_prefix": prefix, "metrics_dir_override": tmp_path / "metrics"})
@@ -79,7 +79,7 @@ def test_dead_letter_depths_are_read_per_queue_and_a_missing_queue_is_left_out(s
         sqs.delete_queue(QueueUrl=demand_dlq)
 
 
-def test_every_dead_letter_queue_provisioned_is_reported(queues, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_dead_letter_queue_provisioned_is_reported(queues, tmp_path) -> None:
     mine = queues.settings.model_copy(update={"metrics_dir_override": tmp_path / "metrics"})
     (tmp_path / "metrics").mkdir()
 

@@ -26,7 +26,7 @@ from dmd_tasks.store.table import DemandTable
 
 
 @pytest.fixture(scope="module")
-def own(settings, stack) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
+def own(settings, stack) -> Iterator[Settings]:
     mine = settings.model_copy(update={"table_name": f"test-progress-{uuid.uuid4().hex[:8]}"})
     ensure_demand_table(mine)
     yield mine
@@ -120,7 +120,7 @@ def test_a_sale_that_does_not_exist_is_missing_with_nothing_counted(own: Setting
     assert progress == {"sale_status": "missing", "status": dict.fromkeys(STATUSES, 0), "notifications": 0}
 
 
-def rendered_rows(progress: dict, title: str) -> tuple[str, dict[str, str]]:  # type: ignore[type-arg]
+def rendered_rows(progress: dict, title: str) -> tuple[str, dict[str, str]]:
     console = Console(file=io.StringIO(), width=80, color_system=None)
     console.print(status_table(progress, title))
     text = console.file.getvalue()  # type: ignore[attr-defined]

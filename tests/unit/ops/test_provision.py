@@ -34,7 +34,7 @@ from tests.helpers import pipes_change
 
 
 @pytest.fixture()
-def fresh(settings, stack) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
+def fresh(settings, stack) -> Iterator[Settings]:
     """Settings naming resources nobody has provisioned yet (and a non-default receive count)."""
     run = uuid.uuid4().hex[:8]
     mine = settings.model_copy(
@@ -285,12 +285,12 @@ def test_the_demand_pipe_passes_exactly_the_changes_the_pipeline_routes() -> Non
         change("REMOVE", None, sale("waiting")),
     ]
     for record in cases:
-        passed = any(p.matches_event(record) for p in patterns)
+        passed = any(p.matches_event(record) for p in patterns)  # type: ignore[arg-type]
         routed = record["eventName"] != "REMOVE" and route_change(parse_change(record)) is not None
         wakes = is_sale_waiting(parse_change(record))
         assert passed == (routed or wakes), (record["eventName"], record["dynamodb"].get("NewImage"))
     # the demand row's INSERT, and the two writes of a waiting sale
-    assert sum(any(p.matches_event(r) for p in patterns) for r in cases) == 3
+    assert sum(any(p.matches_event(r) for p in patterns) for r in cases) == 3  # type: ignore[arg-type]
 
 
 def test_provision_creates_the_demand_pipe_when_given_its_role(fresh: Settings) -> None:
@@ -311,7 +311,7 @@ def test_provision_creates_the_demand_pipe_when_given_its_role(fresh: Settings) 
 
 
 @pytest.mark.parametrize("role", ["sms_provider", "sms_failover_provider"])
-def test_the_end_user_messaging_configuration_set_is_made_when_it_sends_at_all(fresh: Settings, sim, role: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_end_user_messaging_configuration_set_is_made_when_it_sends_at_all(fresh: Settings, sim, role: str) -> None:
     # Given End User Messaging as the provider, or only as the failover provider (the simulator plays it)
     endpoint = f"http://{fresh.simulator_host}:{fresh.simulator_port}"
     name = f"dmd-{role.replace('_', '-')}-{uuid.uuid4().hex[:6]}"

@@ -13,7 +13,7 @@ from dmd_tasks.services import Services
 from dmd_tasks.store.keys import notification_key
 
 
-def test_repair_reactivates_sales_and_indexes_scheduled_notifications_once(settings, stack) -> None:  # type: ignore[no-untyped-def]
+def test_repair_reactivates_sales_and_indexes_scheduled_notifications_once(settings, stack) -> None:
     services = Services(settings)
     sale_id = f"rep{uuid.uuid4().hex[:8]}"
     services.sales.put(Sale(id=sale_id, eventId="e1", notifyAt="1972-01-01T00:00:00Z"))  # never active

@@ -129,7 +129,7 @@ def test_stop_pid_of_no_process_is_false() -> None:
     assert stop_pid(-1) is False
 
 
-def test_a_procfile_process_runs_logged_under_its_instance_name_until_stopped(settings, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_procfile_process_runs_logged_under_its_instance_name_until_stopped(settings, stack, tmp_path) -> None:
     # Given the Procfile's metrics process on a port of its own
     port = free_port()
     group = ProcessGroup(tmp_path / "logs", env={"DMD_METRICS_PORT": str(port), "DMD_METRICS_DIR": str(tmp_path)})
@@ -151,7 +151,7 @@ def test_a_procfile_process_runs_logged_under_its_instance_name_until_stopped(se
     assert (tmp_path / "logs" / "metrics-a.log").exists()
 
 
-def test_a_process_that_exits_or_is_killed_is_reported_dead_with_its_code(settings, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_process_that_exits_or_is_killed_is_reported_dead_with_its_code(settings, stack, tmp_path) -> None:
     # Given a metrics process whose port is taken, and another on a free port
     taken = socket.socket()
     taken.bind((settings.metrics_host, 0))

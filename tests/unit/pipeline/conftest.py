@@ -26,7 +26,7 @@ ALWAYS_OPEN = SendWindow(start=clock(0), end=clock(0))
 
 
 @pytest.fixture()
-def services(stack) -> Services:  # type: ignore[no-untyped-def]
+def services(stack) -> Services:
     # small chunks so that a 23-fan sale takes several chunks and runs
     return Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2))
 

@@ -50,7 +50,7 @@ def test_retries_are_published_together_per_delay_each_held_back_until_due(monke
 
 
 @pytest.mark.stack
-def test_published_sends_are_task_messages_on_the_send_queue(settings, stack, queues: Queues) -> None:  # type: ignore[no-untyped-def]
+def test_published_sends_are_task_messages_on_the_send_queue(settings, stack, queues: Queues) -> None:
     marker = uuid.uuid4().hex[:10]
     ids = [f"s{marker}:f{n}" for n in range(3)]
     assert publish_sends(app, settings, ids) == 1  # one message of three ids (send_batch_size 10)

@@ -25,7 +25,7 @@ def idle(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
 
 def rest_until(services: Services, task: str) -> float | None:
     value = services.redis.get(REST_KEY.format(task=task))
-    return float(value.decode().partition("|")[0]) if value else None
+    return float(value.decode().partition("|")[0]) if value else None  # type: ignore[union-attr]
 
 
 def test_a_claim_that_finds_nothing_rests_until_the_soonest_sale(

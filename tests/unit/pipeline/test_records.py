@@ -58,7 +58,7 @@ def test_kinesis_wrapped_record_parses_like_the_stream_record() -> None:
         (lambda r: r["dynamodb"]["NewImage"].__setitem__("eventId", {"Q": "x"}), "not valid DynamoDB JSON"),
     ],
 )
-def test_malformed_records_raise_invalid_record_with_reason(mutate, reason) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_records_raise_invalid_record_with_reason(mutate, reason) -> None:
     record = load("ddb_stream_demand_insert.json")
     mutate(record)
     with pytest.raises(InvalidRecord, match=reason):
@@ -111,7 +111,7 @@ def test_jsonable_and_restore_round_trip_bytes() -> None:
 # --- every form AWS documents (the samples in tests/events) ---------------------------------------
 
 
-def kinesis_wrapped(sample: str, sequence: str = "49590338271490256608559692538361571095921575989136588898") -> dict:  # type: ignore[type-arg]
+def kinesis_wrapped(sample: str, sequence: str = "49590338271490256608559692538361571095921575989136588898") -> dict:
     """A Kinesis GetRecords record (as boto3 returns it) whose Data is the DynamoDB change record."""
     return {"SequenceNumber": sequence, "PartitionKey": "pk", "Data": json.dumps(load(sample)).encode()}
 
@@ -188,10 +188,10 @@ def test_a_status_record_nested_thousands_deep_is_dead_lettered_and_the_page_goe
 
 
 def test_a_change_record_nested_thousands_deep_is_dead_lettered() -> None:
-    deep: dict = {"L": []}  # type: ignore[type-arg]
+    deep: dict = {"L": []}
     cursor = deep
     for _ in range(3000):
-        inner: dict = {"L": []}  # type: ignore[type-arg]
+        inner: dict = {"L": []}
         cursor["L"].append(inner)
         cursor = inner
     record = load("ddb_stream_demand_insert.json")
@@ -204,7 +204,7 @@ def test_a_change_record_nested_thousands_deep_is_dead_lettered() -> None:
 
 
 def test_whatever_a_record_raises_becomes_its_dead_letter_and_the_rest_proceed() -> None:
-    def decode(raw: dict) -> ChangeRecord:  # type: ignore[type-arg]
+    def decode(raw: dict) -> ChangeRecord:
         if raw.get("boom"):
             raise ZeroDivisionError("a defect met by one record")
         return parse_change(raw)

@@ -42,7 +42,7 @@ def shorten(services: Services, event_id: str, *, lock_seconds: int = 5, **overr
     return shorten_event(event_id, **arguments)
 
 
-def test_an_event_is_shortened_once_and_the_link_stored(services: Services, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_event_is_shortened_once_and_the_link_stored(services: Services, sim) -> None:
     event = new_event(services)
 
     assert shorten_with(services, event.id) is ShortenOutcome.SHORTENED
@@ -57,7 +57,7 @@ def test_an_event_is_shortened_once_and_the_link_stored(services: Services, sim)
     assert services.events.get(event.id).short_url == stored.short_url  # type: ignore[union-attr]
 
 
-def test_an_event_that_already_has_a_short_url_is_not_sent_to_the_shortener(services: Services, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_event_that_already_has_a_short_url_is_not_sent_to_the_shortener(services: Services, sim) -> None:
     event = new_event(services, short_url="https://bit.ly/given")
 
     assert shorten_with(services, event.id) is ShortenOutcome.ALREADY_SHORTENED
@@ -69,7 +69,7 @@ def test_an_event_that_already_has_a_short_url_is_not_sent_to_the_shortener(serv
     "url",
     ["https://evil.example.com/e/1", "javascript:alert(1)", "https://user:pw@www.ticketmaster.com/e/1"],
 )
-def test_a_disallowed_url_is_refused_without_a_call(services: Services, sim, url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_disallowed_url_is_refused_without_a_call(services: Services, sim, url: str) -> None:
     event = new_event(services, url=url)
     before = sim.stats()["bitly"]["calls"]
 
@@ -86,7 +86,7 @@ def test_a_missing_event_is_a_transient_event_not_found(services: Services) -> N
     assert isinstance(raised.value, TransientError)  # the event row may still be on its way: retried
 
 
-def test_a_worker_holding_the_event_lock_makes_the_others_retry(services: Services, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_holding_the_event_lock_makes_the_others_retry(services: Services, sim) -> None:
     # Given another worker holds the event's shortening lock
     event = new_event(services)
     holder = services.redis.lock(f"dmd:lock:shorten:{event.id}", timeout=30)
@@ -105,7 +105,7 @@ def test_a_worker_holding_the_event_lock_makes_the_others_retry(services: Servic
     assert services.events.get(event.id).short_url is None  # type: ignore[union-attr]
 
 
-def test_a_worker_that_waited_for_the_lock_finds_the_link_the_holder_stored(services: Services, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_that_waited_for_the_lock_finds_the_link_the_holder_stored(services: Services, sim) -> None:
     # Given another worker holds the lock and this one has read the event (no link yet)
     event = new_event(services)
     holder = services.redis.lock(f"dmd:lock:shorten:{event.id}", timeout=30)
@@ -142,7 +142,7 @@ def test_a_worker_that_waited_for_the_lock_finds_the_link_the_holder_stored(serv
     assert services.events.get(event.id).short_url == "https://bit.ly/holder"  # type: ignore[union-attr]
 
 
-def test_a_link_stored_by_another_writer_is_kept(services: Services, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_link_stored_by_another_writer_is_kept(services: Services, sim) -> None:
     # Given a writer outside the lock stores a link while this worker's call is under way
     event = new_event(services)
 
@@ -160,7 +160,7 @@ def test_a_link_stored_by_another_writer_is_kept(services: Services, sim) -> Non
     assert sim.bitly_calls(event.url) == 1
 
 
-def test_a_failed_call_releases_the_lock_for_the_retry(services: Services, sim, faults) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_call_releases_the_lock_for_the_retry(services: Services, sim, faults) -> None:
     event = new_event(services)
     faults("bitly", error_rate=1.0)
     with pytest.raises(TransientError, match="upstream error 50"):

@@ -59,7 +59,7 @@ def _generate(services: Services, sale_id: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture()
-def services(stack) -> Services:  # type: ignore[no-untyped-def]
+def services(stack) -> Services:
     return Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2))
 
 

@@ -92,7 +92,9 @@ def test_a_clean_handover_skips_the_existence_check(
     looked_up: list[int] = []
     original = NotificationRecords.existing_fans
     monkeypatch.setattr(
-        NotificationRecords, "existing_fans", lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k)
+        NotificationRecords,
+        "existing_fans",
+        lambda self, *a, **k: looked_up.append(1) or original(self, *a, **k),  # type: ignore[func-returns-value]
     )
     assert generate_sale(sale_id, services).outcome == "continue"
     assert generate_sale(sale_id, services).outcome == "done"
@@ -108,7 +110,7 @@ def test_a_run_reads_no_demand_page_it_will_not_write(
     assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
     queries: list[dict[str, Any]] = []
     original = services.table.query
-    monkeypatch.setattr(services.table, "query", lambda **kw: queries.append(kw) or original(**kw))
+    monkeypatch.setattr(services.table, "query", lambda **kw: queries.append(kw) or original(**kw))  # type: ignore[func-returns-value]
     first = generate_sale(sale_id, services)
     assert (first.outcome, first.chunks) == ("continue", 2)
     demand_reads = [q for q in queries if q.get("KeyConditionExpression", "").startswith("pk = :pk AND begins")]
@@ -117,13 +119,13 @@ def test_a_run_reads_no_demand_page_it_will_not_write(
 
 def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_written(
     stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     ramp = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2))
     sale_id = seed_sale(ramp, 12)
     assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
     limits: list[int] = []
     original = ramp.table.query
-    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))
+    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))  # type: ignore[func-returns-value]
     first = generate_sale(sale_id, ramp)
     # a chunk of two (one page of two), then a whole chunk: the first run hands over after two chunks
     assert (first.outcome, first.written, first.chunks) == ("continue", 7, 2)
@@ -137,7 +139,7 @@ def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_wri
 
 def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
     stack, seed_sale: Seed, sale_notifications: Notifications
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     slow_table = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=100, generate_run_seconds=0))
     sale_id = seed_sale(slow_table, 12)
     assert slow_table.sales.claim(sale_id, time.time(), 60) == "claimed"
@@ -204,7 +206,7 @@ def test_opted_out_fans_get_nothing_and_invalid_phones_fail_at_birth(
     assert "gsi1pk" not in by_fan["fan999"]  # never found by the scheduler
 
 
-def test_an_event_without_a_short_url_is_shortened_before_generating(services: Services, seed_sale: Seed, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_event_without_a_short_url_is_shortened_before_generating(services: Services, seed_sale: Seed, sim) -> None:
     # Given a claimed sale whose event was never shortened
     sale_id = seed_sale(services, 2)
     event_id = services.sales.get(sale_id)["eventId"]  # type: ignore[index]

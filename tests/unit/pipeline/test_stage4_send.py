@@ -35,7 +35,7 @@ def healthy(services: Services, calls: int = 10) -> None:
         services.sms_circuit.succeeded(services.sms_circuit.before_call())
 
 
-def provider_errors(sim) -> int:  # type: ignore[no-untyped-def]
+def provider_errors(sim) -> int:
     """5xx answers the SMS simulator gave so far."""
     return sum(v for k, v in sim.stats()["sms"].items() if k.startswith("responses_5"))
 
@@ -89,7 +89,7 @@ def test_only_scheduled_notifications_are_claimed_and_only_once(services: Servic
 # --- send_claimed -------------------------------------------------------------------------------
 
 
-def test_a_send_stores_the_providers_message_id(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_stores_the_providers_message_id(services: Services, outbox: Outboxes, sim) -> None:
     box = outbox()
     nid, phone = box.add("fan1")
 
@@ -103,7 +103,7 @@ def test_a_send_stores_the_providers_message_id(services: Services, outbox: Outb
     assert sim.sms_messages_to(phone) == 1
 
 
-def test_an_opted_out_fan_is_failed_with_the_reason_and_not_messaged(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_an_opted_out_fan_is_failed_with_the_reason_and_not_messaged(services: Services, outbox: Outboxes, sim) -> None:
     box = outbox()
     nid, phone = box.add("fan1")
 
@@ -136,7 +136,7 @@ def test_a_sale_without_a_campaign_fails_its_notifications(services: Services, o
 
 def test_a_provider_error_schedules_a_retry_with_one_more_attempt(
     services: Services, outbox: Outboxes, faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     box = outbox()
     nid, phone = box.add("fan1")
     healthy(services)  # the provider answers other calls well
@@ -156,7 +156,7 @@ def test_a_provider_error_schedules_a_retry_with_one_more_attempt(
 
 def test_a_send_past_its_batchs_deadline_calls_nobody_and_goes_back_to_scheduled(
     services: Services, outbox: Outboxes, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a batch held up by a slow dependency until its work budget ran out
     box = outbox()
     nid, phone = box.add("fan1")
@@ -171,7 +171,7 @@ def test_a_send_past_its_batchs_deadline_calls_nobody_and_goes_back_to_scheduled
 
 def test_a_throttled_send_spends_no_attempt_and_pauses_every_sender(
     services: Services, outbox: Outboxes, faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a provider that answers 429 with Retry-After: 7
     box = outbox()
     nid, _ = box.add("fan1")
@@ -198,7 +198,7 @@ def test_a_throttled_send_spends_no_attempt_and_pauses_every_sender(
 
 def test_a_provider_failing_most_calls_spends_no_attempt_and_a_probe_closes_its_circuit(
     stack, outbox: Outboxes, faults, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given senders whose circuit opens after 4 failures at half the calls or more, for one second,
     # and a provider that answered the last four calls well
     services = Services(load_settings(circuit_min_calls=4, circuit_open_seconds=1.0))
@@ -231,7 +231,7 @@ def test_a_provider_failing_most_calls_spends_no_attempt_and_a_probe_closes_its_
     assert send_claimed(services, ids[7], claim_one(services, ids[7]), set()) == "sent"
 
 
-def test_a_send_that_would_land_in_quiet_hours_waits_for_the_window(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_that_would_land_in_quiet_hours_waits_for_the_window(services: Services, outbox: Outboxes, sim) -> None:
     # Given a notification scheduled while its fan's window was open, sent after it closed
     hour = datetime.now(UTC).hour
     window = SendWindow(start=clock((hour + 2) % 24), end=clock((hour + 3) % 24))
@@ -249,7 +249,7 @@ def test_a_send_that_would_land_in_quiet_hours_waits_for_the_window(services: Se
     assert sim.sms_messages_to(phone) == 0
 
 
-def test_a_notification_past_its_validity_ends_expired(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_notification_past_its_validity_ends_expired(services: Services, outbox: Outboxes, sim) -> None:
     box = outbox()
     nid, phone = box.add("fan1", expires_at=time.time() - 1)
     assert send_claimed(services, nid, claim_one(services, nid), set()) == "failed"
@@ -277,7 +277,7 @@ def test_a_sent_notification_records_its_parts_and_encoding(
     assert (sent["encoding"], sent["parts"]) == (encoding, parts)
 
 
-def test_a_message_over_the_part_limit_fails_with_the_reason(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_over_the_part_limit_fails_with_the_reason(stack, outbox: Outboxes, sim) -> None:
     services = Services(load_settings(max_message_parts=1))
     box = outbox(template="{{ short_url }} " + "x" * 200)
     nid, phone = box.add("fan1")
@@ -286,7 +286,7 @@ def test_a_message_over_the_part_limit_fails_with_the_reason(stack, outbox: Outb
     assert sim.sms_messages_to(phone) == 0
 
 
-def test_the_last_attempt_fails_for_good(services: Services, outbox: Outboxes, faults) -> None:  # type: ignore[no-untyped-def]
+def test_the_last_attempt_fails_for_good(services: Services, outbox: Outboxes, faults) -> None:
     box = outbox()
     nid, _ = box.add("fan1", attempts=services.settings.max_send_attempts - 1)
     faults("sms", error_rate=1.0)
@@ -301,7 +301,7 @@ def test_the_last_attempt_fails_for_good(services: Services, outbox: Outboxes, f
 
 def test_a_send_whose_lease_was_taken_back_is_resent_with_the_same_key(
     services: Services, outbox: Outboxes, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given worker A that owns a notification, but so slowly that its lease expired, the reconciler
     # took it back, and worker B claimed it again
     box = outbox()
@@ -326,7 +326,7 @@ def test_a_send_whose_lease_was_taken_back_is_resent_with_the_same_key(
 
 def test_a_send_with_its_lease_nearly_over_is_given_back_without_an_attempt(
     services: Services, outbox: Outboxes, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a claim whose lease ends before a provider call could time out (the worker was paused)
     box = outbox()
     nid, phone = box.add("fan1", attempts=1)
@@ -351,7 +351,7 @@ def test_a_send_with_its_lease_nearly_over_is_given_back_without_an_attempt(
 )
 def test_a_dependency_down_before_the_provider_call_spends_no_attempt(
     services: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch, down: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a notification on its second attempt, and one of our own dependencies failing before the send
     box = outbox()
     nid, phone = box.add("fan1", attempts=1)
@@ -406,7 +406,7 @@ def test_every_send_takes_a_slot_of_the_limit_all_senders_share(
     assert reserved == [(f"dmd:rate:sale:{box.sale_id}", 50, 1), (account, cap, 1)] * 3  # the outbox: 50/s
 
 
-def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:
     # Given a campaign of 1 SMS a second, and a sender that waits at most half a second for a slot
     impatient = Services(load_settings(send_rate_wait_seconds=0.5))
     box = outbox(rate=1)
@@ -455,7 +455,7 @@ def test_the_shared_rate_limit_holds_across_concurrent_callers(services: Service
 # --- the task -------------------------------------------------------------------------------------
 
 
-def test_the_task_sends_a_batch_where_each_id_has_its_own_outcome(services: Services, outbox: Outboxes, sim) -> None:  # type: ignore[no-untyped-def]
+def test_the_task_sends_a_batch_where_each_id_has_its_own_outcome(services: Services, outbox: Outboxes, sim) -> None:
     box = outbox()
     ready, phone = box.add("ready")
     stopped, stopped_phone = box.add("stopped")
@@ -474,7 +474,7 @@ def test_the_task_sends_a_batch_where_each_id_has_its_own_outcome(services: Serv
 
 
 @pytest.fixture()
-def eum(stack, settings) -> Services:  # type: ignore[no-untyped-def]
+def eum(stack, settings) -> Services:
     return Services(
         load_settings(
             sms_provider="eum",
@@ -487,7 +487,7 @@ def eum(stack, settings) -> Services:  # type: ignore[no-untyped-def]
 
 def test_a_send_through_a_provider_without_idempotency_records_its_call_first(
     eum: Services, outbox: Outboxes, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     box = outbox()
     nid, phone = box.add("fan1")
     assert send_claimed(eum, nid, claim_one(eum, nid), set()) == "sent"
@@ -499,7 +499,7 @@ def test_a_send_through_a_provider_without_idempotency_records_its_call_first(
 
 def test_a_send_without_an_answer_waits_unconfirmed_and_is_never_sent_again(
     eum: Services, outbox: Outboxes, sim, faults
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given a service that accepts the message but answers after the client gave up
     faults("eum", timeout_rate=1.0, timeout_ms=1500)
     box = outbox()
@@ -518,7 +518,7 @@ def test_a_send_without_an_answer_waits_unconfirmed_and_is_never_sent_again(
 
 def test_a_worker_that_lost_its_lease_makes_no_call_to_a_provider_without_idempotency(
     eum: Services, outbox: Outboxes, sim
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     box = outbox()
     nid, phone = box.add("fan1")
     stale = claim_one(eum, nid)
@@ -534,7 +534,7 @@ def test_a_worker_that_lost_its_lease_makes_no_call_to_a_provider_without_idempo
 
 def test_an_answer_that_comes_after_the_reconciler_made_the_send_unconfirmed_settles_it(
     eum: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     box = outbox()
     nid, _ = box.add("fan1")
     claim = claim_one(eum, nid)
@@ -558,7 +558,7 @@ def test_an_answer_that_comes_after_the_reconciler_made_the_send_unconfirmed_set
 
 
 @pytest.fixture()
-def two(stack, settings) -> Services:  # type: ignore[no-untyped-def]
+def two(stack, settings) -> Services:
     """The HTTP provider, with End User Messaging as its standby."""
     return Services(
         load_settings(
@@ -573,7 +573,7 @@ def two(stack, settings) -> Services:  # type: ignore[no-untyped-def]
 
 def test_with_two_providers_a_call_without_an_answer_is_sent_again_through_the_same_one_only(
     two: Services, outbox: Outboxes, sim, faults
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Given an HTTP provider that takes the message but answers after the client gave up
     faults("sms", timeout_rate=1.0, timeout_ms=1500)
     box = outbox()
@@ -599,7 +599,7 @@ def test_with_two_providers_a_call_without_an_answer_is_sent_again_through_the_s
 
 def test_with_two_providers_a_send_that_meets_a_paused_circuit_takes_the_other(
     two: Services, outbox: Outboxes, sim, faults
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     faults("sms")  # (closes every circuit before and after)
     for _ in range(20):
         two.sms_circuit.failed(Permit(probe=False, token=uuid.uuid4().hex))
@@ -623,7 +623,7 @@ def test_with_two_providers_a_send_that_meets_a_paused_circuit_takes_the_other(
 )
 def test_without_a_short_url_only_an_allowed_long_url_is_sent(
     services: Services, outbox: Outboxes, sim, url: str, outcome: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     box = outbox(template="{{ short_url }}")
     services.table.put_items([as_item(Event(id=box.event_id, name="Show", url=url))])  # never shortened
     nid, phone = box.add("fan1")

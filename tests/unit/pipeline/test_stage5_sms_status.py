@@ -261,7 +261,7 @@ def test_a_batch_of_receipts_moves_its_sent_notifications_together_and_the_rest_
     monkeypatch.setattr(services.table._client, "transact_write_items", counted)
 
     # When they are applied as one batch
-    outcomes = apply_events(services, events)
+    outcomes = apply_events(services, events)  # type: ignore[arg-type]
 
     # Then each gets its outcome, the referenced ones in one request (a duplicate of an item in
     # a transaction of its own), and every notification is where its receipt put it

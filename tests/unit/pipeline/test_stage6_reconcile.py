@@ -31,7 +31,7 @@ INTERVAL = 10  # reconcile_interval_seconds: a sale is retired at a second look 
 
 
 @pytest.fixture()
-def services(stack) -> Services:  # type: ignore[no-untyped-def]
+def services(stack) -> Services:
     # this module's own deadlines, small, so that an explicit clock a minute ahead passes them
     return Services(
         load_settings(
@@ -374,7 +374,11 @@ def test_a_sale_with_a_notification_in_flight_is_not_retired(services: Services,
         assert claim is not None
     if state == "unconfirmed":
         assert services.notifications.mark_unconfirmed(
-            sale_id, "fan001", now + 3600, "no answer", lease_token=claim["leaseToken"]
+            sale_id,
+            "fan001",
+            now + 3600,
+            "no answer",
+            lease_token=claim["leaseToken"],  # type: ignore[index]
         )
 
     # When the reconciler looks at it twice, half an interval apart (before any of its deadlines)

@@ -64,7 +64,7 @@ def test_a_full_item_round_trips() -> None:
     assert wire["blob"] == {"B": b"\x00\x01\xff"}
     assert wire["map"]["M"]["outer"]["M"]["n"] == {"N": "7"}
     assert back == item
-    assert isinstance(back["blob"], Binary) and back["blob"].value == b"\x00\x01\xff"
+    assert isinstance(back["blob"], Binary) and back["blob"].value == b"\x00\x01\xff"  # type: ignore[attr-defined]
     assert back["map"]["outer"]["n"] == Decimal(7) and type(back["map"]["outer"]["n"]) is Decimal
 
 
