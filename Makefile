@@ -53,13 +53,15 @@ test: setup lint unit
 	$(PYTEST) -m "stack or e2e" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 ## make lint: ruff (lint + format) and mypy, configured in pyproject.toml; docs/settings.md against the
-## model; imports down the layers only (dmd_tasks/ops/layers.py)
+## model; imports down the layers only (dmd_tasks/ops/layers.py); modules and functions of one size
+## (dmd_tasks/ops/sizes.py)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m dmd_tasks.ops.settings_doc --check
 	$(BIN)/python -m dmd_tasks.ops.layers
+	$(BIN)/python -m dmd_tasks.ops.sizes
 
 ## make chaos: the fault suite (kills, freezes, lost messages, a re-saved sale, Redis / AWS / the
 ## provider down, Redis back empty, AWS slow, the provider throttling everything), figures printed

@@ -181,7 +181,7 @@ def status_bridges(h: Harness, *, events: int, runs: int) -> dict[str, Any]:
     """Status records/s with one and with two ``bridge-sms-status`` processes sharing the status
     stream's shards through leases (each run: both paused while the records go in, then timed until
     their tasks are in SQS; the pause is shorter than the lease failover, so no lease moves)."""
-    from bridges.leases import LeaseTable
+    from bridges.lease_table import LeaseTable
     from bridges.sources import KinesisSource
     from dmd_tasks.infra import aws, topology
 

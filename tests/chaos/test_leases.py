@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridges.leases import Lease, LeaseTable
+from bridges.lease_table import Lease, LeaseTable
 from bridges.sources import DynamoDBStreamSource, KinesisSource
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.stack import ProcessGroup

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bridges.leases import LeaseCoordinator, LeaseTable
+from bridges.lease_table import LeaseTable
+from bridges.leases import LeaseCoordinator
 from bridges.sources import Shard
 
 FAILOVER = 10.0
@@ -154,7 +155,8 @@ def test_a_lease_is_created_once_whoever_lists_the_shard_first(table: LeaseTable
 
 
 def test_two_readers_split_four_shards_and_one_takes_all_when_the_other_stops(settings: Any, stack: Any) -> None:
-    from bridges.reader import CheckpointStore, ShardReader
+    from bridges.checkpoints import CheckpointStore
+    from bridges.reader import ShardReader
     from bridges.sources import KinesisSource
     from dmd_tasks.infra import aws
 

@@ -10,7 +10,8 @@ import threading
 import time
 from typing import Any
 
-from bridges.reader import Checkpoint, ShardReader
+from bridges.checkpoints import Checkpoint
+from bridges.reader import ShardReader
 from bridges.sources import CheckpointTrimmed, Page, Shard, ShardGone
 from dmd_tasks.infra.metrics import BRIDGE_SHARD_EVENTS
 
