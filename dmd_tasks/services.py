@@ -26,6 +26,7 @@ from dmd_tasks.infra.wake import Doorbell, Wake
 from dmd_tasks.store.campaigns import CampaignStore, open_campaign_store
 from dmd_tasks.store.demand import DemandRecords
 from dmd_tasks.store.events import EventRecords
+from dmd_tasks.store.lookups import SendLookups
 from dmd_tasks.store.notifications import NotificationRecords
 from dmd_tasks.store.sales import SaleRecords
 from dmd_tasks.store.table import DemandTable
@@ -71,6 +72,11 @@ class Services:
     @cached_property
     def campaigns(self) -> CampaignStore:
         return open_campaign_store(self.settings)
+
+    @cached_property
+    def send_lookups(self) -> SendLookups:
+        """The campaigns and events a send batch reads, kept 30 s (per process, rebuilt after fork)."""
+        return SendLookups(self.campaigns, self.events, self.settings.shorten_allowed_hosts)
 
     @cached_property
     def shortener(self) -> Shortener:

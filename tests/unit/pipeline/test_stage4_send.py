@@ -21,7 +21,9 @@ from dmd_tasks.infra.circuit import Permit
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
 from dmd_tasks.infra.settings import load_settings
-from dmd_tasks.pipeline.stage4_send import claim_batch, retry_delay, send_claimed, send_notifications
+from dmd_tasks.pipeline.send_outcomes import retry_delay
+from dmd_tasks.pipeline.send_step import send_claimed
+from dmd_tasks.pipeline.stage4_send import claim_batch, send_notifications
 from dmd_tasks.services import Services, sms_account
 from dmd_tasks.store.items import item as as_item
 from tests.helpers import clear_circuits

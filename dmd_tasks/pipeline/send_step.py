@@ -1,0 +1,263 @@
+"""One send of stage 4, for a notification this worker owns (``sending`` under its lease):
+check → call → record.
+
+- **check** (``_message``): the campaign, the fan's opt-out, the validity, the send window,
+  the rendered message and its SMS parts;
+- **call** (``_permit``, ``_call_provider``): the provider's circuit, the rate limits, the lease
+  and the batch's time left, the record that a call starts (a provider without idempotency,
+  or two providers), then the call, its outcome told to the circuit;
+- **record**: ``sent`` (with the batch's others, ``SentRecords``), or what the failure means:
+  ``unconfirmed`` (an unknown outcome at a provider without idempotency), ``failed`` (a
+  permanent error, the last attempt), ``scheduled`` again with or without spending an attempt.
+
+Every write is fenced by the lease token (see ``stage4_send``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dmd_tasks.domain.campaigns import Campaign
+from dmd_tasks.domain.errors import (
+    InvalidTemplate,
+    NotAttempted,
+    OutcomeUnknown,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from dmd_tasks.domain.ids import split_notification_id
+from dmd_tasks.domain.segments import measure
+from dmd_tasks.domain.templates import render
+from dmd_tasks.infra import tracing
+from dmd_tasks.infra.circuit import Permit, ProviderPaused
+from dmd_tasks.infra.deadline import Deadline
+from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
+from dmd_tasks.infra.failover import ProviderRoute
+from dmd_tasks.infra.metrics import SEND_LATENCY
+from dmd_tasks.infra.settings import Settings
+from dmd_tasks.pipeline.send_outcomes import (
+    Expired,
+    Owned,
+    failed,
+    not_attempted,
+    retry,
+    unknown_outcome,
+    wait_for_window,
+)
+from dmd_tasks.pipeline.sent_records import SentRecords
+from dmd_tasks.services import Services
+from dmd_tasks.store.notifications import Sent
+
+log = logging.getLogger(__name__)
+
+#: Failures before anything reached the provider: no attempt is spent on them.
+_NOT_ATTEMPTED: tuple[type[BaseException], ...] = (NotAttempted, *DEPENDENCY_ERRORS)
+
+
+class QuietHours(Exception):
+    """The fan's send window is closed now: the notification waits for it to open (``opens``)."""
+
+    def __init__(self, opens: float) -> None:
+        super().__init__(f"send window opens at {opens:.0f}")
+        self.opens = opens
+
+
+@dataclass(frozen=True)
+class Message:
+    """A notification's SMS as checked: its body and parts, under its sale's campaign."""
+
+    campaign: Campaign
+    body: str
+    parts: int
+    encoding: str
+
+
+def send_claimed(
+    services: Services,
+    notification_id: str,
+    item: dict[str, Any],
+    opted_out: set[str],
+    traceparent: str | None = None,
+    deadline: Deadline | None = None,
+    again: list[tuple[str, float]] | None = None,
+    records: SentRecords | None = None,
+) -> str:
+    """Send one notification this worker owns, in its own trace; returns what happened. Past
+    ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``. One
+    that goes back to ``scheduled`` is added to ``again`` with when it is due (the caller
+    publishes its send task: ``chain.publish_due``). A send the provider accepted is recorded
+    through ``records`` (written with the batch's others), or at once without it."""
+    with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
+        sale_id, fan_id = split_notification_id(notification_id)
+        owned = Owned(notification_id, sale_id, fan_id, item)
+        outcome = _send_claimed(services, owned, opted_out, deadline, again, records)
+        span.set_attribute("dmd.outcome", outcome)
+        return outcome
+
+
+def _send_claimed(
+    services: Services,
+    owned: Owned,
+    opted_out: set[str],
+    deadline: Deadline | None,
+    again: list[tuple[str, float]] | None,
+    records: SentRecords | None,
+) -> str:
+    route = services.sms_router.choose(owned.item.get("pinnedProvider"))
+    try:
+        try:
+            message = _message(services, owned, opted_out)
+        except QuietHours as closed:  # its write fails as the others do (below)
+            return wait_for_window(services, owned, closed.opens)
+        route, permit = _permit(services, owned, route, message, deadline)
+        validity = float(owned.item["expiresAt"]) - time.time() if owned.item.get("expiresAt") is not None else None
+        message_id = _call_provider(route, permit, owned, message.body, validity, services.settings)
+    except OutcomeUnknown as exc:
+        return unknown_outcome(services, owned, route, exc, again)
+    except (PermanentError, InvalidTemplate) as exc:
+        return failed(services, owned, exc)
+    except _NOT_ATTEMPTED as exc:
+        return not_attempted(services, owned, exc, again)
+    except TransientError as exc:
+        return retry(services, owned, exc, spend=True, pin=None, again=again)
+    sent = Sent(
+        owned.sale_id,
+        owned.fan_id,
+        message_id,
+        time.time(),
+        owned.token,
+        traceparent=tracing.current_traceparent(),
+        parts=message.parts,
+        encoding=message.encoding,
+    )
+    own = records or SentRecords(services.notifications)
+    own.add(sent, route.provider.capabilities.idempotent)
+    if records is None:  # on its own: written now
+        own.flush()
+        return "lease-lost" if own.lost else "sent"
+    return "sent"
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def _message(services: Services, owned: Owned, opted_out: set[str]) -> Message:
+    """The SMS to send, checked; PermanentError (or Expired) when it must not go, QuietHours
+    (with when the window opens) when it must wait."""
+    settings, item = services.settings, owned.item
+    campaign = services.send_lookups.campaign(owned.sale_id)
+    if campaign is None:
+        raise PermanentError(f"sale {owned.sale_id} has no campaign")
+    if item["phone"] in opted_out:
+        raise PermanentError("fan opted out (STOP) after the notification was generated")
+    now = time.time()
+    expires = item.get("expiresAt")
+    if expires is not None and now >= float(expires):
+        raise Expired(f"expired: not sent within its validity ({campaign.validity_seconds}s from its first chance)")
+    opens = campaign.window.next_open_ts(now, item.get("timezone"))
+    if opens > now:
+        # Quiet hours came first (a retry, a backlog, a pause that ran late): wait for the next opening.
+        raise QuietHours(opens)
+    event_name, short_url = services.send_lookups.event_values(item["eventId"])
+    body = render(
+        campaign.template,
+        {"event_name": event_name, "short_url": short_url, "sale_id": owned.sale_id, "fan_id": owned.fan_id},
+    )
+    segments = measure(body)
+    if segments.parts > settings.max_message_parts:
+        raise PermanentError(
+            f"message takes {segments.parts} SMS parts ({segments.encoding}), more than the "
+            f"{settings.max_message_parts} allowed"
+        )
+    return Message(campaign, body, segments.parts, segments.encoding)
+
+
+# --- call ---------------------------------------------------------------------------------------
+
+
+def _permit(
+    services: Services, owned: Owned, route: ProviderRoute, message: Message, deadline: Deadline | None
+) -> tuple[ProviderRoute, Permit]:
+    """Leave to call now: the route's circuit (the other provider's while this one is paused and
+    the weights have not caught up), the rate limits, the lease and the batch's time left, and
+    the record that the call starts where that is needed. Raises NotAttempted (or a dependency's
+    error) when no call may be made; nothing is then held."""
+    settings, router = services.settings, services.sms_router
+    try:
+        permit = route.circuit.before_call()  # ProviderPaused while the provider throttles or is down
+    except ProviderPaused:
+        pinned = owned.item.get("pinnedProvider")
+        other = None if pinned else next((r for r in router.routes.values() if r is not route), None)
+        if other is None:
+            raise
+        route = other
+        permit = route.circuit.before_call()
+    try:
+        route.throttle.acquire(
+            owned.sale_id,
+            message.campaign.rate_per_second,
+            message.parts,
+            timeout_seconds=settings.send_rate_wait_seconds,
+        )
+        if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
+            # The provider call could outlive our lease (this process was paused): give it back.
+            raise NotAttempted("send lease nearly over before the provider call")
+        if deadline is not None and deadline.passed:
+            # A slow dependency held the batch up: the rest goes back, the next batch sends it.
+            raise NotAttempted("send batch out of time before the provider call")
+        provider = route.provider.capabilities
+        if (not provider.idempotent or len(router.routes) > 1) and not services.notifications.mark_calling(
+            owned.sale_id, owned.fan_id, provider.name, time.time(), owned.token
+        ):
+            # The record that the call started (and where) comes first: without idempotency a
+            # send that dies after it is never repeated; with two providers it is repeated at
+            # this one only. Not written: the lease is lost; no call.
+            raise NotAttempted("send lease lost before the provider call")
+    except BaseException:
+        route.circuit.release(permit)  # no call made: a probe's turn goes to another sender
+        raise
+    return route, permit
+
+
+def _call_provider(
+    route: ProviderRoute,
+    permit: Permit,
+    owned: Owned,
+    body: str,
+    validity_seconds: float | None,
+    settings: Settings,
+) -> str:
+    """One provider call, its outcome told to the circuit. A 429, or a failure during an outage,
+    raises NotAttempted (no attempt spent); a failure while the provider answers most calls
+    well is this message's (TransientError: an attempt). An unknown outcome is never turned into
+    a plain retry, whatever the circuit says (the caller pins it, or waits for an event)."""
+    circuit = route.circuit
+    try:
+        with SEND_LATENCY.labels("sms").time():
+            message_id = route.provider.send(
+                owned.item["phone"], body, notification_id=owned.notification_id, validity_seconds=validity_seconds
+            )
+    except OutcomeUnknown as exc:
+        exc.providers_fault = circuit.failed(permit)
+        raise
+    except RateLimited as exc:
+        pause = circuit.throttled(permit, exc.retry_after_seconds)
+        raise ProviderPaused(
+            f"provider throttled (429): every sender paused {pause:g}s", retry_after_seconds=pause
+        ) from exc
+    except TransientError as exc:
+        if circuit.failed(permit):
+            raise ProviderPaused(
+                f"{exc} (provider failing most calls: no attempt spent)",
+                retry_after_seconds=settings.circuit_open_seconds,
+            ) from exc
+        raise
+    except PermanentError:
+        circuit.succeeded(permit)  # the provider answered: this message was refused on its own merits
+        raise
+    circuit.succeeded(permit)
+    return message_id
