@@ -18,7 +18,7 @@ from dmd_tasks.clients.bitly import BitlyClient, Shortener
 from dmd_tasks.clients.providers import build_provider
 from dmd_tasks.domain.providers import SmsProvider
 from dmd_tasks.infra.circuit import CircuitSettings, ProviderCircuit
-from dmd_tasks.infra.deadline import Pace
+from dmd_tasks.infra.deadline import Gate, Pace
 from dmd_tasks.infra.failover import ProviderRoute, ProviderRouter
 from dmd_tasks.infra.ratelimit import SmsThrottle
 from dmd_tasks.infra.settings import Settings, get_settings
@@ -104,6 +104,11 @@ class Services:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
+
+    @cached_property
+    def unconfirmed_gate(self) -> Gate:
+        """When the reconciler last looked at the unconfirmed sends (it does so now and then)."""
+        return Gate()
 
     @cached_property
     def status_doorbell(self) -> Doorbell:

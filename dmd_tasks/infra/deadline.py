@@ -10,6 +10,7 @@ latency seen now (how many steps still fit before the deadline), not from a cons
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -55,3 +56,19 @@ class Pace:
         """How many more steps fit before ``deadline``, ``parallel`` at a time."""
         rounds = deadline.remaining / max(self.seconds, 1e-4)
         return math.floor(rounds) * max(1, parallel)
+
+
+class Gate:
+    """Says yes at most once every ``gap`` seconds (and again at once if the clock went back):
+    for work a pass does only now and then. One per process (``Services``)."""
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def due(self, now: float, gap: float) -> bool:
+        with self._lock:
+            if now - self._last < gap and now >= self._last:
+                return False
+            self._last = now
+            return True

@@ -17,6 +17,7 @@ from dmd_tasks.domain.errors import (
     PermanentError,
     TransientError,
 )
+from dmd_tasks.domain.outcomes import SendOutcome
 from dmd_tasks.infra.dependencies import describe
 from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
@@ -63,7 +64,7 @@ def wait_for_window(services: Services, owned: Owned, opens: float) -> str:
         owned.sale_id, owned.fan_id, opens, "quiet hours at send time", lease_token=owned.token
     ):
         log.info("notification %s waits for its fan's send window (quiet hours)", owned.notification_id)
-    return "quiet-hours"
+    return SendOutcome.QUIET_HOURS
 
 
 def unknown_outcome(
@@ -89,7 +90,7 @@ def unknown_outcome(
         exc,
         settings.unconfirmed_window_seconds,
     )
-    return "unconfirmed"
+    return SendOutcome.UNCONFIRMED
 
 
 def failed(services: Services, owned: Owned, exc: Exception) -> str:
@@ -103,7 +104,7 @@ def failed(services: Services, owned: Owned, exc: Exception) -> str:
         lease_token=owned.token,
     )
     log.warning("notification %s to %s failed: %s", owned.notification_id, mask_phone(owned.item["phone"]), exc)
-    return "failed"
+    return SendOutcome.FAILED
 
 
 def not_attempted(services: Services, owned: Owned, exc: BaseException, again: list[tuple[str, float]] | None) -> str:
@@ -126,7 +127,7 @@ def not_attempted(services: Services, owned: Owned, exc: BaseException, again: l
     ):
         again.append((owned.notification_id, due))
     log.info("notification %s not sent (%s); again in %.1fs", owned.notification_id, reason, delay)
-    return "not-attempted"
+    return SendOutcome.NOT_ATTEMPTED
 
 
 def retry(
@@ -158,7 +159,7 @@ def retry(
             attempts,
             exc,
         )
-        return "failed"
+        return SendOutcome.FAILED
     delay = retry_delay(
         max(1, attempts), settings.send_retry_base_seconds, settings.max_countdown_seconds, exc.retry_after_seconds
     )
@@ -168,4 +169,4 @@ def retry(
     ) and (again is not None):
         again.append((owned.notification_id, due))
     log.info("notification %s: attempt %d failed (%s); retry in %.1fs", owned.notification_id, attempts, exc, delay)
-    return "retry"
+    return SendOutcome.RETRY

@@ -30,6 +30,7 @@ from dmd_tasks.domain.errors import (
     TransientError,
 )
 from dmd_tasks.domain.ids import split_notification_id
+from dmd_tasks.domain.outcomes import SendOutcome
 from dmd_tasks.domain.segments import measure
 from dmd_tasks.domain.templates import render
 from dmd_tasks.infra import tracing
@@ -138,8 +139,8 @@ def _send_claimed(
     own.add(sent, route.provider.capabilities.idempotent)
     if records is None:  # on its own: written now
         own.flush()
-        return "lease-lost" if own.lost else "sent"
-    return "sent"
+        return SendOutcome.LEASE_LOST if own.lost else SendOutcome.SENT
+    return SendOutcome.SENT
 
 
 # --- check --------------------------------------------------------------------------------------

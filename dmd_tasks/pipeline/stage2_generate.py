@@ -42,6 +42,7 @@ from dmd_tasks.domain.campaigns import Campaign, known_zone
 from dmd_tasks.domain.entities import Event, NotificationStatus, SaleStatus
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.domain.ids import ID_RULE, is_valid_id
+from dmd_tasks.domain.outcomes import GenerateOutcome
 from dmd_tasks.domain.phones import InvalidPhone, normalize_phone
 from dmd_tasks.infra import aws, logs
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
@@ -64,7 +65,7 @@ MAX_KEPT_FAN_ID = 256
 @dataclass
 class GenerateResult:
     sale_id: str
-    outcome: str  # done | continue | owned-elsewhere | already-generated | not-claimed
+    outcome: GenerateOutcome
     written: int = 0
     opted_out: int = 0
     invalid_rows: int = 0  # notifications failed at birth: invalid phone, time zone or fan id
@@ -232,7 +233,7 @@ class SaleRun:
         self.campaign = campaign
         self.lease: str | None = lease
         self.clock = clock
-        self.result = GenerateResult(self.sale_id, "done")
+        self.result = GenerateResult(self.sale_id, GenerateOutcome.DONE)
         self.pool = aws.io_pool(self.settings)  # a chunk's look-ups and writes go out concurrently
         self.started = time.monotonic()
         self.handing_over = False
@@ -275,18 +276,18 @@ class SaleRun:
                 chunk.append(row)
                 if len(chunk) >= self._chunk_size():
                     if not self.flush(chunk):
-                        return self._outcome("owned-elsewhere")
+                        return self._outcome(GenerateOutcome.OWNED_ELSEWHERE)
                     if self.handing_over:
-                        return self._outcome("continue")
+                        return self._outcome(GenerateOutcome.CONTINUE)
                     chunk = []
         if chunk and not self.flush(chunk):
-            return self._outcome("owned-elsewhere")
+            return self._outcome(GenerateOutcome.OWNED_ELSEWHERE)
         assert self.lease is not None
         if not self.services.sales.finish(self.sale_id, self.lease, self.clock()):
-            return self._outcome("owned-elsewhere")
+            return self._outcome(GenerateOutcome.OWNED_ELSEWHERE)
         return self.result
 
-    def _outcome(self, outcome: str) -> GenerateResult:
+    def _outcome(self, outcome: GenerateOutcome) -> GenerateResult:
         self.result.outcome = outcome
         return self.result
 
@@ -384,14 +385,14 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
     if sale is None:
         raise PermanentError(f"sale {sale_id} not found")
     if sale["status"] == SaleStatus.GENERATED:
-        return GenerateResult(sale_id, "already-generated")
+        return GenerateResult(sale_id, GenerateOutcome.ALREADY_GENERATED)
     if sale["status"] != SaleStatus.GENERATING:
-        return GenerateResult(sale_id, "not-claimed")
+        return GenerateResult(sale_id, GenerateOutcome.NOT_CLAIMED)
     lease = services.sales.take_lease(
         sale_id, sale.get("leaseUntil"), clock(), services.settings.generate_lease_seconds
     )
     if lease is None:
-        return GenerateResult(sale_id, "owned-elsewhere")
+        return GenerateResult(sale_id, GenerateOutcome.OWNED_ELSEWHERE)
     campaign = services.campaigns.get(sale_id)  # InvalidCampaign (permanent) if it no longer validates
     if campaign is None:
         raise PermanentError(f"sale {sale_id} has no campaign")
@@ -429,7 +430,7 @@ def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
         result.unusable_rows,
         result.already_present,
     )
-    if result.outcome == "continue":
+    if result.outcome is GenerateOutcome.CONTINUE:
         generate_notifications.apply_async((sale_id,))
     return {"sale_id": sale_id, "outcome": result.outcome, "written": result.written}
 

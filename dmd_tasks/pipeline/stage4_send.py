@@ -50,6 +50,7 @@ from celery import Task
 
 from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.ids import split_notification_id
+from dmd_tasks.domain.outcomes import SendOutcome
 from dmd_tasks.infra import aws
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.topology import SEND_NOTIFICATIONS
@@ -90,10 +91,10 @@ def send_notifications(
             split_notification_id(nid)
             valid.append(nid)
         except ValueError:
-            outcomes["invalid-id"] += 1
+            outcomes[SendOutcome.INVALID_ID] += 1
             log.warning("send batch carried an invalid notification id")
     owned = claim_batch(services, valid)
-    outcomes["skipped"] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
+    outcomes[SendOutcome.SKIPPED] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
     opted_out = services.demand.opted_out([item["phone"] for _, item in owned]) if owned else set()
     traces = trace_context if isinstance(trace_context, dict) else {}
     # The sends are independent and mostly wait on the provider: they go out together (the
@@ -124,14 +125,14 @@ def send_notifications(
         try:
             outcomes[future.result()] += 1
         except Exception as exc:  # a dependency failed after the claim: the lease expires, the reconciler resends
-            outcomes["error"] += 1
+            outcomes[SendOutcome.ERROR] += 1
             first_error = first_error or exc
     records.flush()
     if owned:  # provider calls were made: their receipts are on their way to the status stream
         services.status_doorbell.ring()
     if records.lost:  # their write found the lease gone: counted as sent above, lost in fact
-        outcomes["sent"] -= records.lost
-        outcomes["lease-lost"] += records.lost
+        outcomes[SendOutcome.SENT] -= records.lost
+        outcomes[SendOutcome.LEASE_LOST] += records.lost
     # those that went back to scheduled (a not-attempted send, a retry): their tasks, each held
     # back until it is due (a publish lost here is the reconciler's, as a stale scheduled one)
     publish_due(self.app, services.settings, again)

@@ -29,7 +29,6 @@ hand-over) change each notification once. What it did is counted in
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -43,7 +42,7 @@ from dmd_tasks.celery_app.base import task
 from dmd_tasks.domain.entities import NotificationStatus, SaleStatus
 from dmd_tasks.domain.ids import is_valid_id, notification_id
 from dmd_tasks.domain.providers import capabilities_of
-from dmd_tasks.infra.deadline import Deadline
+from dmd_tasks.infra.deadline import Deadline, Gate
 from dmd_tasks.infra.metrics import RECONCILER_ACTIONS, WORK_CUT_SHORT
 from dmd_tasks.infra.topology import RECONCILE
 from dmd_tasks.pipeline.chain import publish_sends
@@ -189,18 +188,12 @@ class Reconciler:
 #: The longest gap between two looks at the unconfirmed sends (their wait is long: an hour by
 #: default); each look is an index query per sale and shard, which the other passes save.
 UNCONFIRMED_CHECK_SECONDS = 60.0
-_unconfirmed_checked_at = -math.inf
 
 
-def unconfirmed_due(settings: Any, now: float) -> bool:
+def unconfirmed_due(settings: Any, gate: Gate, now: float) -> bool:
     """Whether this pass looks at the unconfirmed sends: every UNCONFIRMED_CHECK_SECONDS (or a
     quarter of the window, if shorter), so a send waits at most that much past its window."""
-    global _unconfirmed_checked_at
-    gap = min(UNCONFIRMED_CHECK_SECONDS, settings.unconfirmed_window_seconds / 4)
-    if now - _unconfirmed_checked_at < gap and now >= _unconfirmed_checked_at:
-        return False
-    _unconfirmed_checked_at = now
-    return True
+    return gate.due(now, min(UNCONFIRMED_CHECK_SECONDS, settings.unconfirmed_window_seconds / 4))
 
 
 def reconcile(
@@ -215,7 +208,9 @@ def reconcile(
     ``chain.publish_sends``). Returns what it did, by action, and how many sales it left."""
     now = time.time() if now is None else now
     deadline = deadline or Deadline.after(services.settings.work_budget_seconds)
-    reconciler = Reconciler(services, now, unconfirmed=unconfirmed_due(services.settings, now))
+    reconciler = Reconciler(
+        services, now, unconfirmed=unconfirmed_due(services.settings, services.unconfirmed_gate, now)
+    )
     active = services.sales.active()
     random.shuffle(active)
     sales = 0

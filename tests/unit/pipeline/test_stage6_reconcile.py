@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from dmd_tasks.infra.deadline import Deadline
+from dmd_tasks.infra.deadline import Deadline, Gate
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.infra.topology import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline import stage6_reconcile as stage6
@@ -431,12 +431,9 @@ def test_every_action_of_a_pass_is_returned_and_counted(
     assert app.sent == [(SEND_NOTIFICATIONS, ([f"{box.sale_id}:dead", f"{box.sale_id}:lost"],))]
 
 
-def test_unconfirmed_sends_are_looked_at_every_minute_or_quarter_window_not_every_pass(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(stage6, "_unconfirmed_checked_at", float("-inf"))
-    hour = load_settings(unconfirmed_window_seconds=3600)
-    assert [stage6.unconfirmed_due(hour, t) for t in (1000, 1030, 1059, 1060, 1061)] == [
+def test_unconfirmed_sends_are_looked_at_every_minute_or_quarter_window_not_every_pass() -> None:
+    hour, gate = load_settings(unconfirmed_window_seconds=3600), Gate()
+    assert [stage6.unconfirmed_due(hour, gate, t) for t in (1000, 1030, 1059, 1060, 1061)] == [
         True,
         False,
         False,
@@ -444,7 +441,8 @@ def test_unconfirmed_sends_are_looked_at_every_minute_or_quarter_window_not_ever
         False,
     ]
     short = load_settings(unconfirmed_window_seconds=20)  # a quarter of it: 5 s
-    assert [stage6.unconfirmed_due(short, t) for t in (2000, 2004, 2005)] == [True, False, True]
+    gate = Gate()
+    assert [stage6.unconfirmed_due(short, gate, t) for t in (2000, 2004, 2005)] == [True, False, True]
 
 
 def test_a_pass_out_of_time_leaves_the_sales_it_did_not_reach_to_the_next_and_says_so(
