@@ -1,27 +1,15 @@
-"""SALE items: claiming due sales, the generator's lease and checkpoint, the active list.
-
-A sale is ``waiting`` (in gsi1 under ``SALES#waiting`` by notify time), then
-``generating`` under a lease (gsi1 ``SALES#generating`` by lease expiry, gsi2
-``ACTIVE_SALES``), then ``generated`` (or ``failed`` with a reason), and leaves the active
-list once the reconciler has seen none of its notifications in flight, twice.
-
-The SALE item is the product's: re-saving a sale replaces it. So the pipeline records each
-sale's runs on an item of its own (``RUN``, beside it): a claim starts a run only if none
-ran yet or an operator asked for one (``dmd sales rerun``); a sale re-written as ``waiting``
-after it ran is restored to its run's state instead of being generated again.
-"""
+"""Beat's side: the sales due (or whose generator stalled), claimed for a run, restored when
+re-saved after their run, re-run on an operator's word."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from dmd_tasks.domain.entities import MAX_OFFSET_SECONDS, Entity, Sale, SaleStatus, parse_instant
+from dmd_tasks.domain.entities import MAX_OFFSET_SECONDS, Entity, SaleStatus, parse_instant
 from dmd_tasks.store.codec import deserialize, iso, new_lease
 from dmd_tasks.store.keys import (
     ACTIVE_SALES,
     GSI1,
-    GSI2,
     NOTIFICATION_PREFIX,
     SALES_GENERATING,
     SALES_WAITING,
@@ -29,49 +17,10 @@ from dmd_tasks.store.keys import (
     sale_partition,
     sale_run_key,
 )
-from dmd_tasks.store.table import DemandTable
-
-_STATUS = {"#s": "status"}
-#: A run started this recently, not yet marked claimed, whose sale is still ``waiting`` is a claim
-#: in progress (another beat between its writes), not a re-save; after it, a claimer that died.
-CLAIM_GRACE_SECONDS = 30
+from dmd_tasks.store.sales.base import _STATUS, CLAIM_GRACE_SECONDS, SaleStore
 
 
-def sale_item(sale: Sale) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        **sale_key(sale.id),
-        "entity": Entity.SALE.value,
-        "id": sale.id,
-        "eventId": sale.event_id,
-        "notifyAt": sale.notify_at,
-        "status": sale.status.value,
-        "generated": sale.generated,
-    }
-    if sale.status is SaleStatus.WAITING:
-        item.update(gsi1pk=SALES_WAITING, gsi1sk=sale.notify_at)
-    return item
-
-
-class SaleRecords:
-    def __init__(self, table: DemandTable) -> None:
-        self._table = table
-
-    def put(self, sale: Sale) -> None:
-        """Write a sale (the product's side; the demo and the tests use it)."""
-        self._table.put(sale_item(sale), what=f"put sale {sale.id}")
-
-    def get(self, sale_id: str) -> dict[str, Any] | None:
-        return self._table.get(sale_key(sale_id), what=f"get sale {sale_id}")
-
-    def _index_upto(self, pk: str, upto: str, limit: int = 100) -> list[dict[str, Any]]:
-        return self._table.query_items(
-            what=f"query {pk}",
-            IndexName=GSI1,
-            KeyConditionExpression="gsi1pk = :pk AND gsi1sk <= :upto",
-            ExpressionAttributeValues={":pk": {"S": pk}, ":upto": {"S": upto}},
-            Limit=limit,
-        )
-
+class Claiming(SaleStore):
     def due(self, now: float) -> list[dict[str, Any]]:
         return self.due_ahead(now, 0.0)[0]
 
@@ -112,23 +61,6 @@ class SaleRecords:
         """waiting → failed with ``reason`` (its notify time cannot be read): visibly, once, instead of
         being looked at on every tick. A re-save with a readable time makes it waiting again."""
         return self._to_failed(sale_id, SaleStatus.WAITING, reason, now)
-
-    def _to_failed(self, sale_id: str, source: SaleStatus, reason: str, now: float) -> bool:
-        """``source`` → failed with ``reason``, out of the sale indexes."""
-        done = self._table.update(
-            sale_key(sale_id),
-            what=f"fail sale {sale_id}",
-            update="SET #s = :failed, reason = :r, failedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
-            condition="#s = :from",
-            names=_STATUS,
-            values={
-                ":failed": SaleStatus.FAILED.value,
-                ":from": source.value,
-                ":r": reason[:500],
-                ":now": iso(now),
-            },
-        )
-        return done is not None
 
     def stalled(self, now: float) -> list[dict[str, Any]]:
         return self.stalled_ahead(now, 0.0)[0]
@@ -268,15 +200,14 @@ class SaleRecords:
             )
             values.update({":st": SaleStatus.GENERATING.value, ":lease": expired, ":gpk": SALES_GENERATING})
             values[":true"] = True
-        done = self._table.update(
-            sale_key(sale_id),
+        return self._move(
+            sale_id,
             what=f"restore sale {sale_id}",
             update=update,
             condition="#s = :waiting",
             names={**_STATUS, "#cur": "cursor"} if "#cur" in update else _STATUS,
             values=values,
         )
-        return done is not None
 
     def rerun(self, sale_id: str, now: float) -> bool:
         """An operator's explicit re-run of a sale that ended: it is claimed again at once and
@@ -312,174 +243,4 @@ class SaleRecords:
             what=f"allow a rerun of sale {sale_id}",
             update="SET rerun = :allowed, entity = :e, saleId = :id",
             values={":allowed": allowed, ":e": Entity.SALE_RUN.value, ":id": sale_id},
-        )
-
-    def take_lease(self, sale_id: str, expected_lease: str | None, now: float, lease_seconds: int) -> str | None:
-        """Renew the generator lease if it is still ``expected_lease`` (or expired); returns the new lease."""
-        lease = new_lease(now, lease_seconds)
-        done = self._table.update(
-            sale_key(sale_id),
-            what=f"lease sale {sale_id}",
-            update="SET leaseUntil = :lease, gsi1sk = :lease",
-            condition="#s = :gen AND (leaseUntil = :expected OR leaseUntil <= :now)",
-            names=_STATUS,
-            values={
-                ":gen": SaleStatus.GENERATING.value,
-                ":expected": expected_lease or "-",
-                ":now": iso(now),
-                ":lease": lease,
-            },
-        )
-        return lease if done is not None else None
-
-    def checkpoint(
-        self,
-        sale_id: str,
-        lease: str,
-        cursor: str | None,
-        written: int,
-        now: float,
-        lease_seconds: int,
-        last: bool = False,
-    ) -> str | None:
-        """Record the generator's progress under its lease; returns the renewed lease, None if lost.
-
-        ``last``: the run stops here and hands over cleanly. The renewed lease is then recorded
-        as ``cleanLease``: while the sale still holds that lease, nobody has written past the
-        cursor, and the next run need not look for notifications that already exist.
-        """
-        renewed = new_lease(now, lease_seconds)
-        values: dict[str, Any] = {":gen": SaleStatus.GENERATING.value, ":lease": lease, ":new": renewed, ":n": written}
-        names = dict(_STATUS)
-        sets = "leaseUntil = :new, gsi1sk = :new" + (", cleanLease = :new" if last else "")
-        if cursor is not None:
-            sets += ", #c = :cursor"
-            values[":cursor"] = cursor
-            names["#c"] = "cursor"
-        done = self._table.update(
-            sale_key(sale_id),
-            what=f"checkpoint sale {sale_id}",
-            update=f"SET {sets} ADD generated :n",
-            condition="#s = :gen AND leaseUntil = :lease",
-            names=names,
-            values=values,
-        )
-        return renewed if done is not None else None
-
-    def _end_run(self, sale_id: str, outcome: str, reason: str | None = None) -> None:
-        values: dict[str, Any] = {":o": outcome, ":e": Entity.SALE_RUN.value, ":id": sale_id}
-        update = "SET #o = :o, entity = :e, saleId = :id"
-        if reason is not None:
-            update += ", reason = :r"
-            values[":r"] = reason[:500]
-        self._table.update(
-            sale_run_key(sale_id),
-            what=f"end run of sale {sale_id}",
-            update=update,
-            names={"#o": "outcome"},
-            values=values,
-        )
-
-    def finish(self, sale_id: str, lease: str, now: float) -> bool:
-        """generating → generated, by the lease holder."""
-        finished = (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"finish sale {sale_id}",
-                update="SET #s = :done, generatedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
-                condition="#s = :gen AND leaseUntil = :lease",
-                names=_STATUS,
-                values={
-                    ":done": SaleStatus.GENERATED.value,
-                    ":gen": SaleStatus.GENERATING.value,
-                    ":lease": lease,
-                    ":now": iso(now),
-                },
-            )
-            is not None
-        )
-        if finished:
-            self._end_run(sale_id, SaleStatus.GENERATED.value)
-        return finished
-
-    def fail(self, sale_id: str, reason: str, now: float) -> bool:
-        """generating → failed (e.g. its campaign is missing or invalid). It stays active until the
-        reconciler has seen every notification it already had reach a final status."""
-        failed = self._to_failed(sale_id, SaleStatus.GENERATING, reason, now)
-        if failed:
-            self._end_run(sale_id, SaleStatus.FAILED.value, reason)
-        return failed
-
-    def active(self) -> list[str]:
-        """Sales being generated or with notifications still waiting to be scheduled or sent."""
-        out: list[str] = []
-        for page in self._table.query_pages(
-            what="active sales",
-            IndexName=GSI2,
-            KeyConditionExpression="gsi2pk = :a",
-            ExpressionAttributeValues={":a": {"S": ACTIVE_SALES}},
-        ):
-            out.extend(i["gsi2sk"]["S"] for i in page.get("Items", []))
-        return out
-
-    def note_quiet(self, sale_id: str, now: float) -> bool:
-        """The reconciler found nothing of an ended sale in flight: remember when (first look)."""
-        return (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"sale {sale_id} quiet",
-                update="SET quietSince = :now",
-                condition="#s IN (:done, :failed) AND attribute_exists(gsi2pk)",
-                names=_STATUS,
-                values={
-                    ":now": int(now),
-                    ":done": SaleStatus.GENERATED.value,
-                    ":failed": SaleStatus.FAILED.value,
-                },
-            )
-            is not None
-        )
-
-    def clear_quiet(self, sale_id: str) -> None:
-        """Something of the sale is in flight again: the next quiet look starts over."""
-        self._table.update(
-            sale_key(sale_id),
-            what=f"sale {sale_id} busy",
-            update="REMOVE quietSince",
-            condition="attribute_exists(quietSince)",
-            values={},
-        )
-
-    def retire(self, sale_id: str, quiet_since: int) -> bool:
-        """Drop an ended sale from the active list: the reconciler found nothing of it in flight at
-        two looks (``quiet_since`` and now), so no index lag or move between indexes hid one."""
-        return (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"retire sale {sale_id}",
-                update="SET retiredAt = :now REMOVE gsi2pk, gsi2sk, quietSince",
-                condition="#s IN (:done, :failed) AND quietSince = :q",
-                names=_STATUS,
-                values={
-                    ":done": SaleStatus.GENERATED.value,
-                    ":failed": SaleStatus.FAILED.value,
-                    ":q": quiet_since,
-                    ":now": iso(time.time()),
-                },
-            )
-            is not None
-        )
-
-    def reactivate(self, sale_id: str) -> bool:
-        """Put a sale back on the active list (an operator's repair: it was retired while some of
-        its notifications were still in flight)."""
-        return (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"reactivate sale {sale_id}",
-                update="SET gsi2pk = :active, gsi2sk = :id REMOVE quietSince",
-                condition="attribute_exists(pk) AND attribute_not_exists(gsi2pk)",
-                values={":active": ACTIVE_SALES, ":id": sale_id},
-            )
-            is not None
         )
