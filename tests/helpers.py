@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,20 +53,6 @@ class TaskRuns:
         with open(self.log, "rb") as f:
             f.seek(self.offset)
             return len(self.finished.findall(f.read().decode(errors="replace")))
-
-
-def spawn(argv: Sequence[str | Path], log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """Start a process in a session of its own (a group to signal), its output appended to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [str(a) for a in argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
 
 
 @contextmanager

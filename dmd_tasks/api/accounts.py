@@ -1,4 +1,4 @@
-"""Account look-ups (the original's account-service proxy), for the GraphQL API.
+"""Account look-ups (the account-service proxy), for the GraphQL API.
 
 Profiles come through the Accounts client (OAuth2 client-credentials token cached until
 shortly before expiry) and are cached in Redis for ``account_cache_ttl_seconds``.

@@ -1,4 +1,4 @@
-"""Event details (the original's flow 8), for the GraphQL API and the ``query`` queue.
+"""Event details, for the GraphQL API and the ``query`` queue.
 
 Event details (TM Discovery) are cached in Redis for ``event_cache_ttl_seconds`` (24 h).
 Concurrent misses for one id make a single upstream call (a Redis lock; the others wait

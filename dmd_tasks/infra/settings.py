@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     sqs_wait_time_seconds: int = Field(default=20, ge=0, le=20)
     #: kombu's pause after an empty receive, and also whenever the worker's prefetch is full: then
     #: it makes no request and only waits, so a long pause caps a busy worker at prefetch/pause
-    #: tasks a second (make bench measured 13/s at 0.3 s); an empty queue is long-polled anyway.
+    #: tasks a second; an empty queue is long-polled anyway.
     sqs_polling_interval_seconds: float = 0.05
     #: A worker deletes the messages of finished tasks ten to a DeleteMessageBatch, waiting at most
     #: this long for a batch to fill (0: one DeleteMessage per task). A worker killed meanwhile
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     bitly_domain: str = "bit.ly"
     #: Timeout of one Bitly call.
     bitly_timeout_seconds: float = 5.0
-    #: Retries after the first attempt (the original's maxRetryCount).
+    #: Retries of a failed Bitly call after the first attempt (then the message is dead-lettered).
     shorten_max_retries: int = 2
     #: Hosts whose URLs may be sent to the shortener; a leading dot admits subdomains.
     shorten_allowed_hosts: list[str] = Field(default_factory=lambda: [".ticketmaster.com", ".livenation.com"])
@@ -185,8 +185,7 @@ class Settings(BaseSettings):
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
     #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
     schedule_lead_seconds: float = Field(default=4.0, ge=0)
-    #: Fans written per generator chunk (the original's 5,000), and chunks per task run before
-    #: the task hands the rest of the sale to a fresh message (keeps each run under its time limit).
+    #: Fans written per generator chunk (one BatchWriteItem stream and one checkpoint per chunk).
     generate_chunk_size: int = 5000
     #: A sale's first chunk is this small (one demand page of this size), so its first SMS goes out
     #: while the rest is generated: at 50 messages/s, 500 fans are 10 s of sending.
@@ -194,8 +193,7 @@ class Settings(BaseSettings):
     #: Chunks one generator task run writes before it hands the rest of the sale to a fresh message.
     generate_chunks_per_run: int = 4
     #: ... or after this long, whichever comes first (a slow table must not push a run into its
-    #: time limit: make bench saw four chunks take over a minute on the emulator). None: a third
-    #: of the soft time limit.
+    #: time limit). None: a third of the soft time limit.
     generate_run_seconds: float | None = None
     #: How long one generator run owns a sale before another may resume it.
     generate_lease_seconds: int = 120
@@ -205,7 +203,8 @@ class Settings(BaseSettings):
     #: request per batch; the scheduler releases only what the rate allows, so a slow campaign's
     #: batches stay small).
     send_batch_size: int = 50
-    #: The original's maxSendAttempts.
+    #: Provider calls a notification gets before it ends ``failed`` (attempts that reached the
+    #: provider and failed; a send that never reached it spends none).
     max_send_attempts: int = 3
     #: First retry delay of a failed send; doubles per attempt (plus jitter), capped by retry_backoff_max.
     send_retry_base_seconds: float = 2.0
@@ -399,9 +398,8 @@ class Settings(BaseSettings):
     simulator_host: str = "127.0.0.1"
     #: The provider simulators' port.
     simulator_port: int = 8090
-    #: The simulators' CPU priority (a nice increment; below 0 needs the right to raise it). The
-    #: send benchmark raises it: a provider runs on its own machine, and on a small one its clock would
-    #: otherwise wait for the very workers it measures.
+    #: The simulators' CPU priority (a nice increment; below 0 needs the right to raise it): a real
+    #: provider runs on machines of its own, so a benchmark can raise it here.
     simulator_nice: int = Field(default=0, ge=-20, le=19)
 
     # --- Monitoring ----------------------------------------------------------------------------------

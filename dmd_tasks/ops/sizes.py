@@ -20,7 +20,7 @@ MAX_FUNCTION_LINES = 60
 
 #: ``path`` (a module) or ``path::function`` → its size when listed: to be split, never to grow
 NOT_YET_SPLIT: dict[str, int] = {
-    "dmd_tasks/infra/settings.py": 602,
+    "dmd_tasks/infra/settings.py": 582,
     "bench/report.py": 523,
     "dmd_tasks/ops/emulator.py::transact_write_items": 80,
     "dmd_tasks/pipeline/stage4_send.py::send_notifications": 68,

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +35,23 @@ def _procfile() -> Path:
 
 
 PROCFILE = _procfile()
+
+
+def spawn(
+    argv: Sequence[str | Path], log: Path, env: Mapping[str, str], cwd: Path = REPO_ROOT
+) -> subprocess.Popen[bytes]:
+    """Start a process in a session of its own (a group to signal as one), stdin closed, its
+    output appended to ``log``: how the local stack, the process groups and the tests start one."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [str(a) for a in argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -98,16 +115,7 @@ class Stack:
         if port_open(host, port):
             return f"{name}: already listening on {host}:{port}"
         pid_path, log_path = self._paths(name)
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-                cwd=REPO_ROOT,
-            )
+        process = spawn(argv, log_path, {**os.environ, **(env or {})})
         pid_path.write_text(str(process.pid))
         wait_for_port(host, port, timeout=timeout, what=name, process=process, log_path=log_path)
         return f"{name}: started on {host}:{port} (pid {process.pid}, log {log_path.relative_to(self.run_dir.parent)})"
@@ -254,16 +262,7 @@ class ProcessGroup:
             argv = [sys.executable, "-m", "celery", *argv[1:]]
         instance = instance or name
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{instance}.log", "ab") as log_file:
-            process = subprocess.Popen(
-                argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                cwd=REPO_ROOT,
-                start_new_session=True,
-            )
+        process = spawn(argv, self.log_dir / f"{instance}.log", self.env)
         self.processes[instance] = process
         return process
 

@@ -9,7 +9,7 @@ the write is conditional (``attribute_not_exists(shortUrl)``), so a repeated mes
 never changes a stored link.
 
 Retries: timeouts, 429 (after its ``Retry-After``) and 5xx are retried with backoff and
-jitter, ``shorten_max_retries`` times (the original's maxRetryCount of 2); then, or at
+jitter, ``shorten_max_retries`` times (2); then, or at
 once for a permanent error, the message goes to the queue's dead-letter queue.
 """
 

@@ -6,8 +6,8 @@ never claims twice, and enqueues ``generate_notifications``. It also re-enqueues
 whose generator lease expired (the worker died).
 
 ``generate_notifications(sale_id)`` streams the event's demand rows page by page and
-writes notifications with BatchWriteItem in chunks of ``generate_chunk_size`` (5,000, as
-the original did). After each chunk it checkpoints the last fan id on the sale under a
+writes notifications with BatchWriteItem in chunks of ``generate_chunk_size`` (5,000).
+After each chunk it checkpoints the last fan id on the sale under a
 lease; after ``generate_chunks_per_run`` chunks or ``generate_run_budget_seconds``, whichever
 comes first, it hands the rest to a fresh message, so no run nears its time limit (however
 slow the table is) and memory does not grow with the sale. A repeated or

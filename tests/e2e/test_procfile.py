@@ -20,9 +20,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from dmd_tasks.infra import topology
-from dmd_tasks.ops.stack import PROCFILE, REPO_ROOT, free_port, read_procfile
+from dmd_tasks.ops.stack import PROCFILE, REPO_ROOT, free_port, read_procfile, spawn
 from tests.chaos.scenario import all_terminal, start_sale
-from tests.helpers import spawn, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ import pytest
 
 from dmd_tasks.celery_app import app
 from dmd_tasks.infra.topology import WARM_EVENT_DETAILS
-from dmd_tasks.ops.stack import ProcessGroup, free_port, wait_for_port
+from dmd_tasks.ops.stack import ProcessGroup, free_port, spawn, wait_for_port
 from tests.e2e.test_api import DETAILS, discovery_calls, gql, new_id
-from tests.helpers import spawn, wait_until
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

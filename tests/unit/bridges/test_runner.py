@@ -21,8 +21,8 @@ import pytest
 from dmd_tasks.infra import aws
 from dmd_tasks.ops.metrics_server import registry
 from dmd_tasks.ops.provision import ensure_kinesis_stream
-from dmd_tasks.ops.stack import REPO_ROOT, stop_pid
-from tests.helpers import spawn, wait_until
+from dmd_tasks.ops.stack import REPO_ROOT, spawn, stop_pid
+from tests.helpers import wait_until
 
 SHARD = "shardId-000000000000"
 
