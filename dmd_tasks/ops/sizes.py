@@ -21,13 +21,11 @@ MAX_FUNCTION_LINES = 60
 #: ``path`` (a module) or ``path::function`` → its size when listed: to be split, never to grow
 NOT_YET_SPLIT: dict[str, int] = {
     "dmd_tasks/infra/settings.py": 582,
-    "bench/report.py": 523,
     "dmd_tasks/ops/emulator.py::transact_write_items": 80,
     "dmd_tasks/pipeline/stage4_send.py::send_notifications": 68,
     "dmd_tasks/celery_app/config.py::build": 72,
     "bridges/leases.py::sync_shards": 66,
     "simulators/app.py::create_app": 65,
-    "bench/report.py::_cost": 81,
     "bench/cost.py::_run_sale": 61,
     "bench/send.py::run": 101,
     "bench/__main__.py::parse": 62,
