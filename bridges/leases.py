@@ -127,43 +127,45 @@ class LeaseCoordinator:
                 self._holds_all, created = False, True
                 log.info("%s: lease created for shard %s", self.bridge, shard.id)
         for lease in leases:
-            if lease.shard in listed:
-                self._absent.pop(lease.shard, None)
-                if lease.finished and not listed[lease.shard].closed and self.table.reopen(lease.shard):
-                    self._holds_all = False
-                    BRIDGE_SHARD_EVENTS.labels(self.bridge, "reopened").inc()
-                    log.error(
-                        "%s: lease of shard %s was finished but the stream lists the shard open: reopened at "
-                        "its checkpoint %s",
-                        self.bridge,
-                        lease.shard,
-                        lease.sequence,
-                    )
-                continue
-            if lease.finished:
-                if self.table.delete_finished(lease.shard):
-                    self.listing.pop(lease.shard, None)
-                    log.info(
-                        "%s: lease of shard %s deleted (finished, trimmed from the stream)", self.bridge, lease.shard
-                    )
-                continue
-            if not trusted:
-                continue
-            # Judged trimmed only when two listings in a row miss it (a lease another process
-            # created a moment after this listing is not a trimmed shard).
-            self._absent[lease.shard] = self._absent.get(lease.shard, 0) + 1
-            if self._absent[lease.shard] >= 2 and self.table.finish_gone(lease.shard):
-                self._absent.pop(lease.shard, None)
-                BRIDGE_SHARD_EVENTS.labels(self.bridge, "shard-gone").inc()
+            self._sync_lease(lease, listed, trusted)
+        if created:
+            self.take()
+
+    def _sync_lease(self, lease: Lease, listed: dict[str, Shard], trusted: bool) -> None:
+        """One lease against the stream's listing: reopened, deleted, or finished as gone."""
+        if lease.shard in listed:
+            self._absent.pop(lease.shard, None)
+            if lease.finished and not listed[lease.shard].closed and self.table.reopen(lease.shard):
+                self._holds_all = False
+                BRIDGE_SHARD_EVENTS.labels(self.bridge, "reopened").inc()
                 log.error(
-                    "%s: shard %s left the stream before it was read to its end (checkpoint %s): finished; "
-                    "the records after the checkpoint were lost upstream",
+                    "%s: lease of shard %s was finished but the stream lists the shard open: reopened at "
+                    "its checkpoint %s",
                     self.bridge,
                     lease.shard,
                     lease.sequence,
                 )
-        if created:
-            self.take()
+            return
+        if lease.finished:
+            if self.table.delete_finished(lease.shard):
+                self.listing.pop(lease.shard, None)
+                log.info("%s: lease of shard %s deleted (finished, trimmed from the stream)", self.bridge, lease.shard)
+            return
+        if not trusted:
+            return
+        # Judged trimmed only when two listings in a row miss it (a lease another process
+        # created a moment after this listing is not a trimmed shard).
+        self._absent[lease.shard] = self._absent.get(lease.shard, 0) + 1
+        if self._absent[lease.shard] >= 2 and self.table.finish_gone(lease.shard):
+            self._absent.pop(lease.shard, None)
+            BRIDGE_SHARD_EVENTS.labels(self.bridge, "shard-gone").inc()
+            log.error(
+                "%s: shard %s left the stream before it was read to its end (checkpoint %s): finished; "
+                "the records after the checkpoint were lost upstream",
+                self.bridge,
+                lease.shard,
+                lease.sequence,
+            )
 
     # --- the loop -------------------------------------------------------------------------------
 

@@ -44,6 +44,13 @@ def create_app(
     }
     for provider in providers.values():
         app.register_blueprint(provider.blueprint())
+    _control_routes(app, providers, sms)
+    _stats_route(app, providers, status_emitter, eum_emitter)
+    return app
+
+
+def _control_routes(app: Flask, providers: dict[str, Any], sms: SmsSimulator) -> None:
+    """What tests and benchmarks ask the simulators: a sale's sends, a message, health, faults, reset."""
 
     @app.get("/_sim/sms/sales/<sale_id>")
     def sms_sale(sale_id: str) -> Any:
@@ -62,15 +69,6 @@ def create_app(
     def health() -> Any:
         return jsonify(ok=True, providers=sorted(providers), nice=os.nice(0))
 
-    @app.get("/_sim/stats")
-    def stats() -> Any:
-        out = {name: p.stats() for name, p in providers.items()}
-        if status_emitter is not None:
-            out["sms"]["statuses_emitted"] = dict(status_emitter.emitted)
-        if eum_emitter is not None:
-            out["eum"]["events_emitted"] = dict(eum_emitter.emitted)
-        return jsonify(out)
-
     @app.post("/_sim/config")
     def configure() -> Any:
         body = request.get_json(silent=True) or {}
@@ -87,4 +85,15 @@ def create_app(
             provider.reset()
         return jsonify(ok=True)
 
-    return app
+
+def _stats_route(
+    app: Flask, providers: dict[str, Any], status_emitter: StatusEmitter | None, eum_emitter: EventEmitter | None
+) -> None:
+    @app.get("/_sim/stats")
+    def stats() -> Any:
+        out = {name: p.stats() for name, p in providers.items()}
+        if status_emitter is not None:
+            out["sms"]["statuses_emitted"] = dict(status_emitter.emitted)
+        if eum_emitter is not None:
+            out["eum"]["events_emitted"] = dict(eum_emitter.emitted)
+        return jsonify(out)

@@ -85,6 +85,11 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def build(settings: Settings) -> dict[str, Any]:
     """The Celery configuration mapping for ``app.conf.update``."""
+    return {**_broker(settings), **_tasks(settings), **_monitoring_and_beat(settings)}
+
+
+def _broker(settings: Settings) -> dict[str, Any]:
+    """SQS as the broker, with the queues provisioned (never created by Celery)."""
     secure = not (settings.aws_endpoint_url or "").startswith("http://")
     predefined = {
         topology.queue_name(settings, name): {"url": topology.queue_url(settings, name)} for name in QUEUE_NAMES
@@ -109,6 +114,12 @@ def build(settings: Settings) -> dict[str, Any]:
             },
         },
         "broker_connection_retry_on_startup": True,
+    }
+
+
+def _tasks(settings: Settings) -> dict[str, Any]:
+    """Results, serialization, routes, acknowledgement and limits of every task."""
+    return {
         # The state of the pipeline is in DynamoDB; nothing waits on a task's result. Results are
         # not stored (a Redis outage cannot fail a task that did its work), nor is STARTED (with
         # task_track_started, a result-backend outage failed a task before it ran). Flower shows
@@ -136,6 +147,12 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_hijack_root_logger": False,
+    }
+
+
+def _monitoring_and_beat(settings: Settings) -> dict[str, Any]:
+    """Events and remote control over Redis; beat's schedule and lock (RedBeat)."""
+    return {
         # SQS carries neither Celery's event exchange nor the broadcast mailbox: both travel
         # over Redis (dmd_tasks.celery_app.monitoring), so remote control and task events are on.
         "monitor_broker_url": settings.monitor_redis_url or settings.redis_url,

@@ -85,6 +85,30 @@ def send_notifications(
     services = get_services()
     deadline = Deadline.after(services.settings.work_budget_seconds)
     outcomes: Counter[str] = Counter()
+    valid = _valid_ids(notification_ids, outcomes)
+    owned = claim_batch(services, valid)
+    outcomes[SendOutcome.SKIPPED] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
+    again: list[tuple[str, float]] = []  # back to scheduled: their send tasks are published below
+    records = SentRecords(services.notifications)  # what the provider accepted: written together
+    traces = trace_context if isinstance(trace_context, dict) else {}
+    first_error = _send_owned(services, owned, traces, deadline, again, records, outcomes)
+    records.flush()
+    if owned:  # provider calls were made: their receipts are on their way to the status stream
+        services.status_doorbell.ring()
+    if records.lost:  # their write found the lease gone: counted as sent above, lost in fact
+        outcomes[SendOutcome.SENT] -= records.lost
+        outcomes[SendOutcome.LEASE_LOST] += records.lost
+    # those that went back to scheduled (a not-attempted send, a retry): their tasks, each held
+    # back until it is due (a publish lost here is the reconciler's, as a stale scheduled one)
+    publish_due(self.app, services.settings, again)
+    if first_error is not None:
+        log.warning("send batch: %s", dict(outcomes))
+        raise first_error
+    return dict(outcomes)
+
+
+def _valid_ids(notification_ids: Any, outcomes: Counter[str]) -> list[str]:
+    """The batch's well-formed ids (once each is the claim's business); the others counted."""
     valid: list[str] = []
     for nid in notification_ids if isinstance(notification_ids, list) else []:
         try:
@@ -93,16 +117,24 @@ def send_notifications(
         except ValueError:
             outcomes[SendOutcome.INVALID_ID] += 1
             log.warning("send batch carried an invalid notification id")
-    owned = claim_batch(services, valid)
-    outcomes[SendOutcome.SKIPPED] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
+    return valid
+
+
+def _send_owned(
+    services: Services,
+    owned: list[tuple[str, dict[str, Any]]],
+    traces: dict[str, str],
+    deadline: Deadline,
+    again: list[tuple[str, float]],
+    records: SentRecords,
+    outcomes: Counter[str],
+) -> BaseException | None:
+    """Send what the batch owns, together: the sends are independent and mostly wait on the
+    provider (the shared rate limit still spaces them), each in a copy of this task's context
+    (its correlation id in the logs). Counts each outcome; returns the first error a send raised
+    (a dependency failed after the claim: the lease expires, the reconciler resends)."""
     opted_out = services.demand.opted_out([item["phone"] for _, item in owned]) if owned else set()
-    traces = trace_context if isinstance(trace_context, dict) else {}
-    # The sends are independent and mostly wait on the provider: they go out together (the
-    # shared rate limit still spaces them), each in a copy of this task's context (its
-    # correlation id in the logs).
     pool = aws.io_pool(services.settings)
-    again: list[tuple[str, float]] = []  # back to scheduled: their send tasks are published below
-    records = SentRecords(services.notifications)  # what the provider accepted: written together
     futures = [
         pool.submit(
             contextvars.copy_context().run,
@@ -124,19 +156,7 @@ def send_notifications(
     for future in futures:
         try:
             outcomes[future.result()] += 1
-        except Exception as exc:  # a dependency failed after the claim: the lease expires, the reconciler resends
+        except Exception as exc:
             outcomes[SendOutcome.ERROR] += 1
             first_error = first_error or exc
-    records.flush()
-    if owned:  # provider calls were made: their receipts are on their way to the status stream
-        services.status_doorbell.ring()
-    if records.lost:  # their write found the lease gone: counted as sent above, lost in fact
-        outcomes[SendOutcome.SENT] -= records.lost
-        outcomes[SendOutcome.LEASE_LOST] += records.lost
-    # those that went back to scheduled (a not-attempted send, a retry): their tasks, each held
-    # back until it is due (a publish lost here is the reconciler's, as a stale scheduled one)
-    publish_due(self.app, services.settings, again)
-    if first_error is not None:
-        log.warning("send batch: %s", dict(outcomes))
-        raise first_error
-    return dict(outcomes)
+    return first_error
