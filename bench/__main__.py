@@ -54,6 +54,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=0.02,
         help="send: the two-sales runs again with DMD_SMS_ACCOUNT_HEADROOM set to this (0: not run)",
     )
+    _load_options(p)
+    return p.parse_args(argv)
+
+
+def _load_options(p: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks after fan-out: send, latency, bridge, broker, query, cost, scale."""
     p.add_argument("--send-latency-ms", type=float, default=100.0, help="send: provider latency per call")
     p.add_argument("--send-workers", type=int, default=2, help="send: send worker processes")
     p.add_argument("--send-seconds", type=float, default=12.0, help="send: length of one run at the cap")
@@ -85,7 +91,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="replace only the chosen benchmarks' figures in the existing report (each names its own run)",
     )
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,20 +119,9 @@ def _run_sale(h: Harness, fans: int, provider: str) -> SaleRun:
     processes = (*PIPELINE_PROCESSES, "bridge-sqs") if provider == "eum" else PIPELINE_PROCESSES
     with h.processes(processes, env=env, label="cost") as group:
         h.wait_workers(group, ["generate", "schedule", "send", "sms-status", "short-url"])
-        time.sleep(IDLE_SETTLE_SECONDS)
-        # start-up (imports, connections) is not the sale's; idle polling is measured on its own
-        idle_from, requests_from = h.usage(group).cpu_seconds, _requests_by_operation(settings)
-        time.sleep(IDLE_SECONDS)
-        baseline_usage = h.usage(group)
-        baseline = baseline_usage.cpu_seconds
-        requests_to = _requests_by_operation(settings)
-        idle_cpu_per_second = (baseline - idle_from) / IDLE_SECONDS
-        idle_by_operation = {
-            op: round((n - requests_from.get(op, 0.0)) / IDLE_SECONDS, 3)
-            for op, n in sorted(requests_to.items(), key=lambda item: -item[1] + requests_from.get(item[0], 0.0))
-            if n > requests_from.get(op, 0.0)
-        }
+        idle_cpu_per_second, idle_by_operation, baseline_usage = _idle(h, group)
         idle_requests_per_second = sum(idle_by_operation.values())
+        baseline = baseline_usage.cpu_seconds
         before = _counters(settings)
         sale_id, opted_out = seed_sale(settings, fans, rate_per_second=1000.0, run_id=uuid.uuid4().hex[:8])
         expected = fans - opted_out
@@ -183,6 +172,23 @@ COUNTERS: dict[str, tuple[str, ...]] = {
 def _counters(settings: Settings) -> dict[str, dict[tuple[str, ...], float]]:
     metrics_dir = str(settings.metrics_dir.resolve())
     return {name: metric_samples(metrics_dir, name, labels) for name, labels in COUNTERS.items()}
+
+
+def _idle(h: Harness, group: Any) -> tuple[float, dict[str, float], Any]:
+    """The idle pipeline's CPU seconds a second and AWS requests a second by operation, measured
+    over IDLE_SECONDS after IDLE_SETTLE_SECONDS of start-up (imports, connections: not the sale's);
+    and the processes' usage at its end (the sale's baseline)."""
+    time.sleep(IDLE_SETTLE_SECONDS)
+    idle_from, requests_from = h.usage(group).cpu_seconds, _requests_by_operation(h.settings)
+    time.sleep(IDLE_SECONDS)
+    usage = h.usage(group)
+    requests_to = _requests_by_operation(h.settings)
+    by_operation = {
+        op: round((n - requests_from.get(op, 0.0)) / IDLE_SECONDS, 3)
+        for op, n in sorted(requests_to.items(), key=lambda item: -item[1] + requests_from.get(item[0], 0.0))
+        if n > requests_from.get(op, 0.0)
+    }
+    return (usage.cpu_seconds - idle_from) / IDLE_SECONDS, by_operation, usage
 
 
 def _requests_by_operation(settings: Settings) -> dict[str, float]:

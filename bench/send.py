@@ -35,6 +35,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import Harness, summary, wait_until
@@ -130,6 +131,63 @@ def shares(busy_rate: float, slow_rate: float, cap: float, headroom: float) -> d
     }
 
 
+@dataclass
+class SendSetup:
+    """The pipeline the send benchmark runs: its processes, the provider's latency and cap."""
+
+    h: Harness
+    cap: float
+    latency_ms: float
+    workers: int
+
+    @property
+    def senders(self) -> list[tuple[str, str, list[str]]]:
+        return [("worker-send", f"worker-send-{i}", ["-n", f"send{i}@%h"]) for i in range(1, self.workers + 1)]
+
+    @property
+    def nodes(self) -> list[str]:
+        return ["generate", "schedule", *(f"send{i}" for i in range(1, self.workers + 1))]
+
+    def ceiling(self, fans: int) -> dict[str, Any]:
+        """The emulator's ceiling for this chain: no cap at the provider or on the account, no
+        campaign limit to speak of."""
+        h = self.h
+        env = {"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": "10000"}
+        with h.processes([*PROCESSES, *self.senders], env=env, label="send") as group:
+            h.wait_workers(group, self.nodes)
+            h.sim.configure(sms={"latency_ms": self.latency_ms, "rate_limit_per_second": 0, **QUIET})
+            ceiling = one_sale(h, fans, rate=10_000, timeout=120 + fans)
+            h.say(f"send: chain ceiling without a cap {ceiling['rate']:.1f} messages/s")
+        return ceiling
+
+    @contextmanager
+    def capped(self, fresh: bool, seen: dict[str, int], headroom: float | None = None) -> Iterator[None]:
+        """The pipeline with the account's cap at the provider's C (one part a message here);
+        what the provider saw is added to ``seen``."""
+        h = self.h
+        if fresh:
+            h.fresh(simulator_nice=SIMULATOR_NICE)
+        env = {"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": f"{self.cap:g}"}
+        if headroom is not None:
+            env["DMD_SMS_ACCOUNT_HEADROOM"] = f"{headroom:g}"
+        with h.processes([*PROCESSES, *self.senders], env=env, label="send") as group:
+            h.wait_workers(group, self.nodes)
+            h.sim.reset()
+            h.sim.configure(sms={"latency_ms": self.latency_ms, "rate_limit_per_second": self.cap, **QUIET})
+            yield
+            stats = h.sim.stats()["sms"]
+            seen["responses_429"] += int(stats.get("responses_429", 0))
+            for key in ("max_requests_per_second", "max_accepted_per_second"):
+                seen[key] = max(seen[key], int(stats[key]))
+            if group.dead():
+                raise RuntimeError(f"processes exited: {group.dead()}")
+
+
+#: delivery statuses are not part of sending: the simulator holds them back (its writes to the
+#: emulator's Kinesis would take emulator time from the chain being measured)
+QUIET = {"status_delay_ms": 3_600_000}
+
+
 def run(
     h: Harness,
     *,
@@ -143,44 +201,11 @@ def run(
 ) -> dict[str, Any]:
     h.fresh(simulator_nice=SIMULATOR_NICE)
     fans = int(cap * seconds)
-    senders = [("worker-send", f"worker-send-{i}", ["-n", f"send{i}@%h"]) for i in range(1, workers + 1)]
-    nodes = ["generate", "schedule", *(f"send{i}" for i in range(1, workers + 1))]
-    capped: list[float] = []
-    # delivery statuses are not part of sending: the simulator holds them back (its writes to
-    # the emulator's Kinesis would take emulator time from the chain being measured)
-    quiet = {"status_delay_ms": 3_600_000}
-    # the emulator's ceiling for this chain: no cap at the provider or on the account, no campaign limit to speak of
-    with h.processes([*PROCESSES, *senders], env={"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": "10000"}, label="send") as group:
-        h.wait_workers(group, nodes)
-        h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": 0, **quiet})
-        ceiling = one_sale(h, fans, rate=10_000, timeout=120 + fans)
-        h.say(f"send: chain ceiling without a cap {ceiling['rate']:.1f} messages/s")
-    # the account's cap is the provider's C (one part a message here)
+    setup = SendSetup(h, cap, latency_ms, workers)
+    ceiling = setup.ceiling(fans)
     provider = new_provider_stats()
-
-    @contextmanager
-    def capped_pipeline(
-        fresh: bool, headroom: float | None = None, seen: dict[str, int] | None = None
-    ) -> Iterator[None]:
-        seen = provider if seen is None else seen
-        if fresh:
-            h.fresh(simulator_nice=SIMULATOR_NICE)
-        env = {"DMD_SMS_ACCOUNT_PARTS_PER_SECOND": f"{cap:g}"}
-        if headroom is not None:
-            env["DMD_SMS_ACCOUNT_HEADROOM"] = f"{headroom:g}"
-        with h.processes([*PROCESSES, *senders], env=env, label="send") as group:
-            h.wait_workers(group, nodes)
-            h.sim.reset()
-            h.sim.configure(sms={"latency_ms": latency_ms, "rate_limit_per_second": cap, **quiet})
-            yield
-            stats = h.sim.stats()["sms"]
-            seen["responses_429"] += int(stats.get("responses_429", 0))
-            for key in ("max_requests_per_second", "max_accepted_per_second"):
-                seen[key] = max(seen[key], int(stats[key]))
-            if group.dead():
-                raise RuntimeError(f"processes exited: {group.dead()}")
-
-    with capped_pipeline(fresh=False):
+    capped: list[float] = []
+    with setup.capped(fresh=False, seen=provider):
         for run_no in range(runs):
             result = one_sale(h, fans, rate=cap, timeout=120 + 4 * seconds)
             capped.append(result["rate"])
@@ -192,27 +217,8 @@ def run(
     # the earlier runs filled, the scheduler's ticks (two sales: twice the index queries) would
     # measure moto's walk rather than how the cap is shared.
     headroom = h.settings.sms_account_headroom  # the default: the senders run without the variable
-    shared = two_sales_runs(h, cap, slow_rate, seconds, runs, lambda: capped_pipeline(fresh=True), headroom)
-    compared: dict[str, Any] = {}
-    if compare_headroom:
-        compared_seen = new_provider_stats()
-        compared = two_sales_runs(
-            h,
-            cap,
-            slow_rate,
-            seconds,
-            runs,
-            lambda: capped_pipeline(fresh=True, headroom=compare_headroom, seen=compared_seen),
-            compare_headroom,
-        )
-        compared.update(
-            headroom=compare_headroom,
-            max_requests_in_one_second=compared_seen["max_requests_per_second"],
-            provider_429s=compared_seen["responses_429"],
-        )
-    throttled = provider["responses_429"]
-    max_window = provider["max_requests_per_second"]
-    max_accepted = provider["max_accepted_per_second"]
+    shared = two_sales_runs(h, cap, slow_rate, seconds, runs, lambda: setup.capped(True, provider), headroom)
+    compared = _compared(setup, slow_rate, seconds, runs, compare_headroom) if compare_headroom else {}
     return {
         "cap_per_second": cap,
         "provider_latency_ms": latency_ms,
@@ -224,13 +230,27 @@ def run(
         "slow_sale_rate": slow_rate,
         "headroom": headroom,
         **shared,
-        "max_requests_in_one_second": max_window,
-        "max_accepted_in_one_second": max_accepted,
-        "provider_429s": throttled,
+        "max_requests_in_one_second": provider["max_requests_per_second"],
+        "max_accepted_in_one_second": provider["max_accepted_per_second"],
+        "provider_429s": provider["responses_429"],
         "chain_ceiling_per_second": round(ceiling["rate"], 2),
         "simulator_nice": int(h.sim.health().get("nice", 0)),
         "compare_headroom": compared,
     }
+
+
+def _compared(setup: SendSetup, slow_rate: float, seconds: float, runs: int, headroom: float) -> dict[str, Any]:
+    """The two-sales runs again with the account's headroom at ``headroom``."""
+    seen = new_provider_stats()
+    compared = two_sales_runs(
+        setup.h, setup.cap, slow_rate, seconds, runs, lambda: setup.capped(True, seen, headroom), headroom
+    )
+    compared.update(
+        headroom=headroom,
+        max_requests_in_one_second=seen["max_requests_per_second"],
+        provider_429s=seen["responses_429"],
+    )
+    return compared
 
 
 def new_provider_stats() -> dict[str, int]:

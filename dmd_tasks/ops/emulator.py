@@ -39,22 +39,34 @@ _query = threading.local()
 def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
     """moto's ``DynamoDBBackend.transact_write_items``: every condition checked first, then the
     writes, each item copied (not each table) so that a failed write can be undone."""
+    from moto.dynamodb.exceptions import TooManyTransactionsException, TransactionCanceledException
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    planned, errors = _check(self, transact_items)
+    if any(code is not None for code, _, _ in errors):
+        raise TransactionCanceledException(errors)
+    _write(self, planned)
+
+
+_Planned = tuple[str, dict[str, Any], str, dict[str, Any]]
+_Reason = tuple[str | None, str | None, dict[str, Any] | None]
+
+
+def _check(self: Any, transact_items: list[dict[str, Any]]) -> tuple[list[_Planned], list[_Reason]]:
+    """Each item's condition against the table as it is: the writes to make, and per item its
+    cancellation reason (None, None, None when it may go)."""
     from moto.dynamodb.comparisons import get_filter_expression
     from moto.dynamodb.exceptions import (
         ConditionalCheckFailed,
         MockValidationException,
         MultipleTransactionsException,
-        TooManyTransactionsException,
-        TransactionCanceledException,
         TransactWriteSingleOpException,
     )
-    from moto.dynamodb.models.dynamo_type import Item
 
-    if len(transact_items) > 100:
-        raise TooManyTransactionsException()
     seen: set[tuple[str, str]] = set()
-    planned: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = []
-    errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+    planned: list[_Planned] = []
+    errors: list[_Reason] = []
     for entry in transact_items:
         if len(entry) > 1:
             raise TransactWriteSingleOpException
@@ -94,8 +106,12 @@ def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Non
             errors.append(("ConditionalCheckFailed", str(exc.message), original))
         except Exception as exc:  # as moto does: any other problem is that item's cancellation reason
             errors.append((type(exc).__name__, str(exc), original))
-    if any(code is not None for code, _, _ in errors):
-        raise TransactionCanceledException(errors)
+    return planned, errors
+
+
+def _write(self: Any, planned: list[_Planned]) -> None:
+    """The checked writes, in order; all undone (items and stream records) if one fails."""
+    from moto.dynamodb.models.dynamo_type import Item
 
     written: list[tuple[Any, dict[str, Any], Item | None]] = []
     marks = {name: _stream_length(self.get_table(name)) for name in {p[2] for p in planned}}
