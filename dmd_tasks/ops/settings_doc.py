@@ -1,7 +1,7 @@
 """``python -m dmd_tasks.ops.settings_doc``: docs/settings.md, written from the Settings model.
 
-Every field of ``dmd_tasks.infra.settings.Settings`` becomes a row: its environment variable,
-its type, its default, the value the ``local`` profile gives it, and what it does (the ``#:``
+Every field of ``dmd_tasks.infra.settings.Settings`` (its sections, ``SECTIONS``) becomes a row:
+its environment variable, its type, its default, the value the ``local`` profile gives it, and what it does (the ``#:``
 comment above the field, as Sphinx reads them). ``--check`` (run by ``make lint``) fails when
 the page is not what the model says, or when a field has no comment.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import io
 import sys
 import tokenize
@@ -19,15 +20,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from dmd_tasks.infra import settings as settings_module
-from dmd_tasks.infra.settings import CONFIG_DIR, Settings, variable
+from dmd_tasks.infra.settings import CONFIG_DIR, SECTIONS, Settings, variable
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 INTRO = """\
 # Settings
 
-Every setting of dmd, generated from the Settings model (`dmd_tasks/infra/settings.py`) by
+Every setting of dmd, generated from the Settings model (`dmd_tasks/infra/settings/`) by
 `python -m dmd_tasks.ops.settings_doc`; `make lint` fails when this page and the model differ.
 
 Each setting is read from its environment variable. A profile (`DMD_PROFILE`, default `local`)
@@ -48,35 +48,37 @@ class Row:
 
 
 def rows() -> list[Row]:
-    """The Settings fields in source order, with their section, annotation and ``#:`` comment."""
-    source = Path(settings_module.__file__).read_text()
+    """The settings in the page's order: Settings' own fields (the profile), then each section
+    class's (``SECTIONS``), each with its annotation and ``#:`` comment."""
+    out: list[Row] = []
+    for cls, title in ((Settings, "Profile"), *((section, "") for section in SECTIONS)):
+        out += _class_rows(cls, title)
+    return out
+
+
+def _class_rows(cls: type, title: str) -> list[Row]:
+    """The fields a class declares itself, in source order; the section's title is the class's
+    docstring unless given."""
+    source = Path(inspect.getsourcefile(cls) or "").read_text()
     comments: dict[int, str] = {}
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             comments[token.start[0]] = token.string
-    cls = next(
-        node for node in ast.parse(source).body if isinstance(node, ast.ClassDef) and node.name == Settings.__name__
-    )
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+    section = title or (ast.get_docstring(node) or cls.__name__).splitlines()[0]
     out: list[Row] = []
-    section = "Profile"
-    previous_end = cls.body[0].lineno
-    for node in cls.body:
-        for line in range(previous_end, node.lineno):
-            text = comments.get(line, "")
-            if text.startswith("# ---"):
-                section = text.strip("# -")
-        previous_end = node.end_lineno or node.lineno
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+    for field in node.body:
+        if not isinstance(field, ast.AnnAssign) or not isinstance(field.target, ast.Name):
             continue
-        if node.target.id not in Settings.model_fields:
+        if field.target.id not in Settings.model_fields:
             continue
         doc: list[str] = []
-        line = node.lineno - 1
+        line = field.lineno - 1
         while comments.get(line, "").startswith("#:"):
             doc.insert(0, comments[line][2:].strip())
             line -= 1
-        annotation = ast.get_source_segment(source, node.annotation) or ""
-        out.append(Row(section, node.target.id, annotation, " ".join(doc)))
+        annotation = ast.get_source_segment(source, field.annotation) or ""
+        out.append(Row(section, field.target.id, annotation, " ".join(doc)))
     return out
 
 
