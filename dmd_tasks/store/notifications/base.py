@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from dmd_tasks.domain.entities import NotificationStatus
@@ -25,12 +26,16 @@ _ROUND_NAMES = {"#rd": "round"}
 _ROUND_VALUES = {":zero": 0, ":one": 1}
 
 
-class _Any:
-    """Type of ANY_LEASE."""
+class LeaseCheck(Enum):
+    """What a move asks of the send lease when it is not given the holder's token (a token: only
+    that lease's holder moves it; None: a notification claimed before leases had tokens, moved
+    only while it has none)."""
+
+    #: a move outside ``sending``: the lease is not checked
+    ANY = "any"
 
 
-#: A move that does not check the send lease (a transition outside ``sending``).
-ANY_LEASE = _Any()
+ANY_LEASE = LeaseCheck.ANY
 PENDING = NotificationStatus.PENDING.value
 SCHEDULED = NotificationStatus.SCHEDULED.value
 SENDING = NotificationStatus.SENDING.value
@@ -75,7 +80,7 @@ class NotificationStore:
         not_before: float,
         reason: str,
         now: float,
-        lease_token: str | _Any | None,
+        lease_token: str | LeaseCheck | None,
         *,
         expired_by: float | None = None,
         pin: str | None = None,
@@ -122,7 +127,7 @@ class NotificationStore:
         values: dict[str, Any],
         *,
         names: dict[str, str] | None = None,
-        lease_token: str | _Any | None = ANY_LEASE,
+        lease_token: str | LeaseCheck | None = ANY_LEASE,
         extra_condition: str | None = None,
     ) -> Update:
         """The conditional write of one move: from ``source`` only, and (``lease_token``) only by
@@ -150,7 +155,7 @@ class NotificationStore:
         values: dict[str, Any],
         *,
         names: dict[str, str] | None = None,
-        lease_token: str | _Any | None = ANY_LEASE,
+        lease_token: str | LeaseCheck | None = ANY_LEASE,
         extra_condition: str | None = None,
     ) -> bool:
         write = self._update(

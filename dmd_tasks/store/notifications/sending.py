@@ -30,9 +30,9 @@ from dmd_tasks.store.notifications.base import (
     SENT,
     UNCONFIRMED,
     UNKNOWN,
+    LeaseCheck,
     NotificationStore,
     Sent,
-    _Any,
 )
 from dmd_tasks.store.table import Update
 
@@ -171,7 +171,7 @@ class Sending(NotificationStore):
         until: float,
         reason: str,
         *,
-        lease_token: str | _Any | None,
+        lease_token: str | LeaseCheck | None,
         expired_by: float | None = None,
     ) -> bool:
         """sending → unconfirmed: the call may have sent the SMS and no answer says so. It waits in
@@ -222,7 +222,7 @@ class Sending(NotificationStore):
         )
 
     def mark_waiting(
-        self, sale_id: str, fan_id: str, send_after: float, reason: str, *, lease_token: str | _Any | None
+        self, sale_id: str, fan_id: str, send_after: float, reason: str, *, lease_token: str | LeaseCheck | None
     ) -> bool:
         """sending → pending until ``send_after`` (the fan's quiet hours came first): the scheduler
         takes it again when that time comes, and checks the window again. No attempt is spent."""
@@ -250,7 +250,7 @@ class Sending(NotificationStore):
         not_before: float,
         reason: str,
         *,
-        lease_token: str | _Any | None = ANY_LEASE,
+        lease_token: str | LeaseCheck | None = ANY_LEASE,
         now: float | None = None,
         pin: str | None = None,
     ) -> bool:
@@ -268,7 +268,7 @@ class Sending(NotificationStore):
         source: str,
         attempts: int | None = None,
         *,
-        lease_token: str | _Any | None = ANY_LEASE,
+        lease_token: str | LeaseCheck | None = ANY_LEASE,
     ) -> bool:
         """``source`` → failed with ``reason`` (from ``sending``: by the lease holder)."""
         update = "SET #s = :to, reason = :r REMOVE gsi1pk, gsi1sk, leaseUntil, leaseToken"
