@@ -205,8 +205,8 @@ def _report(settings: Settings, fans: int, sale: SaleRun) -> dict[str, Any]:
         then = sale.before[name]
         return {k: v - then.get(k, 0.0) for k, v in now[name].items() if v > then.get(k, 0.0)}
 
-    requests, writes, reads, tasks = (grown(n) for n in COUNTERS if n != "dmd_bridge_records")
-    records = grown("dmd_bridge_records")
+    requests, writes = grown("dmd_aws_requests"), grown("dmd_dynamodb_write_items")
+    reads, tasks, records = grown("dmd_dynamodb_read_units"), grown("dmd_tasks"), grown("dmd_bridge_records")
     progress = sale.progress
     n = progress["notifications"]
     per_service = _per_service(requests)

@@ -38,6 +38,11 @@ def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, 
     def put() -> None:
         kinesis.put_record(StreamName=settings.sms_status_stream_name, Data=receipt(), PartitionKey=uuid.uuid4().hex)
 
+    def put_and_see_it_read() -> bool:
+        put()
+        time.sleep(1.0)
+        return waiting() >= 1
+
     group = ProcessGroup(
         settings.run_dir.resolve() / "logs" / f"e2e-doorbell-{uuid.uuid4().hex[:6]}",
         env={
@@ -51,7 +56,7 @@ def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, 
     group.start(["bridge-sms-status"])
     try:
         # Given the bridge reading: a first receipt's task is on the queue (time T)
-        wait_until(lambda: (put(), time.sleep(1.0), waiting())[2] >= 1, timeout=60, what="the bridge reading")  # type: ignore[func-returns-value]
+        wait_until(put_and_see_it_read, timeout=60, what="the bridge reading")
         seen = time.monotonic()
         before = waiting()
         # When a second receipt comes with no ring, then it waits: the bridge read once more right

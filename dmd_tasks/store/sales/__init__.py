@@ -13,12 +13,12 @@ after it ran is restored to its run's state instead of being generated again.
 
 from __future__ import annotations
 
-from dmd_tasks.store.sales.base import CLAIM_GRACE_SECONDS, sale_item
+from dmd_tasks.store.sales.base import sale_item
 from dmd_tasks.store.sales.claiming import Claiming
 from dmd_tasks.store.sales.retiring import Retiring
 from dmd_tasks.store.sales.running import Running
 
-__all__ = ["CLAIM_GRACE_SECONDS", "SaleRecords", "sale_item"]
+__all__ = ["SaleRecords", "sale_item"]
 
 
 class SaleRecords(Claiming, Running, Retiring):

@@ -13,7 +13,6 @@ from dmd_tasks.store.keys import (
     NOTIFICATION_PREFIX,
     SALES_GENERATING,
     SALES_WAITING,
-    sale_key,
     sale_partition,
     sale_run_key,
 )
@@ -117,15 +116,15 @@ class Claiming(SaleStore):
             names["#cur"] = "cursor"
         else:
             update += ", cleanLease = :lease"
-        done = self._table.update(
-            sale_key(sale_id),
+        moved = self._move(
+            sale_id,
             what=f"claim sale {sale_id}",
             update=update,
             condition="#s = :waiting",
             names=names,
             values=values,
         )
-        if done is None:
+        if not moved:
             return None
         self._table.update(  # the run holds its sale now: a re-save from here on is restored at once
             sale_run_key(sale_id),
@@ -217,8 +216,8 @@ class Claiming(SaleStore):
             return False
         # The run is allowed first: a claim tick that sees the sale waiting must find it allowed.
         self._allow_rerun(sale_id, True)
-        done = self._table.update(
-            sale_key(sale_id),
+        moved = self._move(
+            sale_id,
             what=f"rerun sale {sale_id}",
             update="SET #s = :waiting, notifyAt = :now, gsi1pk = :gpk, gsi1sk = :now "
             "REMOVE leaseUntil, #cur, cleanLease, quietSince",
@@ -232,7 +231,7 @@ class Claiming(SaleStore):
                 ":gpk": SALES_WAITING,
             },
         )
-        if done is None:  # it changed meanwhile: take the permission back
+        if not moved:  # it changed meanwhile: take the permission back
             self._allow_rerun(sale_id, False)
             return False
         return True

@@ -9,7 +9,6 @@ from dmd_tasks.store.codec import iso
 from dmd_tasks.store.keys import (
     ACTIVE_SALES,
     GSI2,
-    sale_key,
 )
 from dmd_tasks.store.sales.base import _STATUS, SaleStore
 
@@ -44,8 +43,8 @@ class Retiring(SaleStore):
 
     def clear_quiet(self, sale_id: str) -> None:
         """Something of the sale is in flight again: the next quiet look starts over."""
-        self._table.update(
-            sale_key(sale_id),
+        self._move(
+            sale_id,
             what=f"sale {sale_id} busy",
             update="REMOVE quietSince",
             condition="attribute_exists(quietSince)",

@@ -7,7 +7,6 @@ from typing import Any
 from dmd_tasks.domain.entities import Entity, SaleStatus
 from dmd_tasks.store.codec import iso, new_lease
 from dmd_tasks.store.keys import (
-    sale_key,
     sale_run_key,
 )
 from dmd_tasks.store.sales.base import _STATUS, SaleStore
@@ -17,8 +16,8 @@ class Running(SaleStore):
     def take_lease(self, sale_id: str, expected_lease: str | None, now: float, lease_seconds: int) -> str | None:
         """Renew the generator lease if it is still ``expected_lease`` (or expired); returns the new lease."""
         lease = new_lease(now, lease_seconds)
-        done = self._table.update(
-            sale_key(sale_id),
+        moved = self._move(
+            sale_id,
             what=f"lease sale {sale_id}",
             update="SET leaseUntil = :lease, gsi1sk = :lease",
             condition="#s = :gen AND (leaseUntil = :expected OR leaseUntil <= :now)",
@@ -30,7 +29,7 @@ class Running(SaleStore):
                 ":lease": lease,
             },
         )
-        return lease if done is not None else None
+        return lease if moved else None
 
     def checkpoint(
         self,
@@ -56,15 +55,15 @@ class Running(SaleStore):
             sets += ", #c = :cursor"
             values[":cursor"] = cursor
             names["#c"] = "cursor"
-        done = self._table.update(
-            sale_key(sale_id),
+        moved = self._move(
+            sale_id,
             what=f"checkpoint sale {sale_id}",
             update=f"SET {sets} ADD generated :n",
             condition="#s = :gen AND leaseUntil = :lease",
             names=names,
             values=values,
         )
-        return renewed if done is not None else None
+        return renewed if moved else None
 
     def _end_run(self, sale_id: str, outcome: str, reason: str | None = None) -> None:
         values: dict[str, Any] = {":o": outcome, ":e": Entity.SALE_RUN.value, ":id": sale_id}
@@ -82,21 +81,18 @@ class Running(SaleStore):
 
     def finish(self, sale_id: str, lease: str, now: float) -> bool:
         """generating → generated, by the lease holder."""
-        finished = (
-            self._table.update(
-                sale_key(sale_id),
-                what=f"finish sale {sale_id}",
-                update="SET #s = :done, generatedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
-                condition="#s = :gen AND leaseUntil = :lease",
-                names=_STATUS,
-                values={
-                    ":done": SaleStatus.GENERATED.value,
-                    ":gen": SaleStatus.GENERATING.value,
-                    ":lease": lease,
-                    ":now": iso(now),
-                },
-            )
-            is not None
+        finished = self._move(
+            sale_id,
+            what=f"finish sale {sale_id}",
+            update="SET #s = :done, generatedAt = :now REMOVE gsi1pk, gsi1sk, leaseUntil",
+            condition="#s = :gen AND leaseUntil = :lease",
+            names=_STATUS,
+            values={
+                ":done": SaleStatus.GENERATED.value,
+                ":gen": SaleStatus.GENERATING.value,
+                ":lease": lease,
+                ":now": iso(now),
+            },
         )
         if finished:
             self._end_run(sale_id, SaleStatus.GENERATED.value)
