@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 help:
 	@grep -hE '^## ' $(firstword $(MAKEFILE_LIST)) | sed 's/^## //'
 
-# The packages come from the lock (requirements/dev.txt: runtime, local stack, tests, benchmarks),
+# The packages come from the lock (requirements/dev.txt: runtime, local stack, tests, benchmarks, plots),
 # dmd itself is installed editable on top, without resolving anything again.
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
-	$(UV_COMPILE) --upgrade --extra local --extra test --extra bench -o requirements/dev.txt
+	$(UV_COMPILE) --upgrade --extra local --extra test --extra bench --extra plots -o requirements/dev.txt
 	$(UV_COMPILE) --extra local -c requirements/dev.txt -o requirements/local.txt
 	$(UV_COMPILE) -c requirements/dev.txt -o requirements/runtime.txt
 
