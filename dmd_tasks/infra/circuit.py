@@ -35,6 +35,7 @@ Every change of state is counted in ``dmd_provider_circuit_total{provider, event
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,11 +59,17 @@ return {2, math.min(math.max(redis.call('PTTL', KEYS[3]), 100), 1000)}
 """
 
 #: KEYS: bucket, open, tripped, probe, streak, then the window's bucket keys; ARGV: ok (1/0), bucket
-#: ttl s, min calls, error ratio, open ms, tripped ttl ms, is probe (1/0), token, streak length.
+#: ttl s, min calls, error ratio, open ms, tripped ttl ms, is probe (1/0), token, streak length,
+#: successes counted before this outcome (a batch's, told together).
 #: Returns 1 when this failure opened the circuit (the window's ratio, or min calls failed in a
 #: row), 2 when it was already open/half-open, 4 when the provider is failing (most calls in the
 #: window, or the last few calls in a row) but too few calls failed to open it yet, 0 otherwise.
 _RECORD = """
+local earlier = tonumber(ARGV[10] or '0')
+if earlier > 0 then
+  redis.call('HINCRBY', KEYS[1], 'ok', earlier)
+  redis.call('DEL', KEYS[5])
+end
 local field = ARGV[1] == '1' and 'ok' or 'err'
 redis.call('HINCRBY', KEYS[1], field, 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -133,12 +140,32 @@ class CircuitSettings:
     streak_failures: int = 3
 
 
+class Tally:
+    """Successes under a batch's permit, told to the circuit together (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._count = self._count, 0
+            return count
+
+
 @dataclass(frozen=True)
 class Permit:
-    """Leave to make one provider call (``probe``: as the half-open probe)."""
+    """Leave to make one provider call (``probe``: as the half-open probe), or, with a ``tally``,
+    a batch's calls while the circuit was closed when the batch began: each of those checks the
+    circuit again just before its call (``gate_keys``) and counts its success in the tally."""
 
     probe: bool
     token: str
+    tally: Tally | None = None
 
 
 class ProviderPaused(NotAttempted):
@@ -183,12 +210,29 @@ class ProviderCircuit:
             PROVIDER_CIRCUIT.labels(self.provider, "probe").inc()
         return Permit(probe=int(state) == 1, token=token)
 
+    def batch_permit(self) -> Permit | None:
+        """Leave for a batch's calls while the circuit is closed; None when it is open or half-open
+        (each call then asks ``before_call`` on its own: a probe goes alone)."""
+        try:
+            permit = self.before_call()
+        except ProviderPaused:
+            return None
+        if permit.probe:
+            self.release(permit)
+            return None
+        return Permit(probe=False, token=permit.token, tally=Tally())
+
+    @property
+    def gate_keys(self) -> tuple[str, str]:
+        """The open and tripped keys: a call under a batch's permit goes only while neither is set."""
+        return self._open, self._tripped
+
     def release(self, permit: Permit) -> None:
         """No call was made with this permit after all (no rate-limit slot in time, a lease nearly over)."""
         if permit.probe:
             self._release(keys=[self._probe], args=[permit.token])
 
-    def _outcome(self, permit: Permit, ok: bool) -> int:
+    def _outcome(self, permit: Permit, ok: bool, earlier: int = 0) -> int:
         buckets = self._buckets(time.time())
         result = self._record(
             keys=[buckets[-1], self._open, self._tripped, self._probe, self._streak, *buckets],
@@ -202,6 +246,7 @@ class ProviderCircuit:
                 1 if permit.probe else 0,
                 permit.token,
                 self._config.streak_failures,
+                earlier,
             ],
         )
         return int(result)
@@ -210,7 +255,11 @@ class ProviderCircuit:
         """The provider answered (a send accepted, or a message refused on its own merits).
 
         Best effort: the call is done and its outcome must be recorded whatever Redis does, so a
-        Redis error here is logged, not raised (a probe's turn then expires on its own)."""
+        Redis error here is logged, not raised (a probe's turn then expires on its own). Under a
+        batch's permit it is counted in the batch's tally (``flush``)."""
+        if permit.tally is not None:
+            permit.tally.add()
+            return
         try:
             outcome = self._outcome(permit, ok=True)
         except redis.RedisError as exc:
@@ -223,8 +272,9 @@ class ProviderCircuit:
     def failed(self, permit: Permit) -> bool:
         """The call failed (5xx, timeout, connection). True when the failure is the provider's (the
         circuit is or just went open, or most calls in the window fail): it must not spend the
-        notification's attempt."""
-        result = self._outcome(permit, ok=False)
+        notification's attempt. The batch's successes so far are told first, in the same round trip."""
+        earlier = permit.tally.take() if permit.tally is not None else 0
+        result = self._outcome(permit, ok=False, earlier=earlier)
         if result == 1:
             PROVIDER_CIRCUIT.labels(self.provider, "opened").inc()
             log.error(
@@ -235,6 +285,16 @@ class ProviderCircuit:
         elif result == 2 and permit.probe:
             PROVIDER_CIRCUIT.labels(self.provider, "reopened").inc()
         return result in (1, 2, 4)
+
+    def flush(self, permit: Permit) -> None:
+        """Tell the circuit the successes counted under a batch's permit (best effort, as ``succeeded``)."""
+        count = permit.tally.take() if permit.tally is not None else 0
+        if count == 0:
+            return
+        try:
+            self._outcome(Permit(probe=False, token=permit.token), ok=True, earlier=count - 1)
+        except redis.RedisError as exc:
+            log.warning("sms provider %s: could not record %d successes in the circuit (%s)", self.provider, count, exc)
 
     def throttled(self, permit: Permit, retry_after_seconds: float | None) -> float:
         """The provider said 429: every worker pauses for its Retry-After (at least a second); returns it."""

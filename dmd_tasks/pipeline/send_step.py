@@ -1,11 +1,13 @@
 """One send of stage 4, for a notification this worker owns (``sending`` under its lease):
 check → call → record.
 
-- **check** (``_message``): the campaign, the fan's opt-out, the validity, the send window,
-  the rendered message and its SMS parts;
-- **call** (``_permit``, ``_call_provider``): the provider's circuit, the rate limits, the lease
-  and the batch's time left, the record that a call starts (a provider without idempotency,
-  or two providers), then the call, its outcome told to the circuit;
+- **check** (``send_check``; for a batch's sends, done by its plan, ``send_plan``): the
+  campaign, the fan's opt-out, the validity, the send window, the rendered message and its SMS
+  parts;
+- **call** (``_permit``, ``_call_provider``): the provider's circuit, the rate limits (the
+  batch's reservation, or one of its own), the lease and the batch's time left, the record that
+  a call starts (a provider without idempotency, or two providers), then the call, its outcome
+  told to the circuit;
 - **record**: ``sent`` (with the batch's others, ``SentRecords``), or what the failure means:
   ``unconfirmed`` (an unknown outcome at a provider without idempotency), ``failed`` (a
   permanent error, the last attempt), ``scheduled`` again with or without spending an attempt.
@@ -17,10 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from dmd_tasks.domain.campaigns import Campaign
 from dmd_tasks.domain.errors import (
     InvalidTemplate,
     NotAttempted,
@@ -31,8 +31,6 @@ from dmd_tasks.domain.errors import (
 )
 from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.domain.outcomes import SendOutcome
-from dmd_tasks.domain.segments import measure
-from dmd_tasks.domain.templates import render
 from dmd_tasks.infra import tracing
 from dmd_tasks.infra.circuit import Permit, ProviderPaused
 from dmd_tasks.infra.deadline import Deadline
@@ -40,8 +38,8 @@ from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.metrics import SEND_LATENCY
 from dmd_tasks.infra.settings import Settings
+from dmd_tasks.pipeline.send_check import Message, QuietHours, check_message
 from dmd_tasks.pipeline.send_outcomes import (
-    Expired,
     Owned,
     failed,
     not_attempted,
@@ -49,6 +47,7 @@ from dmd_tasks.pipeline.send_outcomes import (
     unknown_outcome,
     wait_for_window,
 )
+from dmd_tasks.pipeline.send_plan import Planned
 from dmd_tasks.pipeline.sent_records import SentRecords
 from dmd_tasks.services import Services
 from dmd_tasks.store.notifications import Sent
@@ -57,24 +56,6 @@ log = logging.getLogger(__name__)
 
 #: Failures before anything reached the provider: no attempt is spent on them.
 _NOT_ATTEMPTED: tuple[type[BaseException], ...] = (NotAttempted, *DEPENDENCY_ERRORS)
-
-
-class QuietHours(Exception):
-    """The fan's send window is closed now: the notification waits for it to open (``opens``)."""
-
-    def __init__(self, opens: float) -> None:
-        super().__init__(f"send window opens at {opens:.0f}")
-        self.opens = opens
-
-
-@dataclass(frozen=True)
-class Message:
-    """A notification's SMS as checked: its body and parts, under its sale's campaign."""
-
-    campaign: Campaign
-    body: str
-    parts: int
-    encoding: str
 
 
 def send_claimed(
@@ -86,16 +67,18 @@ def send_claimed(
     deadline: Deadline | None = None,
     again: list[tuple[str, float]] | None = None,
     records: SentRecords | None = None,
+    planned: Planned | None = None,
 ) -> str:
     """Send one notification this worker owns, in its own trace; returns what happened. Past
     ``deadline`` (the batch's work budget) no call is begun: it goes back to ``scheduled``. One
     that goes back to ``scheduled`` is added to ``again`` with when it is due (the caller
     publishes its send task: ``chain.publish_due``). A send the provider accepted is recorded
-    through ``records`` (written with the batch's others), or at once without it."""
+    through ``records`` (written with the batch's others), or at once without it. ``planned``:
+    what the batch's plan did for it (checked its message, reserved its slot)."""
     with tracing.continued("send notification", traceparent, **{"dmd.notification_id": notification_id}) as span:
         sale_id, fan_id = split_notification_id(notification_id)
         owned = Owned(notification_id, sale_id, fan_id, item)
-        outcome = _send_claimed(services, owned, opted_out, deadline, again, records)
+        outcome = _send_claimed(services, owned, opted_out, deadline, again, records, planned)
         span.set_attribute("dmd.outcome", outcome)
         return outcome
 
@@ -107,14 +90,15 @@ def _send_claimed(
     deadline: Deadline | None,
     again: list[tuple[str, float]] | None,
     records: SentRecords | None,
+    planned: Planned | None,
 ) -> str:
-    route = services.sms_router.choose(owned.item.get("pinnedProvider"))
+    route = planned.route if planned is not None else services.sms_router.choose(owned.item.get("pinnedProvider"))
     try:
         try:
-            message = _message(services, owned, opted_out)
+            message = planned.checked() if planned is not None else check_message(services, owned, opted_out)
         except QuietHours as closed:  # its write fails as the others do (below)
             return wait_for_window(services, owned, closed.opens)
-        route, permit = _permit(services, owned, route, message, deadline)
+        route, permit = _permit(services, owned, route, message, deadline, planned)
         validity = float(owned.item["expiresAt"]) - time.time() if owned.item.get("expiresAt") is not None else None
         message_id = _call_provider(route, permit, owned, message.body, validity, services.settings)
     except OutcomeUnknown as exc:
@@ -143,67 +127,34 @@ def _send_claimed(
     return SendOutcome.SENT
 
 
-# --- check --------------------------------------------------------------------------------------
-
-
-def _message(services: Services, owned: Owned, opted_out: set[str]) -> Message:
-    """The SMS to send, checked; PermanentError (or Expired) when it must not go, QuietHours
-    (with when the window opens) when it must wait."""
-    settings, item = services.settings, owned.item
-    campaign = services.send_lookups.campaign(owned.sale_id)
-    if campaign is None:
-        raise PermanentError(f"sale {owned.sale_id} has no campaign")
-    if item["phone"] in opted_out:
-        raise PermanentError("fan opted out (STOP) after the notification was generated")
-    now = time.time()
-    expires = item.get("expiresAt")
-    if expires is not None and now >= float(expires):
-        raise Expired(f"expired: not sent within its validity ({campaign.validity_seconds}s from its first chance)")
-    opens = campaign.window.next_open_ts(now, item.get("timezone"))
-    if opens > now:
-        # Quiet hours came first (a retry, a backlog, a pause that ran late): wait for the next opening.
-        raise QuietHours(opens)
-    event_name, short_url = services.send_lookups.event_values(item["eventId"])
-    body = render(
-        campaign.template,
-        {"event_name": event_name, "short_url": short_url, "sale_id": owned.sale_id, "fan_id": owned.fan_id},
-    )
-    segments = measure(body)
-    if segments.parts > settings.max_message_parts:
-        raise PermanentError(
-            f"message takes {segments.parts} SMS parts ({segments.encoding}), more than the "
-            f"{settings.max_message_parts} allowed"
-        )
-    return Message(campaign, body, segments.parts, segments.encoding)
-
-
 # --- call ---------------------------------------------------------------------------------------
 
 
 def _permit(
-    services: Services, owned: Owned, route: ProviderRoute, message: Message, deadline: Deadline | None
+    services: Services,
+    owned: Owned,
+    route: ProviderRoute,
+    message: Message,
+    deadline: Deadline | None,
+    planned: Planned | None,
 ) -> tuple[ProviderRoute, Permit]:
     """Leave to call now: the route's circuit (the other provider's while this one is paused and
     the weights have not caught up), the rate limits, the lease and the batch's time left, and
     the record that the call starts where that is needed. Raises NotAttempted (or a dependency's
-    error) when no call may be made; nothing is then held."""
-    settings, router = services.settings, services.sms_router
+    error) when no call may be made; nothing is then held. Under the batch's permit, with a
+    slot the batch reserved, the circuit is checked with the account's second, at the slot."""
+    settings, rate = services.settings, message.campaign.rate_per_second
+    if planned is not None and planned.permit is not None and planned.slot is not None:
+        permit, slot = planned.permit, planned.slot
+    else:
+        route, permit = _circuit(services, owned, route)
+        slot = None
     try:
-        permit = route.circuit.before_call()  # ProviderPaused while the provider throttles or is down
-    except ProviderPaused:
-        pinned = owned.item.get("pinnedProvider")
-        other = None if pinned else next((r for r in router.routes.values() if r is not route), None)
-        if other is None:
-            raise
-        route = other
-        permit = route.circuit.before_call()
-    try:
-        route.throttle.acquire(
-            owned.sale_id,
-            message.campaign.rate_per_second,
-            message.parts,
-            timeout_seconds=settings.send_rate_wait_seconds,
-        )
+        if slot is None:
+            route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=settings.send_rate_wait_seconds)
+        else:
+            until = time.monotonic() + settings.send_rate_wait_seconds
+            route.throttle.go(slot, owned.sale_id, rate, message.parts, until, gate=route.circuit.gate_keys)
         if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
             # The provider call could outlive our lease (this process was paused): give it back.
             raise NotAttempted("send lease nearly over before the provider call")
@@ -211,7 +162,7 @@ def _permit(
             # A slow dependency held the batch up: the rest goes back, the next batch sends it.
             raise NotAttempted("send batch out of time before the provider call")
         provider = route.provider.capabilities
-        if (not provider.idempotent or len(router.routes) > 1) and not services.notifications.mark_calling(
+        if (not provider.idempotent or len(services.sms_router.routes) > 1) and not services.notifications.mark_calling(
             owned.sale_id, owned.fan_id, provider.name, time.time(), owned.token
         ):
             # The record that the call started (and where) comes first: without idempotency a
@@ -222,6 +173,20 @@ def _permit(
         route.circuit.release(permit)  # no call made: a probe's turn goes to another sender
         raise
     return route, permit
+
+
+def _circuit(services: Services, owned: Owned, route: ProviderRoute) -> tuple[ProviderRoute, Permit]:
+    """The route's leave to call (the other provider's while this one is paused and the weights
+    have not caught up); ProviderPaused while the provider throttles or is down."""
+    try:
+        return route, route.circuit.before_call()
+    except ProviderPaused:
+        pinned = owned.item.get("pinnedProvider")
+        routes = services.sms_router.routes.values()
+        other = None if pinned else next((r for r in routes if r is not route), None)
+        if other is None:
+            raise
+        return other, other.circuit.before_call()
 
 
 def _call_provider(

@@ -25,7 +25,9 @@ Per notification:
 One send (2-5) is ``send_step`` (check → call → record) and ``send_outcomes`` (what a send the
 provider did not accept means). A batch's claims (1) go out together, and so do its sends (2-5), on the process's AWS
 thread pool: a batch waits about one provider round trip, not ten, while the shared rate
-limit still spaces the calls.
+limit still spaces the calls. Before the sends, the batch's plan (``send_plan``) checks every
+message, asks each provider's circuit once and reserves each sale's slots in one request; a
+send then makes one Redis round trip of its own, just before its call.
 
 The claim's lease carries a token, and every later write of the send (``sent``, retry,
 ``failed``) is conditional on it: a worker that overran its lease writes nothing. A worker
@@ -55,6 +57,7 @@ from dmd_tasks.infra import aws
 from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.topology import SEND_NOTIFICATIONS
 from dmd_tasks.pipeline.chain import publish_due
+from dmd_tasks.pipeline.send_plan import plan_batch
 from dmd_tasks.pipeline.send_step import send_claimed
 from dmd_tasks.pipeline.sent_records import SentRecords
 from dmd_tasks.services import Services, get_services
@@ -134,6 +137,7 @@ def _send_owned(
     (its correlation id in the logs). Counts each outcome; returns the first error a send raised
     (a dependency failed after the claim: the lease expires, the reconciler resends)."""
     opted_out = services.demand.opted_out([item["phone"] for _, item in owned]) if owned else set()
+    plan = plan_batch(services, owned, opted_out, deadline)
     pool = aws.io_pool(services.settings)
     futures = [
         pool.submit(
@@ -147,11 +151,15 @@ def _send_owned(
             deadline,
             again,
             records,
+            plan.planned.get(nid),
         )
-        for nid, item in owned
+        for nid, item in plan.order(owned)
     ]
-    while futures_wait(futures, timeout=0.1).not_done:
-        records.flush(due_only=True)  # no send finished for a while: what waits is written anyway
+    try:
+        while futures_wait(futures, timeout=0.1).not_done:
+            records.flush(due_only=True)  # no send finished for a while: what waits is written anyway
+    finally:
+        plan.close()  # the batch's successes told to the circuits
     first_error: BaseException | None = None
     for future in futures:
         try:

@@ -127,3 +127,35 @@ def test_a_success_is_recorded_best_effort_when_redis_is_unreachable() -> None:
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     circuit = ProviderCircuit(unreachable, "test-unreachable", CircuitSettings())
     circuit.succeeded(Permit(probe=False, token="t"))  # no exception
+
+
+def test_a_batchs_successes_are_told_together_and_before_its_failure(circuit: ProviderCircuit) -> None:
+    # Given a batch's leave to call, taken while the circuit is closed
+    permit = circuit.batch_permit()
+    assert permit is not None and permit.tally is not None and not permit.probe
+    # Two failures in a row from elsewhere
+    circuit.failed(circuit.before_call())
+    circuit.failed(circuit.before_call())
+
+    # When four of the batch's calls succeed, nothing is told yet
+    for _ in range(4):
+        circuit.succeeded(permit)
+    assert circuit.window_counts() == (0, 2)
+    # and a fifth fails: its successes are told first, and they ended the run of failures (told
+    # after it, the failure would be the third in a row: the provider's)
+    assert circuit.failed(permit) is False  # 1 in a row; 3 of 7 failed, under the ratio
+    assert circuit.window_counts() == (4, 3)
+    circuit.succeeded(permit)
+    circuit.flush(permit)
+    circuit.flush(permit)  # told once
+    assert circuit.window_counts() == (5, 3)
+
+
+def test_no_batch_leave_while_the_circuit_is_open_or_half_open(circuit: ProviderCircuit) -> None:
+    for _ in range(4):
+        circuit.failed(circuit.before_call())
+    assert circuit.batch_permit() is None  # open
+    time.sleep(0.6)
+    assert circuit.batch_permit() is None  # half-open: a probe goes alone, through before_call
+    probe = circuit.before_call()
+    assert probe.probe  # the batch did not keep the probe's turn

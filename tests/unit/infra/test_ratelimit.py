@@ -6,6 +6,7 @@ window pass between two calls; the one test that waits for a slot uses a short w
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -222,6 +223,11 @@ def test_a_sender_that_wakes_too_late_takes_the_next_slot_once(
 # --- SmsThrottle: the account's second, counted as the sends go ------------------------------------
 
 
+def _slots_now(throttle: object, sale_id: str, rate: float, parts: list[int], timeout_seconds: float) -> list[float]:
+    """Pacing out of the way: every slot is now."""
+    return [time.monotonic()] * len(parts)
+
+
 def test_sends_that_bunch_after_their_slots_are_held_to_the_cap_in_any_second(
     client: redis.Redis, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,7 +237,7 @@ def test_sends_that_bunch_after_their_slots_are_held_to_the_cap_in_any_second(
     # Given an account capped at 3 parts a second with 20 % headroom, and senders whose paced
     # slots all came at once (each woke late, say): pacing lets them through together
     throttle = SmsThrottle(client, key, 3, headroom=0.2)
-    monkeypatch.setattr(PacedLimiter, "acquire", lambda *args, **kwargs: None)
+    monkeypatch.setattr(SmsThrottle, "reserve", _slots_now)
     held_before = SEND_WINDOW_HELD._value.get()
     gone: list[int] = []
 
@@ -257,8 +263,69 @@ def test_a_send_held_past_its_timeout_is_not_attempted(
     from dmd_tasks.infra.ratelimit import SmsThrottle
 
     throttle = SmsThrottle(client, key, 2, headroom=0.0)
-    monkeypatch.setattr(PacedLimiter, "acquire", lambda *args, **kwargs: None)
+    monkeypatch.setattr(SmsThrottle, "reserve", _slots_now)
     throttle.acquire("sale", 100, parts=2, timeout_seconds=1)  # the account's second is full
 
     with pytest.raises(TransientError, match=r"rate limit 2/s: no slot within 0s"):
         throttle.acquire("sale", 100, parts=1, timeout_seconds=0.2)
+
+
+# --- SmsThrottle: a batch's slots in one reservation -------------------------------------------------
+
+
+def test_a_batch_reservation_spaces_its_sends_and_the_next_one_comes_after_it(client: redis.Redis, key: str) -> None:
+    from dmd_tasks.infra.ratelimit import SmsThrottle
+
+    # Given an account capped at 10 parts a second (no headroom), a sale at 5 messages a second,
+    # and two processes that send for it
+    first, second = SmsThrottle(client, key, 10, headroom=0.0), SmsThrottle(client, key, 10, headroom=0.0)
+    sale = f"sale-{key}"
+
+    # When one reserves for three sends (1, 3 and 1 parts) and then the other for one
+    slots = first.reserve(sale, 5, [1, 3, 1], timeout_seconds=10)
+    later = second.reserve(sale, 5, [1], timeout_seconds=10)
+
+    # Then the batch's sends are a sale's spacing apart (0.2 s) or, after the three-part one,
+    # the account's for three parts (0.3 s); the other process's send comes after the last
+    assert [round(b - a, 2) for a, b in itertools.pairwise(slots)] == [0.2, 0.3]
+    assert round(later[0] - slots[-1], 1) == 0.2
+
+
+def test_a_batch_reserves_only_the_slots_that_come_within_its_wait(client: redis.Redis, key: str) -> None:
+    from dmd_tasks.infra.ratelimit import SmsThrottle
+
+    throttle = SmsThrottle(client, key, 10, headroom=0.0)
+    sale = f"sale-{key}"
+
+    # At 10 a second, a wait of 0.45 s covers the slots at 0, 0.1, ..., 0.4 s: five of eight
+    assert len(throttle.reserve(sale, 100, [1] * 8, timeout_seconds=0.45)) == 5
+    # and the ones not reserved were not counted: the next slot is the sixth
+    nxt = throttle.reserve(sale, 100, [1], timeout_seconds=10)[0]
+    assert 0.45 <= nxt - time.monotonic() <= 0.55
+    # When the first slot is already past the wait, nothing is reserved
+    with pytest.raises(TransientError, match="no slot within"):
+        throttle.reserve(sale, 100, [1], timeout_seconds=0.1)
+
+
+def test_a_send_under_a_batchs_leave_is_stopped_by_a_circuit_that_opened_since(client: redis.Redis, key: str) -> None:
+    from dmd_tasks.infra.circuit import ProviderPaused
+    from dmd_tasks.infra.ratelimit import SmsThrottle
+
+    throttle = SmsThrottle(client, key, 100, headroom=0.0)
+    gate = (f"{key}:open", f"{key}:tripped")
+    slot = throttle.reserve("sale", 100, [1], timeout_seconds=5)[0]
+
+    # While the circuit is closed the send goes (counted in the account's second)
+    throttle.go(slot, "sale", 100, 1, time.monotonic() + 5, gate=gate)
+    assert client.zcard(f"dmd:rate:sms:{key}:second") == 1
+    # Open: paused for what is left of the pause, nothing counted
+    client.set(gate[0], "1", px=3000)
+    with pytest.raises(ProviderPaused) as paused:
+        throttle.go(time.monotonic(), "sale", 100, 1, time.monotonic() + 5, gate=gate)
+    assert 2 < (paused.value.retry_after_seconds or 0) <= 3
+    # Half-open: a probe goes first, alone (this send asks again later)
+    client.delete(gate[0])
+    client.set(gate[1], "1", px=3000)
+    with pytest.raises(ProviderPaused, match="half-open"):
+        throttle.go(time.monotonic(), "sale", 100, 1, time.monotonic() + 5, gate=gate)
+    assert client.zcard(f"dmd:rate:sms:{key}:second") == 1

@@ -17,9 +17,9 @@ from botocore.exceptions import EndpointConnectionError
 
 from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.domain.entities import Event
-from dmd_tasks.infra.circuit import Permit
+from dmd_tasks.infra.circuit import Permit, ProviderCircuit
 from dmd_tasks.infra.deadline import Deadline
-from dmd_tasks.infra.ratelimit import PacedLimiter, SharedRateLimiter
+from dmd_tasks.infra.ratelimit import SharedRateLimiter, SmsThrottle
 from dmd_tasks.infra.settings import load_settings
 from dmd_tasks.pipeline.send_outcomes import retry_delay
 from dmd_tasks.pipeline.send_step import send_claimed
@@ -391,21 +391,69 @@ def test_every_send_takes_a_slot_of_the_limit_all_senders_share(
     box = outbox()
     ids = [box.add(f"fan{i}")[0] for i in range(3)]
     owned = claim_batch(services, ids)
-    reserved: list[tuple[str, float, int]] = []
-    real_reserve = PacedLimiter.reserve
+    reserved: list[tuple[str, float, list[int]]] = []
+    real_reserve = SmsThrottle.reserve
 
-    def spy(limiter: PacedLimiter, rate: float, timeout_seconds: float, weight: int = 1) -> float:
-        reserved.append((limiter._key, rate, weight))
-        return real_reserve(limiter, rate, timeout_seconds, weight)
+    def spy(throttle: SmsThrottle, sale_id: str, rate: float, parts: Any, timeout_seconds: float) -> list[float]:
+        reserved.append((sale_id, rate, list(parts)))
+        return real_reserve(throttle, sale_id, rate, parts, timeout_seconds)
 
-    monkeypatch.setattr(PacedLimiter, "reserve", spy)
+    monkeypatch.setattr(SmsThrottle, "reserve", spy)
+    seconds, micros = services.redis.time()
+    before_us = seconds * 1_000_000 + micros
 
     assert [send_claimed(services, nid, item, set()) for nid, item in owned] == ["sent"] * 3
 
-    # each send: one message of the sale's rate, then one part of the account's cap
-    account = f"dmd:rate:sms:{sms_account(services.settings)}"
-    cap = services.settings.sms_account_parts_per_second
-    assert reserved == [(f"dmd:rate:sale:{box.sale_id}", 50, 1), (account, cap, 1)] * 3  # the outbox: 50/s
+    # each send on its own: one reservation of one message at the sale's rate (the outbox: 50/s)
+    assert reserved == [(box.sale_id, 50, [1])] * 3
+    # ... on both paces: the sale's moved by 3 × 1/50 s, the account's by 3 × (1 + headroom) / cap
+    settings = services.settings
+    campaign_next = int(services.redis.get(f"dmd:rate:sale:{box.sale_id}") or 0)
+    account_next = int(services.redis.get(f"dmd:rate:sms:{sms_account(settings)}") or 0)
+    assert campaign_next - before_us >= 3 * 20_000
+    spacing_us = (1 + settings.sms_account_headroom) * 1_000_000 / settings.sms_account_parts_per_second
+    assert account_next - before_us >= 3 * spacing_us - 1
+
+
+def test_a_batch_asks_the_circuit_once_reserves_once_and_tells_its_successes_together(
+    services: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch of five scheduled notifications of one sale, and a closed circuit
+    box = outbox()
+    ids = [box.add(f"fan{i}")[0] for i in range(5)]
+    circuit = services.sms_router.primary.circuit
+    clear_circuits()
+    reserved: list[list[int]] = []
+    asked: list[int] = []
+    recorded: list[int] = []
+    real_reserve, real_before, real_outcome = SmsThrottle.reserve, ProviderCircuit.before_call, ProviderCircuit._outcome
+
+    def spy_reserve(throttle: SmsThrottle, sale_id: str, rate: float, parts: Any, timeout: float) -> list[float]:
+        reserved.append(list(parts))
+        return real_reserve(throttle, sale_id, rate, parts, timeout)
+
+    def spy_before(self: ProviderCircuit) -> Permit:
+        asked.append(1)
+        return real_before(self)
+
+    def spy_outcome(self: ProviderCircuit, permit: Permit, ok: bool, earlier: int = 0) -> int:
+        recorded.append(earlier + 1)
+        return real_outcome(self, permit, ok, earlier)
+
+    monkeypatch.setattr(SmsThrottle, "reserve", spy_reserve)
+    monkeypatch.setattr(ProviderCircuit, "before_call", spy_before)
+    monkeypatch.setattr(ProviderCircuit, "_outcome", spy_outcome)
+
+    # When the send task runs it
+    assert send_notifications.run(ids) == {"sent": 5, "skipped": 0}
+
+    # Then one reservation covered the five, the circuit was asked once, and told of five
+    # successes in one round trip (its window counts them all)
+    assert reserved == [[1] * 5]
+    assert len(asked) == 1
+    assert recorded == [5]
+    assert circuit.window_counts() == (5, 0)
+    assert all(box.item(f"fan{i}")["status"] == "sent" for i in range(5))
 
 
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:
