@@ -276,30 +276,21 @@ class SmsThrottle:
         the provider at once."""
         deadline = time.monotonic() + timeout_seconds
         slot = self.reserve(sale_id, campaign_rate, [parts], timeout_seconds)[0]
-        self.go(slot, sale_id, campaign_rate, parts, deadline)
+        self.go(slot, parts, deadline)
 
-    def go(
-        self,
-        slot: float,
-        sale_id: str,
-        campaign_rate: float,
-        parts: int,
-        deadline: float,
-        gate: tuple[str, str] | None = None,
-    ) -> None:
-        """Sleep until ``slot`` (reserved), then the last check before the call. A slot missed by
-        more than half the headroom (a loaded machine woke the sender late) is not used: it
-        would come closer to the sends after it than the provider's second allows; the next
-        free one is taken instead (once: the second is kept, however late). ``gate``: the
-        provider circuit's open and tripped keys, checked in the same round trip (ProviderPaused
-        while it is open or half-open)."""
+    def go(self, slot: float, parts: int, deadline: float, gate: tuple[str, str] | None = None) -> None:
+        """Sleep until ``slot`` (reserved), then the last check before the call: the account's
+        second decides. A send that comes to its slot late (a loaded machine, or a batch's send
+        whose thread was busy with the one before) could come close to the sends after it; the
+        second holds it back when that would put more than the cap in the provider's second,
+        and lets it go at once otherwise (a new slot would cost a round trip and waste this
+        one). Late sends are counted (``dmd_send_slots_missed_total``). ``gate``: the provider
+        circuit's open and tripped keys, checked in the same round trip (ProviderPaused while it
+        is open or half-open)."""
         if (wait := slot - time.monotonic()) > 0:
             time.sleep(wait)
         if time.monotonic() - slot > self._late_seconds:
             SEND_SLOTS_MISSED.labels("account").inc()
-            slot = self.reserve(sale_id, campaign_rate, [parts], max(0.0, deadline - time.monotonic()))[0]
-            if (wait := slot - time.monotonic()) > 0:
-                time.sleep(wait)
         self._last(parts, deadline, gate)
 
     def _last(self, parts: int, deadline: float, gate: tuple[str, str] | None) -> None:

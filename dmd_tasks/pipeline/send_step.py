@@ -154,7 +154,7 @@ def _permit(
             route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=settings.send_rate_wait_seconds)
         else:
             until = time.monotonic() + settings.send_rate_wait_seconds
-            route.throttle.go(slot, owned.sale_id, rate, message.parts, until, gate=route.circuit.gate_keys)
+            route.throttle.go(slot, message.parts, until, gate=route.circuit.gate_keys)
         if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
             # The provider call could outlive our lease (this process was paused): give it back.
             raise NotAttempted("send lease nearly over before the provider call")

@@ -316,16 +316,16 @@ def test_a_send_under_a_batchs_leave_is_stopped_by_a_circuit_that_opened_since(c
     slot = throttle.reserve("sale", 100, [1], timeout_seconds=5)[0]
 
     # While the circuit is closed the send goes (counted in the account's second)
-    throttle.go(slot, "sale", 100, 1, time.monotonic() + 5, gate=gate)
+    throttle.go(slot, 1, time.monotonic() + 5, gate=gate)
     assert client.zcard(f"dmd:rate:sms:{key}:second") == 1
     # Open: paused for what is left of the pause, nothing counted
     client.set(gate[0], "1", px=3000)
     with pytest.raises(ProviderPaused) as paused:
-        throttle.go(time.monotonic(), "sale", 100, 1, time.monotonic() + 5, gate=gate)
+        throttle.go(time.monotonic(), 1, time.monotonic() + 5, gate=gate)
     assert 2 < (paused.value.retry_after_seconds or 0) <= 3
     # Half-open: a probe goes first, alone (this send asks again later)
     client.delete(gate[0])
     client.set(gate[1], "1", px=3000)
     with pytest.raises(ProviderPaused, match="half-open"):
-        throttle.go(time.monotonic(), "sale", 100, 1, time.monotonic() + 5, gate=gate)
+        throttle.go(time.monotonic(), 1, time.monotonic() + 5, gate=gate)
     assert client.zcard(f"dmd:rate:sms:{key}:second") == 1
