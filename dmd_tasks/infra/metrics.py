@@ -5,9 +5,10 @@ Every process (bridges, worker children, beat, API) writes its samples to files 
 its start; ``dmd metrics`` (``dmd_tasks.ops.metrics_server``) serves them aggregated at
 ``/metrics``. Names and labels: docs/operations.md.
 
-Every metric has labels, so no sample exists before its first ``labels()`` call: a process
-picks the directory at start-up, whatever imported prometheus_client before it (the
-``celery`` command loads Flower's plugin, which imports it first), under any process manager.
+A labelled metric makes no sample before its first ``labels()`` call, and ``use_directory`` makes
+the one value of each metric without labels again: so a process picks the directory at start-up,
+whatever imported prometheus_client before it (the ``celery`` command loads Flower's plugin, which
+imports it first), under any process manager.
 
 Files are named by host and pid (``counter_<host>-<pid>.db``), not by pid alone: containers
 sharing one folder all run their command under the same pid. Stale files (gauges of a process
@@ -151,6 +152,10 @@ DYNAMODB_READ_UNITS = Counter(
     ["operation"],
 )
 
+#: The metrics without labels. Their one value is made when they are declared, in memory unless a
+#: directory was already set; ``use_directory`` makes it again in the files.
+UNLABELLED: tuple[Counter, ...] = (BEAT_SCHEDULE_RESTORED, SEND_WINDOW_HELD)
+
 
 #: This process's host, as its sample files name it (set by ``use_directory``).
 _host = ""
@@ -175,6 +180,8 @@ def use_directory(directory: Path, process: str | None = None) -> None:
     _host = host = host_name()
     clear_stale(directory, starting=True)
     values.ValueClass = values.MultiProcessValue(lambda: f"{host}-{os.getpid()}")
+    for metric in UNLABELLED:
+        metric._metric_init()  # prometheus_client's own (re)initialisation: the value, now file-backed
     if process:
         PROCESS_UP.labels(process).set(1)
 
