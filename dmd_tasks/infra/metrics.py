@@ -89,6 +89,18 @@ PROVIDER_CIRCUIT = Counter(
     "Changes of a provider's circuit: opened, reopened, throttled (a 429 paused sending), probe, closed.",
     ["provider", "event"],
 )
+SMS_PARTS_SENT = Counter(
+    "dmd_sms_parts_sent_total",
+    "SMS parts of the sends a provider accepted (recorded sent), by provider account: its cap counts parts.",
+    ["provider"],
+)
+SEND_DELAY = Histogram(
+    "dmd_send_delay_seconds",
+    "Seconds from when a notification was due (its sendAfter: written at its sale's notifyAt, or the "
+    "end of its fan's quiet hours) to the provider accepting its SMS, by provider account.",
+    ["provider"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
 SEND_WINDOW_HELD = Counter(
     "dmd_send_window_held_total",
     "SMS sends held back after their paced slot: the account's last second (plus the headroom) "
