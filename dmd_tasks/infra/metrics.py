@@ -5,9 +5,10 @@ Every process (bridges, worker children, beat, API) writes its samples to files 
 its start; ``dmd metrics`` (``dmd_tasks.ops.metrics_server``) serves them aggregated at
 ``/metrics``. Names and labels: docs/operations.md.
 
-Every metric has labels, so no sample exists before its first ``labels()`` call: a process
-picks the directory at start-up, whatever imported prometheus_client before it (the
-``celery`` command loads Flower's plugin, which imports it first), under any process manager.
+A labelled metric makes no sample before its first ``labels()`` call, and ``use_directory`` makes
+the one value of each metric without labels again: so a process picks the directory at start-up,
+whatever imported prometheus_client before it (the ``celery`` command loads Flower's plugin, which
+imports it first), under any process manager.
 
 Files are named by host and pid (``counter_<host>-<pid>.db``), not by pid alone: containers
 sharing one folder all run their command under the same pid. Stale files (gauges of a process
@@ -88,6 +89,18 @@ PROVIDER_CIRCUIT = Counter(
     "Changes of a provider's circuit: opened, reopened, throttled (a 429 paused sending), probe, closed.",
     ["provider", "event"],
 )
+SMS_PARTS_SENT = Counter(
+    "dmd_sms_parts_sent_total",
+    "SMS parts of the sends a provider accepted (recorded sent), by provider account: its cap counts parts.",
+    ["provider"],
+)
+SEND_DELAY = Histogram(
+    "dmd_send_delay_seconds",
+    "Seconds from when a notification was due (its sendAfter: written at its sale's notifyAt, or the "
+    "end of its fan's quiet hours) to the provider accepting its SMS, by provider account.",
+    ["provider"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
 SEND_WINDOW_HELD = Counter(
     "dmd_send_window_held_total",
     "SMS sends held back after their paced slot: the account's last second (plus the headroom) "
@@ -151,6 +164,10 @@ DYNAMODB_READ_UNITS = Counter(
     ["operation"],
 )
 
+#: The metrics without labels. Their one value is made when they are declared, in memory unless a
+#: directory was already set; ``use_directory`` makes it again in the files.
+UNLABELLED: tuple[Counter, ...] = (BEAT_SCHEDULE_RESTORED, SEND_WINDOW_HELD)
+
 
 #: This process's host, as its sample files name it (set by ``use_directory``).
 _host = ""
@@ -175,6 +192,8 @@ def use_directory(directory: Path, process: str | None = None) -> None:
     _host = host = host_name()
     clear_stale(directory, starting=True)
     values.ValueClass = values.MultiProcessValue(lambda: f"{host}-{os.getpid()}")
+    for metric in UNLABELLED:
+        metric._metric_init()  # prometheus_client's own (re)initialisation: the value, now file-backed
     if process:
         PROCESS_UP.labels(process).set(1)
 

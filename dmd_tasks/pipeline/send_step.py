@@ -118,6 +118,8 @@ def _send_claimed(
         traceparent=tracing.current_traceparent(),
         parts=message.parts,
         encoding=message.encoding,
+        account=route.circuit.provider,
+        due=float(owned.item["sendAfter"]) if "sendAfter" in owned.item else None,
     )
     own = records or SentRecords(services.notifications)
     own.add(sent, route.provider.capabilities.idempotent)

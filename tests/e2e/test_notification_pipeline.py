@@ -25,6 +25,7 @@ from dmd_tasks.ops import dlq as deadletter
 from dmd_tasks.ops.demo import PIPELINE_PROCESSES
 from dmd_tasks.ops.progress import count_by_status
 from dmd_tasks.ops.stack import ProcessGroup
+from dmd_tasks.services import sms_account
 from dmd_tasks.store.campaigns import open_campaign_store
 from dmd_tasks.store.codec import iso
 from dmd_tasks.store.demand import DemandRecords
@@ -409,3 +410,10 @@ def test_the_metrics_endpoint_shows_the_transitions_of_a_run(pipeline, records, 
     assert 'dmd_bridge_lag_seconds{bridge="bridge-demand"}' in text
     assert 'dmd_dlq_depth{queue="send"}' in text
     assert value('dmd_tasks_total{state="success",task="dmd_tasks.send.send_notifications"}') >= 1
+    # what the board compares: the parts sent against the account's cap, and how late they went
+    account = sms_account(settings)
+    assert value(f'dmd_sms_parts_sent_total{{provider="{account}"}}') >= 5
+    assert value(f'dmd_send_delay_seconds_count{{provider="{account}"}}') >= 5
+    assert value(f'dmd_sms_cap_parts_per_second{{provider="{account}"}}') == settings.sms_account_parts_per_second
+    assert f'dmd_sms_circuit_state{{provider="{account}"}}' in text
+    assert 'dmd_queue_depth{queue="send"}' in text and 'dmd_queue_in_flight{queue="send"}' in text

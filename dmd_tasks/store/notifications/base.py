@@ -57,6 +57,10 @@ class Sent:
     traceparent: str | None = None
     parts: int = 1
     encoding: str = "GSM-7"
+    #: the provider account that took it (as its cap and circuit name it)
+    account: str | None = None
+    #: when it was due (its ``sendAfter``), for ``dmd_send_delay_seconds``
+    due: float | None = None
 
 
 class NotificationStore:

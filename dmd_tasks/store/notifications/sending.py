@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS
+from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, SEND_DELAY, SMS_PARTS_SENT
 from dmd_tasks.store.codec import epoch_key, iso
 from dmd_tasks.store.keys import (
     MESSAGE_INDEX_SK,
@@ -138,7 +138,9 @@ class Sending(NotificationStore):
 
     def mark_sent_many(self, sends: Sequence[Sent]) -> list[Sent]:
         """``mark_sent`` for many sends, up to 100 to a request, each fenced by its own lease token.
-        Returns the ones written (the others lost their lease, or were settled, meanwhile)."""
+        Returns the ones written (the others lost their lease, or were settled, meanwhile); their
+        parts and how late after being due they went are counted (``dmd_sms_parts_sent_total``,
+        ``dmd_send_delay_seconds``)."""
         writes = [
             (
                 f"{n}",
@@ -164,8 +166,13 @@ class Sending(NotificationStore):
             )
             for n, sent in enumerate(sends)
         ]
-        written = self._move_many(writes, SENDING, SENT, f"{len(writes)} sent")
-        return [sends[int(n)] for n in written]
+        written = [sends[int(n)] for n in self._move_many(writes, SENDING, SENT, f"{len(writes)} sent")]
+        for sent in written:
+            account = sent.account or "unknown"
+            SMS_PARTS_SENT.labels(account).inc(sent.parts)
+            if sent.due is not None:
+                SEND_DELAY.labels(account).observe(max(0.0, sent.at - sent.due))
+        return written
 
     def mark_calling(self, sale_id: str, fan_id: str, provider: str, now: float, lease_token: str | None) -> bool:
         """Record, by the lease holder, that the call to ``provider`` (one without idempotency) is

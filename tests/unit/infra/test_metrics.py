@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from dmd_tasks.infra import metrics
+from tests.exported import exported
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -167,3 +168,14 @@ def test_a_starting_process_clears_the_gauges_an_earlier_process_of_its_pid_left
     assert metrics.clear_stale(tmp_path) == []  # the exporter's scrape: a live pid is kept
     assert metrics.clear_stale(tmp_path, starting=True) == [earlier.name]
     assert counter.exists()
+
+
+def test_every_family_the_code_declares_reaches_the_exporter(settings, tmp_path: Path) -> None:
+    # a process that imported every module (and prometheus_client) before it picked its directory,
+    # and wrote one sample of each family, labelled or not: the exporter serves every one
+    found = exported(settings, tmp_path)
+
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")
+    missing = [name for name in found.declared if not any(name + suffix in found.samples for suffix in suffixes)]
+    assert "dmd_send_window_held" in found.declared and "dmd_notification_transitions" in found.declared
+    assert missing == []

@@ -1,5 +1,6 @@
-"""``dmd metrics``' registry: samples every process wrote to the metrics directory, aggregated, and
-the dead-letter queue depths read from SQS (moto) when scraped."""
+"""``dmd metrics``' registry: samples every process wrote to the metrics directory, aggregated, the
+queue and dead-letter queue depths read from SQS (moto) when scraped, and each SMS provider's
+circuit (the session's Redis) and cap."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dmd_tasks.infra import aws, topology
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.ops.metrics_server import registry
+from dmd_tasks.services import Services, sms_account
 
 WRITER = textwrap.dedent(
     """
@@ -35,8 +37,16 @@ def write_samples(directory: Path, bridge: str, enqueued: int) -> None:
     subprocess.run([sys.executable, "-c", WRITER, str(directory), bridge, str(enqueued)], check=True, timeout=60)
 
 
-def samples(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry(settings).collect() for s in m.samples}
+def samples(
+    settings: Settings, services: Services | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = registry(settings, services).collect()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in found for s in m.samples}
+
+
+def by_label(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric: str) -> dict[str, float]:
+    """The samples of ``metric`` by the value of their one label."""
+    return {labels[0][1]: value for (name, labels), value in found.items() if name == metric}
 
 
 def test_samples_written_by_other_processes_are_added_up(settings, stack, tmp_path: Path) -> None:
@@ -86,3 +96,59 @@ def test_every_dead_letter_queue_provisioned_is_reported(queues, tmp_path) -> No
     depths = {dict(labels)["queue"]: v for (name, labels), v in samples(mine).items() if name == "dmd_dlq_depth"}
 
     assert depths == dict.fromkeys(topology.DLQ_OWNERS, 0.0)
+
+
+def test_queue_depths_count_waiting_and_in_flight_messages_per_queue(queues, tmp_path) -> None:
+    # Given three tasks waiting in the send queue, one of which a worker has received
+    mine = queues.settings.model_copy(update={"metrics_dir_override": tmp_path / "metrics"})
+    (tmp_path / "metrics").mkdir()
+    sqs, url = aws.client("sqs", mine), topology.queue_url(mine, "send")
+    for n in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"task {n}")
+    assert len(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)["Messages"]) == 1
+
+    # When the registry is scraped
+    found = samples(mine)
+
+    # Then every provisioned queue has its depth, the intake queues (not provisioned here) none
+    assert by_label(found, "dmd_queue_depth") == {**dict.fromkeys(topology.QUEUE_NAMES, 0.0), "send": 2.0}
+    assert by_label(found, "dmd_queue_in_flight") == {**dict.fromkeys(topology.QUEUE_NAMES, 0.0), "send": 1.0}
+
+
+def test_the_intake_queues_dead_letters_are_reported_too(settings, stack, tmp_path) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}-"
+    mine = settings.model_copy(update={"queue_name_prefix": prefix, "metrics_dir_override": tmp_path / "metrics"})
+    (tmp_path / "metrics").mkdir()
+    sqs = aws.client("sqs", mine)
+    dlq = sqs.create_queue(QueueName=topology.dlq_name(mine, "intake-sms-events"))["QueueUrl"]
+    try:
+        sqs.send_message(QueueUrl=dlq, MessageBody="an event bridge-sqs could not hand on")
+
+        assert by_label(samples(mine), "dmd_dlq_depth") == {"intake-sms-events": 1.0}
+    finally:
+        sqs.delete_queue(QueueUrl=dlq)
+
+
+def test_each_providers_circuit_is_read_from_redis_and_its_cap_from_the_settings(settings, stack, tmp_path) -> None:
+    # Given a provider account of this test's own, whose circuit a 429 has just opened
+    mine = settings.model_copy(
+        update={
+            "sms_sender_id": f"t{uuid.uuid4().hex[:8]}",
+            "sms_account_parts_per_second": 37.0,
+            "metrics_dir_override": tmp_path / "metrics",
+        }
+    )
+    (tmp_path / "metrics").mkdir()
+    account = sms_account(mine)
+    services = Services(mine)
+    assert by_label(samples(mine, services), "dmd_sms_circuit_state") == {account: 0.0}  # closed
+    circuit = services.sms_circuit
+    circuit.throttled(circuit.before_call(), 30)
+
+    # When the registry is scraped
+    found = samples(mine, services)
+
+    # Then the circuit is open (2) and the cap is the account's
+    assert by_label(found, "dmd_sms_circuit_state") == {account: 2.0}
+    assert by_label(found, "dmd_sms_cap_parts_per_second") == {account: 37.0}
+    services.redis.delete(*services.redis.keys(f"dmd:circuit:{account}*"))

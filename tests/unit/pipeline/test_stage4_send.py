@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from botocore.exceptions import EndpointConnectionError
+from prometheus_client import REGISTRY
 
 from dmd_tasks.domain.campaigns import SendWindow
 from dmd_tasks.domain.entities import Event
@@ -274,9 +275,18 @@ def test_a_sent_notification_records_its_parts_and_encoding(
 ) -> None:
     box = outbox(template=template.encode().decode("unicode_escape"))
     nid, _ = box.add("fan1")
+    account = {"provider": sms_account(services.settings)}  # as its cap and circuit name it
+    parts_before = REGISTRY.get_sample_value("dmd_sms_parts_sent_total", account) or 0
+    sends_before = REGISTRY.get_sample_value("dmd_send_delay_seconds_count", account) or 0
+    late_before = REGISTRY.get_sample_value("dmd_send_delay_seconds_sum", account) or 0
     assert send_claimed(services, nid, claim_one(services, nid), set()) == "sent"
     sent = box.item("fan1")
     assert (sent["encoding"], sent["parts"]) == (encoding, parts)
+    assert REGISTRY.get_sample_value("dmd_sms_parts_sent_total", account) == parts_before + parts
+    # counted from its sendAfter (a second or two before: the outbox writes it due already)
+    assert REGISTRY.get_sample_value("dmd_send_delay_seconds_count", account) == sends_before + 1
+    late = (REGISTRY.get_sample_value("dmd_send_delay_seconds_sum", account) or 0) - late_before
+    assert 1 <= late < 30
 
 
 def test_a_message_over_the_part_limit_fails_with_the_reason(stack, outbox: Outboxes, sim) -> None:

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from dmd_tasks.infra.settings import Settings
 from dmd_tasks.store.codec import epoch_key, iso
 from dmd_tasks.store.keys import notification_key, pending_index, pending_sort, scheduled_index, sending_index
-from dmd_tasks.store.notifications import NotificationRecords
+from dmd_tasks.store.notifications import NotificationRecords, Sent
 from dmd_tasks.store.table import DemandTable
 
 NOW = 1_795_600_800.0
@@ -216,6 +216,25 @@ def test_mark_sent_records_the_message_id_and_indexes_it(table: DemandTable, rec
     assert not {"gsi1pk", "gsi1sk", "leaseUntil", "leaseToken"} & set(item)
     assert records.find_by_message_id(message_id) == (sale_id, "fan-9")
     assert records.find_by_message_id(f"SM{uuid.uuid4().hex}") is None
+
+
+def test_sends_written_sent_count_their_parts_and_how_late_after_due_they_went(
+    table: DemandTable, records: NotificationRecords
+) -> None:
+    sale_id, account = new_sale(), f"sms:t{uuid.uuid4().hex[:8]}"
+    mine, other = claimed(table, records, sale_id, "fan1"), claimed(table, records, sale_id, "fan2")
+    took = Sent(sale_id, "fan1", f"SM{uuid.uuid4().hex}", NOW + 42, mine, parts=3, account=account, due=NOW)
+    lost = Sent(sale_id, "fan2", f"SM{uuid.uuid4().hex}", NOW + 42, other + "x", parts=5, account=account, due=NOW)
+
+    assert records.mark_sent_many([took, lost]) == [took]  # the other's lease is not its writer's
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"provider": account})
+
+    assert sample("dmd_sms_parts_sent_total") == 3
+    assert (sample("dmd_send_delay_seconds_count"), sample("dmd_send_delay_seconds_sum")) == (1, 42)
+    assert REGISTRY.get_sample_value("dmd_send_delay_seconds_bucket", {"provider": account, "le": "30.0"}) == 0
+    assert REGISTRY.get_sample_value("dmd_send_delay_seconds_bucket", {"provider": account, "le": "60.0"}) == 1
 
 
 def test_mark_retry_puts_it_back_to_scheduled_with_one_more_attempt(
