@@ -47,6 +47,7 @@ CLAIMED_FIELDS = (
     "eventId",
     "timezone",
     "expiresAt",
+    "sendAfter",
     "attempts",
     "pinnedProvider",
     "leaseToken",

@@ -454,6 +454,9 @@ def test_a_batch_asks_the_circuit_once_reserves_once_and_tells_its_successes_tog
     monkeypatch.setattr(ProviderCircuit, "before_call", spy_before)
     monkeypatch.setattr(ProviderCircuit, "_outcome", spy_outcome)
 
+    account = {"provider": sms_account(services.settings)}
+    delays_before = REGISTRY.get_sample_value("dmd_send_delay_seconds_count", account) or 0
+
     # When the send task runs it
     assert send_notifications.run(ids) == {"sent": 5, "skipped": 0}
 
@@ -464,6 +467,8 @@ def test_a_batch_asks_the_circuit_once_reserves_once_and_tells_its_successes_tog
     assert recorded == [5]
     assert circuit.window_counts() == (5, 0)
     assert all(box.item(f"fan{i}")["status"] == "sent" for i in range(5))
+    # what the claim read back was enough to count how late each went after it was due
+    assert REGISTRY.get_sample_value("dmd_send_delay_seconds_count", account) == delays_before + 5
 
 
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:
