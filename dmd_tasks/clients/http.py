@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from dmd_tasks.domain.errors import OutcomeUnknown, PermanentError, RateLimited, TransientError
 from dmd_tasks.infra.metrics import PROVIDER_RESPONSES
@@ -101,26 +106,71 @@ def request(
     except requests.ConnectionError as exc:
         PROVIDER_RESPONSES.labels(provider, "connection").inc()
         raise TransientError(f"{what}: connection failed") from exc
-    PROVIDER_RESPONSES.labels(provider, str(response.status_code)).inc()
-    if response.status_code == 429:
-        raise RateLimited(
-            f"{what}: rate limited (429)", retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After"))
-        )
-    if response.status_code >= 500:
-        raise TransientError(
-            f"{what}: upstream error {response.status_code}",
-            retry_after_seconds=retry_after_seconds(response.headers.get("Retry-After")),
-        )
-    if response.status_code >= 400:
-        raise UpstreamRefused(
-            f"{what}: refused with {response.status_code} {_short_reason(response)}".rstrip(), response.status_code
-        )
+    _check_status(what, provider, response.status_code, response.headers, response.json)
     return response
 
 
-def _short_reason(response: requests.Response) -> str:
+def _check_status(what: str, provider: str, status: int, headers: Any, body: Callable[[], Any]) -> None:
+    """Count the answer; raise what a 429, a 5xx or another 4xx means."""
+    PROVIDER_RESPONSES.labels(provider, str(status)).inc()
+    if status == 429:
+        raise RateLimited(
+            f"{what}: rate limited (429)", retry_after_seconds=retry_after_seconds(headers.get("Retry-After"))
+        )
+    if status >= 500:
+        raise TransientError(
+            f"{what}: upstream error {status}", retry_after_seconds=retry_after_seconds(headers.get("Retry-After"))
+        )
+    if status >= 400:
+        raise UpstreamRefused(f"{what}: refused with {status} {_short_reason(body)}".rstrip(), status)
+
+
+class DirectUpstream:
+    """One upstream's keep-alive connections through urllib3 itself, for the call made once per
+    SMS: requests' per-call layers (preparing the request, cookies, hooks, merging the settings)
+    were half of a provider call's CPU. Failures mean what ``request`` makes of them; proxies and
+    the CA bundle come from the environment as requests would read them, once."""
+
+    def __init__(self, base_url: str, pool_size: int = 20) -> None:
+        scheme = urlsplit(base_url).scheme
+        proxies = get_environ_proxies(base_url)
+        proxy = proxies.get(scheme) or proxies.get("all")
+        ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        self._http: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, maxsize=pool_size, retries=False, ca_certs=ca_certs)
+            if proxy
+            else urllib3.PoolManager(maxsize=pool_size, retries=False, ca_certs=ca_certs)
+        )
+
+    def post_json(
+        self, url: str, payload: Any, *, what: str, timeout: float, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        """POST ``payload`` as JSON; the answer, or TransientError / OutcomeUnknown / RateLimited /
+        UpstreamRefused as ``request`` raises them."""
+        provider = what.split(" ", 1)[0]
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        sent = {"Content-Type": "application/json", **headers}
+        try:
+            response = self._http.request("POST", url, body=body, headers=sent, timeout=timeout, retries=False)
+        except NewConnectionError as exc:  # refused, unreachable: nothing was sent
+            PROVIDER_RESPONSES.labels(provider, "connection").inc()
+            raise TransientError(f"{what}: connection failed") from exc
+        except ConnectTimeoutError as exc:  # no connection: nothing was sent
+            PROVIDER_RESPONSES.labels(provider, "connection").inc()
+            raise TransientError(f"{what}: could not connect within {timeout}s") from exc
+        except ReadTimeoutError as exc:  # sent, and no answer in time: it may have been acted on
+            PROVIDER_RESPONSES.labels(provider, "timeout").inc()
+            raise OutcomeUnknown(f"{what}: timed out after {timeout}s") from exc
+        except urllib3.exceptions.HTTPError as exc:  # reset, closed, a broken answer
+            PROVIDER_RESPONSES.labels(provider, "connection").inc()
+            raise TransientError(f"{what}: connection failed") from exc
+        _check_status(what, provider, response.status, response.headers, response.json)
+        return response
+
+
+def _short_reason(body: Callable[[], Any]) -> str:
     try:
-        body = response.json()
+        body = body()
     except ValueError:
         return ""
     if isinstance(body, dict):

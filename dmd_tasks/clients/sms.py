@@ -6,9 +6,7 @@ nothing new, so a send retried after a crash never reaches the fan twice.
 
 from __future__ import annotations
 
-import requests
-
-from dmd_tasks.clients.http import pooled_session, request
+from dmd_tasks.clients.http import DirectUpstream
 from dmd_tasks.domain.errors import PermanentError
 from dmd_tasks.infra.settings import Settings
 
@@ -21,13 +19,12 @@ class SmsClient:
         *,
         sender_id: str = "DMD",
         timeout_seconds: float = 5.0,
-        session: requests.Session | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/sms/v1/messages"
         self._auth = f"Bearer {api_key}"
         self._sender = sender_id
         self._timeout = timeout_seconds
-        self._session = session or pooled_session()
+        self._upstream = DirectUpstream(base_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmsClient:
@@ -39,13 +36,11 @@ class SmsClient:
         )
 
     def send(self, to: str, body: str, *, idempotency_key: str) -> str:
-        response = request(
-            self._session,
-            "POST",
+        response = self._upstream.post_json(
             self._url,
+            {"to": to, "from": self._sender, "body": body, "reference": idempotency_key},
             what="sms send",
             timeout=self._timeout,
-            json={"to": to, "from": self._sender, "body": body, "reference": idempotency_key},
             headers={"Authorization": self._auth, "Idempotency-Key": idempotency_key},
         )
         try:

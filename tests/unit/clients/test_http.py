@@ -56,3 +56,18 @@ class _Unreadable(dict[str, str]):
 
     def __iter__(self) -> Any:
         raise AssertionError("the environment was read again")
+
+
+def test_the_direct_upstream_goes_through_the_environments_proxy_unless_its_host_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import urllib3
+
+    from dmd_tasks.clients.http import DirectUpstream
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "sms.internal")
+    proxied = DirectUpstream("https://sms.example.com")._http
+    assert isinstance(proxied, urllib3.ProxyManager) and proxied.proxy is not None
+    assert proxied.proxy.host == "proxy.internal" and proxied.proxy.port == 3128
+    assert not isinstance(DirectUpstream("https://sms.internal")._http, urllib3.ProxyManager)
