@@ -111,6 +111,8 @@ def _broker(settings: Settings) -> dict[str, Any]:
                 "connect_timeout": settings.aws_connect_timeout_seconds,
                 "read_timeout": max(settings.aws_read_timeout_seconds, settings.sqs_wait_time_seconds + 5),
                 "retries": {"mode": "standard", "max_attempts": 3},
+                # the messages are built by Celery and kombu, not from input (as in aws.client)
+                "parameter_validation": False,
             },
         },
         "broker_connection_retry_on_startup": True,
