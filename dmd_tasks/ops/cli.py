@@ -179,11 +179,16 @@ def api() -> None:
 
 
 @main.command()
-def metrics() -> None:
+@click.option(
+    "--no-dlq-depth",
+    is_flag=True,
+    help="leave out dmd_dlq_depth (no SQS request per scrape): for an exporter beside each process",
+)
+def metrics(no_dlq_depth: bool) -> None:
     """Serve every process's Prometheus metrics, aggregated, at http://DMD_METRICS_HOST:DMD_METRICS_PORT/metrics."""
     from dmd_tasks.ops.metrics_server import serve  # prometheus_client's server only where it runs
 
-    serve(get_settings())
+    serve(get_settings(), dlq_depth=not no_dlq_depth)
 
 
 @main.command()

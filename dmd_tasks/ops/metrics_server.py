@@ -47,16 +47,20 @@ class ProcessSamples(MultiProcessCollector):
         return super().collect()
 
 
-def registry(settings: Settings) -> CollectorRegistry:
-    """Everything every process wrote (in ``settings.metrics_dir``), plus the dead-letter depths."""
+def registry(settings: Settings, *, dlq_depth: bool = True) -> CollectorRegistry:
+    """Everything every process wrote (in ``settings.metrics_dir``), plus the dead-letter depths
+    unless ``dlq_depth`` is False (an exporter beside each process, on ECS: one exporter of the
+    deployment reads them, not one per task)."""
     reg = CollectorRegistry()
     ProcessSamples(reg, path=str(settings.metrics_dir.resolve()))
-    reg.register(DeadLetterDepth(settings))
+    if dlq_depth:
+        reg.register(DeadLetterDepth(settings))
     return reg
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, dlq_depth: bool = True) -> None:
     """Serve /metrics on ``metrics_host:metrics_port`` until killed."""
     start_process(settings, "metrics", trace=False)
-    server = make_server(settings.metrics_host, settings.metrics_port, make_wsgi_app(registry(settings)))
+    app = make_wsgi_app(registry(settings, dlq_depth=dlq_depth))
+    server = make_server(settings.metrics_host, settings.metrics_port, app)
     server.serve_forever()

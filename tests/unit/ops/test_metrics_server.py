@@ -86,3 +86,19 @@ def test_every_dead_letter_queue_provisioned_is_reported(queues, tmp_path) -> No
     depths = {dict(labels)["queue"]: v for (name, labels), v in samples(mine).items() if name == "dmd_dlq_depth"}
 
     assert depths == dict.fromkeys(topology.DLQ_OWNERS, 0.0)
+
+
+def test_an_exporter_without_dead_letter_depths_serves_the_samples_only(settings, tmp_path: Path) -> None:
+    # Given a process that counted into the directory an exporter beside it reads (a task on ECS)
+    mine = settings.model_copy(update={"metrics_dir_override": tmp_path / "metrics"})
+    write_samples(mine.metrics_dir, "bridge-y", 2)
+
+    # When that exporter, which leaves the queue depths to the deployment's own exporter, is scraped
+    families = {m.name: m for m in registry(mine, dlq_depth=False).collect()}
+
+    # Then it serves the process's samples, and no dead-letter depth at all (no SQS request)
+    assert "dmd_dlq_depth" not in families
+    records = families["dmd_bridge_records"].samples
+    assert [(s.labels, s.value) for s in records if s.name.endswith("_total")] == [
+        ({"bridge": "bridge-y", "outcome": "enqueued"}, 2.0)
+    ]
