@@ -54,7 +54,8 @@ test: setup lint unit
 
 ## make lint: ruff (lint + format) and mypy, configured in pyproject.toml; docs/settings.md against the
 ## model; imports down the layers only (dmd_tasks/ops/layers.py); modules and functions of one size
-## (dmd_tasks/ops/sizes.py)
+## (dmd_tasks/ops/sizes.py); the CloudFormation template against CloudFormation's schemas (cfn-lint,
+## warnings included; a rule ignored says why in the template's Metadata)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,6 +63,7 @@ lint: setup
 	$(BIN)/python -m dmd_tasks.ops.settings_doc --check
 	$(BIN)/python -m dmd_tasks.ops.layers
 	$(BIN)/python -m dmd_tasks.ops.sizes
+	$(BIN)/cfn-lint deploy/cloudformation/dmd.yaml
 
 ## make chaos: the fault suite (kills, freezes, lost messages, a re-saved sale, Redis / AWS / the
 ## provider down, Redis back empty, AWS slow, the provider throttling everything), figures printed

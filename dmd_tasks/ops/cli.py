@@ -179,11 +179,17 @@ def api() -> None:
 
 
 @main.command()
-def metrics() -> None:
+@click.option(
+    "--samples-only",
+    is_flag=True,
+    help="serve this host's processes' samples only, not the queue depths and circuits the deployment "
+    "shares (no SQS or Redis request per scrape): for an exporter beside each process",
+)
+def metrics(samples_only: bool) -> None:
     """Serve every process's Prometheus metrics, aggregated, at http://DMD_METRICS_HOST:DMD_METRICS_PORT/metrics."""
     from dmd_tasks.ops.metrics_server import serve  # prometheus_client's server only where it runs
 
-    serve(get_settings())
+    serve(get_settings(), shared=not samples_only)
 
 
 @main.command()

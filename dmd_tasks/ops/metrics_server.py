@@ -127,18 +127,22 @@ class ProcessSamples(MultiProcessCollector):
         return super().collect()
 
 
-def registry(settings: Settings, services: Services | None = None) -> CollectorRegistry:
-    """Everything every process wrote (in ``settings.metrics_dir``), plus the queue depths and the
-    providers' circuits (through ``services``: by default, those of ``settings``)."""
+def registry(settings: Settings, services: Services | None = None, *, shared: bool = True) -> CollectorRegistry:
+    """Everything every process wrote (in ``settings.metrics_dir``), plus, unless ``shared`` is
+    False, what the deployment shares: the queue depths and the providers' circuits (through
+    ``services``: by default, those of ``settings``). An exporter beside each process (a task on
+    ECS) leaves those to the deployment's own exporter: no SQS or Redis request per task's scrape."""
     reg = CollectorRegistry()
     ProcessSamples(reg, path=str(settings.metrics_dir.resolve()))
-    reg.register(QueueDepths(settings))
-    reg.register(ProviderCircuits(services or Services(settings)))
+    if shared:
+        reg.register(QueueDepths(settings))
+        reg.register(ProviderCircuits(services or Services(settings)))
     return reg
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, shared: bool = True) -> None:
     """Serve /metrics on ``metrics_host:metrics_port`` until killed."""
     start_process(settings, "metrics", trace=False)
-    server = make_server(settings.metrics_host, settings.metrics_port, make_wsgi_app(registry(settings)))
+    app = make_wsgi_app(registry(settings, shared=shared))
+    server = make_server(settings.metrics_host, settings.metrics_port, app)
     server.serve_forever()

@@ -152,3 +152,21 @@ def test_each_providers_circuit_is_read_from_redis_and_its_cap_from_the_settings
     assert by_label(found, "dmd_sms_circuit_state") == {account: 2.0}
     assert by_label(found, "dmd_sms_cap_parts_per_second") == {account: 37.0}
     services.redis.delete(*services.redis.keys(f"dmd:circuit:{account}*"))
+
+
+def test_an_exporter_beside_a_process_serves_its_samples_only(settings, tmp_path: Path) -> None:
+    # Given a process that counted into the directory an exporter beside it reads (a task on ECS)
+    mine = settings.model_copy(update={"metrics_dir_override": tmp_path / "metrics"})
+    write_samples(mine.metrics_dir, "bridge-y", 2)
+
+    # When that exporter, which leaves the queue depths and circuits to the deployment's own
+    # exporter, is scraped
+    families = {m.name: m for m in registry(mine, shared=False).collect()}
+
+    # Then it serves the process's samples, and no queue depth or circuit at all (no SQS or Redis request)
+    for shared in ("dmd_dlq_depth", "dmd_queue_depth", "dmd_queue_in_flight", "dmd_sms_circuit_state"):
+        assert shared not in families
+    records = families["dmd_bridge_records"].samples
+    assert [(s.labels, s.value) for s in records if s.name.endswith("_total")] == [
+        ({"bridge": "bridge-y", "outcome": "enqueued"}, 2.0)
+    ]
