@@ -3,7 +3,8 @@
 Every benchmark starts from a fresh local stack of its own (free ports, its own Redis
 database), measures the project side by side with the ceiling of the service under it
 in the same run, and the figures go to ``docs/benchmarks.md`` and ``docs/benchmarks.json``
-with the command, the date and the machine.
+with the command, the date and the machine, and the pictures drawn from that JSON to
+``docs/benchmarks/`` (``bench/plots.py``).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def _write_report(args: argparse.Namespace, argv: list[str], results: dict[str, 
     """The figures, with the command, the date and the machine, to ``--out`` (Markdown) and its .json."""
     from bench import report
     from bench.harness import machine
+    from bench.plots import write_plots
 
     this_run = {
         "command": "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else ""),
@@ -227,8 +229,9 @@ def _write_report(args: argparse.Namespace, argv: list[str], results: dict[str, 
         document["results"].update(report.derived(document["results"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    out.write_text(report.markdown(document))
-    _say(f"wrote {out} and {out.with_suffix('.json')} ({this_run['suite_seconds']:.0f}s)")
+    figures = write_plots(document, out, say=_say)  # from the JSON just written, as bench.report does
+    out.write_text(report.markdown(document, figures))
+    _say(f"wrote {out}, {out.with_suffix('.json')} and {len(figures)} pictures ({this_run['suite_seconds']:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
   timed until the event carries its short URL (DynamoDB stream → ``bridge-demand`` →
   ``short-url`` queue → ``worker-short-url`` → Bitly simulator → conditional write).
 - ``scheduled`` → ``sent``: a pending notification is moved to ``scheduled`` with the
-  scheduler's own conditional write; timed until it is ``sent`` (stream → bridge →
-  ``send`` queue → ``worker-send`` → SMS simulator → conditional write).
+  scheduler's own conditional write, and its send task published as the scheduler does;
+  timed until it is ``sent`` (``send`` queue → ``worker-send`` → SMS simulator →
+  conditional write).
 
 The processes run with the project's settings (the local profile), so the figures include
 the bridges' idle polling and the workers' SQS polling intervals, as in production.
@@ -32,6 +33,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
         "p50_ms": round(1000 * percentile(samples, 50), 1),
         "p95_ms": round(1000 * percentile(samples, 95), 1),
         "max_ms": round(1000 * max(samples), 1),
+        "samples_ms": sorted(round(1000 * s, 1) for s in samples),  # the latency CDF (bench/plots.py)
     }
 
 
@@ -91,7 +93,10 @@ def _send_leg(
     settings: Settings, table: DemandTable, notifications: NotificationRecords, run_id: str, samples: int
 ) -> list[float]:
     """Seconds from a notification moved to ``scheduled`` to ``sent``, ``samples`` times (after a warm-up)."""
+    from dmd_tasks.celery_app import app
     from dmd_tasks.domain.entities import Event
+    from dmd_tasks.domain.ids import notification_id
+    from dmd_tasks.pipeline.chain import publish_sends
     from dmd_tasks.store.items import item
 
     send: list[float] = []
@@ -104,7 +109,7 @@ def _send_leg(
     for n in range(samples + 1):
         fan = f"fan{n:07d}"
         now = time.time()
-        table.put_items(
+        table.for_notifications().put_items(
             [
                 notifications.new_item(
                     sale_id=sale_id,
@@ -121,6 +126,7 @@ def _send_leg(
         began = time.perf_counter()
         if not notifications.schedule(sale_id, fan, time.time()):
             raise RuntimeError(f"notification {sale_id}:{fan} could not be scheduled")
+        publish_sends(app, settings, [notification_id(sale_id, fan)])  # whoever schedules publishes
         wait_until(
             lambda: notifications.status_of(sale_id, fan) == "sent",  # noqa: B023 (called at once)
             60,

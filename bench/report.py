@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.plots import PICTURES, write_plots
 from bench.report_load import _cost, _m, _query, _ratio, _scale
 
 
@@ -47,7 +48,8 @@ def _separate_run(run: dict[str, Any]) -> str:
     )
 
 
-def markdown(doc: dict[str, Any]) -> str:
+def markdown(doc: dict[str, Any], figures: dict[str, str] | None = None) -> str:
+    """The report; ``figures``: section → its picture, relative to the report (``bench.plots``)."""
     m = doc["machine"]
     lines = [
         "# Benchmarks",
@@ -64,6 +66,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- date: {doc['date']}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}",
         f"- whole suite: {doc['suite_seconds']:.0f} s",
+        *(["- pictures: drawn from the JSON by `bench/plots.py`, beside this file"] if figures else []),
         "",
     ]
     r = {**doc["results"], **derived(doc["results"])}
@@ -74,6 +77,8 @@ def markdown(doc: dict[str, Any]) -> str:
             rendered = render(r[name])
             if "run" in r[name]:  # merged from a run of its own (``--merge``)
                 rendered[1:1] = ["", _separate_run(r[name]["run"])]
+            if figures and name in figures:
+                rendered += ["", f"![{PICTURES[name][1]}]({figures[name]})"]
             lines += rendered
             lines.append("")
     lines += PROFILES
@@ -339,11 +344,12 @@ SECTIONS: list[tuple[str, Any]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.report docs/benchmarks.json``: write the Markdown again from the JSON."""
+    """``python -m bench.report docs/benchmarks.json``: write the Markdown and its pictures again from the JSON."""
     path = Path((argv if argv is not None else sys.argv[1:])[0])
     document = json.loads(path.read_text())
     document["results"].update(derived(document["results"]))
-    path.with_suffix(".md").write_text(markdown(document))
+    figures = write_plots(document, path.with_suffix(".md"))
+    path.with_suffix(".md").write_text(markdown(document, figures))
     return 0
 
 

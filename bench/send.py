@@ -114,9 +114,34 @@ def _two_sales(h: Harness, cap: float, slow_rate: float, seconds: float, headroo
     slow = h.sim.sms_sale(slow_id, times=True)
     if stats["duplicates"] or slow["duplicates"]:
         raise RuntimeError("a fan got a second SMS")
-    busy_rate, window = steady_rate(h.sim.sms_sale(busy_id, times=True)["accepted_times"])
+    busy_times = h.sim.sms_sale(busy_id, times=True)["accepted_times"]
+    busy_rate, window = steady_rate(busy_times)
     slow_rate_seen, _ = steady_rate(slow["accepted_times"], within=window)
-    return {"busy_rate": busy_rate, "slow_rate": slow_rate_seen, **shares(busy_rate, slow_rate_seen, cap, headroom)}
+    return {
+        "busy_rate": busy_rate,
+        "slow_rate": slow_rate_seen,
+        **shares(busy_rate, slow_rate_seen, cap, headroom),
+        "per_second": per_second(busy_times, slow["accepted_times"], window),
+    }
+
+
+def per_second(busy: list[float], slow: list[float], window: tuple[float, float]) -> dict[str, Any]:
+    """Each sale's acceptances in every second from the first of either (the picture of a two-sales
+    run, ``bench/plots.py``), and the window its rates were counted in, in seconds from that start."""
+    start = min(min(busy), min(slow))
+    seconds = int(max(max(busy), max(slow)) - start) + 1
+
+    def counts(times: list[float]) -> list[int]:
+        out = [0] * seconds
+        for t in times:
+            out[int(t - start)] += 1
+        return out
+
+    return {
+        "busy": counts(busy),
+        "slow": counts(slow),
+        "steady_window": [round(window[0] - start, 2), round(window[1] - start, 2)],
+    }
 
 
 def shares(busy_rate: float, slow_rate: float, cap: float, headroom: float) -> dict[str, float]:
@@ -269,9 +294,11 @@ def two_sales_runs(
 ) -> dict[str, Any]:
     """``runs`` two-sales runs, each in its own ``pipeline()``; their figures summarised."""
     seen: dict[str, list[float]] = {"fraction_of_left": [], "fraction_of_cap_left": [], "slow_rate": []}
+    series: dict[str, Any] = {}
     for run_no in range(runs):
         with pipeline():
             both = _two_sales(h, cap, slow_rate, seconds * 2.5, headroom)
+        series = series or both["per_second"]  # the first run's, for the picture
         for key, values in seen.items():
             values.append(both[key])
         h.say(
@@ -284,4 +311,5 @@ def two_sales_runs(
         "busy_fraction_of_left": summary(seen["fraction_of_left"], 3),
         "busy_fraction_of_cap_left": summary(seen["fraction_of_cap_left"], 3),
         "slow_sale_rate_seen": summary(seen["slow_rate"], 2),
+        "two_sales_per_second": series,
     }

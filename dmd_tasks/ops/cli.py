@@ -4,6 +4,7 @@ dmd stack up | down        the local stack (moto server, Redis, provider simulat
 dmd provision              create the tables, queues (+ DLQs) and streams; idempotent
 dmd demo [--fans N]        a whole sale on the local stack, with progress and a summary
 dmd status SALE_ID         one sale's notifications by status (--watch to follow it)
+dmd report SALE_ID         one sale after the fact: outcomes, SMS per second against the cap (--json, --png)
 dmd api                    the GraphQL endpoint (eventDetails, accountProfile)
 dmd flower                 Flower, seeing every worker over the Redis monitoring channel
 dmd dlq list QUEUE         show the dead letters of a queue or bridge
@@ -168,6 +169,23 @@ def status(sale_id: str, watch: bool, as_json: bool) -> None:
                 live.update(status_table(progress, f"sale {sale_id} ({progress['sale_status']})"))
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@click.argument("sale_id")
+@click.option("--json", "as_json", is_flag=True, help="print the report as one JSON document (docs/operations.md)")
+@click.option("--png", type=click.Path(dir_okay=False), help="draw SMS per second against the cap into FILE")
+def report(sale_id: str, as_json: bool, png: str | None) -> None:
+    """One sale after the fact: notifications by final status and reason, SMS sent per second against
+    the cap, and the time from notifyAt to the last SMS (exit 1 when the sale does not exist)."""
+    from dmd_tasks.ops.report import sale_report
+    from dmd_tasks.ops.report_view import show
+
+    found = sale_report(get_settings(), sale_id)
+    if found is None:
+        click.echo(f"dmd: sale {sale_id} does not exist", err=True)
+        sys.exit(1)
+    show(found, as_json=as_json, png=png)
 
 
 @main.command()

@@ -66,3 +66,14 @@ def test_a_section_from_a_run_of_its_own_says_which() -> None:
     assert "did not all come from one run" in text  # the broker's share mixes benchmarks 2, 5 and 7
     del document["results"]["send"]["run"]
     assert "did not all come from one run" not in markdown(document)
+
+
+def test_a_two_sales_run_keeps_each_sales_acceptances_per_second_from_the_first_of_either() -> None:
+    from bench.send import per_second
+
+    # Given acceptance times of the two sales (the provider's clock) and the busy sale's steady window
+    got = per_second(busy=[100.2, 100.9, 101.5, 103.0], slow=[101.1, 103.99, 104.0], window=(100.8, 103.5))
+
+    # Then each second from the first acceptance of either has each sale's count, and the window is
+    # given from that first acceptance
+    assert got == {"busy": [2, 1, 1, 0], "slow": [1, 0, 0, 2], "steady_window": [0.6, 3.3]}

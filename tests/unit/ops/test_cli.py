@@ -33,6 +33,7 @@ COMMANDS = {
     "provision",
     "demo",
     "status",
+    "report",
     "api",
     "metrics",
     "flower",
@@ -115,6 +116,15 @@ def test_status_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None
     assert result.exit_code == 1, result.output
     assert result.stderr == f"dmd: sale {sale_id} does not exist\n"
     assert result.stdout == ""
+
+
+def test_report_of_a_sale_that_does_not_exist_fails_with_one_line(stack) -> None:
+    sale_id = f"nosuch{uuid.uuid4().hex[:6]}"
+
+    result = CliRunner().invoke(main, ["report", sale_id, "--json"])
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"dmd: sale {sale_id} does not exist" and not result.stdout
 
 
 def test_status_as_json(settings, stack) -> None:
