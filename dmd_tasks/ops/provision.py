@@ -58,7 +58,11 @@ def provision(settings: Settings) -> dict[str, Any]:
     if settings.demand_pipe_role_arn:
         report["demand_pipe"] = ensure_demand_pipe(settings, report["table"]["stream_arn"])
     if "eum" in (settings.sms_provider, settings.sms_failover_provider) and settings.eum_configuration_set:
-        report["eum_configuration_set"] = ensure_eum_configuration_set(settings, report["sms_events"]["topic_arn"])
+        topic_arn = report["sms_events"]["topic_arn"]
+        aws.client("sns", settings).set_topic_attributes(
+            TopicArn=topic_arn, AttributeName="Policy", AttributeValue=json.dumps(eum_topic_policy(settings, topic_arn))
+        )
+        report["eum_configuration_set"] = ensure_eum_configuration_set(settings, topic_arn)
     report["streams"] = [
         ensure_kinesis_stream(
             settings, name, shard_count=settings.sms_status_shards if name == settings.sms_status_stream_name else 1
@@ -319,6 +323,30 @@ def ensure_demand_pipe(settings: Settings, stream_arn: str | None) -> dict[str, 
 
 #: The event destination dmd gives its configuration set (every SMS event type, to the topic).
 EUM_EVENT_DESTINATION = "dmd-sms-events"
+
+
+def eum_topic_policy(settings: Settings, topic_arn: str) -> dict[str, Any]:
+    """The events topic's policy: End User Messaging may publish to it, for this account's
+    configuration set only (without it the delivery events are never delivered)."""
+    partition = topic_arn.split(":")[1] if topic_arn.startswith("arn:") else "aws"
+    account = settings.aws_account_id
+    configuration_set = f"arn:{partition}:sms-voice:{settings.aws_region}:{account}:configuration-set/"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "end-user-messaging-events",
+                "Effect": "Allow",
+                "Principal": {"Service": "sms-voice.amazonaws.com"},
+                "Action": "sns:Publish",
+                "Resource": topic_arn,
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": account},
+                    "ArnLike": {"aws:SourceArn": configuration_set + (settings.eum_configuration_set or "")},
+                },
+            }
+        ],
+    }
 
 
 def ensure_eum_configuration_set(settings: Settings, topic_arn: str) -> dict[str, Any]:

@@ -539,6 +539,9 @@ def test_the_end_user_messaging_configuration_set_is_the_one_provision_makes(on_
     (statement,) = template.properties("SmsEventsTopicPolicy")["PolicyDocument"]["Statement"]
     assert statement["Principal"] == {"Service": "sms-voice.amazonaws.com"} and statement["Resource"] == topic
     assert statement["Condition"]["ArnLike"]["aws:SourceArn"].endswith(":configuration-set/dmd-sms-test")
+    # ... the policy provision sets on the topic
+    (provisioned,) = provisioning.eum_topic_policy(eum, topic)["Statement"]
+    assert statement == provisioned
     (send,) = template.properties("WorkerSendEumPolicy")["PolicyDocument"]["Statement"]
     assert send["Resource"][0] == eum.eum_origination_identity
     assert not Template(cloudformation.parameters(on_aws)).exists("EumConfigurationSet")  # http: none

@@ -330,3 +330,9 @@ def test_the_end_user_messaging_configuration_set_is_made_when_it_sends_at_all(f
     eum = aws.session_for(mine).client("pinpoint-sms-voice-v2", endpoint_url=endpoint)
     (found,) = eum.describe_configuration_sets(ConfigurationSetNames=[name])["ConfigurationSets"]
     assert [d["SnsDestination"]["TopicArn"] for d in found["EventDestinations"]] == [report["sms_events"]["topic_arn"]]
+    # and the topic lets End User Messaging publish those events, from this configuration set only
+    topic = report["sms_events"]["topic_arn"]
+    policy = json.loads(aws.client("sns", mine).get_topic_attributes(TopicArn=topic)["Attributes"]["Policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"Service": "sms-voice.amazonaws.com"} and statement["Action"] == "sns:Publish"
+    assert statement["Condition"]["ArnLike"]["aws:SourceArn"].endswith(f":configuration-set/{name}")
