@@ -40,7 +40,15 @@ def _no_slot(rate: float, timeout_seconds: float, wait_seconds: float) -> NotAtt
     )
 
 
+#: KEYS: the window, then (optional) a provider circuit's open and tripped keys; ARGV: window (us),
+#: limit, member, weight. Returns {0, 0}: go (counted); {1, us}: the window is full, ask again
+#: then; {2, ms}: the circuit is open for that long; {3, 0}: it is half-open (a probe goes first).
 _ACQUIRE = """
+if #KEYS > 1 then
+  local open_ttl = redis.call('PTTL', KEYS[2])
+  if open_ttl > 0 then return {2, open_ttl} end
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {3, 0} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
@@ -52,12 +60,12 @@ local used = redis.call('ZCARD', KEYS[1])
 if used + weight <= limit or used == 0 then
   for i = 1, weight do redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. i) end
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return 0
+  return {0, 0}
 end
 -- wait until enough of the oldest entries have left the window
 local need = math.min(used, used + weight - limit)
 local entry = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
-return math.max(1, tonumber(entry[2]) + window - now)
+return {1, math.max(1, tonumber(entry[2]) + window - now)}
 """
 
 
@@ -78,8 +86,8 @@ class SharedRateLimiter:
         else:
             limit, window_us = 1, int(self._window_us / max(rate, 1e-6))
         weight = max(1, int(weight))
-        wait_us = int(self._script(keys=[self._key], args=[window_us, limit, uuid.uuid4().hex, weight]))
-        return wait_us / 1_000_000
+        _, wait_us = self._script(keys=[self._key], args=[window_us, limit, uuid.uuid4().hex, weight])
+        return int(wait_us) / 1_000_000
 
     def acquire(self, rate: float, timeout_seconds: float, weight: int = 1) -> None:
         """Block until a call may go; NotAttempted if that takes longer than ``timeout_seconds``."""
@@ -179,33 +187,6 @@ redis.call('SET', KEYS[2], string.format('%d', account_next), 'PX', math.ceil((a
 return {first - now, count}
 """
 
-#: KEYS: the account's second, then (optional) the circuit's open and tripped keys; ARGV: window
-#: (us), limit, member, weight. Returns {0, 0}: go (counted); {1, us}: the second is full, ask
-#: again then; {2, ms}: the circuit is open for that long; {3, 0}: the circuit is half-open (a
-#: probe must go first).
-_LAST_CHECK = """
-if #KEYS > 1 then
-  local open_ttl = redis.call('PTTL', KEYS[2])
-  if open_ttl > 0 then return {2, open_ttl} end
-  if redis.call('EXISTS', KEYS[3]) == 1 then return {3, 0} end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local weight = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local used = redis.call('ZCARD', KEYS[1])
-if used + weight <= limit or used == 0 then
-  for i = 1, weight do redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. i) end
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return {0, 0}
-end
-local need = math.min(used, used + weight - limit)
-local entry = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
-return {1, math.max(1, tonumber(entry[2]) + window - now)}
-"""
-
 
 class SmsThrottle:
     """The two limits every SMS send passes, in Redis: its sale's campaign rate (messages per
@@ -230,7 +211,7 @@ class SmsThrottle:
         self._second_key = f"dmd:rate:sms:{account}:second"
         self._second_us = int((1.0 + max(0.0, headroom)) * 1_000_000)
         self._reserve = client.register_script(_RESERVE_SENDS)
-        self._last_check = client.register_script(_LAST_CHECK)
+        self._last_check = client.register_script(_ACQUIRE)
         # one limiter per sale being sent, kept (for reading a sale's pacing; sends reserve through ``reserve``)
         self._campaigns: LRUCache[str, PacedLimiter] = LRUCache(maxsize=256)
         self._lock = threading.Lock()
