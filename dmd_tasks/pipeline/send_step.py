@@ -54,6 +54,8 @@ from dmd_tasks.store.notifications import Sent
 
 log = logging.getLogger(__name__)
 
+_OUT_OF_TIME = "send batch out of time before the provider call"
+
 #: Failures before anything reached the provider: no attempt is spent on them.
 _NOT_ATTEMPTED: tuple[type[BaseException], ...] = (NotAttempted, *DEPENDENCY_ERRORS)
 
@@ -146,6 +148,14 @@ def _permit(
     error) when no call may be made; nothing is then held. Under the batch's permit, with a
     slot the batch reserved, the circuit is checked with the account's second, at the slot."""
     settings, rate = services.settings, message.campaign.rate_per_second
+    # no wait for a slot past the batch's time: a slot that would come after it is not taken
+    wait = (
+        settings.send_rate_wait_seconds
+        if deadline is None
+        else min(settings.send_rate_wait_seconds, deadline.remaining)
+    )
+    if wait <= 0:
+        raise NotAttempted(_OUT_OF_TIME)
     if planned is not None and planned.permit is not None and planned.slot is not None:
         permit, slot = planned.permit, planned.slot
     else:
@@ -153,16 +163,15 @@ def _permit(
         slot = None
     try:
         if slot is None:
-            route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=settings.send_rate_wait_seconds)
+            route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=wait)
         else:
-            until = time.monotonic() + settings.send_rate_wait_seconds
-            route.throttle.go(slot, message.parts, until, gate=route.circuit.gate_keys)
+            route.throttle.go(slot, message.parts, time.monotonic() + wait, gate=route.circuit.gate_keys)
         if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
             # The provider call could outlive our lease (this process was paused): give it back.
             raise NotAttempted("send lease nearly over before the provider call")
         if deadline is not None and deadline.passed:
             # A slow dependency held the batch up: the rest goes back, the next batch sends it.
-            raise NotAttempted("send batch out of time before the provider call")
+            raise NotAttempted(_OUT_OF_TIME)
         provider = route.provider.capabilities
         if (not provider.idempotent or len(services.sms_router.routes) > 1) and not services.notifications.mark_calling(
             owned.sale_id, owned.fan_id, provider.name, time.time(), owned.token

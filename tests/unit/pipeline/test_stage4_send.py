@@ -492,6 +492,28 @@ def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(sta
     assert sim.sms_messages_to(phone) == 0
 
 
+def test_a_send_does_not_wait_for_a_slot_past_its_batchs_time(stack, outbox: Outboxes, sim) -> None:
+    # Given a campaign of 1 SMS a second whose next slot another process has just taken, and a
+    # batch with 0.3 s of its time left (a slow dependency held it up)
+    services = Services(load_settings(send_rate_wait_seconds=5))
+    box = outbox(rate=1)
+    nid, phone = box.add("fan1")
+    item = claim_one(services, nid)
+    Services(services.settings).sms_throttle.campaign(box.sale_id).acquire(1, timeout_seconds=5)
+    key = f"dmd:rate:sale:{box.sale_id}"
+    taken = services.redis.get(key)
+    before = time.monotonic()
+
+    # When it is sent, then it goes back at once without spending an attempt: no slot a second
+    # away is reserved (it would be wasted: the batch's time is over by then) and none waited for
+    assert send_claimed(services, nid, item, set(), deadline=Deadline.after(0.3)) == "not-attempted"
+    assert time.monotonic() - before < 0.6
+    assert services.redis.get(key) == taken
+    retry = box.item("fan1")
+    assert (retry["status"], retry["attempts"]) == ("scheduled", 0)
+    assert sim.sms_messages_to(phone) == 0
+
+
 def test_the_shared_rate_limit_holds_across_concurrent_callers(services: Services) -> None:
     # (SharedRateLimiter's own module: a fit for tests/unit/infra/test_ratelimit.py; kept here beside
     # the sends that rely on it.)
