@@ -1,25 +1,26 @@
 """A send batch's plan (stage 4, before its sends): each message checked, its provider chosen,
-and, for each provider whose circuit is closed, one leave to call for the batch and one
-reservation of the rate limits for each sale's sends.
+and, for each provider whose circuit is closed, one leave to call for the batch and a book of
+slots for each sale's sends, reserved a pool's width of sends at a time (one request each).
 
 Per send that leaves one Redis round trip (the last check: the account's second and the
 circuit, just before the call) where checking the circuit, reserving the sale's and the
-account's slots and telling the circuit of a success took four; successes are told together
-when the batch ends (a failure tells them first). A send the plan could not cover (its
-provider's circuit open or half-open, its slot beyond the wait, Redis unreachable) takes the
-per-send path, as before: nothing is decided here that its own thread would decide otherwise.
+account's slots and telling the circuit of a success took four, plus a reservation for every
+``aws_io_threads`` sends; successes are told together when the batch ends (a failure tells
+them first). A send the plan could not cover (its provider's circuit open or half-open, Redis
+unreachable) takes the per-send path, as before: nothing is decided here that its own thread
+would decide otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from dmd_tasks.domain.ids import split_notification_id
 from dmd_tasks.infra.circuit import Permit
-from dmd_tasks.infra.deadline import Deadline
 from dmd_tasks.infra.dependencies import DEPENDENCY_ERRORS
 from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.pipeline.send_check import Message, check_message
@@ -33,13 +34,14 @@ log = logging.getLogger(__name__)
 class Planned:
     """One send as planned: its provider, its checked message (or what stopped it: raised in the
     send's own thread, where its outcome is recorded), and, when the batch could, the batch's
-    leave to call and its reserved slot (``time.monotonic``)."""
+    leave to call and its place in its sale's ``SlotBook``."""
 
     route: ProviderRoute
     message: Message | None = None
     problem: BaseException | None = None
     permit: Permit | None = None
-    slot: float | None = None
+    book: SlotBook | None = None
+    index: int = 0
 
     def checked(self) -> Message:
         if self.problem is not None:
@@ -53,15 +55,6 @@ class SendPlan:
     planned: dict[str, Planned] = field(default_factory=dict)
     permits: dict[str, tuple[ProviderRoute, Permit | None]] = field(default_factory=dict)
 
-    def order(self, owned: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-        """The sends in the order of their slots (those without one first): a thread waiting for a
-        late slot must not hold back a send whose slot comes sooner."""
-        return sorted(owned, key=lambda pair: self._slot(pair[0]))
-
-    def _slot(self, nid: str) -> float:
-        planned = self.planned.get(nid)
-        return planned.slot if planned is not None and planned.slot is not None else float("-inf")
-
     def close(self) -> None:
         """The batch's successes told to each circuit (best effort)."""
         for route, permit in self.permits.values():
@@ -69,9 +62,7 @@ class SendPlan:
                 route.circuit.flush(permit)
 
 
-def plan_batch(
-    services: Services, owned: list[tuple[str, dict[str, Any]]], opted_out: set[str], deadline: Deadline
-) -> SendPlan:
+def plan_batch(services: Services, owned: list[tuple[str, dict[str, Any]]], opted_out: set[str]) -> SendPlan:
     """Check each message, choose its provider, and cover what can be covered: a batch's permit
     per provider (closed circuit), one reservation per provider and sale."""
     plan = SendPlan()
@@ -87,9 +78,8 @@ def plan_batch(
             continue
         if _permit(plan, route) is not None:
             groups[(route.name, sale_id)].append(nid)
-    wait = min(services.settings.send_rate_wait_seconds, max(0.0, deadline.remaining))
     for (name, sale_id), nids in groups.items():
-        _reserve(plan, plan.permits[name], sale_id, nids, wait)
+        _book(plan, plan.permits[name], sale_id, nids, services.settings.aws_io_threads)
     return plan
 
 
@@ -105,16 +95,39 @@ def _permit(plan: SendPlan, route: ProviderRoute) -> Permit | None:
     return plan.permits[route.name][1]
 
 
-def _reserve(
-    plan: SendPlan, covered: tuple[ProviderRoute, Permit | None], sale_id: str, nids: list[str], wait: float
+def _book(
+    plan: SendPlan, covered: tuple[ProviderRoute, Permit | None], sale_id: str, nids: list[str], ahead: int
 ) -> None:
-    """One reservation for a sale's sends at one provider; the slots that came in time are theirs."""
+    """A sale's sends at one provider share one book of slots, reserved ``ahead`` at a time."""
     route, permit = covered
     messages = [plan.planned[nid].checked() for nid in nids]
-    try:
-        slots = route.throttle.reserve(sale_id, messages[0].campaign.rate_per_second, [m.parts for m in messages], wait)
-    except Exception as exc:  # no slot in time, Redis unreachable: each send asks on its own (and learns why)
-        log.info("send batch: no reservation for %d sends of sale %s (%s)", len(nids), sale_id, exc)
-        return
-    for nid, slot in zip(nids, slots, strict=False):
-        plan.planned[nid].permit, plan.planned[nid].slot = permit, slot
+    book = SlotBook(route, sale_id, messages[0].campaign.rate_per_second, [m.parts for m in messages], ahead)
+    for index, nid in enumerate(nids):
+        plan.planned[nid].permit, plan.planned[nid].book, plan.planned[nid].index = permit, book, index
+
+
+class SlotBook:
+    """The slots of a batch's sends of one sale at one provider, in the batch's order, reserved
+    ``ahead`` sends at a time (one request each): the batch never holds more of the sale's and
+    the account's capacity ahead of its sends than the sends it runs at once (a batch that
+    reserved all its slots at once held seconds of capacity, which a frozen worker wasted and
+    which other workers' batches could not wait for)."""
+
+    def __init__(self, route: ProviderRoute, sale_id: str, rate: float, parts: list[int], ahead: int) -> None:
+        self._route, self._sale, self._rate, self._parts = route, sale_id, rate, parts
+        self._ahead = max(1, ahead)
+        self._slots: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def slot(self, index: int, wait: float) -> float:
+        """Send ``index``'s slot (``time.monotonic``), reserving it with the next ones not yet
+        reserved if it has none; NotAttempted when not even its slot comes within ``wait``."""
+        with self._lock:
+            found = self._slots.pop(index, None)
+            if found is not None:
+                return found
+            upto = min(len(self._parts), index + self._ahead)
+            indexes = [i for i in range(index, upto) if i not in self._slots]
+            slots = self._route.throttle.reserve(self._sale, self._rate, [self._parts[i] for i in indexes], wait)
+            self._slots.update(zip(indexes, slots, strict=False))
+            return self._slots.pop(index)

@@ -156,16 +156,18 @@ def _permit(
     )
     if wait <= 0:
         raise NotAttempted(_OUT_OF_TIME)
-    if planned is not None and planned.permit is not None and planned.slot is not None:
-        permit, slot = planned.permit, planned.slot
+    book = planned.book if planned is not None and planned.permit is not None else None
+    if book is not None and planned is not None and planned.permit is not None:
+        permit = planned.permit
     else:
         route, permit = _circuit(services, owned, route)
-        slot = None
     try:
-        if slot is None:
+        if book is None or planned is None:
             route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=wait)
         else:
-            route.throttle.go(slot, message.parts, time.monotonic() + wait, gate=route.circuit.gate_keys)
+            until = time.monotonic() + wait
+            slot = book.slot(planned.index, wait)
+            route.throttle.go(slot, message.parts, until, gate=route.circuit.gate_keys)
         if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
             # The provider call could outlive our lease (this process was paused): give it back.
             raise NotAttempted("send lease nearly over before the provider call")

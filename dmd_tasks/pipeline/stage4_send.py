@@ -137,7 +137,7 @@ def _send_owned(
     (its correlation id in the logs). Counts each outcome; returns the first error a send raised
     (a dependency failed after the claim: the lease expires, the reconciler resends)."""
     opted_out = services.demand.opted_out([item["phone"] for _, item in owned]) if owned else set()
-    plan = plan_batch(services, owned, opted_out, deadline)
+    plan = plan_batch(services, owned, opted_out)
     pool = aws.io_pool(services.settings)
     futures = [
         pool.submit(
@@ -153,7 +153,7 @@ def _send_owned(
             records,
             plan.planned.get(nid),
         )
-        for nid, item in plan.order(owned)
+        for nid, item in owned
     ]
     try:
         while futures_wait(futures, timeout=0.1).not_done:

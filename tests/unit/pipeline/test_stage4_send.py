@@ -471,6 +471,29 @@ def test_a_batch_asks_the_circuit_once_reserves_once_and_tells_its_successes_tog
     assert REGISTRY.get_sample_value("dmd_send_delay_seconds_count", account) == delays_before + 5
 
 
+def test_a_batch_reserves_its_slots_a_pool_width_ahead_not_all_at_once(
+    services: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch of 20 sends of one sale, on a pool of 8 threads
+    box = outbox()
+    ids = [box.add(f"fan{i}")[0] for i in range(20)]
+    clear_circuits()
+    reserved: list[int] = []
+    real_reserve = SmsThrottle.reserve
+
+    def spy_reserve(throttle: SmsThrottle, sale_id: str, rate: float, parts: Any, timeout: float) -> list[float]:
+        reserved.append(len(parts))
+        return real_reserve(throttle, sale_id, rate, parts, timeout)
+
+    monkeypatch.setattr(SmsThrottle, "reserve", spy_reserve)
+
+    # When the send task runs it, then every send went, on slots reserved at most 8 ahead (the
+    # sends that run at once), in a few requests rather than one per send
+    assert send_notifications.run(ids) == {"sent": 20, "skipped": 0}
+    assert services.settings.aws_io_threads == 8
+    assert sum(reserved) == 20 and max(reserved) <= 8 and len(reserved) <= 5, reserved
+
+
 def test_a_send_with_no_slot_in_time_is_retried_without_calling_the_provider(stack, outbox: Outboxes, sim) -> None:
     # Given a campaign of 1 SMS a second, and a sender that waits at most half a second for a slot
     impatient = Services(load_settings(send_rate_wait_seconds=0.5))
