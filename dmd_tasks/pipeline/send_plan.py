@@ -64,7 +64,7 @@ class SendPlan:
 
 def plan_batch(services: Services, owned: list[tuple[str, dict[str, Any]]], opted_out: set[str]) -> SendPlan:
     """Check each message, choose its provider, and cover what can be covered: a batch's permit
-    per provider (closed circuit), one reservation per provider and sale."""
+    per provider (closed circuit), one book of slots per provider and sale."""
     plan = SendPlan()
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for nid, item in owned:

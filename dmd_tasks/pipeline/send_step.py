@@ -156,17 +156,16 @@ def _permit(
     )
     if wait <= 0:
         raise NotAttempted(_OUT_OF_TIME)
-    book = planned.book if planned is not None and planned.permit is not None else None
-    if book is not None and planned is not None and planned.permit is not None:
-        permit = planned.permit
-    else:
+    book, permit = (planned.book, planned.permit) if planned is not None else (None, None)
+    if book is None or permit is None:  # not covered by the batch's plan: the circuit asked, a slot of its own
+        book = None
         route, permit = _circuit(services, owned, route)
     try:
-        if book is None or planned is None:
+        if book is None:
             route.throttle.acquire(owned.sale_id, rate, message.parts, timeout_seconds=wait)
         else:
             until = time.monotonic() + wait
-            slot = book.slot(planned.index, wait)
+            slot = book.slot(planned.index if planned is not None else 0, wait)
             route.throttle.go(slot, message.parts, until, gate=route.circuit.gate_keys)
         if time.time() + settings.sms_timeout_seconds >= float(owned.item.get("leaseUntil", 0)):
             # The provider call could outlive our lease (this process was paused): give it back.
