@@ -13,7 +13,9 @@ and the ``sequence`` checkpoint (``finished`` once the shard is read to its end)
 - **Take.** Every ``failover / 2`` a process lists the leases and aims for its fair share
   (``ceil(unfinished / processes)``, at most ``max_leases``): free and expired leases first,
   then, when none is, one lease at a time from the busiest owner, when it holds at least two
-  more than this process. A take is conditional on the counter seen.
+  more than this process. A take is conditional on the counter seen. A lease the last listing
+  showed released, or whose count reaches the failover time between two takes, is taken at the
+  loop's next wake-up (every failover/6) instead of the next take.
 - **Checkpoint** only while holding: conditional on owner (a process that lost a lease cannot
   move its checkpoint; its last pages are read again by the new owner, and every task they
   become is idempotent).
@@ -185,7 +187,17 @@ class LeaseCoordinator:
         return self.failover_seconds / 6
 
     def _run(self) -> None:
-        while not self._stop.wait(self._step):
+        """Wake-ups on a fixed timetable (every step from the start, not a step after the last
+        tick ended): under load a tick takes a while (a listing, a renewal), and sleeping a whole
+        step after it stretched every take interval by that much, and a takeover by seconds."""
+        wake = time.monotonic()
+        while True:
+            wake += self._step
+            now = time.monotonic()
+            if wake < now:  # a tick overran a step or more: the next wake-up is now, none saved up
+                wake = now
+            if self._stop.wait(wake - now):
+                return
             try:
                 self.tick()
             except Exception:
@@ -205,10 +217,27 @@ class LeaseCoordinator:
             self._last_renew = now
             self.renew()
         take_every = self.failover_seconds * (3 if self._holds_all else 0.5)
-        if now - self._last_take >= take_every - slack:
+        if now - self._last_take >= take_every - slack or self._one_expired(now):
             self._last_take = now
             self.take()
         BRIDGE_LEASES.labels(self.bridge).set(len(self._held))
+
+    def _one_expired(self, now: float) -> bool:
+        """A lease of another process, as last listed, has gone unrenewed for the failover time by
+        now, or was released: taken at this wake-up rather than at the next take. Takes come every failover/2 and
+        the count starts at the take that first saw the counter, so a count ending just after a
+        take waited a whole interval more (a dead owner's shards unread for failover/2 longer)."""
+        if len(self._held) >= self.max_leases:
+            return False
+        for lease in self.listing.values():
+            seen = self._seen.get(lease.shard)
+            if lease.finished or lease.owner == self.worker_id:
+                continue
+            if lease.owner is None:  # released: free at once
+                return True
+            if seen is not None and seen.owner == lease.owner and now - seen.since >= self.failover_seconds:
+                return True
+        return False
 
     def renew(self) -> None:
         """Renew every lease held, in one request (``LeaseTable.renew_many``)."""
@@ -285,6 +314,7 @@ class LeaseCoordinator:
                 with self._lock:
                     self._held[lease.shard] = lease
                 self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
+                self.listing[lease.shard] = Lease(**vars(lease))
                 BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
                 log.info(
                     "%s: took the lease of shard %s (from %s: %s)",

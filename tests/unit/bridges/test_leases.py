@@ -377,3 +377,34 @@ def test_a_lease_created_by_a_listing_is_taken_at_once_not_at_the_next_take(sett
     a.sync_shards([Shard("shard-0", ()), Shard("shard-1", ())])
     # Then it holds them already: its reading does not wait for the loop's next take
     assert set(a.held()) == {"shard-0", "shard-1"}
+
+
+def test_a_dead_owners_lease_is_taken_at_the_first_wake_up_after_it_expires_not_the_next_take(
+    table: LeaseTable,
+) -> None:
+    # Given a and b sharing the shards, both waking every step (b takes at wake-ups 1, 4, .., 13),
+    # and a dying just after its renewal at wake-up 14
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    step = FAILOVER / 6
+    a.tick()
+    for _ in range(14):
+        clock.now += step
+        a.tick()
+        b.tick()
+    assert len(a.held()) == 2 and len(b.held()) == 2
+    died = clock.now
+    # When b lists the leases between its wake-ups (as its reader does after creating a lease),
+    # seeing a's last counter there, and then wakes every step
+    clock.now = died + step / 4
+    b.take()
+    seen_at = clock.now
+    wake = 0
+    while len(b.held()) < 4 and clock.now - died < 3 * FAILOVER:
+        wake += 1
+        clock.now = died + wake * step
+        b.tick()
+    # Then a's leases are b's at the first wake-up after the failover time since it saw them,
+    # not at the take after that (every failover/2 from b's last: wake-up 22, a step later here)
+    assert len(b.held()) == 4
+    assert FAILOVER <= clock.now - seen_at < FAILOVER + step
