@@ -307,24 +307,28 @@ class LeaseCoordinator:
                     sorted((lease for lease in live if lease.owner == busiest), key=lambda lease: lease.shard)[-1]
                 ]
         for lease in chosen:
-            previous = lease.owner
-            event = "stolen" if previous is not None and not expired(lease) else "taken"
-            if self.table.take(lease, self.worker_id):
-                lease.owner, lease.counter = self.worker_id, lease.counter + 1
-                with self._lock:
-                    self._held[lease.shard] = lease
-                self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
-                self.listing[lease.shard] = Lease(**vars(lease))
-                BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
-                log.info(
-                    "%s: took the lease of shard %s (from %s: %s)",
-                    self.bridge,
-                    lease.shard,
-                    previous or "nobody",
-                    "balancing" if event == "stolen" else "free or expired",
-                )
+            self._take_one(lease, expired(lease), now)
         now_held = self.held()
         self._holds_all = bool(live) and all(lease.shard in now_held for lease in live)
+
+    def _take_one(self, lease: Lease, was_expired: bool, now: float) -> None:
+        """One conditional take of ``lease`` (free, expired, or for balance)."""
+        previous = lease.owner
+        event = "stolen" if previous is not None and not was_expired else "taken"
+        if self.table.take(lease, self.worker_id):
+            lease.owner, lease.counter = self.worker_id, lease.counter + 1
+            with self._lock:
+                self._held[lease.shard] = lease
+            self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
+            self.listing[lease.shard] = Lease(**vars(lease))
+            BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
+            log.info(
+                "%s: took the lease of shard %s (from %s: %s)",
+                self.bridge,
+                lease.shard,
+                previous or "nobody",
+                "balancing" if event == "stolen" else "free or expired",
+            )
 
     def stop(self) -> None:
         """Stop renewing and release every lease held (another process takes them at once)."""
