@@ -21,7 +21,9 @@ from dmd_tasks.domain.outcomes import SendOutcome
 from dmd_tasks.infra.dependencies import describe
 from dmd_tasks.infra.failover import ProviderRoute
 from dmd_tasks.infra.logs import mask_phone
+from dmd_tasks.pipeline.sent_records import SentRecords
 from dmd_tasks.services import Services
+from dmd_tasks.store.notifications import Back
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,16 @@ def failed(services: Services, owned: Owned, exc: Exception) -> str:
     return SendOutcome.FAILED
 
 
-def not_attempted(services: Services, owned: Owned, exc: BaseException, again: list[tuple[str, float]] | None) -> str:
+def not_attempted(
+    services: Services,
+    owned: Owned,
+    exc: BaseException,
+    again: list[tuple[str, float]] | None,
+    records: SentRecords | None = None,
+) -> str:
     """Nothing reached the provider, or the provider was throttling or down (the circuit): back to
-    scheduled without spending an attempt."""
+    scheduled without spending an attempt (with the batch's others through ``records``, else at
+    once), added to ``again`` once written."""
     settings = services.settings
     delay = retry_delay(
         1,
@@ -119,7 +128,9 @@ def not_attempted(services: Services, owned: Owned, exc: BaseException, again: l
     )
     reason = str(exc) if isinstance(exc, NotAttempted) else describe(exc)
     due = time.time() + delay
-    if (
+    if records is not None:
+        records.back(Back(owned.sale_id, owned.fan_id, owned.attempts, due, reason, owned.token), again)
+    elif (
         services.notifications.mark_retry(
             owned.sale_id, owned.fan_id, owned.attempts, due, reason, lease_token=owned.token
         )

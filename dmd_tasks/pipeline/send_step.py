@@ -108,7 +108,7 @@ def _send_claimed(
     except (PermanentError, InvalidTemplate) as exc:
         return failed(services, owned, exc)
     except _NOT_ATTEMPTED as exc:
-        return not_attempted(services, owned, exc, again)
+        return not_attempted(services, owned, exc, again, records)
     except TransientError as exc:
         return retry(services, owned, exc, spend=True, pin=None, again=again)
     sent = Sent(

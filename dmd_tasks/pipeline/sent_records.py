@@ -1,4 +1,5 @@
-"""The ``sent`` writes of a send batch, gathered and written 100 to a request.
+"""The ``sent`` writes of a send batch, and its sends given back to ``scheduled``, gathered and
+written 100 to a request.
 
 A send that the provider accepted is recorded ``sending → sent`` with a write fenced by its
 lease token. One write per SMS made the record the largest share of a notification's requests;
@@ -12,6 +13,13 @@ without one, makes them ``unconfirmed``: their call was recorded before it was m
 
 A write that finds the lease gone (the reconciler took it back: this worker was paused past
 it) changes nothing: it is logged and counted, as a single write's refusal always was.
+
+Sends that never reached the provider (the batch out of time, no rate-limit slot in time, the
+provider paused) go back to ``scheduled`` the same way (``back``): a batch that a slow table held
+up past its time gives back its unsent notifications in a request or two, where a write each
+took longer than the batch had left (soft time limits, with AWS 300 ms slow). Each one written
+is added to the ``again`` list it came with, with when it is due (its send task is published
+after the flush).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import logging
 import threading
 import time
 
-from dmd_tasks.store.notifications import NotificationRecords, Sent
+from dmd_tasks.store.notifications import Back, NotificationRecords, Sent
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ class SentRecords:
         self._max_age = max_age_seconds
         self._lock = threading.Lock()
         self._waiting: list[tuple[Sent, bool]] = []
+        self._backs: list[tuple[Back, list[tuple[str, float]] | None]] = []
         self._oldest = 0.0
         #: sends whose ``sent`` write found the lease gone (none of their writes changed anything)
         self.lost = 0
@@ -39,20 +48,40 @@ class SentRecords:
     def add(self, sent: Sent, idempotent: bool) -> None:
         """Record ``sent`` (``idempotent``: the provider deduplicates, see ``_write``)."""
         with self._lock:
-            if not self._waiting:
+            if not self._waiting and not self._backs:
                 self._oldest = time.monotonic()
             self._waiting.append((sent, idempotent))
+        self.flush(due_only=True)
+
+    def back(self, back: Back, again: list[tuple[str, float]] | None) -> None:
+        """Give ``back`` to ``scheduled`` (no attempt spent), with the batch's others; once written,
+        it is added to ``again`` (notification id, when due)."""
+        with self._lock:
+            if not self._waiting and not self._backs:
+                self._oldest = time.monotonic()
+            self._backs.append((back, again))
         self.flush(due_only=True)
 
     def flush(self, due_only: bool = False) -> None:
         """Write what is waiting (``due_only``: only if enough waits, or long enough)."""
         with self._lock:
-            if not self._waiting:
+            waiting = len(self._waiting) + len(self._backs)
+            if not waiting:
                 return
-            if due_only and len(self._waiting) < self._max_items and time.monotonic() - self._oldest < self._max_age:
+            if due_only and waiting < self._max_items and time.monotonic() - self._oldest < self._max_age:
                 return
             batch, self._waiting = self._waiting, []
-        self._write(batch)
+            backs, self._backs = self._backs, []
+        if batch:
+            self._write(batch)
+        if backs:
+            self._give_back(backs)
+
+    def _give_back(self, backs: list[tuple[Back, list[tuple[str, float]] | None]]) -> None:
+        written = {id(b) for b in self._notifications.mark_retry_many([b for b, _ in backs])}
+        for back, again in backs:
+            if id(back) in written and again is not None:
+                again.append((f"{back.sale_id}:{back.fan_id}", back.not_before))
 
     def _write(self, batch: list[tuple[Sent, bool]]) -> None:
         written = {id(s) for s in self._notifications.mark_sent_many([s for s, _ in batch])}

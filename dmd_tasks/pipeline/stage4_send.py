@@ -92,7 +92,8 @@ def send_notifications(
     owned = claim_batch(services, valid)
     outcomes[SendOutcome.SKIPPED] += len(valid) - len(owned)  # not scheduled any more: sent, failed, or owned elsewhere
     again: list[tuple[str, float]] = []  # back to scheduled: their send tasks are published below
-    records = SentRecords(services.notifications)  # what the provider accepted: written together
+    # what the provider accepted, and what goes back to scheduled: written together
+    records = SentRecords(services.notifications)
     traces = trace_context if isinstance(trace_context, dict) else {}
     first_error = _send_owned(services, owned, traces, deadline, again, records, outcomes)
     records.flush()

@@ -7,14 +7,14 @@ changes nothing the second time; each move that wins is counted
 
 from __future__ import annotations
 
-from dmd_tasks.store.notifications.base import Sent
+from dmd_tasks.store.notifications.base import Back, Sent
 from dmd_tasks.store.notifications.generation import Generation
 from dmd_tasks.store.notifications.receipts import Receipts
 from dmd_tasks.store.notifications.reconciling import Reconciling
 from dmd_tasks.store.notifications.scheduling import Scheduling
 from dmd_tasks.store.notifications.sending import Sending
 
-__all__ = ["NotificationRecords", "Sent"]
+__all__ = ["Back", "NotificationRecords", "Sent"]
 
 
 class NotificationRecords(Generation, Scheduling, Sending, Reconciling, Receipts):

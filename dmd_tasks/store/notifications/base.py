@@ -63,6 +63,18 @@ class Sent:
     due: float | None = None
 
 
+@dataclass(frozen=True)
+class Back:
+    """A send that goes back to ``scheduled``, due at ``not_before`` (``mark_retry_many``)."""
+
+    sale_id: str
+    fan_id: str
+    attempts: int
+    not_before: float
+    reason: str
+    lease_token: str | None
+
+
 class NotificationStore:
     """The notifications' table and its pending shards; the moves every part makes."""
 
@@ -91,6 +103,25 @@ class NotificationStore:
     ) -> bool:
         """sending → scheduled, due at ``not_before``, with a new round; ``expired_by``: only if the
         lease had expired by then (the reconciler's take-back); ``pin``: see ``mark_retry``."""
+        write = self._reschedule_write(
+            sale_id, fan_id, attempts, not_before, reason, now, lease_token, expired_by=expired_by, pin=pin
+        )
+        return self._apply(write, f"{sale_id}:{fan_id} {SENDING}->{SCHEDULED}", SENDING, SCHEDULED)
+
+    def _reschedule_write(
+        self,
+        sale_id: str,
+        fan_id: str,
+        attempts: int,
+        not_before: float,
+        reason: str,
+        now: float,
+        lease_token: str | LeaseCheck | None,
+        *,
+        expired_by: float | None = None,
+        pin: str | None = None,
+    ) -> Update:
+        """The conditional write of ``_reschedule`` (one request's worth, or one of a batch's)."""
         values: dict[str, Any] = {
             ":a": attempts,
             ":nb": math.ceil(not_before),
@@ -108,7 +139,7 @@ class NotificationStore:
         if pin is not None:
             values[":pin"] = pin
             pinned = ", pinnedProvider = :pin"
-        return self._move(
+        return self._update(
             sale_id,
             fan_id,
             SENDING,
@@ -173,10 +204,14 @@ class NotificationStore:
             lease_token=lease_token,
             extra_condition=extra_condition,
         )
+        return self._apply(write, f"{sale_id}:{fan_id} {source}->{target}", source, target)
+
+    def _apply(self, write: Update, what: str, source: str, target: str) -> bool:
+        """One conditional move in a request of its own; True if it was applied (and counted)."""
         moved = (
             self._table.update(
                 write.key,
-                what=f"{sale_id}:{fan_id} {source}->{target}",
+                what=what,
                 update=write.update,
                 condition=write.condition,
                 names=write.names,

@@ -30,6 +30,7 @@ from dmd_tasks.store.notifications.base import (
     SENT,
     UNCONFIRMED,
     UNKNOWN,
+    Back,
     LeaseCheck,
     NotificationStore,
     Sent,
@@ -285,6 +286,22 @@ class Sending(NotificationStore):
         from now on it is sent through this provider only (its last call's outcome is unknown)."""
         now = time.time() if now is None else now
         return self._reschedule(sale_id, fan_id, attempts, not_before, reason, now, lease_token, pin=pin)
+
+    def mark_retry_many(self, backs: Sequence[Back], now: float | None = None) -> list[Back]:
+        """``mark_retry`` for many, up to 100 to a request, each fenced by its own lease token (a
+        batch out of time gives back what it had not sent in one request, not one each). Returns
+        the ones written."""
+        now = time.time() if now is None else now
+        writes = [
+            (
+                f"{n}",
+                self._reschedule_write(
+                    back.sale_id, back.fan_id, back.attempts, back.not_before, back.reason, now, back.lease_token
+                ),
+            )
+            for n, back in enumerate(backs)
+        ]
+        return [backs[int(n)] for n in self._move_many(writes, SENDING, SCHEDULED, f"{len(writes)} back to scheduled")]
 
     def mark_failed(
         self,

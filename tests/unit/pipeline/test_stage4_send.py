@@ -172,6 +172,47 @@ def test_a_send_past_its_batchs_deadline_calls_nobody_and_goes_back_to_scheduled
     assert sim.sms_messages_to(phone) == 0
 
 
+def test_a_batch_out_of_time_gives_its_sends_back_in_one_request_and_publishes_them(
+    services: Services, outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch of five whose time a slow dependency used up before its sends
+    box = outbox()
+    sent = [box.add(f"fan{n}") for n in range(5)]
+    monkeypatch.setattr("dmd_tasks.pipeline.stage4_send.Deadline", Expired)
+    writes: list[str] = []
+    client = services.table._client
+    for name in ("transact_write_items", "update_item"):
+        real = getattr(client, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            writes.append(f"{_name}:{len(kwargs.get('TransactItems', [None]))}")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(client, name, counted)
+    published: list[list[tuple[str, float]]] = []
+    monkeypatch.setattr("dmd_tasks.pipeline.stage4_send.publish_due", lambda app, settings, due: published.append(due))
+
+    # When the batch runs
+    outcomes = send_notifications.run([nid for nid, _ in sent])
+
+    # Then nobody is called and all five go back to scheduled, no attempt spent, in one write
+    # after the claim's (a write each took longer than a slow table left the batch), and their
+    # send tasks are published for when each is due
+    assert outcomes == {"skipped": 0, "not-attempted": 5}
+    assert writes == ["transact_write_items:5", "transact_write_items:5"]
+    assert {(box.item(f"fan{n}")["status"], box.item(f"fan{n}")["attempts"]) for n in range(5)} == {("scheduled", 0)}
+    assert sorted(nid for nid, _ in published[0]) == sorted(nid for nid, _ in sent)
+    assert all(sim.sms_messages_to(phone) == 0 for _, phone in sent)
+
+
+class Expired:
+    """A ``Deadline`` whose time is already over (``send_notifications``'s work budget, spent)."""
+
+    @staticmethod
+    def after(_seconds: float) -> Deadline:
+        return Deadline.after(0)
+
+
 def test_a_throttled_send_spends_no_attempt_and_pauses_every_sender(
     services: Services, outbox: Outboxes, faults, sim
 ) -> None:
