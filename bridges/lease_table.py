@@ -106,22 +106,39 @@ class LeaseTable:
 
     def renew_many(self, leases: Sequence[Lease], owner: str) -> dict[str, bool]:
         """Renew every lease in ``leases`` still held by ``owner`` as seen: the same conditional
-        write as ``renew`` for each, up to 100 in one TransactWriteItems request (one lease alone:
-        an UpdateItem). A transaction is all or nothing: when some leases were taken, DynamoDB
-        cancels it and says which (``CancellationReasons``); the others go again without them.
-        Returns, per shard, whether it was renewed (False: another process holds it); a shard
-        missing from the answer is undecided (a transaction conflict: the next round tells)."""
+        write as ``renew`` for each, up to 100 in one request (``_each``). Returns, per shard,
+        whether it was renewed (False: another process holds it); a shard missing from the answer
+        is undecided (a transaction conflict: the next round tells)."""
+        return self._each(leases, lambda lease: self._renewal(lease, owner), lambda lease: self.renew(lease, owner))
+
+    def take_many(self, leases: Sequence[Lease], owner: str) -> dict[str, bool]:
+        """``take`` each of ``leases``, up to 100 in one request (``_each``): a process taking over
+        a dead one's shards takes them together, not one round trip after another. Returns, per
+        shard, whether it was taken (False: it changed since it was seen); a shard missing from
+        the answer is undecided (a conflict: the next take tells)."""
+        return self._each(leases, lambda lease: self._taking(lease, owner), lambda lease: self.take(lease, owner))
+
+    def _each(
+        self,
+        leases: Sequence[Lease],
+        action: Callable[[Lease], dict[str, Any]],
+        alone: Callable[[Lease], bool],
+    ) -> dict[str, bool]:
+        """One conditional write per lease, up to 100 in one TransactWriteItems request (one lease
+        alone: ``alone``, an UpdateItem). A transaction is all or nothing: when some conditions
+        fail, DynamoDB cancels it and says which (``CancellationReasons``); the others go again
+        without them. A conflict with another writer writes nothing and decides nothing."""
         out: dict[str, bool] = {}
         pending = [*leases]
         while pending:
             if len(pending) == 1:
-                out[pending[0].shard] = self.renew(pending[0], owner)
+                out[pending[0].shard] = alone(pending[0])
                 break
             chunk, pending = pending[:TRANSACT_MAX_ITEMS], pending[TRANSACT_MAX_ITEMS:]
             while chunk:
                 try:
                     self._ddb.transact_write_items(
-                        TransactItems=[{"Update": self._renewal(lease, owner)} for lease in chunk],
+                        TransactItems=[{"Update": action(lease)} for lease in chunk],
                         ClientRequestToken=uuid.uuid4().hex,
                     )
                 except ClientError as exc:
@@ -130,13 +147,13 @@ class LeaseTable:
                         reasons
                     ) != len(chunk):
                         raise
-                    taken = [lease for lease, r in zip(chunk, reasons, strict=True) if r == "ConditionalCheckFailed"]
-                    if not taken:  # a conflict with another writer (a take under way): nothing was
-                        break  # written; neither renewed nor lost, the next round tells
-                    out.update((lease.shard, False) for lease in taken)
-                    chunk = [lease for lease in chunk if lease not in taken]
+                    failed = [lease for lease, r in zip(chunk, reasons, strict=True) if r == "ConditionalCheckFailed"]
+                    if not failed:  # a conflict with another writer (a take under way): nothing was
+                        break  # written; neither done nor refused, the next round tells
+                    out.update((lease.shard, False) for lease in failed)
+                    chunk = [lease for lease in chunk if lease not in failed]
                     if len(chunk) == 1:
-                        out[chunk[0].shard] = self.renew(chunk[0], owner)
+                        out[chunk[0].shard] = alone(chunk[0])
                         break
                     continue
                 for lease in chunk:
@@ -160,18 +177,24 @@ class LeaseTable:
 
     def take(self, lease: Lease, owner: str) -> bool:
         """Become the owner, if the lease is still as seen (its counter unchanged)."""
-        return self._update(
-            lease.shard,
-            UpdateExpression="SET #o = :me, #c = if_not_exists(#c, :zero) + :one",
-            ConditionExpression="attribute_not_exists(#c) OR #c = :seen",
-            ExpressionAttributeNames={"#c": "counter", "#o": "owner"},
-            ExpressionAttributeValues={
+        action = self._taking(lease, owner)
+        del action["TableName"]
+        return self._applied(self._ddb.update_item, **action)
+
+    def _taking(self, lease: Lease, owner: str) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Key": self._key(lease.shard),
+            "UpdateExpression": "SET #o = :me, #c = if_not_exists(#c, :zero) + :one",
+            "ConditionExpression": "attribute_not_exists(#c) OR #c = :seen",
+            "ExpressionAttributeNames": {"#c": "counter", "#o": "owner"},
+            "ExpressionAttributeValues": {
                 ":one": {"N": "1"},
                 ":zero": {"N": "0"},
                 ":me": {"S": owner},
                 ":seen": {"N": str(lease.counter)},
             },
-        )
+        }
 
     def checkpoint(self, shard: str, owner: str, sequence: str | None, finished: bool) -> bool:
         """Move the checkpoint, only while ``owner`` holds the lease."""

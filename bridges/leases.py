@@ -13,7 +13,8 @@ and the ``sequence`` checkpoint (``finished`` once the shard is read to its end)
 - **Take.** Every ``failover / 2`` a process lists the leases and aims for its fair share
   (``ceil(unfinished / processes)``, at most ``max_leases``): free and expired leases first,
   then, when none is, one lease at a time from the busiest owner, when it holds at least two
-  more than this process. A take is conditional on the counter seen. A lease the last listing
+  more than this process. A take is conditional on the counter seen; what one take chooses is
+  taken in one request (``LeaseTable.take_many``). A lease the last listing
   showed released, or whose count reaches the failover time between two takes, is taken at the
   loop's next wake-up (every failover/6) instead of the next take.
 - **Checkpoint** only while holding: conditional on owner (a process that lost a lease cannot
@@ -306,29 +307,31 @@ class LeaseCoordinator:
                 chosen = [
                     sorted((lease for lease in live if lease.owner == busiest), key=lambda lease: lease.shard)[-1]
                 ]
+        was_expired = {lease.shard: expired(lease) for lease in chosen}
+        taken = self.table.take_many(chosen, self.worker_id) if chosen else {}
         for lease in chosen:
-            self._take_one(lease, expired(lease), now)
+            if taken.get(lease.shard):
+                self._took(lease, was_expired[lease.shard], now)
         now_held = self.held()
         self._holds_all = bool(live) and all(lease.shard in now_held for lease in live)
 
-    def _take_one(self, lease: Lease, was_expired: bool, now: float) -> None:
-        """One conditional take of ``lease`` (free, expired, or for balance)."""
+    def _took(self, lease: Lease, was_expired: bool, now: float) -> None:
+        """``lease`` was just taken (free, expired, or for balance): held from now on."""
         previous = lease.owner
         event = "stolen" if previous is not None and not was_expired else "taken"
-        if self.table.take(lease, self.worker_id):
-            lease.owner, lease.counter = self.worker_id, lease.counter + 1
-            with self._lock:
-                self._held[lease.shard] = lease
-            self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
-            self.listing[lease.shard] = Lease(**vars(lease))
-            BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
-            log.info(
-                "%s: took the lease of shard %s (from %s: %s)",
-                self.bridge,
-                lease.shard,
-                previous or "nobody",
-                "balancing" if event == "stolen" else "free or expired",
-            )
+        lease.owner, lease.counter = self.worker_id, lease.counter + 1
+        with self._lock:
+            self._held[lease.shard] = lease
+        self._seen[lease.shard] = _Seen(lease.counter, self.worker_id, now)
+        self.listing[lease.shard] = Lease(**vars(lease))
+        BRIDGE_LEASE_EVENTS.labels(self.bridge, event).inc()
+        log.info(
+            "%s: took the lease of shard %s (from %s: %s)",
+            self.bridge,
+            lease.shard,
+            previous or "nobody",
+            "balancing" if event == "stolen" else "free or expired",
+        )
 
     def stop(self) -> None:
         """Stop renewing and release every lease held (another process takes them at once)."""

@@ -408,3 +408,31 @@ def test_a_dead_owners_lease_is_taken_at_the_first_wake_up_after_it_expires_not_
     # not at the take after that (every failover/2 from b's last: wake-up 22, a step later here)
     assert len(b.held()) == 4
     assert FAILOVER <= clock.now - seen_at < FAILOVER + step
+
+
+def test_a_dead_owners_leases_are_taken_together_in_one_request(table: LeaseTable) -> None:
+    # Given a and b sharing the four shards, and a dead
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    a.tick()
+    b.take()
+    b.take()
+    assert len(a.held()) == 4 and len(b.held()) == 2  # a finds out at its renewal; it never renews again
+    calls: list[str] = []
+    for name in ("transact_write_items", "update_item"):
+        real = getattr(table._ddb, name)
+        setattr(
+            table._ddb,
+            name,
+            lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs),  # type: ignore[func-returns-value]
+        )
+
+    # When b's take finds a's two leases expired
+    clock.now += FAILOVER + 1
+    b.renew()
+    calls.clear()
+    b.take()
+
+    # Then both are b's, taken in one request
+    assert len(b.held()) == 4 and set(owners(table).values()) == {"b"}
+    assert calls == ["transact_write_items"]
