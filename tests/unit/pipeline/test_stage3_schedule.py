@@ -213,6 +213,26 @@ def test_a_tick_slowed_by_its_store_keeps_what_it_moved_and_stops_at_its_deadlin
     assert 0 < again.scheduled <= TRANSACT_MAX_ITEMS and again.cut_short, again
 
 
+def test_a_write_once_slower_than_the_whole_budget_does_not_stop_the_scheduler(
+    services: Services, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    # Given a pace measured when the table was throttled: one round took longer than a tick's budget
+    services = Services(services.settings.model_copy(update={"sms_account_parts_per_second": 5000.0}))
+    sale_id = generated(services, seed_sale, 150, rate=1000)
+    services.write_pace.record(30.0)
+
+    # When the next ticks run with a budget of a few seconds, the table fast again
+    first = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(3.0))
+    second = run_tick(services, sale_ids=[sale_id], span=1.0, deadline=Deadline.after(3.0))
+
+    # Then each makes one round (which measures the pace again) instead of none for good
+    assert first.scheduled == TRANSACT_MAX_ITEMS and first.rounds == 1, first
+    assert services.write_pace.seconds < 30.0
+    assert second.scheduled == 50, second
+    statuses = [i["status"] for i in sale_notifications(services, sale_id)]
+    assert statuses.count("scheduled") == 150
+
+
 def test_a_tick_out_of_time_before_a_sale_leaves_it_to_the_next_tick(
     services: Services, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:
