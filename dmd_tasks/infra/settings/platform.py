@@ -147,9 +147,10 @@ class BridgeSettings(BaseModel):
     #: Shard leases (bridges.leases): every process of a bridge shares the stream's shards. A lease
     #: whose counter another process has not seen move for this long is taken over; its owner
     #: renews it three times as often (one request a process, every lease in it). A crashed
-    #: process's shards wait up to 1.5 × this for a new reader (a process that stops releases
-    #: its leases at once); the Kinesis Client Library's guide raises the same setting to cut
-    #: the lease table's requests.
+    #: process's shards wait up to 1.5 × this plus a sixth for a new reader (the listing that
+    #: first sees its last renewal comes every half, the take at the next wake-up, every sixth);
+    #: a process that stops releases its leases at once. The Kinesis Client Library's guide
+    #: raises the same setting to cut the lease table's requests.
     bridge_lease_failover_seconds: float = Field(default=30.0, ge=1)
     #: The most shard leases one bridge process holds (more processes are needed past it).
     bridge_max_leases: int = Field(default=1000, ge=1)
