@@ -7,8 +7,11 @@ to the real server until told otherwise:
   crosses in either direction (what was read before stays held). Connects still succeed.
 - ``cut()``: an unreachable dependency. Every connection is closed at once and new connects are
   refused (the listening socket is closed) until ``heal()``.
-- ``slow(seconds)``: a slow dependency (a throttled table, a hot partition). Every chunk a client
-  sends (a request, for a request-response protocol) reaches the server ``seconds`` late.
+- ``slow(seconds)``: a slow dependency (a throttled table, a hot partition). Every request a
+  client sends reaches the server ``seconds`` late: what the client sends after the server last
+  answered on that connection (a request, for a request-response protocol) is held once, however
+  many reads its bytes take. (Holding every read made a 60 kB batch request several times later
+  than a small one, which a throttled table does not do.)
 - ``heal()``: forwarding as normal again, at full speed. Connections held by a freeze carry on
   where they stopped, unless a peer gave up on them meanwhile. After a cut, the proxy listens again
   on the same port.
@@ -47,6 +50,8 @@ class _Link:
         self.client = client
         self.upstream = upstream
         self.closed = False
+        #: the server answered since the client last sent: what the client sends next is a new request
+        self.answered = True
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -74,7 +79,7 @@ class FaultProxy:
         self.port: int = int(self._listener.getsockname()[1])
         #: connections accepted (and forwarded or held) since the start
         self.accepted = 0
-        #: how late each chunk from a client is forwarded (``slow``)
+        #: how late each request from a client is forwarded (``slow``)
         self.delay = 0.0
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"fault-proxy-{self.port}", daemon=True)
         self._acceptor.start()
@@ -220,8 +225,12 @@ class FaultProxy:
         try:
             while self._flowing(link):
                 data = src.recv(_CHUNK)
-                if data and src is link.client and self.delay > 0:
-                    time.sleep(self.delay)
+                if data and src is link.client:
+                    if link.answered and self.delay > 0:  # a new request: held once
+                        time.sleep(self.delay)
+                    link.answered = False
+                elif data:
+                    link.answered = True
                 if not data or not self._flowing(link):
                     break
                 dst.sendall(data)

@@ -93,6 +93,41 @@ def test_slow_delays_each_request_and_heal_restores_full_speed(proxy: FaultProxy
         assert time.monotonic() - began < 0.2
 
 
+class AnsweringServer(EchoServer):
+    """Answers ``ok`` once a whole request of ``SIZE`` bytes has arrived (request, then response)."""
+
+    SIZE = 1_000_000
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while True:
+                    got = 0
+                    while got < AnsweringServer.SIZE:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        got += len(data)
+                    conn.sendall(b"ok")
+            except OSError:
+                pass
+
+
+@pytest.mark.stack  # a server of its own, on a socket
+def test_slow_delays_a_large_request_once_not_each_read_of_it() -> None:
+    # a 1 MB request reaches the proxy in many reads; a slow dependency makes each request late once
+    server = AnsweringServer()
+    with FaultProxy("127.0.0.1", server.port) as proxy, connect(proxy, timeout=5.0) as sock:
+        proxy.slow(0.3)
+        for _ in range(2):
+            began = time.monotonic()
+            sock.sendall(b"x" * AnsweringServer.SIZE)
+            assert sock.recv(16) == b"ok"
+            assert 0.3 <= time.monotonic() - began < 0.6
+    server.close()
+
+
 def test_freeze_holds_bytes_and_heal_delivers_them(proxy: FaultProxy) -> None:
     with connect(proxy) as sock:
         assert roundtrip(sock, b"before") == b"before"
