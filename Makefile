@@ -86,7 +86,7 @@ BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-## make profile PROFILE=generate|bridge|api: one hot path under pyinstrument, with the emulator's share
+## make profile PROFILE=generate|bridge|api|send: one hot path under pyinstrument, with the emulator's share
 PROFILE ?= generate
 profile: setup
 	$(BIN)/python -m bench.profile $(PROFILE)

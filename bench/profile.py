@@ -1,7 +1,10 @@
 """``python -m bench.profile PATH``: profile one hot path in-process with pyinstrument.
 
 Paths: ``generate`` (a sale's fan-out), ``bridge`` (stream records to task messages),
-``api`` (cached ``eventDetails`` requests through the ASGI app, no HTTP server). Each runs
+``api`` (cached ``eventDetails`` requests through the ASGI app, no HTTP server), ``send``
+(scheduled notifications through ``send_notifications``, batch by batch, with no cap: its
+sends run one after another on the profiled thread, where a worker runs them on its AWS
+thread pool, so that the profiler sees them). Each runs
 against its own fresh local stack, with the CPU of the emulator process measured over the
 same interval, so the profile says whether the project's own code or the emulator bounds the path.
 """
@@ -147,7 +150,57 @@ def _api(h: Any, requests: int) -> Any:
     return work
 
 
-PATHS = {"generate": _generate, "bridge": _bridge, "api": _api}
+def _send(h: Any, fans: int) -> Any:
+    from concurrent.futures import Executor, Future
+
+    from bench.seed import claim_sale, new_sale, seed_event
+    from dmd_tasks.infra import aws
+    from dmd_tasks.infra.deadline import Deadline
+    from dmd_tasks.pipeline import stage4_send
+    from dmd_tasks.pipeline.stage2_generate import generate_sale
+    from dmd_tasks.pipeline.stage3_schedule import run_tick
+    from dmd_tasks.services import Services
+
+    class Inline(Executor):
+        """Runs what it is given at once, on the caller's thread."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
+
+    h.sim.configure(sms={"latency_ms": 0, "status_delay_ms": 60_000})
+    services = Services(h.settings.model_copy(update={"sms_account_parts_per_second": 1_000_000.0}))
+    seed_event(h.settings, "evsend", fans)
+    sale_id = f"sale{uuid.uuid4().hex[:8]}"
+    new_sale(h.settings, sale_id, "evsend", 10_000.0)
+    claim_sale(h.settings, sale_id)
+    while generate_sale(sale_id, services).outcome == "continue":
+        pass
+    ids: list[str] = []
+    run_tick(services, sale_ids=[sale_id], span=fans, deadline=Deadline.after(3600), publish=ids.extend)
+    # the task's services, no publishing of what goes back, and the sends on this thread
+    for module, name, value in (
+        (stage4_send, "get_services", lambda: services),
+        (stage4_send, "publish_due", lambda *args: 0),
+        (aws, "io_pool", lambda settings: Inline()),
+    ):
+        setattr(module, name, value)
+    size = services.settings.send_batch_size
+
+    def work() -> int:
+        sent = 0
+        for start in range(0, len(ids), size):
+            sent += stage4_send.send_notifications.run(ids[start : start + size]).get("sent", 0)
+        return sent
+
+    return work
+
+
+PATHS = {"generate": _generate, "bridge": _bridge, "api": _api, "send": _send}
 
 if __name__ == "__main__":
     sys.exit(main())
