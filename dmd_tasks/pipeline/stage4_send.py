@@ -86,7 +86,13 @@ def send_notifications(
     a single send (the store unreachable) are retried by Celery; every step is idempotent.
     """
     services = get_services()
-    deadline = Deadline.after(services.settings.work_budget_seconds)
+    # The claim is the batch's new work; what it claimed is sent until two work budgets (two
+    # thirds of the soft time limit) from now, the last third left for the records. Giving a
+    # claimed notification back costs a write, a publish and a claim again: when a slow store
+    # made the claim eat the first budget, sending was cheaper than giving back, and giving
+    # back fed the store's slowness (the chaos suite's frozen worker: every batch of the other
+    # worker out of time after its claim, 500 give-backs, the reconciler starved).
+    deadline = Deadline.after(2 * services.settings.work_budget_seconds)
     outcomes: Counter[str] = Counter()
     valid = _valid_ids(notification_ids, outcomes)
     owned = claim_batch(services, valid)

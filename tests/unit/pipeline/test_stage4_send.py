@@ -205,6 +205,29 @@ def test_a_batch_out_of_time_gives_its_sends_back_in_one_request_and_publishes_t
     assert all(sim.sms_messages_to(phone) == 0 for _, phone in sent)
 
 
+def test_what_a_batch_claimed_is_sent_though_its_claim_took_a_whole_work_budget(
+    outbox: Outboxes, sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a work budget of 1 s (a soft time limit of 3 s), and a claim a slow table held up 1.5 s
+    slow = Services(load_settings(task_soft_time_limit_seconds=3, task_time_limit_seconds=5))
+    box = outbox()
+    sent = [box.add(f"fan{n}") for n in range(2)]
+    real = claim_batch
+
+    def held_up(services: Services, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        owned = real(services, ids)
+        time.sleep(1.5)
+        return owned
+
+    monkeypatch.setattr("dmd_tasks.pipeline.stage4_send.get_services", lambda: slow)
+    monkeypatch.setattr("dmd_tasks.pipeline.stage4_send.claim_batch", held_up)
+
+    # When the batch runs, then what it claimed is sent, not given back: sends may start until two
+    # budgets, the last third of the soft limit left for the records
+    assert send_notifications.run([nid for nid, _ in sent]) == {"skipped": 0, "sent": 2}
+    assert all(sim.sms_messages_to(phone) == 1 for _, phone in sent)
+
+
 class Expired:
     """A ``Deadline`` whose time is already over (``send_notifications``'s work budget, spent)."""
 
