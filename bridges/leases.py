@@ -14,9 +14,9 @@ and the ``sequence`` checkpoint (``finished`` once the shard is read to its end)
   (``ceil(unfinished / processes)``, at most ``max_leases``): free and expired leases first,
   then, when none is, one lease at a time from the busiest owner, when it holds at least two
   more than this process. A take is conditional on the counter seen; what one take chooses is
-  taken in one request (``LeaseTable.take_many``). A lease the last listing
-  showed released, or whose count reaches the failover time between two takes, is taken at the
-  loop's next wake-up (every failover/6) instead of the next take.
+  taken in one request (``LeaseTable.take_many``). A lease the last listing showed released, or
+  whose count reaches the failover time between two takes, is taken at the loop's next wake-up
+  (every failover/6) instead of the next take.
 - **Checkpoint** only while holding: conditional on owner (a process that lost a lease cannot
   move its checkpoint; its last pages are read again by the new owner, and every task they
   become is idempotent).
@@ -225,17 +225,18 @@ class LeaseCoordinator:
 
     def _one_expired(self, now: float) -> bool:
         """A lease of another process, as last listed, has gone unrenewed for the failover time by
-        now, or was released: taken at this wake-up rather than at the next take. Takes come every failover/2 and
-        the count starts at the take that first saw the counter, so a count ending just after a
-        take waited a whole interval more (a dead owner's shards unread for failover/2 longer)."""
+        now, or was released: taken at this wake-up rather than at the next take. Takes come every
+        failover/2 and the count starts at the take that first saw the counter, so a count ending
+        just after a take waited a whole interval more (a dead owner's shards unread for failover/2
+        longer)."""
         if len(self._held) >= self.max_leases:
             return False
         for lease in self.listing.values():
-            seen = self._seen.get(lease.shard)
             if lease.finished or lease.owner == self.worker_id:
                 continue
             if lease.owner is None:  # released: free at once
                 return True
+            seen = self._seen.get(lease.shard)
             if seen is not None and seen.owner == lease.owner and now - seen.since >= self.failover_seconds:
                 return True
         return False
