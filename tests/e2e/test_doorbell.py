@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -24,6 +25,20 @@ QUIET = 20.0
 def receipt() -> bytes:
     event = {"type": "status", "message_id": f"SM{uuid.uuid4().hex}", "status": "delivered"}
     return json.dumps(event | {"timestamp": "2026-12-07T10:00:00Z"}).encode()
+
+
+def settled(count: Callable[[], int], still: float = 3.0) -> tuple[float, int]:
+    """Sample ``count`` until it has not changed for ``still`` seconds: (when it was last seen to
+    change, monotonic; its value). A change is seen after it happened, never before."""
+    value, changed = count(), time.monotonic()
+    deadline = changed + 60
+    while time.monotonic() - changed < still:
+        assert time.monotonic() < deadline, "the bridge never stopped reading"
+        time.sleep(0.2)
+        now = count()
+        if now != value:
+            value, changed = now, time.monotonic()
+    return changed, value
 
 
 def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, stack) -> None:
@@ -57,11 +72,11 @@ def test_an_idle_status_bridge_waits_long_and_reads_at_once_when_rung(settings, 
     try:
         # Given the bridge reading: a first receipt's task is on the queue (time T)
         wait_until(put_and_see_it_read, timeout=60, what="the bridge reading")
-        seen = time.monotonic()
-        before = waiting()
-        # When a second receipt comes with no ring, then it waits: the bridge read once more right
-        # after the first (nothing), and now waits QUIET seconds
-        time.sleep(1.0)
+        # The poll that read it goes on through the other shards, and the bridge reads again at once
+        # while a poll reads something: the count settles (its last change at `seen`) when a poll
+        # read nothing, and the bridge's quiet wait began then, QUIET seconds from `seen` at least
+        seen, before = settled(waiting)
+        # When a second receipt comes with no ring, then it waits QUIET seconds
         put()
         while time.monotonic() < seen + QUIET / 2:
             assert waiting() == before, "read without a ring before the bridge's quiet wait ended"
