@@ -47,6 +47,7 @@ from dmd_tasks.infra.metrics import RECONCILER_ACTIONS, WORK_CUT_SHORT
 from dmd_tasks.infra.topology import RECONCILE
 from dmd_tasks.pipeline.chain import publish_sends
 from dmd_tasks.services import Services, get_services
+from dmd_tasks.store.notifications.reconciling import TakeBack
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Reconciler:
         self.maybe_retire(sale_id)
 
     def expired_leases(self, sale_id: str, shard: int) -> None:
+        backs: list[TakeBack] = []
         for item in self.notifications.expired_leases(sale_id, shard, self.now):
             fan_id, token = item["fanId"], item.get("leaseToken")
             attempts = int(item.get("attempts", 0)) + 1  # the call may have reached the provider
@@ -113,18 +115,14 @@ class Reconciler:
                 # a call that had started at one provider is repeated there (with two providers:
                 # the other could send a second SMS)
                 called = item.get("provider") if "callStartedAt" in item else None
-                done = self.notifications.take_back(
-                    sale_id,
-                    fan_id,
-                    token,
-                    attempts,
-                    self.now,
-                    "send lease expired; sent again with the same idempotency key",
-                    pin=str(called) if called else None,
-                )
-                self._count("lease_taken_back", done)
-                if done:  # back in scheduled: its send task is this pass's to publish
-                    self.republish.append(notification_id(sale_id, fan_id))
+                backs.append(TakeBack(fan_id, token, attempts, str(called) if called else None))
+        if backs:  # back in scheduled, together (a frozen worker's leases expire together)
+            taken = self.notifications.take_back_many(
+                sale_id, backs, self.now, "send lease expired; sent again with the same idempotency key"
+            )
+            self._count("lease_taken_back", len(taken))
+            # their send tasks are this pass's to publish
+            self.republish.extend(notification_id(sale_id, fan_id) for fan_id in taken)
 
     def unconfirmed_over(self, sale_id: str, shard: int) -> None:
         window = self.settings.unconfirmed_window_seconds

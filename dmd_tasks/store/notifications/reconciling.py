@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dmd_tasks.store.codec import epoch_key
@@ -14,8 +16,20 @@ from dmd_tasks.store.keys import (
 )
 from dmd_tasks.store.notifications.base import (
     SCHEDULED,
+    SENDING,
     NotificationStore,
 )
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    """One expired ``sending`` lease the reconciler takes back (``Reconciling.take_back_many``)."""
+
+    fan_id: str
+    lease_token: str | None
+    attempts: int
+    #: the provider its call had started at: sent again there only
+    pin: str | None = None
 
 
 class Reconciling(NotificationStore):
@@ -83,3 +97,17 @@ class Reconciling(NotificationStore):
         """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it;
         ``pin``: sent again through that provider only (its call had started there)."""
         return self._reschedule(sale_id, fan_id, attempts, now, reason, now, lease_token, expired_by=now, pin=pin)
+
+    def take_back_many(self, sale_id: str, backs: Sequence[TakeBack], now: float, reason: str) -> list[str]:
+        """``take_back`` for many, up to 100 to a request, each on its own condition (its lease
+        token, expired by ``now``). Returns the fans taken back."""
+        writes = [
+            (
+                b.fan_id,
+                self._reschedule_write(
+                    sale_id, b.fan_id, b.attempts, now, reason, now, b.lease_token, expired_by=now, pin=b.pin
+                ),
+            )
+            for b in backs
+        ]
+        return self._move_many(writes, SENDING, SCHEDULED, f"{len(writes)} of {sale_id} taken back")

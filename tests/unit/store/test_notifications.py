@@ -18,6 +18,7 @@ from dmd_tasks.infra.settings import Settings
 from dmd_tasks.store.codec import epoch_key, iso
 from dmd_tasks.store.keys import notification_key, pending_index, pending_sort, scheduled_index, sending_index
 from dmd_tasks.store.notifications import NotificationRecords, Sent
+from dmd_tasks.store.notifications.reconciling import TakeBack
 from dmd_tasks.store.table import DemandTable
 
 NOW = 1_795_600_800.0
@@ -427,6 +428,47 @@ def test_take_back_refuses_a_live_lease_and_another_token(table: DemandTable, re
     assert not {"leaseUntil", "leaseToken"} & set(item)
     assert records.expired_leases(sale_id, records.shard_of("fan1"), NOW + 10 * LEASE) == []
     assert transitions("sending", "scheduled") == before + 1
+
+
+def test_leases_taken_back_together_go_in_one_request_each_on_its_own_condition(
+    table: DemandTable, records: NotificationRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five claims whose leases expired, one of them since renewed by its worker (another token)
+    sale_id = new_sale()
+    tokens = {fan: claimed(table, records, sale_id, fan) for fan in ("a", "b", "c", "d", "e")}
+    assert records.take_back(sale_id, "c", tokens["c"], 1, NOW + LEASE, "taken back once")
+    renewed = records.claim_for_send(sale_id, "c", NOW + LEASE, LEASE)
+    assert renewed is not None
+    requests = []
+    real = table._client.transact_write_items
+
+    def counted(**kwargs: Any) -> Any:
+        requests.append(len(kwargs["TransactItems"]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(table._client, "transact_write_items", counted)
+    before = transitions("sending", "scheduled")
+
+    # When the reconciler takes them back together with the tokens it saw
+    backs = [TakeBack(fan, tokens[fan], 1, "http" if fan == "a" else None) for fan in tokens]
+    taken = records.take_back_many(sale_id, backs, NOW + LEASE + 1, "send lease expired")
+
+    # Then the four expired ones are scheduled again in one request (the refused one sent again without
+    # the others), the renewed claim is untouched, and each move is counted once
+    assert sorted(taken) == ["a", "b", "d", "e"]
+    assert requests[0] == 5 and len(requests) <= 2
+    assert transitions("sending", "scheduled") == before + 4
+    for fan in taken:
+        item = stored(table, sale_id, fan)
+        assert (item["status"], item["lastError"]) == ("scheduled", "send lease expired")
+        assert not {"leaseUntil", "leaseToken"} & set(item)
+    assert stored(table, sale_id, "a")["pinnedProvider"] == "http"
+    assert (stored(table, sale_id, "c")["status"], stored(table, sale_id, "c")["leaseToken"]) == (
+        "sending",
+        renewed["leaseToken"],
+    )
+    # and taking them back again changes nothing
+    assert records.take_back_many(sale_id, backs, NOW + LEASE + 2, "twice") == []
 
 
 def test_scheduled_notifications_are_stale_only_after_they_were_due(
