@@ -16,7 +16,8 @@ and the ``sequence`` checkpoint (``finished`` once the shard is read to its end)
   more than this process. A take is conditional on the counter seen; what one take chooses is
   taken in one request (``LeaseTable.take_many``). A lease the last listing showed released, or
   whose count reaches the failover time between two takes, is taken at the loop's next wake-up
-  (every failover/6) instead of the next take.
+  (every failover/6) instead of the next take: first thing at that wake-up, from that listing
+  (conditional on the counter listed; a refused take has the table listed again at once).
 - **Checkpoint** only while holding: conditional on owner (a process that lost a lease cannot
   move its checkpoint; its last pages are read again by the new owner, and every task they
   become is idempotent).
@@ -214,11 +215,17 @@ class LeaseCoordinator:
         now = self.clock()
         # a wake-up comes at least one step after the last; the slack absorbs clock rounding
         slack = self._step / 10
+        if self._one_expired(now):
+            # a dead process's shards wait on this request alone: not on a renewal before it, nor a
+            # listing (each take is conditional on the counter listed: a stale one is refused, and
+            # the listing below, due at once then, sees why)
+            with self._taking:
+                self._take(fresh=False)
         if now - self._last_renew >= self.failover_seconds / 3 - slack:
             self._last_renew = now
             self.renew()
         take_every = self.failover_seconds * (3 if self._holds_all else 0.5)
-        if now - self._last_take >= take_every - slack or self._one_expired(now):
+        if now - self._last_take >= take_every - slack:
             self._last_take = now
             self.take()
         BRIDGE_LEASES.labels(self.bridge).set(len(self._held))
@@ -266,17 +273,21 @@ class LeaseCoordinator:
         with self._taking:
             self._take()
 
-    def _take(self) -> None:
+    def _take(self, fresh: bool = True) -> None:
+        """``fresh``: from a listing made now; else from the last one (``_one_expired``)."""
         now = self.clock()
-        leases = self.table.list()
-        self.listing = {lease.shard: Lease(**vars(lease)) for lease in leases}
+        if fresh:
+            leases = self.table.list()
+            self.listing = {lease.shard: Lease(**vars(lease)) for lease in leases}
+        else:
+            leases = [Lease(**vars(lease)) for lease in self.listing.values()]
         live = [lease for lease in leases if not lease.finished]
         for lease in leases:
             seen = self._seen.get(lease.shard)
             if seen is None or seen.counter != lease.counter or seen.owner != lease.owner:
                 self._seen[lease.shard] = _Seen(lease.counter, lease.owner, now)
         with self._lock:
-            for lease in leases:
+            for lease in leases if fresh else ():  # what the table says now, not an older listing
                 held = self._held.get(lease.shard)
                 if held is not None and (lease.finished or lease.owner != self.worker_id):
                     self._held.pop(lease.shard)  # finished, or no longer ours
@@ -297,10 +308,11 @@ class LeaseCoordinator:
         target = min(self.max_leases, math.ceil(len(live) / len(owners))) if live else 0
         want = target - len(mine)
         if want <= 0:
-            self._holds_all = len(mine) == len(live) > 0
+            if fresh:
+                self._holds_all = len(mine) == len(live) > 0
             return
         chosen = sorted(free, key=lambda lease: (lease.owner is not None, lease.shard))[:want]
-        if not chosen:
+        if not chosen and fresh:  # a steal for balance only on what the table says now
             busiest, count = max(
                 ((o, n) for o, n in owners.items() if o != self.worker_id), key=lambda on: on[1], default=(None, 0)
             )
@@ -313,8 +325,11 @@ class LeaseCoordinator:
         for lease in chosen:
             if taken.get(lease.shard):
                 self._took(lease, was_expired[lease.shard], now)
-        now_held = self.held()
-        self._holds_all = bool(live) and all(lease.shard in now_held for lease in live)
+        if not fresh and not all(taken.get(lease.shard) for lease in chosen):
+            self._last_take = -math.inf  # the listing was out of date: list again now
+        if fresh:
+            now_held = self.held()
+            self._holds_all = bool(live) and all(lease.shard in now_held for lease in live)
 
     def _took(self, lease: Lease, was_expired: bool, now: float) -> None:
         """``lease`` was just taken (free, expired, or for balance): held from now on."""

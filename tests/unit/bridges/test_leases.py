@@ -436,3 +436,63 @@ def test_a_dead_owners_leases_are_taken_together_in_one_request(table: LeaseTabl
     # Then both are b's, taken in one request
     assert len(b.held()) == 4 and set(owners(table).values()) == {"b"}
     assert calls == ["transact_write_items"]
+
+
+def test_at_the_wake_up_a_dead_owners_leases_expire_the_take_is_the_first_request(table: LeaseTable) -> None:
+    # Given a and b sharing the shards (both waking every step), and a dead
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    step = FAILOVER / 6
+    for _ in range(13):
+        clock.now += step
+        a.tick()
+        b.tick()
+    assert len(a.held()) == 2 and len(b.held()) == 2
+    requests: list[str] = []
+    for name in ("list", "renew_many", "take_many"):
+        real = getattr(table, name)
+        setattr(
+            table,
+            name,
+            lambda *args, _real=real, _name=name, **kwargs: requests.append(_name) or _real(*args, **kwargs),  # type: ignore[func-returns-value]
+        )
+    # When b wakes until it holds a's leases
+    for _ in range(3 * 6):
+        requests.clear()
+        clock.now += step
+        b.tick()
+        if len(b.held()) == 4:
+            break
+    # Then at that wake-up the take came first, from the listing b already had: a dead process's
+    # shards wait on one request, not on a renewal and a listing before it (seconds each under load)
+    assert len(b.held()) == 4
+    assert requests[0] == "take_many", requests
+
+
+def test_a_take_from_an_out_of_date_listing_is_refused_and_the_table_listed_at_once(table: LeaseTable) -> None:
+    # Given a and b sharing the shards, b's last listing showing a's leases unrenewed for the
+    # failover time (a paused, not dead: it renews again before b's next take)
+    clock = Clock()
+    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
+    step = FAILOVER / 6
+    for _ in range(13):
+        clock.now += step
+        a.tick()
+        b.tick()
+    b.take()
+    clock.now += FAILOVER + step
+    a.renew()
+    listings: list[float] = []
+    real_list = table.list
+    table.list = lambda: listings.append(clock.now) or real_list()  # type: ignore[func-returns-value, method-assign]
+
+    # When b wakes up and takes what its listing says expired
+    b.tick()
+
+    # Then its conditional takes were refused (a renewed them), it listed the table at that wake-up,
+    # and a keeps its leases
+    assert listings == [clock.now]
+    assert len(a.held()) == 2 and len(b.held()) == 2
+    assert sorted(owners(table).values()) == ["a", "a", "b", "b"]  # type: ignore[type-var]
+    a.renew()
+    assert len(a.held()) == 2
