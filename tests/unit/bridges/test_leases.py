@@ -438,15 +438,21 @@ def test_a_dead_owners_leases_are_taken_together_in_one_request(table: LeaseTabl
     assert calls == ["transact_write_items"]
 
 
-def test_at_the_wake_up_a_dead_owners_leases_expire_the_take_is_the_first_request(table: LeaseTable) -> None:
-    # Given a and b sharing the shards (both waking every step), and a dead
-    clock = Clock()
+def sharing(table: LeaseTable, clock: Clock) -> tuple[LeaseCoordinator, LeaseCoordinator, float]:
+    """Processes a and b, both woken every step (failover/6) until they share the shards: (a, b, step)."""
     a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
     step = FAILOVER / 6
     for _ in range(13):
         clock.now += step
         a.tick()
         b.tick()
+    return a, b, step
+
+
+def test_at_the_wake_up_a_dead_owners_leases_expire_the_take_is_the_first_request(table: LeaseTable) -> None:
+    # Given a and b sharing the shards (both waking every step), and a dead
+    clock = Clock()
+    a, b, step = sharing(table, clock)
     assert len(a.held()) == 2 and len(b.held()) == 2
     requests: list[str] = []
     for name in ("list", "renew_many", "take_many"):
@@ -473,12 +479,7 @@ def test_a_take_from_an_out_of_date_listing_is_refused_and_the_table_listed_at_o
     # Given a and b sharing the shards, b's last listing showing a's leases unrenewed for the
     # failover time (a paused, not dead: it renews again before b's next take)
     clock = Clock()
-    a, b = coordinator(table, clock, "a"), coordinator(table, clock, "b")
-    step = FAILOVER / 6
-    for _ in range(13):
-        clock.now += step
-        a.tick()
-        b.tick()
+    a, b, step = sharing(table, clock)
     b.take()
     clock.now += FAILOVER + step
     a.renew()
