@@ -75,10 +75,15 @@ CHAOS_OUTAGE   ?= 20
 CHAOS_THROTTLE ?= $(CHAOS_OUTAGE)
 CHAOS_SLOW     ?= $(CHAOS_OUTAGE)
 CHAOS_WORKERS  ?= 2
+## The scenarios timed against a design bound (marked `alone`: a bridge's takeover in seconds) run
+## after the others, by themselves: beside another scenario starting a dozen processes on the same
+## cores, a process could wait seconds for a core, and the bound measured the machine.
+CHAOS_RUN = DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
+	DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) DMD_CHAOS_SLOW_SECONDS=$(CHAOS_SLOW) $(PYTEST)
 chaos: setup
-	DMD_CHAOS_FANS=$(CHAOS_FANS) DMD_CHAOS_KILLS=$(CHAOS_KILLS) DMD_CHAOS_OUTAGE_SECONDS=$(CHAOS_OUTAGE) \
-		DMD_CHAOS_THROTTLE_SECONDS=$(CHAOS_THROTTLE) DMD_CHAOS_SLOW_SECONDS=$(CHAOS_SLOW) \
-		$(PYTEST) -m chaos -n $(CHAOS_WORKERS) --durations=25 $(PYTEST_ARGS)
+	$(CHAOS_RUN) -m "chaos and not alone" -n $(CHAOS_WORKERS) --durations=25 $(PYTEST_ARGS); shared=$$?; \
+	$(CHAOS_RUN) -m "chaos and alone" --durations=5 $(PYTEST_ARGS); alone=$$?; \
+	test $$shared -eq 0 -a $$alone -eq 0
 
 ## make bench: the benchmark suite on the local stack; figures to docs/benchmarks.md (+ .json)
 ## sizes are parameters, e.g. make bench BENCH_ARGS="--fans 1000000 --only fanout"
