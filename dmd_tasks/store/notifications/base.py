@@ -98,14 +98,11 @@ class NotificationStore:
         now: float,
         lease_token: str | LeaseCheck | None,
         *,
-        expired_by: float | None = None,
         pin: str | None = None,
     ) -> bool:
-        """sending → scheduled, due at ``not_before``, with a new round; ``expired_by``: only if the
-        lease had expired by then (the reconciler's take-back); ``pin``: see ``mark_retry``."""
-        write = self._reschedule_write(
-            sale_id, fan_id, attempts, not_before, reason, now, lease_token, expired_by=expired_by, pin=pin
-        )
+        """sending → scheduled, due at ``not_before``, with a new round, in a request of its own;
+        ``pin``: see ``mark_retry``."""
+        write = self._reschedule_write(sale_id, fan_id, attempts, not_before, reason, now, lease_token, pin=pin)
         return self._apply(write, f"{sale_id}:{fan_id} {SENDING}->{SCHEDULED}", SENDING, SCHEDULED)
 
     def _reschedule_write(
@@ -121,7 +118,8 @@ class NotificationStore:
         expired_by: float | None = None,
         pin: str | None = None,
     ) -> Update:
-        """The conditional write of ``_reschedule`` (one request's worth, or one of a batch's)."""
+        """The conditional write of ``_reschedule`` (one request's worth, or one of a batch's);
+        ``expired_by``: only if the lease had expired by then (the reconciler's take-back)."""
         values: dict[str, Any] = {
             ":a": attempts,
             ":nb": math.ceil(not_before),

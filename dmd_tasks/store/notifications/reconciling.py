@@ -96,7 +96,7 @@ class Reconciling(NotificationStore):
     ) -> bool:
         """An expired ``sending`` lease back to ``scheduled`` (due now), if nobody renewed or used it;
         ``pin``: sent again through that provider only (its call had started there)."""
-        return self._reschedule(sale_id, fan_id, attempts, now, reason, now, lease_token, expired_by=now, pin=pin)
+        return bool(self.take_back_many(sale_id, [TakeBack(fan_id, lease_token, attempts, pin)], now, reason))
 
     def take_back_many(self, sale_id: str, backs: Sequence[TakeBack], now: float, reason: str) -> list[str]:
         """``take_back`` for many, up to 100 to a request, each on its own condition (its lease
