@@ -8,23 +8,44 @@ the reconciler's take-back each publish ``send_notifications`` for what they mov
 by SQS until its ``notBefore`` (at most 15 minutes). A process that dies between its write and
 its publish leaves ``scheduled`` notifications without a message: the reconciler publishes
 them again once they are ``scheduled_stale_seconds`` past due (``stage6_reconcile``).
+
+A sale's start is not left to beat's grid of ticks either: the claim tick that sees a sale
+coming publishes a claim for its notify time (``claim_at``), and the generator, its first chunk
+written, publishes a scheduling tick (``tick_now``); before, each waited up to an interval for
+beat's next tick. Both are beat's own tasks, safe to run twice; if either cannot be published,
+beat's ticks do the same a moment later.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import redis
+
 from dmd_tasks.infra import logs
+from dmd_tasks.infra.dependencies import describe
 from dmd_tasks.infra.logs import CORRELATION_HEADER
 from dmd_tasks.infra.settings import Settings
-from dmd_tasks.infra.topology import MAX_DELAY_SECONDS, SEND_NOTIFICATIONS, TaskCall
+from dmd_tasks.infra.topology import (
+    CLAIM_DUE_SALES,
+    MAX_DELAY_SECONDS,
+    SCHEDULE_NOTIFICATIONS,
+    SEND_NOTIFICATIONS,
+    TaskCall,
+)
+
+#: Redis key that says a claim run at this notify time is published (``claim_at``).
+CLAIM_AT_KEY = "dmd:claim:at:{at}"
 
 _publishers: dict[int, Any] = {}
+log = logging.getLogger(__name__)
 
 
 def _publisher(app: Any, settings: Settings) -> Any:
@@ -72,3 +93,25 @@ def publish_due(app: Any, settings: Settings, due: Iterable[tuple[str, float]], 
     for nid, due_at in due:
         by_delay[math.ceil(max(0.0, due_at - now))].append(nid)
     return sum(publish_sends(app, settings, ids, delay) for delay, ids in sorted(by_delay.items()))
+
+
+def tick_now(app: Any, settings: Settings) -> None:
+    """A scheduling tick now, as beat sends it (dropped if it cannot run within a few intervals)."""
+    try:
+        app.send_task(SCHEDULE_NOTIFICATIONS, expires=settings.schedule_interval_seconds * 5)
+    except Exception as exc:
+        log.warning("scheduling tick not sent (%s); beat's next tick does the same", describe(exc))
+
+
+def claim_at(app: Any, settings: Settings, client: redis.Redis, at: float, now: float) -> None:
+    """A claim run at ``at``, the notify time of the next sale due, once per notify time (the
+    first tick that sees it publishes it): the sale is claimed at its time, not at beat's first
+    tick after it. Not beyond the longest wait a task may be given (SQS would deliver it again)."""
+    if at - now > settings.max_countdown_seconds:
+        return
+    expires = at - now + 5 * settings.claim_interval_seconds
+    try:
+        if client.set(CLAIM_AT_KEY.format(at=f"{at:.3f}"), "1", nx=True, ex=int(expires) + 1):
+            app.send_task(CLAIM_DUE_SALES, eta=datetime.fromtimestamp(at, UTC), expires=expires)
+    except Exception as exc:
+        log.warning("claim at the next notify time not arranged (%s); beat's ticks claim the sale", describe(exc))

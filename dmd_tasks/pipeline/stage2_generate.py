@@ -45,6 +45,7 @@ from dmd_tasks.infra import aws, logs
 from dmd_tasks.infra.deadletters import DeadLetter, DeadLetters
 from dmd_tasks.infra.metrics import NOTIFICATION_TRANSITIONS, RECONCILER_ACTIONS
 from dmd_tasks.infra.topology import CLAIM_DUE_SALES, GENERATE_NOTIFICATIONS, TASK_QUEUES, WARM_EVENT_DETAILS
+from dmd_tasks.pipeline.chain import claim_at, tick_now
 from dmd_tasks.pipeline.fan_rows import DemandRow, GenerateResult, build_notifications, read_row
 from dmd_tasks.pipeline.stage1_shorten import shorten_with
 from dmd_tasks.services import Services, get_services
@@ -94,7 +95,13 @@ class SaleRun:
     hands the rest over (after ``generate_chunks_per_run`` chunks or its time budget)."""
 
     def __init__(
-        self, services: Services, sale: dict[str, Any], campaign: Campaign, lease: str, clock: Callable[[], float]
+        self,
+        services: Services,
+        sale: dict[str, Any],
+        campaign: Campaign,
+        lease: str,
+        clock: Callable[[], float],
+        first_written: Callable[[], object] | None = None,
     ) -> None:
         self.services = services
         self.settings = services.settings
@@ -118,6 +125,7 @@ class SaleRun:
         # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
         # and every Query costs a round trip (moto's costs a pass over the whole table).
         self.first_chunk = sale.get("cursor") is None  # the sale's first chunk: small (see _pages)
+        self.first_written = first_written
         self.pages = Prefetcher(self._pages(sale.get("cursor")), self.pool)
 
     def _pages(self, cursor: str | None) -> Iterator[list[dict[str, Any]]]:
@@ -216,6 +224,8 @@ class SaleRun:
         )
         self.check_existing = self.check_all
         self.renewed = time.monotonic()
+        if self.lease is not None and self.first_chunk and result.chunks == 1 and self.first_written is not None:
+            self.first_written()  # the sale's first notifications are there: no wait for beat's next tick
         return self.lease is not None
 
     def dead_letter(self, rows: list[DemandRow]) -> None:
@@ -249,8 +259,14 @@ class SaleRun:
         return self.lease is not None
 
 
-def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] = time.time) -> GenerateResult:
-    """Write the sale's notifications from its checkpoint on, if this run can take its lease."""
+def generate_sale(
+    sale_id: str,
+    services: Services,
+    clock: Callable[[], float] = time.time,
+    first_written: Callable[[], object] | None = None,
+) -> GenerateResult:
+    """Write the sale's notifications from its checkpoint on, if this run can take its lease;
+    ``first_written`` is called once the sale's first chunk is written and checkpointed."""
     sale = services.sales.get(sale_id)
     if sale is None:
         raise PermanentError(f"sale {sale_id} not found")
@@ -270,7 +286,7 @@ def generate_sale(sale_id: str, services: Services, clock: Callable[[], float] =
     if event is None:
         raise PermanentError(f"event {sale['eventId']} of sale {sale_id} not found")
     ensure_short_url(services, event)
-    return SaleRun(services, sale, campaign, lease, clock).write()
+    return SaleRun(services, sale, campaign, lease, clock, first_written).write()
 
 
 @task(GENERATE_NOTIFICATIONS, max_retries=5)
@@ -281,7 +297,9 @@ def generate_notifications(self: Task, sale_id: str) -> dict[str, Any]:
     """
     services = get_services()
     try:
-        result = generate_sale(sale_id, services)
+        # its first chunk written, a due sale's first scheduling tick goes at once (a tick that
+        # finds another running is skipped; the sale's lead is given by whichever runs first)
+        result = generate_sale(sale_id, services, first_written=lambda: tick_now(self.app, services.settings))
     except PermanentError as exc:
         # A sale that cannot be generated (no campaign, invalid template, no event) stops
         # here, visibly, instead of being restarted every lease period.
@@ -346,6 +364,8 @@ def claim_due_sales(self: Task) -> dict[str, Any]:
         log.warning(
             "sale %s: generator lease expired at %s; resuming from its checkpoint", sale["id"], sale.get("leaseUntil")
         )
+    if next_due is not None:
+        claim_at(self.app, services.settings, services.redis, next_due, now)
     if claimed or restored:  # active sales now: the scheduler and the reconciler have work
         services.wake.wake("sale claimed")
     elif not due and not stalled:  # nothing to claim until the soonest notify time or lease end

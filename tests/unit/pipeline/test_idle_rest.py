@@ -5,6 +5,7 @@ make some: the claim, the scheduler's tick and the reconciler's pass against the
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,11 +13,25 @@ import pytest
 from dmd_tasks.infra.topology import CLAIM_DUE_SALES, RECONCILE, SCHEDULE_NOTIFICATIONS
 from dmd_tasks.infra.wake import REST_KEY
 from dmd_tasks.pipeline import stage2_generate, stage3_schedule, stage6_reconcile
+from dmd_tasks.pipeline.chain import CLAIM_AT_KEY
 from dmd_tasks.services import Services
 
 
 @pytest.fixture()
-def idle(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
+def claims_at(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The claim runs a claim tick arranged for later (``send_task``'s options), not published."""
+    arranged: list[dict[str, Any]] = []
+
+    def send_task(name: str, *args: Any, **options: Any) -> None:
+        assert name == CLAIM_DUE_SALES
+        arranged.append(options)
+
+    monkeypatch.setattr(stage2_generate.claim_due_sales.app, "send_task", send_task)
+    return arranged
+
+
+@pytest.fixture()
+def idle(services: Services, monkeypatch: pytest.MonkeyPatch, claims_at: list[dict[str, Any]]) -> Services:
     for module in (stage2_generate, stage3_schedule, stage6_reconcile):
         monkeypatch.setattr(module, "get_services", lambda: services)
     services.redis.delete(*(REST_KEY.format(task=t) for t in (CLAIM_DUE_SALES, SCHEDULE_NOTIFICATIONS, RECONCILE)))
@@ -48,6 +63,29 @@ def test_a_claim_that_finds_nothing_rests_until_the_soonest_sale(
         <= until
         <= time.time() + idle.settings.beat_idle_tick_seconds + 1
     )
+
+
+def test_a_claim_that_sees_a_sale_coming_arranges_one_claim_at_its_notify_time(
+    idle: Services, monkeypatch: pytest.MonkeyPatch, claims_at: list[dict[str, Any]]
+) -> None:
+    soon = round(time.time() + 7, 3)
+    idle.redis.delete(CLAIM_AT_KEY.format(at=f"{soon:.3f}"))
+    monkeypatch.setattr(idle.sales, "due_ahead", lambda now, ahead: ([], soon))
+    monkeypatch.setattr(idle.sales, "stalled_ahead", lambda now, ahead: ([], None))
+    began = time.time()
+    for _ in range(3):  # beat's ticks until the rest, and any woken ones: one claim arranged in all
+        stage2_generate.claim_due_sales.run()
+    assert len(claims_at) == 1
+    assert claims_at[0]["eta"] == datetime.fromtimestamp(soon, UTC)
+    # dropped if its worker cannot run it within a few claim intervals of the notify time
+    interval = idle.settings.claim_interval_seconds
+    assert soon - began + 4 * interval < claims_at[0]["expires"] <= soon - began + 5 * interval
+    # another sale's notify time gets its own
+    later = soon + 1
+    idle.redis.delete(CLAIM_AT_KEY.format(at=f"{later:.3f}"))
+    monkeypatch.setattr(idle.sales, "due_ahead", lambda now, ahead: ([], later))
+    stage2_generate.claim_due_sales.run()
+    assert [c["eta"] for c in claims_at] == [datetime.fromtimestamp(t, UTC) for t in (soon, later)]
 
 
 def test_a_claim_that_claims_wakes_the_scheduler_and_the_reconciler(

@@ -137,6 +137,25 @@ def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_wri
     assert len(items) == 12 == len({i["fanId"] for i in items})
 
 
+def test_a_sales_first_chunk_once_written_asks_for_a_scheduling_tick_and_no_later_chunk_does(
+    stack, seed_sale: Seed, sale_notifications: Notifications
+) -> None:
+    ramp = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2))
+    sale_id = seed_sale(ramp, 12)
+    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
+    written_when_called: list[int] = []
+
+    def first_written() -> None:
+        written_when_called.append(len(sale_notifications(ramp, sale_id)))
+
+    assert generate_sale(sale_id, ramp, first_written=first_written).outcome == "continue"
+    # once, with the first chunk (two fans) written: not again for the chunk of five after it
+    assert written_when_called == [2]
+    # the run that resumes from the cursor writes no first chunk
+    assert generate_sale(sale_id, ramp, first_written=first_written).outcome == "done"
+    assert written_when_called == [2]
+
+
 def test_a_run_hands_over_when_its_time_is_up_however_few_chunks_it_wrote(
     stack, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:
