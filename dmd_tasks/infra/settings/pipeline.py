@@ -47,13 +47,15 @@ class PipelineSettings(BaseModel):
     #: still looks around this often. 0: every tick is sent.
     beat_idle_tick_seconds: float = Field(default=120.0, ge=0)
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
-    #: ahead of the sender, so a late tick (or the bridge's lag) never leaves the sender idle.
-    schedule_lead_seconds: float = Field(default=4.0, ge=0)
+    #: ahead of the sender, so a late tick never leaves the sender idle (ticks of 4-7 s were seen on
+    #: a busy 2-core machine; the send worker's six processes hold 6 s of sends at 50/s).
+    schedule_lead_seconds: float = Field(default=8.0, ge=0)
     #: Fans written per generator chunk (one BatchWriteItem stream and one checkpoint per chunk).
     generate_chunk_size: int = 5000
     #: A sale's first chunk is this small (one demand page of this size), so its first SMS goes out
-    #: while the rest is generated: at 50 messages/s, 500 fans are 10 s of sending.
-    generate_first_chunk_size: int = Field(default=500, ge=1)
+    #: while the rest is generated; each chunk after it is 2.5 times the one before, up to
+    #: ``generate_chunk_size``: at 50 messages/s, 100 fans are 2 s of sending.
+    generate_first_chunk_size: int = Field(default=100, ge=1)
     #: Chunks one generator task run writes before it hands the rest of the sale to a fresh message.
     generate_chunks_per_run: int = 4
     #: ... or after this long, whichever comes first (a slow table must not push a run into its

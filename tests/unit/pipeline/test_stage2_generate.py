@@ -137,6 +137,27 @@ def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_wri
     assert len(items) == 12 == len({i["fanId"] for i in items})
 
 
+def test_a_sales_chunks_grow_from_the_first_to_a_whole_chunk_and_a_resumed_run_writes_whole_ones(
+    stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ramp = Services(load_settings(generate_chunk_size=20, generate_chunks_per_run=4, generate_first_chunk_size=2))
+    sale_id = seed_sale(ramp, 60)
+    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
+    limits: list[int] = []
+    original = ramp.table.query
+    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))  # type: ignore[func-returns-value]
+    first = generate_sale(sale_id, ramp)
+    # 2, then 2.5 times the one before (5, 12), then whole chunks of 20: one demand page each
+    assert (first.outcome, first.written, first.chunks) == ("continue", 2 + 5 + 12 + 20, 4)
+    assert limits == [2, 5, 12, 20]
+    limits.clear()
+    second = generate_sale(sale_id, ramp)  # from the cursor: whole chunks (20, and the last 1)
+    assert (second.outcome, second.written, second.chunks) == ("done", 21, 2)
+    assert limits[0] == 20
+    items = sale_notifications(ramp, sale_id)
+    assert len(items) == 60 == len({i["fanId"] for i in items})
+
+
 def test_a_sales_first_chunk_once_written_asks_for_a_scheduling_tick_and_no_later_chunk_does(
     stack, seed_sale: Seed, sale_notifications: Notifications
 ) -> None:
