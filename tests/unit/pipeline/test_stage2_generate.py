@@ -117,39 +117,30 @@ def test_a_run_reads_no_demand_page_it_will_not_write(
     assert len(demand_reads) == 2  # two chunks of five, two pages; not a third for the next run
 
 
-def test_a_sales_first_chunk_is_small_so_sending_can_begin_while_the_rest_is_written(
-    stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ramp = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2))
-    sale_id = seed_sale(ramp, 12)
-    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
+def claimed_sale(
+    seed_sale: Seed, monkeypatch: pytest.MonkeyPatch, fans: int, **settings: Any
+) -> tuple[Services, str, list[int]]:
+    """A claimed sale of ``fans`` under these settings, and the ``Limit`` of every Query made after."""
+    services = Services(load_settings(**settings))
+    sale_id = seed_sale(services, fans)
+    assert services.sales.claim(sale_id, time.time(), 60) == "claimed"
     limits: list[int] = []
-    original = ramp.table.query
-    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))  # type: ignore[func-returns-value]
-    first = generate_sale(sale_id, ramp)
-    # a chunk of two (one page of two), then a whole chunk: the first run hands over after two chunks
-    assert (first.outcome, first.written, first.chunks) == ("continue", 7, 2)
-    assert limits[:2] == [2, 5]
-    assert ramp.sales.get(sale_id)["cursor"] == "fan006"  # type: ignore[index]
-    # a later run of the same sale writes whole chunks from its cursor
-    assert generate_sale(sale_id, ramp).outcome == "done"
-    items = sale_notifications(ramp, sale_id)
-    assert len(items) == 12 == len({i["fanId"] for i in items})
+    original = services.table.query
+    monkeypatch.setattr(services.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))  # type: ignore[func-returns-value]
+    return services, sale_id, limits
 
 
-def test_a_sales_chunks_grow_from_the_first_to_a_whole_chunk_and_a_resumed_run_writes_whole_ones(
+def test_a_sales_first_chunk_is_small_and_its_chunks_grow_to_whole_ones_so_sending_begins_while_the_rest_is_written(
     stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ramp = Services(load_settings(generate_chunk_size=20, generate_chunks_per_run=4, generate_first_chunk_size=2))
-    sale_id = seed_sale(ramp, 60)
-    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
-    limits: list[int] = []
-    original = ramp.table.query
-    monkeypatch.setattr(ramp.table, "query", lambda **kw: limits.append(kw.get("Limit", 0)) or original(**kw))  # type: ignore[func-returns-value]
+    ramp, sale_id, limits = claimed_sale(
+        seed_sale, monkeypatch, 60, generate_chunk_size=20, generate_chunks_per_run=4, generate_first_chunk_size=2
+    )
     first = generate_sale(sale_id, ramp)
     # 2, then 2.5 times the one before (5, 12), then whole chunks of 20: one demand page each
     assert (first.outcome, first.written, first.chunks) == ("continue", 2 + 5 + 12 + 20, 4)
-    assert limits == [2, 5, 12, 20]
+    assert limits == [2, 5, 12, 20]  # the run hands over after four chunks: no page read for a fifth
+    assert ramp.sales.get(sale_id)["cursor"] == "fan038"  # type: ignore[index]
     limits.clear()
     second = generate_sale(sale_id, ramp)  # from the cursor: whole chunks (20, and the last 1)
     assert (second.outcome, second.written, second.chunks) == ("done", 21, 2)
@@ -159,11 +150,11 @@ def test_a_sales_chunks_grow_from_the_first_to_a_whole_chunk_and_a_resumed_run_w
 
 
 def test_a_sales_first_chunk_once_written_asks_for_a_scheduling_tick_and_no_later_chunk_does(
-    stack, seed_sale: Seed, sale_notifications: Notifications
+    stack, seed_sale: Seed, sale_notifications: Notifications, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ramp = Services(load_settings(generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2))
-    sale_id = seed_sale(ramp, 12)
-    assert ramp.sales.claim(sale_id, time.time(), 60) == "claimed"
+    ramp, sale_id, _ = claimed_sale(
+        seed_sale, monkeypatch, 12, generate_chunk_size=5, generate_chunks_per_run=2, generate_first_chunk_size=2
+    )
     written_when_called: list[int] = []
 
     def first_written() -> None:
