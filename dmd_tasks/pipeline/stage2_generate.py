@@ -128,7 +128,7 @@ class SaleRun:
         self.renewed = time.monotonic()
         # One Query per chunk: DynamoDB caps a page at 1 MB anyway (several thousand demand rows),
         # and every Query costs a round trip (moto's costs a pass over the whole table).
-        self.first_chunk = sale.get("cursor") is None  # the sale's first chunk: small (see _pages)
+        self.first_chunk = sale.get("cursor") is None  # this run begins the sale: its chunks grow (_ramp)
         self.first_written = first_written
         self.pages = Prefetcher(self._pages(sale.get("cursor")), self.pool)
 
