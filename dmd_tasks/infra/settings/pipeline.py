@@ -48,7 +48,7 @@ class PipelineSettings(BaseModel):
     beat_idle_tick_seconds: float = Field(default=120.0, ge=0)
     #: A sale's first tick also releases this many seconds of its share: its sends stay that far
     #: ahead of the sender, so a late tick never leaves the sender idle (ticks of 4-7 s were seen on
-    #: a busy 2-core machine; the send worker's six processes hold 6 s of sends at 50/s).
+    #: a busy 2-core machine, longer than a lead of 4 s).
     schedule_lead_seconds: float = Field(default=8.0, ge=0)
     #: Fans written per generator chunk (one BatchWriteItem stream and one checkpoint per chunk).
     generate_chunk_size: int = 5000
