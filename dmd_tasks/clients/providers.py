@@ -38,8 +38,9 @@ class EumProvider:
 def build_provider(settings: Settings, name: str | None = None) -> SmsProvider:
     """The provider ``name`` (default: ``settings.sms_provider``)."""
     if (name or settings.sms_provider) == "eum":
-        client = aws.session_for(settings).client(
+        client = aws.client_from_shared_session(
             "pinpoint-sms-voice-v2",
+            *aws.credentials(settings),
             endpoint_url=settings.eum_endpoint_url,
             config=client_config(settings.sms_timeout_seconds, settings.aws_max_pool_connections),
         )

@@ -81,18 +81,57 @@ def client(service: str, settings: Settings) -> Any:
 
 
 def _shared_session(settings: Settings) -> boto3.session.Session:
-    """This process's session for these credentials (call with ``_lock`` held: a session is not
-    safe to build clients from on two threads at once)."""
-    key = _client_key(settings, "")[2:]  # region, endpoint, credentials, timeouts: not the process
+    """This process's session for these settings' credentials (call with ``_lock`` held: a
+    session is not safe to build clients from on two threads at once)."""
+    return _session_with(*credentials(settings))
+
+
+def credentials(settings: Settings) -> tuple[str, str | None, str | None]:
+    """Region, access key id and secret key (None: boto3's default chain)."""
+    secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+    access = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
+    return settings.aws_region, access, secret
+
+
+def _session_with(
+    region: str | None, access_key_id: str | None, secret_access_key: str | None, session_token: str | None = None
+) -> boto3.session.Session:
+    """This process's session for these credentials (call with ``_lock`` held). Endpoints, timeouts
+    and retries belong to a client, so one session serves every client of the credentials."""
+    key = (region, access_key_id, secret_access_key, session_token)
     found = _sessions.get(key)
     if found is None:
-        found = _sessions[key] = session_for(settings)
+        found = _sessions[key] = boto3.session.Session(
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+        )
     return found
 
 
-def warm(settings: Settings, services: tuple[str, ...] = ("dynamodb", "sqs")) -> None:
-    """Parse these services' models into the shared session now: a prefork worker calls this before
-    it forks, so its children start with the models parsed (each child still makes its own clients)."""
+def client_from_shared_session(
+    service: str,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    session_token: str | None = None,
+    **client_kwargs: Any,
+) -> Any:
+    """A new client from this process's session for these credentials: for code that builds its
+    own clients (kombu's SQS transport), so that it too parses each service model once."""
+    with _lock:
+        session = cast(Any, _session_with(region, access_key_id, secret_access_key, session_token))
+        return session.client(service, **client_kwargs)
+
+
+def warm(settings: Settings, services: tuple[str, ...] | None = None) -> None:
+    """Parse these services' models (default: the ones the pipeline's tasks use) into the shared
+    session now: a prefork worker calls this before it forks, so its children start with the models
+    parsed (each child still makes its own clients)."""
+    if services is None:
+        eum = "eum" in (settings.sms_provider, settings.sms_failover_provider)
+        services = ("dynamodb", "sqs", *(("pinpoint-sms-voice-v2",) if eum else ()))
     with _lock:
         session = cast(Any, _shared_session(settings))  # a service by name: the stubs type each literal
         for service in services:

@@ -350,3 +350,19 @@ def test_a_worker_deletes_what_it_ran_ten_messages_to_a_request(
         # every ack deleted once, in requests of up to ten that held two or more on average (a solo
         # worker takes one message a receive, so a batch holds what half a second of runs acked)
         assert sum(batches) >= 25 and max(batches) <= 10 and len(batches) <= sum(batches) // 2, batches
+
+
+def test_the_brokers_clients_come_from_the_process_session_whose_models_are_parsed_once(settings: Settings) -> None:
+    # Given a worker's parsed models (it warms them before it forks)
+    aws.warm(settings)
+    session = aws._sessions[(*aws.credentials(settings), None)]
+    # When the broker's channel makes its clients, for two queues a task publishes to
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        clients = [channel.sqs(queue=topology.queue_name(settings, q)) for q in ("schedule", "generate")]
+        # Then each is a client of that session, so nothing is parsed again (kombu made a new
+        # session per queue: a worker child's first publish to each queue parsed the SQS model)
+        assert all(c._loader is session._loader for c in clients)
+        assert clients[0] is not clients[1]
+        assert {c.meta.region_name for c in clients} == {settings.aws_region}
+        assert {c.meta.endpoint_url for c in clients} == {settings.aws_endpoint_url}

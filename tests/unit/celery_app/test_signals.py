@@ -8,6 +8,9 @@ its dead letter to the session's moto queues.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -157,3 +160,25 @@ def test_a_retry_is_counted_and_then_the_success(stack: Any) -> None:
 
     after = (count(flaky.name, "retry"), count(flaky.name, "success"), count(flaky.name, "failure"))
     assert after == (before[0] + 1, before[1] + 1, before[2])
+
+
+# --- before the fork ------------------------------------------------------------------------------------
+
+
+def test_a_worker_loads_what_its_childrens_first_tasks_import_before_it_forks(tmp_path: Any) -> None:
+    # Given a fresh process, as a worker's parent is before its pool forks
+    script = (
+        "import sys\n"
+        "from dmd_tasks.celery_app import app, signals\n"
+        "wanted = ('celery.backends.redis', 'montydb.storage.sqlite', 'montydb.types._nobson')\n"
+        "print(sorted(m for m in wanted if m in sys.modules))\n"
+        "signals.signals.worker_init.send(sender=type('Worker', (), {'app': app})())\n"
+        "print(sorted(m for m in wanted if m in sys.modules))\n"
+    )
+    env = {**os.environ, "DMD_RUN_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.splitlines()[-2:]
+    # Then the result backend's module and the campaign store's driver were not loaded before it and are after
+    assert before == "[]"
+    assert after == "['celery.backends.redis', 'montydb.storage.sqlite', 'montydb.types._nobson']"
