@@ -358,7 +358,7 @@ def test_the_brokers_clients_come_from_the_process_session_whose_models_are_pars
     session = aws._sessions[(*aws.credentials(settings), None)]
     # When the broker's channel makes its clients, for two queues a task publishes to
     with app.connection_for_write() as connection:
-        channel = connection.default_channel
+        channel: Any = connection.default_channel
         clients = [channel.sqs(queue=topology.queue_name(settings, q)) for q in ("schedule", "generate")]
         # Then each is a client of that session, so nothing is parsed again (kombu made a new
         # session per queue: a worker child's first publish to each queue parsed the SQS model)
