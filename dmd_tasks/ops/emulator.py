@@ -1,7 +1,8 @@
 """The local AWS emulator: moto's server, with DynamoDB transactions and queries it can afford.
 
-``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with three
-changes (the third, one write at a time, is ``serialize_writes``).
+``python -m dmd_tasks.ops.emulator -H HOST -p PORT`` is ``python -m moto.server`` with four
+changes (the third, one write at a time, is ``serialize_writes``; the fourth, plain updates
+without moto's expression machinery, is ``emulator_updates``).
 
 **Transactions.** moto's ``TransactWriteItems`` (moto 5.x, ``DynamoDBBackend.transact_write_items``)
 deep-copies every table a transaction touches once per item of the transaction, to roll back
@@ -241,12 +242,15 @@ def serialize_writes(backend_class: Any) -> None:
 
 
 def patch() -> None:
-    """Give moto's DynamoDB backend the transaction, the query and the write lock above (once per
-    process)."""
+    """Give moto's DynamoDB backend the transaction, the query, the plain updates
+    (``emulator_updates``) and the write lock above (once per process)."""
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
 
+    from dmd_tasks.ops.emulator_updates import patch_updates
+
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    patch_updates(DynamoDBBackend)
     serialize_writes(DynamoDBBackend)
     patch_query(Table)
 
