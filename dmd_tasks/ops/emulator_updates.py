@@ -57,7 +57,7 @@ def plain_plan(
     remove_clause = found.group("remove1") or found.group("remove2")
     sets: list[tuple[str, dict[str, Any]]] = []
     removes: list[str] = []
-    for action in (set_clause[3:].split(",") if set_clause else ()):
+    for action in set_clause[3:].split(",") if set_clause else ():
         matched = _SET_ACTION.fullmatch(action)
         if matched is None or matched.group(2) not in values:
             return None
@@ -65,7 +65,7 @@ def plain_plan(
         if name is None:
             return None
         sets.append((name, values[matched.group(2)]))
-    for path in (remove_clause[6:].split(",") if remove_clause else ()):
+    for path in remove_clause[6:].split(",") if remove_clause else ():
         name = _resolve(path.strip(), names, reserved)
         if name is None:
             return None
@@ -103,13 +103,13 @@ def patch_updates(backend_class: Any) -> None:
     """Give moto's DynamoDB backend the plain update path and the remembered parse above."""
     from moto.dynamodb.exceptions import ItemSizeTooLarge, ItemSizeToUpdateTooLarge
     from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
     from moto.dynamodb.parsing.reserved_keywords import ReservedKeywords
 
     reserved = {word.upper() for word in ReservedKeywords.get_reserved_keywords()}
     moto_update = backend_class.update_item
     make = UpdateExpressionParser.make.__func__
-    UpdateExpressionParser.make = classmethod(functools.lru_cache(maxsize=512)(make))
+    UpdateExpressionParser.make = classmethod(functools.lru_cache(maxsize=512)(make))  # type: ignore[arg-type]
 
     def update_item(
         self: Any,
