@@ -99,10 +99,28 @@ def _allowed(table: Any, sets: list[tuple[str, dict[str, Any]]], removes: list[s
     return True
 
 
-def patch_updates(backend_class: Any) -> None:
-    """Give moto's DynamoDB backend the plain update path and the remembered parse above."""
+def _apply(table: Any, item: Any, plan: _Plan) -> None:
+    """The plan's sets and removes on ``item``, and the stream record of a table with a stream."""
     from moto.dynamodb.exceptions import ItemSizeTooLarge, ItemSizeToUpdateTooLarge
     from moto.dynamodb.models.dynamo_type import DynamoType
+
+    before = copy.deepcopy(item) if table.stream_shard is not None else None
+    kept = dict(item.attrs)  # values are replaced, never changed in place: enough to undo
+    try:
+        for name, value in plan[0]:
+            item.attrs[name] = DynamoType(value)
+        for name in plan[1]:
+            item.attrs.pop(name, None)
+    except ItemSizeTooLarge:
+        item.attrs.clear()
+        item.attrs.update(kept)
+        raise ItemSizeToUpdateTooLarge() from None
+    if table.stream_shard is not None:
+        table.stream_shard.add(before, item)
+
+
+def patch_updates(backend_class: Any) -> None:
+    """Give moto's DynamoDB backend the plain update path and the remembered parse above."""
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
     from moto.dynamodb.parsing.reserved_keywords import ReservedKeywords
 
@@ -146,19 +164,7 @@ def patch_updates(backend_class: Any) -> None:
         item = table.get_item(*self.get_keys_value(table, key))
         if item is None:  # a new item: moto's way
             return moto()
-        before = copy.deepcopy(item) if table.stream_shard is not None else None
-        kept = dict(item.attrs)  # values are replaced, never changed in place: enough to undo
-        try:
-            for name, value in plan[0]:
-                item.attrs[name] = DynamoType(value)
-            for name in plan[1]:
-                item.attrs.pop(name, None)
-        except ItemSizeTooLarge:
-            item.attrs.clear()
-            item.attrs.update(kept)
-            raise ItemSizeToUpdateTooLarge() from None
-        if table.stream_shard is not None:
-            table.stream_shard.add(before, item)
+        _apply(table, item, plan)
         return item
 
     backend_class.update_item = update_item
