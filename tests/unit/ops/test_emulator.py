@@ -17,19 +17,27 @@ from dmd_tasks.ops.emulator import patch_query
 from dmd_tasks.ops.provision import GSIS
 
 
-@pytest.fixture
-def client() -> Iterator[Any]:
-    with mock_aws():
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
+def create_table(ddb: Any, **extra: Any) -> dict[str, Any]:
+    """Table ``t`` with the demand table's keys and indexes."""
+    return dict(
         ddb.create_table(
             TableName="t",
             AttributeDefinitions=[
                 {"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk")
             ],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=GSIS,  # type: ignore[arg-type]
+            GlobalSecondaryIndexes=GSIS,
             BillingMode="PAY_PER_REQUEST",
+            **extra,
         )
+    )
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        create_table(ddb)
         for p in range(5):
             for n in range(40):
                 item = {"pk": {"S": f"P#{p}"}, "sk": {"S": f"N#{(n * 7) % 40:03d}"}, "v": {"N": str(n)}}

@@ -20,7 +20,7 @@ from moto.dynamodb.parsing.validators import UpdateExpressionValidator
 
 from dmd_tasks.ops.emulator import transact_write_items
 from dmd_tasks.ops.emulator_updates import patch_updates
-from dmd_tasks.ops.provision import GSIS
+from tests.unit.ops.test_emulator import create_table
 
 KEY = {"pk": {"S": "S#1"}, "sk": {"S": "N#1"}}
 
@@ -110,16 +110,8 @@ def _run(patched: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], lis
             patch_updates(DynamoDBBackend)
         ddb = boto3.client("dynamodb", region_name="us-east-1")
         streams = boto3.client("dynamodbstreams", region_name="us-east-1")
-        arn = ddb.create_table(
-            TableName="t",
-            AttributeDefinitions=[
-                {"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk")
-            ],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=GSIS,  # type: ignore[arg-type]
-            BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )["TableDescription"]["LatestStreamArn"]
+        stream = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+        arn = create_table(ddb, StreamSpecification=stream)["TableDescription"]["LatestStreamArn"]
         item = {**KEY, "status": {"S": "scheduled"}, "callStartedAt": {"N": "1"}, "gsi1pk": {"S": "P#0"}}
         ddb.put_item(TableName="t", Item=item)
         answers: list[Any] = []
