@@ -67,7 +67,7 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
 def _start_worker_metrics(sender: Any = None, **_: Any) -> None:
     """Samples to the metrics directory and every AWS request counted, the AWS service models
     parsed once, and what a task's first run would import loaded (worker children inherit all of
-    it; a child's first send paid ~0.15 s of CPU for the imports, inside the sale)."""
+    it; a child's first send paid ~0.12 s of CPU for the imports, inside the sale)."""
     settings = get_settings()
     metrics.use_directory(settings.metrics_dir.resolve(), "worker")
     aws.count_requests()
