@@ -27,24 +27,29 @@ _sessions: dict[tuple[Any, ...], boto3.session.Session] = {}
 
 
 def session_for(settings: Settings) -> boto3.session.Session:
+    """A session of its own (provisioning, tools); clients on a task's path share one (``client``)."""
+    return _new_session(*credentials(settings))
+
+
+def _new_session(
+    region: str | None, access_key_id: str | None, secret_access_key: str | None, session_token: str | None = None
+) -> boto3.session.Session:
     return boto3.session.Session(
-        region_name=settings.aws_region,
-        aws_access_key_id=settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None,
-        aws_secret_access_key=(
-            settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
-        ),
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        aws_session_token=session_token,
     )
 
 
 def _client_key(settings: Settings, service: str) -> tuple[Any, ...]:
     """What makes two clients the same: the process (a client must not cross a fork), the service and
     every setting a client is built from (not the settings object's identity, which can be reused)."""
-    secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
-    access = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
+    region, access, secret = credentials(settings)
     return (
         os.getpid(),
         service,
-        settings.aws_region,
+        region,
         settings.aws_endpoint_url,
         access,
         secret,
@@ -101,12 +106,7 @@ def _session_with(
     key = (region, access_key_id, secret_access_key, session_token)
     found = _sessions.get(key)
     if found is None:
-        found = _sessions[key] = boto3.session.Session(
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token,
-        )
+        found = _sessions[key] = _new_session(*key)
     return found
 
 
